@@ -1,0 +1,99 @@
+"""The GEMM tensor intrinsic of a VTA-style core, built from the core shape.
+
+One intrinsic call is one GEMM micro-op: acc[b, o] += sum_i inp[b, i] * wgt[o, i] over a
+batch x block_in x block_out block, with operands in the input/weight/accumulator scratchpads.
+On the host the implementation is plain integer loops, so results are exact.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.script import tirx as T
+
+INP_SCOPE = "local.inp_buffer"
+WGT_SCOPE = "local.wgt_buffer"
+ACC_SCOPE = "local.acc_buffer"
+# Marker left in each micro-op body; survives lowering so tools can count GEMM micro-ops.
+GEMM_MARKER = "codesign_gemm_uop"
+
+
+def gemm_intrin_name(batch: int, block_in: int, block_out: int) -> str:
+    return f"codesign_gemm_{batch}x{block_in}x{block_out}"
+
+
+def register_gemm_intrin(batch: int, block_in: int, block_out: int) -> str:
+    """Register (once) and return the intrinsic's name.
+
+    With batch 1 the description has no batch loop (a unit loop does not tensorize), so the
+    schedule tensorizes at the block_out loop; otherwise at the batch loop.
+    """
+    name = gemm_intrin_name(batch, block_in, block_out)
+    try:
+        s_tir.TensorIntrin.get(name)
+        return name
+    except Exception:  # noqa: BLE001 - TVM raises a generic error for unknown names
+        pass
+    desc, impl = _unbatched(block_in, block_out) if batch == 1 else _batched(batch, block_in, block_out)
+    s_tir.TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def _unbatched(bi: int, bo: int):
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, w: T.handle, c: T.handle):
+        A = T.match_buffer(a, (bi,), "int8", offset_factor=1, scope=INP_SCOPE)
+        W = T.match_buffer(w, (bo, bi), "int8", offset_factor=1, scope=WGT_SCOPE)
+        C = T.match_buffer(c, (bo,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:bo], A[0:bi], W[0:bo, 0:bi])
+            T.writes(C[0:bo])
+            for o, i in T.grid(bo, bi):
+                with T.sblock("update"):
+                    vo, vi = T.axis.remap("SR", [o, i])
+                    C[vo] = C[vo] + T.Cast("int32", A[vi]) * T.Cast("int32", W[vo, vi])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, w: T.handle, c: T.handle):
+        A = T.match_buffer(a, (bi,), "int8", offset_factor=1, scope=INP_SCOPE)
+        W = T.match_buffer(w, (bo, bi), "int8", offset_factor=1, scope=WGT_SCOPE)
+        C = T.match_buffer(c, (bo,), "int32", offset_factor=1, scope=ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:bo], A[0:bi], W[0:bo, 0:bi])
+            T.writes(C[0:bo])
+            T.attr(0, GEMM_MARKER, 1)
+            for o in T.serial(bo):
+                for i in T.serial(bi):
+                    C[o] = C[o] + T.Cast("int32", A[i]) * T.Cast("int32", W[o, i])
+
+    return desc, impl
+
+
+def _batched(bb: int, bi: int, bo: int):
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, w: T.handle, c: T.handle):
+        A = T.match_buffer(a, (bb, bi), "int8", offset_factor=1, scope=INP_SCOPE)
+        W = T.match_buffer(w, (bo, bi), "int8", offset_factor=1, scope=WGT_SCOPE)
+        C = T.match_buffer(c, (bb, bo), "int32", offset_factor=1, scope=ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:bb, 0:bo], A[0:bb, 0:bi], W[0:bo, 0:bi])
+            T.writes(C[0:bb, 0:bo])
+            for b, o, i in T.grid(bb, bo, bi):
+                with T.sblock("update"):
+                    vb, vo, vi = T.axis.remap("SSR", [b, o, i])
+                    C[vb, vo] = C[vb, vo] + T.Cast("int32", A[vb, vi]) * T.Cast("int32", W[vo, vi])
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, w: T.handle, c: T.handle):
+        A = T.match_buffer(a, (bb, bi), "int8", offset_factor=1, scope=INP_SCOPE)
+        W = T.match_buffer(w, (bo, bi), "int8", offset_factor=1, scope=WGT_SCOPE)
+        C = T.match_buffer(c, (bb, bo), "int32", offset_factor=1, scope=ACC_SCOPE)
+        with T.sblock("root"):
+            T.reads(C[0:bb, 0:bo], A[0:bb, 0:bi], W[0:bo, 0:bi])
+            T.writes(C[0:bb, 0:bo])
+            T.attr(0, GEMM_MARKER, 1)
+            for b in T.serial(bb):
+                for o in T.serial(bo):
+                    for i in T.serial(bi):
+                        C[b, o] = C[b, o] + T.Cast("int32", A[b, i]) * T.Cast("int32", W[o, i])
+
+    return desc, impl

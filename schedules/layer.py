@@ -1,0 +1,73 @@
+"""Geometry of one GEMM layer as the accelerator sees it (a grouped, padded, strided conv2d).
+
+Dense and (batched) matmul are described as 1x1 convs: rows on the batch axis, the reduction
+on input channels, and the matmul batch on `groups` (each group with its own weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvShape:
+    groups: int
+    batch: int
+    in_channels: int
+    out_channels: int
+    in_h: int
+    in_w: int
+    kernel_h: int = 1
+    kernel_w: int = 1
+    stride_h: int = 1
+    stride_w: int = 1
+    pad_top: int = 0
+    pad_left: int = 0
+    pad_bottom: int = 0
+    pad_right: int = 0
+
+    @classmethod
+    def dense(cls, rows: int, in_features: int, out_features: int, groups: int = 1) -> ConvShape:
+        return cls(groups, rows, in_features, out_features, 1, 1)
+
+    @property
+    def out_h(self) -> int:
+        return (self.in_h + self.pad_top + self.pad_bottom - self.kernel_h) // self.stride_h + 1
+
+    @property
+    def out_w(self) -> int:
+        return (self.in_w + self.pad_left + self.pad_right - self.kernel_w) // self.stride_w + 1
+
+    @property
+    def macs(self) -> int:
+        return (
+            self.groups * self.batch * self.out_channels * self.out_h * self.out_w
+            * self.in_channels * self.kernel_h * self.kernel_w
+        )  # fmt: skip
+
+    def blocks(self, hw) -> PackedShape:
+        return PackedShape(
+            n_blocks=math.ceil(self.batch / hw.batch),
+            ci_blocks=math.ceil(self.in_channels / hw.block_in),
+            co_blocks=math.ceil(self.out_channels / hw.block_out),
+        )
+
+    def describe(self) -> str:
+        if self.kernel_h == self.kernel_w == 1 and self.in_h == self.in_w == 1:
+            groups = f"{self.groups}x" if self.groups > 1 else ""
+            return f"{groups}({self.batch}x{self.in_channels}).({self.in_channels}x{self.out_channels})"
+        stride = f" s{self.stride_h}" if (self.stride_h, self.stride_w) != (1, 1) else ""
+        return (
+            f"{self.in_channels}x{self.in_h}x{self.in_w} -> {self.out_channels}x{self.out_h}x"
+            f"{self.out_w} k{self.kernel_h}x{self.kernel_w}{stride}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedShape:
+    """Extents in accelerator blocks: batch, input-channel and output-channel blocks."""
+
+    n_blocks: int
+    ci_blocks: int
+    co_blocks: int

@@ -1,0 +1,214 @@
+"""Packed conv2d on a VTA-style GEMM core: compute, tensorize schedule, scratchpad footprint.
+
+Layouts (VTA's): activations NCHW{batch}n{block_in}c with a leading group axis
+(G, N/b, C/bi, H, W, b, bi); weights OIHW{block_out}o{block_in}i (G, O/bo, I/bi, KH, KW, bo, bi).
+The kernel pads on load into `local.inp_buffer`, stages weights in `local.wgt_buffer`,
+accumulates in `local.acc_buffer` through the GEMM intrinsic, and requantizes each output
+tile in the accumulator before storing it:
+
+    out = clamp(((acc + bias) * multiplier + round) >> shift, clamp_lo, clamp_hi)
+
+with round = (1 << shift) >> 1, all in 64-bit integers (bias, multiplier, shift per output
+channel). `codesign.reference` implements the same formula in numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import s_tir, te, tirx
+
+from schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE, register_gemm_intrin
+from schedules.layer import ConvShape
+from schedules.tiling import TileFootprint, Tiling
+
+SCRATCHPAD_SCOPES = (INP_SCOPE, WGT_SCOPE, ACC_SCOPE)
+
+
+def kernel_buffer_shapes(shape: ConvShape, hw) -> dict[str, tuple]:
+    """Shapes of the kernel's arguments in packed layout."""
+    pk = shape.blocks(hw)
+    g, b, bi, bo = shape.groups, hw.batch, hw.block_in, hw.block_out
+    return {
+        "data": (g, pk.n_blocks, pk.ci_blocks, shape.in_h, shape.in_w, b, bi),
+        "weight": (g, pk.co_blocks, pk.ci_blocks, shape.kernel_h, shape.kernel_w, bo, bi),
+        "channel_params": (g, pk.co_blocks, bo),
+        "out": (g, pk.n_blocks, pk.co_blocks, shape.out_h, shape.out_w, b, bo),
+    }
+
+
+def requantize_expr(acc, bias, multiplier, shift, clamp_lo: int, clamp_hi: int):
+    value = acc.astype("int64") + bias.astype("int64")
+    shift64 = shift.astype("int64")
+    rounding = tirx.shift_right(tirx.shift_left(tirx.const(1, "int64"), shift64), tirx.const(1, "int64"))
+    scaled = tirx.shift_right(value * multiplier.astype("int64") + rounding, shift64)
+    clamped = tirx.max(tirx.min(scaled, tirx.const(clamp_hi, "int64")), tirx.const(clamp_lo, "int64"))
+    return clamped.astype("int8")
+
+
+def packed_conv2d_func(shape: ConvShape, hw, clamp_lo: int, clamp_hi: int) -> tirx.PrimFunc:
+    """The unscheduled kernel: (data, weight, bias, multiplier, shift) -> int8 output."""
+    shapes = kernel_buffer_shapes(shape, hw)
+    data = te.placeholder(shapes["data"], "int8", name="data")
+    weight = te.placeholder(shapes["weight"], "int8", name="weight")
+    bias = te.placeholder(shapes["channel_params"], "int32", name="bias")
+    multiplier = te.placeholder(shapes["channel_params"], "int32", name="multiplier")
+    shift = te.placeholder(shapes["channel_params"], "int32", name="shift")
+    pt, pl = shape.pad_top, shape.pad_left
+    padded_shape = (*shapes["data"][:3], shape.in_h + pt + shape.pad_bottom, shape.in_w + pl + shape.pad_right, *shapes["data"][5:])
+
+    def padded(g, n, c, y, x, b, i):
+        inside = tirx.all(y >= pt, y < shape.in_h + pt, x >= pl, x < shape.in_w + pl)
+        return tirx.if_then_else(inside, data[g, n, c, y - pt, x - pl, b, i], tirx.const(0, "int8"))
+
+    data_pad = te.compute(padded_shape, padded, name="data_pad")
+    rc = te.reduce_axis((0, shapes["data"][2]), name="ci_o")
+    rkh = te.reduce_axis((0, shape.kernel_h), name="kh")
+    rkw = te.reduce_axis((0, shape.kernel_w), name="kw")
+    ri = te.reduce_axis((0, hw.block_in), name="ci_i")
+    sh, sw = shape.stride_h, shape.stride_w
+    conv = te.compute(
+        shapes["out"],
+        lambda g, n, co, y, x, b, o: te.sum(
+            data_pad[g, n, rc, y * sh + rkh, x * sw + rkw, b, ri].astype("int32")
+            * weight[g, co, rc, rkh, rkw, o, ri].astype("int32"),
+            axis=[rc, rkh, rkw, ri],
+        ),
+        name="conv",
+    )
+    out = te.compute(
+        shapes["out"],
+        lambda g, n, co, y, x, b, o: requantize_expr(
+            conv[g, n, co, y, x, b, o], bias[g, co, o], multiplier[g, co, o], shift[g, co, o], clamp_lo, clamp_hi
+        ),
+        name="requant",
+    )
+    return te.create_prim_func([data, weight, bias, multiplier, shift, out])
+
+
+def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, parallel: bool = True) -> tirx.PrimFunc:
+    """Tile, stage through the scratchpads, requantize in the accumulator, tensorize."""
+    intrin = register_gemm_intrin(hw.batch, hw.block_in, hw.block_out)
+    sch = s_tir.Schedule(func)
+    conv = sch.get_sblock("conv")
+    g, n, co, y, x, b, o, rc, kh, kw, ri = sch.get_loops(conv)
+    n_o, n_i = sch.split(n, [None, tiling.n_tile])
+    co_o, co_i = sch.split(co, [None, tiling.co_tile])
+    y_o, y_i = sch.split(y, [None, tiling.h_tile])
+    x_o, x_i = sch.split(x, [None, tiling.w_tile])
+    rc_o, rc_i = sch.split(rc, [None, tiling.ci_tile])
+    sch.reorder(g, n_o, co_o, y_o, x_o, rc_o, rc_i, kh, kw, n_i, co_i, y_i, x_i, b, o, ri)
+    sch.set_scope(conv, 0, ACC_SCOPE)
+    sch.reverse_compute_at(sch.get_sblock("requant"), x_o)
+    data_pad = sch.get_sblock("data_pad")
+    sch.compute_at(data_pad, rc_o)
+    sch.set_scope(data_pad, 0, INP_SCOPE)
+    weight_load = sch.cache_read(conv, 1, WGT_SCOPE)
+    sch.compute_at(weight_load, rc_o)
+    if parallel:
+        # Host execution only: output tiles are independent, so they run on all cores.
+        sch.parallel(sch.fuse(g, n_o, co_o, y_o, x_o))
+    sch.decompose_reduction(conv, rc_o)
+    sch.tensorize(b if hw.batch > 1 else o, intrin)
+    return sch.mod["main"]
+
+
+@functools.lru_cache(maxsize=None)
+def _compaction():
+    return tvm.transform.Sequential(
+        [
+            s_tir.transform.LowerInitBlock(),
+            s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+            s_tir.transform.ConvertBlocksToOpaque(),
+            s_tir.transform.CompactBufferAllocation(),
+        ]
+    )
+
+
+def measured_footprint(scheduled: tirx.PrimFunc, hw) -> dict[str, int]:
+    """Bytes each scratchpad scope occupies in the scheduled TIR, at the hardware's bit widths."""
+    compacted = _compaction()(tvm.IRModule({"main": scheduled}))["main"]
+    bits = {INP_SCOPE: hw.input_bits, WGT_SCOPE: hw.weight_bits, ACC_SCOPE: hw.acc_bits}
+    used = dict.fromkeys(SCRATCHPAD_SCOPES, 0)
+
+    def on_block(block):
+        for buf in block.alloc_buffers:
+            scope = buf.scope()
+            if scope in used:
+                used[scope] += int(np.prod([int(d) for d in buf.shape])) * bits[scope] // 8
+
+    tvm_ffi.structural_walk(compacted.body, [(s_tir.SBlock, on_block)], order="post")
+    return used
+
+
+def check_footprint(used: dict[str, int], footprint: TileFootprint, hw) -> list[str]:
+    """Scopes whose measured bytes exceed the description's capacity (empty when it fits)."""
+    capacity = {INP_SCOPE: hw.inp_buffer_bytes, WGT_SCOPE: hw.wgt_buffer_bytes, ACC_SCOPE: hw.acc_buffer_bytes}
+    problems = [
+        f"{scope} needs {used[scope]} bytes, has {capacity[scope]}"
+        for scope in SCRATCHPAD_SCOPES
+        if used[scope] > capacity[scope]
+    ]
+    if footprint.uop_bytes > hw.uop_buffer_bytes:
+        problems.append(f"micro-op buffer needs {footprint.uop_bytes} bytes, has {hw.uop_buffer_bytes}")
+    return problems
+
+
+# ---- host-side layout transforms (run on the CPU, like VTA's packing) -----------------------
+
+
+def pack_activation_te(x: te.Tensor, hw) -> te.Tensor:
+    """(G, N, C, H, W) int8 -> (G, N/b, C/bi, H, W, b, bi), zero-filling N and C up to blocks."""
+    g, n, c, h, w = (int(d) for d in x.shape)
+    nb, cb = -(-n // hw.batch), -(-c // hw.block_in)
+
+    def packed(gi, no, co, y, xx, b, i):
+        row, chan = no * hw.batch + b, co * hw.block_in + i
+        return tirx.if_then_else(tirx.all(row < n, chan < c), x[gi, row, chan, y, xx], tirx.const(0, "int8"))
+
+    return te.compute((g, nb, cb, h, w, hw.batch, hw.block_in), packed, name="pack_activation")
+
+
+def pack_matmul_weight_te(wt: te.Tensor, hw) -> te.Tensor:
+    """A run-time (G, K, N) int8 matmul operand -> (G, N/bo, K/bi, 1, 1, bo, bi)."""
+    g, k, n = (int(d) for d in wt.shape)
+    nb, kb = -(-n // hw.block_out), -(-k // hw.block_in)
+
+    def packed(gi, no, ko, _y, _x, o, i):
+        col, red = no * hw.block_out + o, ko * hw.block_in + i
+        return tirx.if_then_else(tirx.all(col < n, red < k), wt[gi, red, col], tirx.const(0, "int8"))
+
+    return te.compute((g, nb, kb, 1, 1, hw.block_out, hw.block_in), packed, name="pack_weight")
+
+
+def unpack_output_te(y: te.Tensor, batch: int, channels: int) -> te.Tensor:
+    """(G, N/b, C/bo, H, W, b, bo) -> (G, N, C, H, W), dropping the block padding."""
+    g, _, _, h, w, b, bo = (int(d) for d in y.shape)
+    return te.compute(
+        (g, batch, channels, h, w),
+        lambda gi, n, c, yy, xx: y[gi, n // b, c // bo, yy, xx, n % b, c % bo],
+        name="unpack_output",
+    )
+
+
+def pack_weight_numpy(weight: np.ndarray, hw) -> np.ndarray:
+    """(G, O, I, KH, KW) int8 -> (G, O/bo, I/bi, KH, KW, bo, bi), zero-filling O and I."""
+    g, o, i, kh, kw = weight.shape
+    ob, ib = -(-o // hw.block_out), -(-i // hw.block_in)
+    full = np.zeros((g, ob * hw.block_out, ib * hw.block_in, kh, kw), dtype=np.int8)
+    full[:, :o, :i] = weight
+    return np.ascontiguousarray(
+        full.reshape(g, ob, hw.block_out, ib, hw.block_in, kh, kw).transpose(0, 1, 3, 5, 6, 2, 4)
+    )
+
+
+def pack_channel_params_numpy(values: np.ndarray, hw, fill: int = 0) -> np.ndarray:
+    """(G, O) int32 per-channel values -> (G, O/bo, bo)."""
+    g, o = values.shape
+    ob = -(-o // hw.block_out)
+    full = np.full((g, ob * hw.block_out), fill, dtype=np.int32)
+    full[:, :o] = values
+    return full.reshape(g, ob, hw.block_out)

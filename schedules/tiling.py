@@ -1,0 +1,131 @@
+"""The tile-size rule: the tiling that fits the scratchpads with the least DRAM traffic.
+
+Loop nest (outer to inner): groups, batch tiles, output-channel tiles, row tiles, column
+tiles, input-channel tiles; input and weight tiles are loaded at the input-channel tile level,
+the accumulator tile lives across it and is requantized and stored once per output tile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from schedules.layer import ConvShape
+
+UOP_BYTES = 4
+
+
+class TilingError(ValueError):
+    """No tiling of a layer fits the scratchpads; the message says which buffer and by how much."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Tile extents: batch, output- and input-channel tiles in blocks; rows and columns in pixels."""
+
+    n_tile: int
+    co_tile: int
+    ci_tile: int
+    h_tile: int
+    w_tile: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileFootprint:
+    inp_bytes: int
+    wgt_bytes: int
+    acc_bytes: int
+    uops: int
+
+    @property
+    def uop_bytes(self) -> int:
+        return self.uops * UOP_BYTES
+
+
+def tile_footprint(shape: ConvShape, tiling: Tiling, hw) -> TileFootprint:
+    """Scratchpad bytes one tile occupies (the padded input window, as the DMA loads it)."""
+    in_rows = (tiling.h_tile - 1) * shape.stride_h + shape.kernel_h
+    in_cols = (tiling.w_tile - 1) * shape.stride_w + shape.kernel_w
+    kernel = shape.kernel_h * shape.kernel_w
+    gemm_uops = tiling.n_tile * tiling.ci_tile * kernel * tiling.w_tile
+    reset_uops = tiling.n_tile * tiling.w_tile
+    return TileFootprint(
+        inp_bytes=tiling.n_tile * tiling.ci_tile * in_rows * in_cols * hw.inp_elem_bytes,
+        wgt_bytes=tiling.co_tile * tiling.ci_tile * kernel * hw.wgt_elem_bytes,
+        acc_bytes=tiling.n_tile * tiling.co_tile * tiling.h_tile * tiling.w_tile * hw.acc_elem_bytes,
+        uops=gemm_uops + reset_uops,
+    )
+
+
+def fits(footprint: TileFootprint, hw, virtual_threads: int = 1) -> bool:
+    return (
+        footprint.inp_bytes * virtual_threads <= hw.inp_buffer_bytes
+        and footprint.wgt_bytes * virtual_threads <= hw.wgt_buffer_bytes
+        and footprint.acc_bytes * virtual_threads <= hw.acc_buffer_bytes
+        and footprint.uop_bytes <= hw.uop_buffer_bytes
+    )
+
+
+def dram_traffic_bytes(shape: ConvShape, tiling: Tiling, hw) -> int:
+    """Bytes moved between DRAM and the scratchpads for the whole layer under this tiling."""
+    packed = shape.blocks(hw)
+    fp = tile_footprint(shape, tiling, hw)
+    tiles = (
+        shape.groups
+        * (packed.n_blocks // tiling.n_tile)
+        * (packed.co_blocks // tiling.co_tile)
+        * (shape.out_h // tiling.h_tile)
+        * (shape.out_w // tiling.w_tile)
+        * (packed.ci_blocks // tiling.ci_tile)
+    )
+    out_bytes = shape.groups * packed.n_blocks * packed.co_blocks * shape.out_h * shape.out_w * hw.out_elem_bytes
+    return tiles * (fp.inp_bytes + fp.wgt_bytes) + out_bytes
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_tilings(shape: ConvShape, hw):
+    packed = shape.blocks(hw)
+    for n, co, ci, h, w in itertools.product(
+        divisors(packed.n_blocks),
+        divisors(packed.co_blocks),
+        divisors(packed.ci_blocks),
+        divisors(shape.out_h),
+        divisors(shape.out_w),
+    ):
+        yield Tiling(n, co, ci, h, w)
+
+
+def choose_tiling(shape: ConvShape, hw, virtual_threads: int = 1) -> Tiling:
+    """Least DRAM traffic among tilings that fit; ties go to bigger tiles (fewer instructions)."""
+    best, best_key = None, None
+    for tiling in candidate_tilings(shape, hw):
+        if not fits(tile_footprint(shape, tiling, hw), hw, virtual_threads):
+            continue
+        tile_volume = tiling.n_tile * tiling.co_tile * tiling.ci_tile * tiling.h_tile * tiling.w_tile
+        key = (dram_traffic_bytes(shape, tiling, hw), -tile_volume, -tiling.w_tile)
+        if best_key is None or key < best_key:
+            best, best_key = tiling, key
+    if best is None:
+        raise TilingError(_smallest_tile_report(shape, hw, virtual_threads))
+    return best
+
+
+def _smallest_tile_report(shape: ConvShape, hw, virtual_threads: int) -> str:
+    need = tile_footprint(shape, Tiling(1, 1, 1, 1, 1), hw)
+    lacking = [
+        f"{name} buffer needs {need_bytes * vt} bytes, has {have}"
+        for name, need_bytes, have, vt in (
+            ("input", need.inp_bytes, hw.inp_buffer_bytes, virtual_threads),
+            ("weight", need.wgt_bytes, hw.wgt_buffer_bytes, virtual_threads),
+            ("accumulator", need.acc_bytes, hw.acc_buffer_bytes, virtual_threads),
+            ("micro-op", need.uop_bytes, hw.uop_buffer_bytes, 1),
+        )
+        if need_bytes * vt > have
+    ]
+    return f"scratchpad too small for one tile of {shape.describe()}: " + "; ".join(lacking)
