@@ -1,0 +1,248 @@
+"""Stage 4, lowering: QuantizedGraph + hardware -> Relax module (LoweredModel).
+
+GEMM layers placed on the accelerator become `call_tir` to the packed, tensorized kernels of
+`schedules/` (one tiling per layer, chosen by the tile rule and checked against the
+description's scratchpads); the host packs and unpacks their operands. Host integer ops are
+TE functions with the same formulas as `codesign.reference`; float host ops keep their
+original Relax op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from codesign.emit import emit_host_call, module_without_main
+from codesign.errors import HardwareError
+from codesign.importer import ImportedModel
+from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
+from schedules.layer import ConvShape
+from schedules.packed_conv2d import (
+    check_footprint,
+    measured_footprint,
+    pack_activation_te,
+    pack_channel_params_numpy,
+    pack_matmul_weight_te,
+    pack_weight_numpy,
+    packed_conv2d_func,
+    requantize_expr,
+    schedule_packed_conv2d,
+    unpack_output_te,
+)
+from schedules.tiling import Tiling, TilingError, choose_tiling, tile_footprint
+
+
+@dataclasses.dataclass
+class LayerPlan:
+    """Where one layer runs and, on the accelerator, how it is tiled."""
+
+    name: str
+    op: str
+    placement: str
+    shape: ConvShape | None = None
+    tiling: Tiling | None = None
+    footprint: dict[str, int] | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "op": self.op,
+            "placement": self.placement,
+            "shape": dataclasses.asdict(self.shape) if self.shape else None,
+            "macs": self.shape.macs if self.shape else None,
+            "tiling": self.tiling.to_dict() if self.tiling else None,
+            "scratchpad_bytes": self.footprint,
+        }
+
+
+@dataclasses.dataclass
+class LoweredModel:
+    mod: tvm.IRModule
+    plans: list[LayerPlan]
+
+
+def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
+    """The accelerator's view of a GEMM layer (see schedules.layer)."""
+    in_shape = qgraph.nodes[node.inputs[0]].shape
+    p = node.params
+    if node.op == "conv2d":
+        n, c, h, w = in_shape
+        o, _, kh, kw = p["weight"].shape
+        return ConvShape(1, n, c, o, h, w, kh, kw, *p["strides"], *p["padding"])
+    k, cols = in_shape[-1], node.shape[-1]
+    if p["weight"] is not None or len(qgraph.nodes[node.inputs[1]].shape) == 2:
+        return ConvShape.dense(int(np.prod(in_shape[:-1])), k, cols)
+    return ConvShape.dense(in_shape[-2], k, cols, groups=int(np.prod(in_shape[:-2])))
+
+
+def plan_accelerated_layer(name: str, op: str, shape: ConvShape, hw, clamp: tuple[int, int]):
+    """Tile, schedule and check one layer; returns (scheduled PrimFunc, LayerPlan)."""
+    try:
+        tiling = choose_tiling(shape, hw)
+    except TilingError as err:
+        raise HardwareError(f"layer '{name}': {err}") from err
+    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp), tiling, hw)
+    used = measured_footprint(scheduled, hw)
+    problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw)
+    if problems:
+        raise HardwareError(f"layer '{name}': scratchpad too small: " + "; ".join(problems))
+    return scheduled, LayerPlan(name, op, "accel", shape, tiling, used)
+
+
+class _Lowerer:
+    def __init__(self, qgraph: QuantizedGraph, imported: ImportedModel, hw):
+        self.qgraph, self.imported, self.hw = qgraph, imported, hw
+        self.bb = relax.BlockBuilder(module_without_main(imported.mod))
+        self.plans: list[LayerPlan] = []
+
+    def run(self) -> LoweredModel:
+        bb = self.bb
+        params = [relax.Var(s.name, relax.TensorType(s.shape, s.dtype)) for s in self.imported.inputs]
+        with bb.function("main", params):
+            with bb.dataflow():
+                values = {s.name: p for s, p in zip(self.imported.inputs, params)}
+                for node in self.qgraph.nodes.values():
+                    if node.op != "input":
+                        values[node.name] = self.emit(node, [values[i] for i in node.inputs])
+                outputs = [values[n] for n in self.qgraph.outputs]
+                result = bb.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
+            bb.emit_func_output(result)
+        return LoweredModel(bb.get(), self.plans)
+
+    def emit(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
+        p = node.params
+        if node.op == "quantize":
+            return self.bb.emit_te(lambda x: _quantize_te(x, float(p["inv_scale"])), args[0], primfunc_name_hint="quantize")
+        if node.op == "dequantize":
+            return self.bb.emit_te(lambda x: _dequantize_te(x, float(p["scale"])), args[0], primfunc_name_hint="dequantize")
+        if node.op in ("conv2d", "matmul") and node.placement == "accel":
+            return self.emit_accelerated(node, args)
+        if node.op == "conv2d":
+            self.plans.append(LayerPlan(node.name, node.op, "host", gemm_shape(node, self.qgraph)))
+            consts = [relax.const(p[key]) for key in ("weight", "bias", "multiplier", "shift")]
+            return self.bb.emit_te(lambda x, *c: _host_conv2d_te(x, *c, node), args[0], *consts, primfunc_name_hint="host_conv2d")
+        if node.op == "add":
+            return self.bb.emit_te(lambda a, b: _add_te(a, b, p), args[0], args[1], primfunc_name_hint="int_add")
+        if node.op == "mean":
+            return self.bb.emit_te(lambda x: _mean_te(x, p), args[0], primfunc_name_hint="int_mean")
+        if node.op == "clamp":
+            return self.bb.emit_te(lambda x: _clamp_te(x, p["lo"], p["hi"]), args[0], primfunc_name_hint="clamp")
+        if node.op in ("passthrough", "float"):
+            self.plans.append(LayerPlan(node.name, node.source.op.rsplit(".", 1)[-1], "host"))
+            return emit_host_call(self.bb, node.source, args)
+        raise NotImplementedError(node.op)
+
+    def emit_accelerated(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
+        bb, hw, p = self.bb, self.hw, node.params
+        shape = gemm_shape(node, self.qgraph)
+        scheduled, plan = plan_accelerated_layer(node.name, node.op, shape, hw, (p["lo"], p["hi"]))
+        self.plans.append(plan)
+        kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"gemm_{node.name}")
+        data = bb.emit(relax.op.reshape(args[0], self.activation_5d(node, shape)))
+        packed_data = bb.emit_te(lambda x: pack_activation_te(x, hw), data, primfunc_name_hint="pack_activation")
+        packed_weight = self.packed_weight(node, shape, args)
+        channel = [
+            relax.const(pack_channel_params_numpy(np.broadcast_to(p[key], (shape.groups, shape.out_channels)), hw))
+            for key in ("bias", "multiplier", "shift")
+        ]
+        out_shape = (shape.groups, *packed_data.ty.shape.values[1:2], -(-shape.out_channels // hw.block_out), shape.out_h, shape.out_w, hw.batch, hw.block_out)
+        packed_out = bb.emit(
+            relax.call_tir(kernel, [packed_data, packed_weight, *channel], relax.TensorType([int(d) for d in out_shape], "int8"))
+        )
+        out = bb.emit_te(
+            lambda y: unpack_output_te(y, shape.batch, shape.out_channels), packed_out, primfunc_name_hint="unpack_output"
+        )
+        return bb.emit(relax.op.reshape(out, node.shape))
+
+    def activation_5d(self, node: QNode, shape: ConvShape) -> tuple[int, ...]:
+        """(G, N, C, H, W) view of the layer's input."""
+        return (shape.groups, shape.batch, shape.in_channels, shape.in_h, shape.in_w)
+
+    def packed_weight(self, node: QNode, shape: ConvShape, args: list[relax.Expr]) -> relax.Expr:
+        weight = node.params["weight"]
+        if weight is not None:
+            oihw = weight if node.op == "conv2d" else weight.T[:, :, None, None]
+            return relax.const(pack_weight_numpy(oihw[None], self.hw))
+        operand = self.bb.emit(relax.op.reshape(args[1], (shape.groups, shape.in_channels, shape.out_channels)))
+        return self.bb.emit_te(lambda w: pack_matmul_weight_te(w, self.hw), operand, primfunc_name_hint="pack_weight")
+
+
+def lower_to_relax(qgraph: QuantizedGraph, imported: ImportedModel, hw) -> LoweredModel:
+    return _Lowerer(qgraph, imported, hw).run()
+
+
+# ---- host integer ops: the formulas of codesign.reference, as TE -----------------------------
+
+
+def _requant(value, multiplier, shift, lo, hi):
+    """int64 value -> int8, the same rounding as the accelerator's requantization."""
+    shift64 = tirx.const(int(shift), "int64") if isinstance(shift, (int, np.integer)) else shift.astype("int64")
+    mult64 = tirx.const(int(multiplier), "int64") if isinstance(multiplier, (int, np.integer)) else multiplier.astype("int64")
+    rounding = tirx.shift_right(tirx.shift_left(tirx.const(1, "int64"), shift64), tirx.const(1, "int64"))
+    scaled = tirx.shift_right(value * mult64 + rounding, shift64)
+    return tirx.max(tirx.min(scaled, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype("int8")
+
+
+def _quantize_te(x: te.Tensor, inv_scale: float) -> te.Tensor:
+    def q(*i):
+        scaled = tirx.floor(x(*i) * tirx.const(inv_scale, "float32") + tirx.const(0.5, "float32"))
+        return tirx.max(tirx.min(scaled, tirx.const(INT8_MAX, "float32")), tirx.const(INT8_MIN, "float32")).astype("int8")
+
+    return te.compute(x.shape, q, name="quantize")
+
+
+def _dequantize_te(x: te.Tensor, scale: float) -> te.Tensor:
+    return te.compute(x.shape, lambda *i: x(*i).astype("float32") * tirx.const(scale, "float32"), name="dequantize")
+
+
+def _clamp_te(x: te.Tensor, lo: int, hi: int) -> te.Tensor:
+    return te.compute(x.shape, lambda *i: tirx.max(tirx.min(x(*i), tirx.const(hi, "int8")), tirx.const(lo, "int8")), name="clamp")
+
+
+def _add_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
+    from tvm import topi
+
+    ma, mb = tirx.const(p["multiplier_a"], "int64"), tirx.const(p["multiplier_b"], "int64")
+    total = topi.add(topi.multiply(topi.cast(a, "int64"), ma), topi.multiply(topi.cast(b, "int64"), mb))
+    return te.compute(total.shape, lambda *i: _requant(total(*i), 1, p["shift"], p["lo"], p["hi"]), name="int_add")
+
+
+def _mean_te(x: te.Tensor, p: dict) -> te.Tensor:
+    from tvm import topi
+
+    total = topi.sum(topi.cast(x, "int64"), axis=list(p["axes"]), keepdims=p["keepdims"])
+    return te.compute(total.shape, lambda *i: _requant(total(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX), name="int_mean")
+
+
+def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, node: QNode):
+    """Grouped / depthwise / dilated conv in integers on the host."""
+    p = node.params
+    o, cg, kh, kw = (int(d) for d in weight.shape)
+    n, c, h, wd = (int(d) for d in x.shape)
+    top, left, bottom, right = p["padding"]
+    (sh, sw), (dh, dw) = p["strides"], p["dilation"]
+    og = o // p["groups"]
+
+    def padded(b, ch, y, xx):
+        inside = tirx.all(y >= top, y < h + top, xx >= left, xx < wd + left)
+        return tirx.if_then_else(inside, x[b, ch, y - top, xx - left], tirx.const(0, "int8"))
+
+    xpad = te.compute((n, c, h + top + bottom, wd + left + right), padded, name="pad")
+    rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    acc = te.compute(
+        node.shape,
+        lambda b, oc, y, xx: te.sum(
+            xpad[b, (oc // og) * cg + rc, y * sh + ry * dh, xx * sw + rx * dw].astype("int32")
+            * weight[oc, rc, ry, rx].astype("int32"),
+            axis=[rc, ry, rx],
+        ),
+        name="acc",
+    )
+    return te.compute(
+        node.shape,
+        lambda b, oc, y, xx: requantize_expr(acc[b, oc, y, xx], bias[oc], multiplier[oc], shift[oc], p["lo"], p["hi"]),
+        name="host_conv2d",
+    )

@@ -1,0 +1,267 @@
+"""Stage 3, quantization: Graph + tensor ranges + hardware -> QuantizedGraph (integer program).
+
+Post-training static quantization, symmetric (no zero points, as VTA's int8 datapath):
+- weights per output channel, activations per tensor from calibration ranges, bias in int32
+  at the accumulator's scale;
+- every int8 result is produced by one requantization,
+      q = clamp(((acc + bias) * multiplier + ((1 << shift) >> 1)) >> shift, lo, hi)
+  where multiplier / 2**shift approximates the real rescaling factor. With an ALU multiplier
+  of B bits the multiplier has B bits; a shift-only ALU forces power-of-two scales so that the
+  factor is an exact power of two (multiplier 1, or a left shift when the factor exceeds 1);
+- ReLU / Clip are folded into lo, hi;
+- max-pool, reshape and transpose run on int8 directly; residual adds and means are integer
+  ops with their own requantization; everything else runs in float on the host between a
+  dequantize and a quantize.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from codesign.errors import ModelError
+from codesign.graph import Graph, Node
+
+INT8_MIN, INT8_MAX = -128, 127
+# Host-side integer ops (residual add, mean, grouped convs) use this multiplier width.
+HOST_MULTIPLIER_BITS = 16
+INT8_PASSTHROUGH_OPS = {
+    "relax.reshape",
+    "relax.permute_dims",
+    "relax.flatten",
+    "relax.squeeze",
+    "relax.expand_dims",
+    "relax.nn.max_pool2d",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    weight_bits: int = 8
+    shift_only: bool = False  # the ALU has no multiplier: power-of-two scales
+    multiplier_bits: int = 16
+
+    @classmethod
+    def for_hardware(cls, hw, weight_bits: int | None = None) -> QuantConfig:
+        return cls(
+            weight_bits=weight_bits or hw.weight_bits,
+            shift_only=not hw.alu_has_multiplier,
+            multiplier_bits=hw.alu_multiplier_bits if hw.alu_has_multiplier else 0,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class QNode:
+    """One step of the integer program. `params` holds op-specific numpy arrays and ints:
+
+    quantize   inv_scale                         int8 = clamp(floor(x * inv_scale + 0.5))
+    dequantize scale                             float = int8 * scale
+    conv2d     weight (O,I/g,KH,KW) int8, bias/multiplier/shift (O,) int32, lo, hi,
+               strides, padding (t,l,b,r), groups
+    matmul     weight (K,N) int8 or None (second operand is a tensor), bias/multiplier/shift
+               (N,) int32, lo, hi
+    add        multiplier_a, multiplier_b, shift, lo, hi
+    mean       axes, keepdims, multiplier, shift
+    clamp      lo, hi
+    passthrough / float: the graph node's original op (`source`) on int8 / float inputs
+    """
+
+    name: str
+    op: str
+    inputs: list[str]
+    shape: tuple[int, ...] | None
+    dtype: str
+    scale: float | None = None
+    placement: str = "host"  # "accel": runs on the GEMM core
+    params: dict = dataclasses.field(default_factory=dict)
+    source: Node | None = None
+
+
+@dataclasses.dataclass
+class QuantizedGraph:
+    nodes: dict[str, QNode]
+    inputs: list[str]
+    outputs: list[str]
+    config: QuantConfig
+
+    def gemm_nodes(self) -> list[QNode]:
+        return [n for n in self.nodes.values() if n.op in ("conv2d", "matmul")]
+
+
+# ---- scales and fixed-point multipliers -----------------------------------------------------
+
+
+def activation_scale(absmax: float, config: QuantConfig) -> float:
+    scale = max(absmax, 1e-8) / INT8_MAX
+    return float(2.0 ** np.ceil(np.log2(scale))) if config.shift_only else float(scale)
+
+
+def weight_scales(weight: np.ndarray, channel_axis: int, config: QuantConfig) -> np.ndarray:
+    """Per-output-channel scales; power-of-two ones pick whichever neighbour has less error."""
+    qmax = 2 ** (config.weight_bits - 1) - 1
+    axes = tuple(a for a in range(weight.ndim) if a != channel_axis)
+    absmax = np.maximum(np.abs(weight).max(axis=axes), 1e-8).astype(np.float64)
+    if not config.shift_only:
+        return absmax / qmax
+    upper = 2.0 ** np.ceil(np.log2(absmax / qmax))
+    choices = np.stack([upper, upper / 2])
+    errors = []
+    for scales in choices:
+        shaped = np.expand_dims(scales, axes)
+        restored = np.clip(np.round(weight / shaped), -qmax - 1, qmax) * shaped
+        errors.append(((restored - weight) ** 2).sum(axis=axes))
+    return choices[np.argmin(np.stack(errors), axis=0), np.arange(absmax.size)]
+
+
+def quantize_weight(weight: np.ndarray, scales: np.ndarray, channel_axis: int, bits: int) -> np.ndarray:
+    qmax = 2 ** (bits - 1) - 1
+    shape = [1] * weight.ndim
+    shape[channel_axis] = -1
+    return np.clip(np.round(weight / scales.reshape(shape)), -qmax - 1, qmax).astype(np.int8)
+
+
+def fixed_point(real: np.ndarray, bits: int, shift_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """real ~= multiplier / 2**shift, with a `bits`-wide multiplier (or powers of two only)."""
+    real = np.atleast_1d(np.asarray(real, dtype=np.float64))
+    if np.any(real <= 0):
+        raise ModelError("requantization factor must be positive")
+    exponent = np.floor(np.log2(real)).astype(np.int64)
+    if shift_only:
+        multiplier = np.ones_like(exponent)
+        shift = -exponent
+    else:
+        shift = bits - 1 - exponent
+        multiplier = np.round(real * 2.0 ** shift).astype(np.int64)
+        overflow = multiplier >= 2**bits
+        multiplier[overflow] //= 2
+        shift[overflow] -= 1
+    # A factor above one becomes a left shift folded into the multiplier.
+    left = shift < 0
+    multiplier[left] <<= -shift[left]
+    shift[left] = 0
+    shift = np.minimum(shift, 62)
+    return multiplier.astype(np.int32), shift.astype(np.int32)
+
+
+def clamp_range(bounds: tuple[float, float], scale: float) -> tuple[int, int]:
+    low = INT8_MIN if not np.isfinite(bounds[0]) else int(np.clip(np.round(bounds[0] / scale), INT8_MIN, INT8_MAX))
+    high = INT8_MAX if not np.isfinite(bounds[1]) else int(np.clip(np.round(bounds[1] / scale), INT8_MIN, INT8_MAX))
+    return low, high
+
+
+# ---- the pass -------------------------------------------------------------------------------
+
+
+class _Quantizer:
+    def __init__(self, graph: Graph, absmax: dict[str, float], config: QuantConfig):
+        self.graph, self.absmax, self.config = graph, absmax, config
+        self.nodes: dict[str, QNode] = {}
+        self.converted: dict[tuple[str, str], str] = {}  # (node, "int8"/"float32") -> QNode name
+
+    def run(self) -> QuantizedGraph:
+        for node in self.graph.nodes.values():
+            self.nodes[node.name] = self.lower(node)
+        outputs = [self.as_float(name) for name in self.graph.outputs]
+        return QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config)
+
+    def scale_for(self, name: str) -> float:
+        return activation_scale(self.absmax[name], self.config)
+
+    def as_int8(self, name: str) -> str:
+        node = self.nodes[name]
+        if node.dtype == "int8":
+            return name
+        key = (name, "int8")
+        if key not in self.converted:
+            scale = self.scale_for(name)
+            qname = f"{name}.quantize"
+            self.nodes[qname] = QNode(qname, "quantize", [name], node.shape, "int8", scale, params={"inv_scale": np.float32(1.0 / scale)})
+            self.converted[key] = qname
+        return self.converted[key]
+
+    def as_float(self, name: str) -> str:
+        node = self.nodes[name]
+        if node.dtype != "int8":
+            return name
+        key = (name, "float32")
+        if key not in self.converted:
+            dname = f"{name}.dequantize"
+            self.nodes[dname] = QNode(dname, "dequantize", [name], node.shape, "float32", params={"scale": np.float32(node.scale)})
+            self.converted[key] = dname
+        return self.converted[key]
+
+    def lower(self, node: Node) -> QNode:
+        if node.op == "input":
+            return QNode(node.name, "input", [], node.shape, node.dtype)
+        if node.op == "gemm":
+            return self.lower_gemm(node)
+        int8_inputs = all(self.nodes[i].dtype == "int8" for i in node.inputs)
+        if node.op in INT8_PASSTHROUGH_OPS and len(node.inputs) == 1 and int8_inputs:
+            producer = self.nodes[node.inputs[0]]
+            return QNode(node.name, "passthrough", node.inputs, node.shape, "int8", producer.scale, source=node)
+        if node.op == "clamp" and int8_inputs:
+            scale = self.nodes[node.inputs[0]].scale
+            lo, hi = clamp_range(node.bounds, scale)
+            return QNode(node.name, "clamp", node.inputs, node.shape, "int8", scale, params={"lo": lo, "hi": hi})
+        if node.op == "relax.add" and len(node.inputs) == 2 and int8_inputs and node.dtype == "float32":
+            return self.lower_add(node)
+        if node.op == "relax.mean" and len(node.inputs) == 1 and int8_inputs:
+            return self.lower_mean(node)
+        return self.lower_float(node)
+
+    def lower_float(self, node: Node) -> QNode:
+        inputs = [self.as_float(i) for i in node.inputs]
+        return QNode(node.name, "float", inputs, node.shape, node.dtype, source=node)
+
+    def lower_gemm(self, node: Node) -> QNode:
+        layer, config = node.layer, self.config
+        inputs = [self.as_int8(i) for i in node.inputs]
+        in_scales = [self.nodes[i].scale for i in inputs]
+        out_scale = self.scale_for(node.name)
+        if layer.weight is not None:
+            channel_axis = 0 if layer.kind == "conv2d" else 1
+            w_scales = weight_scales(layer.weight, channel_axis, config)
+            weight = quantize_weight(layer.weight, w_scales, channel_axis, config.weight_bits)
+        else:
+            w_scales = np.full(node.shape[-1], in_scales[1], dtype=np.float64)
+            weight = None
+        acc_scale = in_scales[0] * w_scales * layer.out_scale
+        bias = np.zeros(acc_scale.size) if layer.bias is None else layer.bias.astype(np.float64)
+        bias_q = np.clip(np.round(bias / acc_scale), -(2**31), 2**31 - 1).astype(np.int32)
+        accel_ok = layer.groups == 1 and layer.dilation == (1, 1)
+        bits = config.multiplier_bits if accel_ok else HOST_MULTIPLIER_BITS
+        multiplier, shift = fixed_point(acc_scale / out_scale, bits, config.shift_only)
+        lo, hi = clamp_range(layer.clamp, out_scale)
+        params = {"weight": weight, "bias": bias_q, "multiplier": multiplier, "shift": shift, "lo": lo, "hi": hi}
+        if layer.kind == "conv2d":
+            params.update(strides=layer.strides, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
+        placement = "accel" if accel_ok else "host"
+        return QNode(node.name, layer.kind, inputs, node.shape, "int8", out_scale, placement, params, node)
+
+    def lower_add(self, node: Node) -> QNode:
+        out_scale = self.scale_for(node.name)
+        ratios = np.array([self.nodes[i].scale / out_scale for i in node.inputs])
+        multipliers, shifts = fixed_point(ratios, HOST_MULTIPLIER_BITS, self.config.shift_only)
+        shift = int(shifts.max())
+        multipliers = multipliers.astype(np.int64) << (shift - shifts)
+        params = {"multiplier_a": int(multipliers[0]), "multiplier_b": int(multipliers[1]), "shift": shift, "lo": INT8_MIN, "hi": INT8_MAX}
+        return QNode(node.name, "add", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
+
+    def lower_mean(self, node: Node) -> QNode:
+        attrs = node.call.attrs
+        in_shape = self.nodes[node.inputs[0]].shape
+        axes = tuple(sorted(int(a) % len(in_shape) for a in attrs.axis)) if attrs.axis is not None else tuple(range(len(in_shape)))
+        count = int(np.prod([in_shape[a] for a in axes]))
+        out_scale = self.scale_for(node.name)
+        # Division by the element count is exact only as a multiplier, so the host does it.
+        multiplier, shift = fixed_point(self.nodes[node.inputs[0]].scale / (count * out_scale), HOST_MULTIPLIER_BITS, False)
+        params = {"axes": axes, "keepdims": bool(attrs.keepdims), "multiplier": int(multiplier[0]), "shift": int(shift[0])}
+        return QNode(node.name, "mean", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
+
+
+def quantize_graph(graph: Graph, absmax: dict[str, float], config: QuantConfig) -> QuantizedGraph:
+    return _Quantizer(graph, absmax, config).run()

@@ -1,0 +1,112 @@
+"""A numpy interpreter of the integer program (QuantizedGraph), independent of TVM.
+
+It is the oracle for bit-exactness: the compiled module must reproduce its int8 results bit
+for bit. Float host ops (softmax, layer norm, ...) are outside its scope: it raises on them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codesign.quantize import QNode, QuantizedGraph
+
+INT8_MIN, INT8_MAX = -128, 127
+
+
+def requantize(acc: np.ndarray, bias, multiplier, shift, lo: int, hi: int, channel_axis: int) -> np.ndarray:
+    shape = [1] * acc.ndim
+    shape[channel_axis] = -1
+
+    def per_channel(values):
+        return np.asarray(values, dtype=np.int64).reshape(shape if np.ndim(values) else ())
+
+    shift64 = per_channel(shift)
+    value = (acc.astype(np.int64) + per_channel(bias)) * per_channel(multiplier) + ((1 << shift64) >> 1)
+    return np.clip(value >> shift64, lo, hi).astype(np.int8)
+
+
+def conv2d_accumulate(x: np.ndarray, w: np.ndarray, strides, padding, groups: int, dilation=(1, 1)) -> np.ndarray:
+    """int8 NCHW x int8 OIHW -> int64 NCHW accumulators."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    top, left, bottom, right = padding
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_h = (h + top + bottom - (kh - 1) * dilation[0] - 1) // strides[0] + 1
+    out_w = (wd + left + right - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    og = o // groups
+    acc = np.zeros((n, o, out_h, out_w), dtype=np.int64)
+    w64 = w.astype(np.int64)
+    for g in range(groups):
+        xs = xp[:, g * cg : (g + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                y0, x0 = i * dilation[0], j * dilation[1]
+                patch = xs[:, :, y0 : y0 + (out_h - 1) * strides[0] + 1 : strides[0], x0 : x0 + (out_w - 1) * strides[1] + 1 : strides[1]]
+                acc[:, g * og : (g + 1) * og] += np.einsum("oc,nchw->nohw", w64[g * og : (g + 1) * og, :, i, j], patch)
+    return acc
+
+
+def max_pool2d(x: np.ndarray, attrs, out_shape) -> np.ndarray:
+    kh, kw = (int(k) for k in attrs.pool_size)
+    sh, sw = (int(s) for s in attrs.strides)
+    dh, dw = (int(d) for d in attrs.dilation)
+    top, left, bottom, right = (int(p) for p in attrs.padding)
+    out_h, out_w = out_shape[2], out_shape[3]
+    need_h = (out_h - 1) * sh + (kh - 1) * dh + 1
+    need_w = (out_w - 1) * sw + (kw - 1) * dw + 1
+    extra_h = max(need_h - (x.shape[2] + top + bottom), 0)
+    extra_w = max(need_w - (x.shape[3] + left + right), 0)
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom + extra_h), (left, right + extra_w)), constant_values=INT8_MIN)
+    out = np.full(out_shape, INT8_MIN, dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            window = xp[:, :, i * dh : i * dh + (out_h - 1) * sh + 1 : sh, j * dw : j * dw + (out_w - 1) * sw + 1 : sw]
+            out = np.maximum(out, window)
+    return out
+
+
+def passthrough(node: QNode, x: np.ndarray) -> np.ndarray:
+    op = node.source.op
+    if op in ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims"):
+        return x.reshape(node.shape)
+    if op == "relax.permute_dims":
+        axes = node.source.call.attrs.axes
+        return np.transpose(x, None if axes is None else [int(a) for a in axes])
+    if op == "relax.nn.max_pool2d":
+        return max_pool2d(x, node.source.call.attrs, node.shape)
+    raise NotImplementedError(f"reference has no int8 {op}")
+
+
+def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
+    p = node.params
+    if node.op == "quantize":
+        scaled = args[0].astype(np.float32) * p["inv_scale"] + np.float32(0.5)
+        return np.clip(np.floor(scaled), INT8_MIN, INT8_MAX).astype(np.int8)
+    if node.op == "dequantize":
+        return args[0].astype(np.float32) * p["scale"]
+    if node.op == "conv2d":
+        acc = conv2d_accumulate(args[0], p["weight"], p["strides"], p["padding"], p["groups"], p["dilation"])
+        return requantize(acc, p["bias"], p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis=1)
+    if node.op == "matmul":
+        b = p["weight"] if p["weight"] is not None else args[1]
+        acc = np.matmul(args[0].astype(np.int64), b.astype(np.int64))
+        return requantize(acc, p["bias"], p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis=acc.ndim - 1)
+    if node.op == "add":
+        total = args[0].astype(np.int64) * p["multiplier_a"] + args[1].astype(np.int64) * p["multiplier_b"]
+        return requantize(total, 0, 1, p["shift"], p["lo"], p["hi"], channel_axis=0)
+    if node.op == "mean":
+        total = args[0].astype(np.int64).sum(axis=p["axes"], keepdims=p["keepdims"])
+        return requantize(total, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=0)
+    if node.op == "clamp":
+        return np.clip(args[0], p["lo"], p["hi"]).astype(np.int8)
+    if node.op == "passthrough":
+        return passthrough(node, args[0])
+    raise NotImplementedError(f"reference does not evaluate {node.op} ({node.source.op if node.source else ''})")
+
+
+def run_reference(qgraph: QuantizedGraph, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    values: dict[str, np.ndarray] = dict(inputs)
+    for node in qgraph.nodes.values():
+        if node.op != "input":
+            values[node.name] = evaluate(node, [values[i] for i in node.inputs])
+    return [values[name] for name in qgraph.outputs]
