@@ -63,8 +63,7 @@ def tensor_ranges(graph: Graph, imported: ImportedModel, samples: list[dict[str,
 
 def float_outputs(graph: Graph, imported: ImportedModel, samples: list[dict[str, np.ndarray]]):
     mod = build_float_module(graph, imported, [])
-    for outputs in run_float(mod, samples, [t.name for t in imported.inputs]):
-        yield outputs
+    yield from run_float(mod, samples, [t.name for t in imported.inputs])
 
 
 # ---- calibration data -----------------------------------------------------------------------

@@ -258,7 +258,7 @@ def _fold_bias(layer: GemmLayer, bias: np.ndarray, out_shape) -> bool:
     if squeezed is None or bias.ndim > len(out_shape):
         return False
     # The constant must broadcast along the channel axis only.
-    if list(bias.shape) != axis_shape[len(out_shape) - bias.ndim:]:
+    if list(bias.shape) != axis_shape[len(out_shape) - bias.ndim :]:
         return False
     layer.bias = squeezed.astype(np.float32) + (layer.bias if layer.bias is not None else 0)
     return True

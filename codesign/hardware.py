@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from codesign.errors import HardwareError
 
@@ -177,9 +178,7 @@ def hardware_from_dict(doc: dict, source: str = "<dict>") -> HardwareSpec:
         elif not isinstance(value, dict):
             problems.append(f"'{key}' must be a table ([{key}])")
         else:
-            problems += [
-                f"unknown field '{key}.{sub}'" for sub in value if (key, sub) not in FIELDS
-            ]
+            problems += [f"unknown field '{key}.{sub}'" for sub in value if (key, sub) not in FIELDS]
     for (section, key), (field, check, allowed) in FIELDS.items():
         table = doc.get(section)
         if not isinstance(table, dict) or key not in table:
@@ -201,13 +200,9 @@ def hardware_from_dict(doc: dict, source: str = "<dict>") -> HardwareSpec:
 def _contradictions(values: dict) -> list[str]:
     problems = []
     if values["alu_has_multiplier"] and values["alu_multiplier_bits"] < 2:
-        problems.append(
-            "'alu.multiplier_bits' must be from 2 to 32 when 'alu.has_multiplier' is true"
-        )
+        problems.append("'alu.multiplier_bits' must be from 2 to 32 when 'alu.has_multiplier' is true")
     if not values["alu_has_multiplier"] and values["alu_multiplier_bits"] != 0:
-        problems.append(
-            "'alu.multiplier_bits' must be 0 when 'alu.has_multiplier' is false (shift-only ALU)"
-        )
+        problems.append("'alu.multiplier_bits' must be 0 when 'alu.has_multiplier' is false (shift-only ALU)")
     elements = {
         "input": ("inp_buffer_bytes", values["batch"] * values["block_in"] * values["input_bits"] // 8),
         "weight": ("wgt_buffer_bytes", values["block_out"] * values["block_in"] * values["weight_bits"] // 8),
@@ -278,9 +273,7 @@ def resolve_hardware_path(name_or_path: str | Path) -> Path:
     preset = PRESET_DIR / f"{name_or_path}.toml"
     if preset.exists():
         return preset
-    raise HardwareError(
-        f"{name_or_path}: no such hardware file or preset (presets: {', '.join(preset_names())})"
-    )
+    raise HardwareError(f"{name_or_path}: no such hardware file or preset (presets: {', '.join(preset_names())})")
 
 
 def load_hardware(name_or_path: str | Path) -> HardwareSpec:

@@ -12,7 +12,6 @@ import hashlib
 import math
 from pathlib import Path
 
-import numpy as np
 import onnx
 import tvm
 from tvm import relax
@@ -66,7 +65,7 @@ def load_onnx(path: str | Path) -> tuple[onnx.ModelProto, str]:
     try:
         model = onnx.load_from_string(data)
         onnx.checker.check_model(model)
-    except Exception as err:  # noqa: BLE001 - protobuf and checker raise many types
+    except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{path}: not a valid ONNX model ({reason})") from err
     if not model.graph.node:
@@ -158,13 +157,12 @@ def import_onnx(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | Non
     inputs = bind_input_shapes(model, input_shapes or {}, source)
     make_padding_explicit(model)
     try:
-        mod = from_onnx(
-            model, shape_dict={t.name: list(t.shape) for t in inputs}, keep_params_in_input=False
-        )
-    except Exception as err:  # noqa: BLE001 - the frontend raises many error types
+        mod = from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs}, keep_params_in_input=False)
+    except Exception as err:
         raise ModelError(f"{source}: cannot import into TVM ({_first_line(err)})") from err
     mod = relax.transform.FoldConstant()(mod)
-    return ImportedModel(mod, inputs, _output_specs(mod, source), source, sha256)
+    output_names = [o.name for o in model.graph.output]
+    return ImportedModel(mod, inputs, _output_specs(mod, output_names, source), source, sha256)
 
 
 def _first_line(err: Exception) -> str:
@@ -173,7 +171,7 @@ def _first_line(err: Exception) -> str:
     return (useful or lines or [type(err).__name__])[-1][:300]
 
 
-def _output_specs(mod: tvm.IRModule, source: str) -> list[TensorSpec]:
+def _output_specs(mod: tvm.IRModule, names: list[str], source: str) -> list[TensorSpec]:
     ret = mod["main"].ret_ty
     fields = ret.fields if isinstance(ret, relax.TupleType) else [ret]
     specs = []
@@ -181,7 +179,8 @@ def _output_specs(mod: tvm.IRModule, source: str) -> list[TensorSpec]:
         shape = static_shape(sinfo)
         if shape is None:
             raise ModelError(f"{source}: output {index} has no static shape after binding input shapes")
-        specs.append(TensorSpec(f"output_{index}", shape, str(sinfo.dtype)))
+        name = names[index] if index < len(names) else f"output_{index}"
+        specs.append(TensorSpec(name, shape, str(sinfo.dtype)))
     return specs
 
 
@@ -192,13 +191,3 @@ def static_shape(sinfo) -> tuple[int, ...] | None:
     if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
         return None
     return tuple(int(d) for d in dims)
-
-
-def onnx_output_names(path: str | Path) -> list[str]:
-    model, _ = load_onnx(path)
-    return [o.name for o in model.graph.output]
-
-
-def random_inputs(inputs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {t.name: rng.standard_normal(t.shape).astype(t.dtype) for t in inputs}

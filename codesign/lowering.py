@@ -115,15 +115,21 @@ class _Lowerer:
     def emit(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
         p = node.params
         if node.op == "quantize":
-            return self.bb.emit_te(lambda x: _quantize_te(x, float(p["inv_scale"])), args[0], primfunc_name_hint="quantize")
+            return self.bb.emit_te(
+                lambda x: _quantize_te(x, float(p["inv_scale"])), args[0], primfunc_name_hint="quantize"
+            )
         if node.op == "dequantize":
-            return self.bb.emit_te(lambda x: _dequantize_te(x, float(p["scale"])), args[0], primfunc_name_hint="dequantize")
+            return self.bb.emit_te(
+                lambda x: _dequantize_te(x, float(p["scale"])), args[0], primfunc_name_hint="dequantize"
+            )
         if node.op in ("conv2d", "matmul") and node.placement == "accel":
             return self.emit_accelerated(node, args)
         if node.op == "conv2d":
             self.plans.append(LayerPlan(node.name, node.op, "host", gemm_shape(node, self.qgraph)))
             consts = [relax.const(p[key]) for key in ("weight", "bias", "multiplier", "shift")]
-            return self.bb.emit_te(lambda x, *c: _host_conv2d_te(x, *c, node), args[0], *consts, primfunc_name_hint="host_conv2d")
+            return self.bb.emit_te(
+                lambda x, *c: _host_conv2d_te(x, *c, node), args[0], *consts, primfunc_name_hint="host_conv2d"
+            )
         if node.op == "add":
             return self.bb.emit_te(lambda a, b: _add_te(a, b, p), args[0], args[1], primfunc_name_hint="int_add")
         if node.op == "mean":
@@ -148,12 +154,24 @@ class _Lowerer:
             relax.const(pack_channel_params_numpy(np.broadcast_to(p[key], (shape.groups, shape.out_channels)), hw))
             for key in ("bias", "multiplier", "shift")
         ]
-        out_shape = (shape.groups, *packed_data.ty.shape.values[1:2], -(-shape.out_channels // hw.block_out), shape.out_h, shape.out_w, hw.batch, hw.block_out)
+        out_shape = (
+            shape.groups,
+            *packed_data.ty.shape.values[1:2],
+            -(-shape.out_channels // hw.block_out),
+            shape.out_h,
+            shape.out_w,
+            hw.batch,
+            hw.block_out,
+        )
         packed_out = bb.emit(
-            relax.call_tir(kernel, [packed_data, packed_weight, *channel], relax.TensorType([int(d) for d in out_shape], "int8"))
+            relax.call_tir(
+                kernel, [packed_data, packed_weight, *channel], relax.TensorType([int(d) for d in out_shape], "int8")
+            )
         )
         out = bb.emit_te(
-            lambda y: unpack_output_te(y, shape.batch, shape.out_channels), packed_out, primfunc_name_hint="unpack_output"
+            lambda y: unpack_output_te(y, shape.batch, shape.out_channels),
+            packed_out,
+            primfunc_name_hint="unpack_output",
         )
         return bb.emit(relax.op.reshape(out, node.shape))
 
@@ -180,7 +198,11 @@ def lower_to_relax(qgraph: QuantizedGraph, imported: ImportedModel, hw) -> Lower
 def _requant(value, multiplier, shift, lo, hi):
     """int64 value -> int8, the same rounding as the accelerator's requantization."""
     shift64 = tirx.const(int(shift), "int64") if isinstance(shift, (int, np.integer)) else shift.astype("int64")
-    mult64 = tirx.const(int(multiplier), "int64") if isinstance(multiplier, (int, np.integer)) else multiplier.astype("int64")
+    mult64 = (
+        tirx.const(int(multiplier), "int64")
+        if isinstance(multiplier, (int, np.integer))
+        else multiplier.astype("int64")
+    )
     rounding = tirx.shift_right(tirx.shift_left(tirx.const(1, "int64"), shift64), tirx.const(1, "int64"))
     scaled = tirx.shift_right(value * mult64 + rounding, shift64)
     return tirx.max(tirx.min(scaled, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype("int8")
@@ -189,7 +211,9 @@ def _requant(value, multiplier, shift, lo, hi):
 def _quantize_te(x: te.Tensor, inv_scale: float) -> te.Tensor:
     def q(*i):
         scaled = tirx.floor(x(*i) * tirx.const(inv_scale, "float32") + tirx.const(0.5, "float32"))
-        return tirx.max(tirx.min(scaled, tirx.const(INT8_MAX, "float32")), tirx.const(INT8_MIN, "float32")).astype("int8")
+        return tirx.max(tirx.min(scaled, tirx.const(INT8_MAX, "float32")), tirx.const(INT8_MIN, "float32")).astype(
+            "int8"
+        )
 
     return te.compute(x.shape, q, name="quantize")
 
@@ -199,7 +223,9 @@ def _dequantize_te(x: te.Tensor, scale: float) -> te.Tensor:
 
 
 def _clamp_te(x: te.Tensor, lo: int, hi: int) -> te.Tensor:
-    return te.compute(x.shape, lambda *i: tirx.max(tirx.min(x(*i), tirx.const(hi, "int8")), tirx.const(lo, "int8")), name="clamp")
+    return te.compute(
+        x.shape, lambda *i: tirx.max(tirx.min(x(*i), tirx.const(hi, "int8")), tirx.const(lo, "int8")), name="clamp"
+    )
 
 
 def _add_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
@@ -214,10 +240,14 @@ def _mean_te(x: te.Tensor, p: dict) -> te.Tensor:
     from tvm import topi
 
     total = topi.sum(topi.cast(x, "int64"), axis=list(p["axes"]), keepdims=p["keepdims"])
-    return te.compute(total.shape, lambda *i: _requant(total(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX), name="int_mean")
+    return te.compute(
+        total.shape, lambda *i: _requant(total(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX), name="int_mean"
+    )
 
 
-def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, node: QNode):
+def _host_conv2d_te(
+    x: te.Tensor, weight: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, node: QNode
+):
     """Grouped / depthwise / dilated conv in integers on the host."""
     p = node.params
     o, cg, kh, kw = (int(d) for d in weight.shape)

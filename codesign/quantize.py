@@ -135,7 +135,7 @@ def fixed_point(real: np.ndarray, bits: int, shift_only: bool) -> tuple[np.ndarr
         shift = -exponent
     else:
         shift = bits - 1 - exponent
-        multiplier = np.round(real * 2.0 ** shift).astype(np.int64)
+        multiplier = np.round(real * 2.0**shift).astype(np.int64)
         overflow = multiplier >= 2**bits
         multiplier[overflow] //= 2
         shift[overflow] -= 1
@@ -179,7 +179,9 @@ class _Quantizer:
         if key not in self.converted:
             scale = self.scale_for(name)
             qname = f"{name}.quantize"
-            self.nodes[qname] = QNode(qname, "quantize", [name], node.shape, "int8", scale, params={"inv_scale": np.float32(1.0 / scale)})
+            self.nodes[qname] = QNode(
+                qname, "quantize", [name], node.shape, "int8", scale, params={"inv_scale": np.float32(1.0 / scale)}
+            )
             self.converted[key] = qname
         return self.converted[key]
 
@@ -190,7 +192,9 @@ class _Quantizer:
         key = (name, "float32")
         if key not in self.converted:
             dname = f"{name}.dequantize"
-            self.nodes[dname] = QNode(dname, "dequantize", [name], node.shape, "float32", params={"scale": np.float32(node.scale)})
+            self.nodes[dname] = QNode(
+                dname, "dequantize", [name], node.shape, "float32", params={"scale": np.float32(node.scale)}
+            )
             self.converted[key] = dname
         return self.converted[key]
 
@@ -248,18 +252,35 @@ class _Quantizer:
         multipliers, shifts = fixed_point(ratios, HOST_MULTIPLIER_BITS, self.config.shift_only)
         shift = int(shifts.max())
         multipliers = multipliers.astype(np.int64) << (shift - shifts)
-        params = {"multiplier_a": int(multipliers[0]), "multiplier_b": int(multipliers[1]), "shift": shift, "lo": INT8_MIN, "hi": INT8_MAX}
+        params = {
+            "multiplier_a": int(multipliers[0]),
+            "multiplier_b": int(multipliers[1]),
+            "shift": shift,
+            "lo": INT8_MIN,
+            "hi": INT8_MAX,
+        }
         return QNode(node.name, "add", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
 
     def lower_mean(self, node: Node) -> QNode:
         attrs = node.call.attrs
         in_shape = self.nodes[node.inputs[0]].shape
-        axes = tuple(sorted(int(a) % len(in_shape) for a in attrs.axis)) if attrs.axis is not None else tuple(range(len(in_shape)))
+        axes = (
+            tuple(sorted(int(a) % len(in_shape) for a in attrs.axis))
+            if attrs.axis is not None
+            else tuple(range(len(in_shape)))
+        )
         count = int(np.prod([in_shape[a] for a in axes]))
         out_scale = self.scale_for(node.name)
         # Division by the element count is exact only as a multiplier, so the host does it.
-        multiplier, shift = fixed_point(self.nodes[node.inputs[0]].scale / (count * out_scale), HOST_MULTIPLIER_BITS, False)
-        params = {"axes": axes, "keepdims": bool(attrs.keepdims), "multiplier": int(multiplier[0]), "shift": int(shift[0])}
+        multiplier, shift = fixed_point(
+            self.nodes[node.inputs[0]].scale / (count * out_scale), HOST_MULTIPLIER_BITS, False
+        )
+        params = {
+            "axes": axes,
+            "keepdims": bool(attrs.keepdims),
+            "multiplier": int(multiplier[0]),
+            "shift": int(shift[0]),
+        }
         return QNode(node.name, "mean", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
 
 

@@ -27,7 +27,7 @@ def requantize(acc: np.ndarray, bias, multiplier, shift, lo: int, hi: int, chann
 
 def conv2d_accumulate(x: np.ndarray, w: np.ndarray, strides, padding, groups: int, dilation=(1, 1)) -> np.ndarray:
     """int8 NCHW x int8 OIHW -> int64 NCHW accumulators."""
-    n, c, h, wd = x.shape
+    n, _c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     top, left, bottom, right = padding
     xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (top, bottom), (left, right)))
@@ -41,7 +41,12 @@ def conv2d_accumulate(x: np.ndarray, w: np.ndarray, strides, padding, groups: in
         for i in range(kh):
             for j in range(kw):
                 y0, x0 = i * dilation[0], j * dilation[1]
-                patch = xs[:, :, y0 : y0 + (out_h - 1) * strides[0] + 1 : strides[0], x0 : x0 + (out_w - 1) * strides[1] + 1 : strides[1]]
+                patch = xs[
+                    :,
+                    :,
+                    y0 : y0 + (out_h - 1) * strides[0] + 1 : strides[0],
+                    x0 : x0 + (out_w - 1) * strides[1] + 1 : strides[1],
+                ]
                 acc[:, g * og : (g + 1) * og] += np.einsum("oc,nchw->nohw", w64[g * og : (g + 1) * og, :, i, j], patch)
     return acc
 

@@ -58,7 +58,12 @@ def packed_conv2d_func(shape: ConvShape, hw, clamp_lo: int, clamp_hi: int) -> ti
     multiplier = te.placeholder(shapes["channel_params"], "int32", name="multiplier")
     shift = te.placeholder(shapes["channel_params"], "int32", name="shift")
     pt, pl = shape.pad_top, shape.pad_left
-    padded_shape = (*shapes["data"][:3], shape.in_h + pt + shape.pad_bottom, shape.in_w + pl + shape.pad_right, *shapes["data"][5:])
+    padded_shape = (
+        *shapes["data"][:3],
+        shape.in_h + pt + shape.pad_bottom,
+        shape.in_w + pl + shape.pad_right,
+        *shapes["data"][5:],
+    )
 
     def padded(g, n, c, y, x, b, i):
         inside = tirx.all(y >= pt, y < shape.in_h + pt, x >= pl, x < shape.in_w + pl)
@@ -116,7 +121,7 @@ def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, parallel: bo
     return sch.mod["main"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compaction():
     return tvm.transform.Sequential(
         [

@@ -63,13 +63,21 @@ def randomize_norm_params(model: nn.Module) -> None:
                 module.running_var.uniform_(0.5, 2.0)
 
 
-def export(model: nn.Module, example: torch.Tensor, path: pathlib.Path, input_name: str,
-           dynamic_axes: dict[int, str], fold_constants: bool) -> None:
+def export(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: pathlib.Path,
+    input_name: str,
+    dynamic_axes: dict[int, str],
+    fold_constants: bool,
+) -> None:
     """Export with the legacy TorchScript exporter (keeps Shape->Gather->Concat chains)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (example,), str(path),
+            model,
+            (example,),
+            str(path),
             dynamo=False,
             opset_version=OPSET,
             do_constant_folding=fold_constants,
@@ -135,11 +143,14 @@ class BasicBlock(nn.Module):
 
 def build_resnet_mini() -> nn.Module:
     return nn.Sequential(
-        *conv_bn(3, 16, 3), nn.ReLU(),
+        *conv_bn(3, 16, 3),
+        nn.ReLU(),
         BasicBlock(16, 16, stride=1),
         BasicBlock(16, 32, stride=2),
         BasicBlock(32, 32, stride=1),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     )
 
 
@@ -166,8 +177,10 @@ class InvertedResidual(nn.Module):
         hidden = cin * expansion
         self.use_residual = stride == 1 and cin == cout
         self.body = nn.Sequential(
-            *conv_bn(cin, hidden, 1), nn.ReLU6(),
-            *conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU6(),
+            *conv_bn(cin, hidden, 1),
+            nn.ReLU6(),
+            *conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            nn.ReLU6(),
             *conv_bn(hidden, cout, 1),
         )
 
@@ -178,12 +191,16 @@ class InvertedResidual(nn.Module):
 
 def build_mobilenetv2_mini() -> nn.Module:
     return nn.Sequential(
-        *conv_bn(3, 16, 3, stride=2), nn.ReLU6(),
+        *conv_bn(3, 16, 3, stride=2),
+        nn.ReLU6(),
         InvertedResidual(16, 16, stride=1),
         InvertedResidual(16, 24, stride=2),
         InvertedResidual(24, 24, stride=1),
-        *conv_bn(24, 64, 1), nn.ReLU6(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+        *conv_bn(24, 64, 1),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
     )
 
 

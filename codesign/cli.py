@@ -1,0 +1,167 @@
+"""The `codesign` command line: compile | run | demo | hw.
+
+Errors print one line naming the problem and exit 2 (usage) or 1 (anything else); `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import numpy as np
+import typer
+from rich.console import Console
+
+from codesign.errors import CodesignError, DeployError, UsageError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Hardware/software co-design for VTA-style GEMM accelerators."
+)
+# Piped output gets a wide table instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+@app.callback()
+def _global(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False):
+    """Hardware/software co-design for VTA-style GEMM accelerators."""
+
+
+@app.command("compile")
+def compile_command(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    hw: Annotated[str, typer.Option("--hw", help="Accelerator description (.toml, vta_config.json) or preset name.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory for the deployable module.")],
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
+    ] = None,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="Calibration inputs (.npy or .npz named by input).")
+    ] = None,
+    calibration_samples: Annotated[int, typer.Option(help="Calibration samples to use at most.", min=1)] = 200,
+    weight_bits: Annotated[int | None, typer.Option(help="Weight bits (4 or 8); default: the hardware's.")] = None,
+):
+    """Compile an ONNX model into a deployable module for an accelerator description."""
+    from codesign.deploy import write_module
+    from codesign.hardware import load_hardware
+    from codesign.importer import parse_input_shapes
+    from codesign.pipeline import compile_model
+    from codesign.report_tables import print_placement
+
+    if weight_bits not in (None, 4, 8):
+        raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
+    spec = load_hardware(hw)
+    result = compile_model(model, spec, parse_input_shapes(input_shape), calibration, calibration_samples, weight_bits)
+    write_module(result, out)
+    print_placement(result.lowered.plans, spec, console)
+    total = sum(result.seconds.values())
+    console.print(
+        f"Wrote {out}/ ({total:.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items()) + ")"
+    )
+
+
+@app.command("run")
+def run_command(
+    module_dir: Annotated[Path, typer.Argument(help="Compiled module directory (from `codesign compile`).")],
+    input: Annotated[list[str], typer.Option("--input", help="Input array: FILE.npy or NAME=FILE.npy (repeatable).")],
+    output: Annotated[Path, typer.Option("--output", help="Where to write the output (.npy; .npz for several).")],
+    hw: Annotated[str | None, typer.Option("--hw", help="Refuse to run unless built for this description.")] = None,
+):
+    """Run a compiled module on inputs stored as .npy files."""
+    from codesign.deploy import load
+    from codesign.hardware import load_hardware
+
+    module = load(module_dir, load_hardware(hw) if hw else None)
+    arrays = _read_inputs(input, [t.name for t in module.inputs])
+    results = module.run(**arrays)
+    _write_outputs(output, results, [t.name for t in module.outputs])
+    shapes = ", ".join(f"{t.name} {list(r.shape)}" for t, r in zip(module.outputs, results))
+    console.print(f"Wrote {output}: {shapes}")
+
+
+def _read_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
+    arrays = {}
+    for position, spec in enumerate(specs):
+        name, sep, file = spec.partition("=")
+        if not sep:
+            if len(specs) != len(names) or position >= len(names):
+                raise UsageError(f"--input {spec}: name it as NAME=FILE (inputs: {', '.join(names)})")
+            name, file = names[position], spec
+        try:
+            arrays[name] = np.load(file, allow_pickle=False)
+        except FileNotFoundError as err:
+            raise UsageError(f"--input {spec}: no such file {file}") from err
+        except (OSError, ValueError) as err:
+            raise DeployError(f"--input {spec}: {file} is not a .npy file ({err})") from err
+    return arrays
+
+
+def _write_outputs(path: Path, results: list[np.ndarray], names: list[str]) -> None:
+    try:
+        if len(results) == 1 and path.suffix != ".npz":
+            np.save(path, results[0])
+        else:
+            np.savez(path, **dict(zip(names, results)))
+    except OSError as err:
+        raise DeployError(f"{path}: cannot write output ({err.strerror})") from err
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Keep the demo's modules here.")] = None,
+):
+    """Compile the bundled mnist-8 for VTA's default and measure it on the 10,000 MNIST test images."""
+    from codesign.demo import run_demo
+
+    run_demo(out, console)
+
+
+@app.command("hw")
+def hw_command(
+    description: Annotated[str, typer.Argument(help="Description file (.toml, vta_config.json) or preset name.")],
+):
+    """Validate an accelerator description and print it."""
+    from codesign.hardware import load_hardware
+
+    spec = load_hardware(description)
+    console.print(f"[bold]{spec.name}[/]: valid ({spec.gemm_shape} GEMM core, {spec.macs_per_cycle} MACs/cycle)")
+    console.print(spec.to_toml(), markup=False, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        result = app(args=argv, prog_name="codesign", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.UsageError as err:
+        if debug:
+            raise
+        err.show()
+        return 2
+    except click.exceptions.Abort:
+        return 1
+    except CodesignError as err:
+        if debug:
+            raise
+        print(f"codesign: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:
+        if debug:
+            raise
+        message = str(err).strip().splitlines()
+        print(
+            f"codesign: internal error: {type(err).__name__}: {message[-1] if message else ''} (rerun with --debug)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

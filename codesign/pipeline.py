@@ -1,0 +1,96 @@
+"""The compile flow as a short pipeline of stages, each reading and writing one object:
+
+import_onnx     ONNX file                  -> ImportedModel   (codesign.importer)
+extract_graph   ImportedModel              -> Graph           (codesign.graph)
+tensor_ranges   Graph + calibration inputs -> ranges          (codesign.calibration)
+quantize_graph  Graph + ranges + hardware  -> QuantizedGraph  (codesign.quantize)
+lower_to_relax  QuantizedGraph + hardware  -> LoweredModel    (codesign.lowering)
+build           LoweredModel               -> TVM executable  (tvm.compile)
+write_module    everything above           -> OUT/            (codesign.deploy)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import tvm
+
+from codesign.calibration import load_samples, random_samples, tensor_ranges
+from codesign.emit import target
+from codesign.errors import ModelError
+from codesign.graph import Graph, extract_graph
+from codesign.hardware import HardwareSpec
+from codesign.importer import ImportedModel, import_onnx
+from codesign.lowering import LoweredModel, lower_to_relax
+from codesign.quantize import QuantConfig, QuantizedGraph, quantize_graph
+
+DEFAULT_CALIBRATION_SAMPLES = 200
+
+
+@dataclasses.dataclass
+class CompileResult:
+    imported: ImportedModel
+    graph: Graph
+    qgraph: QuantizedGraph
+    lowered: LoweredModel
+    executable: tvm.runtime.Executable
+    hw: HardwareSpec
+    calibration: dict
+    seconds: dict[str, float]
+
+
+def quantize_model(
+    imported: ImportedModel,
+    hw: HardwareSpec,
+    calibration: str | Path | None = None,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    weight_bits: int | None = None,
+    warn=lambda message: print(message, file=sys.stderr),
+) -> tuple[Graph, QuantizedGraph, dict]:
+    graph = extract_graph(imported)
+    if calibration is None:
+        warn(
+            "warning: no --calibration data; calibrating on random normal inputs, "
+            "so activation ranges (and accuracy) may be poor"
+        )
+        samples = random_samples(imported.inputs, min(calibration_samples, 16))
+        calibration_info = {"source": "random", "samples": len(samples)}
+    else:
+        samples = load_samples(calibration, imported.inputs, calibration_samples)
+        calibration_info = {"source": str(calibration), "samples": len(samples)}
+    if not samples:
+        raise ModelError(f"{calibration}: no calibration samples")
+    ranges = tensor_ranges(graph, imported, samples)
+    config = QuantConfig.for_hardware(hw, weight_bits)
+    return graph, quantize_graph(graph, ranges, config), calibration_info
+
+
+def compile_model(
+    model: str | Path,
+    hw: HardwareSpec,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    calibration: str | Path | None = None,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    weight_bits: int | None = None,
+    warn=lambda message: print(message, file=sys.stderr),
+) -> CompileResult:
+    seconds = {}
+    start = time.perf_counter()
+    imported = import_onnx(model, input_shapes)
+    seconds["import"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    graph, qgraph, calibration_info = quantize_model(imported, hw, calibration, calibration_samples, weight_bits, warn)
+    seconds["quantize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    lowered = lower_to_relax(qgraph, imported, hw)
+    seconds["schedule"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    executable = tvm.compile(lowered.mod, target=target())
+    seconds["build"] = time.perf_counter() - start
+    return CompileResult(imported, graph, qgraph, lowered, executable, hw, calibration_info, seconds)
