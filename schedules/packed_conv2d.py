@@ -21,7 +21,7 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, te, tirx
 
-from schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE, register_gemm_intrin
+from schedules.gemm_intrin import ACC_SCOPE, GEMM_MARKER, INP_SCOPE, WGT_SCOPE, register_gemm_intrin
 from schedules.layer import ConvShape
 from schedules.tiling import TileFootprint, Tiling
 
@@ -217,3 +217,23 @@ def pack_channel_params_numpy(values: np.ndarray, hw, fill: int = 0) -> np.ndarr
     full = np.full((g, ob * hw.block_out), fill, dtype=np.int32)
     full[:, :o] = values
     return full.reshape(g, ob, hw.block_out)
+
+
+def count_gemm_uops(scheduled: tirx.PrimFunc) -> int:
+    """GEMM micro-ops the scheduled kernel executes: marked intrinsic bodies times loop trips."""
+    extents: list[int] = []
+    total = 0
+
+    def on_for(loop, visitor):
+        extents.append(int(loop.extent))
+        visitor.default_visit(loop)
+        extents.pop()
+
+    def on_attr(attr, visitor):
+        nonlocal total
+        if attr.attr_key == GEMM_MARKER:
+            total += int(np.prod(extents, dtype=np.int64))
+        visitor.default_visit(attr)
+
+    tvm_ffi.structural_visit(scheduled.body, [(tirx.For, on_for), (tirx.AttrStmt, on_attr)])
+    return total

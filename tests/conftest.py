@@ -1,0 +1,51 @@
+"""Shared fixtures: the bundled real data, the exported test models, and compiled models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codesign.demo import MNIST_MODEL, load_mnist_test
+
+MODELS = Path(__file__).resolve().parent / "models"
+# (path, input name, bound input shape) of every model the suite compiles.
+TEST_MODELS = {
+    "mnist": (MNIST_MODEL, "Input3", (1, 1, 28, 28)),
+    "resnet": (MODELS / "resnet_mini.onnx", "input", (1, 3, 32, 32)),
+    "mobilenet": (MODELS / "mobilenetv2_mini.onnx", "input", (1, 3, 32, 32)),
+    "transformer": (MODELS / "transformer_tiny.onnx", "tokens_embedded", (1, 16, 64)),
+}
+
+
+@pytest.fixture(scope="session")
+def mnist_test_set():
+    return load_mnist_test()
+
+
+@pytest.fixture(scope="session")
+def mnist_calibration(tmp_path_factory, mnist_test_set):
+    path = tmp_path_factory.mktemp("calibration") / "mnist.npy"
+    np.save(path, mnist_test_set[0][:200, 0])
+    return path
+
+
+def sample_inputs(model: str, count: int, seed: int = 0) -> np.ndarray:
+    """Realistic inputs: MNIST-range pixels for mnist-8, standard normal otherwise."""
+    _, _, shape = TEST_MODELS[model]
+    rng = np.random.default_rng(seed)
+    if model == "mnist":
+        return (rng.random((count, *shape)) * 255).astype(np.float32)
+    return rng.standard_normal((count, *shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def model_calibration(tmp_path_factory):
+    """model name -> .npy calibration file of 16 samples."""
+    folder = tmp_path_factory.mktemp("model_calibration")
+    paths = {}
+    for name in TEST_MODELS:
+        paths[name] = folder / f"{name}.npy"
+        np.save(paths[name], sample_inputs(name, 16, seed=123))
+    return paths
