@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from codesign.errors import ModelError
+from codesign.errors import HardwareError, ModelError
 from codesign.graph import Graph, Node
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -44,6 +44,11 @@ class QuantConfig:
 
     @classmethod
     def for_hardware(cls, hw, weight_bits: int | None = None) -> QuantConfig:
+        """Quantization the core can execute; weights may be narrower than its weight width."""
+        if weight_bits is not None and weight_bits > hw.weight_bits:
+            raise HardwareError(
+                f"{weight_bits}-bit weights do not fit {hw.name}'s {hw.weight_bits}-bit weight datapath"
+            )
         return cls(
             weight_bits=weight_bits or hw.weight_bits,
             shift_only=not hw.alu_has_multiplier,
