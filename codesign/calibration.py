@@ -13,7 +13,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from codesign.emit import emit_float_clamp, emit_float_gemm, emit_host_call, module_without_main, target
+from codesign.emit import emit_float_node, module_without_main, target
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph
 from codesign.importer import ImportedModel, TensorSpec
@@ -29,13 +29,7 @@ def build_float_module(graph: Graph, imported: ImportedModel, taps: list[str]) -
             for node in graph.nodes.values():
                 if node.op == "input":
                     continue
-                args = [values[i] for i in node.inputs]
-                if node.op == "gemm":
-                    values[node.name] = emit_float_gemm(bb, node, args)
-                elif node.op == "clamp":
-                    values[node.name] = emit_float_clamp(bb, args[0], node.bounds)
-                else:
-                    values[node.name] = emit_host_call(bb, node, args)
+                values[node.name] = emit_float_node(bb, node, [values[i] for i in node.inputs])
             result = bb.emit_output(relax.Tuple([values[n] for n in graph.outputs + taps]))
         bb.emit_func_output(result)
     return bb.get()

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import numpy as np
 import typer
 from rich.console import Console
@@ -136,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="codesign", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.UsageError as err:
+    except typer.TyperException as err:  # typer's own click: usage errors, no-args help
         if debug:
             raise
-        err.show()
-        return 2
-    except click.exceptions.Abort:
+        if getattr(err, "ctx", None) is not None and type(err).__name__ == "NoArgsIsHelpError":
+            err.show()
+        else:
+            print(f"codesign: error: {err.format_message()}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    except typer.Abort:
         return 1
     except CodesignError as err:
         if debug:

@@ -101,6 +101,8 @@ def _check_destination(out_dir: Path) -> None:
             parent.mkdir(parents=True)
         except OSError as err:
             raise DeployError(f"{out_dir}: cannot create output directory ({err.strerror})") from err
+    if not parent.is_dir():
+        raise DeployError(f"{out_dir}: cannot create output directory ({parent} is not a directory)")
     if not os.access(parent, os.W_OK):
         raise DeployError(f"{out_dir}: output directory is not writable")
     if out_dir.exists() and (

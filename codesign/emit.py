@@ -71,3 +71,12 @@ def emit_float_gemm(bb: relax.BlockBuilder, node: Node, args: list[relax.Expr]) 
     if layer.bias is not None:
         y = bb.emit(relax.op.add(y, relax.const(layer.bias.reshape(bias_shape))))
     return emit_float_clamp(bb, y, layer.clamp)
+
+
+def emit_float_node(bb: relax.BlockBuilder, node: Node, args: list[relax.Expr]) -> relax.Expr:
+    """Any graph node in float: GEMM layers, clamps and host ops alike."""
+    if node.op == "gemm":
+        return emit_float_gemm(bb, node, args)
+    if node.op == "clamp":
+        return emit_float_clamp(bb, args[0], node.bounds)
+    return emit_host_call(bb, node, args)

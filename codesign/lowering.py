@@ -15,7 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
-from codesign.emit import emit_host_call, module_without_main
+from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
 from codesign.importer import ImportedModel
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
@@ -97,6 +97,15 @@ class _Lowerer:
         self.qgraph, self.imported, self.hw = qgraph, imported, hw
         self.bb = relax.BlockBuilder(module_without_main(imported.mod))
         self.plans: list[LayerPlan] = []
+        # Tile and schedule every accelerated layer first: a layer that does not fit fails
+        # before any Relax is built.
+        self.kernels = {
+            node.name: plan_accelerated_layer(
+                node.name, node.op, gemm_shape(node, qgraph), hw, (node.params["lo"], node.params["hi"])
+            )
+            for node in qgraph.gemm_nodes()
+            if node.placement == "accel"
+        }
 
     def run(self) -> LoweredModel:
         bb = self.bb
@@ -136,15 +145,18 @@ class _Lowerer:
             return self.bb.emit_te(lambda x: _mean_te(x, p), args[0], primfunc_name_hint="int_mean")
         if node.op == "clamp":
             return self.bb.emit_te(lambda x: _clamp_te(x, p["lo"], p["hi"]), args[0], primfunc_name_hint="clamp")
-        if node.op in ("passthrough", "float"):
+        if node.op == "passthrough":
             self.plans.append(LayerPlan(node.name, node.source.op.rsplit(".", 1)[-1], "host"))
             return emit_host_call(self.bb, node.source, args)
+        if node.op == "float":
+            self.plans.append(LayerPlan(node.name, node.source.op.rsplit(".", 1)[-1], "host"))
+            return emit_float_node(self.bb, node.source, args)
         raise NotImplementedError(node.op)
 
     def emit_accelerated(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
         bb, hw, p = self.bb, self.hw, node.params
-        shape = gemm_shape(node, self.qgraph)
-        scheduled, plan = plan_accelerated_layer(node.name, node.op, shape, hw, (p["lo"], p["hi"]))
+        scheduled, plan = self.kernels[node.name]
+        shape = plan.shape
         self.plans.append(plan)
         kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"gemm_{node.name}")
         data = bb.emit(relax.op.reshape(args[0], self.activation_5d(node, shape)))
