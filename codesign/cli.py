@@ -41,6 +41,9 @@ def compile_command(
     ] = None,
     calibration_samples: Annotated[int, typer.Option(help="Calibration samples to use at most.", min=1)] = 200,
     weight_bits: Annotated[int | None, typer.Option(help="Weight bits (4 or 8); default: the hardware's.")] = None,
+    cpu: Annotated[
+        str | None, typer.Option(help="LLVM CPU to build for (default: this machine's; x86-64 runs anywhere).")
+    ] = None,
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
     from codesign.deploy import write_module
@@ -52,7 +55,9 @@ def compile_command(
     if weight_bits not in (None, 4, 8):
         raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
     spec = load_hardware(hw)
-    result = compile_model(model, spec, parse_input_shapes(input_shape), calibration, calibration_samples, weight_bits)
+    result = compile_model(
+        model, spec, parse_input_shapes(input_shape), calibration, calibration_samples, weight_bits, cpu=cpu
+    )
     write_module(result, out)
     print_placement(result.lowered.plans, spec, console)
     total = sum(result.seconds.values())

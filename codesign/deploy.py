@@ -18,7 +18,6 @@ import tvm
 from tvm import relax
 
 import codesign
-from codesign.emit import target
 from codesign.errors import DeployError
 from codesign.hardware import HardwareSpec
 from codesign.importer import TensorSpec
@@ -39,7 +38,7 @@ def build_manifest(result: CompileResult) -> dict:
         "codesign_version": codesign.__version__,
         "tvm_version": tvm.__version__,
         "library": LIBRARY_FILE,
-        "target": str(target()),
+        "target": str(result.target),
         "model": {"source": Path(result.imported.source).name, "sha256": result.imported.sha256},
         "hardware": {"name": hw.name, "sha256": hw.fingerprint(), "file": HARDWARE_FILE, "spec": hw.to_dict()},
         "inputs": [t.to_dict() for t in result.imported.inputs],

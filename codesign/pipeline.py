@@ -40,6 +40,7 @@ class CompileResult:
     hw: HardwareSpec
     calibration: dict
     seconds: dict[str, float]
+    target: tvm.target.Target
 
 
 def quantize_model(
@@ -76,8 +77,10 @@ def compile_model(
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
     weight_bits: int | None = None,
     warn=lambda message: print(message, file=sys.stderr),
+    cpu: str | None = None,
 ) -> CompileResult:
     seconds = {}
+    build_target = target(cpu)
     start = time.perf_counter()
     imported = import_onnx(model, input_shapes)
     seconds["import"] = time.perf_counter() - start
@@ -91,6 +94,6 @@ def compile_model(
     seconds["schedule"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    executable = tvm.compile(lowered.mod, target=target())
+    executable = tvm.compile(lowered.mod, target=build_target)
     seconds["build"] = time.perf_counter() - start
-    return CompileResult(imported, graph, qgraph, lowered, executable, hw, calibration_info, seconds)
+    return CompileResult(imported, graph, qgraph, lowered, executable, hw, calibration_info, seconds, build_target)

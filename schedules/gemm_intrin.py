@@ -2,7 +2,7 @@
 
 One intrinsic call is one GEMM micro-op: acc[b, o] += sum_i inp[b, i] * wgt[o, i] over a
 batch x block_in x block_out block, with operands in the input/weight/accumulator scratchpads.
-On the host the implementation is plain integer loops, so results are exact.
+On the host the implementation is integer loops vectorized over the outputs, so results are exact.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def _unbatched(bi: int, bo: int):
             T.reads(C[0:bo], A[0:bi], W[0:bo, 0:bi])
             T.writes(C[0:bo])
             T.attr(0, GEMM_MARKER, 1)
-            for o in T.serial(bo):
-                for i in T.serial(bi):
+            # One broadcast input lane times a weight column per step: vectorizes over outputs.
+            for i in T.unroll(bi):
+                for o in T.vectorized(bo):
                     C[o] = C[o] + T.Cast("int32", A[i]) * T.Cast("int32", W[o, i])
 
     return desc, impl
@@ -92,8 +93,8 @@ def _batched(bb: int, bi: int, bo: int):
             T.writes(C[0:bb, 0:bo])
             T.attr(0, GEMM_MARKER, 1)
             for b in T.serial(bb):
-                for o in T.serial(bo):
-                    for i in T.serial(bi):
+                for i in T.unroll(bi):
+                    for o in T.vectorized(bo):
                         C[b, o] = C[b, o] + T.Cast("int32", A[b, i]) * T.Cast("int32", W[o, i])
 
     return desc, impl

@@ -15,6 +15,7 @@ channel). `codesign.reference` implements the same formula in numpy.
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import tvm
@@ -94,8 +95,14 @@ def packed_conv2d_func(shape: ConvShape, hw, clamp_lo: int, clamp_hi: int) -> ti
     return te.create_prim_func([data, weight, bias, multiplier, shift, out])
 
 
-def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, parallel: bool = True) -> tirx.PrimFunc:
-    """Tile, stage through the scratchpads, requantize in the accumulator, tensorize."""
+def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, host_threads: int | None = None) -> tirx.PrimFunc:
+    """Tile, stage through the scratchpads, requantize in the accumulator, tensorize.
+
+    Loops: output tiles (g, n, co, y, x), then input-channel tiles with the input and weight
+    loads, then the tile's output-channel blocks, input-channel blocks, kernel window, rows and
+    columns, each step one GEMM micro-op. On the host, output tiles are independent and so are
+    the output-channel blocks inside a tile: whichever gives every thread work runs in parallel.
+    """
     intrin = register_gemm_intrin(hw.batch, hw.block_in, hw.block_out)
     sch = s_tir.Schedule(func)
     conv = sch.get_sblock("conv")
@@ -105,7 +112,7 @@ def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, parallel: bo
     y_o, y_i = sch.split(y, [None, tiling.h_tile])
     x_o, x_i = sch.split(x, [None, tiling.w_tile])
     rc_o, rc_i = sch.split(rc, [None, tiling.ci_tile])
-    sch.reorder(g, n_o, co_o, y_o, x_o, rc_o, rc_i, kh, kw, n_i, co_i, y_i, x_i, b, o, ri)
+    sch.reorder(g, n_o, co_o, y_o, x_o, rc_o, co_i, rc_i, kh, kw, n_i, y_i, x_i, b, o, ri)
     sch.set_scope(conv, 0, ACC_SCOPE)
     sch.reverse_compute_at(sch.get_sblock("requant"), x_o)
     data_pad = sch.get_sblock("data_pad")
@@ -113,8 +120,10 @@ def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, parallel: bo
     sch.set_scope(data_pad, 0, INP_SCOPE)
     weight_load = sch.cache_read(conv, 1, WGT_SCOPE)
     sch.compute_at(weight_load, rc_o)
-    if parallel:
-        # Host execution only: output tiles are independent, so they run on all cores.
+    threads = host_threads or os.cpu_count() or 1
+    if threads > 1 and tiling.co_tile >= threads:
+        sch.parallel(co_i)
+    elif threads > 1:
         sch.parallel(sch.fuse(g, n_o, co_o, y_o, x_o))
     sch.decompose_reduction(conv, rc_o)
     sch.tensorize(b if hw.batch > 1 else o, intrin)
