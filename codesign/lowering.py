@@ -22,6 +22,7 @@ from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
 from schedules.layer import ConvShape
 from schedules.packed_conv2d import (
     check_footprint,
+    kernel_buffer_shapes,
     measured_footprint,
     pack_activation_te,
     pack_channel_params_numpy,
@@ -159,26 +160,18 @@ class _Lowerer:
         shape = plan.shape
         self.plans.append(plan)
         kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"gemm_{node.name}")
-        data = bb.emit(relax.op.reshape(args[0], self.activation_5d(node, shape)))
+        # The layer's input as (G, N, C, H, W): rows of a matmul on N, its heads on G.
+        data_5d = (shape.groups, shape.batch, shape.in_channels, shape.in_h, shape.in_w)
+        data = bb.emit(relax.op.reshape(args[0], data_5d))
         packed_data = bb.emit_te(lambda x: pack_activation_te(x, hw), data, primfunc_name_hint="pack_activation")
         packed_weight = self.packed_weight(node, shape, args)
         channel = [
             relax.const(pack_channel_params_numpy(np.broadcast_to(p[key], (shape.groups, shape.out_channels)), hw))
             for key in ("bias", "multiplier", "shift")
         ]
-        out_shape = (
-            shape.groups,
-            *packed_data.ty.shape.values[1:2],
-            -(-shape.out_channels // hw.block_out),
-            shape.out_h,
-            shape.out_w,
-            hw.batch,
-            hw.block_out,
-        )
+        out_shape = kernel_buffer_shapes(shape, hw)["out"]
         packed_out = bb.emit(
-            relax.call_tir(
-                kernel, [packed_data, packed_weight, *channel], relax.TensorType([int(d) for d in out_shape], "int8")
-            )
+            relax.call_tir(kernel, [packed_data, packed_weight, *channel], relax.TensorType(out_shape, "int8"))
         )
         out = bb.emit_te(
             lambda y: unpack_output_te(y, shape.batch, shape.out_channels),
@@ -186,10 +179,6 @@ class _Lowerer:
             primfunc_name_hint="unpack_output",
         )
         return bb.emit(relax.op.reshape(out, node.shape))
-
-    def activation_5d(self, node: QNode, shape: ConvShape) -> tuple[int, ...]:
-        """(G, N, C, H, W) view of the layer's input."""
-        return (shape.groups, shape.batch, shape.in_channels, shape.in_h, shape.in_w)
 
     def packed_weight(self, node: QNode, shape: ConvShape, args: list[relax.Expr]) -> relax.Expr:
         weight = node.params["weight"]
