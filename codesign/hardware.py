@@ -25,7 +25,8 @@ MAX_SCRATCHPAD_BYTES = 1 << 28
 
 @dataclasses.dataclass(frozen=True)
 class HardwareSpec:
-    """A VTA-style accelerator: a batch x block_in x block_out GEMM core with scratchpads."""
+    """A VTA-style accelerator: a batch x block_in x block_out GEMM core with scratchpads,
+    plus the tables that price it (energy, area) and the host CPU model."""
 
     name: str
     batch: int
@@ -41,8 +42,28 @@ class HardwareSpec:
     acc_buffer_bytes: int
     clock_mhz: float
     dram_bytes_per_cycle: float
+    dram_latency_cycles: int
     alu_has_multiplier: bool
     alu_multiplier_bits: int
+    alu_vectors_per_cycle: float
+    energy_mac_pj: float
+    energy_alu_op_pj: float
+    energy_uop_pj_per_byte: float
+    energy_inp_pj_per_byte: float
+    energy_wgt_pj_per_byte: float
+    energy_acc_pj_per_byte: float
+    energy_dram_pj_per_byte: float
+    energy_leakage_pj_per_cycle: float
+    area_mac_mm2: float
+    area_uop_mm2_per_kib: float
+    area_inp_mm2_per_kib: float
+    area_wgt_mm2_per_kib: float
+    area_acc_mm2_per_kib: float
+    area_fixed_mm2: float
+    host_clock_mhz: float
+    host_ops_per_cycle: float
+    host_bytes_per_cycle: float
+    host_op_overhead_us: float
 
     # Bytes of one scratchpad element: the unit a GEMM micro-op reads or writes.
     @property
@@ -74,34 +95,17 @@ class HardwareSpec:
 
     def to_toml(self) -> str:
         """The description as a TOML file that `load_hardware` reads back to an equal spec."""
-        sections = {
-            "gemm": {"batch": self.batch, "block_in": self.block_in, "block_out": self.block_out},
-            "bits": {
-                "input": self.input_bits,
-                "weight": self.weight_bits,
-                "accumulator": self.acc_bits,
-                "output": self.output_bits,
-            },
-            "scratchpad_bytes": {
-                "uop": self.uop_buffer_bytes,
-                "input": self.inp_buffer_bytes,
-                "weight": self.wgt_buffer_bytes,
-                "accumulator": self.acc_buffer_bytes,
-            },
-            "memory": {"clock_mhz": self.clock_mhz, "dram_bytes_per_cycle": self.dram_bytes_per_cycle},
-            "alu": {
-                "has_multiplier": self.alu_has_multiplier,
-                "multiplier_bits": self.alu_multiplier_bits,
-            },
-        }
         lines = [f'name = "{self.name}"']
-        for section, fields in sections.items():
-            lines += ["", f"[{section}]"]
-            lines += [f"{key} = {_toml_value(value)}" for key, value in fields.items()]
+        section = None
+        for field in FIELDS:
+            if field.section != section:
+                section = field.section
+                lines += ["", f"[{section}]"]
+            lines.append(f"{field.key} = {_toml_value(getattr(self, field.attr))}")
         return "\n".join(lines) + "\n"
 
     def fingerprint(self) -> str:
-        """sha256 of the fields that change the compiled code (the name does not)."""
+        """sha256 of every field but the name: the identity a compiled module is checked against."""
         fields = {k: v for k, v in self.to_dict().items() if k != "name"}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -109,10 +113,11 @@ class HardwareSpec:
 def _toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(round(value, 6))
     return repr(value)
 
 
-# (section, key) -> (HardwareSpec field, check, allowed-range text)
 def _power_of_two(low: int, high: int):
     def check(v):
         return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high and v & (v - 1) == 0
@@ -134,66 +139,183 @@ def _int_range(low: int, high: int):
     return check, f"an integer from {low} to {high}"
 
 
-def _number_range(low: float, high: float):
+def _number_range(low: float, high: float, include_low: bool = False):
     def check(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and low < v <= high
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return number and (low <= v if include_low else low < v) and v <= high
 
-    return check, f"a number above {low:g} and at most {high:g}"
+    return (
+        check,
+        f"a number {'from' if include_low else 'above'} {low:g} {'to' if include_low else 'and at most'} {high:g}",
+    )
 
 
 def _boolean():
     return (lambda v: isinstance(v, bool)), "true or false"
 
 
-FIELDS = {
-    ("gemm", "batch"): ("batch", *_power_of_two(1, 64)),
-    ("gemm", "block_in"): ("block_in", *_power_of_two(1, 256)),
-    ("gemm", "block_out"): ("block_out", *_power_of_two(1, 256)),
-    ("bits", "input"): ("input_bits", *_one_of(8)),
-    ("bits", "weight"): ("weight_bits", *_one_of(4, 8)),
-    ("bits", "accumulator"): ("acc_bits", *_one_of(32)),
-    ("bits", "output"): ("output_bits", *_one_of(8)),
-    ("scratchpad_bytes", "uop"): ("uop_buffer_bytes", *_int_range(UOP_BYTES, MAX_SCRATCHPAD_BYTES)),
-    ("scratchpad_bytes", "input"): ("inp_buffer_bytes", *_int_range(1, MAX_SCRATCHPAD_BYTES)),
-    ("scratchpad_bytes", "weight"): ("wgt_buffer_bytes", *_int_range(1, MAX_SCRATCHPAD_BYTES)),
-    ("scratchpad_bytes", "accumulator"): ("acc_buffer_bytes", *_int_range(1, MAX_SCRATCHPAD_BYTES)),
-    ("memory", "clock_mhz"): ("clock_mhz", *_number_range(0, 10000)),
-    ("memory", "dram_bytes_per_cycle"): ("dram_bytes_per_cycle", *_number_range(0, 4096)),
-    ("alu", "has_multiplier"): ("alu_has_multiplier", *_boolean()),
-    ("alu", "multiplier_bits"): ("alu_multiplier_bits", *_int_range(0, 32)),
+@dataclasses.dataclass(frozen=True)
+class Field:
+    section: str
+    key: str
+    attr: str  # HardwareSpec attribute
+    check: object
+    allowed: str
+    default: object = None  # None: required; else a function of the architecture values
+
+
+def _field(section, key, attr, rule, default=None) -> Field:
+    check, allowed = rule
+    return Field(section, key, attr, check, allowed, default)
+
+
+# Price tables default to published 45 nm figures: M. Horowitz, "Computing's energy problem
+# (and what we can do about it)", ISSCC 2014: 8-bit multiply 0.2 pJ and 282 um2, 32-bit add
+# 0.1 pJ and 137 um2; 64-bit SRAM reads of 20 pJ (32 KB) to 100 pJ (1 MB), i.e. 2.5 pJ/B at
+# 32 KiB growing as size**0.464; DRAM 1.3 nJ per 64 bits. SRAM area from Intel's 45 nm 6T
+# cell (0.346 um2, Mistry et al., IEDM 2007) at 70 % array efficiency: 0.00405 mm2/KiB.
+def sram_pj_per_byte(capacity_bytes: int) -> float:
+    return round(2.5 * (capacity_bytes / 32768) ** 0.464, 4)
+
+
+SRAM_MM2_PER_KIB = 0.00405
+LEAKAGE_MW_PER_MM2 = 10.0  # an assumed 45 nm low-power figure (no published number for this design)
+
+ENERGY_AREA_DEFAULTS = {
+    "mac_pj": lambda v: 0.3 if v["weight_bits"] == 8 else 0.2,
+    "alu_op_pj": lambda v: 0.1,
+    "uop_pj_per_byte": lambda v: sram_pj_per_byte(v["uop_buffer_bytes"]),
+    "inp_pj_per_byte": lambda v: sram_pj_per_byte(v["inp_buffer_bytes"]),
+    "wgt_pj_per_byte": lambda v: sram_pj_per_byte(v["wgt_buffer_bytes"]),
+    "acc_pj_per_byte": lambda v: sram_pj_per_byte(v["acc_buffer_bytes"]),
+    "dram_pj_per_byte": lambda v: 162.5,
+    "mac_mm2": lambda v: 0.000419 if v["weight_bits"] == 8 else 0.00028,
+    "sram_mm2_per_kib": lambda v: SRAM_MM2_PER_KIB,
+    "fixed_mm2": lambda v: 0.25,
 }
 
 
+def _leakage_default(v) -> float:
+    area = _area_mm2(v)
+    return round(LEAKAGE_MW_PER_MM2 * area * 1e-3 / (v["clock_mhz"] * 1e6) * 1e12, 3)
+
+
+def _area_mm2(v) -> float:
+    sram_kib = (v["uop_buffer_bytes"] + v["inp_buffer_bytes"] + v["wgt_buffer_bytes"] + v["acc_buffer_bytes"]) / 1024
+    macs = v["batch"] * v["block_in"] * v["block_out"]
+    return macs * ENERGY_AREA_DEFAULTS["mac_mm2"](v) + sram_kib * SRAM_MM2_PER_KIB + 0.25
+
+
+def _default(key):
+    return ENERGY_AREA_DEFAULTS[key]
+
+
+FIELDS = [
+    _field("gemm", "batch", "batch", _power_of_two(1, 64)),
+    _field("gemm", "block_in", "block_in", _power_of_two(1, 256)),
+    _field("gemm", "block_out", "block_out", _power_of_two(1, 256)),
+    _field("bits", "input", "input_bits", _one_of(8)),
+    _field("bits", "weight", "weight_bits", _one_of(4, 8)),
+    _field("bits", "accumulator", "acc_bits", _one_of(32)),
+    _field("bits", "output", "output_bits", _one_of(8)),
+    _field("scratchpad_bytes", "uop", "uop_buffer_bytes", _int_range(UOP_BYTES, MAX_SCRATCHPAD_BYTES)),
+    _field("scratchpad_bytes", "input", "inp_buffer_bytes", _int_range(1, MAX_SCRATCHPAD_BYTES)),
+    _field("scratchpad_bytes", "weight", "wgt_buffer_bytes", _int_range(1, MAX_SCRATCHPAD_BYTES)),
+    _field("scratchpad_bytes", "accumulator", "acc_buffer_bytes", _int_range(1, MAX_SCRATCHPAD_BYTES)),
+    _field("memory", "clock_mhz", "clock_mhz", _number_range(0, 10000)),
+    _field("memory", "dram_bytes_per_cycle", "dram_bytes_per_cycle", _number_range(0, 4096)),
+    _field("memory", "dram_latency_cycles", "dram_latency_cycles", _int_range(0, 100000)),
+    _field("alu", "has_multiplier", "alu_has_multiplier", _boolean()),
+    _field("alu", "multiplier_bits", "alu_multiplier_bits", _int_range(0, 32)),
+    _field("alu", "vectors_per_cycle", "alu_vectors_per_cycle", _number_range(0, 1024)),
+    _field("energy", "mac_pj", "energy_mac_pj", _number_range(0, 1e4, True), _default("mac_pj")),
+    _field("energy", "alu_op_pj", "energy_alu_op_pj", _number_range(0, 1e4, True), _default("alu_op_pj")),
+    _field(
+        "energy", "uop_pj_per_byte", "energy_uop_pj_per_byte", _number_range(0, 1e4, True), _default("uop_pj_per_byte")
+    ),
+    _field(
+        "energy", "inp_pj_per_byte", "energy_inp_pj_per_byte", _number_range(0, 1e4, True), _default("inp_pj_per_byte")
+    ),
+    _field(
+        "energy", "wgt_pj_per_byte", "energy_wgt_pj_per_byte", _number_range(0, 1e4, True), _default("wgt_pj_per_byte")
+    ),
+    _field(
+        "energy", "acc_pj_per_byte", "energy_acc_pj_per_byte", _number_range(0, 1e4, True), _default("acc_pj_per_byte")
+    ),
+    _field(
+        "energy",
+        "dram_pj_per_byte",
+        "energy_dram_pj_per_byte",
+        _number_range(0, 1e5, True),
+        _default("dram_pj_per_byte"),
+    ),
+    _field(
+        "energy", "leakage_pj_per_cycle", "energy_leakage_pj_per_cycle", _number_range(0, 1e9, True), _leakage_default
+    ),
+    _field("area", "mac_mm2", "area_mac_mm2", _number_range(0, 100, True), _default("mac_mm2")),
+    _field(
+        "area", "uop_mm2_per_kib", "area_uop_mm2_per_kib", _number_range(0, 100, True), _default("sram_mm2_per_kib")
+    ),
+    _field(
+        "area", "inp_mm2_per_kib", "area_inp_mm2_per_kib", _number_range(0, 100, True), _default("sram_mm2_per_kib")
+    ),
+    _field(
+        "area", "wgt_mm2_per_kib", "area_wgt_mm2_per_kib", _number_range(0, 100, True), _default("sram_mm2_per_kib")
+    ),
+    _field(
+        "area", "acc_mm2_per_kib", "area_acc_mm2_per_kib", _number_range(0, 100, True), _default("sram_mm2_per_kib")
+    ),
+    _field("area", "fixed_mm2", "area_fixed_mm2", _number_range(0, 1e4, True), _default("fixed_mm2")),
+    # The host defaults to PYNQ's ARM Cortex-A9 (650 MHz, NEON): VTA's reference board.
+    _field("host", "clock_mhz", "host_clock_mhz", _number_range(0, 10000), lambda v: 650.0),
+    _field("host", "ops_per_cycle", "host_ops_per_cycle", _number_range(0, 1e4), lambda v: 4.0),
+    _field("host", "bytes_per_cycle", "host_bytes_per_cycle", _number_range(0, 1e4), lambda v: 2.0),
+    _field("host", "op_overhead_us", "host_op_overhead_us", _number_range(0, 1e6, True), lambda v: 5.0),
+]
+SECTIONS = list(dict.fromkeys(f.section for f in FIELDS))
+
+
 def hardware_from_dict(doc: dict, source: str = "<dict>") -> HardwareSpec:
-    """Validate a parsed description; every problem is named in one HardwareError line."""
+    """Validate a parsed description; every problem is named in one HardwareError line.
+
+    Architecture fields are required; price tables (energy, area, host) default to the
+    published 45 nm figures above when left out.
+    """
     problems: list[str] = []
     values: dict = {"name": doc.get("name", Path(source).stem)}
-    known_sections = {section for section, _ in FIELDS}
+    known = {(f.section, f.key) for f in FIELDS}
     for key, value in doc.items():
         if key == "name":
             if not isinstance(value, str) or not value:
                 problems.append("'name' must be a non-empty string")
-        elif key not in known_sections:
+        elif key not in SECTIONS:
             problems.append(f"unknown section or field '{key}'")
         elif not isinstance(value, dict):
             problems.append(f"'{key}' must be a table ([{key}])")
         else:
-            problems += [f"unknown field '{key}.{sub}'" for sub in value if (key, sub) not in FIELDS]
-    for (section, key), (field, check, allowed) in FIELDS.items():
-        table = doc.get(section)
-        if not isinstance(table, dict) or key not in table:
-            problems.append(f"'{section}.{key}' is missing (expected {allowed})")
+            problems += [f"unknown field '{key}.{sub}'" for sub in value if (key, sub) not in known]
+    deferred = []
+    for field in FIELDS:
+        table = doc.get(field.section)
+        if not isinstance(table, dict) or field.key not in table:
+            if field.default is None:
+                problems.append(f"'{field.section}.{field.key}' is missing (expected {field.allowed})")
+            else:
+                deferred.append(field)
             continue
-        value = table[key]
-        if not check(value):
-            problems.append(f"'{section}.{key}' = {value!r} is invalid (expected {allowed})")
-        values[field] = value
+        value = table[field.key]
+        if not field.check(value):
+            problems.append(f"'{field.section}.{field.key}' = {value!r} is invalid (expected {field.allowed})")
+        values[field.attr] = value
     if not problems:
         problems += _contradictions(values)
     if problems:
         raise HardwareError(f"{source}: " + "; ".join(problems))
-    values["clock_mhz"] = float(values["clock_mhz"])
-    values["dram_bytes_per_cycle"] = float(values["dram_bytes_per_cycle"])
+    for field in deferred:
+        values[field.attr] = field.default(values)
+    for field in FIELDS:
+        if isinstance(values[field.attr], int) and field.allowed.startswith("a number"):
+            values[field.attr] = float(values[field.attr])
     return HardwareSpec(**values)
 
 
@@ -253,9 +375,9 @@ def hardware_from_vta_config(doc: dict, source: str = "vta_config.json") -> Hard
                 "weight": 1 << doc["LOG_WGT_BUFF_SIZE"],
                 "accumulator": 1 << doc["LOG_ACC_BUFF_SIZE"],
             },
-            "memory": {"clock_mhz": 100, "dram_bytes_per_cycle": 8},
-            # VTA's ALU MUL takes an 8-bit operand.
-            "alu": {"has_multiplier": True, "multiplier_bits": 8},
+            "memory": {"clock_mhz": 100, "dram_bytes_per_cycle": 8, "dram_latency_cycles": 32},
+            # VTA's ALU MUL takes an 8-bit operand; it retires one accumulator vector per cycle.
+            "alu": {"has_multiplier": True, "multiplier_bits": 8, "vectors_per_cycle": 1},
         },
         source,
     )

@@ -54,9 +54,9 @@ def random_description(rng: np.random.Generator) -> dict:
             "weight": int(2 ** rng.integers(12, 19)),
             "accumulator": int(2 ** rng.integers(9, 18)),
         },
-        "memory": {"clock_mhz": 100, "dram_bytes_per_cycle": 8},
+        "memory": {"clock_mhz": 100, "dram_bytes_per_cycle": 8, "dram_latency_cycles": 32},
         # One ALU for all draws: the requantization, not the core, decides the numbers.
-        "alu": {"has_multiplier": True, "multiplier_bits": 16},
+        "alu": {"has_multiplier": True, "multiplier_bits": 16, "vectors_per_cycle": 1},
     }
 
 
