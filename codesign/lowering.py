@@ -87,7 +87,7 @@ def plan_accelerated_layer(name: str, op: str, shape: ConvShape, hw, clamp: tupl
         raise HardwareError(f"layer '{name}': {err}") from err
     scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp), tiling, hw)
     used = measured_footprint(scheduled, hw)
-    problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw)
+    problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw, tiling.virtual_threads)
     if problems:
         raise HardwareError(f"layer '{name}': scratchpad too small: " + "; ".join(problems))
     return scheduled, LayerPlan(name, op, "accel", shape, tiling, used)

@@ -99,8 +99,8 @@ def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, host_threads
     """Tile, stage through the scratchpads, requantize in the accumulator, tensorize.
 
     Loops: output tiles (g, n, co, y, x), then input-channel tiles with the input and weight
-    loads, then the tile's output-channel blocks, input-channel blocks, kernel window, rows and
-    columns, each step one GEMM micro-op. On the host, output tiles are independent and so are
+    loads, then the tile's batch and output-channel blocks, rows, input-channel blocks, kernel
+    window and columns, each step one GEMM micro-op. On the host, output tiles are independent and so are
     the output-channel blocks inside a tile: whichever gives every thread work runs in parallel.
     """
     intrin = register_gemm_intrin(hw.batch, hw.block_in, hw.block_out)
@@ -112,7 +112,9 @@ def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, host_threads
     y_o, y_i = sch.split(y, [None, tiling.h_tile])
     x_o, x_i = sch.split(x, [None, tiling.w_tile])
     rc_o, rc_i = sch.split(rc, [None, tiling.ci_tile])
-    sch.reorder(g, n_o, co_o, y_o, x_o, rc_o, co_i, rc_i, kh, kw, n_i, y_i, x_i, b, o, ri)
+    # VTA's order inside a tile: the first two non-unit loops become the micro-op kernel's
+    # affine loops, the rest its micro-op list.
+    sch.reorder(g, n_o, co_o, y_o, x_o, rc_o, n_i, co_i, y_i, rc_i, kh, kw, x_i, b, o, ri)
     sch.set_scope(conv, 0, ACC_SCOPE)
     sch.reverse_compute_at(sch.get_sblock("requant"), x_o)
     data_pad = sch.get_sblock("data_pad")
@@ -158,16 +160,19 @@ def measured_footprint(scheduled: tirx.PrimFunc, hw) -> dict[str, int]:
     return used
 
 
-def check_footprint(used: dict[str, int], footprint: TileFootprint, hw) -> list[str]:
-    """Scopes whose measured bytes exceed the description's capacity (empty when it fits)."""
+def check_footprint(used: dict[str, int], footprint: TileFootprint, hw, virtual_threads: int = 1) -> list[str]:
+    """Scopes whose measured bytes (times the virtual threads) exceed the capacity."""
     capacity = {INP_SCOPE: hw.inp_buffer_bytes, WGT_SCOPE: hw.wgt_buffer_bytes, ACC_SCOPE: hw.acc_buffer_bytes}
+    threads = f" ({virtual_threads} virtual threads)" if virtual_threads > 1 else ""
     problems = [
-        f"{scope} needs {used[scope]} bytes, has {capacity[scope]}"
+        f"{scope} needs {used[scope] * virtual_threads} bytes{threads}, has {capacity[scope]}"
         for scope in SCRATCHPAD_SCOPES
-        if used[scope] > capacity[scope]
+        if used[scope] * virtual_threads > capacity[scope]
     ]
-    if footprint.uop_bytes > hw.uop_buffer_bytes:
-        problems.append(f"micro-op buffer needs {footprint.uop_bytes} bytes, has {hw.uop_buffer_bytes}")
+    if footprint.uop_bytes * virtual_threads > hw.uop_buffer_bytes:
+        problems.append(
+            f"micro-op buffer needs {footprint.uop_bytes * virtual_threads} bytes{threads}, has {hw.uop_buffer_bytes}"
+        )
     return problems
 
 

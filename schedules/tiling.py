@@ -28,6 +28,9 @@ class Tiling:
     ci_tile: int
     h_tile: int
     w_tile: int
+    # Output tiles in flight (VTA's virtual threads): each has its own scratchpad space, so the
+    # loads of one overlap the compute of the other (double buffering at 2).
+    virtual_threads: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -65,7 +68,7 @@ def fits(footprint: TileFootprint, hw, virtual_threads: int = 1) -> bool:
         footprint.inp_bytes * virtual_threads <= hw.inp_buffer_bytes
         and footprint.wgt_bytes * virtual_threads <= hw.wgt_buffer_bytes
         and footprint.acc_bytes * virtual_threads <= hw.acc_buffer_bytes
-        and footprint.uop_bytes <= hw.uop_buffer_bytes
+        and footprint.uop_bytes * virtual_threads <= hw.uop_buffer_bytes
     )
 
 
@@ -101,8 +104,35 @@ def candidate_tilings(shape: ConvShape, hw):
         yield Tiling(n, co, ci, h, w)
 
 
-def choose_tiling(shape: ConvShape, hw, virtual_threads: int = 1) -> Tiling:
-    """Least DRAM traffic among tilings that fit; ties go to bigger tiles (fewer instructions)."""
+def choose_tiling(shape: ConvShape, hw, virtual_threads: int | None = None) -> Tiling:
+    """Least DRAM traffic among tilings that fit; ties go to bigger tiles (fewer instructions).
+
+    Without a given thread count, double buffering (2 virtual threads) is preferred when some
+    tiling fits with it and the layer has at least two output tiles to alternate between.
+    """
+    if virtual_threads is None:
+        double = _best_tiling(shape, hw, 2)
+        if double is not None and _output_tiles(shape, double, hw) >= 2:
+            return double
+        virtual_threads = 1
+    best = _best_tiling(shape, hw, virtual_threads)
+    if best is None:
+        raise TilingError(_smallest_tile_report(shape, hw, virtual_threads))
+    return best
+
+
+def _output_tiles(shape: ConvShape, tiling: Tiling, hw) -> int:
+    packed = shape.blocks(hw)
+    return (
+        shape.groups
+        * (packed.n_blocks // tiling.n_tile)
+        * (packed.co_blocks // tiling.co_tile)
+        * (shape.out_h // tiling.h_tile)
+        * (shape.out_w // tiling.w_tile)
+    )
+
+
+def _best_tiling(shape: ConvShape, hw, virtual_threads: int) -> Tiling | None:
     best, best_key = None, None
     for tiling in candidate_tilings(shape, hw):
         if not fits(tile_footprint(shape, tiling, hw), hw, virtual_threads):
@@ -111,9 +141,7 @@ def choose_tiling(shape: ConvShape, hw, virtual_threads: int = 1) -> Tiling:
         key = (dram_traffic_bytes(shape, tiling, hw), -tile_volume, -tiling.w_tile)
         if best_key is None or key < best_key:
             best, best_key = tiling, key
-    if best is None:
-        raise TilingError(_smallest_tile_report(shape, hw, virtual_threads))
-    return best
+    return None if best is None else dataclasses.replace(best, virtual_threads=virtual_threads)
 
 
 def _smallest_tile_report(shape: ConvShape, hw, virtual_threads: int) -> str:

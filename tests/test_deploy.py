@@ -157,8 +157,9 @@ def test_manifest_layers(module_dir, vta_default):
             assert layer["tiling"] is None
             continue
         tiling = layer["tiling"]
-        assert set(tiling) == {"n_tile", "co_tile", "ci_tile", "h_tile", "w_tile"}
+        assert set(tiling) == {"n_tile", "co_tile", "ci_tile", "h_tile", "w_tile", "virtual_threads"}
         assert all(isinstance(v, int) and v >= 1 for v in tiling.values())
+        assert tiling["virtual_threads"] in (1, 2)
         shape = layer["shape"]
         out_h = (shape["in_h"] + shape["pad_top"] + shape["pad_bottom"] - shape["kernel_h"]) // shape["stride_h"] + 1
         out_w = (shape["in_w"] + shape["pad_left"] + shape["pad_right"] - shape["kernel_w"]) // shape["stride_w"] + 1
@@ -167,7 +168,7 @@ def test_manifest_layers(module_dir, vta_default):
         used = layer["scratchpad_bytes"]
         assert set(used) == set(SCRATCHPAD_CAPACITY)
         for scope, capacity_field in SCRATCHPAD_CAPACITY.items():
-            assert 0 < used[scope] <= getattr(vta_default, capacity_field), (layer["name"], scope)
+            assert 0 < used[scope] * tiling["virtual_threads"] <= getattr(vta_default, capacity_field), layer["name"]
 
 
 def test_manifest_quantization(module_dir):
