@@ -1,0 +1,192 @@
+"""A layer's VTA instruction stream, and the counters VTA's functional simulator reports.
+
+Per output tile (virtual threads interleave their tiles step by step, as VTA's do):
+    compute: LOAD_UOP (first use of each micro-op kernel per thread; the runtime caches them),
+             LOAD_ACC per vector ALU operand (bias, multiplier, shift), GEMM_RESET
+    per input-channel step:
+        load:    LOAD_INP (one 2-D transfer per batch/channel block; padding inserted by the
+                 DMA, not transferred), LOAD_WGT (one 2-D transfer)
+        compute: GEMM
+    compute: ALU ops of the requantization
+    store:   STORE (one 2-D transfer per batch/output-channel block)
+
+Dependencies are VTA's tokens as explicit edges: a GEMM waits for its step's loads (RAW), a
+load into a thread's buffers waits for the previous GEMM of that thread (WAR), a STORE waits
+for the tile's ALU ops (RAW), and a thread's next GEMM_RESET waits for its previous STORE (WAR).
+
+Micro-op kernels: the first two non-unit loops of a kernel's loop nest are its affine loops,
+the remaining loops are unrolled into the micro-op list (VTA's compression).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from codesign.simulator.schedule_walk import ScheduleFacts
+from schedules.layer import ConvShape
+
+UOP_BYTES = 4
+LOAD, COMPUTE, STORE = "load", "compute", "store"
+
+
+@dataclasses.dataclass(frozen=True)
+class AluOp:
+    opcode: str  # ADD, MUL, SHR, MAX, MIN (VTA's ALU opcodes)
+    vector: bool = False  # per-channel operand loaded into the accumulator; else an immediate
+
+
+def requant_alu_ops(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> list[AluOp]:
+    """The ALU program of codesign's requantization for one layer's parameters."""
+
+    def varies(values) -> bool:
+        return bool(np.any(np.asarray(values) != np.asarray(values).flat[0]))
+
+    ops = []
+    if np.any(bias != 0):
+        ops.append(AluOp("ADD", vector=True))
+    if np.any(multiplier != 1):
+        ops.append(AluOp("MUL", vector=varies(multiplier)))
+    if np.any(shift != 0):
+        ops += [AluOp("ADD", vector=varies(shift)), AluOp("SHR", vector=varies(shift))]  # rounding, shift
+    return [*ops, AluOp("MAX"), AluOp("MIN")]
+
+
+# VTA tutorials' requantization: SHR 8, MAX 0, MIN 127, all immediates.
+VTA_TUTORIAL_ALU = [AluOp("SHR"), AluOp("MAX"), AluOp("MIN")]
+
+
+@dataclasses.dataclass
+class Instruction:
+    kind: str  # LOAD_INP, LOAD_WGT, LOAD_UOP, LOAD_ACC, GEMM_RESET, GEMM, ALU, STORE
+    module: str  # load | compute | store
+    thread: int
+    nbytes: int = 0  # bytes moved between DRAM and a scratchpad
+    transfers: int = 0  # 2-D DMA transfers (each pays the DRAM latency)
+    iterations: int = 0  # micro-op executions (GEMM) or vector operations (ALU)
+    deps: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class LayerProgram:
+    instructions: list[Instruction]
+    macs: int  # useful multiply-accumulates of the layer
+    virtual_threads: int
+    uop_kernel_sizes: dict[str, int]
+
+    def counters(self) -> dict[str, int]:
+        """VTA fsim's counters (reset GEMMs are not counted, as in fsim)."""
+        totals = dict.fromkeys(
+            ["inp_load_nbytes", "wgt_load_nbytes", "acc_load_nbytes", "uop_load_nbytes", "out_store_nbytes"], 0
+        )
+        gemm = alu = 0
+        keys = {
+            "LOAD_INP": "inp_load_nbytes",
+            "LOAD_WGT": "wgt_load_nbytes",
+            "LOAD_ACC": "acc_load_nbytes",
+            "LOAD_UOP": "uop_load_nbytes",
+            "STORE": "out_store_nbytes",
+        }
+        for ins in self.instructions:
+            if ins.kind in keys:
+                totals[keys[ins.kind]] += ins.nbytes
+            elif ins.kind == "GEMM":
+                gemm += ins.iterations
+            elif ins.kind == "ALU":
+                alu += ins.iterations
+        return {**totals, "gemm_counter": gemm, "alu_counter": alu}
+
+    @property
+    def dram_bytes(self) -> int:
+        return sum(ins.nbytes for ins in self.instructions)
+
+
+def kernel_uops(loop_extents) -> int:
+    """Distinct micro-ops of a kernel: what the first two non-unit (affine) loops leave."""
+    non_unit = [e for e in loop_extents if e > 1]
+    return math.prod(non_unit[2:])
+
+
+def _valid_span(start: int, length: int, size: int) -> int:
+    """How many of the positions start .. start+length-1 fall inside 0 .. size-1."""
+    return max(0, min(start + length, size) - max(start, 0))
+
+
+def _input_bytes_per_tile(shape: ConvShape, facts: ScheduleFacts, hw) -> list[int]:
+    """Input bytes one step of each output tile loads: its window without the padding."""
+    n_tile, ci_tile, rows, cols = facts.inp_window
+    _, _, h_tile, w_tile = facts.out_window
+    tiles_h, tiles_w = shape.out_h // h_tile, shape.out_w // w_tile
+    per_tile = []
+    for tile in range(facts.tiles):
+        y_tile, x_tile = (tile // tiles_w) % tiles_h, tile % tiles_w
+        top = y_tile * h_tile * shape.stride_h - shape.pad_top
+        left = x_tile * w_tile * shape.stride_w - shape.pad_left
+        valid = _valid_span(top, rows, shape.in_h) * _valid_span(left, cols, shape.in_w)
+        per_tile.append(n_tile * ci_tile * valid * hw.inp_elem_bytes)
+    return per_tile
+
+
+def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluOp], virtual_threads: int = 1):
+    n_tile, co_tile, h_tile, w_tile = facts.out_window
+    co_w, ci_w, kh, kw = facts.wgt_window
+    acc_elements = n_tile * co_tile * h_tile * w_tile
+    gemm_per_step = math.prod(facts.gemm_loops)
+    kernel_sizes = {"reset": kernel_uops(facts.reset_loops), "gemm": kernel_uops(facts.gemm_loops), "alu": len(alu_ops)}
+    uop_bytes = UOP_BYTES * sum(kernel_sizes.values())
+    vector_operands = sum(op.vector for op in alu_ops)
+    inp_bytes = _input_bytes_per_tile(shape, facts, hw)
+    wgt_bytes = co_w * ci_w * kh * kw * hw.wgt_elem_bytes
+    inp_transfers = facts.inp_window[0] * facts.inp_window[1]
+
+    program: list[Instruction] = []
+
+    def emit(ins: Instruction) -> int:
+        program.append(ins)
+        return len(program) - 1
+
+    last_gemm: dict[int, int] = {}
+    last_store: dict[int, int] = {}
+    threads = max(1, min(virtual_threads, facts.tiles))
+    for first in range(0, facts.tiles, threads):
+        group = range(first, min(first + threads, facts.tiles))
+        for tile in group:
+            thread = tile - first
+            if tile == thread:  # first tile of this thread: its micro-op kernels
+                emit(Instruction("LOAD_UOP", COMPUTE, thread, uop_bytes, 1))
+            if vector_operands:
+                emit(
+                    Instruction(
+                        "LOAD_ACC", COMPUTE, thread, vector_operands * co_tile * hw.acc_elem_bytes, vector_operands
+                    )
+                )
+            deps = [last_store[thread]] if thread in last_store else []
+            last_gemm[thread] = emit(Instruction("GEMM_RESET", COMPUTE, thread, iterations=acc_elements, deps=deps))
+        for _ in range(facts.steps):
+            loads = {}
+            for tile in group:
+                thread = tile - first
+                war = [last_gemm[thread]]
+                loads[thread] = [
+                    emit(Instruction("LOAD_INP", LOAD, thread, inp_bytes[tile], inp_transfers, deps=war)),
+                    emit(Instruction("LOAD_WGT", LOAD, thread, wgt_bytes, 1, deps=war)),
+                ]
+            for tile in group:
+                thread = tile - first
+                deps = [*loads[thread], last_gemm[thread]]
+                last_gemm[thread] = emit(Instruction("GEMM", COMPUTE, thread, iterations=gemm_per_step, deps=deps))
+        for tile in group:
+            thread = tile - first
+            for _op in alu_ops:
+                last_gemm[thread] = emit(
+                    Instruction("ALU", COMPUTE, thread, iterations=acc_elements, deps=[last_gemm[thread]])
+                )
+        for tile in group:
+            thread = tile - first
+            out_bytes = acc_elements * hw.out_elem_bytes
+            last_store[thread] = emit(
+                Instruction("STORE", STORE, thread, out_bytes, n_tile * co_tile, deps=[last_gemm[thread]])
+            )
+    return LayerProgram(program, shape.macs, threads, kernel_sizes)
