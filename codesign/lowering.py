@@ -46,6 +46,7 @@ class LayerPlan:
     shape: ConvShape | None = None
     tiling: Tiling | None = None
     footprint: dict[str, int] | None = None
+    kernel: tirx.PrimFunc | None = None  # the scheduled accelerator kernel (not in the manifest)
 
     def to_dict(self) -> dict:
         return {
@@ -90,7 +91,7 @@ def plan_accelerated_layer(name: str, op: str, shape: ConvShape, hw, clamp: tupl
     problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw, tiling.virtual_threads)
     if problems:
         raise HardwareError(f"layer '{name}': scratchpad too small: " + "; ".join(problems))
-    return scheduled, LayerPlan(name, op, "accel", shape, tiling, used)
+    return scheduled, LayerPlan(name, op, "accel", shape, tiling, used, scheduled)
 
 
 class _Lowerer:

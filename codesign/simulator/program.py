@@ -1,18 +1,22 @@
 """A layer's VTA instruction stream, and the counters VTA's functional simulator reports.
 
 Per output tile (virtual threads interleave their tiles step by step, as VTA's do):
-    compute: LOAD_UOP (first use of each micro-op kernel per thread; the runtime caches them),
-             LOAD_ACC per vector ALU operand (bias, multiplier, shift), GEMM_RESET
+    load:    LOAD_UOP (first use of each micro-op kernel per thread; the runtime caches them)
+    compute: GEMM_RESET
     per input-channel step:
         load:    LOAD_INP (one 2-D transfer per batch/channel block; padding inserted by the
                  DMA, not transferred), LOAD_WGT (one 2-D transfer)
         compute: GEMM
+    load:    LOAD_ACC per vector ALU operand (bias, multiplier, shift), needed only by the ALU
     compute: ALU ops of the requantization
     store:   STORE (one 2-D transfer per batch/output-channel block)
 
 Dependencies are VTA's tokens as explicit edges: a GEMM waits for its step's loads (RAW), a
 load into a thread's buffers waits for the previous GEMM of that thread (WAR), a STORE waits
 for the tile's ALU ops (RAW), and a thread's next GEMM_RESET waits for its previous STORE (WAR).
+VTA issues micro-op and accumulator loads from its compute module; here the load module issues
+them (micro-ops first, ALU operands after the tile's last input load), so that the compute
+module only computes (the counters do not depend on which module moves the bytes).
 
 Micro-op kernels: the first two non-unit loops of a kernel's loop nest are its affine loops,
 the remaining loops are unrolled into the micro-op list (VTA's compression).
@@ -147,46 +151,53 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
         program.append(ins)
         return len(program) - 1
 
-    last_gemm: dict[int, int] = {}
+    last_compute: dict[int, int] = {}  # per thread: its latest compute instruction
+    last_gemm: dict[int, int] = {}  # per thread: the latest GEMM reading its input/weight buffers
     last_store: dict[int, int] = {}
+    uops: dict[int, int] = {}  # per thread: the load of its micro-op kernels
+    operands: dict[int, int] = {}  # per thread: the latest load of its ALU operands
+    last_alu: dict[int, int] = {}
     threads = max(1, min(virtual_threads, facts.tiles))
     for first in range(0, facts.tiles, threads):
         group = range(first, min(first + threads, facts.tiles))
         for tile in group:
             thread = tile - first
             if tile == thread:  # first tile of this thread: its micro-op kernels
-                emit(Instruction("LOAD_UOP", COMPUTE, thread, uop_bytes, 1))
-            if vector_operands:
-                emit(
-                    Instruction(
-                        "LOAD_ACC", COMPUTE, thread, vector_operands * co_tile * hw.acc_elem_bytes, vector_operands
-                    )
-                )
+                uops[thread] = emit(Instruction("LOAD_UOP", LOAD, thread, uop_bytes, 1))
             deps = [last_store[thread]] if thread in last_store else []
-            last_gemm[thread] = emit(Instruction("GEMM_RESET", COMPUTE, thread, iterations=acc_elements, deps=deps))
+            last_compute[thread] = emit(Instruction("GEMM_RESET", COMPUTE, thread, iterations=acc_elements, deps=deps))
         for _ in range(facts.steps):
             loads = {}
             for tile in group:
                 thread = tile - first
-                war = [last_gemm[thread]]
+                war = [last_gemm[thread]] if thread in last_gemm else []
                 loads[thread] = [
                     emit(Instruction("LOAD_INP", LOAD, thread, inp_bytes[tile], inp_transfers, deps=war)),
                     emit(Instruction("LOAD_WGT", LOAD, thread, wgt_bytes, 1, deps=war)),
                 ]
             for tile in group:
                 thread = tile - first
-                deps = [*loads[thread], last_gemm[thread]]
-                last_gemm[thread] = emit(Instruction("GEMM", COMPUTE, thread, iterations=gemm_per_step, deps=deps))
+                deps = [*loads[thread], last_compute[thread], uops[thread]]
+                last_gemm[thread] = last_compute[thread] = emit(
+                    Instruction("GEMM", COMPUTE, thread, iterations=gemm_per_step, deps=deps)
+                )
+        for tile in group:
+            thread = tile - first
+            if vector_operands:  # after the step loads; overwrites operands the last ALU has read
+                war = [last_alu[thread]] if thread in last_alu else []
+                acc_bytes = vector_operands * co_tile * hw.acc_elem_bytes
+                operands[thread] = emit(Instruction("LOAD_ACC", LOAD, thread, acc_bytes, vector_operands, deps=war))
         for tile in group:
             thread = tile - first
             for _op in alu_ops:
-                last_gemm[thread] = emit(
-                    Instruction("ALU", COMPUTE, thread, iterations=acc_elements, deps=[last_gemm[thread]])
+                deps = [last_compute[thread], *([operands[thread]] if thread in operands else [])]
+                last_alu[thread] = last_compute[thread] = emit(
+                    Instruction("ALU", COMPUTE, thread, iterations=acc_elements, deps=deps)
                 )
         for tile in group:
             thread = tile - first
             out_bytes = acc_elements * hw.out_elem_bytes
             last_store[thread] = emit(
-                Instruction("STORE", STORE, thread, out_bytes, n_tile * co_tile, deps=[last_gemm[thread]])
+                Instruction("STORE", STORE, thread, out_bytes, n_tile * co_tile, deps=[last_compute[thread]])
             )
     return LayerProgram(program, shape.macs, threads, kernel_sizes)

@@ -1,0 +1,133 @@
+"""The cycle model in closed form, vectorised with numpy: many (layer, design) pairs per call.
+
+`layer_features` reduces a layer, its tiling and a description to per-tile and per-step
+quantities (bytes, transfers, micro-ops); `estimate` turns arrays of them into cycles by
+solving the pipeline of `event_sim` in steady state. The virtual threads' tiles run in rounds:
+
+    cycles = fill + (rounds - 1) * period + drain
+
+- fill: the micro-op loads and the first input/weight load;
+- period: the longest of the dependency chain of a round (single buffering alternates load
+  and GEMM; double buffering hides the next round's loads behind this round's GEMMs, ALU and
+  reset), each module's busy time, the store chain (a thread's next reset waits for its store
+  on the in-order compute module) and the DRAM port's busy time;
+- drain: the last round's GEMMs, ALU ops and stores;
+- never less than the DRAM port's or the GEMM core's total busy time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from codesign.simulator.program import UOP_BYTES, AluOp, kernel_uops
+from schedules.layer import ConvShape
+from schedules.tiling import Tiling
+
+
+def _covered(start_step: int, tiles: int, window: int, size: int, offset: int) -> int:
+    """Sum over tiles of how many of a tile's `window` input positions fall inside the input."""
+    starts = np.arange(tiles) * start_step - offset
+    return int(np.clip(np.minimum(starts + window, size) - np.maximum(starts, 0), 0, None).sum())
+
+
+def layer_features(shape: ConvShape, tiling: Tiling, hw, alu_ops: list[AluOp]) -> dict[str, float]:
+    packed = shape.blocks(hw)
+    t = tiling
+    tiles_h, tiles_w = shape.out_h // t.h_tile, shape.out_w // t.w_tile
+    channel_tiles = shape.groups * (packed.n_blocks // t.n_tile) * (packed.co_blocks // t.co_tile)
+    rows = (t.h_tile - 1) * shape.stride_h + shape.kernel_h
+    cols = (t.w_tile - 1) * shape.stride_w + shape.kernel_w
+    valid_rows = _covered(t.h_tile * shape.stride_h, tiles_h, rows, shape.in_h, shape.pad_top)
+    valid_cols = _covered(t.w_tile * shape.stride_w, tiles_w, cols, shape.in_w, shape.pad_left)
+    tiles = channel_tiles * tiles_h * tiles_w
+    steps = packed.ci_blocks // t.ci_tile
+    acc_elements = t.n_tile * t.co_tile * t.h_tile * t.w_tile
+    kernel = shape.kernel_h * shape.kernel_w
+    vector_operands = sum(op.vector for op in alu_ops)
+    gemm_loops = (t.n_tile, t.co_tile, t.h_tile, t.ci_tile, shape.kernel_h, shape.kernel_w, t.w_tile)
+    reset_loops = (t.n_tile, t.co_tile, t.h_tile, t.w_tile)
+    return {
+        "tiles": tiles,
+        "steps": steps,
+        "threads": max(1, min(t.virtual_threads, tiles)),
+        "inp_bytes": channel_tiles * t.n_tile * t.ci_tile * valid_rows * valid_cols * steps * hw.inp_elem_bytes,
+        "inp_transfers": t.n_tile * t.ci_tile,
+        "wgt_bytes_per_step": t.co_tile * t.ci_tile * kernel * hw.wgt_elem_bytes,
+        "gemm_per_step": math.prod(gemm_loops),
+        "acc_elements": acc_elements,
+        "alu_ops": len(alu_ops),
+        "acc_bytes_per_tile": vector_operands * t.co_tile * hw.acc_elem_bytes,
+        "acc_transfers": vector_operands,
+        "out_bytes_per_tile": acc_elements * hw.out_elem_bytes,
+        "store_transfers": t.n_tile * t.co_tile,
+        "uop_bytes": UOP_BYTES * (kernel_uops(reset_loops) + kernel_uops(gemm_loops) + len(alu_ops)),
+        "macs": shape.macs,
+    }
+
+
+def stack_features(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
+    return {key: np.array([row[key] for row in rows], dtype=np.float64) for key in rows[0]}
+
+
+def _transfer(transfers, nbytes, latency, bandwidth):
+    return transfers * latency + nbytes / bandwidth
+
+
+def estimate(f: dict[str, np.ndarray], latency, bandwidth, alu_rate) -> dict[str, np.ndarray]:
+    """Cycles and busy times for arrays of features; hardware arguments broadcast against them."""
+    tiles, steps, threads = f["tiles"], f["steps"], f["threads"]
+    load = _transfer(f["inp_transfers"], f["inp_bytes"] / (tiles * steps), latency, bandwidth)
+    load = load + _transfer(1, f["wgt_bytes_per_step"], latency, bandwidth)
+    gemm = f["gemm_per_step"]
+    reset = f["acc_elements"]
+    alu = f["alu_ops"] * np.ceil(f["acc_elements"] / alu_rate)
+    store = _transfer(f["store_transfers"], f["out_bytes_per_tile"], latency, bandwidth)
+    acc_load = np.where(
+        f["acc_transfers"] > 0, _transfer(f["acc_transfers"], f["acc_bytes_per_tile"], latency, bandwidth), 0
+    )
+    uop_load = _transfer(1, f["uop_bytes"], latency, bandwidth)
+
+    dram_tile = (f["inp_bytes"] / tiles + steps * f["wgt_bytes_per_step"] + f["out_bytes_per_tile"]) / bandwidth
+    dram_tile = dram_tile + f["acc_bytes_per_tile"] / bandwidth
+    k = threads
+    rounds = np.ceil(tiles / k)
+    # One round: the threads' tiles, their steps interleaved (a step of every thread takes
+    # k * max(load, GEMM) once loads and GEMMs overlap; with one thread they alternate).
+    steps_time = np.where(k > 1, steps * k * np.maximum(load, gemm), steps * gemm + (steps - 1) * load)
+    # ALU operands are loaded after the last step's loads: what the last GEMMs do not hide.
+    operand_wait = np.maximum(0, k * (acc_load - gemm))
+    boundary = np.where(k > 1, k * alu + reset, np.maximum(load, alu + store + reset)) + operand_wait
+    # With two threads the next round's loads run during this round's boundary.
+    chain = np.where(k > 1, steps * k * gemm, steps_time) + boundary
+    # Loads that reach the DRAM port while a store moves data wait for it: half of it on average.
+    store_data = f["out_bytes_per_tile"] / bandwidth
+    busy = np.maximum(k * (reset + steps * gemm + alu), k * (steps * load + acc_load + store_data / 2))
+    # A thread's next reset waits for its store; the in-order compute module waits with it.
+    stores = np.maximum(alu + k * store, k * alu + store)  # the round's ALU ops and stores
+    store_chain = np.where(k > 1, reset + steps * k * gemm + stores, 0)
+    busy = np.maximum(busy, store_chain)
+    period = np.maximum(np.maximum(chain, busy), k * np.maximum(store, dram_tile))
+    fill = k * uop_load + load
+    # The last round after the first load of its first thread.
+    last_steps = np.where(k > 1, (steps * k - 1) * np.maximum(load, gemm) + gemm, steps_time)
+    drain = last_steps + operand_wait + stores
+    cycles = fill + (rounds - 1) * period + drain
+
+    dram_bytes = (
+        f["inp_bytes"]
+        + tiles * (steps * f["wgt_bytes_per_step"] + f["out_bytes_per_tile"] + f["acc_bytes_per_tile"])
+        + threads * f["uop_bytes"]
+    )
+    dram_cycles = dram_bytes / bandwidth
+    gemm_cycles = tiles * (steps * gemm + reset)
+    alu_cycles = tiles * alu
+    cycles = np.maximum(cycles, np.maximum(dram_cycles, gemm_cycles + alu_cycles))
+    return {
+        "cycles": cycles,
+        "gemm_cycles": gemm_cycles,
+        "alu_cycles": alu_cycles,
+        "dram_cycles": dram_cycles,
+        "dram_bytes": dram_bytes,
+    }
