@@ -1,4 +1,4 @@
-"""The `codesign` command line: compile | run | demo | hw.
+"""The `codesign` command line: compile | run | simulate | demo | hw.
 
 Errors print one line naming the problem and exit 2 (usage) or 1 (anything else); `--debug`
 shows the traceback instead.
@@ -110,6 +110,74 @@ def _write_outputs(path: Path, results: list[np.ndarray], names: list[str]) -> N
             np.savez(path, **dict(zip(names, results)))
     except OSError as err:
         raise DeployError(f"{path}: cannot write output ({err.strerror})") from err
+
+
+@app.command("simulate")
+def simulate_command(
+    target: Annotated[Path, typer.Argument(help="An ONNX model, or a compiled module directory.")],
+    hw: Annotated[
+        str | None, typer.Option("--hw", help="Accelerator description or preset (required for an ONNX model).")
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
+    ] = None,
+    calibration: Annotated[Path | None, typer.Option("--calibration", help="Calibration inputs (.npy/.npz).")] = None,
+    model: Annotated[str, typer.Option(help="Cycle model: event (instruction-level) or analytic.")] = "event",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON.")] = None,
+):
+    """Per-layer counters, cycles, utilisation, bound and energy of a model on an accelerator."""
+    from codesign.simulator.simulate import MODELS, simulate_plans
+
+    if model not in MODELS:
+        raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
+    spec, plans = _plans_for(target, hw, input_shape, calibration)
+    report = simulate_plans(plans, spec, model)
+    from codesign.report_tables import print_simulation
+
+    print_simulation(report, console)
+    if json_path is not None:
+        _write_json(json_path, report.to_dict())
+        console.print(f"Wrote {json_path}")
+
+
+def _plans_for(target: Path, hw: str | None, input_shape, calibration):
+    """(hardware, layer plans) of a compiled module directory or of an ONNX model to lower."""
+    from codesign.hardware import load_hardware
+
+    if target.is_dir():
+        from codesign.deploy import read_manifest
+        from codesign.lowering import LayerPlan
+
+        manifest = read_manifest(target)
+        spec = load_hardware(target / manifest["hardware"]["file"])
+        if hw is not None and load_hardware(hw).fingerprint() != spec.fingerprint():
+            raise DeployError(f"{target}: module was built for '{spec.name}', not for '{hw}'; recompile it")
+        return spec, [LayerPlan.from_dict(layer) for layer in manifest["layers"]]
+    if hw is None:
+        raise UsageError("--hw is required to simulate an ONNX model")
+    from codesign.importer import import_onnx, parse_input_shapes
+    from codesign.lowering import lower_to_relax
+    from codesign.pipeline import quantize_model
+
+    spec = load_hardware(hw)
+    imported = import_onnx(target, parse_input_shapes(input_shape))
+    _, qgraph, _ = quantize_model(imported, spec, calibration)
+    return spec, lower_to_relax(qgraph, imported, spec).plans
+
+
+def _write_json(path: Path, document: dict) -> None:
+    import json
+    import os
+    import tempfile
+
+    try:
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+        with os.fdopen(handle, "w") as out:
+            json.dump(document, out, indent=2)
+            out.write("\n")
+        os.replace(staging, path)
+    except OSError as err:
+        raise DeployError(f"{path}: cannot write JSON ({err.strerror})") from err
 
 
 @app.command("demo")

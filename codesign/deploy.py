@@ -27,7 +27,7 @@ LIBRARY_FILE = "module.so"
 MANIFEST_FILE = "manifest.json"
 HARDWARE_FILE = "hardware.toml"
 FORMAT = "codesign-module"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def build_manifest(result: CompileResult) -> dict:

@@ -19,6 +19,8 @@ from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
 from codesign.importer import ImportedModel
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
+from codesign.simulator.host import node_work
+from codesign.simulator.program import AluOp, requant_alu_ops
 from schedules.layer import ConvShape
 from schedules.packed_conv2d import (
     check_footprint,
@@ -47,6 +49,9 @@ class LayerPlan:
     tiling: Tiling | None = None
     footprint: dict[str, int] | None = None
     kernel: tirx.PrimFunc | None = None  # the scheduled accelerator kernel (not in the manifest)
+    alu_ops: list[AluOp] = dataclasses.field(default_factory=list)  # requantization on the ALU
+    host_ops: float = 0.0  # work on the host CPU (for accelerated layers: packing)
+    host_bytes: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -57,7 +62,24 @@ class LayerPlan:
             "macs": self.shape.macs if self.shape else None,
             "tiling": self.tiling.to_dict() if self.tiling else None,
             "scratchpad_bytes": self.footprint,
+            "alu_ops": [[op.opcode, op.vector] for op in self.alu_ops],
+            "host_work": {"ops": self.host_ops, "bytes": self.host_bytes},
         }
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> LayerPlan:
+        """A plan read back from a manifest (without its kernel, which the caller reschedules)."""
+        return cls(
+            name=doc["name"],
+            op=doc["op"],
+            placement=doc["placement"],
+            shape=ConvShape(**doc["shape"]) if doc["shape"] else None,
+            tiling=Tiling(**doc["tiling"]) if doc["tiling"] else None,
+            footprint=doc["scratchpad_bytes"],
+            alu_ops=[AluOp(opcode, vector) for opcode, vector in doc["alu_ops"]],
+            host_ops=doc["host_work"]["ops"],
+            host_bytes=doc["host_work"]["bytes"],
+        )
 
 
 @dataclasses.dataclass
@@ -118,10 +140,24 @@ class _Lowerer:
                 for node in self.qgraph.nodes.values():
                     if node.op != "input":
                         values[node.name] = self.emit(node, [values[i] for i in node.inputs])
+                        self.plans.append(self.plan_for(node))
                 outputs = [values[n] for n in self.qgraph.outputs]
                 result = bb.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
             bb.emit_func_output(result)
         return LoweredModel(bb.get(), self.plans)
+
+    def plan_for(self, node: QNode) -> LayerPlan:
+        ops, nbytes = node_work(node, self.qgraph)
+        if node.name in self.kernels:
+            plan = self.kernels[node.name][1]
+            p = node.params
+            plan.alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
+        else:
+            op = node.source.op.rsplit(".", 1)[-1] if node.op in ("passthrough", "float") else node.op
+            shape = gemm_shape(node, self.qgraph) if node.op in ("conv2d", "matmul") else None
+            plan = LayerPlan(node.name, op, "host", shape)
+        plan.host_ops, plan.host_bytes = ops, nbytes
+        return plan
 
     def emit(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
         p = node.params
@@ -136,7 +172,6 @@ class _Lowerer:
         if node.op in ("conv2d", "matmul") and node.placement == "accel":
             return self.emit_accelerated(node, args)
         if node.op == "conv2d":
-            self.plans.append(LayerPlan(node.name, node.op, "host", gemm_shape(node, self.qgraph)))
             consts = [relax.const(p[key]) for key in ("weight", "bias", "multiplier", "shift")]
             return self.bb.emit_te(
                 lambda x, *c: _host_conv2d_te(x, *c, node), args[0], *consts, primfunc_name_hint="host_conv2d"
@@ -148,10 +183,8 @@ class _Lowerer:
         if node.op == "clamp":
             return self.bb.emit_te(lambda x: _clamp_te(x, p["lo"], p["hi"]), args[0], primfunc_name_hint="clamp")
         if node.op == "passthrough":
-            self.plans.append(LayerPlan(node.name, node.source.op.rsplit(".", 1)[-1], "host"))
             return emit_host_call(self.bb, node.source, args)
         if node.op == "float":
-            self.plans.append(LayerPlan(node.name, node.source.op.rsplit(".", 1)[-1], "host"))
             return emit_float_node(self.bb, node.source, args)
         raise NotImplementedError(node.op)
 
@@ -159,7 +192,6 @@ class _Lowerer:
         bb, hw, p = self.bb, self.hw, node.params
         scheduled, plan = self.kernels[node.name]
         shape = plan.shape
-        self.plans.append(plan)
         kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"gemm_{node.name}")
         # The layer's input as (G, N, C, H, W): rows of a matmul on N, its heads on G.
         data_5d = (shape.groups, shape.batch, shape.in_channels, shape.in_h, shape.in_w)

@@ -33,3 +33,75 @@ def print_placement(plans: list[LayerPlan], hw, console: Console | None = None) 
     total_macs = accel_macs + sum(p.shape.macs for p in plans if p.placement == "host" and p.shape)
     share = 100 * accel_macs / total_macs if total_macs else 0.0
     console.print(f"{len(on_accel)} of {len(plans)} layers on the accelerator, {share:.1f} % of MACs")
+
+
+def simulation_table(report) -> Table:
+    table = Table(title=f"Simulation on {report.hardware} ({report.model} model)", title_justify="left")
+    columns = (
+        "layer",
+        "op",
+        "runs on",
+        "shape",
+        "MACs",
+        "GEMM uops",
+        "DRAM KiB",
+        "cycles",
+        "util",
+        "bound",
+        "energy uJ",
+        "time us",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("layer", "op", "runs on", "shape", "bound") else "right")
+    for layer in report.layers:
+        if layer.placement == "accel":
+            table.add_row(
+                layer.name,
+                layer.op,
+                "[green]accelerator[/]",
+                layer.shape,
+                f"{layer.macs:,}",
+                f"{layer.counters['gemm_counter']:,}",
+                f"{layer.dram_bytes / 1024:,.1f}",
+                f"{layer.cycles:,.0f}",
+                f"{100 * layer.utilization:.0f} %",
+                layer.bound,
+                f"{layer.energy_pj['total'] * 1e-6:,.2f}",
+                f"{(layer.accel_seconds + layer.host_seconds) * 1e6:,.1f}",
+            )
+        elif layer.host_seconds:
+            table.add_row(
+                layer.name,
+                layer.op,
+                "host",
+                layer.shape,
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                f"{layer.host_seconds * 1e6:,.1f}",
+            )
+    return table
+
+
+def print_simulation(report, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(simulation_table(report))
+    t = report.totals()
+    c = t["counters"]
+    console.print(
+        f"accelerator {t['accelerator_cycles']:,.0f} cycles = {t['accelerator_seconds'] * 1e3:.3f} ms, "
+        f"host {t['host_seconds'] * 1e3:.3f} ms, latency {t['latency_seconds'] * 1e3:.3f} ms"
+    )
+    console.print(
+        f"energy {t['energy_joules'] * 1e6:,.1f} uJ, EDP {t['edp_joule_seconds']:.3e} J*s, "
+        f"area {t['area_mm2']:.3f} mm2, DRAM {t['dram_bytes'] / 1024:,.1f} KiB"
+    )
+    if c:
+        console.print(
+            "counters: " + ", ".join(f"{key} {value:,}" for key, value in c.items()),
+            highlight=False,
+        )

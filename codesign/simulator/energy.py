@@ -1,0 +1,50 @@
+"""Energy and area from the description's Accelergy-style tables ([energy], [area]).
+
+Actions per layer, from the VTA counters and the cycle count:
+- MAC: every GEMM micro-op fires batch x block_in x block_out MACs (padding included);
+- input / weight scratchpads: written by their loads, read once per GEMM micro-op;
+- accumulator: read and written by every GEMM micro-op, reset and ALU op, written by operand
+  loads, read by the store;
+- micro-op buffer: written by micro-op loads, read by every GEMM and ALU micro-op (4 B);
+- ALU: batch x block_out lanes per vector op;
+- DRAM: every byte moved; leakage: every cycle.
+"""
+
+from __future__ import annotations
+
+UOP_BYTES = 4
+
+
+def layer_energy_pj(counters: dict[str, int], reset_elements: int, cycles: float, hw) -> dict[str, float]:
+    gemm, alu = counters["gemm_counter"], counters["alu_counter"]
+    out_elements = counters["out_store_nbytes"] // hw.out_elem_bytes
+    acc_accesses = (2 * gemm + reset_elements + 2 * alu + out_elements) * hw.acc_elem_bytes + counters[
+        "acc_load_nbytes"
+    ]
+    dram_bytes = sum(
+        counters[k]
+        for k in ("inp_load_nbytes", "wgt_load_nbytes", "acc_load_nbytes", "uop_load_nbytes", "out_store_nbytes")
+    )
+    parts = {
+        "mac": gemm * hw.macs_per_cycle * hw.energy_mac_pj,
+        "inp_sram": (counters["inp_load_nbytes"] + gemm * hw.inp_elem_bytes) * hw.energy_inp_pj_per_byte,
+        "wgt_sram": (counters["wgt_load_nbytes"] + gemm * hw.wgt_elem_bytes) * hw.energy_wgt_pj_per_byte,
+        "acc_sram": acc_accesses * hw.energy_acc_pj_per_byte,
+        "uop_sram": (counters["uop_load_nbytes"] + (gemm + alu) * UOP_BYTES) * hw.energy_uop_pj_per_byte,
+        "alu": alu * hw.batch * hw.block_out * hw.energy_alu_op_pj,
+        "dram": dram_bytes * hw.energy_dram_pj_per_byte,
+        "leakage": cycles * hw.energy_leakage_pj_per_cycle,
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
+def area_mm2(hw) -> dict[str, float]:
+    parts = {
+        "gemm_core": hw.macs_per_cycle * hw.area_mac_mm2,
+        "uop_buffer": hw.uop_buffer_bytes / 1024 * hw.area_uop_mm2_per_kib,
+        "inp_buffer": hw.inp_buffer_bytes / 1024 * hw.area_inp_mm2_per_kib,
+        "wgt_buffer": hw.wgt_buffer_bytes / 1024 * hw.area_wgt_mm2_per_kib,
+        "acc_buffer": hw.acc_buffer_bytes / 1024 * hw.area_acc_mm2_per_kib,
+        "fixed": hw.area_fixed_mm2,
+    }
+    return {**parts, "total": sum(parts.values())}

@@ -1,0 +1,145 @@
+"""Simulate a whole model, layer by layer, from its LayerPlans (fresh from lowering, or read back
+from a compiled module's manifest): accelerator counters, cycles, energy for offloaded layers,
+the host model for the rest, totals and area."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from codesign.lowering import LayerPlan
+from codesign.simulator.analytic import estimate, layer_features, stack_features
+from codesign.simulator.energy import area_mm2, layer_energy_pj
+from codesign.simulator.event_sim import LayerTiming, simulate_program
+from codesign.simulator.host import host_seconds
+from codesign.simulator.program import build_program
+from codesign.simulator.schedule_walk import walk_schedule
+from schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
+
+MODELS = ("event", "analytic")
+
+
+@dataclasses.dataclass
+class LayerResult:
+    name: str
+    op: str
+    placement: str
+    shape: str
+    macs: int
+    host_seconds: float  # host work: the op itself, or packing for an offloaded layer
+    cycles: float = 0.0
+    utilization: float = 0.0
+    bound: str = ""
+    dram_bytes: int = 0
+    counters: dict[str, int] | None = None
+    energy_pj: dict[str, float] | None = None
+    accel_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SimulationReport:
+    hardware: str
+    model: str  # event | analytic
+    layers: list[LayerResult]
+    area_mm2: dict[str, float]
+
+    @property
+    def accel_seconds(self) -> float:
+        return sum(layer.accel_seconds for layer in self.layers)
+
+    @property
+    def host_seconds(self) -> float:
+        return sum(layer.host_seconds for layer in self.layers)
+
+    @property
+    def energy_pj(self) -> float:
+        return sum(layer.energy_pj["total"] for layer in self.layers if layer.energy_pj)
+
+    def totals(self) -> dict:
+        offloaded = [layer for layer in self.layers if layer.counters]
+        counters = (
+            {key: sum(layer.counters[key] for layer in offloaded) for key in offloaded[0].counters} if offloaded else {}
+        )
+        seconds = self.accel_seconds + self.host_seconds
+        energy_j = self.energy_pj * 1e-12
+        return {
+            "accelerator_cycles": sum(layer.cycles for layer in offloaded),
+            "accelerator_seconds": self.accel_seconds,
+            "host_seconds": self.host_seconds,
+            "latency_seconds": seconds,
+            "macs": sum(layer.macs for layer in offloaded),
+            "dram_bytes": sum(layer.dram_bytes for layer in offloaded),
+            "energy_joules": energy_j,
+            "edp_joule_seconds": energy_j * seconds,
+            "area_mm2": self.area_mm2["total"],
+            "counters": counters,
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "hardware": self.hardware,
+            "model": self.model,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "totals": self.totals(),
+            "area_mm2": self.area_mm2,
+        }
+
+
+def layer_kernel(plan: LayerPlan, hw):
+    """The plan's scheduled kernel; rescheduled from its shape and tiling when read from a manifest."""
+    if plan.kernel is not None:
+        return plan.kernel
+    return schedule_packed_conv2d(packed_conv2d_func(plan.shape, hw, -128, 127), plan.tiling, hw)
+
+
+def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str, int], int]:
+    facts = walk_schedule(layer_kernel(plan, hw))
+    program = build_program(plan.shape, facts, hw, plan.alu_ops, plan.tiling.virtual_threads)
+    counters = program.counters()
+    reset_elements = sum(ins.iterations for ins in program.instructions if ins.kind == "GEMM_RESET")
+    if model == "event":
+        return simulate_program(program, hw), counters, reset_elements
+    features = stack_features([layer_features(plan.shape, plan.tiling, hw, plan.alu_ops)])
+    result = {
+        k: float(v[0])
+        for k, v in estimate(
+            features, hw.dram_latency_cycles, hw.dram_bytes_per_cycle, hw.alu_vectors_per_cycle
+        ).items()
+    }
+    timing = LayerTiming(
+        result["cycles"],
+        result["gemm_cycles"],
+        result["alu_cycles"],
+        result["dram_cycles"],
+        int(result["dram_bytes"]),
+        plan.shape.macs,
+    )
+    return timing, counters, reset_elements
+
+
+def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> SimulationReport:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}")
+    layers = []
+    for plan in plans:
+        result = LayerResult(
+            plan.name,
+            plan.op,
+            plan.placement,
+            plan.shape.describe() if plan.shape else "",
+            plan.shape.macs if plan.shape else 0,
+            host_seconds(plan.host_ops, plan.host_bytes, hw),
+        )
+        if plan.placement == "accel":
+            timing, counters, reset_elements = _accelerated(plan, hw, model)
+            result.cycles = timing.cycles
+            result.utilization = timing.utilization(hw)
+            result.bound = timing.bound
+            result.dram_bytes = timing.dram_bytes
+            result.counters = counters
+            result.energy_pj = layer_energy_pj(counters, reset_elements, timing.cycles, hw)
+            result.accel_seconds = timing.cycles / (hw.clock_mhz * 1e6)
+        layers.append(result)
+    return SimulationReport(hw.name, model, layers, area_mm2(hw))
