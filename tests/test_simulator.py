@@ -1,0 +1,178 @@
+"""Cycle models (event-level vs analytic), physical bounds, energy, area and the host model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from conftest import TEST_MODELS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codesign.cli import main
+from codesign.deploy import read_manifest, write_module
+from codesign.hardware import load_hardware, preset_names
+from codesign.importer import import_onnx
+from codesign.lowering import LayerPlan, lower_to_relax
+from codesign.pipeline import compile_model, quantize_model
+from codesign.simulator.analytic import estimate, layer_features, stack_features
+from codesign.simulator.energy import area_mm2, layer_energy_pj
+from codesign.simulator.event_sim import simulate_program
+from codesign.simulator.host import host_seconds
+from codesign.simulator.program import VTA_TUTORIAL_ALU, build_program, requant_alu_ops
+from codesign.simulator.schedule_walk import walk_schedule
+from codesign.simulator.simulate import simulate_plans
+from schedules.layer import ConvShape
+from schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
+from schedules.tiling import TilingError, choose_tiling
+
+VTA = load_hardware("vta_default")
+
+
+def both_models(shape: ConvShape, hw, alu_ops, tiling=None):
+    tiling = tiling or choose_tiling(shape, hw)
+    kernel = schedule_packed_conv2d(packed_conv2d_func(shape, hw, -128, 127), tiling, hw)
+    program = build_program(shape, walk_schedule(kernel), hw, alu_ops, tiling.virtual_threads)
+    event = simulate_program(program, hw)
+    features = stack_features([layer_features(shape, tiling, hw, alu_ops)])
+    analytic = estimate(features, hw.dram_latency_cycles, hw.dram_bytes_per_cycle, hw.alu_vectors_per_cycle)
+    return event, {key: float(value[0]) for key, value in analytic.items()}, program
+
+
+@pytest.mark.parametrize("model", sorted(TEST_MODELS))
+def test_analytic_model_agrees_with_the_event_simulation_on_every_layer(model):
+    path, name, shape = TEST_MODELS[model]
+    imported = import_onnx(path, {name: shape})
+    for preset in preset_names():
+        hw = load_hardware(preset)
+        _, qgraph, _ = quantize_model(imported, hw, warn=lambda message: None)
+        for plan in lower_to_relax(qgraph, imported, hw).plans:
+            if plan.placement != "accel":
+                continue
+            event, analytic, _ = both_models(plan.shape, hw, plan.alu_ops, plan.tiling)
+            assert analytic["dram_bytes"] == event.dram_bytes
+            error = abs(analytic["cycles"] - event.cycles) / event.cycles
+            assert error <= 0.05, (
+                f"{model} {plan.name} on {preset}: analytic {analytic['cycles']:.0f}, event {event.cycles:.0f}"
+            )
+
+
+@st.composite
+def layer_and_core(draw):
+    kernel = draw(st.sampled_from([1, 3, 5]))
+    shape = ConvShape(
+        groups=1,
+        batch=draw(st.integers(1, 3)),
+        in_channels=draw(st.integers(1, 64)),
+        out_channels=draw(st.integers(1, 64)),
+        in_h=draw(st.integers(kernel, 16)),
+        in_w=draw(st.integers(kernel, 16)),
+        kernel_h=kernel,
+        kernel_w=kernel,
+        stride_h=draw(st.integers(1, 2)),
+        stride_w=draw(st.integers(1, 2)),
+        pad_top=draw(st.integers(0, kernel - 1)),
+        pad_left=draw(st.integers(0, kernel - 1)),
+        pad_bottom=draw(st.integers(0, kernel - 1)),
+        pad_right=draw(st.integers(0, kernel - 1)),
+    )
+    hw = dataclasses.replace(
+        VTA,
+        batch=draw(st.sampled_from([1, 2, 4])),
+        block_in=draw(st.sampled_from([4, 8, 16, 32])),
+        block_out=draw(st.sampled_from([4, 8, 16, 32])),
+        inp_buffer_bytes=2 ** draw(st.integers(12, 16)),
+        wgt_buffer_bytes=2 ** draw(st.integers(14, 19)),
+        acc_buffer_bytes=2 ** draw(st.integers(13, 18)),
+        dram_bytes_per_cycle=draw(st.sampled_from([1.0, 4.0, 8.0, 32.0])),
+        dram_latency_cycles=draw(st.integers(0, 200)),
+        alu_vectors_per_cycle=draw(st.sampled_from([0.5, 1.0, 4.0])),
+    )
+    alu = draw(st.sampled_from([VTA_TUTORIAL_ALU, requant_alu_ops(np.ones(4), np.array([3, 5, 7, 9]), np.full(4, 9))]))
+    return shape, hw, alu
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=layer_and_core())
+def test_cycles_never_beat_compute_or_bandwidth_bounds(case):
+    shape, hw, alu = case
+    try:
+        choose_tiling(shape, hw)
+    except TilingError:
+        return
+    event, analytic, program = both_models(shape, hw, alu)
+    counters = program.counters()
+    compute_bound = shape.macs / hw.macs_per_cycle
+    memory_bound = program.dram_bytes / hw.dram_bytes_per_cycle
+    for cycles in (event.cycles, analytic["cycles"]):
+        assert cycles >= max(compute_bound, memory_bound) - 1e-6
+    assert counters["gemm_counter"] >= compute_bound
+    assert 0 < event.utilization(hw) <= 1
+
+
+def test_energy_accounts_each_action_once():
+    shape = ConvShape(1, 1, 64, 64, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1)
+    event, _, program = both_models(shape, VTA, VTA_TUTORIAL_ALU)
+    counters = program.counters()
+    resets = sum(i.iterations for i in program.instructions if i.kind == "GEMM_RESET")
+    base = layer_energy_pj(counters, resets, event.cycles, VTA)
+    assert base["mac"] == pytest.approx(counters["gemm_counter"] * 256 * VTA.energy_mac_pj)
+    assert base["dram"] == pytest.approx(program.dram_bytes * VTA.energy_dram_pj_per_byte)
+    assert base["total"] == pytest.approx(sum(v for k, v in base.items() if k != "total"))
+    pricier = dataclasses.replace(VTA, energy_dram_pj_per_byte=2 * VTA.energy_dram_pj_per_byte)
+    doubled = layer_energy_pj(counters, resets, event.cycles, pricier)
+    assert doubled["dram"] == pytest.approx(2 * base["dram"])
+    assert doubled["total"] - base["total"] == pytest.approx(base["dram"])
+
+
+def test_area_follows_the_table():
+    area = area_mm2(VTA)
+    kib = (32 + 32 + 256 + 128) * VTA.area_inp_mm2_per_kib
+    assert area["total"] == pytest.approx(256 * VTA.area_mac_mm2 + kib + VTA.area_fixed_mm2)
+    bigger = area_mm2(dataclasses.replace(VTA, wgt_buffer_bytes=2 * VTA.wgt_buffer_bytes))
+    assert bigger["total"] - area["total"] == pytest.approx(256 * VTA.area_wgt_mm2_per_kib)
+
+
+def test_host_time_model():
+    hw = VTA  # 650 MHz host, 4 ops and 2 bytes per cycle, 5 us per op
+    assert host_seconds(0, 0, hw) == 0
+    assert host_seconds(650e6 * 4, 0, hw) == pytest.approx(1 + 5e-6)
+    assert host_seconds(1, 650e6 * 2, hw) == pytest.approx(1 + 5e-6)
+
+
+def test_module_directory_and_model_simulate_identically(tmp_path, model_calibration):
+    path, name, shape = TEST_MODELS["resnet"]
+    result = compile_model(path, VTA, {name: shape}, model_calibration["resnet"])
+    write_module(result, tmp_path / "module")
+    from_lowering = simulate_plans(result.lowered.plans, VTA).to_dict()
+    plans = [LayerPlan.from_dict(layer) for layer in read_manifest(tmp_path / "module")["layers"]]
+    assert simulate_plans(plans, VTA).to_dict() == from_lowering
+    totals = from_lowering["totals"]
+    assert totals["accelerator_seconds"] > 0 and totals["host_seconds"] > 0
+    assert totals["latency_seconds"] == pytest.approx(totals["accelerator_seconds"] + totals["host_seconds"])
+    assert totals["edp_joule_seconds"] == pytest.approx(totals["energy_joules"] * totals["latency_seconds"])
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_cli_simulate_writes_json_for_every_preset(preset, tmp_path, capsys):
+    out = tmp_path / "sim.json"
+    path, _, _ = TEST_MODELS["mnist"]
+    code = main(["simulate", str(path), "--hw", preset, "--model", "analytic", "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["hardware"] == preset and report["model"] == "analytic"
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert {layers[n]["placement"] for n in ("conv2d_0", "conv2d_1", "matmul_0")} == {"accel"}
+    for layer in report["layers"]:
+        if layer["placement"] == "accel":
+            assert layer["cycles"] > 0 and layer["bound"] in ("compute", "memory", "pipeline")
+            assert set(layer["counters"]) >= {"gemm_counter", "alu_counter", "inp_load_nbytes"}
+    assert "Simulation on" in capsys.readouterr().out
+
+
+def test_cli_simulate_rejects_bad_model_name(capsys):
+    path, _, _ = TEST_MODELS["mnist"]
+    assert main(["simulate", str(path), "--hw", "vta_default", "--model", "magic"]) == 2
+    assert "--model magic" in capsys.readouterr().err
