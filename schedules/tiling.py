@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import numpy as np
+
 from schedules.layer import ConvShape
 
 UOP_BYTES = 4
@@ -48,18 +50,48 @@ class TileFootprint:
         return self.uops * UOP_BYTES
 
 
+# Micro-ops reserved for the requantization's ALU kernels (one each, at most six ops).
+ALU_UOPS = 8
+
+
+def kernel_uops(loop_extents):
+    """Distinct micro-ops of a kernel: VTA keeps the first two non-unit loops as the GEMM/ALU
+    instruction's affine loops and unrolls the rest into the micro-op list. Takes one loop nest
+    (extents) or an array of them (extents on the last axis)."""
+    loops = np.asarray(loop_extents)
+    non_unit = loops > 1
+    unrolled = np.where(non_unit & (np.cumsum(non_unit, axis=-1) > 2), loops, 1)
+    uops = unrolled.prod(axis=-1)
+    return int(uops) if uops.ndim == 0 else uops
+
+
+def gemm_loop_nest(shape: ConvShape, tiling):
+    """Extents of a tile's GEMM kernel, outer to inner (batch, out-channel, row, in-channel,
+    kernel row, kernel column, column): the schedule's loop order. Array tilings broadcast."""
+    return np.stack(
+        np.broadcast_arrays(
+            tiling.n_tile, tiling.co_tile, tiling.h_tile, tiling.ci_tile, shape.kernel_h, shape.kernel_w, tiling.w_tile
+        ),
+        axis=-1,
+    )
+
+
+def reset_loop_nest(tiling):
+    return np.stack(np.broadcast_arrays(tiling.n_tile, tiling.co_tile, tiling.h_tile, tiling.w_tile), axis=-1)
+
+
 def tile_footprint(shape: ConvShape, tiling: Tiling, hw) -> TileFootprint:
-    """Scratchpad bytes one tile occupies (the padded input window, as the DMA loads it)."""
+    """Scratchpad bytes one tile occupies (the padded input window, as the DMA loads it).
+    Works on one Tiling or on an object whose tile fields are arrays."""
     in_rows = (tiling.h_tile - 1) * shape.stride_h + shape.kernel_h
     in_cols = (tiling.w_tile - 1) * shape.stride_w + shape.kernel_w
     kernel = shape.kernel_h * shape.kernel_w
-    gemm_uops = tiling.n_tile * tiling.ci_tile * kernel * tiling.w_tile
-    reset_uops = tiling.n_tile * tiling.w_tile
+    uops = kernel_uops(gemm_loop_nest(shape, tiling)) + kernel_uops(reset_loop_nest(tiling)) + ALU_UOPS
     return TileFootprint(
         inp_bytes=tiling.n_tile * tiling.ci_tile * in_rows * in_cols * hw.inp_elem_bytes,
         wgt_bytes=tiling.co_tile * tiling.ci_tile * kernel * hw.wgt_elem_bytes,
         acc_bytes=tiling.n_tile * tiling.co_tile * tiling.h_tile * tiling.w_tile * hw.acc_elem_bytes,
-        uops=gemm_uops + reset_uops,
+        uops=uops,
     )
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from codesign.hardware import load_hardware
-from codesign.simulator.program import VTA_TUTORIAL_ALU, build_program, kernel_uops
+from codesign.simulator.program import VTA_TUTORIAL_ALU, build_program
 from codesign.simulator.schedule_walk import walk_schedule
 from schedules.layer import ConvShape
 from schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
-from schedules.tiling import Tiling, choose_tiling
+from schedules.tiling import Tiling, choose_tiling, kernel_uops
 
 VTA = load_hardware("vta_default")
 

@@ -176,3 +176,48 @@ def test_cli_simulate_rejects_bad_model_name(capsys):
     path, _, _ = TEST_MODELS["mnist"]
     assert main(["simulate", str(path), "--hw", "vta_default", "--model", "magic"]) == 2
     assert "--model magic" in capsys.readouterr().err
+
+
+def test_design_sweep_equals_the_per_design_tile_rule_and_analytic_model():
+    from codesign.simulator.design_sweep import Layer, evaluate_designs
+
+    layers = [
+        Layer(ConvShape(1, 1, 64, 64, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), tuple(VTA_TUTORIAL_ALU)),
+        Layer(
+            ConvShape(1, 1, 128, 256, 14, 14, 1, 1, 2, 2, 0, 0, 0, 0),
+            tuple(requant_alu_ops(np.ones(2), np.array([3, 5]), np.full(2, 9))),
+        ),
+        Layer(ConvShape.dense(4, 512, 100), tuple(VTA_TUTORIAL_ALU)),
+    ]
+    rng = np.random.default_rng(4)
+    designs = [
+        dataclasses.replace(
+            VTA,
+            batch=int(rng.choice([1, 2, 4])),
+            block_in=int(rng.choice([8, 16, 32])),
+            block_out=int(rng.choice([8, 16, 32])),
+            inp_buffer_bytes=int(2 ** rng.integers(10, 17)),
+            wgt_buffer_bytes=int(2 ** rng.integers(12, 19)),
+            acc_buffer_bytes=int(2 ** rng.integers(11, 18)),
+            dram_bytes_per_cycle=float(rng.choice([4, 8, 16])),
+            dram_latency_cycles=int(rng.integers(10, 100)),
+        )
+        for _ in range(80)
+    ]
+    swept = evaluate_designs(layers, designs)
+    infeasible = 0
+    for design, cycles in zip(designs, swept["cycles"]):
+        try:
+            tilings = [choose_tiling(layer.shape, design) for layer in layers]
+        except TilingError:
+            infeasible += 1
+            assert np.isinf(cycles)
+            continue
+        features = stack_features(
+            [layer_features(layer.shape, t, design, list(layer.alu_ops)) for layer, t in zip(layers, tilings)]
+        )
+        expected = estimate(
+            features, design.dram_latency_cycles, design.dram_bytes_per_cycle, design.alu_vectors_per_cycle
+        )
+        assert cycles == pytest.approx(expected["cycles"].sum())
+    assert 0 < infeasible < len(designs) // 2

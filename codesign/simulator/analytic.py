@@ -17,58 +17,70 @@ solving the pipeline of `event_sim` in steady state. The virtual threads' tiles 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from codesign.simulator.program import UOP_BYTES, AluOp, kernel_uops
+from codesign.simulator.program import UOP_BYTES, AluOp
 from schedules.layer import ConvShape
-from schedules.tiling import Tiling
+from schedules.tiling import Tiling, gemm_loop_nest, kernel_uops, reset_loop_nest
 
 
-def _covered(start_step: int, tiles: int, window: int, size: int, offset: int) -> int:
-    """Sum over tiles of how many of a tile's `window` input positions fall inside the input."""
-    starts = np.arange(tiles) * start_step - offset
-    return int(np.clip(np.minimum(starts + window, size) - np.maximum(starts, 0), 0, None).sum())
+def _covered(step, count, window, size: int, offset: int):
+    """Per tiling: the sum over its tiles of the tile's `window` positions inside 0 .. size-1."""
+    j = np.arange(int(np.max(count)))
+    starts = j[None, :] * step[:, None] - offset
+    spans = np.clip(np.minimum(starts + window[:, None], size) - np.maximum(starts, 0), 0, None)
+    return (spans * (j[None, :] < count[:, None])).sum(axis=1)
 
 
-def layer_features(shape: ConvShape, tiling: Tiling, hw, alu_ops: list[AluOp]) -> dict[str, float]:
+def tiling_features(
+    shape: ConvShape, hw, tilings: dict[str, np.ndarray], alu_ops: list[AluOp]
+) -> dict[str, np.ndarray]:
+    """Features of one layer under arrays of tilings (n_tile, co_tile, ci_tile, h_tile, w_tile,
+    virtual_threads); `hw` gives the core shape and bit widths."""
+    n, co, ci, h, w, vt = (
+        np.asarray(tilings[k]) for k in ("n_tile", "co_tile", "ci_tile", "h_tile", "w_tile", "virtual_threads")
+    )
     packed = shape.blocks(hw)
-    t = tiling
-    tiles_h, tiles_w = shape.out_h // t.h_tile, shape.out_w // t.w_tile
-    channel_tiles = shape.groups * (packed.n_blocks // t.n_tile) * (packed.co_blocks // t.co_tile)
-    rows = (t.h_tile - 1) * shape.stride_h + shape.kernel_h
-    cols = (t.w_tile - 1) * shape.stride_w + shape.kernel_w
-    valid_rows = _covered(t.h_tile * shape.stride_h, tiles_h, rows, shape.in_h, shape.pad_top)
-    valid_cols = _covered(t.w_tile * shape.stride_w, tiles_w, cols, shape.in_w, shape.pad_left)
+    tiles_h, tiles_w = shape.out_h // h, shape.out_w // w
+    channel_tiles = shape.groups * (packed.n_blocks // n) * (packed.co_blocks // co)
+    rows = (h - 1) * shape.stride_h + shape.kernel_h
+    cols = (w - 1) * shape.stride_w + shape.kernel_w
+    valid_rows = _covered(h * shape.stride_h, tiles_h, rows, shape.in_h, shape.pad_top)
+    valid_cols = _covered(w * shape.stride_w, tiles_w, cols, shape.in_w, shape.pad_left)
     tiles = channel_tiles * tiles_h * tiles_w
-    steps = packed.ci_blocks // t.ci_tile
-    acc_elements = t.n_tile * t.co_tile * t.h_tile * t.w_tile
+    steps = packed.ci_blocks // ci
+    acc_elements = n * co * h * w
     kernel = shape.kernel_h * shape.kernel_w
     vector_operands = sum(op.vector for op in alu_ops)
-    gemm_loops = (t.n_tile, t.co_tile, t.h_tile, t.ci_tile, shape.kernel_h, shape.kernel_w, t.w_tile)
-    reset_loops = (t.n_tile, t.co_tile, t.h_tile, t.w_tile)
-    return {
+    tile = Tiling(n, co, ci, h, w, vt)
+    gemm_loops, reset_loops = gemm_loop_nest(shape, tile), reset_loop_nest(tile)
+    features = {
         "tiles": tiles,
         "steps": steps,
-        "threads": max(1, min(t.virtual_threads, tiles)),
-        "inp_bytes": channel_tiles * t.n_tile * t.ci_tile * valid_rows * valid_cols * steps * hw.inp_elem_bytes,
-        "inp_transfers": t.n_tile * t.ci_tile,
-        "wgt_bytes_per_step": t.co_tile * t.ci_tile * kernel * hw.wgt_elem_bytes,
-        "gemm_per_step": math.prod(gemm_loops),
+        "threads": np.maximum(1, np.minimum(vt, tiles)),
+        "inp_bytes": channel_tiles * n * ci * valid_rows * valid_cols * steps * hw.inp_elem_bytes,
+        "inp_transfers": n * ci,
+        "wgt_bytes_per_step": co * ci * kernel * hw.wgt_elem_bytes,
+        "gemm_per_step": gemm_loops.prod(axis=-1),
         "acc_elements": acc_elements,
-        "alu_ops": len(alu_ops),
-        "acc_bytes_per_tile": vector_operands * t.co_tile * hw.acc_elem_bytes,
-        "acc_transfers": vector_operands,
+        "alu_ops": np.full_like(n, len(alu_ops)),
+        "acc_bytes_per_tile": vector_operands * co * hw.acc_elem_bytes,
+        "acc_transfers": np.full_like(n, vector_operands),
         "out_bytes_per_tile": acc_elements * hw.out_elem_bytes,
-        "store_transfers": t.n_tile * t.co_tile,
+        "store_transfers": n * co,
         "uop_bytes": UOP_BYTES * (kernel_uops(reset_loops) + kernel_uops(gemm_loops) + len(alu_ops)),
-        "macs": shape.macs,
+        "macs": np.full_like(n, shape.macs),
     }
+    return {key: np.asarray(value, dtype=np.float64) for key, value in features.items()}
 
 
-def stack_features(rows: list[dict[str, float]]) -> dict[str, np.ndarray]:
-    return {key: np.array([row[key] for row in rows], dtype=np.float64) for key in rows[0]}
+def layer_features(shape: ConvShape, tiling: Tiling, hw, alu_ops: list[AluOp]) -> dict[str, np.ndarray]:
+    """Features of one layer under one tiling (arrays of length 1)."""
+    return tiling_features(shape, hw, {k: np.array([v]) for k, v in tiling.to_dict().items()}, alu_ops)
+
+
+def stack_features(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([row[key] for row in rows]) for key in rows[0]}
 
 
 def _transfer(transfers, nbytes, latency, bandwidth):

@@ -31,6 +31,7 @@ import numpy as np
 
 from codesign.simulator.schedule_walk import ScheduleFacts
 from schedules.layer import ConvShape
+from schedules.tiling import kernel_uops
 
 UOP_BYTES = 4
 LOAD, COMPUTE, STORE = "load", "compute", "store"
@@ -105,12 +106,6 @@ class LayerProgram:
     @property
     def dram_bytes(self) -> int:
         return sum(ins.nbytes for ins in self.instructions)
-
-
-def kernel_uops(loop_extents) -> int:
-    """Distinct micro-ops of a kernel: what the first two non-unit (affine) loops leave."""
-    non_unit = [e for e in loop_extents if e > 1]
-    return math.prod(non_unit[2:])
 
 
 def _valid_span(start: int, length: int, size: int) -> int:
