@@ -102,3 +102,19 @@ def test_walked_counters_agree_with_the_geometry(shape):
     # Input: every tile loads its window; padding is never transferred, so at most the window.
     window = facts.inp_window[0] * facts.inp_window[1] * facts.inp_window[2] * facts.inp_window[3]
     assert 0 < counters["inp_load_nbytes"] <= facts.tiles * facts.steps * window * hw.inp_elem_bytes
+
+
+def test_convolution_opt_transfer_shapes_and_padding_on_load():
+    """C's input loads: 8 rows (7 plus the halo row that is not padding) by 14 columns; the DMA
+    inserts the other 9 x 16 - 8 x 14 = 32 zero elements; weights load as 8 x (1 x 3 x 3)."""
+    shape = ConvShape(1, 1, 256, 256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1)
+    tiling = Tiling(1, 8, 1, 7, 14, virtual_threads=2)
+    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, VTA, 0, 127), tiling, VTA)
+    program = build_program(shape, walk_schedule(scheduled), VTA, VTA_TUTORIAL_ALU, 2)
+    loads = [i for i in program.instructions if i.kind == "LOAD_INP"]
+    assert len(loads) == 64
+    assert {(i.y_size, i.x_size, i.pad_elements, i.transfers) for i in loads} == {(8, 14, 32, 1)}
+    weights = {(i.y_size, i.x_size) for i in program.instructions if i.kind == "LOAD_WGT"}
+    assert weights == {(8, 9)}
+    stores = [i for i in program.instructions if i.kind == "STORE"]
+    assert {(i.y_size, i.x_size, i.transfers) for i in stores} == {(7, 14, 8)}

@@ -70,6 +70,9 @@ class Instruction:
     thread: int
     nbytes: int = 0  # bytes moved between DRAM and a scratchpad
     transfers: int = 0  # 2-D DMA transfers (each pays the DRAM latency)
+    y_size: int = 0  # shape of each transfer in scratchpad elements: rows ...
+    x_size: int = 0  # ... by elements per row
+    pad_elements: int = 0  # zero elements the DMA inserts per transfer (input padding)
     iterations: int = 0  # micro-op executions (GEMM) or vector operations (ALU)
     deps: list[int] = dataclasses.field(default_factory=list)
 
@@ -113,19 +116,19 @@ def _valid_span(start: int, length: int, size: int) -> int:
     return max(0, min(start + length, size) - max(start, 0))
 
 
-def _input_bytes_per_tile(shape: ConvShape, facts: ScheduleFacts, hw) -> list[int]:
-    """Input bytes one step of each output tile loads: its window without the padding."""
-    n_tile, ci_tile, rows, cols = facts.inp_window
+def _input_windows(shape: ConvShape, facts: ScheduleFacts) -> list[tuple[int, int]]:
+    """(rows, columns) of each output tile's input window that lie inside the input: what its
+    loads transfer; the rest of the padded window is zeros the DMA inserts."""
+    _, _, rows, cols = facts.inp_window
     _, _, h_tile, w_tile = facts.out_window
     tiles_h, tiles_w = shape.out_h // h_tile, shape.out_w // w_tile
-    per_tile = []
+    windows = []
     for tile in range(facts.tiles):
         y_tile, x_tile = (tile // tiles_w) % tiles_h, tile % tiles_w
         top = y_tile * h_tile * shape.stride_h - shape.pad_top
         left = x_tile * w_tile * shape.stride_w - shape.pad_left
-        valid = _valid_span(top, rows, shape.in_h) * _valid_span(left, cols, shape.in_w)
-        per_tile.append(n_tile * ci_tile * valid * hw.inp_elem_bytes)
-    return per_tile
+        windows.append((_valid_span(top, rows, shape.in_h), _valid_span(left, cols, shape.in_w)))
+    return windows
 
 
 def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluOp], virtual_threads: int = 1):
@@ -136,11 +139,19 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
     kernel_sizes = {"reset": kernel_uops(facts.reset_loops), "gemm": kernel_uops(facts.gemm_loops), "alu": len(alu_ops)}
     uop_bytes = UOP_BYTES * sum(kernel_sizes.values())
     vector_operands = sum(op.vector for op in alu_ops)
-    inp_bytes = _input_bytes_per_tile(shape, facts, hw)
+    windows = _input_windows(shape, facts)
+    window_elements = facts.inp_window[2] * facts.inp_window[3]
     wgt_bytes = co_w * ci_w * kh * kw * hw.wgt_elem_bytes
     inp_transfers = facts.inp_window[0] * facts.inp_window[1]
 
     program: list[Instruction] = []
+
+    def load_input(tile: int, thread: int, deps: list[int]) -> Instruction:
+        rows, cols = windows[tile]
+        nbytes = inp_transfers * rows * cols * hw.inp_elem_bytes
+        return Instruction(
+            "LOAD_INP", LOAD, thread, nbytes, inp_transfers, rows, cols, window_elements - rows * cols, deps
+        )
 
     def emit(ins: Instruction) -> int:
         program.append(ins)
@@ -158,7 +169,7 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
         for tile in group:
             thread = tile - first
             if tile == thread:  # first tile of this thread: its micro-op kernels
-                uops[thread] = emit(Instruction("LOAD_UOP", LOAD, thread, uop_bytes, 1))
+                uops[thread] = emit(Instruction("LOAD_UOP", LOAD, thread, uop_bytes, 1, 1, uop_bytes // UOP_BYTES))
             deps = [last_store[thread]] if thread in last_store else []
             last_compute[thread] = emit(Instruction("GEMM_RESET", COMPUTE, thread, iterations=acc_elements, deps=deps))
         for _ in range(facts.steps):
@@ -167,8 +178,8 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
                 thread = tile - first
                 war = [last_gemm[thread]] if thread in last_gemm else []
                 loads[thread] = [
-                    emit(Instruction("LOAD_INP", LOAD, thread, inp_bytes[tile], inp_transfers, deps=war)),
-                    emit(Instruction("LOAD_WGT", LOAD, thread, wgt_bytes, 1, deps=war)),
+                    emit(load_input(tile, thread, war)),
+                    emit(Instruction("LOAD_WGT", LOAD, thread, wgt_bytes, 1, co_w, ci_w * kh * kw, deps=war)),
                 ]
             for tile in group:
                 thread = tile - first
@@ -181,7 +192,9 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
             if vector_operands:  # after the step loads; overwrites operands the last ALU has read
                 war = [last_alu[thread]] if thread in last_alu else []
                 acc_bytes = vector_operands * co_tile * hw.acc_elem_bytes
-                operands[thread] = emit(Instruction("LOAD_ACC", LOAD, thread, acc_bytes, vector_operands, deps=war))
+                operands[thread] = emit(
+                    Instruction("LOAD_ACC", LOAD, thread, acc_bytes, vector_operands, 1, co_tile, deps=war)
+                )
         for tile in group:
             thread = tile - first
             for _op in alu_ops:
@@ -193,6 +206,8 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
             thread = tile - first
             out_bytes = acc_elements * hw.out_elem_bytes
             last_store[thread] = emit(
-                Instruction("STORE", STORE, thread, out_bytes, n_tile * co_tile, deps=[last_compute[thread]])
+                Instruction(
+                    "STORE", STORE, thread, out_bytes, n_tile * co_tile, h_tile, w_tile, deps=[last_compute[thread]]
+                )
             )
     return LayerProgram(program, shape.macs, threads, kernel_sizes)
