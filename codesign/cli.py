@@ -44,8 +44,12 @@ def compile_command(
     cpu: Annotated[
         str | None, typer.Option(help="LLVM CPU to build for (default: this machine's; x86-64 runs anywhere).")
     ] = None,
+    compression: Annotated[
+        Path | None, typer.Option("--compression", help="Per-layer weight bits and pruning (JSON, e.g. from tune).")
+    ] = None,
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
+    from codesign.compression import load_compression
     from codesign.deploy import write_module
     from codesign.hardware import load_hardware
     from codesign.importer import parse_input_shapes
@@ -56,7 +60,14 @@ def compile_command(
         raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
     spec = load_hardware(hw)
     result = compile_model(
-        model, spec, parse_input_shapes(input_shape), calibration, calibration_samples, weight_bits, cpu=cpu
+        model,
+        spec,
+        parse_input_shapes(input_shape),
+        calibration,
+        calibration_samples,
+        weight_bits,
+        cpu=cpu,
+        compression=load_compression(compression) if compression else None,
     )
     write_module(result, out)
     print_placement(result.lowered.plans, spec, console)

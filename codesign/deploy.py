@@ -44,6 +44,7 @@ def build_manifest(result: CompileResult) -> dict:
         "inputs": [t.to_dict() for t in result.imported.inputs],
         "outputs": [t.to_dict() for t in result.imported.outputs],
         "quantization": quantization_summary(result),
+        "compression": result.compression.to_dict(),
         "layers": [plan.to_dict() for plan in result.lowered.plans],
         "compile_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
     }

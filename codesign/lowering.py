@@ -10,11 +10,13 @@ original Relax op.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from codesign.compression import CompressionConfig
 from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
 from codesign.importer import ImportedModel
@@ -52,6 +54,8 @@ class LayerPlan:
     alu_ops: list[AluOp] = dataclasses.field(default_factory=list)  # requantization on the ALU
     host_ops: float = 0.0  # work on the host CPU (for accelerated layers: packing)
     host_bytes: float = 0.0
+    weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)
+    effective_shape: ConvShape | None = None  # without pruned channels: what the accelerator runs
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +68,8 @@ class LayerPlan:
             "scratchpad_bytes": self.footprint,
             "alu_ops": [[op.opcode, op.vector] for op in self.alu_ops],
             "host_work": {"ops": self.host_ops, "bytes": self.host_bytes},
+            "weight_bits": self.weight_bits,
+            "effective_shape": dataclasses.asdict(self.effective_shape) if self.effective_shape else None,
         }
 
     @classmethod
@@ -79,6 +85,8 @@ class LayerPlan:
             alu_ops=[AluOp(opcode, vector) for opcode, vector in doc["alu_ops"]],
             host_ops=doc["host_work"]["ops"],
             host_bytes=doc["host_work"]["bytes"],
+            weight_bits=doc["weight_bits"],
+            effective_shape=ConvShape(**doc["effective_shape"]) if doc["effective_shape"] else None,
         )
 
 
@@ -117,8 +125,8 @@ def plan_accelerated_layer(name: str, op: str, shape: ConvShape, hw, clamp: tupl
 
 
 class _Lowerer:
-    def __init__(self, qgraph: QuantizedGraph, imported: ImportedModel, hw):
-        self.qgraph, self.imported, self.hw = qgraph, imported, hw
+    def __init__(self, qgraph: QuantizedGraph, imported: ImportedModel, hw, compression: CompressionConfig):
+        self.qgraph, self.imported, self.hw, self.compression = qgraph, imported, hw, compression
         self.bb = relax.BlockBuilder(module_without_main(imported.mod))
         self.plans: list[LayerPlan] = []
         # Tile and schedule every accelerated layer first: a layer that does not fit fails
@@ -157,7 +165,28 @@ class _Lowerer:
             shape = gemm_shape(node, self.qgraph) if node.op in ("conv2d", "matmul") else None
             plan = LayerPlan(node.name, op, "host", shape)
         plan.host_ops, plan.host_bytes = ops, nbytes
+        if node.op in ("conv2d", "matmul") and node.params["weight"] is not None:
+            plan.weight_bits = self.qgraph.config.bits_for(node.name)
+            plan.effective_shape = self.effective_shape(node, plan.shape)
         return plan
+
+    def effective_shape(self, node: QNode, shape: ConvShape) -> ConvShape:
+        """The layer without its pruned output channels, nor the inputs a pruned producer lost."""
+        out_channels = self.compression.kept_channels(node.name, shape.out_channels)
+        kept_fraction = self.kept_input_fraction(node)
+        in_channels = max(1, math.ceil(shape.in_channels * kept_fraction))
+        return dataclasses.replace(shape, out_channels=out_channels, in_channels=in_channels)
+
+    def kept_input_fraction(self, node: QNode) -> float:
+        """Fraction of a layer's input channels that survive pruning upstream: followed back
+        through channel-preserving ops (pools, clamps, reshapes, requantization) to a GEMM."""
+        producer = self.qgraph.nodes[node.inputs[0]]
+        while producer.op in ("passthrough", "clamp", "quantize", "dequantize") and producer.inputs:
+            producer = self.qgraph.nodes[producer.inputs[0]]
+        if producer.op not in ("conv2d", "matmul") or producer.name not in self.compression.prune:
+            return 1.0
+        channels = producer.params["weight"].shape[0 if producer.op == "conv2d" else 1]
+        return self.compression.kept_channels(producer.name, channels) / channels
 
     def emit(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
         p = node.params
@@ -222,8 +251,10 @@ class _Lowerer:
         return self.bb.emit_te(lambda w: pack_matmul_weight_te(w, self.hw), operand, primfunc_name_hint="pack_weight")
 
 
-def lower_to_relax(qgraph: QuantizedGraph, imported: ImportedModel, hw) -> LoweredModel:
-    return _Lowerer(qgraph, imported, hw).run()
+def lower_to_relax(
+    qgraph: QuantizedGraph, imported: ImportedModel, hw, compression: CompressionConfig | None = None
+) -> LoweredModel:
+    return _Lowerer(qgraph, imported, hw, compression or CompressionConfig()).run()
 
 
 # ---- host integer ops: the formulas of codesign.reference, as TE -----------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 import tvm
 
 from codesign.calibration import load_samples, random_samples, tensor_ranges
+from codesign.compression import CompressionConfig, prune_graph, validate_compression
 from codesign.emit import target
 from codesign.errors import ModelError
 from codesign.graph import Graph, extract_graph
@@ -41,6 +42,7 @@ class CompileResult:
     calibration: dict
     seconds: dict[str, float]
     target: tvm.target.Target
+    compression: CompressionConfig
 
 
 def quantize_model(
@@ -50,8 +52,12 @@ def quantize_model(
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
     weight_bits: int | None = None,
     warn=lambda message: print(message, file=sys.stderr),
+    compression: CompressionConfig | None = None,
 ) -> tuple[Graph, QuantizedGraph, dict]:
+    compression = compression or CompressionConfig()
     graph = extract_graph(imported)
+    validate_compression(compression, graph)
+    graph = prune_graph(graph, compression)
     if calibration is None:
         warn(
             "warning: no --calibration data; calibrating on random normal inputs, "
@@ -65,7 +71,7 @@ def quantize_model(
     if not samples:
         raise ModelError(f"{calibration}: no calibration samples")
     ranges = tensor_ranges(graph, imported, samples)
-    config = QuantConfig.for_hardware(hw, weight_bits)
+    config = QuantConfig.for_hardware(hw, weight_bits, compression.weight_bits)
     return graph, quantize_graph(graph, ranges, config), calibration_info
 
 
@@ -78,6 +84,7 @@ def compile_model(
     weight_bits: int | None = None,
     warn=lambda message: print(message, file=sys.stderr),
     cpu: str | None = None,
+    compression: CompressionConfig | None = None,
 ) -> CompileResult:
     seconds = {}
     build_target = target(cpu)
@@ -86,14 +93,19 @@ def compile_model(
     seconds["import"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    graph, qgraph, calibration_info = quantize_model(imported, hw, calibration, calibration_samples, weight_bits, warn)
+    graph, qgraph, calibration_info = quantize_model(
+        imported, hw, calibration, calibration_samples, weight_bits, warn, compression
+    )
     seconds["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    lowered = lower_to_relax(qgraph, imported, hw)
+    lowered = lower_to_relax(qgraph, imported, hw, compression)
     seconds["schedule"] = time.perf_counter() - start
 
     start = time.perf_counter()
     executable = tvm.compile(lowered.mod, target=build_target)
     seconds["build"] = time.perf_counter() - start
-    return CompileResult(imported, graph, qgraph, lowered, executable, hw, calibration_info, seconds, build_target)
+    compression = compression or CompressionConfig()
+    return CompileResult(
+        imported, graph, qgraph, lowered, executable, hw, calibration_info, seconds, build_target, compression
+    )

@@ -41,19 +41,25 @@ class QuantConfig:
     weight_bits: int = 8
     shift_only: bool = False  # the ALU has no multiplier: power-of-two scales
     multiplier_bits: int = 16
+    layer_weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)  # per-layer overrides
 
     @classmethod
-    def for_hardware(cls, hw, weight_bits: int | None = None) -> QuantConfig:
+    def for_hardware(cls, hw, weight_bits: int | None = None, layer_weight_bits=None) -> QuantConfig:
         """Quantization the core can execute; weights may be narrower than its weight width."""
-        if weight_bits is not None and weight_bits > hw.weight_bits:
-            raise HardwareError(
-                f"{weight_bits}-bit weights do not fit {hw.name}'s {hw.weight_bits}-bit weight datapath"
-            )
+        for name, bits in {"all layers": weight_bits, **(layer_weight_bits or {})}.items():
+            if bits is not None and bits > hw.weight_bits:
+                raise HardwareError(
+                    f"{bits}-bit weights ({name}) do not fit {hw.name}'s {hw.weight_bits}-bit weight datapath"
+                )
         return cls(
             weight_bits=weight_bits or hw.weight_bits,
             shift_only=not hw.alu_has_multiplier,
             multiplier_bits=hw.alu_multiplier_bits if hw.alu_has_multiplier else 0,
+            layer_weight_bits=dict(layer_weight_bits or {}),
         )
+
+    def bits_for(self, layer: str) -> int:
+        return self.layer_weight_bits.get(layer, self.weight_bits)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -233,8 +239,9 @@ class _Quantizer:
         out_scale = self.scale_for(node.name)
         if layer.weight is not None:
             channel_axis = 0 if layer.kind == "conv2d" else 1
-            w_scales = weight_scales(layer.weight, channel_axis, config)
-            weight = quantize_weight(layer.weight, w_scales, channel_axis, config.weight_bits)
+            layer_config = dataclasses.replace(config, weight_bits=config.bits_for(node.name))
+            w_scales = weight_scales(layer.weight, channel_axis, layer_config)
+            weight = quantize_weight(layer.weight, w_scales, channel_axis, layer_config.weight_bits)
         else:
             w_scales = np.full(node.shape[-1], in_scales[1], dtype=np.float64)
             weight = None

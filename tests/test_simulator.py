@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -26,7 +27,7 @@ from codesign.simulator.schedule_walk import walk_schedule
 from codesign.simulator.simulate import simulate_plans
 from schedules.layer import ConvShape
 from schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
-from schedules.tiling import TilingError, choose_tiling
+from schedules.tiling import Tiling, TilingError, choose_tiling
 
 VTA = load_hardware("vta_default")
 
@@ -221,3 +222,24 @@ def test_design_sweep_equals_the_per_design_tile_rule_and_analytic_model():
         )
         assert cycles == pytest.approx(expected["cycles"].sum())
     assert 0 < infeasible < len(designs) // 2
+
+
+@pytest.mark.parametrize("virtual_threads", [1, 2])
+def test_event_trace_respects_dependencies_and_module_order(virtual_threads):
+    shape = ConvShape(1, 1, 48, 64, 20, 20, 3, 3, 1, 1, 1, 1, 1, 1)
+    tiling = Tiling(1, 2, 1, 10, 20, virtual_threads)  # 3 steps, 4 output tiles
+    kernel = schedule_packed_conv2d(packed_conv2d_func(shape, VTA, -128, 127), tiling, VTA)
+    alu = requant_alu_ops(np.ones(4), np.array([3, 5, 7, 9]), np.full(4, 9))
+    program = build_program(shape, walk_schedule(kernel), VTA, alu, virtual_threads)
+    trace = []
+    timing = simulate_program(program, VTA, trace)
+    start = {index: s for index, s, _ in trace}
+    end = {index: e for index, _, e in trace}
+    assert len(trace) == len(program.instructions)
+    assert any(ins.deps for ins in program.instructions if ins.kind == "LOAD_INP")  # WAR on the buffers
+    for index, ins in enumerate(program.instructions):
+        assert all(start[index] >= end[dep] for dep in ins.deps), (index, ins.kind)
+    for module in ("load", "compute", "store"):
+        order = [i for i, ins in enumerate(program.instructions) if ins.module == module]
+        assert all(start[b] >= end[a] for a, b in itertools.pairwise(order))
+    assert timing.cycles == max(end.values())

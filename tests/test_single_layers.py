@@ -105,5 +105,5 @@ def test_int4_weights_on_an_8_bit_core_are_allowed_but_not_the_reverse(tmp_path)
     result = assert_module_equals_reference(path, (1, 8, 6, 6), load_hardware("vta_default"), rng, tmp_path, 4)
     assert np.abs(result.qgraph.gemm_nodes()[0].params["weight"]).max() == 7
     int4_core = dataclasses.replace(load_hardware("vta_default"), weight_bits=4)
-    with pytest.raises(HardwareError, match="8-bit weights do not fit"):
+    with pytest.raises(HardwareError, match=r"8-bit weights \(all layers\) do not fit"):
         compile_model(path, int4_core, {"x": (1, 8, 6, 6)}, weight_bits=8)

@@ -70,6 +70,7 @@ class Instruction:
     thread: int
     nbytes: int = 0  # bytes moved between DRAM and a scratchpad
     transfers: int = 0  # 2-D DMA transfers (each pays the DRAM latency)
+    _: dataclasses.KW_ONLY
     y_size: int = 0  # shape of each transfer in scratchpad elements: rows ...
     x_size: int = 0  # ... by elements per row
     pad_elements: int = 0  # zero elements the DMA inserts per transfer (input padding)
@@ -149,8 +150,9 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
     def load_input(tile: int, thread: int, deps: list[int]) -> Instruction:
         rows, cols = windows[tile]
         nbytes = inp_transfers * rows * cols * hw.inp_elem_bytes
+        padding = window_elements - rows * cols
         return Instruction(
-            "LOAD_INP", LOAD, thread, nbytes, inp_transfers, rows, cols, window_elements - rows * cols, deps
+            "LOAD_INP", LOAD, thread, nbytes, inp_transfers, y_size=rows, x_size=cols, pad_elements=padding, deps=deps
         )
 
     def emit(ins: Instruction) -> int:
@@ -169,7 +171,9 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
         for tile in group:
             thread = tile - first
             if tile == thread:  # first tile of this thread: its micro-op kernels
-                uops[thread] = emit(Instruction("LOAD_UOP", LOAD, thread, uop_bytes, 1, 1, uop_bytes // UOP_BYTES))
+                uops[thread] = emit(
+                    Instruction("LOAD_UOP", LOAD, thread, uop_bytes, 1, y_size=1, x_size=uop_bytes // UOP_BYTES)
+                )
             deps = [last_store[thread]] if thread in last_store else []
             last_compute[thread] = emit(Instruction("GEMM_RESET", COMPUTE, thread, iterations=acc_elements, deps=deps))
         for _ in range(facts.steps):
@@ -179,7 +183,11 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
                 war = [last_gemm[thread]] if thread in last_gemm else []
                 loads[thread] = [
                     emit(load_input(tile, thread, war)),
-                    emit(Instruction("LOAD_WGT", LOAD, thread, wgt_bytes, 1, co_w, ci_w * kh * kw, deps=war)),
+                    emit(
+                        Instruction(
+                            "LOAD_WGT", LOAD, thread, wgt_bytes, 1, y_size=co_w, x_size=ci_w * kh * kw, deps=war
+                        )
+                    ),
                 ]
             for tile in group:
                 thread = tile - first
@@ -193,7 +201,9 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
                 war = [last_alu[thread]] if thread in last_alu else []
                 acc_bytes = vector_operands * co_tile * hw.acc_elem_bytes
                 operands[thread] = emit(
-                    Instruction("LOAD_ACC", LOAD, thread, acc_bytes, vector_operands, 1, co_tile, deps=war)
+                    Instruction(
+                        "LOAD_ACC", LOAD, thread, acc_bytes, vector_operands, y_size=1, x_size=co_tile, deps=war
+                    )
                 )
         for tile in group:
             thread = tile - first
@@ -207,7 +217,14 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
             out_bytes = acc_elements * hw.out_elem_bytes
             last_store[thread] = emit(
                 Instruction(
-                    "STORE", STORE, thread, out_bytes, n_tile * co_tile, h_tile, w_tile, deps=[last_compute[thread]]
+                    "STORE",
+                    STORE,
+                    thread,
+                    out_bytes,
+                    n_tile * co_tile,
+                    y_size=h_tile,
+                    x_size=w_tile,
+                    deps=[last_compute[thread]],
                 )
             )
     return LayerProgram(program, shape.macs, threads, kernel_sizes)

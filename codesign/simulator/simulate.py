@@ -14,6 +14,7 @@ from codesign.simulator.host import host_seconds
 from codesign.simulator.program import build_program
 from codesign.simulator.schedule_walk import walk_schedule
 from schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
+from schedules.tiling import choose_tiling
 
 MODELS = ("event", "analytic")
 
@@ -87,21 +88,32 @@ class SimulationReport:
         }
 
 
-def layer_kernel(plan: LayerPlan, hw):
-    """The plan's scheduled kernel; rescheduled from its shape and tiling when read from a manifest."""
-    if plan.kernel is not None:
-        return plan.kernel
-    return schedule_packed_conv2d(packed_conv2d_func(plan.shape, hw, -128, 127), plan.tiling, hw)
+def accelerator_view(plan: LayerPlan, hw):
+    """(shape, tiling, description, kernel) the accelerator runs for a plan: pruned channels
+    removed and int4 weights packed (a layer that differs from its compiled kernel is re-tiled)."""
+    layer_hw = dataclasses.replace(hw, weight_bits=plan.weight_bits) if plan.weight_bits else hw
+    shape = plan.effective_shape or plan.shape
+    if shape == plan.shape and layer_hw == hw:
+        kernel = plan.kernel or schedule_packed_conv2d(packed_conv2d_func(shape, hw, -128, 127), plan.tiling, hw)
+        return shape, plan.tiling, hw, kernel
+    tiling = choose_tiling(shape, layer_hw)
+    return (
+        shape,
+        tiling,
+        layer_hw,
+        schedule_packed_conv2d(packed_conv2d_func(shape, layer_hw, -128, 127), tiling, layer_hw),
+    )
 
 
 def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str, int], int]:
-    facts = walk_schedule(layer_kernel(plan, hw))
-    program = build_program(plan.shape, facts, hw, plan.alu_ops, plan.tiling.virtual_threads)
+    shape, tiling, hw, kernel = accelerator_view(plan, hw)
+    facts = walk_schedule(kernel)
+    program = build_program(shape, facts, hw, plan.alu_ops, tiling.virtual_threads)
     counters = program.counters()
     reset_elements = sum(ins.iterations for ins in program.instructions if ins.kind == "GEMM_RESET")
     if model == "event":
         return simulate_program(program, hw), counters, reset_elements
-    features = stack_features([layer_features(plan.shape, plan.tiling, hw, plan.alu_ops)])
+    features = stack_features([layer_features(shape, tiling, hw, plan.alu_ops)])
     result = {
         k: float(v[0])
         for k, v in estimate(
@@ -114,7 +126,7 @@ def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str
         result["alu_cycles"],
         result["dram_cycles"],
         int(result["dram_bytes"]),
-        plan.shape.macs,
+        shape.macs,
     )
     return timing, counters, reset_elements
 
@@ -124,12 +136,13 @@ def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> Simulati
         raise ValueError(f"model must be one of {MODELS}")
     layers = []
     for plan in plans:
+        shape = plan.effective_shape or plan.shape
         result = LayerResult(
             plan.name,
             plan.op,
             plan.placement,
-            plan.shape.describe() if plan.shape else "",
-            plan.shape.macs if plan.shape else 0,
+            shape.describe() if shape else "",
+            shape.macs if shape else 0,
             host_seconds(plan.host_ops, plan.host_bytes, hw),
         )
         if plan.placement == "accel":
