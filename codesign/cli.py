@@ -1,4 +1,4 @@
-"""The `codesign` command line: compile | run | simulate | demo | hw.
+"""The `codesign` command line: compile | run | simulate | tune | demo | hw.
 
 Errors print one line naming the problem and exit 2 (usage) or 1 (anything else); `--debug`
 shows the traceback instead.
@@ -189,6 +189,34 @@ def _write_json(path: Path, document: dict) -> None:
         os.replace(staging, path)
     except OSError as err:
         raise DeployError(f"{path}: cannot write JSON ({err.strerror})") from err
+
+
+@app.command("tune")
+def tune_command(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    space: Annotated[Path, typer.Option("--space", help="Search-space TOML file (see spaces/).")],
+    data: Annotated[Path, typer.Option("--data", help="Evaluation data: .npz with inputs by name and 'labels'.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Run directory.")],
+    budget: Annotated[int, typer.Option(help="Evaluations in all.", min=1)] = 100,
+    strategy: Annotated[str, typer.Option(help="xgboost (surrogate), random or nsga2.")] = "xgboost",
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    jobs: Annotated[int, typer.Option(help="Parallel evaluations.", min=1)] = 1,
+    executor: Annotated[str, typer.Option(help="local (processes) or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Configurations proposed at a time.", min=1)] = 8,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT.")] = False,
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
+    ] = None,
+    eval_samples: Annotated[int | None, typer.Option(help="Evaluate accuracy on at most this many samples.")] = None,
+):
+    """Search hardware, compression and schedules jointly for the Pareto front."""
+    from codesign.tuner.run import tune_to_directory
+
+    tune_to_directory(
+        model, space, data, out, budget, strategy, seed, jobs, executor, address, batch_size, resume,
+        input_shape, eval_samples, console,
+    )  # fmt: skip
 
 
 @app.command("demo")

@@ -27,6 +27,7 @@ CORE_FIELDS = ("batch", "block_in", "block_out", "input_bits", "weight_bits", "a
 class Layer:
     shape: ConvShape
     alu_ops: tuple[AluOp, ...]
+    weight_bits: int | None = None  # narrower than the core's: packed, fewer bytes
 
 
 @functools.cache
@@ -77,9 +78,40 @@ def _design_arrays(designs: list) -> types.SimpleNamespace:
     return arrays
 
 
-def evaluate_designs(layers: list[Layer], designs: list) -> dict[str, np.ndarray]:
+def _choose_fastest(candidates: dict, designs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate, threads, fits) per design: the fitting tiling with the fewest modelled cycles,
+    with one or two virtual threads (schedule tuning with the analytic model)."""
+    best_cycles = np.full(len(designs.batch), np.inf)
+    best, best_threads = np.zeros(len(designs.batch), dtype=np.int64), np.ones(len(designs.batch), dtype=np.int64)
+    for threads in (1, 2):
+        fits = (
+            (candidates["inp"] * threads <= designs.inp_buffer_bytes[:, None])
+            & (candidates["wgt"] * threads <= designs.wgt_buffer_bytes[:, None])
+            & (candidates["acc"] * threads <= designs.acc_buffer_bytes[:, None])
+            & (candidates["uop"] * threads <= designs.uop_buffer_bytes[:, None])
+        )
+        features = dict(candidates["features"])
+        features["threads"] = np.minimum(threads, features["tiles"])
+        cycles = estimate(
+            features,
+            designs.dram_latency_cycles[:, None],
+            designs.dram_bytes_per_cycle[:, None],
+            designs.alu_vectors_per_cycle[:, None],
+        )["cycles"]
+        cycles = np.where(fits, cycles, np.inf)
+        choice = cycles.argmin(axis=1)
+        chosen_cycles = cycles[np.arange(len(choice)), choice]
+        better = chosen_cycles < best_cycles
+        best = np.where(better, choice, best)
+        best_threads = np.where(better, threads, best_threads)
+        best_cycles = np.where(better, chosen_cycles, best_cycles)
+    return best, best_threads, np.isfinite(best_cycles)
+
+
+def evaluate_designs(layers: list[Layer], designs: list, schedule: str = "rule") -> dict[str, np.ndarray]:
     """cycles, seconds, energy (pJ) and area (mm2) of the accelerated layers, per design;
-    cycles are inf where some layer has no tiling that fits."""
+    cycles are inf where some layer has no tiling that fits. `schedule`: "rule" takes the tile
+    rule's tiling, "auto" the tiling (and virtual threads) with the fewest modelled cycles."""
     count = len(designs)
     result = {key: np.zeros(count) for key in ("cycles", "seconds", "energy_pj", "area_mm2")}
     groups: dict[tuple, list[int]] = {}
@@ -92,11 +124,14 @@ def evaluate_designs(layers: list[Layer], designs: list) -> dict[str, np.ndarray
         cycles = np.zeros(len(idx))
         energy = np.zeros(len(idx))
         for layer in layers:
-            candidates = _candidates(layer, _core_key(core))
-            double, double_fits = _choose(candidates, group, 2)
-            single, single_fits = _choose(candidates, group, 1)
-            chosen = np.where(double_fits, double, single)
-            threads = np.where(double_fits, 2, 1)
+            candidates = _candidates(layer, _core_key(core, layer.weight_bits))
+            if schedule == "auto":
+                chosen, threads, single_fits = _choose_fastest(candidates, group)
+            else:
+                double, double_fits = _choose(candidates, group, 2)
+                single, single_fits = _choose(candidates, group, 1)
+                chosen = np.where(double_fits, double, single)
+                threads = np.where(double_fits, 2, 1)
             features = {key: value[chosen] for key, value in candidates["features"].items()}
             features["threads"] = np.minimum(threads, features["tiles"])
             timing = estimate(
@@ -156,5 +191,8 @@ class _Core:
         return self.batch * self.block_out * self.output_bits // 8
 
 
-def _core_key(design) -> _Core:
-    return _Core(*(getattr(design, f) for f in CORE_FIELDS))
+def _core_key(design, weight_bits: int | None = None) -> _Core:
+    core = _Core(*(getattr(design, f) for f in CORE_FIELDS))
+    if weight_bits is not None and weight_bits < core.weight_bits:
+        core = dataclasses.replace(core, weight_bits=weight_bits)
+    return core

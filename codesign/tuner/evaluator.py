@@ -1,0 +1,199 @@
+"""The evaluator: one configuration -> its objectives (latency, energy, EDP, area, accuracy).
+
+Accuracy is measured, not modelled: the compressed model is compiled (the deployable integer
+path, bit-exact with the numpy reference) and run on the user's labelled data; without labels
+it is top-1 agreement with the float model. It depends only on the compression choice (and on
+whether the ALU has a multiplier, which changes the requantization), so it is cached per
+(compression, multiplier). Latency, energy and area come from the analytic simulator with the
+schedule of every layer tuned for the design (`schedule.mode = "auto"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from codesign.errors import HardwareError, UsageError
+from codesign.graph import extract_graph
+from codesign.importer import TensorSpec, import_onnx
+from codesign.pipeline import compile_model
+from codesign.simulator.design_sweep import Layer, evaluate_designs
+from codesign.simulator.host import host_seconds
+from codesign.tuner.space import OBJECTIVES, SearchSpace
+
+
+@dataclasses.dataclass
+class EvalData:
+    inputs: dict[str, np.ndarray]  # name -> (samples, *input shape)
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+
+def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None = None) -> EvalData:
+    """A .npz with one array per input (samples stacked on a new first axis, or on the batch
+    axis of a batch-1 input) and optionally `labels`."""
+    path = Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise UsageError(f"{path}: no such data file") from err
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a .npz file ({err})") from err
+    if isinstance(archive, np.ndarray):
+        raise UsageError(f"{path}: expected a .npz with arrays named after the inputs (and 'labels')")
+    inputs = {}
+    for spec in specs:
+        if spec.name not in archive.files:
+            raise UsageError(f"{path}: no array '{spec.name}' (has: {', '.join(archive.files)})")
+        array = archive[spec.name].astype(spec.dtype)
+        if array.shape[1:] == spec.shape:
+            inputs[spec.name] = array
+        elif spec.shape[0] == 1 and array.shape[1:] == spec.shape[1:]:
+            inputs[spec.name] = array[:, None]
+        else:
+            raise UsageError(f"{path}: '{spec.name}' has shape {list(array.shape)}; expected N x {list(spec.shape)}")
+    labels = archive["labels"].astype(np.int64) if "labels" in archive.files else None
+    count = min(len(a) for a in inputs.values())
+    count = count if limit is None else min(count, limit)
+    return EvalData({k: v[:count] for k, v in inputs.items()}, None if labels is None else labels[:count])
+
+
+@dataclasses.dataclass
+class CompressionProfile:
+    """What a compression choice fixes, whatever the hardware: accuracy and the layers' work."""
+
+    accuracy: float
+    layers: list[Layer]
+    host_work: list[tuple[float, float]]  # (ops, bytes) of every host op
+
+
+class Evaluator:
+    def __init__(
+        self,
+        model: str | Path,
+        space: SearchSpace,
+        data: str | Path,
+        input_shapes: dict | None = None,
+        calibration_samples: int = 64,
+        eval_samples: int | None = None,
+    ):
+        self.model, self.space, self.input_shapes = str(model), space, input_shapes
+        self.imported = import_onnx(model, input_shapes)
+        self.layers = [n.name for n in extract_graph(self.imported).gemm_nodes()]
+        self.data = load_eval_data(data, self.imported.inputs, eval_samples)
+        self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-")
+        self.calibration = Path(self._workdir.name) / "calibration.npz"
+        calibration = load_eval_data(data, self.imported.inputs, calibration_samples)
+        np.savez(self.calibration, **calibration.inputs)
+        self.profiles: dict[tuple, CompressionProfile] = {}
+        self.float_predictions = self._float_predictions()
+
+    # ---- accuracy ---------------------------------------------------------------------------
+
+    def _float_predictions(self) -> np.ndarray:
+        from codesign.calibration import float_outputs
+
+        graph = extract_graph(self.imported)
+        samples = self._samples()
+        return np.array([outputs[0].reshape(-1).argmax() for outputs in float_outputs(graph, self.imported, samples)])
+
+    def _samples(self) -> list[dict[str, np.ndarray]]:
+        return [{name: array[i] for name, array in self.data.inputs.items()} for i in range(len(self.data))]
+
+    def float_accuracy(self) -> float:
+        reference = self.data.labels if self.data.labels is not None else self.float_predictions
+        return 100.0 * float((self.float_predictions == reference).mean())
+
+    def profile(self, config: dict, multiplier: bool) -> CompressionProfile:
+        compression = self.space.compression(config, self.layers)
+        key = (compression.key(), multiplier)
+        if key not in self.profiles:
+            self.profiles[key] = self._measure(compression, multiplier)
+        return self.profiles[key]
+
+    def _measure(self, compression, multiplier: bool) -> CompressionProfile:
+        base = self.space.base
+        hw = dataclasses.replace(
+            base,
+            alu_has_multiplier=multiplier,
+            alu_multiplier_bits=(base.alu_multiplier_bits or 8) if multiplier else 0,
+        )
+        result = compile_model(
+            self.model, hw, self.input_shapes, self.calibration, warn=lambda m: None, compression=compression
+        )
+        vm = relax.VirtualMachine(result.executable, tvm.cpu())
+        names = [t.name for t in result.imported.inputs]
+        predictions = np.array(
+            [
+                vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names]).numpy().reshape(-1).argmax()
+                for sample in self._samples()
+            ]
+        )
+        reference = self.data.labels if self.data.labels is not None else self.float_predictions
+        layers = [
+            Layer(plan.effective_shape or plan.shape, tuple(plan.alu_ops), plan.weight_bits)
+            for plan in result.lowered.plans
+            if plan.placement == "accel"
+        ]
+        host = [(p.host_ops, p.host_bytes) for p in result.lowered.plans]
+        return CompressionProfile(100.0 * float((predictions == reference).mean()), layers, host)
+
+    # ---- one configuration ----------------------------------------------------------------
+
+    def evaluate(self, config: dict) -> dict:
+        start = time.perf_counter()
+        try:
+            hw = self.space.hardware(config)
+        except HardwareError as err:
+            return {"feasible": False, "reason": str(err), "objectives": {}, "seconds": time.perf_counter() - start}
+        profile = self.profile(config, hw.alu_has_multiplier)
+        perf = evaluate_designs(profile.layers, [hw], schedule=self.space.schedule_mode)
+        accel = float(perf["seconds"][0])
+        host = sum(host_seconds(ops, nbytes, hw) for ops, nbytes in profile.host_work)
+        metrics = {
+            "latency": accel + host,
+            "energy": float(perf["energy_pj"][0]) * 1e-12,
+            "area": float(perf["area_mm2"][0]),
+            "accuracy": profile.accuracy,
+            "accelerator_seconds": accel,
+            "host_seconds": host,
+            "float_accuracy": self.float_accuracy(),
+        }
+        metrics["edp"] = metrics["energy"] * metrics["latency"]
+        reason = self._violation(metrics)
+        return {
+            "feasible": reason is None,
+            "reason": reason,
+            "objectives": {name: metrics[name] for name in self.space.objectives},
+            "metrics": metrics,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _violation(self, m: dict) -> str | None:
+        if not np.isfinite(m["latency"]):
+            return "a layer has no tiling that fits the scratchpads"
+        limits = self.space.constraints
+        checks = [
+            ("area_mm2_max", m["area"], "area {:.3f} mm2 > {}"),
+            ("latency_ms_max", m["latency"] * 1e3, "latency {:.3f} ms > {}"),
+            ("energy_mj_max", m["energy"] * 1e3, "energy {:.3f} mJ > {}"),
+        ]
+        for key, value, text in checks:
+            if key in limits and value > limits[key]:
+                return text.format(value, limits[key])
+        if "accuracy_drop_max" in limits and self.float_accuracy() - m["accuracy"] > limits["accuracy_drop_max"]:
+            return f"accuracy {m['accuracy']:.2f} % drops more than {limits['accuracy_drop_max']} points"
+        return None
+
+
+def minimised(objectives: dict, names: list[str]) -> list[float]:
+    """Objective values as a point to minimise (accuracy negated)."""
+    return [-objectives[n] if OBJECTIVES[n] == "max" else objectives[n] for n in names]

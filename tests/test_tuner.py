@@ -1,0 +1,165 @@
+"""The joint tuner: search spaces, records, strategies, determinism, parallel and Ray
+execution, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codesign.errors import UsageError
+from codesign.tuner.database import Database, Record
+from codesign.tuner.executors import EvaluatorSpec, ProcessExecutor, RayExecutor, SerialExecutor
+from codesign.tuner.space import load_space, space_from_dict
+from codesign.tuner.strategies import NSGA2Search, RandomSearch, XGBoostSearch
+from codesign.tuner.tune import pareto_records, run_tuning
+
+SPACE = Path(__file__).parent / "spaces" / "tiny.toml"
+MNIST = Path(__file__).resolve().parent.parent / "codesign" / "data" / "mnist-8.onnx"
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory, mnist_test_set):
+    path = tmp_path_factory.mktemp("tune") / "mnist_eval.npz"
+    images, labels = mnist_test_set
+    np.savez(path, Input3=images[:300, 0], labels=labels[:300])
+    return path
+
+
+@pytest.fixture(scope="module")
+def spec(eval_data):
+    return EvaluatorSpec(str(MNIST), str(SPACE), str(eval_data), eval_samples=300, calibration_samples=32)
+
+
+@pytest.fixture(scope="module")
+def serial(spec):
+    return SerialExecutor(spec)
+
+
+def tune(tmp_path, executor, strategy, budget=16, seed=3, name="db.jsonl"):
+    database = Database(tmp_path / name)
+    records = run_tuning(load_space(SPACE), strategy, database, executor, budget, 4, seed)
+    return [(r.index, json.dumps(r.config, sort_keys=True), r.feasible, r.metrics) for r in records]
+
+
+def test_space_maps_configs_to_hardware_and_compression():
+    space = load_space(SPACE)
+    assert space.size() == 2**7
+    config = {
+        **space.sample(np.random.default_rng(0)),
+        "hw.block_in": 8,
+        "hw.wgt_buffer_kib": 32,
+        "comp.all.prune": 0.25,
+    }
+    hw = space.hardware(config)
+    assert hw.block_in == 8 and hw.wgt_buffer_bytes == 32 * 1024
+    assert hw.energy_wgt_pj_per_byte < space.base.energy_wgt_pj_per_byte  # a smaller SRAM costs less per byte
+    compression = space.compression(config, ["conv2d_0", "matmul_0"])
+    assert compression.prune == {"conv2d_0": 0.25, "matmul_0": 0.25}
+    assert len(list(space.enumerate())) == space.size()
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"hardware": {"block_inn": [8]}}, "unknown hardware knob 'hardware.block_inn'"),
+        ({"hardware": {"block_in": []}}, "'hardware.block_in' must be a non-empty list"),
+        ({"compression": {"weight_bits": [2, 8]}}, "choices must be 4 or 8"),
+        ({"compression": {"prune": [1.5]}}, "ratios must be in [0, 1)"),
+        ({"compression": {"activation_bits": [4]}}, "only 8-bit activations"),
+        ({"hardware": {"block_in": [8]}, "objectives": ["speed"]}, "unknown objective 'speed'"),
+        ({"hardware": {"block_in": [8]}, "constraints": {"area_max": 1}}, "unknown constraint 'area_max'"),
+        ({"hardware": {"block_in": [8]}, "schedule": {"mode": "fast"}}, "'schedule.mode' = 'fast'"),
+    ],
+)
+def test_space_errors_name_the_problem(doc, message):
+    with pytest.raises(UsageError) as err:
+        space_from_dict(doc, "space.toml")
+    assert str(err.value).startswith("space.toml: ") and message in str(err.value)
+
+
+def test_database_survives_a_line_cut_by_a_kill(tmp_path):
+    database = Database(tmp_path / "db.jsonl")
+    first = Record(0, 0, {"a": 1}, True, {"latency": 1.0}, {"latency": 1.0}, None, 0.1, 0, "random")
+    database.append(first)
+    with (tmp_path / "db.jsonl").open("a") as out:
+        out.write('{"index": 1, "batch": 0, "con')  # what kill -9 leaves
+    reopened = Database(tmp_path / "db.jsonl")
+    reopened.append(Record(2, 0, {"a": 2}, False, {}, {}, "too big", 0.1, 0, "random"))
+    assert [r.index for r in reopened.load()] == [0, 2]
+
+
+def test_same_seed_same_run_and_strategies_propose_unseen_configs(tmp_path, serial):
+    first = tune(tmp_path, serial, XGBoostSearch(initial=8), name="a.jsonl")
+    again = tune(tmp_path, serial, XGBoostSearch(initial=8), name="b.jsonl")
+    other = tune(tmp_path, serial, XGBoostSearch(initial=8), seed=4, name="c.jsonl")
+    assert first == again
+    assert first != other
+    assert len({config for _, config, _, _ in first}) == len(first) == 16
+    for strategy in (RandomSearch(), NSGA2Search(population=8)):
+        runs = [tune(tmp_path, serial, strategy, budget=12, name=f"{strategy.name}{i}.jsonl") for i in range(2)]
+        assert runs[0] == runs[1]
+
+
+def test_parallel_processes_give_the_serial_run(tmp_path, spec, serial):
+    expected = tune(tmp_path, serial, XGBoostSearch(initial=8), name="serial.jsonl")
+    parallel = ProcessExecutor(spec, 2)
+    try:
+        assert tune(tmp_path, parallel, XGBoostSearch(initial=8), name="parallel.jsonl") == expected
+    finally:
+        parallel.close()
+
+
+def test_ray_with_two_workers_gives_the_serial_front(tmp_path, spec, serial):
+    import ray  # the 'distributed' extra; the test extra installs it
+
+    expected = tune(tmp_path, serial, RandomSearch(), budget=12, name="serial.jsonl")
+    executor = RayExecutor(spec, workers=2)
+    try:
+        assert tune(tmp_path, executor, RandomSearch(), budget=12, name="ray.jsonl") == expected
+    finally:
+        executor.close()
+        ray.shutdown()
+    space = load_space(SPACE)
+    fronts = [pareto_records(space, Database(tmp_path / n).load()) for n in ("serial.jsonl", "ray.jsonl")]
+    assert [r.index for r in fronts[0]] == [r.index for r in fronts[1]]
+
+
+def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, eval_data):
+    def command(out: Path, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "codesign.cli", "tune", str(MNIST), "--space", str(SPACE), "--data", str(eval_data),
+            "--budget", "20", "--batch-size", "4", "--seed", "5", "--eval-samples", "300", "-o", str(out), *extra,
+        ]  # fmt: skip
+
+    reference = tmp_path / "reference"
+    subprocess.run(command(reference), check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    database = killed / "database.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not database.exists() or len(database.read_text().splitlines()) < 7):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(Database(database).load())
+    assert 7 <= finished < 20
+    resumed = subprocess.run(command(killed, "--resume"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = [json.loads(line) for line in database.read_text().splitlines()]
+    assert sorted(line["index"] for line in lines) == list(range(20))  # nothing repeated, nothing lost
+
+    def run(folder):
+        return [(r.index, r.config, r.metrics) for r in Database(folder / "database.jsonl").load()]
+
+    assert run(killed) == run(reference)
+    assert json.loads((killed / "pareto.json").read_text()) == json.loads((reference / "pareto.json").read_text())
+    for objective in ("latency", "energy", "area", "accuracy"):
+        assert (killed / f"best_{objective}.toml").exists() and (killed / f"best_{objective}.json").exists()
