@@ -3,7 +3,7 @@
 A CompressionConfig names layers (graph names: conv2d_0, matmul_3, ...) with their weight
 bits (8 or 4) and the fraction of output channels to prune. It is a small JSON file:
 
-    {"weight_bits": {"conv2d_1": 4}, "prune": {"conv2d_1": 0.25, "conv2d_2": 0.5}}
+    {"weight_bits": {"conv2d_1": 4}, "prune": {"conv2d_1": 0.25}, "schedule": "auto"}
 
 Pruning removes the output channels with the smallest L1 weight norm: their weights and bias
 become zero, which computes exactly what removing them would (the accelerator skips them: the
@@ -28,9 +28,17 @@ from codesign.graph import Graph
 class CompressionConfig:
     weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)
     prune: dict[str, float] = dataclasses.field(default_factory=dict)
+    # How offloaded layers are tiled: "rule" (the tile rule) or "auto" (fastest modelled tiling,
+    # as the tuner evaluated it). Kept with the compression choices so a tuned design compiles
+    # exactly as it was evaluated.
+    schedule: str = "rule"
 
     def to_dict(self) -> dict:
-        return {"weight_bits": dict(sorted(self.weight_bits.items())), "prune": dict(sorted(self.prune.items()))}
+        return {
+            "weight_bits": dict(sorted(self.weight_bits.items())),
+            "prune": dict(sorted(self.prune.items())),
+            "schedule": self.schedule,
+        }
 
     def key(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -59,10 +67,14 @@ def load_compression(path: str | Path) -> CompressionConfig:
         raise UsageError(f"{path}: no such compression file") from err
     except (OSError, json.JSONDecodeError) as err:
         raise UsageError(f"{path}: not a valid JSON compression file ({err})") from err
-    unknown = set(doc) - {"weight_bits", "prune"}
-    if not isinstance(doc, dict) or unknown:
-        raise UsageError(f"{path}: expected an object with 'weight_bits' and 'prune' (unknown: {sorted(unknown)})")
-    return CompressionConfig(dict(doc.get("weight_bits", {})), {k: float(v) for k, v in doc.get("prune", {}).items()})
+    unknown = set(doc) - {"weight_bits", "prune", "schedule"} if isinstance(doc, dict) else {"<not an object>"}
+    if unknown:
+        raise UsageError(f"{path}: expected 'weight_bits', 'prune' and 'schedule' (unknown: {sorted(unknown)})")
+    schedule = doc.get("schedule", "rule")
+    if schedule not in ("rule", "auto"):
+        raise UsageError(f"{path}: schedule = {schedule!r} (expected rule or auto)")
+    prune = {k: float(v) for k, v in doc.get("prune", {}).items()}
+    return CompressionConfig(dict(doc.get("weight_bits", {})), prune, schedule)
 
 
 def prune_graph(graph: Graph, config: CompressionConfig) -> Graph:

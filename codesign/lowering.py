@@ -21,6 +21,7 @@ from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
 from codesign.importer import ImportedModel
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
+from codesign.simulator.design_sweep import select_tiling
 from codesign.simulator.host import node_work
 from codesign.simulator.program import AluOp, requant_alu_ops
 from schedules.layer import ConvShape
@@ -37,7 +38,7 @@ from schedules.packed_conv2d import (
     schedule_packed_conv2d,
     unpack_output_te,
 )
-from schedules.tiling import Tiling, TilingError, choose_tiling, tile_footprint
+from schedules.tiling import Tiling, TilingError, tile_footprint
 
 
 @dataclasses.dataclass
@@ -56,6 +57,7 @@ class LayerPlan:
     host_bytes: float = 0.0
     weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)
     effective_shape: ConvShape | None = None  # without pruned channels: what the accelerator runs
+    schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (fastest modelled)
 
     def to_dict(self) -> dict:
         return {
@@ -70,6 +72,7 @@ class LayerPlan:
             "host_work": {"ops": self.host_ops, "bytes": self.host_bytes},
             "weight_bits": self.weight_bits,
             "effective_shape": dataclasses.asdict(self.effective_shape) if self.effective_shape else None,
+            "schedule": self.schedule,
         }
 
     @classmethod
@@ -87,6 +90,7 @@ class LayerPlan:
             host_bytes=doc["host_work"]["bytes"],
             weight_bits=doc["weight_bits"],
             effective_shape=ConvShape(**doc["effective_shape"]) if doc["effective_shape"] else None,
+            schedule=doc["schedule"],
         )
 
 
@@ -110,10 +114,15 @@ def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
     return ConvShape.dense(in_shape[-2], k, cols, groups=int(np.prod(in_shape[:-2])))
 
 
-def plan_accelerated_layer(name: str, op: str, shape: ConvShape, hw, clamp: tuple[int, int]):
-    """Tile, schedule and check one layer; returns (scheduled PrimFunc, LayerPlan)."""
+def plan_accelerated_layer(
+    name: str, op: str, shape: ConvShape, hw, clamp: tuple[int, int], alu_ops=(), weight_bits=None, schedule="rule"
+):
+    """Tile (the tile rule, or the fastest modelled tiling with schedule="auto"), schedule and
+    check one layer; returns (scheduled PrimFunc, LayerPlan). Narrow weights pack in the buffer."""
+    if weight_bits and weight_bits < hw.weight_bits:
+        hw = dataclasses.replace(hw, weight_bits=weight_bits)
     try:
-        tiling = choose_tiling(shape, hw)
+        tiling = select_tiling(shape, hw, alu_ops, weight_bits, schedule)
     except TilingError as err:
         raise HardwareError(f"layer '{name}': {err}") from err
     scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp), tiling, hw)
@@ -121,7 +130,7 @@ def plan_accelerated_layer(name: str, op: str, shape: ConvShape, hw, clamp: tupl
     problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw, tiling.virtual_threads)
     if problems:
         raise HardwareError(f"layer '{name}': scratchpad too small: " + "; ".join(problems))
-    return scheduled, LayerPlan(name, op, "accel", shape, tiling, used, scheduled)
+    return scheduled, LayerPlan(name, op, "accel", shape, tiling, used, scheduled, schedule=schedule)
 
 
 class _Lowerer:
@@ -133,7 +142,14 @@ class _Lowerer:
         # before any Relax is built.
         self.kernels = {
             node.name: plan_accelerated_layer(
-                node.name, node.op, gemm_shape(node, qgraph), hw, (node.params["lo"], node.params["hi"])
+                node.name,
+                node.op,
+                gemm_shape(node, qgraph),
+                hw,
+                (node.params["lo"], node.params["hi"]),
+                requant_alu_ops(node.params["bias"], node.params["multiplier"], node.params["shift"]),
+                qgraph.config.bits_for(node.name) if node.params["weight"] is not None else None,
+                compression.schedule,
             )
             for node in qgraph.gemm_nodes()
             if node.placement == "accel"

@@ -163,3 +163,55 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path, eval_data):
     assert json.loads((killed / "pareto.json").read_text()) == json.loads((reference / "pareto.json").read_text())
     for objective in ("latency", "energy", "area", "accuracy"):
         assert (killed / f"best_{objective}.toml").exists() and (killed / f"best_{objective}.json").exists()
+
+
+def test_int4_and_pruning_change_the_simulated_work_and_the_measured_accuracy(serial):
+    from codesign.compression import CompressionConfig
+    from codesign.hardware import load_hardware
+    from codesign.pipeline import compile_model
+    from codesign.simulator.simulate import simulate_plans
+
+    edge = load_hardware("edge_1x8x8")  # 8-wide blocks: pruning 16 -> 8 channels removes blocks
+
+    def counters(compression):
+        result = compile_model(MNIST, edge, warn=lambda m: None, compression=compression)
+        return simulate_plans(result.lowered.plans, edge, "analytic").totals()["counters"]
+
+    plain = counters(None)
+    int4 = counters(CompressionConfig(weight_bits={"conv2d_1": 4, "matmul_0": 4}))
+    pruned = counters(CompressionConfig(prune={"conv2d_1": 0.5}))
+    assert int4["wgt_load_nbytes"] < plain["wgt_load_nbytes"] and int4["gemm_counter"] == plain["gemm_counter"]
+    assert pruned["gemm_counter"] < plain["gemm_counter"] and pruned["wgt_load_nbytes"] < plain["wgt_load_nbytes"]
+
+    evaluator = serial.evaluator
+    base = {name: choices[0] for name, choices in evaluator.space.knobs.items()}
+    accuracies = {
+        (bits, prune): evaluator.evaluate({**base, "comp.all.weight_bits": bits, "comp.all.prune": prune})["metrics"][
+            "accuracy"
+        ]
+        for bits in (8, 4)
+        for prune in (0.0, 0.25)
+    }
+    assert len(set(accuracies.values())) > 1  # compression changes what is measured
+    assert abs(accuracies[(8, 0.0)] - evaluator.float_accuracy()) <= 1.0
+
+
+def test_best_design_files_compile_to_what_the_tuner_measured(tmp_path, serial):
+    from codesign.compression import load_compression
+    from codesign.hardware import load_hardware
+    from codesign.pipeline import compile_model
+    from codesign.simulator.simulate import simulate_plans
+    from codesign.tuner.tune import best_per_objective, write_outputs
+
+    space = load_space(SPACE)
+    records = run_tuning(space, RandomSearch(), Database(tmp_path / "db.jsonl"), serial, 12, 4, seed=8)
+    write_outputs(tmp_path, space, records, serial.evaluator.layers)
+    record = best_per_objective(space, records)["latency"]
+    hw = load_hardware(tmp_path / "best_latency.toml")
+    compression = load_compression(tmp_path / "best_latency.json")
+    assert compression.schedule == "auto"
+    result = compile_model(MNIST, hw, calibration=serial.evaluator.calibration, compression=compression)
+    totals = simulate_plans(result.lowered.plans, hw, "analytic").totals()
+    assert totals["latency_seconds"] == pytest.approx(record.metrics["latency"], rel=1e-6)
+    assert totals["energy_joules"] == pytest.approx(record.metrics["energy"], rel=1e-6)
+    assert totals["area_mm2"] == pytest.approx(record.metrics["area"], rel=1e-9)

@@ -33,7 +33,7 @@ class Layer:
 @functools.cache
 def _candidates(layer: Layer, core) -> dict[str, np.ndarray]:
     """Every candidate tiling of a layer on a core shape: footprints, tile rule rank, features."""
-    tilings = list(candidate_tilings(layer.shape, core))
+    tilings = _candidate_tilings(layer, core)
     fields = {
         k: np.array([getattr(t, k) for t in tilings]) for k in ("n_tile", "co_tile", "ci_tile", "h_tile", "w_tile")
     }
@@ -196,3 +196,30 @@ def _core_key(design, weight_bits: int | None = None) -> _Core:
     if weight_bits is not None and weight_bits < core.weight_bits:
         core = dataclasses.replace(core, weight_bits=weight_bits)
     return core
+
+
+def select_tiling(shape: ConvShape, hw, alu_ops, weight_bits: int | None = None, mode: str = "rule"):
+    """A layer's tiling: the tile rule's, or ("auto") the one with the fewest modelled cycles,
+    exactly as `evaluate_designs` picks it."""
+    from schedules.tiling import Tiling, choose_tiling
+
+    if mode == "rule":
+        layer_hw = (
+            dataclasses.replace(hw, weight_bits=weight_bits) if weight_bits and weight_bits < hw.weight_bits else hw
+        )
+        return choose_tiling(shape, layer_hw)
+    layer = Layer(shape, tuple(alu_ops), weight_bits)
+    candidates = _candidates(layer, _core_key(hw, weight_bits))
+    chosen, threads, fits = _choose_fastest(candidates, _design_arrays([hw]))
+    if not fits[0]:
+        return choose_tiling(shape, hw)  # raises TilingError naming the scratchpad that is too small
+    features = candidates["features"]
+    pick = int(chosen[0])
+    fields = ("n_tile", "co_tile", "ci_tile", "h_tile", "w_tile")
+    values = _candidate_tilings(layer, _core_key(hw, weight_bits))[pick]
+    return Tiling(*(getattr(values, f) for f in fields), virtual_threads=int(min(threads[0], features["tiles"][pick])))
+
+
+@functools.cache
+def _candidate_tilings(layer: Layer, core) -> list:
+    return list(candidate_tilings(layer.shape, core))

@@ -8,13 +8,13 @@ import dataclasses
 
 from codesign.lowering import LayerPlan
 from codesign.simulator.analytic import estimate, layer_features, stack_features
+from codesign.simulator.design_sweep import select_tiling
 from codesign.simulator.energy import area_mm2, layer_energy_pj
 from codesign.simulator.event_sim import LayerTiming, simulate_program
 from codesign.simulator.host import host_seconds
 from codesign.simulator.program import build_program
 from codesign.simulator.schedule_walk import walk_schedule
 from schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
-from schedules.tiling import choose_tiling
 
 MODELS = ("event", "analytic")
 
@@ -89,14 +89,15 @@ class SimulationReport:
 
 
 def accelerator_view(plan: LayerPlan, hw):
-    """(shape, tiling, description, kernel) the accelerator runs for a plan: pruned channels
-    removed and int4 weights packed (a layer that differs from its compiled kernel is re-tiled)."""
+    """(shape, tiling, description, kernel) the accelerator runs for a plan: narrow weights
+    packed, and pruned channels removed (such a layer is re-tiled, with the plan's schedule mode)."""
     layer_hw = dataclasses.replace(hw, weight_bits=plan.weight_bits) if plan.weight_bits else hw
     shape = plan.effective_shape or plan.shape
-    if shape == plan.shape and layer_hw == hw:
-        kernel = plan.kernel or schedule_packed_conv2d(packed_conv2d_func(shape, hw, -128, 127), plan.tiling, hw)
-        return shape, plan.tiling, hw, kernel
-    tiling = choose_tiling(shape, layer_hw)
+    if shape == plan.shape:
+        tiling = plan.tiling
+        kernel = plan.kernel or schedule_packed_conv2d(packed_conv2d_func(shape, layer_hw, -128, 127), tiling, layer_hw)
+        return shape, tiling, layer_hw, kernel
+    tiling = select_tiling(shape, hw, plan.alu_ops, plan.weight_bits, plan.schedule)
     return (
         shape,
         tiling,

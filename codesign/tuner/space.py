@@ -114,7 +114,7 @@ class SearchSpace:
                 weight_bits[layer] = bits
             if ratio:
                 prune[layer] = ratio
-        return CompressionConfig(weight_bits, prune)
+        return CompressionConfig(weight_bits, prune, self.schedule_mode)
 
     def group_of(self, layer: str) -> str:
         for group, patterns in self.groups.items():
