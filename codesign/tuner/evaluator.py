@@ -149,20 +149,41 @@ class Evaluator:
     # ---- one configuration ----------------------------------------------------------------
 
     def evaluate(self, config: dict) -> dict:
+        return self.evaluate_many([config])[0]
+
+    def evaluate_many(self, configs: list[dict]) -> list[dict]:
+        """Results in order; designs sharing a compression profile are simulated in one call."""
         start = time.perf_counter()
-        try:
-            hw = self.space.hardware(config)
-        except HardwareError as err:
-            return {"feasible": False, "reason": str(err), "objectives": {}, "seconds": time.perf_counter() - start}
-        profile = self.profile(config, hw.alu_has_multiplier)
-        perf = evaluate_designs(profile.layers, [hw], schedule=self.space.schedule_mode)
-        accel = float(perf["seconds"][0])
-        host = sum(host_seconds(ops, nbytes, hw) for ops, nbytes in profile.host_work)
+        results: list[dict | None] = [None] * len(configs)
+        groups: dict[tuple, list[tuple[int, object]]] = {}
+        for position, config in enumerate(configs):
+            try:
+                hw = self.space.hardware(config)
+            except HardwareError as err:
+                results[position] = {"feasible": False, "reason": str(err), "objectives": {}, "metrics": {}}
+                continue
+            key = (self.space.compression(config, self.layers).key(), hw.alu_has_multiplier)
+            groups.setdefault(key, []).append((position, hw))
+        for members in groups.values():
+            first = members[0][0]
+            profile = self.profile(configs[first], members[0][1].alu_has_multiplier)
+            designs = [hw for _, hw in members]
+            perf = evaluate_designs(profile.layers, designs, schedule=self.space.schedule_mode)
+            for slot, (position, hw) in enumerate(members):
+                host = sum(host_seconds(ops, nbytes, hw) for ops, nbytes in profile.host_work)
+                results[position] = self._result(perf, slot, host, profile.accuracy)
+        elapsed = (time.perf_counter() - start) / max(len(configs), 1)
+        for result in results:
+            result["seconds"] = elapsed
+        return results
+
+    def _result(self, perf: dict, slot: int, host: float, accuracy: float) -> dict:
+        accel = float(perf["seconds"][slot])
         metrics = {
             "latency": accel + host,
-            "energy": float(perf["energy_pj"][0]) * 1e-12,
-            "area": float(perf["area_mm2"][0]),
-            "accuracy": profile.accuracy,
+            "energy": float(perf["energy_pj"][slot]) * 1e-12,
+            "area": float(perf["area_mm2"][slot]),
+            "accuracy": accuracy,
             "accelerator_seconds": accel,
             "host_seconds": host,
             "float_accuracy": self.float_accuracy(),
@@ -174,7 +195,6 @@ class Evaluator:
             "reason": reason,
             "objectives": {name: metrics[name] for name in self.space.objectives},
             "metrics": metrics,
-            "seconds": time.perf_counter() - start,
         }
 
     def _violation(self, m: dict) -> str | None:
