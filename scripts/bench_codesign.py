@@ -80,6 +80,7 @@ def tune(space, evaluator, budget, seed, folder: Path, name: str):
 
 
 def compare(model, data, shapes, budget: int, seed: int, folder: Path, calibration_samples: int) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="run-", dir=folder))  # each model's runs apart
     space = joint_space()
     evaluator = Evaluator(model, space, data, shapes, calibration_samples=calibration_samples)
     start = time.perf_counter()
