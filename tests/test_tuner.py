@@ -215,3 +215,34 @@ def test_best_design_files_compile_to_what_the_tuner_measured(tmp_path, serial):
     assert totals["latency_seconds"] == pytest.approx(record.metrics["latency"], rel=1e-6)
     assert totals["energy_joules"] == pytest.approx(record.metrics["energy"], rel=1e-6)
     assert totals["area_mm2"] == pytest.approx(record.metrics["area"], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--space": "no_such_space.toml"}, "no_such_space.toml: no such search-space file"),
+        ({"--strategy": "annealing"}, "--strategy annealing: expected one of xgboost, random, nsga2"),
+        ({"--executor": "slurm"}, "--executor slurm: expected local or ray"),
+    ],
+)
+def test_tune_cli_rejects_bad_input_in_one_line(change, message, tmp_path, eval_data, capsys):
+    from codesign.cli import main
+
+    options = {"--space": str(SPACE), "--data": str(eval_data), "-o": str(tmp_path / "run"), "--strategy": "random"}
+    options.update(change)
+    argv = ["tune", str(MNIST), "--budget", "4", *[item for pair in options.items() for item in pair]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_tune_cli_refuses_to_overwrite_a_run_without_resume(tmp_path, eval_data, capsys):
+    from codesign.cli import main
+
+    argv = ["tune", str(MNIST), "--space", str(SPACE), "--data", str(eval_data), "-o", str(tmp_path / "run")]
+    argv += ["--budget", "4", "--batch-size", "4", "--strategy", "random", "--eval-samples", "100"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
