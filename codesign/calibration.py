@@ -80,13 +80,14 @@ def load_samples(path: str | Path, inputs: list[TensorSpec], limit: int | None =
         if missing:
             raise UsageError(f"{path}: no array named {', '.join(missing)} (has: {', '.join(loaded.files)})")
         arrays = {t.name: loaded[t.name] for t in inputs}
-    stacks = {t.name: _as_samples(arrays[t.name], t, path) for t in inputs}
+    stacks = {t.name: as_samples(arrays[t.name], t, path) for t in inputs}
     count = min(len(s) for s in stacks.values())
     count = count if limit is None else min(count, limit)
     return [{name: stack[i] for name, stack in stacks.items()} for i in range(count)]
 
 
-def _as_samples(array: np.ndarray, spec: TensorSpec, path: Path) -> np.ndarray:
+def as_samples(array: np.ndarray, spec: TensorSpec, path: Path) -> np.ndarray:
+    """A stack of samples for one input: one sample, stacked on a new axis, or on the batch axis."""
     shape = tuple(spec.shape)
     array = array.astype(spec.dtype, copy=False)
     if array.shape == shape:

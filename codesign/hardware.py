@@ -23,8 +23,38 @@ UOP_BYTES = 4
 MAX_SCRATCHPAD_BYTES = 1 << 28
 
 
+class CoreGeometry:
+    """Sizes that follow from a GEMM core's shape and bit widths (mixed into HardwareSpec and
+    any object with batch, block_in, block_out and *_bits attributes)."""
+
+    # Bytes of one scratchpad element: the unit a GEMM micro-op reads or writes.
+    @property
+    def inp_elem_bytes(self) -> int:
+        return self.batch * self.block_in * self.input_bits // 8
+
+    @property
+    def wgt_elem_bytes(self) -> int:
+        return self.block_out * self.block_in * self.weight_bits // 8
+
+    @property
+    def acc_elem_bytes(self) -> int:
+        return self.batch * self.block_out * self.acc_bits // 8
+
+    @property
+    def out_elem_bytes(self) -> int:
+        return self.batch * self.block_out * self.output_bits // 8
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.batch * self.block_in * self.block_out
+
+    @property
+    def gemm_shape(self) -> str:
+        return f"{self.batch}x{self.block_in}x{self.block_out}"
+
+
 @dataclasses.dataclass(frozen=True)
-class HardwareSpec:
+class HardwareSpec(CoreGeometry):
     """A VTA-style accelerator: a batch x block_in x block_out GEMM core with scratchpads,
     plus the tables that price it (energy, area) and the host CPU model."""
 
@@ -64,31 +94,6 @@ class HardwareSpec:
     host_ops_per_cycle: float
     host_bytes_per_cycle: float
     host_op_overhead_us: float
-
-    # Bytes of one scratchpad element: the unit a GEMM micro-op reads or writes.
-    @property
-    def inp_elem_bytes(self) -> int:
-        return self.batch * self.block_in * self.input_bits // 8
-
-    @property
-    def wgt_elem_bytes(self) -> int:
-        return self.block_out * self.block_in * self.weight_bits // 8
-
-    @property
-    def acc_elem_bytes(self) -> int:
-        return self.batch * self.block_out * self.acc_bits // 8
-
-    @property
-    def out_elem_bytes(self) -> int:
-        return self.batch * self.block_out * self.output_bits // 8
-
-    @property
-    def macs_per_cycle(self) -> int:
-        return self.batch * self.block_in * self.block_out
-
-    @property
-    def gemm_shape(self) -> str:
-        return f"{self.batch}x{self.block_in}x{self.block_out}"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -14,6 +14,7 @@ import types
 
 import numpy as np
 
+from codesign.hardware import CoreGeometry
 from codesign.simulator.analytic import estimate, tiling_features
 from codesign.simulator.energy import area_mm2, layer_energy_pj
 from codesign.simulator.program import AluOp
@@ -163,7 +164,7 @@ def _counters(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Core:
+class _Core(CoreGeometry):
     """The fields of a description that candidate enumeration depends on (hashable for the cache)."""
 
     batch: int
@@ -173,22 +174,6 @@ class _Core:
     weight_bits: int
     acc_bits: int
     output_bits: int
-
-    @property
-    def inp_elem_bytes(self) -> int:
-        return self.batch * self.block_in * self.input_bits // 8
-
-    @property
-    def wgt_elem_bytes(self) -> int:
-        return self.block_out * self.block_in * self.weight_bits // 8
-
-    @property
-    def acc_elem_bytes(self) -> int:
-        return self.batch * self.block_out * self.acc_bits // 8
-
-    @property
-    def out_elem_bytes(self) -> int:
-        return self.batch * self.block_out * self.output_bits // 8
 
 
 def _core_key(design, weight_bits: int | None = None) -> _Core:

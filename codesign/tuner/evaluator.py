@@ -19,6 +19,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from codesign.calibration import as_samples
 from codesign.errors import HardwareError, UsageError
 from codesign.graph import extract_graph
 from codesign.importer import TensorSpec, import_onnx
@@ -53,13 +54,7 @@ def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None 
     for spec in specs:
         if spec.name not in archive.files:
             raise UsageError(f"{path}: no array '{spec.name}' (has: {', '.join(archive.files)})")
-        array = archive[spec.name].astype(spec.dtype)
-        if array.shape[1:] == spec.shape:
-            inputs[spec.name] = array
-        elif spec.shape[0] == 1 and array.shape[1:] == spec.shape[1:]:
-            inputs[spec.name] = array[:, None]
-        else:
-            raise UsageError(f"{path}: '{spec.name}' has shape {list(array.shape)}; expected N x {list(spec.shape)}")
+        inputs[spec.name] = as_samples(archive[spec.name], spec, path)
     labels = archive["labels"].astype(np.int64) if "labels" in archive.files else None
     count = min(len(a) for a in inputs.values())
     count = count if limit is None else min(count, limit)
