@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import multiprocessing
 from pathlib import Path
 
 from codesign.tuner.evaluator import Evaluator
@@ -68,7 +69,11 @@ class ProcessExecutor:
     name = "processes"
 
     def __init__(self, spec: EvaluatorSpec, jobs: int):
-        self.pool = concurrent.futures.ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(spec,))
+        # Spawned, not forked: a fork copies TVM's running thread pool, which then spins.
+        context = multiprocessing.get_context("spawn")
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_start_worker, initargs=(spec,)
+        )
 
     def run(self, tasks):
         futures = {self.pool.submit(_evaluate, config): (index, config) for index, config in tasks}
