@@ -22,11 +22,11 @@ from tvm import relax
 from codesign.calibration import as_samples
 from codesign.errors import HardwareError, UsageError
 from codesign.graph import extract_graph
-from codesign.importer import TensorSpec, import_onnx
+from codesign.importer import ImportedModel, TensorSpec, import_onnx
 from codesign.pipeline import compile_model
 from codesign.simulator.design_sweep import Layer, evaluate_designs
 from codesign.simulator.host import host_seconds
-from codesign.tuner.space import OBJECTIVES, SearchSpace
+from codesign.tuner.space import SearchSpace
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ class Evaluator:
     ):
         self.model, self.space, self.input_shapes = str(model), space, input_shapes
         self.imported = import_onnx(model, input_shapes)
-        self.layers = [n.name for n in extract_graph(self.imported).gemm_nodes()]
+        self.layers = gemm_layer_names(self.imported)
         self.data = load_eval_data(data, self.imported.inputs, eval_samples)
         self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-")
         self.calibration = Path(self._workdir.name) / "calibration.npz"
@@ -209,6 +209,7 @@ class Evaluator:
         return None
 
 
-def minimised(objectives: dict, names: list[str]) -> list[float]:
-    """Objective values as a point to minimise (accuracy negated)."""
-    return [-objectives[n] if OBJECTIVES[n] == "max" else objectives[n] for n in names]
+def gemm_layer_names(model, input_shapes: dict | None = None) -> list[str]:
+    """Names of a model's GEMM layers (what compression configs refer to)."""
+    imported = model if isinstance(model, ImportedModel) else import_onnx(model, input_shapes)
+    return [n.name for n in extract_graph(imported).gemm_nodes()]

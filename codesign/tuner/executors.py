@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import multiprocessing
-from pathlib import Path
 
 from codesign.tuner.evaluator import Evaluator
 from codesign.tuner.space import load_space
@@ -126,7 +125,3 @@ def make_executor(kind: str, spec: EvaluatorSpec, jobs: int, address: str | None
     if jobs > 1:
         return ProcessExecutor(spec, jobs)
     return SerialExecutor(spec)
-
-
-def spec_path(path) -> str:
-    return str(Path(path).resolve())

@@ -15,6 +15,7 @@ import codesign
 from codesign.errors import UsageError
 from codesign.importer import parse_input_shapes
 from codesign.tuner.database import Database
+from codesign.tuner.evaluator import gemm_layer_names
 from codesign.tuner.executors import EvaluatorSpec, make_executor
 from codesign.tuner.space import load_space
 from codesign.tuner.strategies import STRATEGIES
@@ -80,7 +81,7 @@ def tune_to_directory(
             records = run_tuning(space, STRATEGIES[strategy](), database, runner, budget, batch_size, seed, on_record)
     finally:
         runner.close()
-    layers = spec.build().layers if executor == "ray" or jobs > 1 else runner.evaluator.layers
+    layers = gemm_layer_names(model, dict(shapes) or None)
     write_outputs(out, space, records, layers)
     settings = {
         "model": str(model),
