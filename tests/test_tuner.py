@@ -246,3 +246,15 @@ def test_tune_cli_refuses_to_overwrite_a_run_without_resume(tmp_path, eval_data,
     assert main(argv) == 2
     assert "pass --resume to continue it" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
+
+
+def test_results_finishing_out_of_order_change_nothing(tmp_path, serial):
+    class Reversed:
+        """Evaluates like the serial executor but reports each batch last-first, as parallel
+        workers may."""
+
+        def run(self, tasks):
+            yield from reversed(list(serial.run(tasks)))
+
+    expected = tune(tmp_path, serial, XGBoostSearch(initial=8), name="in_order.jsonl")
+    assert tune(tmp_path, Reversed(), XGBoostSearch(initial=8), name="reversed.jsonl") == expected

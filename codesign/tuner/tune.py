@@ -31,7 +31,8 @@ def run_tuning(
         count = min(batch_size, budget - first)
         if all(first + slot in done for slot in range(count)):
             continue
-        prior = [r for r in history if r.batch < batch]
+        # In index order: parallel executors finish (and record) in any order.
+        prior = sorted((r for r in history if r.batch < batch), key=lambda r: r.index)
         configs = strategy.propose(space, prior, count, np.random.default_rng([seed, batch]))
         tasks = [(first + slot, config) for slot, config in enumerate(configs) if first + slot not in done]
         for index, config, result in executor.run(tasks):
