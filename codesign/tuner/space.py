@@ -122,9 +122,6 @@ class SearchSpace:
                 return group
         return "unmatched"
 
-    def compression_knobs(self, config: dict) -> dict:
-        return {k: v for k, v in config.items() if k.startswith("comp.")}
-
 
 def _reprice(hw: HardwareSpec) -> HardwareSpec:
     """The candidate with its energy and area tables re-derived (45 nm model) for its sizes: an
