@@ -1,4 +1,4 @@
-"""The `codesign` command line: compile | run | simulate | tune | demo | hw.
+"""The `codesign` command line: compile | run | simulate | tune | report | demo | hw.
 
 Errors print one line naming the problem and exit 2 (usage) or 1 (anything else); `--debug`
 shows the traceback instead.
@@ -47,6 +47,9 @@ def compile_command(
     compression: Annotated[
         Path | None, typer.Option("--compression", help="Per-layer weight bits and pruning (JSON, e.g. from tune).")
     ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write a design report (HTML, Markdown, CSV) here.")
+    ] = None,
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
     from codesign.compression import load_compression
@@ -75,6 +78,11 @@ def compile_command(
     console.print(
         f"Wrote {out}/ ({total:.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items()) + ")"
     )
+    if report is not None:
+        from codesign.simulator.simulate import simulate_plans
+
+        simulation = simulate_plans(result.lowered.plans, spec, "event")
+        _write_design_report(report, model, spec, simulation, f"the compiled module {out}/")
 
 
 @app.command("run")
@@ -135,6 +143,9 @@ def simulate_command(
     calibration: Annotated[Path | None, typer.Option("--calibration", help="Calibration inputs (.npy/.npz).")] = None,
     model: Annotated[str, typer.Option(help="Cycle model: event (instruction-level) or analytic.")] = "event",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write a design report (HTML, Markdown, CSV) here.")
+    ] = None,
 ):
     """Per-layer counters, cycles, utilisation, bound and energy of a model on an accelerator."""
     from codesign.simulator.simulate import MODELS, simulate_plans
@@ -142,13 +153,35 @@ def simulate_command(
     if model not in MODELS:
         raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
     spec, plans = _plans_for(target, hw, input_shape, calibration)
-    report = simulate_plans(plans, spec, model)
+    simulation = simulate_plans(plans, spec, model)
     from codesign.report_tables import print_simulation
 
-    print_simulation(report, console)
+    print_simulation(simulation, console)
     if json_path is not None:
-        _write_json(json_path, report.to_dict())
+        _write_json(json_path, simulation.to_dict())
         console.print(f"Wrote {json_path}")
+    if report is not None:
+        source = f"the compiled module {target}/" if target.is_dir() else f"{target.name} lowered for {spec.name}"
+        _write_design_report(report, target, spec, simulation, source)
+
+
+def _write_design_report(out_dir: Path, model: Path, spec, simulation, source: str) -> None:
+    import platform
+
+    import tvm
+
+    import codesign
+    from codesign.report.build import write_design_report
+    from codesign.report.design_sim import SimulatedDesign
+
+    context = [
+        ("model", str(model)),
+        ("accelerator", spec.name),
+        ("simulated", f"{source}, {simulation.model} cycle model"),
+        ("versions", f"codesign {codesign.__version__}, tvm {tvm.__version__}, python {platform.python_version()}"),
+    ]
+    page = write_design_report(out_dir, SimulatedDesign(spec.name, spec, simulation), context)
+    console.print(f"Wrote {page} (+ report.md, layers.csv)")
 
 
 def _plans_for(target: Path, hw: str | None, input_shape, calibration):
@@ -178,17 +211,10 @@ def _plans_for(target: Path, hw: str | None, input_shape, calibration):
 
 def _write_json(path: Path, document: dict) -> None:
     import json
-    import os
-    import tempfile
 
-    try:
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-        with os.fdopen(handle, "w") as out:
-            json.dump(document, out, indent=2)
-            out.write("\n")
-        os.replace(staging, path)
-    except OSError as err:
-        raise DeployError(f"{path}: cannot write JSON ({err.strerror})") from err
+    from codesign.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")
 
 
 @app.command("tune")
@@ -217,6 +243,20 @@ def tune_command(
         model, space, data, out, budget, strategy, seed, jobs, executor, address, batch_size, resume,
         input_shape, eval_samples, console,
     )  # fmt: skip
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A tuning run directory (from `codesign tune`).")],
+):
+    """Write RUN/report.html (self-contained), report.md and CSVs of all evaluations and of the front."""
+    from codesign.report.build import write_run_report
+
+    run = write_run_report(run_dir)
+    console.print(
+        f"Wrote {run_dir}/report.html, report.md, evaluations.csv ({len(run.records):,} rows), "
+        f"pareto.csv ({len(run.front):,} rows)"
+    )
 
 
 @app.command("demo")

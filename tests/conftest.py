@@ -49,3 +49,20 @@ def model_calibration(tmp_path_factory):
         paths[name] = folder / f"{name}.npy"
         np.save(paths[name], sample_inputs(name, 16, seed=123))
     return paths
+
+
+@pytest.fixture(scope="session")
+def tuned_run(tmp_path_factory, mnist_test_set):
+    """A finished `codesign tune` run (16 evaluations of tests/spaces/tiny.toml) with its report."""
+    from codesign.cli import main
+
+    folder = tmp_path_factory.mktemp("tuned_run")
+    images, labels = mnist_test_set
+    data = folder / "mnist_eval.npz"
+    np.savez(data, Input3=images[:200, 0], labels=labels[:200])
+    space = Path(__file__).parent / "spaces" / "tiny.toml"
+    run = folder / "run"
+    argv = ["tune", str(MNIST_MODEL), "--space", str(space), "--data", str(data), "-o", str(run)]
+    argv += ["--budget", "16", "--batch-size", "8", "--strategy", "random", "--seed", "5", "--eval-samples", "200"]
+    assert main(argv) == 0
+    return run

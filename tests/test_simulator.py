@@ -243,3 +243,52 @@ def test_event_trace_respects_dependencies_and_module_order(virtual_threads):
         order = [i for i, ins in enumerate(program.instructions) if ins.module == module]
         assert all(start[b] >= end[a] for a, b in itertools.pairwise(order))
     assert timing.cycles == max(end.values())
+
+
+@pytest.mark.parametrize("virtual_threads", [1, 2])
+def test_stage_split_adds_up_and_module_busy_times_follow_the_trace(virtual_threads):
+    from codesign.simulator.energy import energy_by_stage_pj
+    from codesign.simulator.simulate import stage_split
+
+    shape = ConvShape(1, 1, 48, 64, 20, 20, 3, 3, 1, 1, 1, 1, 1, 1)
+    tiling = Tiling(1, 2, 1, 10, 20, virtual_threads)
+    kernel = schedule_packed_conv2d(packed_conv2d_func(shape, VTA, -128, 127), tiling, VTA)
+    program = build_program(shape, walk_schedule(kernel), VTA, VTA_TUTORIAL_ALU, virtual_threads)
+    trace = []
+    timing = simulate_program(program, VTA, trace)
+    busy = {"load": 0.0, "store": 0.0}
+    for index, start, end in trace:
+        module = program.instructions[index].module
+        if module in busy:
+            busy[module] += end - start
+    assert timing.load_cycles == pytest.approx(busy["load"]) and timing.store_cycles == pytest.approx(busy["store"])
+    split = stage_split(timing, VTA)
+    cycle = 1 / (VTA.clock_mhz * 1e6)
+    assert sum(split.values()) == pytest.approx(timing.cycles * cycle)
+    assert split["compute"] == pytest.approx((timing.gemm_cycles + timing.alu_cycles) * cycle)
+    assert split["load"] / split["store"] == pytest.approx(busy["load"] / busy["store"])
+
+    counters = program.counters()
+    resets = sum(i.iterations for i in program.instructions if i.kind == "GEMM_RESET")
+    stages = energy_by_stage_pj(counters, resets, timing.cycles, VTA)
+    parts = layer_energy_pj(counters, resets, timing.cycles, VTA)
+    assert sum(stages.values()) == pytest.approx(parts["total"])
+    stored = counters["out_store_nbytes"]
+    assert stages["store"] == pytest.approx(
+        stored * VTA.energy_dram_pj_per_byte + 4 * stored * VTA.energy_acc_pj_per_byte  # an int32 read per int8
+    )
+    assert stages["static"] == parts["leakage"]
+
+
+def test_every_layer_time_is_split_into_stages(model_calibration):
+    path, name, shape = TEST_MODELS["resnet"]
+    imported = import_onnx(path, {name: shape})
+    _, qgraph, _ = quantize_model(imported, VTA, model_calibration["resnet"])
+    plans = lower_to_relax(qgraph, imported, VTA).plans
+    for model in ("event", "analytic"):
+        for layer in simulate_plans(plans, VTA, model).layers:
+            assert set(layer.stage_seconds) == {"load", "compute", "store", "host"}
+            assert sum(layer.stage_seconds.values()) == pytest.approx(layer.accel_seconds + layer.host_seconds)
+            assert min(layer.stage_seconds.values()) >= 0
+            if layer.placement == "accel":
+                assert sum(layer.stage_energy_pj.values()) == pytest.approx(layer.energy_pj["total"])

@@ -142,4 +142,6 @@ def estimate(f: dict[str, np.ndarray], latency, bandwidth, alu_rate) -> dict[str
         "alu_cycles": alu_cycles,
         "dram_cycles": dram_cycles,
         "dram_bytes": dram_bytes,
+        "load_cycles": tiles * (steps * load + acc_load) + threads * uop_load,
+        "store_cycles": tiles * store,
     }

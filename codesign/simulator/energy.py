@@ -38,6 +38,27 @@ def layer_energy_pj(counters: dict[str, int], reset_elements: int, cycles: float
     return {**parts, "total": sum(parts.values())}
 
 
+def energy_by_stage_pj(counters: dict[str, int], reset_elements: int, cycles: float, hw) -> dict[str, float]:
+    """The same energy by pipeline stage: load (DRAM reads and the scratchpad writes they make),
+    store (accumulator reads and DRAM writes of the outputs), static (leakage) and compute
+    (everything else: MACs, the GEMM's and ALU's scratchpad traffic)."""
+    parts = layer_energy_pj(counters, reset_elements, cycles, hw)
+    loads = {
+        "inp_load_nbytes": hw.energy_inp_pj_per_byte,
+        "wgt_load_nbytes": hw.energy_wgt_pj_per_byte,
+        "acc_load_nbytes": hw.energy_acc_pj_per_byte,
+        "uop_load_nbytes": hw.energy_uop_pj_per_byte,
+    }
+    load = sum(counters[k] * (hw.energy_dram_pj_per_byte + pj) for k, pj in loads.items())
+    out_elements = counters["out_store_nbytes"] // hw.out_elem_bytes
+    store = (
+        counters["out_store_nbytes"] * hw.energy_dram_pj_per_byte
+        + out_elements * hw.acc_elem_bytes * hw.energy_acc_pj_per_byte
+    )
+    static = parts["leakage"]
+    return {"load": load, "compute": parts["total"] - load - store - static, "store": store, "static": static}
+
+
 def area_mm2(hw) -> dict[str, float]:
     parts = {
         "gemm_core": hw.macs_per_cycle * hw.area_mac_mm2,

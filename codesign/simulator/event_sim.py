@@ -24,6 +24,8 @@ class LayerTiming:
     dram_cycles: float  # DRAM port busy moving data
     dram_bytes: int
     macs: int
+    load_cycles: float = 0.0  # load module busy (DRAM latency and waits for the port included)
+    store_cycles: float = 0.0  # store module busy
 
     def utilization(self, hw) -> float:
         """Useful MACs over what the GEMM core could do in the layer's cycles."""
@@ -56,6 +58,7 @@ def simulate_program(program: LayerProgram, hw, trace: list | None = None) -> La
     end: list[float | None] = [None] * len(instructions)
     start: dict[int, float] = {}
     dram_free = gemm = alu = dram = 0.0
+    module_busy = dict.fromkeys(queues, 0.0)
     while True:
         best = None
         for module, queue in queues.items():
@@ -91,7 +94,17 @@ def simulate_program(program: LayerProgram, hw, trace: list | None = None) -> La
             else:
                 gemm += busy
         end[index] = module_free[module]
+        module_busy[module] += end[index] - start[index]
         position[module] += 1
         if trace is not None:
             trace.append((index, start[index], end[index]))
-    return LayerTiming(max(end, default=0.0), gemm, alu, dram, program.dram_bytes, program.macs)
+    return LayerTiming(
+        max(end, default=0.0),
+        gemm,
+        alu,
+        dram,
+        program.dram_bytes,
+        program.macs,
+        module_busy[LOAD],
+        module_busy[STORE],
+    )

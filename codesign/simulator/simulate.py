@@ -9,7 +9,7 @@ import dataclasses
 from codesign.lowering import LayerPlan
 from codesign.simulator.analytic import estimate, layer_features, stack_features
 from codesign.simulator.design_sweep import select_tiling
-from codesign.simulator.energy import area_mm2, layer_energy_pj
+from codesign.simulator.energy import area_mm2, energy_by_stage_pj, layer_energy_pj
 from codesign.simulator.event_sim import LayerTiming, simulate_program
 from codesign.simulator.host import host_seconds
 from codesign.simulator.program import build_program
@@ -17,6 +17,7 @@ from codesign.simulator.schedule_walk import walk_schedule
 from schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
 
 MODELS = ("event", "analytic")
+STAGES = ("load", "compute", "store", "host")
 
 
 @dataclasses.dataclass
@@ -34,6 +35,9 @@ class LayerResult:
     counters: dict[str, int] | None = None
     energy_pj: dict[str, float] | None = None
     accel_seconds: float = 0.0
+    # Latency by stage (sums to accel_seconds + host_seconds) and accelerator energy by stage.
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    stage_energy_pj: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -128,8 +132,26 @@ def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str
         result["dram_cycles"],
         int(result["dram_bytes"]),
         shape.macs,
+        result["load_cycles"],
+        result["store_cycles"],
     )
     return timing, counters, reset_elements
+
+
+def stage_split(timing: LayerTiming, hw) -> dict[str, float]:
+    """A layer's accelerator time by stage: compute while the GEMM core or ALU is busy, and the
+    exposed rest (compute waiting for data) split between load and store in proportion to how
+    long each module was busy. The three add up to the layer's cycles."""
+    compute = min(timing.gemm_cycles + timing.alu_cycles, timing.cycles)
+    exposed = timing.cycles - compute
+    moving = timing.load_cycles + timing.store_cycles
+    load = exposed * timing.load_cycles / moving if moving else exposed
+    seconds_per_cycle = 1 / (hw.clock_mhz * 1e6)
+    return {
+        "load": load * seconds_per_cycle,
+        "compute": compute * seconds_per_cycle,
+        "store": (exposed - load) * seconds_per_cycle,
+    }
 
 
 def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> SimulationReport:
@@ -154,6 +176,9 @@ def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> Simulati
             result.dram_bytes = timing.dram_bytes
             result.counters = counters
             result.energy_pj = layer_energy_pj(counters, reset_elements, timing.cycles, hw)
+            result.stage_energy_pj = energy_by_stage_pj(counters, reset_elements, timing.cycles, hw)
             result.accel_seconds = timing.cycles / (hw.clock_mhz * 1e6)
+            result.stage_seconds = stage_split(timing, hw)
+        result.stage_seconds = {**dict.fromkeys(STAGES[:3], 0.0), **result.stage_seconds, "host": result.host_seconds}
         layers.append(result)
     return SimulationReport(hw.name, model, layers, area_mm2(hw))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -13,15 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import codesign
 from codesign.errors import UsageError
+from codesign.files import write_text_atomic
 from codesign.importer import parse_input_shapes
+from codesign.report.build import write_run_report
+from codesign.report.run_data import DATABASE_FILE, SETTINGS_FILE
 from codesign.tuner.database import Database
 from codesign.tuner.evaluator import gemm_layer_names
 from codesign.tuner.executors import EvaluatorSpec, make_executor
 from codesign.tuner.space import load_space
 from codesign.tuner.strategies import STRATEGIES
 from codesign.tuner.tune import best_per_objective, pareto_records, run_tuning, write_outputs
-
-DATABASE_FILE = "database.jsonl"
 
 
 def tune_to_directory(
@@ -60,6 +62,26 @@ def tune_to_directory(
         eval_samples=eval_samples,
     )
     started = time.perf_counter()
+    earlier_seconds = _read_json(out / SETTINGS_FILE).get("wall_seconds", 0.0) if resume else 0.0
+    settings = {
+        "model": spec.model,
+        "space": spec.space,
+        "data": spec.data,
+        "input_shapes": {name: list(dims) for name, dims in shapes},
+        "calibration_samples": spec.calibration_samples,
+        "eval_samples": eval_samples,
+        "budget": budget,
+        "strategy": strategy,
+        "seed": seed,
+        "jobs": jobs,
+        "executor": executor,
+        "batch_size": batch_size,
+        "codesign_version": codesign.__version__,
+        "tvm_version": tvm.__version__,
+        "python_version": platform.python_version(),
+    }
+    # Written first, so the report of an interrupted run still knows the model and data.
+    write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
     console.print(f"Preparing the evaluator (model, data, float accuracy) for {Path(model).name} ...")
     runner = make_executor(executor, spec, jobs, address)
     database = Database(out / DATABASE_FILE)
@@ -83,27 +105,24 @@ def tune_to_directory(
         runner.close()
     layers = gemm_layer_names(model, dict(shapes) or None)
     write_outputs(out, space, records, layers)
-    settings = {
-        "model": str(model),
-        "space": str(space_path),
-        "data": str(data),
-        "budget": budget,
-        "strategy": strategy,
-        "seed": seed,
-        "jobs": jobs,
-        "executor": executor,
-        "batch_size": batch_size,
-        "wall_seconds": time.perf_counter() - started,
-        "codesign_version": codesign.__version__,
-        "tvm_version": tvm.__version__,
-    }
-    (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    settings["wall_seconds"] = earlier_seconds + time.perf_counter() - started
+    write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+    console.print("Writing the report (per-layer simulation of the best designs) ...")
+    write_run_report(out)
     front = pareto_records(space, records)
     feasible = sum(r.feasible for r in records)
     console.print(f"{len(records)} evaluations, {feasible} feasible, Pareto front of {len(front)}; wrote {out}/")
+    console.print(f"  report: {out}/report.html, {out}/report.md, {out}/evaluations.csv, {out}/pareto.csv")
     for objective, record in best_per_objective(space, records).items():
         value = _format(objective, record.metrics[objective])
         console.print(f"  best {objective}: {value} (evaluation {record.index}) -> {out}/best_{objective}.toml + .json")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _format(objective: str, value: float) -> str:

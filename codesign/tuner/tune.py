@@ -3,13 +3,12 @@
 Batches of `batch_size` configurations are proposed from the finished earlier batches (with a
 generator seeded from (seed, batch)), evaluated by the executor and appended to the database as
 each finishes. Resuming re-proposes the interrupted batch (the same, by construction) and
-evaluates only what is missing. Outputs: the database, pareto.json and pareto.csv, and for
+evaluates only what is missing. Outputs: the database, pareto.json, and for
 every objective the best feasible design as a hardware description plus a compression file.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -77,11 +76,6 @@ def best_per_objective(space: SearchSpace, records: list[Record]) -> dict[str, R
 def write_outputs(run_dir: Path, space: SearchSpace, records: list[Record], layers: list[str]) -> None:
     front = pareto_records(space, records)
     (run_dir / "pareto.json").write_text(json.dumps([_row(space, r, layers) for r in front], indent=2) + "\n")
-    with (run_dir / "pareto.csv").open("w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["index", *space.objectives, *space.knobs])
-        for r in front:
-            writer.writerow([r.index, *(r.metrics[o] for o in space.objectives), *(r.config[k] for k in space.knobs)])
     for objective, record in best_per_objective(space, records).items():
         hw = space.hardware(record.config, name=f"best_{objective}")
         (run_dir / f"best_{objective}.toml").write_text(

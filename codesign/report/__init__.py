@@ -1,0 +1,9 @@
+"""Design-space exploration reports: a tuning run (or one design) -> report.html, report.md, CSVs.
+
+run_data      RUN/ (database, settings, space)        -> RunData
+design_sim    a design (hardware + compression)        -> per-layer SimulationReport
+figures       RunData / simulated designs              -> plotly figures
+tables        RunData / simulated designs              -> rows for HTML, Markdown and CSV
+html, markdown  figures + tables                       -> one self-contained page, a summary
+build         the stages above                         -> files written atomically in RUN/
+"""

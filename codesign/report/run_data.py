@@ -1,0 +1,64 @@
+"""A tuning run read back from its directory: records, space, settings, front and best designs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from codesign.errors import UsageError
+from codesign.tuner.database import Database, Record
+from codesign.tuner.space import SearchSpace, load_space
+from codesign.tuner.tune import best_per_objective, pareto_records
+
+DATABASE_FILE = "database.jsonl"
+SETTINGS_FILE = "settings.json"
+SPACE_FILE = "space.toml"
+
+
+@dataclasses.dataclass
+class RunData:
+    run_dir: Path
+    space: SearchSpace
+    records: list[Record]
+    settings: dict
+    front: list[Record]
+    best: dict[str, Record]  # objective -> best feasible record
+
+    @property
+    def feasible(self) -> list[Record]:
+        return [r for r in self.records if r.feasible]
+
+    def design_path(self, record: Record, suffix: str) -> Path:
+        """Where a design's hardware description (.toml) or compression file (.json) is written."""
+        return self.run_dir / "designs" / f"eval_{record.index}{suffix}"
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run directory")
+    for name in (DATABASE_FILE, SPACE_FILE):
+        if not (run_dir / name).exists():
+            raise UsageError(f"{run_dir}: no {name}; not a `codesign tune` run directory")
+    space = load_space(run_dir / SPACE_FILE)
+    records = Database(run_dir / DATABASE_FILE).load()
+    if not records:
+        raise UsageError(f"{run_dir / DATABASE_FILE}: holds no finished evaluation")
+    settings = _read_settings(run_dir / SETTINGS_FILE)
+    return RunData(
+        run_dir, space, records, settings, pareto_records(space, records), best_per_objective(space, records)
+    )
+
+
+def _read_settings(path: Path) -> dict:
+    """settings.json, written when a run finishes; an interrupted run has none yet."""
+    if not path.exists():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from err
+    if not isinstance(settings, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return settings

@@ -1,0 +1,216 @@
+"""Rows shared by the HTML page, the Markdown summary and the CSVs: units, configurations, the
+command that reproduces a design, per-layer breakdowns and run settings."""
+
+from __future__ import annotations
+
+import shlex
+
+import numpy as np
+
+from codesign.report.design_sim import DEFAULT_CALIBRATION_SAMPLES, SimulatedDesign
+from codesign.report.run_data import RunData
+from codesign.tuner.database import Record
+
+# Metric -> CSV column (SI units, as the database holds them).
+METRIC_COLUMNS = {
+    "latency": "latency_s",
+    "energy": "energy_j",
+    "edp": "edp_js",
+    "area": "area_mm2",
+    "accuracy": "accuracy_pct",
+    "accelerator_seconds": "accelerator_s",
+    "host_seconds": "host_s",
+}
+_BASE_UNITS = {"latency": "s", "energy": "J", "edp": "J·s"}
+_PREFIXES = ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
+OBJECTIVE_TITLES = {"latency": "latency", "energy": "energy", "edp": "EDP", "area": "area", "accuracy": "accuracy"}
+
+
+def objective_unit(objective: str, values) -> tuple[float, str]:
+    """(scale, unit) that shows an objective's typical value between 1 and 1000."""
+    if objective == "area":
+        return 1.0, "mm²"
+    if objective == "accuracy":
+        return 1.0, "%"
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    typical = float(np.median(values)) if len(values) else 1.0
+    scale, prefix = next(((s, p) for s, p in _PREFIXES if typical >= s), _PREFIXES[-1])
+    return scale, prefix + _BASE_UNITS[objective]
+
+
+def axis_title(objective: str, unit: str) -> str:
+    return f"{OBJECTIVE_TITLES[objective]} ({unit})"
+
+
+def format_knob(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def config_lines(run: RunData, config: dict) -> list[str]:
+    return [f"{knob} = {format_knob(config[knob])}" for knob in run.space.knobs]
+
+
+def compile_command(run: RunData, record: Record) -> str:
+    settings = run.settings
+    words = ["codesign", "compile", settings.get("model", "MODEL.onnx")]
+    words += ["--hw", str(run.design_path(record, ".toml")), "--compression", str(run.design_path(record, ".json"))]
+    if settings.get("data"):
+        samples = settings.get("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
+        words += ["--calibration", settings["data"], "--calibration-samples", str(samples)]
+    for name, dims in settings.get("input_shapes", {}).items():
+        words += ["--input-shape", f"{name}={','.join(str(d) for d in dims)}"]
+    words += ["-o", f"eval_{record.index}"]
+    return shlex.join(words)
+
+
+def evaluation_header(run: RunData) -> list[str]:
+    return ["index", "batch", "feasible", "reason", *METRIC_COLUMNS.values(), *run.space.knobs]
+
+
+def evaluation_row(run: RunData, record: Record) -> list:
+    metrics = [record.metrics.get(name, "") for name in METRIC_COLUMNS]
+    knobs = [record.config[k] for k in run.space.knobs]
+    return [record.index, record.batch, record.feasible, record.reason or "", *metrics, *knobs]
+
+
+LAYER_HEADER = [
+    "layer",
+    "op",
+    "runs_on",
+    "shape",
+    "macs",
+    "dram_bytes",
+    "cycles",
+    "utilization",
+    "bound",
+    "load_s",
+    "compute_s",
+    "store_s",
+    "host_s",
+    "energy_load_pj",
+    "energy_compute_pj",
+    "energy_store_pj",
+    "energy_static_pj",
+]
+
+
+def layer_rows(design: SimulatedDesign) -> list[list]:
+    rows = []
+    for layer in design.simulation.layers:
+        energy = layer.stage_energy_pj or {}
+        rows.append(
+            [
+                layer.name,
+                layer.op,
+                "accelerator" if layer.placement == "accel" else "host",
+                layer.shape,
+                layer.macs,
+                layer.dram_bytes,
+                layer.cycles,
+                layer.utilization,
+                layer.bound,
+                *(layer.stage_seconds[s] for s in ("load", "compute", "store", "host")),
+                *(energy.get(s, 0.0) for s in ("load", "compute", "store", "static")),
+            ]
+        )
+    return rows
+
+
+def settings_rows(run: RunData) -> list[tuple[str, str]]:
+    s = run.settings
+    rows = [
+        ("model", s.get("model", "?")),
+        ("data", s.get("data", "?")),
+        ("search space", f"{s.get('space', '?')} ({run.space.size():,} configurations, copy in space.toml)"),
+        ("objectives", ", ".join(run.space.objectives)),
+        ("constraints", ", ".join(f"{k} = {v}" for k, v in run.space.constraints.items()) or "none"),
+        ("strategy", s.get("strategy", "?")),
+        ("budget", f"{s.get('budget', '?')} (evaluations recorded: {len(run.records):,})"),
+        ("seed", str(s.get("seed", "?"))),
+        ("parallel jobs", f"{s.get('jobs', '?')} ({s.get('executor', '?')} executor)"),
+    ]
+    if "wall_seconds" in s:
+        rows.append(("wall time", f"{s['wall_seconds']:.1f} s"))
+    else:
+        rows.append(("wall time", "not recorded (the run has not finished)"))
+    versions = ", ".join(f"{k.removesuffix('_version')} {v}" for k, v in s.items() if k.endswith("_version"))
+    rows.append(("versions", versions or "not recorded"))
+    return rows
+
+
+# ---- display tables (HTML and Markdown render the same rows) ---------------------------------
+
+
+def _units(run: RunData) -> dict[str, tuple[float, str]]:
+    return {o: objective_unit(o, [r.metrics[o] for r in run.feasible]) for o in run.space.objectives}
+
+
+def best_table(run: RunData) -> tuple[list[str], list[list]]:
+    units = _units(run)
+    header = ["best", "value", "evaluation", "configuration", "reproduce"]
+    rows = []
+    for objective, record in run.best.items():
+        scale, unit = units[objective]
+        value = f"{record.metrics[objective] / scale:.4g} {unit}"
+        config = ", ".join(config_lines(run, record.config))
+        rows.append([objective, value, record.index, config, compile_command(run, record)])
+    return header, rows
+
+
+def front_table(run: RunData) -> tuple[list[str], list[list]]:
+    """The Pareto designs, ordered by the first objective."""
+    units = _units(run)
+    first = run.space.objectives[0]
+    ordered = sorted(run.front, key=lambda r: (r.metrics[first], r.index))
+    header = ["evaluation", *(axis_title(o, units[o][1]) for o in run.space.objectives), *run.space.knobs]
+    header.append("reproduce")
+    rows = [
+        [
+            r.index,
+            *(r.metrics[o] / units[o][0] for o in run.space.objectives),
+            *(format_knob(r.config[k]) for k in run.space.knobs),
+            compile_command(run, r),
+        ]
+        for r in ordered
+    ]
+    return header, rows
+
+
+def layer_table(design: SimulatedDesign) -> tuple[list[str], list[list]]:
+    header = ["layer", "runs on", "shape", "MACs", "cycles", "util", "bound"]
+    header += ["load µs", "compute µs", "store µs", "host µs", "energy µJ"]
+    rows = []
+    for layer in design.simulation.layers:
+        energy = (layer.energy_pj or {}).get("total", 0.0) * 1e-6
+        stages = [layer.stage_seconds[s] * 1e6 for s in ("load", "compute", "store", "host")]
+        on_accel = layer.placement == "accel"
+        rows.append(
+            [
+                layer.name,
+                "accelerator" if on_accel else "host",
+                layer.shape,
+                layer.macs,
+                round(layer.cycles) if on_accel else "",
+                f"{100 * layer.utilization:.1f} %" if on_accel else "",
+                layer.bound,
+                *stages,
+                energy,
+            ]
+        )
+    return header, rows
+
+
+def totals_rows(design: SimulatedDesign) -> list[tuple[str, str]]:
+    t = design.simulation.totals()
+    return [
+        ("latency", f"{t['latency_seconds'] * 1e3:.4g} ms"),
+        ("  on the accelerator", f"{t['accelerator_seconds'] * 1e3:.4g} ms ({t['accelerator_cycles']:,.0f} cycles)"),
+        ("  on the host", f"{t['host_seconds'] * 1e3:.4g} ms"),
+        ("accelerator energy", f"{t['energy_joules'] * 1e6:.4g} µJ"),
+        ("area", f"{t['area_mm2']:.4g} mm²"),
+        ("MACs on the accelerator", f"{t['macs']:,}"),
+        ("DRAM traffic", f"{t['dram_bytes']:,} B"),
+    ]

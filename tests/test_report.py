@@ -1,0 +1,150 @@
+"""Design-space exploration reports: what a tuning run's report holds, checked against the
+run's database, an independent Pareto computation and the tuner's own measurements."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+from conftest import TEST_MODELS
+
+from codesign.cli import main
+from codesign.deploy import read_manifest
+from codesign.lowering import LayerPlan
+from codesign.report.design_sim import simulate_run_designs
+from codesign.report.run_data import load_run
+from codesign.simulator.simulate import simulate_plans
+from codesign.tuner.database import Database
+
+MNIST = TEST_MODELS["mnist"][0]
+
+
+def read_csv(path) -> list[dict]:
+    with path.open() as rows:
+        return list(csv.DictReader(rows))
+
+
+def nondominated(points: np.ndarray) -> np.ndarray:
+    """Brute force: a point stays unless another is no worse everywhere and better somewhere."""
+    keep = np.ones(len(points), dtype=bool)
+    for i, p in enumerate(points):
+        dominated = np.all(points <= p, axis=1) & np.any(points < p, axis=1)
+        keep[i] = not dominated.any()
+    return keep
+
+
+def test_tune_writes_a_self_contained_report(tuned_run):
+    page = (tuned_run / "report.html").read_text()
+    assert re.findall(r"<(?:script|link|img)[^>]*(?:src|href)\s*=", page) == []  # nothing fetched
+    assert page.count("plotly.js v") == 1  # the library, inlined once
+    for div in ("pareto-pairs", "knobs-parcoords", "layer-stages", "roofline-plot"):
+        assert f'id="{div}"' in page
+    for section in ("Best design per objective", "Pareto designs", "Run settings", "space.toml"):
+        assert section in page
+    settings = json.loads((tuned_run / "settings.json").read_text())
+    assert settings["seed"] == 5 and settings["budget"] == 16 and settings["wall_seconds"] > 0
+    assert f"{settings['wall_seconds']:.1f} s" in page and "tvm 0.27" in page
+
+
+def test_csvs_hold_every_evaluation_and_an_independently_computed_front(tuned_run):
+    records = Database(tuned_run / "database.jsonl").load()
+    rows = read_csv(tuned_run / "evaluations.csv")
+    assert [int(r["index"]) for r in rows] == [r.index for r in records]
+    for row, record in zip(rows, records):
+        assert (row["feasible"] == "True") == record.feasible
+        if record.feasible:
+            assert float(row["latency_s"]) == record.metrics["latency"]
+            assert float(row["accuracy_pct"]) == record.metrics["accuracy"]
+            assert int(row["hw.block_in"]) == record.config["hw.block_in"]
+    feasible = [r for r in records if r.feasible]
+    points = np.array(
+        [[r.metrics["latency"], r.metrics["energy"], r.metrics["area"], -r.metrics["accuracy"]] for r in feasible]
+    )
+    expected = {r.index for r, keep in zip(feasible, nondominated(points)) if keep}
+    assert {int(r["index"]) for r in read_csv(tuned_run / "pareto.csv")} == expected
+    summary = (tuned_run / "report.md").read_text()
+    assert f"## Pareto front ({len(expected)} designs)" in summary
+    assert all(f"| {index} |" in summary for index in expected)
+
+
+def test_per_layer_breakdown_adds_up_to_what_the_tuner_measured(tuned_run):
+    run = load_run(tuned_run)
+    designs, why_not = simulate_run_designs(run)
+    assert why_not is None
+    assert {d.label for d in designs} == {
+        f"best {', '.join(o for o, r in run.best.items() if r.index == index)} (evaluation {index})"
+        for index in {r.index for r in run.best.values()}
+    }
+    for design in designs:
+        index = int(re.search(r"evaluation (\d+)", design.label).group(1))
+        metrics = next(r.metrics for r in run.records if r.index == index)
+        layers = design.simulation.layers
+        assert sum(sum(layer.stage_seconds.values()) for layer in layers) == pytest.approx(metrics["latency"], rel=1e-6)
+        energy = sum(sum(layer.stage_energy_pj.values()) for layer in layers) * 1e-12
+        assert energy == pytest.approx(metrics["energy"], rel=1e-6)
+
+
+def test_a_pareto_command_compiles_the_design_it_lists(tuned_run, tmp_path, monkeypatch):
+    run = load_run(tuned_run)
+    record = run.front[0]
+    summary = (tuned_run / "report.md").read_text()
+    command = re.search(rf"`(codesign compile [^`]*-o eval_{record.index})`", summary).group(1)
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(command)[1:]) == 0
+    module = tmp_path / f"eval_{record.index}"
+    plans = [LayerPlan.from_dict(layer) for layer in read_manifest(module)["layers"]]
+    hw = run.space.hardware(record.config)
+    totals = simulate_plans(plans, hw, "analytic").totals()
+    assert totals["latency_seconds"] == pytest.approx(record.metrics["latency"], rel=1e-6)
+    assert totals["energy_joules"] == pytest.approx(record.metrics["energy"], rel=1e-6)
+
+
+def test_report_of_an_interrupted_run_without_its_model(tuned_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("database.jsonl", "space.toml"):
+        shutil.copy(tuned_run / name, copy / name)
+    assert main(["report", str(copy)]) == 0
+    page = (copy / "report.html").read_text()
+    assert "Not available: the run&#x27;s model file (not recorded) is not available." in page
+    assert 'id="pareto-pairs"' in page
+    assert len(read_csv(copy / "evaluations.csv")) == 16
+    assert "Wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing", "no such run directory"),
+        (lambda d: d, "no database.jsonl; not a `codesign tune` run directory"),
+    ],
+)
+def test_report_rejects_what_is_not_a_run_in_one_line(make, message, tmp_path, capsys):
+    assert main(["report", str(make(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_simulate_and_compile_write_a_single_design_report(tmp_path, mnist_calibration):
+    report = tmp_path / "sim_report"
+    argv = ["simulate", str(MNIST), "--hw", "vta_default", "--calibration", str(mnist_calibration)]
+    assert main([*argv, "--json", str(tmp_path / "sim.json"), "--report", str(report)]) == 0
+    totals = json.loads((tmp_path / "sim.json").read_text())["totals"]
+    layers = read_csv(report / "layers.csv")
+    stages = sum(float(r[f"{s}_s"]) for r in layers for s in ("load", "compute", "store", "host"))
+    assert stages == pytest.approx(totals["latency_seconds"], rel=1e-9)
+    assert [r["layer"] for r in layers if r["runs_on"] == "accelerator"] == ["conv2d_0", "conv2d_1", "matmul_0"]
+    page = (report / "report.html").read_text()
+    assert 'id="layer-stages"' in page and 'id="roofline-plot"' in page and "[gemm]" in page
+    assert "conv2d_1" in (report / "report.md").read_text()
+
+    compiled = tmp_path / "compiled_report"
+    argv = ["compile", str(MNIST), "--hw", "vta_default", "--calibration", str(mnist_calibration)]
+    assert main([*argv, "-o", str(tmp_path / "module"), "--report", str(compiled)]) == 0
+    assert read_csv(compiled / "layers.csv") == layers  # the same design, event model both times
