@@ -148,3 +148,20 @@ def test_simulate_and_compile_write_a_single_design_report(tmp_path, mnist_calib
     argv = ["compile", str(MNIST), "--hw", "vta_default", "--calibration", str(mnist_calibration)]
     assert main([*argv, "-o", str(tmp_path / "module"), "--report", str(compiled)]) == 0
     assert read_csv(compiled / "layers.csv") == layers  # the same design, event model both times
+
+
+def test_report_of_a_run_without_a_feasible_design(tuned_run, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    shutil.copy(tuned_run / "space.toml", copy / "space.toml")
+    shutil.copy(tuned_run / "settings.json", copy / "settings.json")
+    lines = []
+    for line in (tuned_run / "database.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record.update(feasible=False, reason="area 9 mm2 > 1")
+        lines.append(json.dumps(record) + "\n")
+    (copy / "database.jsonl").write_text("".join(lines))
+    assert main(["report", str(copy)]) == 0
+    page = (copy / "report.html").read_text()
+    assert "No feasible evaluation yet." in page and "the run has no feasible design" in page
+    assert read_csv(copy / "pareto.csv") == [] and len(read_csv(copy / "evaluations.csv")) == 16

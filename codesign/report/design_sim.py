@@ -40,6 +40,8 @@ def lowered_plans(
 def simulate_run_designs(run: RunData) -> tuple[list[SimulatedDesign], str | None]:
     """The best design of every objective (one entry per distinct design), simulated layer by
     layer with the analytic model the tuner used; or no designs and why not."""
+    if not run.best:
+        return [], "the run has no feasible design"
     settings = run.settings
     model, data = settings.get("model"), settings.get("data")
     for what, path in (("model", model), ("data", data)):

@@ -16,8 +16,8 @@ from codesign.report.run_data import RunData
 from codesign.report.tables import axis_title, config_lines, objective_unit
 from codesign.tuner.database import Record
 
-MAX_CLOUD_POINTS = 2000
-MAX_PARALLEL_LINES = 1000
+MAX_CLOUD_POINTS = 1500
+MAX_PARALLEL_LINES = 500
 FRONT_COLOR = "#d62728"
 CLOUD_COLOR = "rgba(120, 120, 120, 0.35)"
 STAGE_COLORS = {"load": "#4c78a8", "compute": "#f58518", "store": "#54a24b", "host": "#b279a2", "static": "#9d9d9d"}

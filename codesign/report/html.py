@@ -20,7 +20,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f4f4f4; position: sticky; top: 0; }
 div.scroll { max-height: 560px; overflow: auto; }
 code, pre { font-size: 12px; }
-td code { white-space: nowrap; }
+div.scroll td code { white-space: nowrap; }
 pre { background: #f7f7f7; padding: 10px; overflow: auto; }
 """
 

@@ -43,7 +43,7 @@ def run_page(run: RunData, designs: list[SimulatedDesign], designs_note: str | N
                 f"grey: {cloud_shown:,} of the {feasible - len(run.front):,} other feasible evaluations "
                 "(evaluations.csv has them all). Hover a point for its configuration."
             )
-            + _figure_or_note(figures.pareto_pairs(run), "pareto-pairs", "No feasible evaluation yet."),
+            + _figure_or_note(figures.pareto_pairs(run), "pareto-pairs", _no_pairs(run)),
         ),
         Section(
             "knobs",
@@ -93,6 +93,10 @@ def _design_figures(designs: list[SimulatedDesign], why_not: str | None, kind: s
 
 def _figure_or_note(fig, div_id: str, empty: str) -> str:
     return figure(fig, div_id) if fig is not None else note(empty)
+
+
+def _no_pairs(run: RunData) -> str:
+    return "One objective: no pairs to plot." if len(run.space.objectives) < 2 else "No feasible evaluation yet."
 
 
 def _code_last(row: list) -> list:
