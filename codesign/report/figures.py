@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from codesign.report.design_sim import SimulatedDesign
 from codesign.report.run_data import RunData
-from codesign.report.tables import axis_title, config_lines, objective_unit
+from codesign.report.tables import axis_title, config_lines, format_knob, objective_unit
 from codesign.tuner.database import Record
 
 MAX_CLOUD_POINTS = 1500
@@ -160,10 +160,7 @@ def knob_parallel_coordinates(run: RunData) -> go.Figure | None:
 
 
 def _choice_ticks(choices: list) -> tuple[list[float], list[str]]:
-    from codesign.report.tables import format_knob
-
-    if all(isinstance(c, bool) for c in choices):
-        return [float(c) for c in choices], [format_knob(c) for c in choices]
+    """Axis ticks at a knob's choices (booleans and numbers at their value, others by position)."""
     if all(isinstance(c, int | float) for c in choices):
         return [float(c) for c in choices], [format_knob(c) for c in choices]
     return [float(i) for i in range(len(choices))], [str(c) for c in choices]
