@@ -21,6 +21,8 @@ MAX_PARALLEL_LINES = 500
 FRONT_COLOR = "#d62728"
 CLOUD_COLOR = "rgba(120, 120, 120, 0.35)"
 STAGE_COLORS = {"load": "#4c78a8", "compute": "#f58518", "store": "#54a24b", "host": "#b279a2", "static": "#9d9d9d"}
+BOUND_COLORS = {"compute": "#f58518", "memory": "#4c78a8", "pipeline": "#54a24b"}
+MAX_ROOFLINE_LABELS = 8
 LATENCY_STAGES = ("load", "compute", "store", "host")
 ENERGY_STAGES = ("load", "compute", "store", "static")
 
@@ -258,21 +260,25 @@ def roofline(designs: list[SimulatedDesign]) -> go.Figure | None:
                 hovertemplate="%{x:.3g} op/B: %{y:.3g} GOP/s<extra>roof</extra>",
             )
         )
-        fig.add_trace(
-            go.Scatter(
-                x=intensity,
-                y=attained,
-                mode="markers+text",
-                marker={"size": 10, "color": STAGE_COLORS["compute"]},
-                name="layers",
-                visible=number == 0,
-                text=[layer.name for layer in layers],
-                textposition="top center",
-                customdata=[f"{layer.shape}, {layer.bound}-bound" for layer in layers],
-                hovertemplate="%{text}: %{customdata}<br>%{x:.3g} op/B, %{y:.3g} GOP/s<extra></extra>",
+        labelled = len(layers) <= MAX_ROOFLINE_LABELS  # more labels than that overlap
+        for bound in BOUND_COLORS:
+            group = [i for i, layer in enumerate(layers) if layer.bound == bound]
+            fig.add_trace(
+                go.Scatter(
+                    x=intensity[group],
+                    y=attained[group],
+                    mode="markers+text" if labelled else "markers",
+                    marker={"size": 10, "color": BOUND_COLORS[bound]},
+                    name=f"{bound}-bound layers",
+                    showlegend=bool(group),
+                    visible=number == 0,
+                    text=[layers[i].name for i in group],
+                    textposition="top center",
+                    customdata=[layers[i].shape for i in group],
+                    hovertemplate="%{text}: %{customdata}<br>%{x:.3g} op/B, %{y:.3g} GOP/s<extra></extra>",
+                )
             )
-        )
-        counts.append(2)
+        counts.append(1 + len(BOUND_COLORS))
     fig.update_xaxes(type="log", title_text="operational intensity (ops per DRAM byte)")
     fig.update_yaxes(type="log", title_text="attained (GOP/s)")
     fig.update_layout(
