@@ -30,6 +30,17 @@ CHROMIUM_FLAGS = (
 # Pixels a plot's marks colour: far from grey (the background, grid and axes are grey or white).
 INK_CHROMA = 60
 
+# Hovers the first point of the first trace named arguments[1] in plot arguments[0]; returns the
+# text the hover label shows.
+HOVER_JS = """
+const gd = document.getElementById(arguments[0]);
+const curve = gd.data.findIndex(t => t.name === arguments[1]);
+if (curve < 0) return null;
+Plotly.Fx.hover(gd, [{curveNumber: curve, pointNumber: 0}], 'xy');
+const label = gd.querySelector('.hoverlayer .hovertext');
+return label ? label.textContent : '';
+"""
+
 PLOTS_JS = """
 return Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd => ({
   id: gd.id,
@@ -59,6 +70,7 @@ class PageCheck:
     console_errors: list[str]
     resource_requests: list[str]  # anything the page fetched (an offline report fetches nothing)
     plots: list[PlotCheck]
+    front_hover: str | None  # what hovering the first Pareto point shows (None: no such plot)
 
 
 def chromium_missing() -> str | None:
@@ -98,14 +110,25 @@ def open_report(path: str | Path, screenshot: str | Path | None = None, timeout:
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         requests = driver.execute_script("return performance.getEntriesByType('resource').map(r => r.name)")
         checks = [PlotCheck(p["id"], p["svg_marks"], p["canvases"], _ink_pixels(driver, p["id"])) for p in plots]
+        front_hover = _front_hover(driver, [p["id"] for p in plots])
         if screenshot is not None:
             height = driver.execute_script("return document.body.scrollHeight")
             driver.set_window_size(1400, min(height + 120, 16000))
             driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(screenshot))
-        return PageCheck(open_seconds, errors, requests, checks)
+        return PageCheck(open_seconds, errors, requests, checks, front_hover)
     finally:
         driver.quit()
+
+
+def _front_hover(driver, div_ids: list[str]) -> str | None:
+    from codesign.report.figures import FRONT_NAME
+
+    for div_id in div_ids:
+        text = driver.execute_script(HOVER_JS, div_id, FRONT_NAME)
+        if text is not None:
+            return text
+    return None
 
 
 def _wait_for_plots(driver, deadline: float) -> list[dict]:

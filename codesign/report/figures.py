@@ -19,6 +19,7 @@ from codesign.tuner.database import Record
 MAX_CLOUD_POINTS = 1500
 MAX_PARALLEL_LINES = 500
 FRONT_COLOR = "#d62728"
+FRONT_NAME = "Pareto front (all objectives)"
 CLOUD_COLOR = "rgba(120, 120, 120, 0.35)"
 STAGE_COLORS = {"load": "#4c78a8", "compute": "#f58518", "store": "#54a24b", "host": "#b279a2", "static": "#9d9d9d"}
 BOUND_COLORS = {"compute": "#f58518", "memory": "#4c78a8", "pipeline": "#54a24b"}
@@ -70,7 +71,7 @@ def pareto_pairs(run: RunData) -> go.Figure | None:
     )
     cloud_hover = (
         "evaluation %{customdata[0]}<br>%{x:.4g}, %{y:.4g}<br>"
-        + "<br>".join(f"{k} = %{{customdata[{i + 1}]}}" for i, k in enumerate(knobs))
+        + "<br>".join(f"{k} = %{{customdata[{i + 1}]}}{_code_legend(run, k)}" for i, k in enumerate(knobs))
         + "<extra></extra>"
     )
     front_text = [_front_hover(run, r, units) for r in front]
@@ -102,7 +103,7 @@ def pareto_pairs(run: RunData) -> go.Figure | None:
                 y=_objective_values(front, y_objective, y_scale),
                 mode="markers",
                 marker={"size": 8, "color": FRONT_COLOR, "line": {"width": 1, "color": "white"}},
-                name="Pareto front (all objectives)",
+                name=FRONT_NAME,
                 legendgroup="front",
                 showlegend=position == 0,
                 text=front_text,
@@ -117,6 +118,16 @@ def pareto_pairs(run: RunData) -> go.Figure | None:
         height=360 * rows, margin={"t": 40, "b": 40, "l": 60, "r": 20}, legend={"orientation": "h", "y": 1.06}
     )
     return fig
+
+
+def _code_legend(run: RunData, knob: str) -> str:
+    """How a knob's number in the hover reads, where it is not the value itself."""
+    choices = run.space.knobs[knob]
+    if all(isinstance(c, bool) for c in choices):
+        return " (1 = yes)"
+    if all(isinstance(c, int | float) for c in choices):
+        return ""
+    return " (" + ", ".join(f"{i} = {c}" for i, c in enumerate(choices)) + ")"
 
 
 def _front_hover(run: RunData, record: Record, units: dict) -> str:
