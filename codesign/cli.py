@@ -199,14 +199,11 @@ def _plans_for(target: Path, hw: str | None, input_shape, calibration):
         return spec, [LayerPlan.from_dict(layer) for layer in manifest["layers"]]
     if hw is None:
         raise UsageError("--hw is required to simulate an ONNX model")
-    from codesign.importer import import_onnx, parse_input_shapes
-    from codesign.lowering import lower_to_relax
-    from codesign.pipeline import quantize_model
+    from codesign.importer import parse_input_shapes
+    from codesign.pipeline import plan_model
 
     spec = load_hardware(hw)
-    imported = import_onnx(target, parse_input_shapes(input_shape))
-    _, qgraph, _ = quantize_model(imported, spec, calibration)
-    return spec, lower_to_relax(qgraph, imported, spec).plans
+    return spec, plan_model(target, spec, parse_input_shapes(input_shape), calibration)
 
 
 def _write_json(path: Path, document: dict) -> None:

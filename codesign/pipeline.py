@@ -75,6 +75,22 @@ def quantize_model(
     return graph, quantize_graph(graph, ranges, config), calibration_info
 
 
+def plan_model(
+    model: str | Path,
+    hw: HardwareSpec,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    calibration: str | Path | None = None,
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    warn=lambda message: print(message, file=sys.stderr),
+    compression: CompressionConfig | None = None,
+) -> list:
+    """The layer plans of a model (import, quantize, lower) without building it: what the
+    simulator needs."""
+    imported = import_onnx(model, input_shapes)
+    _, qgraph, _ = quantize_model(imported, hw, calibration, calibration_samples, None, warn, compression)
+    return lower_to_relax(qgraph, imported, hw, compression).plans
+
+
 def compile_model(
     model: str | Path,
     hw: HardwareSpec,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from codesign.report.figures import FRONT_NAME
+
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",
@@ -122,8 +124,6 @@ def open_report(path: str | Path, screenshot: str | Path | None = None, timeout:
 
 
 def _front_hover(driver, div_ids: list[str]) -> str | None:
-    from codesign.report.figures import FRONT_NAME
-
     for div_id in div_ids:
         text = driver.execute_script(HOVER_JS, div_id, FRONT_NAME)
         if text is not None:

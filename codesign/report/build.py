@@ -32,20 +32,16 @@ def write_run_report(run_dir: str | Path) -> RunData:
 
 
 def write_design_files(run: RunData) -> None:
-    from codesign.tuner.evaluator import gemm_layer_names
-
     records = {r.index: r for r in [*run.front, *run.best.values()]}
     model = run.settings.get("model")
     if not records or not model or not Path(model).exists():
         return
-    shapes = {name: tuple(dims) for name, dims in run.settings.get("input_shapes", {}).items()} or None
-    layers = gemm_layer_names(model, shapes)
     (run.run_dir / "designs").mkdir(exist_ok=True)
     for record in records.values():
         hw = run.space.hardware(record.config, name=f"eval_{record.index}")
         header = f"# codesign tune: evaluation {record.index} of {run.run_dir}\n"
         write_text(run.design_path(record, ".toml"), header + hw.to_toml())
-        compression = run.space.compression(record.config, layers)
+        compression = run.space.compression(record.config, run.layer_names)
         write_text(run.design_path(record, ".json"), json.dumps(compression.to_dict(), indent=2) + "\n")
 
 

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from codesign.report.design_sim import SimulatedDesign
 from codesign.report.run_data import RunData
-from codesign.report.tables import axis_title, config_lines, format_knob, objective_unit
+from codesign.report.tables import axis_title, config_lines, format_knob, objective_units
 from codesign.tuner.database import Record
 
 MAX_CLOUD_POINTS = 1500
@@ -42,11 +42,17 @@ def shown_evaluations(run: RunData, limit: int) -> tuple[list[Record], list[Reco
     return evenly_spread(others, limit), run.front
 
 
+def numeric_choices(choices: list) -> bool:
+    """Whether a knob's values are plotted as themselves (numbers, booleans as 0/1) rather than
+    by their position among the choices."""
+    return all(isinstance(c, int | float) for c in choices)
+
+
 def knob_matrix(run: RunData, records: list[Record]) -> np.ndarray:
     """Knob values as numbers (booleans 0/1, other non-numbers their position among the choices)."""
     columns = []
     for knob, choices in run.space.knobs.items():
-        numeric = all(isinstance(c, int | float) for c in choices)
+        numeric = numeric_choices(choices)
         columns.append([float(r.config[knob]) if numeric else choices.index(r.config[knob]) for r in records])
     return np.array(columns, dtype=np.float64).T.reshape(len(records), len(run.space.knobs))
 
@@ -63,7 +69,7 @@ def pareto_pairs(run: RunData) -> go.Figure | None:
     if not pairs or not run.front:
         return None
     cloud, front = shown_evaluations(run, MAX_CLOUD_POINTS)
-    units = {o: objective_unit(o, [r.metrics[o] for r in run.feasible]) for o in objectives}
+    units = objective_units(run)
     knobs = list(run.space.knobs)
     # float32 holds every index and knob value exactly, in half the bytes (one copy per subplot).
     cloud_data = (
@@ -125,7 +131,7 @@ def _code_legend(run: RunData, knob: str) -> str:
     choices = run.space.knobs[knob]
     if all(isinstance(c, bool) for c in choices):
         return " (1 = yes)"
-    if all(isinstance(c, int | float) for c in choices):
+    if numeric_choices(choices):
         return ""
     return " (" + ", ".join(f"{i} = {c}" for i, c in enumerate(choices)) + ")"
 
@@ -155,8 +161,7 @@ def knob_parallel_coordinates(run: RunData) -> go.Figure | None:
                 "range": [min(ticks[0]), max(ticks[0])] if len(ticks[0]) > 1 else [ticks[0][0] - 1, ticks[0][0] + 1],
             }
         )
-    for objective in run.space.objectives:
-        scale, unit = objective_unit(objective, [r.metrics[objective] for r in run.feasible])
+    for objective, (scale, unit) in objective_units(run).items():
         values = _objective_values(records, objective, scale)
         dimensions.append({"label": axis_title(objective, unit), "values": values})
     on_front = np.array([0.0] * len(others) + [1.0] * len(front))
@@ -174,7 +179,7 @@ def knob_parallel_coordinates(run: RunData) -> go.Figure | None:
 
 def _choice_ticks(choices: list) -> tuple[list[float], list[str]]:
     """Axis ticks at a knob's choices (booleans and numbers at their value, others by position)."""
-    if all(isinstance(c, int | float) for c in choices):
+    if numeric_choices(choices):
         return [float(c) for c in choices], [format_knob(c) for c in choices]
     return [float(i) for i in range(len(choices))], [str(c) for c in choices]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -28,6 +29,18 @@ class RunData:
     @property
     def feasible(self) -> list[Record]:
         return [r for r in self.records if r.feasible]
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """The input shapes the run bound (None: the model's own)."""
+        return {name: tuple(dims) for name, dims in self.settings.get("input_shapes", {}).items()} or None
+
+    @functools.cached_property
+    def layer_names(self) -> list[str]:
+        """The model's GEMM layers, which compression knobs refer to (imports the model)."""
+        from codesign.tuner.evaluator import gemm_layer_names
+
+        return gemm_layer_names(self.settings["model"], self.input_shapes)
 
     def design_path(self, record: Record, suffix: str) -> Path:
         """Where a design's hardware description (.toml) or compression file (.json) is written."""

@@ -60,7 +60,7 @@ def compile_command(run: RunData, record: Record) -> str:
     if settings.get("data"):
         samples = settings.get("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
         words += ["--calibration", settings["data"], "--calibration-samples", str(samples)]
-    for name, dims in settings.get("input_shapes", {}).items():
+    for name, dims in (run.input_shapes or {}).items():
         words += ["--input-shape", f"{name}={','.join(str(d) for d in dims)}"]
     words += ["-o", f"eval_{record.index}"]
     return shlex.join(words)
@@ -144,12 +144,13 @@ def settings_rows(run: RunData) -> list[tuple[str, str]]:
 # ---- display tables (HTML and Markdown render the same rows) ---------------------------------
 
 
-def _units(run: RunData) -> dict[str, tuple[float, str]]:
+def objective_units(run: RunData) -> dict[str, tuple[float, str]]:
+    """(scale, unit) of every objective, from its feasible values."""
     return {o: objective_unit(o, [r.metrics[o] for r in run.feasible]) for o in run.space.objectives}
 
 
 def best_table(run: RunData) -> tuple[list[str], list[list]]:
-    units = _units(run)
+    units = objective_units(run)
     header = ["best", "value", "evaluation", "configuration", "reproduce"]
     rows = []
     for objective, record in run.best.items():
@@ -162,7 +163,7 @@ def best_table(run: RunData) -> tuple[list[str], list[list]]:
 
 def front_table(run: RunData) -> tuple[list[str], list[list]]:
     """The Pareto designs, ordered by the first objective."""
-    units = _units(run)
+    units = objective_units(run)
     first = run.space.objectives[0]
     ordered = sorted(run.front, key=lambda r: (r.metrics[first], r.index))
     header = ["evaluation", *(axis_title(o, units[o][1]) for o in run.space.objectives), *run.space.knobs]
