@@ -1,4 +1,8 @@
-"""Calibration: run the float graph on sample inputs and record each tensor's range.
+"""Calibration: run the float graph on sample inputs and record each tensor's range (its absmax).
+
+Methods (CALIBRATION_METHODS): "max" takes max |x|; "percentile" the p-th percentile of |x|;
+"entropy" TensorRT's KL-divergence threshold. The last two read a histogram of |x| that is
+filled in the same single float run (AbsHistogram) and never exceed max |x|.
 
 Calibration inputs come from a .npy (single-input models) or .npz (arrays named after the
 inputs) file. An array is one sample when it has the input's shape, else a stack of samples
@@ -7,6 +11,7 @@ along a new leading axis, or along the batch axis when the input's batch is 1.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,11 @@ from codesign.emit import emit_float_node, module_without_main, target
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph
 from codesign.importer import ImportedModel, TensorSpec
+
+CALIBRATION_METHODS = ("max", "percentile", "entropy")
+HISTOGRAM_BINS = 2048
+ENTROPY_LEVELS = 128  # levels of |x| in TensorRT's entropy calibration, and its fewest candidate bins
+KL_SMOOTHING = 1e-4  # the count Q gets in a bin where P holds only clipped outliers
 
 
 def build_float_module(graph: Graph, imported: ImportedModel, taps: list[str]) -> tvm.IRModule:
@@ -43,16 +53,130 @@ def run_float(mod: tvm.IRModule, samples: list[dict[str, np.ndarray]], input_nam
         yield [o.numpy() for o in outputs]
 
 
-def tensor_ranges(graph: Graph, imported: ImportedModel, samples: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    """max |x| over all samples for every tensor-valued node."""
+def tensor_ranges(
+    graph: Graph,
+    imported: ImportedModel,
+    samples: list[dict[str, np.ndarray]],
+    method: str = "max",
+    percentile: float = 99.99,
+) -> dict[str, float]:
+    """The calibrated absmax of every tensor-valued node, in one float run over the samples.
+
+    "max" is max |x|; "percentile" and "entropy" clip float tensors to a threshold read from a
+    histogram of |x| (integer tensors, such as shape computations, keep max |x|).
+    """
+    check_method(method, percentile)
     taps = [n.name for n in graph.nodes.values() if n.shape is not None]
+    clipped = [] if method == "max" else [n for n in taps if graph.nodes[n].dtype.startswith("float")]
     mod = build_float_module(graph, imported, taps)
     absmax = dict.fromkeys(taps, 0.0)
+    histograms = {name: AbsHistogram() for name in clipped}
     skip = len(graph.outputs)
     for outputs in run_float(mod, samples, [t.name for t in imported.inputs]):
         for name, value in zip(taps, outputs[skip:]):
             absmax[name] = max(absmax[name], float(np.abs(value).max(initial=0.0)))
+            if name in histograms:
+                histograms[name].add(value)
+    for name, histogram in histograms.items():
+        absmax[name] = histogram.percentile(percentile) if method == "percentile" else histogram.entropy_threshold()
     return absmax
+
+
+def check_method(method: str, percentile: float) -> None:
+    if method not in CALIBRATION_METHODS:
+        raise UsageError(f"unknown calibration method '{method}' (allowed: {', '.join(CALIBRATION_METHODS)})")
+    if not 0 < percentile <= 100:
+        raise UsageError(f"calibration percentile must be in (0, 100], got {percentile}")
+
+
+class AbsHistogram:
+    """A histogram of |x| with HISTOGRAM_BINS bins over [0, HISTOGRAM_BINS * width), filled in one pass.
+
+    The width is a power of two, chosen so that the range is the smallest power of two above the
+    largest |x| seen. When a larger value arrives the width doubles (as often as needed) and bins
+    merge pairwise. Bin edges nest, and dividing by a power of two is exact, so the result equals
+    the histogram of all values at the final width, whatever the order they came in.
+    """
+
+    def __init__(self, bins: int = HISTOGRAM_BINS):
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.width = 0.0  # no non-zero value seen yet: every count is in bin 0
+        self.zeros = 0  # exact zeros, counted in bin 0
+        self.largest = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        magnitudes = np.abs(values).ravel()
+        magnitudes = magnitudes[np.isfinite(magnitudes)]  # an overflowed exp must not break the bins
+        largest = float(magnitudes.max(initial=0.0))
+        self.zeros += magnitudes.size - np.count_nonzero(magnitudes)
+        if largest > self.largest:
+            self.grow_to(largest)
+            self.largest = largest
+        if self.width == 0:
+            self.counts[0] += magnitudes.size
+            return
+        self.counts += np.bincount((magnitudes / self.width).astype(np.int64), minlength=self.counts.size)
+
+    def grow_to(self, largest: float) -> None:
+        """Widen the bins until `largest` falls inside the range."""
+        bins = self.counts.size
+        width = math.ldexp(1.0, math.frexp(largest)[1]) / bins  # largest < 2**exponent = bins * width
+        if width <= self.width:
+            return
+        factor = min(int(width / self.width), bins) if self.width else 1
+        merged = np.add.reduceat(self.counts, np.arange(0, bins, factor))
+        self.counts = np.concatenate([merged, np.zeros(bins - merged.size, dtype=np.int64)])
+        self.width = width
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile of |x|, at most max |x|, and positive unless every x is 0."""
+        return min(histogram_percentile(self.counts, self.width, q), self.largest)
+
+    def entropy_threshold(self) -> float:
+        """Exact zeros (ReLU outputs) are exact in int8 whatever the threshold, so the KL search leaves
+        them out (NVIDIA's pytorch-quantization copies bin 1 into bin 0 instead). At most max |x|."""
+        nonzero = self.counts.copy()
+        nonzero[0] -= self.zeros
+        return min(self.width * entropy_bins(nonzero), self.largest)
+
+
+def histogram_percentile(counts: np.ndarray, width: float, q: float) -> float:
+    """np.percentile's linear interpolation between order statistics, each taken at its bin's centre
+    (so within half a bin width of the exact percentile)."""
+    rank = q / 100 * (counts.sum() - 1)
+    below, above = np.searchsorted(np.cumsum(counts), [math.floor(rank), math.ceil(rank)], side="right")
+    low, high = (below + 0.5) * width, (above + 0.5) * width
+    return float(low + (rank - math.floor(rank)) * (high - low))
+
+
+def entropy_bins(counts: np.ndarray, levels: int = ENTROPY_LEVELS) -> int:
+    """TensorRT's entropy threshold (Migacz, GTC 2017), in bins: of the candidates keeping the first
+    `levels` or more bins, the one whose quantization loses the least information, KL(P || Q)
+    (the largest among equals)."""
+    candidates = np.arange(levels, counts.size + 1)
+    divergences = np.array([clipping_divergence(counts, kept, levels) for kept in candidates])
+    return int(candidates[::-1][np.argmin(divergences[::-1])])
+
+
+def clipping_divergence(counts: np.ndarray, kept: int, levels: int) -> float:
+    """KL(P || Q) for a threshold after `kept` bins. P: those bins, the outliers folded into the
+    last one. Q: the same bins without outliers, summed over `levels` equal-width levels, each
+    level's sum spread evenly over its non-empty bins; where P holds outliers that Q lost, Q gets
+    a count of KL_SMOOTHING (the usual smoothing), so that clipping a few outliers costs little."""
+    inside = counts[:kept].astype(np.float64)
+    if inside.sum() == 0:
+        return math.inf
+    reference = inside.copy()
+    reference[-1] += counts[kept:].sum()
+    level = np.arange(kept) * levels // kept
+    filled = inside > 0
+    level_sums = np.bincount(level, weights=inside, minlength=levels)
+    level_filled = np.bincount(level, weights=filled, minlength=levels)
+    quantized = np.where(filled, level_sums[level] / np.maximum(level_filled[level], 1), 0.0)
+    held = reference > 0
+    quantized[held] = np.maximum(quantized[held], KL_SMOOTHING)
+    p, q = reference[held] / reference.sum(), quantized[held] / quantized.sum()
+    return float(np.sum(p * np.log(p / q)))
 
 
 def float_outputs(graph: Graph, imported: ImportedModel, samples: list[dict[str, np.ndarray]]):

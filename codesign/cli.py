@@ -6,6 +6,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -36,6 +37,10 @@ def compile_command(
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
     ] = None,
+    input_value: Annotated[
+        list[str] | None,
+        typer.Option("--input-value", help="Freeze an input to a constant: NAME=V or NAME=V1,V2,... (repeatable)."),
+    ] = None,
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="Calibration inputs (.npy or .npz named by input).")
     ] = None,
@@ -50,12 +55,18 @@ def compile_command(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write a design report (HTML, Markdown, CSV) here.")
     ] = None,
+    calibration_method: Annotated[
+        str, typer.Option("--calibration-method", help="Activation ranges: max, percentile (99.99) or entropy (KL).")
+    ] = "max",
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Print each tensor's quantization error on the calibration data.")
+    ] = False,
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
     from codesign.compression import load_compression
     from codesign.deploy import write_module
     from codesign.hardware import load_hardware
-    from codesign.importer import parse_input_shapes
+    from codesign.importer import parse_input_shapes, parse_input_values
     from codesign.pipeline import compile_model
     from codesign.report_tables import print_placement
 
@@ -71,18 +82,41 @@ def compile_command(
         weight_bits,
         cpu=cpu,
         compression=load_compression(compression) if compression else None,
+        input_values=parse_input_values(input_value),
+        calibration_method=calibration_method,
     )
     write_module(result, out)
-    print_placement(result.lowered.plans, spec, console)
+    from codesign.simulator.simulate import simulate_plans
+
+    print_placement(result.lowered.plans, spec, console, simulate_plans(result.lowered.plans, spec, "analytic"))
     total = sum(result.seconds.values())
     console.print(
         f"Wrote {out}/ ({total:.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items()) + ")"
     )
+    if explain:
+        _print_explanation(result, calibration, calibration_samples)
     if report is not None:
-        from codesign.simulator.simulate import simulate_plans
-
         simulation = simulate_plans(result.lowered.plans, spec, "event")
         _write_design_report(report, model, spec, simulation, f"the compiled module {out}/")
+
+
+def _print_explanation(result, calibration: Path | None, calibration_samples: int, worst: int = 20) -> None:
+    from rich.table import Table
+
+    from codesign.calibration import load_samples, random_samples
+    from codesign.explain import quantization_errors
+
+    inputs = result.imported.inputs
+    samples = load_samples(calibration, inputs, calibration_samples) if calibration else random_samples(inputs, 8)
+    rows = quantization_errors(result, samples[:16])
+    table = Table(
+        title=f"Quantization error against the float graph, worst {worst} of {len(rows)}", title_justify="left"
+    )
+    for column in ("tensor", "op", "runs on", "cosine", "relative error"):
+        table.add_column(column)
+    for row in rows[:worst]:
+        table.add_row(row.name, row.op, row.placement, f"{row.cosine:.5f}", f"{row.relative_error:.4f}")
+    console.print(table)
 
 
 @app.command("run")
@@ -140,6 +174,10 @@ def simulate_command(
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
     ] = None,
+    input_value: Annotated[
+        list[str] | None,
+        typer.Option("--input-value", help="Freeze an input to a constant: NAME=V or NAME=V1,V2,... (repeatable)."),
+    ] = None,
     calibration: Annotated[Path | None, typer.Option("--calibration", help="Calibration inputs (.npy/.npz).")] = None,
     model: Annotated[str, typer.Option(help="Cycle model: event (instruction-level) or analytic.")] = "event",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON.")] = None,
@@ -152,7 +190,7 @@ def simulate_command(
 
     if model not in MODELS:
         raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
-    spec, plans = _plans_for(target, hw, input_shape, calibration)
+    spec, plans = _plans_for(target, hw, input_shape, input_value, calibration)
     simulation = simulate_plans(plans, spec, model)
     from codesign.report_tables import print_simulation
 
@@ -184,7 +222,7 @@ def _write_design_report(out_dir: Path, model: Path, spec, simulation, source: s
     console.print(f"Wrote {page} (+ report.md, layers.csv)")
 
 
-def _plans_for(target: Path, hw: str | None, input_shape, calibration):
+def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibration):
     """(hardware, layer plans) of a compiled module directory or of an ONNX model to lower."""
     from codesign.hardware import load_hardware
 
@@ -199,11 +237,12 @@ def _plans_for(target: Path, hw: str | None, input_shape, calibration):
         return spec, [LayerPlan.from_dict(layer) for layer in manifest["layers"]]
     if hw is None:
         raise UsageError("--hw is required to simulate an ONNX model")
-    from codesign.importer import parse_input_shapes
+    from codesign.importer import parse_input_shapes, parse_input_values
     from codesign.pipeline import plan_model
 
     spec = load_hardware(hw)
-    return spec, plan_model(target, spec, parse_input_shapes(input_shape), calibration)
+    shapes, values = parse_input_shapes(input_shape), parse_input_values(input_value)
+    return spec, plan_model(target, spec, shapes, calibration, input_values=values)
 
 
 def _write_json(path: Path, document: dict) -> None:
@@ -281,6 +320,8 @@ def hw_command(
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if debug:
+        os.environ["CODESIGN_DEBUG"] = "1"
     try:
         result = app(args=argv, prog_name="codesign", standalone_mode=False)
         return result if isinstance(result, int) else 0

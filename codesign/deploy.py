@@ -42,6 +42,7 @@ def build_manifest(result: CompileResult) -> dict:
         "model": {"source": Path(result.imported.source).name, "sha256": result.imported.sha256},
         "hardware": {"name": hw.name, "sha256": hw.fingerprint(), "file": HARDWARE_FILE, "spec": hw.to_dict()},
         "inputs": [t.to_dict() for t in result.imported.inputs],
+        "frozen_inputs": {name: value.tolist() for name, value in result.imported.frozen_inputs.items()},
         "outputs": [t.to_dict() for t in result.imported.outputs],
         "quantization": quantization_summary(result),
         "compression": result.compression.to_dict(),

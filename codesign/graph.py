@@ -77,6 +77,7 @@ def extract_graph(imported: ImportedModel) -> Graph:
     func = imported.mod["main"]
     nodes: dict[str, Node] = {}
     alias: dict[str, str] = {}
+    tuples: dict[str, relax.Tuple] = {}
     for param in func.params:
         nodes[param.name] = Node(param.name, [], static_shape(param.ty), str(param.ty.dtype), "input")
     for block in func.body.blocks:
@@ -87,8 +88,14 @@ def extract_graph(imported: ImportedModel) -> Graph:
             if isinstance(value, relax.Var):
                 alias[name] = alias.get(value.name, value.name)
                 continue
+            if isinstance(value, relax.Tuple) and all(isinstance(f, relax.Var) for f in value.fields):
+                tuples[name] = value  # the model's outputs, gathered by the frontend
+                continue
             nodes[name] = _host_node(name, value, binding.var.ty, alias, imported.source)
-    outputs = _output_names(func.body.body, alias, imported.source)
+    body = func.body.body
+    if isinstance(body, relax.Var) and body.name in tuples:
+        body = tuples[body.name]
+    outputs = _output_names(body, alias, imported.source)
     graph = Graph(nodes, [p.name for p in func.params], outputs)
     for node in list(graph.nodes.values()):
         _lift_gemm(node, graph)
@@ -213,7 +220,7 @@ def simplify(graph: Graph) -> None:
                 _replace(graph, node.name, producer.name)
                 changed = True
                 break
-    _remove_dead(graph)
+    remove_dead(graph)
 
 
 def _fold_into(gemm: Node, node: Node, graph: Graph) -> bool:
@@ -296,7 +303,8 @@ def _replace(graph: Graph, old: str, new: str) -> None:
     graph.outputs = [new if o == old else o for o in graph.outputs]
 
 
-def _remove_dead(graph: Graph) -> None:
+def remove_dead(graph) -> None:
+    """Drop the nodes no output depends on (of a Graph, or of a QuantizedGraph)."""
     live = set(graph.outputs)
     for node in reversed(list(graph.nodes.values())):
         if node.name in live:

@@ -101,13 +101,14 @@ class LoweredModel:
 
 
 def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
-    """The accelerator's view of a GEMM layer (see schedules.layer)."""
+    """A GEMM layer's geometry (see schedules.layer): a grouped conv's groups on the group axis."""
     in_shape = qgraph.nodes[node.inputs[0]].shape
     p = node.params
     if node.op == "conv2d":
         n, c, h, w = in_shape
         o, _, kh, kw = p["weight"].shape
-        return ConvShape(1, n, c, o, h, w, kh, kw, *p["strides"], *p["padding"])
+        g = p["groups"]
+        return ConvShape(g, n, c // g, o // g, h, w, kh, kw, *p["strides"], *p["padding"], *p["dilation"])
     k, cols = in_shape[-1], node.shape[-1]
     if p["weight"] is not None or len(qgraph.nodes[node.inputs[1]].shape) == 2:
         return ConvShape.dense(int(np.prod(in_shape[:-1])), k, cols)
@@ -155,7 +156,7 @@ class _Lowerer:
             if node.placement == "accel"
         }
 
-    def run(self) -> LoweredModel:
+    def run(self, taps: list[str] = ()) -> LoweredModel:
         bb = self.bb
         params = [relax.Var(s.name, relax.TensorType(s.shape, s.dtype)) for s in self.imported.inputs]
         with bb.function("main", params):
@@ -165,10 +166,17 @@ class _Lowerer:
                     if node.op != "input":
                         values[node.name] = self.emit(node, [values[i] for i in node.inputs])
                         self.plans.append(self.plan_for(node))
-                outputs = [values[n] for n in self.qgraph.outputs]
+                outputs = [values[n] for n in self.qgraph.outputs] + [self.real_valued(values, n) for n in taps]
                 result = bb.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
             bb.emit_func_output(result)
         return LoweredModel(bb.get(), self.plans)
+
+    def real_valued(self, values: dict, name: str) -> relax.Expr:
+        """A node's value in real units (int8 dequantized by its scale), for comparison with float."""
+        node = self.qgraph.nodes[name]
+        if node.dtype != "int8":
+            return values[name]
+        return self.bb.emit_te(lambda x: _dequantize_te(x, float(node.scale)), values[name], primfunc_name_hint="tap")
 
     def plan_for(self, node: QNode) -> LayerPlan:
         ops, nbytes = node_work(node, self.qgraph)
@@ -183,7 +191,8 @@ class _Lowerer:
         plan.host_ops, plan.host_bytes = ops, nbytes
         if node.op in ("conv2d", "matmul") and node.params["weight"] is not None:
             plan.weight_bits = self.qgraph.config.bits_for(node.name)
-            plan.effective_shape = self.effective_shape(node, plan.shape)
+            grouped = node.op == "conv2d" and node.params["groups"] > 1
+            plan.effective_shape = plan.shape if grouped else self.effective_shape(node, plan.shape)
         return plan
 
     def effective_shape(self, node: QNode, shape: ConvShape) -> ConvShape:
@@ -223,10 +232,15 @@ class _Lowerer:
             )
         if node.op == "add":
             return self.bb.emit_te(lambda a, b: _add_te(a, b, p), args[0], args[1], primfunc_name_hint="int_add")
+        if node.op == "multiply":
+            return self.bb.emit_te(lambda a, b: _multiply_te(a, b, p), *args, primfunc_name_hint="int_multiply")
         if node.op == "mean":
             return self.bb.emit_te(lambda x: _mean_te(x, p), args[0], primfunc_name_hint="int_mean")
         if node.op == "clamp":
             return self.bb.emit_te(lambda x: _clamp_te(x, p["lo"], p["hi"]), args[0], primfunc_name_hint="clamp")
+        if node.op == "lut":
+            table = relax.const(p["table"])
+            return self.bb.emit_te(_lut_te, args[0], table, primfunc_name_hint="lookup_table")
         if node.op == "passthrough":
             return emit_host_call(self.bb, node.source, args)
         if node.op == "float":
@@ -238,13 +252,12 @@ class _Lowerer:
         scheduled, plan = self.kernels[node.name]
         shape = plan.shape
         kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"gemm_{node.name}")
-        # The layer's input as (G, N, C, H, W): rows of a matmul on N, its heads on G.
-        data_5d = (shape.groups, shape.batch, shape.in_channels, shape.in_h, shape.in_w)
-        data = bb.emit(relax.op.reshape(args[0], data_5d))
+        grouped = node.op == "conv2d" and p["groups"] > 1
+        data = self.grouped_input(args[0], shape) if grouped else self.group_major_input(args[0], shape)
         packed_data = bb.emit_te(lambda x: pack_activation_te(x, hw), data, primfunc_name_hint="pack_activation")
         packed_weight = self.packed_weight(node, shape, args)
         channel = [
-            relax.const(pack_channel_params_numpy(np.broadcast_to(p[key], (shape.groups, shape.out_channels)), hw))
+            relax.const(pack_channel_params_numpy(self.channel_values(p[key], shape), hw))
             for key in ("bias", "multiplier", "shift")
         ]
         out_shape = kernel_buffer_shapes(shape, hw)["out"]
@@ -256,10 +269,36 @@ class _Lowerer:
             packed_out,
             primfunc_name_hint="unpack_output",
         )
+        if grouped:
+            return self.grouped_output(out, node.shape)
         return bb.emit(relax.op.reshape(out, node.shape))
+
+    def group_major_input(self, x: relax.Expr, shape: ConvShape) -> relax.Expr:
+        """The layer's input as (G, N, C, H, W): rows of a matmul on N, its heads on G."""
+        return self.bb.emit(relax.op.reshape(x, (shape.groups, shape.batch, shape.in_channels, shape.in_h, shape.in_w)))
+
+    def grouped_input(self, x: relax.Expr, shape: ConvShape) -> relax.Expr:
+        """(N, C, H, W) -> (G, N, C/G, H, W)."""
+        x = self.bb.emit(relax.op.reshape(x, (shape.batch, shape.groups, shape.in_channels, shape.in_h, shape.in_w)))
+        return self.bb.emit(relax.op.permute_dims(x, [1, 0, 2, 3, 4]))
+
+    def grouped_output(self, out: relax.Expr, out_shape: tuple[int, ...]) -> relax.Expr:
+        """(G, N, O/G, H, W) -> (N, O, H, W)."""
+        out = self.bb.emit(relax.op.permute_dims(out, [1, 0, 2, 3, 4]))
+        return self.bb.emit(relax.op.reshape(out, out_shape))
+
+    @staticmethod
+    def channel_values(values: np.ndarray, shape: ConvShape) -> np.ndarray:
+        """Per-output-channel values as (G, O/G) for the kernel."""
+        if np.ndim(values) == 0 or np.size(values) == shape.out_channels:
+            return np.broadcast_to(values, (shape.groups, shape.out_channels))
+        return np.reshape(values, (shape.groups, shape.out_channels))
 
     def packed_weight(self, node: QNode, shape: ConvShape, args: list[relax.Expr]) -> relax.Expr:
         weight = node.params["weight"]
+        if weight is not None and node.op == "conv2d" and node.params["groups"] > 1:
+            grouped = weight.reshape(shape.groups, shape.out_channels, *weight.shape[1:])
+            return relax.const(pack_weight_numpy(grouped, self.hw))
         if weight is not None:
             oihw = weight if node.op == "conv2d" else weight.T[:, :, None, None]
             return relax.const(pack_weight_numpy(oihw[None], self.hw))
@@ -268,9 +307,14 @@ class _Lowerer:
 
 
 def lower_to_relax(
-    qgraph: QuantizedGraph, imported: ImportedModel, hw, compression: CompressionConfig | None = None
+    qgraph: QuantizedGraph,
+    imported: ImportedModel,
+    hw,
+    compression: CompressionConfig | None = None,
+    taps: list[str] = (),
 ) -> LoweredModel:
-    return _Lowerer(qgraph, imported, hw, compression or CompressionConfig()).run()
+    """The integer program as Relax; `taps` adds those nodes' real values after the outputs."""
+    return _Lowerer(qgraph, imported, hw, compression or CompressionConfig()).run(list(taps))
 
 
 # ---- host integer ops: the formulas of codesign.reference, as TE -----------------------------
@@ -309,12 +353,27 @@ def _clamp_te(x: te.Tensor, lo: int, hi: int) -> te.Tensor:
     )
 
 
+def _lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
+    return te.compute(x.shape, lambda *i: table[x(*i).astype("int32") + 128], name="lookup_table")
+
+
 def _add_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
     from tvm import topi
 
     ma, mb = tirx.const(p["multiplier_a"], "int64"), tirx.const(p["multiplier_b"], "int64")
     total = topi.add(topi.multiply(topi.cast(a, "int64"), ma), topi.multiply(topi.cast(b, "int64"), mb))
     return te.compute(total.shape, lambda *i: _requant(total(*i), 1, p["shift"], p["lo"], p["hi"]), name="int_add")
+
+
+def _multiply_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
+    from tvm import topi
+
+    product = topi.multiply(topi.cast(a, "int64"), topi.cast(b, "int64"))
+    return te.compute(
+        product.shape,
+        lambda *i: _requant(product(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX),
+        name="int_multiply",
+    )
 
 
 def _mean_te(x: te.Tensor, p: dict) -> te.Tensor:

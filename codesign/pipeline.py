@@ -27,6 +27,7 @@ from codesign.hardware import HardwareSpec
 from codesign.importer import ImportedModel, import_onnx
 from codesign.lowering import LoweredModel, lower_to_relax
 from codesign.quantize import QuantConfig, QuantizedGraph, quantize_graph
+from codesign.tvm_output import quiet_tvm
 
 DEFAULT_CALIBRATION_SAMPLES = 200
 
@@ -45,6 +46,14 @@ class CompileResult:
     compression: CompressionConfig
 
 
+def import_model(model, input_shapes=None, input_values=None, warn=lambda message: print(message, file=sys.stderr)):
+    """Stage 1, with the ONNX passes' notes (e.g. a dequantized onnxruntime model) passed to `warn`."""
+    imported = import_onnx(model, input_shapes, input_values)
+    for note in imported.notes:
+        warn(f"note: {note}")
+    return imported
+
+
 def quantize_model(
     imported: ImportedModel,
     hw: HardwareSpec,
@@ -53,6 +62,7 @@ def quantize_model(
     weight_bits: int | None = None,
     warn=lambda message: print(message, file=sys.stderr),
     compression: CompressionConfig | None = None,
+    calibration_method: str = "max",
 ) -> tuple[Graph, QuantizedGraph, dict]:
     compression = compression or CompressionConfig()
     graph = extract_graph(imported)
@@ -68,9 +78,10 @@ def quantize_model(
     else:
         samples = load_samples(calibration, imported.inputs, calibration_samples)
         calibration_info = {"source": str(calibration), "samples": len(samples)}
+    calibration_info["method"] = calibration_method
     if not samples:
         raise ModelError(f"{calibration}: no calibration samples")
-    ranges = tensor_ranges(graph, imported, samples)
+    ranges = tensor_ranges(graph, imported, samples, calibration_method)
     config = QuantConfig.for_hardware(hw, weight_bits, compression.weight_bits)
     return graph, quantize_graph(graph, ranges, config), calibration_info
 
@@ -83,10 +94,11 @@ def plan_model(
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
     warn=lambda message: print(message, file=sys.stderr),
     compression: CompressionConfig | None = None,
+    input_values: dict[str, list[str]] | None = None,
 ) -> list:
     """The layer plans of a model (import, quantize, lower) without building it: what the
     simulator needs."""
-    imported = import_onnx(model, input_shapes)
+    imported = import_model(model, input_shapes, input_values, warn)
     _, qgraph, _ = quantize_model(imported, hw, calibration, calibration_samples, None, warn, compression)
     return lower_to_relax(qgraph, imported, hw, compression).plans
 
@@ -101,16 +113,18 @@ def compile_model(
     warn=lambda message: print(message, file=sys.stderr),
     cpu: str | None = None,
     compression: CompressionConfig | None = None,
+    input_values: dict[str, list[str]] | None = None,
+    calibration_method: str = "max",
 ) -> CompileResult:
     seconds = {}
     build_target = target(cpu)
     start = time.perf_counter()
-    imported = import_onnx(model, input_shapes)
+    imported = import_model(model, input_shapes, input_values, warn)
     seconds["import"] = time.perf_counter() - start
 
     start = time.perf_counter()
     graph, qgraph, calibration_info = quantize_model(
-        imported, hw, calibration, calibration_samples, weight_bits, warn, compression
+        imported, hw, calibration, calibration_samples, weight_bits, warn, compression, calibration_method
     )
     seconds["quantize"] = time.perf_counter() - start
 
@@ -119,7 +133,8 @@ def compile_model(
     seconds["schedule"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    executable = tvm.compile(lowered.mod, target=build_target)
+    with quiet_tvm():
+        executable = tvm.compile(lowered.mod, target=build_target)
     seconds["build"] = time.perf_counter() - start
     compression = compression or CompressionConfig()
     return CompileResult(

@@ -13,6 +13,10 @@ from codesign.quantize import QNode, QuantizedGraph
 INT8_MIN, INT8_MAX = -128, 127
 
 
+# Float host ops that only move data: exact in any dtype, so the reference runs them too.
+DATA_MOVEMENT_OPS = ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims", "relax.permute_dims")
+
+
 def requantize(acc: np.ndarray, bias, multiplier, shift, lo: int, hi: int, channel_axis: int) -> np.ndarray:
     shape = [1] * acc.ndim
     shape[channel_axis] = -1
@@ -99,12 +103,17 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "add":
         total = args[0].astype(np.int64) * p["multiplier_a"] + args[1].astype(np.int64) * p["multiplier_b"]
         return requantize(total, 0, 1, p["shift"], p["lo"], p["hi"], channel_axis=0)
+    if node.op == "multiply":
+        product = args[0].astype(np.int64) * args[1].astype(np.int64)
+        return requantize(product, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=0)
     if node.op == "mean":
         total = args[0].astype(np.int64).sum(axis=p["axes"], keepdims=p["keepdims"])
         return requantize(total, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=0)
     if node.op == "clamp":
         return np.clip(args[0], p["lo"], p["hi"]).astype(np.int8)
-    if node.op == "passthrough":
+    if node.op == "lut":
+        return p["table"][args[0].astype(np.int32) + 128]
+    if node.op == "passthrough" or (node.op == "float" and node.source.op in DATA_MOVEMENT_OPS):
         return passthrough(node, args[0])
     raise NotImplementedError(f"reference does not evaluate {node.op} ({node.source.op if node.source else ''})")
 

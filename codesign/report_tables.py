@@ -25,14 +25,41 @@ def placement_table(plans: list[LayerPlan], hw) -> Table:
     return table
 
 
-def print_placement(plans: list[LayerPlan], hw, console: Console | None = None) -> None:
-    console = console or Console()
-    console.print(placement_table(plans, hw))
+def placement_summary(plans: list[LayerPlan], simulation=None) -> dict:
+    """MACs of every conv / matmul (grouped, dilated and transposed ones counted as they compute),
+    the share on the accelerator and, given a simulation, the host's share of modelled latency."""
     on_accel = [p for p in plans if p.placement == "accel"]
     accel_macs = sum(p.shape.macs for p in on_accel)
-    total_macs = accel_macs + sum(p.shape.macs for p in plans if p.placement == "host" and p.shape)
-    share = 100 * accel_macs / total_macs if total_macs else 0.0
-    console.print(f"{len(on_accel)} of {len(plans)} layers on the accelerator, {share:.1f} % of MACs")
+    total_macs = sum(p.shape.macs for p in plans if p.shape)
+    summary = {
+        "layers": len(plans),
+        "accel_layers": len(on_accel),
+        "macs": total_macs,
+        "accel_macs": accel_macs,
+        "accel_mac_share": accel_macs / total_macs if total_macs else 0.0,
+    }
+    if simulation is not None:
+        totals = simulation.totals()
+        latency = totals["latency_seconds"]
+        summary["latency_seconds"] = latency
+        summary["host_latency_share"] = totals["host_seconds"] / latency if latency else 0.0
+    return summary
+
+
+def print_placement(plans: list[LayerPlan], hw, console: Console | None = None, simulation=None) -> None:
+    console = console or Console()
+    console.print(placement_table(plans, hw))
+    s = placement_summary(plans, simulation)
+    line = (
+        f"{s['accel_layers']} of {s['layers']} layers on the accelerator: {s['accel_macs']:,} of "
+        f"{s['macs']:,} MACs ({100 * s['accel_mac_share']:.1f} %)"
+    )
+    if simulation is not None:
+        line += (
+            f"; modelled latency {1e3 * s['latency_seconds']:.3f} ms ({simulation.model} model), "
+            f"{100 * s['host_latency_share']:.1f} % of it on the host"
+        )
+    console.print(line)
 
 
 def simulation_table(report) -> Table:

@@ -26,6 +26,8 @@ class ConvShape:
     pad_left: int = 0
     pad_bottom: int = 0
     pad_right: int = 0
+    dilation_h: int = 1  # host convs only: the accelerator's kernel is undilated
+    dilation_w: int = 1
 
     @classmethod
     def dense(cls, rows: int, in_features: int, out_features: int, groups: int = 1) -> ConvShape:
@@ -33,11 +35,13 @@ class ConvShape:
 
     @property
     def out_h(self) -> int:
-        return (self.in_h + self.pad_top + self.pad_bottom - self.kernel_h) // self.stride_h + 1
+        span = (self.kernel_h - 1) * self.dilation_h + 1
+        return (self.in_h + self.pad_top + self.pad_bottom - span) // self.stride_h + 1
 
     @property
     def out_w(self) -> int:
-        return (self.in_w + self.pad_left + self.pad_right - self.kernel_w) // self.stride_w + 1
+        span = (self.kernel_w - 1) * self.dilation_w + 1
+        return (self.in_w + self.pad_left + self.pad_right - span) // self.stride_w + 1
 
     @property
     def macs(self) -> int:
@@ -58,9 +62,11 @@ class ConvShape:
             groups = f"{self.groups}x" if self.groups > 1 else ""
             return f"{groups}({self.batch}x{self.in_channels}).({self.in_channels}x{self.out_channels})"
         stride = f" s{self.stride_h}" if (self.stride_h, self.stride_w) != (1, 1) else ""
+        dilation = f" d{self.dilation_h}" if (self.dilation_h, self.dilation_w) != (1, 1) else ""
+        groups = f" g{self.groups}" if self.groups > 1 else ""
         return (
-            f"{self.in_channels}x{self.in_h}x{self.in_w} -> {self.out_channels}x{self.out_h}x"
-            f"{self.out_w} k{self.kernel_h}x{self.kernel_w}{stride}"
+            f"{self.in_channels * self.groups}x{self.in_h}x{self.in_w} -> {self.out_channels * self.groups}x"
+            f"{self.out_h}x{self.out_w} k{self.kernel_h}x{self.kernel_w}{stride}{dilation}{groups}"
         )
 
 

@@ -44,7 +44,7 @@ def node_work(node, qgraph) -> tuple[float, float]:
     if op == "max_pool2d":
         window = math.prod(int(k) for k in node.source.call.attrs.pool_size)
         return float(out * window), moved
-    per_element = FLOAT_OPS_PER_ELEMENT.get(op, 1 if node.op in ("passthrough", "clamp") else 3)
+    per_element = FLOAT_OPS_PER_ELEMENT.get(op, 1 if node.op in ("passthrough", "clamp", "lut") else 3)
     return float(max(out, sum(_elements(i.shape) for i in inputs)) * per_element), moved
 
 

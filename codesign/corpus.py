@@ -1,0 +1,318 @@
+"""A corpus of real exported ONNX models, described as data (`corpus.toml` beside the models),
+with realistic inputs for each: rendered text lines and pages for OCR models, voiced audio for
+voice-activity models, real file bytes for file-type classifiers.
+
+Each model entry says where the file came from and how to feed it:
+
+    [[model]]
+    name = "ppocr_cls"
+    file = "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    source = "rapidocr-onnxruntime 1.4.4: rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    exporter = "Paddle2ONNX"
+    licence = "Apache-2.0"
+    input_shapes = { x = [1, 3, 48, 192] }
+    input_values = {}            # inputs frozen to constants (--input-value)
+    inputs = { x = "text_line" } # a generator per input (INPUT_KINDS)
+    classifier = true            # compare top-1 as well as cosine
+
+Inputs for calibration and evaluation come from disjoint seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tomllib
+
+from codesign.errors import UsageError
+
+WORDS = (
+    "invoice total amount date customer order number street city station report energy tensor "
+    "accelerator memory buffer latency design hardware software model layer python ocr text line"
+).split()
+FONT_FILES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
+)
+
+
+@dataclasses.dataclass
+class CorpusModel:
+    name: str
+    path: Path
+    source: str
+    exporter: str
+    licence: str
+    input_shapes: dict[str, tuple[int, ...]]
+    input_values: dict[str, list[str]]
+    inputs: dict[str, str]
+    classifier: bool = False
+
+    def sample(self, seed: int) -> dict[str, np.ndarray]:
+        """One realistic input per model input (frozen inputs excluded)."""
+        rng = np.random.default_rng(seed)
+        return {name: INPUT_KINDS[kind](self.input_shapes[name], rng) for name, kind in self.inputs.items()}
+
+    def samples(self, count: int, first_seed: int) -> dict[str, np.ndarray]:
+        """`count` samples stacked on a new leading axis, as calibration files hold them."""
+        drawn = [self.sample(first_seed + i) for i in range(count)]
+        return {name: np.stack([d[name] for d in drawn]) for name in self.inputs}
+
+    def onnx_feed(self, sample: dict[str, np.ndarray], model_inputs) -> dict[str, np.ndarray]:
+        """The sample plus frozen values, typed as the ONNX model declares them (for onnxruntime)."""
+        feed = dict(sample)
+        for spec in model_inputs:
+            if spec.name in self.input_values:
+                dtype = _ORT_DTYPES.get(spec.type, np.float32)
+                feed[spec.name] = np.array([float(v) for v in self.input_values[spec.name]]).astype(dtype)
+                if not spec.shape:
+                    feed[spec.name] = feed[spec.name].reshape(())
+        return feed
+
+
+_ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+
+
+def load_corpus(folder: str | Path) -> list[CorpusModel]:
+    folder = Path(folder)
+    path = folder / "corpus.toml"
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise UsageError(f"{folder}: no corpus.toml") from err
+    models = []
+    for entry in doc.get("model", []):
+        unknown = {kind for kind in entry.get("inputs", {}).values() if kind not in INPUT_KINDS}
+        if unknown:
+            raise UsageError(f"{path}: model '{entry.get('name')}': unknown input kind {', '.join(sorted(unknown))}")
+        models.append(
+            CorpusModel(
+                name=entry["name"],
+                path=folder / entry["file"],
+                source=entry.get("source", ""),
+                exporter=entry.get("exporter", ""),
+                licence=entry.get("licence", ""),
+                input_shapes={k: tuple(v) for k, v in entry.get("input_shapes", {}).items()},
+                input_values={k: [str(x) for x in np.atleast_1d(v)] for k, v in entry.get("input_values", {}).items()},
+                inputs=dict(entry.get("inputs", {})),
+                classifier=bool(entry.get("classifier", False)),
+            )
+        )
+    return models
+
+
+# ---- realistic inputs --------------------------------------------------------------------------
+
+
+def _font(rng: np.random.Generator, size: int):
+    from PIL import ImageFont
+
+    for index in rng.permutation(len(FONT_FILES)):
+        try:
+            return ImageFont.truetype(FONT_FILES[index], size)
+        except OSError:
+            continue
+    return ImageFont.load_default()
+
+
+def _phrase(rng: np.random.Generator, words: int) -> str:
+    text = " ".join(rng.choice(WORDS, size=words))
+    return text + f" {int(rng.integers(10, 99999))}" if rng.random() < 0.5 else text
+
+
+def render_text_line(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """(height, width, 3) uint8: dark text on a light background, as a cropped OCR text line."""
+    from PIL import Image, ImageDraw
+
+    ink, paper = int(rng.integers(0, 80)), int(rng.integers(190, 256))
+    canvas = Image.new("RGB", (width * 2, height), (paper,) * 3)
+    font = _font(rng, int(height * rng.uniform(0.55, 0.8)))
+    draw = ImageDraw.Draw(canvas)
+    text = _phrase(rng, int(rng.integers(1, 4)))
+    _, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((int(rng.integers(1, 6)), (height - (bottom - top)) // 2 - top), text, fill=(ink,) * 3, font=font)
+    used = min(width * 2, right + 8)
+    line = canvas.crop((0, 0, used, height)).resize((min(width, used), height))
+    full = Image.new("RGB", (width, height), (paper,) * 3)
+    full.paste(line, (0, 0))
+    if rng.random() < 0.5:  # the classifier's other class: text upside down
+        full = full.rotate(180)
+    return np.asarray(full)
+
+
+def render_page(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """(height, width, 3) uint8: a few text lines at random places, as a document photo."""
+    from PIL import Image, ImageDraw
+
+    page = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(200, 256, 3)))
+    draw = ImageDraw.Draw(page)
+    for _ in range(int(rng.integers(3, 8))):
+        font = _font(rng, int(rng.integers(12, 28)))
+        xy = (int(rng.integers(0, width // 2)), int(rng.integers(0, height - 20)))
+        ink = tuple(int(v) for v in rng.integers(0, 90, 3))
+        draw.text(xy, _phrase(rng, int(rng.integers(1, 4))), fill=ink, font=font)
+    noise = rng.normal(0, 4, (height, width, 3))
+    return np.clip(np.asarray(page) + noise, 0, 255).astype(np.uint8)
+
+
+def _chw(image: np.ndarray) -> np.ndarray:
+    return image.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def text_line_input(shape, rng) -> np.ndarray:
+    """PaddleOCR's recogniser / classifier input: (x / 255 - 0.5) / 0.5, NCHW."""
+    image = render_text_line(shape[2], shape[3], rng)
+    return ((_chw(image) / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
+def page_input(shape, rng) -> np.ndarray:
+    """PaddleOCR's detector input: ImageNet mean / std normalisation, NCHW."""
+    image = _chw(render_page(shape[2], shape[3], rng)) / 255.0
+    mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
+    return ((image - mean) / std).astype(np.float32)
+
+
+def page_pixels_input(shape, rng) -> np.ndarray:
+    """A page as raw 0-255 pixels, NCHW (YOLOX-style detectors)."""
+    return _chw(render_page(shape[2], shape[3], rng))
+
+
+def gray_text_line_input(shape, rng) -> np.ndarray:
+    """A grey text line scaled to [0, 1], (1, 1, H, W) (ddddocr's recogniser)."""
+    return (render_text_line(shape[2], shape[3], rng).mean(axis=2) / 255.0)[None, None].astype(np.float32)
+
+
+def voiced_audio(shape, rng) -> np.ndarray:
+    """16 kHz audio frames: a voiced vowel-like tone (harmonics of a gliding pitch) under an
+    envelope, or background noise alone, at speech-like levels."""
+    count = int(np.prod(shape))
+    t = np.arange(count) / 16000.0
+    noise = rng.normal(0, 0.01, count)
+    if rng.random() < 0.3:
+        return noise.reshape(shape).astype(np.float32)
+    pitch = rng.uniform(90, 250) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(1, 4) * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / 16000.0
+    voice = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = np.clip(np.sin(np.pi * t / t[-1]) * 1.5, 0, 1) if count > 1 else 1.0
+    return (0.2 * voice * envelope + noise).reshape(shape).astype(np.float32)
+
+
+def zeros_input(shape, rng) -> np.ndarray:
+    return np.zeros(shape, np.float32)
+
+
+def file_bytes_input(shape, rng) -> np.ndarray:
+    """magika's features of a real file of this package: first and last 1,024 bytes (whitespace
+    stripped), padded with token 256."""
+    files = sorted(Path(__file__).resolve().parent.glob("**/*.py"))
+    data = files[int(rng.integers(len(files)))].read_bytes()
+    half = shape[-1] // 2
+    begin, end = list(data.lstrip()[:half]), list(data.rstrip()[-half:])
+    begin += [256] * (half - len(begin))
+    end = [256] * (half - len(end)) + end
+    return np.array(begin + end, np.int32).reshape(shape)
+
+
+def random_input(shape, rng) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+INPUT_KINDS = {
+    "text_line": text_line_input,
+    "page": page_input,
+    "page_pixels": page_pixels_input,
+    "gray_text_line": gray_text_line_input,
+    "audio": voiced_audio,
+    "zeros": zeros_input,
+    "file_bytes": file_bytes_input,
+    "random": random_input,
+}
+
+
+# ---- checking a model end to end -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ModelCheck:
+    """One corpus model compiled, run and simulated; figures against onnxruntime's float run."""
+
+    name: str
+    compiled: bool
+    blocker: str = ""
+    float_cosine: list[float] = dataclasses.field(default_factory=list)  # imported float graph vs onnxruntime
+    int8_cosine: list[float] = dataclasses.field(default_factory=list)  # compiled module vs onnxruntime
+    top1_agreement: float | None = None
+    accel_mac_share: float = 0.0
+    host_latency_share: float = 0.0
+    latency_ms: float = 0.0
+    compile_seconds: float = 0.0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norms) if norms else float(np.array_equal(a, b))
+
+
+def check_model(model: CorpusModel, hw, calibration_samples: int = 16, eval_samples: int = 4) -> ModelCheck:
+    """Compile with calibration on realistic inputs, run `eval_samples` other ones, compare with
+    onnxruntime (float) and simulate (analytic model)."""
+    import tempfile
+    import time
+
+    import onnxruntime as ort
+    import tvm
+    from tvm import relax
+
+    from codesign.calibration import float_outputs
+    from codesign.errors import CodesignError
+    from codesign.pipeline import compile_model
+    from codesign.report_tables import placement_summary
+    from codesign.simulator.simulate import simulate_plans
+
+    notes: list[str] = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration = Path(tmp) / "calibration.npz"
+        np.savez(calibration, **model.samples(calibration_samples, first_seed=0))
+        try:
+            result = compile_model(
+                model.path, hw, model.input_shapes, calibration, calibration_samples,
+                warn=notes.append, input_values=model.input_values,
+            )  # fmt: skip
+        except CodesignError as err:
+            return ModelCheck(model.name, False, str(err).splitlines()[0], notes=notes)
+    seconds = time.perf_counter() - start
+    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    samples = [model.sample(10_000 + i) for i in range(eval_samples)]
+    names = [spec.name for spec in result.imported.inputs]
+    float_runs = list(float_outputs(result.graph, result.imported, samples))
+    int8_cos, float_cos, agree = [], [], []
+    for sample, float_run in zip(samples, float_runs):
+        reference = session.run(None, model.onnx_feed(sample, session.get_inputs()))
+        outputs = vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names])
+        outputs = [o.numpy() for o in (outputs if isinstance(outputs, (tvm.ir.Array, list, tuple)) else [outputs])]
+        int8_cos.append([cosine(o, r) for o, r in zip(outputs, reference)])
+        float_cos.append([cosine(f, r) for f, r in zip(float_run, reference)])
+        agree.append(outputs[0].reshape(outputs[0].shape[0], -1).argmax(-1) == reference[0].reshape(
+            reference[0].shape[0], -1).argmax(-1))  # fmt: skip
+    simulation = simulate_plans(result.lowered.plans, hw, "analytic")
+    summary = placement_summary(result.lowered.plans, simulation)
+    return ModelCheck(
+        model.name,
+        True,
+        float_cosine=np.min(float_cos, axis=0).tolist(),
+        int8_cosine=np.min(int8_cos, axis=0).tolist(),
+        top1_agreement=float(np.mean(agree)) if model.classifier else None,
+        accel_mac_share=summary["accel_mac_share"],
+        host_latency_share=summary["host_latency_share"],
+        latency_ms=1e3 * summary["latency_seconds"],
+        compile_seconds=seconds,
+        notes=notes,
+    )

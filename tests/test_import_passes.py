@@ -1,0 +1,215 @@
+"""The import pre-pass on tiny models that reproduce what real exporters write: shape arithmetic,
+anchor grids, Paddle's -1 dims, `If` on a scalar input, several outputs; checked against
+onnxruntime, plus the placement summary's MAC count against one written here from the ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from codesign.calibration import float_outputs
+from codesign.cli import main
+from codesign.corpus import cosine
+from codesign.graph import extract_graph
+from codesign.hardware import load_hardware
+from codesign.importer import import_onnx
+from codesign.lowering import lower_to_relax
+from codesign.pipeline import compile_model, quantize_model
+from codesign.reference import run_reference
+from codesign.report_tables import placement_summary
+
+RNG = np.random.default_rng(0)
+
+
+def weight(name, *shape):
+    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+
+def const(name, values, dtype=np.int64):
+    return numpy_helper.from_array(np.array(values, dtype=dtype), name)
+
+
+def save(path, nodes, inputs, outputs, initializers=(), opset=13):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def tensor(name, dims, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, dims)
+
+
+def float_import_matches_onnxruntime(path, shapes, values=None, feed_extra=None):
+    imported = import_onnx(path, shapes, values)
+    graph = extract_graph(imported)
+    sample = {t.name: RNG.standard_normal(t.shape).astype(t.dtype) for t in imported.inputs}
+    ours = next(float_outputs(graph, imported, [sample]))
+    theirs = ort.InferenceSession(str(path)).run(None, {**sample, **(feed_extra or {})})
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    return imported
+
+
+def test_paddle_shape_arithmetic_and_minus_one_dims(tmp_path):
+    # Paddle2ONNX: Shape -> Cast -> Slice -> Cast -> Concat -> Reshape, and dim_value -1 for "dynamic".
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c"], ["s"]),
+        helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+        helper.make_node("Slice", ["sf", "zero", "two"], ["nc"]),
+        helper.make_node("Cast", ["nc"], ["nci"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["nci", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["c", "target"], ["flat"]),
+        helper.make_node("Relu", ["flat"], ["y"]),
+    ]
+    inits = [weight("w", 4, 3, 3, 3), const("zero", [0]), const("two", [2]), const("minus_one", [-1])]
+    x = tensor("x", [-1, 3, -1, -1])
+    path = save(tmp_path / "paddle.onnx", nodes, [x], [tensor("y", [-1, 4, -1])], inits)
+    imported = float_import_matches_onnxruntime(path, {"x": (1, 3, 8, 12)})
+    assert imported.outputs[0].shape == (1, 4, 96)
+
+
+def test_anchor_grid_from_shapes(tmp_path):
+    # YOLOv8-style: Shape -> Gather -> Cast(float) -> Range, an anchor grid added to the features.
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Shape", ["c"], ["s"]),
+        helper.make_node("Gather", ["s", "three"], ["width"], axis=0),
+        helper.make_node("Cast", ["width"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("Range", ["fzero", "wf", "fone"], ["grid"]),
+        helper.make_node("Add", ["c", "grid"], ["y"]),
+    ]
+    inits = [
+        weight("w", 2, 3, 1, 1),
+        const("three", 3),
+        const("fzero", 0.0, np.float32),
+        const("fone", 1.0, np.float32),
+    ]
+    x, y = tensor("x", ["N", 3, "H", "W"]), tensor("y", ["N", 2, "H", "W"])
+    path = save(tmp_path / "grid.onnx", nodes, [x], [y], inits)
+    float_import_matches_onnxruntime(path, {"x": (1, 3, 4, 6)})
+
+
+def _vad_like(tmp_path):
+    """An `If` on a scalar sample-rate input choosing the branch's weights, two inputs, two outputs."""
+
+    def branch(name, scale):
+        w = numpy_helper.from_array(np.full((4, 4), scale, np.float32), f"{name}_w")
+        node = helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_out"])
+        return helper.make_graph([node], name, [], [tensor(f"{name}_out", [1, 4])], [w])
+
+    nodes = [
+        helper.make_node("Equal", ["sr", "rate16k"], ["is16k"]),
+        helper.make_node("If", ["is16k"], ["h"], then_branch=branch("then", 0.5), else_branch=branch("else", -1.0)),
+        helper.make_node("Add", ["h", "state"], ["new_state"]),
+        helper.make_node("Sigmoid", ["new_state"], ["prob"]),
+    ]
+    inputs = [tensor("x", [1, 4]), tensor("state", [1, 4]), tensor("sr", [], TensorProto.INT64)]
+    outputs = [tensor("prob", [1, 4]), tensor("new_state", [1, 4])]
+    return save(tmp_path / "vad.onnx", nodes, inputs, outputs, [const("rate16k", 16000)])
+
+
+def test_if_on_a_frozen_scalar_input_and_two_outputs(tmp_path):
+    path = _vad_like(tmp_path)
+    sr = {"sr": np.array(16000, np.int64)}
+    imported = float_import_matches_onnxruntime(path, {}, {"sr": ["16000"]}, feed_extra=sr)
+    assert [t.name for t in imported.inputs] == ["x", "state"]
+    assert [t.name for t in imported.outputs] == ["prob", "new_state"]
+    assert imported.frozen_inputs["sr"].dtype == np.int64
+
+
+def test_if_without_frozen_input_is_one_line(tmp_path, capsys):
+    path = _vad_like(tmp_path)
+    code = main(["compile", str(path), "--hw", "vta_default", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "If (condition not constant) x1" in err[0] and "--input-value" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [("sr=16k", "int64"), ("sr=1.5", "int64"), ("sr=1,2", "2 value(s)"), ("rate=1", "has inputs: x, state, sr")],
+)
+def test_frozen_value_that_does_not_fit_is_a_usage_error(tmp_path, capsys, value, needle):
+    path = _vad_like(tmp_path)
+    code = main(["compile", str(path), "--hw", "vta_default", "-o", str(tmp_path / "o"), "--input-value", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_module_with_two_inputs_and_two_outputs_runs(tmp_path):
+    path = _vad_like(tmp_path)
+    hw = load_hardware("vta_default")
+    result = compile_model(path, hw, warn=lambda m: None, input_values={"sr": ["16000"]})
+    assert [t.name for t in result.imported.outputs] == ["prob", "new_state"]
+
+
+def _mixed_convs(tmp_path):
+    """conv1d, grouped, depthwise, dilated and transposed convs and a matmul."""
+    nodes = [
+        helper.make_node("Conv", ["a", "w1d"], ["a1"], pads=[1, 1]),
+        helper.make_node("Conv", ["x", "wg"], ["g"], group=2, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["g", "wdw"], ["dw"], group=32, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["dw", "wdil"], ["dil"], dilations=[2, 2], pads=[2, 2, 2, 2]),
+        helper.make_node("ConvTranspose", ["dil", "wt"], ["up"], strides=[2, 2]),
+        helper.make_node("MatMul", ["a1", "wm"], ["m"]),
+    ]
+    inits = [
+        weight("w1d", 16, 8, 3),
+        weight("wg", 32, 16, 3, 3),
+        weight("wdw", 32, 1, 3, 3),
+        weight("wdil", 16, 32, 3, 3),
+        weight("wt", 16, 8, 2, 2),
+        weight("wm", 10, 12),
+    ]
+    inputs = [tensor("x", [1, 32, 10, 10]), tensor("a", [1, 8, 10])]
+    outputs = [tensor("up", [1, 8, 20, 20]), tensor("m", [1, 16, 12])]
+    return save(tmp_path / "convs.onnx", nodes, inputs, outputs, inits)
+
+
+def test_macs_counted_per_op(tmp_path):
+    path = _mixed_convs(tmp_path)
+    expected = {
+        "conv1d": 16 * 10 * 8 * 3,
+        "grouped": 32 * 10 * 10 * 16 * 9,
+        "depthwise": 32 * 10 * 10 * 9,
+        "dilated": 16 * 10 * 10 * 32 * 9,
+        "transposed": 16 * 8 * 10 * 10 * 4,  # every input pixel meets every tap once
+        "matmul": 16 * 10 * 12,
+    }
+    hw = load_hardware("vta_default")
+    imported = import_onnx(path)
+    _, qgraph, _ = quantize_model(imported, hw, warn=lambda m: None)
+    plans = lower_to_relax(qgraph, imported, hw).plans
+    summary = placement_summary(plans)
+    assert summary["macs"] == sum(expected.values())
+    host = [p.shape.groups for p in plans if p.shape is not None and p.placement == "host"]
+    # The depthwise conv (1 channel per group) and the dilated one (the kernel is undilated) stay
+    # on the host; the grouped conv (16 channels per group, block_in 16) runs on the accelerator.
+    assert sorted(host) == [1, 32]
+    on_host = expected["dilated"] + expected["depthwise"]
+    assert summary["accel_macs"] == sum(expected.values()) - on_host
+
+
+def test_rewritten_and_grouped_convs_equal_the_integer_reference(tmp_path):
+    path = _mixed_convs(tmp_path)
+    result = compile_model(path, load_hardware("vta_default"), warn=lambda m: None)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    session = ort.InferenceSession(str(path))
+    for seed in range(2):
+        rng = np.random.default_rng(seed)
+        feed = {"x": rng.standard_normal((1, 32, 10, 10)).astype(np.float32)}
+        feed["a"] = rng.standard_normal((1, 8, 10)).astype(np.float32)
+        ours = [o.numpy() for o in vm["main"](tvm.runtime.tensor(feed["x"]), tvm.runtime.tensor(feed["a"]))]
+        for mine, reference, theirs in zip(ours, run_reference(result.qgraph, feed), session.run(None, feed)):
+            assert np.array_equal(mine, reference)
+            assert cosine(mine, theirs) > 0.99
