@@ -61,9 +61,14 @@ def compile_command(
     explain: Annotated[
         bool, typer.Option("--explain", help="Print each tensor's quantization error on the calibration data.")
     ] = False,
+    float_layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--float-layers", help="Keep these layers in float on the host (glob over layer names; repeatable)."
+        ),
+    ] = None,
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
-    from codesign.compression import load_compression
     from codesign.deploy import write_module
     from codesign.hardware import load_hardware
     from codesign.importer import parse_input_shapes, parse_input_values
@@ -81,7 +86,7 @@ def compile_command(
         calibration_samples,
         weight_bits,
         cpu=cpu,
-        compression=load_compression(compression) if compression else None,
+        compression=_compression(compression, float_layers),
         input_values=parse_input_values(input_value),
         calibration_method=calibration_method,
     )
@@ -98,6 +103,18 @@ def compile_command(
     if report is not None:
         simulation = simulate_plans(result.lowered.plans, spec, "event")
         _write_design_report(report, model, spec, simulation, f"the compiled module {out}/")
+
+
+def _compression(path: Path | None, float_layers: list[str] | None):
+    """The --compression file's choices, with --float-layers added."""
+    import dataclasses
+
+    from codesign.compression import CompressionConfig, load_compression
+
+    config = load_compression(path) if path else CompressionConfig()
+    if float_layers:
+        config = dataclasses.replace(config, float_layers=(*config.float_layers, *float_layers))
+    return config
 
 
 def _print_explanation(result, calibration: Path | None, calibration_samples: int, worst: int = 20) -> None:
@@ -184,13 +201,17 @@ def simulate_command(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write a design report (HTML, Markdown, CSV) here.")
     ] = None,
+    float_layers: Annotated[
+        list[str] | None,
+        typer.Option("--float-layers", help="Keep these layers in float on the host (glob over names; repeatable)."),
+    ] = None,
 ):
     """Per-layer counters, cycles, utilisation, bound and energy of a model on an accelerator."""
     from codesign.simulator.simulate import MODELS, simulate_plans
 
     if model not in MODELS:
         raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
-    spec, plans = _plans_for(target, hw, input_shape, input_value, calibration)
+    spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers)
     simulation = simulate_plans(plans, spec, model)
     from codesign.report_tables import print_simulation
 
@@ -222,7 +243,7 @@ def _write_design_report(out_dir: Path, model: Path, spec, simulation, source: s
     console.print(f"Wrote {page} (+ report.md, layers.csv)")
 
 
-def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibration):
+def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibration, float_layers=None):
     """(hardware, layer plans) of a compiled module directory or of an ONNX model to lower."""
     from codesign.hardware import load_hardware
 
@@ -242,7 +263,8 @@ def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibrati
 
     spec = load_hardware(hw)
     shapes, values = parse_input_shapes(input_shape), parse_input_values(input_value)
-    return spec, plan_model(target, spec, shapes, calibration, input_values=values)
+    compression = _compression(None, float_layers)
+    return spec, plan_model(target, spec, shapes, calibration, compression=compression, input_values=values)
 
 
 def _write_json(path: Path, document: dict) -> None:

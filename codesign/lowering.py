@@ -115,6 +115,20 @@ def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
     return ConvShape.dense(in_shape[-2], k, cols, groups=int(np.prod(in_shape[:-2])))
 
 
+def is_float_gemm(node: QNode) -> bool:
+    """A conv / matmul kept in float on the host (--float-layers)."""
+    return node.op == "float" and node.source is not None and node.source.op == "gemm"
+
+
+def float_gemm_view(node: QNode) -> QNode:
+    """A float conv / matmul described like a quantized one, for its geometry."""
+    layer = node.source.layer
+    params = {"weight": layer.weight}
+    if layer.kind == "conv2d":
+        params.update(strides=layer.strides, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
+    return QNode(node.name, layer.kind, node.inputs, node.shape, node.dtype, params=params)
+
+
 def plan_accelerated_layer(
     name: str, op: str, shape: ConvShape, hw, clamp: tuple[int, int], alu_ops=(), weight_bits=None, schedule="rule"
 ):
@@ -184,6 +198,8 @@ class _Lowerer:
             plan = self.kernels[node.name][1]
             p = node.params
             plan.alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
+        elif is_float_gemm(node):
+            plan = LayerPlan(node.name, node.source.layer.kind, "host", gemm_shape(float_gemm_view(node), self.qgraph))
         else:
             op = node.source.op.rsplit(".", 1)[-1] if node.op in ("passthrough", "float") else node.op
             shape = gemm_shape(node, self.qgraph) if node.op in ("conv2d", "matmul") else None

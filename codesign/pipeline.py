@@ -82,7 +82,7 @@ def quantize_model(
     if not samples:
         raise ModelError(f"{calibration}: no calibration samples")
     ranges = tensor_ranges(graph, imported, samples, calibration_method)
-    config = QuantConfig.for_hardware(hw, weight_bits, compression.weight_bits)
+    config = QuantConfig.for_hardware(hw, weight_bits, compression.weight_bits, compression.float_layers)
     return graph, quantize_graph(graph, ranges, config), calibration_info
 
 

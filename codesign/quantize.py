@@ -17,6 +17,7 @@ Post-training static quantization, symmetric (no zero points, as VTA's int8 data
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 
 import numpy as np
 
@@ -44,9 +45,10 @@ class QuantConfig:
     multiplier_bits: int = 16
     layer_weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)  # per-layer overrides
     block_in: int = 16  # the core's input lanes: grouped convs with fewer channels per group stay on the host
+    float_layers: tuple[str, ...] = ()  # glob patterns of layers kept in float on the host
 
     @classmethod
-    def for_hardware(cls, hw, weight_bits: int | None = None, layer_weight_bits=None) -> QuantConfig:
+    def for_hardware(cls, hw, weight_bits: int | None = None, layer_weight_bits=None, float_layers=()) -> QuantConfig:
         """Quantization the core can execute; weights may be narrower than its weight width."""
         for name, bits in {"all layers": weight_bits, **(layer_weight_bits or {})}.items():
             if bits is not None and bits > hw.weight_bits:
@@ -59,7 +61,11 @@ class QuantConfig:
             multiplier_bits=hw.alu_multiplier_bits if hw.alu_has_multiplier else 0,
             layer_weight_bits=dict(layer_weight_bits or {}),
             block_in=hw.block_in,
+            float_layers=tuple(float_layers),
         )
+
+    def keeps_float(self, layer: str) -> bool:
+        return any(fnmatch.fnmatchcase(layer, pattern) for pattern in self.float_layers)
 
     def bits_for(self, layer: str) -> int:
         return self.layer_weight_bits.get(layer, self.weight_bits)
@@ -280,6 +286,8 @@ class _Quantizer:
     def lower(self, node: Node) -> QNode:
         if node.op == "input":
             return QNode(node.name, "input", [], node.shape, node.dtype)
+        if self.config.keeps_float(node.name):
+            return self.lower_float(node)
         if node.op == "gemm":
             return self.lower_gemm(node)
         root = self.lut_root(node)

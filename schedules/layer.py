@@ -10,6 +10,12 @@ import dataclasses
 import math
 
 
+def input_window(tile, stride, kernel, dilation=1):
+    """Input positions (padding included) that `tile` consecutive outputs read along one axis:
+    (tile - 1) * stride + (kernel - 1) * dilation + 1. Works elementwise on numpy arrays."""
+    return (tile - 1) * stride + (kernel - 1) * dilation + 1
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvShape:
     groups: int
@@ -26,22 +32,28 @@ class ConvShape:
     pad_left: int = 0
     pad_bottom: int = 0
     pad_right: int = 0
-    dilation_h: int = 1  # host convs only: the accelerator's kernel is undilated
+    dilation_h: int = 1
     dilation_w: int = 1
 
     @classmethod
     def dense(cls, rows: int, in_features: int, out_features: int, groups: int = 1) -> ConvShape:
         return cls(groups, rows, in_features, out_features, 1, 1)
 
+    def input_rows(self, h_tile):
+        """Padded input rows an output tile of `h_tile` rows reads (the dilated window)."""
+        return input_window(h_tile, self.stride_h, self.kernel_h, self.dilation_h)
+
+    def input_cols(self, w_tile):
+        """Padded input columns an output tile of `w_tile` columns reads (the dilated window)."""
+        return input_window(w_tile, self.stride_w, self.kernel_w, self.dilation_w)
+
     @property
     def out_h(self) -> int:
-        span = (self.kernel_h - 1) * self.dilation_h + 1
-        return (self.in_h + self.pad_top + self.pad_bottom - span) // self.stride_h + 1
+        return (self.in_h + self.pad_top + self.pad_bottom - self.input_rows(1)) // self.stride_h + 1
 
     @property
     def out_w(self) -> int:
-        span = (self.kernel_w - 1) * self.dilation_w + 1
-        return (self.in_w + self.pad_left + self.pad_right - span) // self.stride_w + 1
+        return (self.in_w + self.pad_left + self.pad_right - self.input_cols(1)) // self.stride_w + 1
 
     @property
     def macs(self) -> int:

@@ -75,11 +75,11 @@ def packed_conv2d_func(shape: ConvShape, hw, clamp_lo: int, clamp_hi: int) -> ti
     rkh = te.reduce_axis((0, shape.kernel_h), name="kh")
     rkw = te.reduce_axis((0, shape.kernel_w), name="kw")
     ri = te.reduce_axis((0, hw.block_in), name="ci_i")
-    sh, sw = shape.stride_h, shape.stride_w
+    sh, sw, dh, dw = shape.stride_h, shape.stride_w, shape.dilation_h, shape.dilation_w
     conv = te.compute(
         shapes["out"],
         lambda g, n, co, y, x, b, o: te.sum(
-            data_pad[g, n, rc, y * sh + rkh, x * sw + rkw, b, ri].astype("int32")
+            data_pad[g, n, rc, y * sh + rkh * dh, x * sw + rkw * dw, b, ri].astype("int32")
             * weight[g, co, rc, rkh, rkw, o, ri].astype("int32"),
             axis=[rc, rkh, rkw, ri],
         ),

@@ -81,10 +81,9 @@ def reset_loop_nest(tiling):
 
 
 def tile_footprint(shape: ConvShape, tiling: Tiling, hw) -> TileFootprint:
-    """Scratchpad bytes one tile occupies (the padded input window, as the DMA loads it).
-    Works on one Tiling or on an object whose tile fields are arrays."""
-    in_rows = (tiling.h_tile - 1) * shape.stride_h + shape.kernel_h
-    in_cols = (tiling.w_tile - 1) * shape.stride_w + shape.kernel_w
+    """Scratchpad bytes one tile occupies (the padded, dilated input window, as the DMA loads
+    it). Works on one Tiling or on an object whose tile fields are arrays."""
+    in_rows, in_cols = shape.input_rows(tiling.h_tile), shape.input_cols(tiling.w_tile)
     kernel = shape.kernel_h * shape.kernel_w
     uops = kernel_uops(gemm_loop_nest(shape, tiling)) + kernel_uops(reset_loop_nest(tiling)) + ALU_UOPS
     return TileFootprint(

@@ -43,8 +43,7 @@ def tiling_features(
     packed = shape.blocks(hw)
     tiles_h, tiles_w = shape.out_h // h, shape.out_w // w
     channel_tiles = shape.groups * (packed.n_blocks // n) * (packed.co_blocks // co)
-    rows = (h - 1) * shape.stride_h + shape.kernel_h
-    cols = (w - 1) * shape.stride_w + shape.kernel_w
+    rows, cols = shape.input_rows(h), shape.input_cols(w)
     valid_rows = _covered(h * shape.stride_h, tiles_h, rows, shape.in_h, shape.pad_top)
     valid_cols = _covered(w * shape.stride_w, tiles_w, cols, shape.in_w, shape.pad_left)
     tiles = channel_tiles * tiles_h * tiles_w
@@ -87,6 +86,18 @@ def _transfer(transfers, nbytes, latency, bandwidth):
     return transfers * latency + nbytes / bandwidth
 
 
+def _round_steps(steps, tiles, load, gemm):
+    """A round of `tiles` tiles from its first load to its last GEMM: with one tile its loads
+    and GEMMs alternate; with more, a step of every tile takes the longer of load and GEMM."""
+    overlapped = (steps * tiles - 1) * np.maximum(load, gemm) + gemm
+    return np.where(tiles > 1, overlapped, steps * gemm + (steps - 1) * load)
+
+
+def _round_stores(tiles, alu, store):
+    """A round's ALU ops and stores: each tile's store follows its ALU ops."""
+    return np.maximum(alu + tiles * store, tiles * alu + store)
+
+
 def estimate(f: dict[str, np.ndarray], latency, bandwidth, alu_rate) -> dict[str, np.ndarray]:
     """Cycles and busy times for arrays of features; hardware arguments broadcast against them."""
     tiles, steps, threads = f["tiles"], f["steps"], f["threads"]
@@ -117,14 +128,15 @@ def estimate(f: dict[str, np.ndarray], latency, bandwidth, alu_rate) -> dict[str
     store_data = f["out_bytes_per_tile"] / bandwidth
     busy = np.maximum(k * (reset + steps * gemm + alu), k * (steps * load + acc_load + store_data / 2))
     # A thread's next reset waits for its store; the in-order compute module waits with it.
-    stores = np.maximum(alu + k * store, k * alu + store)  # the round's ALU ops and stores
-    store_chain = np.where(k > 1, reset + steps * k * gemm + stores, 0)
+    store_chain = np.where(k > 1, reset + steps * k * gemm + _round_stores(k, alu, store), 0)
     busy = np.maximum(busy, store_chain)
     period = np.maximum(np.maximum(chain, busy), k * np.maximum(store, dram_tile))
     fill = k * uop_load + load
-    # The last round after the first load of its first thread.
-    last_steps = np.where(k > 1, (steps * k - 1) * np.maximum(load, gemm) + gemm, steps_time)
-    drain = last_steps + operand_wait + stores
+    # The last round after the first load of its first thread; it holds fewer tiles than
+    # threads when the threads do not divide the tiles.
+    last = tiles - (rounds - 1) * k
+    drain = _round_steps(steps, last, load, gemm) + np.maximum(0, last * (acc_load - gemm))
+    drain = drain + _round_stores(last, alu, store)
     cycles = fill + (rounds - 1) * period + drain
 
     dram_bytes = (

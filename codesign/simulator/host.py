@@ -39,6 +39,10 @@ def node_work(node, qgraph) -> tuple[float, float]:
         return 0.0, 2.0 * (sum(_elements(i.shape) for i in inputs) + out)
     if node.op == "conv2d":
         return 2.0 * out * node.params["weight"][0].size, moved
+    if node.op == "float" and node.source.op == "gemm":  # a layer kept in float (--float-layers)
+        weight = node.source.layer.weight
+        reduction = weight[0].size if node.source.layer.kind == "conv2d" else inputs[0].shape[-1]
+        return 2.0 * out * reduction, moved
     if op in FREE_OPS:
         return 0.0, 0.0
     if op == "max_pool2d":
