@@ -22,6 +22,7 @@ from codesign.emit import emit_float_node, module_without_main, target
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph
 from codesign.importer import ImportedModel, TensorSpec
+from codesign.tvm_output import quiet_tvm
 
 CALIBRATION_METHODS = ("max", "percentile", "entropy")
 HISTOGRAM_BINS = 2048
@@ -46,7 +47,8 @@ def build_float_module(graph: Graph, imported: ImportedModel, taps: list[str]) -
 
 
 def run_float(mod: tvm.IRModule, samples: list[dict[str, np.ndarray]], input_names: list[str]):
-    executable = tvm.compile(mod, target=target())
+    with quiet_tvm():
+        executable = tvm.compile(mod, target=target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     for sample in samples:
         outputs = vm["main"](*[tvm.runtime.tensor(sample[name]) for name in input_names])

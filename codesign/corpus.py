@@ -14,6 +14,7 @@ Each model entry says where the file came from and how to feed it:
     input_values = {}            # inputs frozen to constants (--input-value)
     inputs = { x = "text_line" } # a generator per input (INPUT_KINDS)
     classifier = true            # compare top-1 as well as cosine
+    data = "speech_16k.npz"      # recordings for "speech" inputs (optional)
 
 Inputs for calibration and evaluation come from disjoint seeds.
 """
@@ -50,11 +51,18 @@ class CorpusModel:
     input_values: dict[str, list[str]]
     inputs: dict[str, str]
     classifier: bool = False
+    data: Path | None = None  # recordings the "speech" inputs cut windows from (.npz with 'audio')
 
     def sample(self, seed: int) -> dict[str, np.ndarray]:
         """One realistic input per model input (frozen inputs excluded)."""
         rng = np.random.default_rng(seed)
-        return {name: INPUT_KINDS[kind](self.input_shapes[name], rng) for name, kind in self.inputs.items()}
+        samples = {}
+        for name, kind in self.inputs.items():
+            if kind == "speech":
+                samples[name] = speech_window(self.input_shapes[name], rng, self.data)
+            else:
+                samples[name] = INPUT_KINDS[kind](self.input_shapes[name], rng)
+        return samples
 
     def samples(self, count: int, first_seed: int) -> dict[str, np.ndarray]:
         """`count` samples stacked on a new leading axis, as calibration files hold them."""
@@ -85,7 +93,7 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
         raise UsageError(f"{folder}: no corpus.toml") from err
     models = []
     for entry in doc.get("model", []):
-        unknown = {kind for kind in entry.get("inputs", {}).values() if kind not in INPUT_KINDS}
+        unknown = {kind for kind in entry.get("inputs", {}).values() if kind not in (*INPUT_KINDS, "speech")}
         if unknown:
             raise UsageError(f"{path}: model '{entry.get('name')}': unknown input kind {', '.join(sorted(unknown))}")
         models.append(
@@ -99,6 +107,7 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
                 input_values={k: [str(x) for x in np.atleast_1d(v)] for k, v in entry.get("input_values", {}).items()},
                 inputs=dict(entry.get("inputs", {})),
                 classifier=bool(entry.get("classifier", False)),
+                data=folder / entry["data"] if "data" in entry else None,
             )
         )
     return models
@@ -201,6 +210,14 @@ def voiced_audio(shape, rng) -> np.ndarray:
     return (0.2 * voice * envelope + noise).reshape(shape).astype(np.float32)
 
 
+def speech_window(shape, rng, recordings: Path) -> np.ndarray:
+    """A random window of real speech (with the pauses between utterances), scaled to [-1, 1]."""
+    audio = np.load(recordings)["audio"]
+    count = int(np.prod(shape))
+    start = int(rng.integers(0, audio.size - count))
+    return (audio[start : start + count] / 32768.0).reshape(shape).astype(np.float32)
+
+
 def zeros_input(shape, rng) -> np.ndarray:
     return np.zeros(shape, np.float32)
 
@@ -259,7 +276,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / norms) if norms else float(np.array_equal(a, b))
 
 
-def check_model(model: CorpusModel, hw, calibration_samples: int = 16, eval_samples: int = 4) -> ModelCheck:
+def check_model(
+    model: CorpusModel, hw, calibration_samples: int = 16, eval_samples: int = 4, calibration_method: str = "max"
+) -> ModelCheck:
     """Compile with calibration on realistic inputs, run `eval_samples` other ones, compare with
     onnxruntime (float) and simulate (analytic model)."""
     import tempfile
@@ -283,7 +302,7 @@ def check_model(model: CorpusModel, hw, calibration_samples: int = 16, eval_samp
         try:
             result = compile_model(
                 model.path, hw, model.input_shapes, calibration, calibration_samples,
-                warn=notes.append, input_values=model.input_values,
+                warn=notes.append, input_values=model.input_values, calibration_method=calibration_method,
             )  # fmt: skip
         except CodesignError as err:
             return ModelCheck(model.name, False, str(err).splitlines()[0], notes=notes)
@@ -293,22 +312,23 @@ def check_model(model: CorpusModel, hw, calibration_samples: int = 16, eval_samp
     samples = [model.sample(10_000 + i) for i in range(eval_samples)]
     names = [spec.name for spec in result.imported.inputs]
     float_runs = list(float_outputs(result.graph, result.imported, samples))
-    int8_cos, float_cos, agree = [], [], []
+    ours, floats, theirs = [], [], []
     for sample, float_run in zip(samples, float_runs):
-        reference = session.run(None, model.onnx_feed(sample, session.get_inputs()))
+        theirs.append(session.run(None, model.onnx_feed(sample, session.get_inputs())))
         outputs = vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names])
-        outputs = [o.numpy() for o in (outputs if isinstance(outputs, (tvm.ir.Array, list, tuple)) else [outputs])]
-        int8_cos.append([cosine(o, r) for o, r in zip(outputs, reference)])
-        float_cos.append([cosine(f, r) for f, r in zip(float_run, reference)])
-        agree.append(outputs[0].reshape(outputs[0].shape[0], -1).argmax(-1) == reference[0].reshape(
-            reference[0].shape[0], -1).argmax(-1))  # fmt: skip
+        ours.append([o.numpy() for o in (outputs if isinstance(outputs, (tvm.ir.Array, list, tuple)) else [outputs])])
+        floats.append(float_run)
+    # Cosine per output over all evaluation samples together (a scalar output gets a vector).
+    int8_cos = [cosine(_stacked(ours, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
+    float_cos = [cosine(_stacked(floats, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
+    agree = [_top1(mine[0]) == _top1(reference[0]) for mine, reference in zip(ours, theirs)]
     simulation = simulate_plans(result.lowered.plans, hw, "analytic")
     summary = placement_summary(result.lowered.plans, simulation)
     return ModelCheck(
         model.name,
         True,
-        float_cosine=np.min(float_cos, axis=0).tolist(),
-        int8_cosine=np.min(int8_cos, axis=0).tolist(),
+        float_cosine=float_cos,
+        int8_cosine=int8_cos,
         top1_agreement=float(np.mean(agree)) if model.classifier else None,
         accel_mac_share=summary["accel_mac_share"],
         host_latency_share=summary["host_latency_share"],
@@ -316,3 +336,11 @@ def check_model(model: CorpusModel, hw, calibration_samples: int = 16, eval_samp
         compile_seconds=seconds,
         notes=notes,
     )
+
+
+def _stacked(runs: list[list[np.ndarray]], index: int) -> np.ndarray:
+    return np.concatenate([run[index].ravel() for run in runs])
+
+
+def _top1(output: np.ndarray) -> np.ndarray:
+    return output.reshape(output.shape[0], -1).argmax(-1)

@@ -8,9 +8,11 @@ constant `If`s, make auto_pad explicit, unroll LSTM/GRU, turn 1-D convs and Conv
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
+import io
 import math
 import traceback
 import warnings
@@ -318,7 +320,8 @@ def _from_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], source: str) ->
 
     ONNXGraphImporter._parse_value_proto = tracking_parse
     try:
-        with quiet_tvm(), warnings.catch_warnings():
+        # The frontend also prints ("Error converting operator ...") and warns on stdout.
+        with quiet_tvm(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # "X in initializer but not in graph input": folded models do that
             mod = from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs}, keep_params_in_input=False)
             return relax.transform.FoldConstant()(mod)
@@ -327,8 +330,8 @@ def _from_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], source: str) ->
         message = f"{source}: cannot import into TVM{where}: {_first_line(err)}"
         # Release the frontend's half-built BlockBuilder now, so its C++ destructor warning is not
         # printed later on the user's terminal.
-        traceback.clear_frames(err.__traceback__)
         with quiet_tvm():
+            traceback.clear_frames(err.__traceback__)
             gc.collect()
         raise ModelError(message) from err
     finally:

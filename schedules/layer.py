@@ -73,13 +73,20 @@ class ConvShape:
         if self.kernel_h == self.kernel_w == 1 and self.in_h == self.in_w == 1:
             groups = f"{self.groups}x" if self.groups > 1 else ""
             return f"{groups}({self.batch}x{self.in_channels}).({self.in_channels}x{self.out_channels})"
-        stride = f" s{self.stride_h}" if (self.stride_h, self.stride_w) != (1, 1) else ""
-        dilation = f" d{self.dilation_h}" if (self.dilation_h, self.dilation_w) != (1, 1) else ""
+        stride = _axis_pair("s", self.stride_h, self.stride_w)
+        dilation = _axis_pair("d", self.dilation_h, self.dilation_w)
         groups = f" g{self.groups}" if self.groups > 1 else ""
         return (
             f"{self.in_channels * self.groups}x{self.in_h}x{self.in_w} -> {self.out_channels * self.groups}x"
             f"{self.out_h}x{self.out_w} k{self.kernel_h}x{self.kernel_w}{stride}{dilation}{groups}"
         )
+
+
+def _axis_pair(tag: str, h: int, w: int) -> str:
+    """' s2' for (2, 2), ' d2x1' for (2, 1), nothing for (1, 1)."""
+    if (h, w) == (1, 1):
+        return ""
+    return f" {tag}{h}" if h == w else f" {tag}{h}x{w}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,14 +107,7 @@ def dram_traffic_bytes(shape: ConvShape, tiling: Tiling, hw) -> int:
     """Bytes moved between DRAM and the scratchpads for the whole layer under this tiling."""
     packed = shape.blocks(hw)
     fp = tile_footprint(shape, tiling, hw)
-    tiles = (
-        shape.groups
-        * (packed.n_blocks // tiling.n_tile)
-        * (packed.co_blocks // tiling.co_tile)
-        * (shape.out_h // tiling.h_tile)
-        * (shape.out_w // tiling.w_tile)
-        * (packed.ci_blocks // tiling.ci_tile)
-    )
+    tiles = _output_tiles(shape, tiling, hw) * (packed.ci_blocks // tiling.ci_tile)  # with their input steps
     out_bytes = shape.groups * packed.n_blocks * packed.co_blocks * shape.out_h * shape.out_w * hw.out_elem_bytes
     return tiles * (fp.inp_bytes + fp.wgt_bytes) + out_bytes
 

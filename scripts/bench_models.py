@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--hw", default="vta_default")
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("--eval-samples", type=int, default=4)
+    parser.add_argument("--calibration-method", default="max", help="max, percentile or entropy")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     folders = list(args.folders) + ([fetch_larger_models(CACHE)] if args.fetch else [])
@@ -112,7 +113,7 @@ def main() -> None:
     for folder in folders:
         for model in load_corpus(folder):
             console.print(f"{model.name} ...", highlight=False)
-            rows.append(check_model(model, hw, args.calibration_samples, args.eval_samples))
+            rows.append(check_model(model, hw, args.calibration_samples, args.eval_samples, args.calibration_method))
     console.print(table(rows, hw.name))
     if args.json:
         args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))

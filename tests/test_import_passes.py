@@ -4,6 +4,9 @@ onnxruntime, plus the placement summary's MAC count against one written here fro
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -213,3 +216,16 @@ def test_rewritten_and_grouped_convs_equal_the_integer_reference(tmp_path):
         for mine, reference, theirs in zip(ours, run_reference(result.qgraph, feed), session.run(None, feed)):
             assert np.array_equal(mine, reference)
             assert cosine(mine, theirs) > 0.99
+
+
+def test_frontend_failure_is_one_line_without_tvm_logs(tmp_path):
+    # A reshape target fed by an input: the frontend fails, and prints and logs on its way out.
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape_by_input")]
+    inputs = [tensor("x", [2, 3]), tensor("s", [2], TensorProto.INT64)]
+    path = save(tmp_path / "reshape.onnx", nodes, inputs, [tensor("y", ["a", "b"])])
+    command = [sys.executable, "-m", "codesign.cli", "compile", str(path), "--hw", "vta_default", "-o"]
+    failed = subprocess.run([*command, str(tmp_path / "o")], capture_output=True, text=True)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.count("\n") == 1 and "node 'reshape_by_input' (Reshape)" in failed.stderr
+    frozen = subprocess.run([*command, str(tmp_path / "o"), "--input-value", "s=3,2"], capture_output=True, text=True)
+    assert frozen.returncode == 0, frozen.stderr

@@ -31,17 +31,20 @@ def core(batch: int, block_in: int, block_out: int, **overrides):
 
 
 def numpy_conv_requant(x, w, bias, mult, shift, shape: ConvShape, lo, hi):
-    """x (G,N,C,H,W), w (G,O,C,KH,KW): int64 conv, then the requantization formula."""
+    """x (G,N,C,H,W), w (G,O,C,KH,KW): int64 (dilated) conv, then the requantization formula."""
     xp = np.pad(
         x.astype(np.int64),
         ((0, 0), (0, 0), (0, 0), (shape.pad_top, shape.pad_bottom), (shape.pad_left, shape.pad_right)),
     )
     out = np.zeros((shape.groups, shape.batch, shape.out_channels, shape.out_h, shape.out_w), np.int64)
+    dh, dw = shape.dilation_h, shape.dilation_w
     for g in range(shape.groups):
         for oy in range(shape.out_h):
             for ox in range(shape.out_w):
                 y0, x0 = oy * shape.stride_h, ox * shape.stride_w
-                window = xp[g, :, :, y0 : y0 + shape.kernel_h, x0 : x0 + shape.kernel_w]
+                rows = slice(y0, y0 + (shape.kernel_h - 1) * dh + 1, dh)
+                cols = slice(x0, x0 + (shape.kernel_w - 1) * dw + 1, dw)
+                window = xp[g, :, :, rows, cols]
                 out[g, :, :, oy, ox] = np.einsum("nchw,ochw->no", window, w[g].astype(np.int64))
     b, m, s = (a.astype(np.int64)[:, None, :, None, None] for a in (bias, mult, shift))
     return np.clip(((out + b) * m + ((1 << s) >> 1)) >> s, lo, hi).astype(np.int8)
@@ -61,7 +64,18 @@ def unpack_out(y, shape: ConvShape):
     return full[:, : shape.batch, : shape.out_channels]
 
 
-def run_kernel(shape: ConvShape, hw, seed: int, tiling: Tiling | None = None):
+@dataclasses.dataclass
+class LayerOperands:
+    x: np.ndarray  # (G, N, C, H, W) int8
+    w: np.ndarray  # (G, O, C, KH, KW) int8
+    bias: np.ndarray  # (G, O) int32, as are multiplier and shift
+    multiplier: np.ndarray
+    shift: np.ndarray
+    lo: int
+    hi: int
+
+
+def random_operands(shape: ConvShape, seed: int) -> LayerOperands:
     rng = np.random.default_rng(seed)
     x = rng.integers(-128, 128, (shape.groups, shape.batch, shape.in_channels, shape.in_h, shape.in_w)).astype(np.int8)
     w = rng.integers(
@@ -71,16 +85,27 @@ def run_kernel(shape: ConvShape, hw, seed: int, tiling: Tiling | None = None):
     mult = rng.integers(1, 1 << 15, (shape.groups, shape.out_channels)).astype(np.int32)
     shift = rng.integers(10, 24, (shape.groups, shape.out_channels)).astype(np.int32)
     lo, hi = int(rng.integers(-128, 0)), int(rng.integers(1, 128))
-    tiling = tiling or choose_tiling(shape, hw)
-    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, lo, hi), tiling, hw)
+    return LayerOperands(x, w, bias, mult, shift, lo, hi)
+
+
+def run_scheduled(shape: ConvShape, hw, tiling: Tiling, ops: LayerOperands):
+    """The scheduled kernel compiled and run on packed operands: (G, N, O, H, W) int8 and its TIR."""
+    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, ops.lo, ops.hi), tiling, hw)
     lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=target())
-    args = [pack_data(x, hw), pack_weight_numpy(w, hw)] + [
-        pack_channel_params_numpy(a, hw) for a in (bias, mult, shift)
+    args = [pack_data(ops.x, hw), pack_weight_numpy(ops.w, hw)] + [
+        pack_channel_params_numpy(a, hw) for a in (ops.bias, ops.multiplier, ops.shift)
     ]
     out = tvm.runtime.tensor(np.zeros(kernel_buffer_shapes(shape, hw)["out"], np.int8))
     lib(*[tvm.runtime.tensor(a) for a in args], out)
-    expected = numpy_conv_requant(x, w, bias, mult, shift, shape, lo, hi)
-    return unpack_out(out.numpy(), shape), expected, scheduled, tiling
+    return unpack_out(out.numpy(), shape), scheduled
+
+
+def run_kernel(shape: ConvShape, hw, seed: int, tiling: Tiling | None = None):
+    ops = random_operands(shape, seed)
+    tiling = tiling or choose_tiling(shape, hw)
+    got, scheduled = run_scheduled(shape, hw, tiling, ops)
+    expected = numpy_conv_requant(ops.x, ops.w, ops.bias, ops.multiplier, ops.shift, shape, ops.lo, ops.hi)
+    return got, expected, scheduled, tiling
 
 
 def random_case(seed: int):

@@ -4,18 +4,23 @@
 quantities (bytes, transfers, micro-ops); `estimate` turns arrays of them into cycles by
 solving the pipeline of `event_sim` in steady state. The virtual threads' tiles run in rounds:
 
-    cycles = fill + (rounds - 1) * period + drain
+    cycles = fill + (rounds - 2) * period + period into the last round + drain
 
 - fill: the micro-op loads and the first input/weight load;
 - period: the longest of the dependency chain of a round (single buffering alternates load
   and GEMM; double buffering hides the next round's loads behind this round's GEMMs, ALU and
   reset), each module's busy time, the store chain (a thread's next reset waits for its store
-  on the in-order compute module) and the DRAM port's busy time;
+  on the in-order compute module), the stores' wait for the DRAM port while the next round's
+  first loads hold it (double buffering), and the DRAM port's busy time;
+- the last round holds fewer tiles than threads when the threads do not divide the tiles:
+  the period into it and the drain count its tiles;
 - drain: the last round's GEMMs, ALU ops and stores;
 - never less than the DRAM port's or the GEMM core's total busy time.
 """
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 
@@ -98,6 +103,31 @@ def _round_stores(tiles, alu, store):
     return np.maximum(alu + tiles * store, tiles * alu + store)
 
 
+def _port_shared_period(f, times, threads, following, latency, bandwidth):
+    """A double-buffered round's period when its stores wait for the DRAM port that the first
+    loads of the following round (`following` tiles) hold. A waiting store transfer gets the port
+    between two load transfers; the rest follow the loads. The following round's first GEMM
+    waits for the last store (through its reset); its other steps go at the slower of load and
+    GEMM."""
+    slower = np.maximum(times.load, times.gemm)
+    first_loads = (following - 1) * slower + times.load
+    store_ready = times.gemm + times.alu  # the last thread's last GEMM, then the first ALU ops
+    load_transfers = f["inp_transfers"] + 1
+    load_transfer = np.maximum(0, times.load - load_transfers * latency) / load_transfers
+    store_transfers = threads * f["store_transfers"]
+    store_transfer = f["out_bytes_per_tile"] / f["store_transfers"] / bandwidth
+    # Store transfers that fit between the load transfers left once the first store is ready.
+    slots = following * load_transfers * np.maximum(0, first_loads - store_ready) / first_loads
+    between_loads = store_ready + store_transfers * (load_transfer + np.maximum(store_transfer, latency))
+    after_loads = first_loads + slots * store_transfer + (store_transfers - slots) * (latency + store_transfer)
+    stores_done = np.where(store_transfers <= slots, between_loads, after_loads)
+    stores_done = np.maximum(stores_done, store_ready + threads * times.store)
+    first_gemm = np.maximum(times.load, stores_done + times.reset)
+    first_gemm = np.maximum(first_gemm, times.gemm + threads * (times.alu + times.reset))
+    period = np.maximum(first_loads, first_gemm + times.gemm) + (f["steps"] - 1) * following * slower
+    return np.where(threads > 1, period, 0)
+
+
 def estimate(f: dict[str, np.ndarray], latency, bandwidth, alu_rate) -> dict[str, np.ndarray]:
     """Cycles and busy times for arrays of features; hardware arguments broadcast against them."""
     tiles, steps, threads = f["tiles"], f["steps"], f["threads"]
@@ -121,23 +151,29 @@ def estimate(f: dict[str, np.ndarray], latency, bandwidth, alu_rate) -> dict[str
     steps_time = np.where(k > 1, steps * k * np.maximum(load, gemm), steps * gemm + (steps - 1) * load)
     # ALU operands are loaded after the last step's loads: what the last GEMMs do not hide.
     operand_wait = np.maximum(0, k * (acc_load - gemm))
-    boundary = np.where(k > 1, k * alu + reset, np.maximum(load, alu + store + reset)) + operand_wait
+    store_data = f["out_bytes_per_tile"] / bandwidth
+    # One thread: the next tile's first load waits for the store's data when the store starts
+    # (after the ALU ops) before that load ends.
+    single = np.maximum(load + np.where(alu + latency < load, store_data, 0), alu + store + reset)
+    boundary = np.where(k > 1, k * alu + reset, single) + operand_wait
     # With two threads the next round's loads run during this round's boundary.
     chain = np.where(k > 1, steps * k * gemm, steps_time) + boundary
     # Loads that reach the DRAM port while a store moves data wait for it: half of it on average.
-    store_data = f["out_bytes_per_tile"] / bandwidth
     busy = np.maximum(k * (reset + steps * gemm + alu), k * (steps * load + acc_load + store_data / 2))
     # A thread's next reset waits for its store; the in-order compute module waits with it.
     store_chain = np.where(k > 1, reset + steps * k * gemm + _round_stores(k, alu, store), 0)
     busy = np.maximum(busy, store_chain)
     period = np.maximum(np.maximum(chain, busy), k * np.maximum(store, dram_tile))
-    fill = k * uop_load + load
-    # The last round after the first load of its first thread; it holds fewer tiles than
-    # threads when the threads do not divide the tiles.
+    # The last round holds fewer tiles than threads when the threads do not divide the tiles.
     last = tiles - (rounds - 1) * k
+    times = types.SimpleNamespace(load=load, gemm=gemm, alu=alu, reset=reset, store=store)
+    into_last = np.maximum(period, _port_shared_period(f, times, k, last, latency, bandwidth))
+    period = np.maximum(period, _port_shared_period(f, times, k, k, latency, bandwidth))
+    fill = k * uop_load + load
+    # The last round after the first load of its first thread.
     drain = _round_steps(steps, last, load, gemm) + np.maximum(0, last * (acc_load - gemm))
     drain = drain + _round_stores(last, alu, store)
-    cycles = fill + (rounds - 1) * period + drain
+    cycles = fill + np.maximum(rounds - 2, 0) * period + np.where(rounds > 1, into_last, 0) + drain
 
     dram_bytes = (
         f["inp_bytes"]

@@ -119,7 +119,8 @@ def _valid_span(start: int, length: int, size: int) -> int:
 
 def _input_windows(shape: ConvShape, facts: ScheduleFacts) -> list[tuple[int, int]]:
     """(rows, columns) of each output tile's input window that lie inside the input: what its
-    loads transfer; the rest of the padded window is zeros the DMA inserts."""
+    loads transfer; the rest of the padded window is zeros the DMA inserts. The window's extent
+    (dilated, padding included) is the one the schedule walk read from the TIR."""
     _, _, rows, cols = facts.inp_window
     _, _, h_tile, w_tile = facts.out_window
     tiles_h, tiles_w = shape.out_h // h_tile, shape.out_w // w_tile

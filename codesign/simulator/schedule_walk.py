@@ -2,7 +2,8 @@
 
 Everything the instruction stream needs about the schedule comes from the TIR: how many output
 tiles and reduction steps the loops run, the windows the input and weight loads fill (from the
-load blocks' iteration domains, padding included), and the loop nests of the micro-op kernels.
+load blocks' iteration domains, padding included; a dilated conv's input window spans its
+dilated kernel), and the loop nests of the micro-op kernels.
 """
 
 from __future__ import annotations
