@@ -248,6 +248,8 @@ class _Lowerer:
             )
         if node.op == "add":
             return self.bb.emit_te(lambda a, b: _add_te(a, b, p), args[0], args[1], primfunc_name_hint="int_add")
+        if node.op == "concat":
+            return self.bb.emit_te(lambda *xs: _concat_te(xs, p), *args, primfunc_name_hint="int_concat")
         if node.op == "multiply":
             return self.bb.emit_te(lambda a, b: _multiply_te(a, b, p), *args, primfunc_name_hint="int_multiply")
         if node.op == "mean":
@@ -379,6 +381,17 @@ def _add_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
     ma, mb = tirx.const(p["multiplier_a"], "int64"), tirx.const(p["multiplier_b"], "int64")
     total = topi.add(topi.multiply(topi.cast(a, "int64"), ma), topi.multiply(topi.cast(b, "int64"), mb))
     return te.compute(total.shape, lambda *i: _requant(total(*i), 1, p["shift"], p["lo"], p["hi"]), name="int_add")
+
+
+def _concat_te(parts, p: dict) -> te.Tensor:
+    from tvm import topi
+
+    rescaled = [_rescaled_te(x, m, p["shift"]) for x, m in zip(parts, p["multipliers"])]
+    return topi.concatenate(rescaled, axis=p["axis"])
+
+
+def _rescaled_te(x: te.Tensor, multiplier: int, shift: int) -> te.Tensor:
+    return te.compute(x.shape, lambda *i: _requant(x(*i).astype("int64"), multiplier, shift, INT8_MIN, INT8_MAX))
 
 
 def _multiply_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:

@@ -87,6 +87,7 @@ class QNode:
     lut        table (256,) int8: y = table[x + 128], an elementwise float chain tabulated
     add        multiplier_a, multiplier_b, shift, lo, hi
     multiply   multiplier, shift (of a * b, broadcasting)
+    concat     axis, multipliers (one per input), shift
     mean       axes, keepdims, multiplier, shift
     clamp      lo, hi
     passthrough / float: the graph node's original op (`source`) on int8 / float inputs
@@ -229,7 +230,8 @@ class _Quantizer:
         op = self.graph.nodes[user].op
         if op == "gemm":
             return True
-        transparent = op in INT8_PASSTHROUGH_OPS or op in ELEMENTWISE_OPS or op == "relax.mean"
+        transparent = op in INT8_PASSTHROUGH_OPS or op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat")
+        transparent = transparent or is_nearest_upsample(self.graph.nodes[user], self.graph)
         return transparent and self.wants_int8(user)
 
     def lower_lut(self, node: Node, root: str) -> QNode:
@@ -294,7 +296,8 @@ class _Quantizer:
         if root is not None:
             return self.lower_lut(node, root)
         int8_inputs = all(self.nodes[i].dtype == "int8" for i in node.inputs)
-        if node.op in INT8_PASSTHROUGH_OPS and len(node.inputs) == 1 and int8_inputs:
+        moves_data = node.op in INT8_PASSTHROUGH_OPS or is_nearest_upsample(node, self.graph)
+        if moves_data and len(node.inputs) == 1 and int8_inputs:
             producer = self.nodes[node.inputs[0]]
             return QNode(node.name, "passthrough", node.inputs, node.shape, "int8", producer.scale, source=node)
         if node.op == "clamp" and int8_inputs:
@@ -303,6 +306,8 @@ class _Quantizer:
             return QNode(node.name, "clamp", node.inputs, node.shape, "int8", scale, params={"lo": lo, "hi": hi})
         if node.op == "relax.add" and len(node.inputs) == 2 and int8_inputs and node.dtype == "float32":
             return self.lower_add(node)
+        if node.op == "relax.concat" and int8_inputs and node.dtype == "float32" and self.wants_int8(node.name):
+            return self.lower_concat(node)
         two_int8 = len(node.inputs) == 2 and int8_inputs and node.dtype == "float32"
         if node.op == "relax.multiply" and two_int8 and self.wants_int8(node.name):
             return self.lower_multiply(node)
@@ -344,12 +349,24 @@ class _Quantizer:
         placement = "accel" if accel_ok else "host"
         return QNode(node.name, layer.kind, inputs, node.shape, "int8", out_scale, placement, params, node)
 
-    def lower_add(self, node: Node) -> QNode:
+    def rescaling(self, node: Node) -> tuple[list[int], int]:
+        """Multipliers (one per input) and one shift taking each int8 input to the node's scale."""
         out_scale = self.scale_for(node.name)
         ratios = np.array([self.nodes[i].scale / out_scale for i in node.inputs])
         multipliers, shifts = fixed_point(ratios, HOST_MULTIPLIER_BITS, self.config.shift_only)
         shift = int(shifts.max())
-        multipliers = multipliers.astype(np.int64) << (shift - shifts)
+        return [int(m) for m in multipliers.astype(np.int64) << (shift - shifts)], shift
+
+    def lower_concat(self, node: Node) -> QNode:
+        """Concatenation of int8 tensors, each rescaled to the output's scale (e.g. CSP blocks)."""
+        multipliers, shift = self.rescaling(node)
+        params = {"axis": int(node.call.attrs.axis), "multipliers": multipliers, "shift": shift}
+        out_scale = self.scale_for(node.name)
+        return QNode(node.name, "concat", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
+
+    def lower_add(self, node: Node) -> QNode:
+        out_scale = self.scale_for(node.name)
+        multipliers, shift = self.rescaling(node)
         params = {
             "multiplier_a": int(multipliers[0]),
             "multiplier_b": int(multipliers[1]),
@@ -388,6 +405,26 @@ class _Quantizer:
             "shift": int(shift[0]),
         }
         return QNode(node.name, "mean", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
+
+
+NEAREST_REPEAT_MODES = {
+    ("asymmetric", "floor"),
+    ("half_pixel", "round_prefer_floor"),
+    ("half_pixel", "round_prefer_ceil"),
+}
+
+
+def is_nearest_upsample(node: Node, graph: Graph) -> bool:
+    """A nearest-neighbour resize by whole factors (ONNX's default Resize): pure data movement."""
+    if node.op != "relax.image.resize2d" or node.shape is None:
+        return False
+    attrs = node.call.attrs
+    in_shape = graph.nodes[node.inputs[0]].shape
+    whole = all(out % size == 0 for out, size in zip(node.shape[2:], in_shape[2:]))
+    # With a whole factor f, output x*f + j reads input x under these modes (half-pixel centres
+    # land within 0.5 - 0.5/f of x), so the resize repeats each element f times.
+    repeats = (attrs.coordinate_transformation_mode, attrs.rounding_method) in NEAREST_REPEAT_MODES
+    return attrs.method == "nearest_neighbor" and attrs.layout == "NCHW" and repeats and whole
 
 
 def _scalar_constants(node: Node) -> list[bool]:

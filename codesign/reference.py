@@ -83,6 +83,9 @@ def passthrough(node: QNode, x: np.ndarray) -> np.ndarray:
         return np.transpose(x, None if axes is None else [int(a) for a in axes])
     if op == "relax.nn.max_pool2d":
         return max_pool2d(x, node.source.call.attrs, node.shape)
+    if op == "relax.image.resize2d":  # nearest, whole factors (quantize.is_nearest_upsample)
+        factor_h, factor_w = node.shape[2] // x.shape[2], node.shape[3] // x.shape[3]
+        return x.repeat(factor_h, axis=2).repeat(factor_w, axis=3)
     raise NotImplementedError(f"reference has no int8 {op}")
 
 
@@ -103,6 +106,9 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "add":
         total = args[0].astype(np.int64) * p["multiplier_a"] + args[1].astype(np.int64) * p["multiplier_b"]
         return requantize(total, 0, 1, p["shift"], p["lo"], p["hi"], channel_axis=0)
+    if node.op == "concat":
+        parts = [requantize(x, 0, m, p["shift"], INT8_MIN, INT8_MAX, 0) for x, m in zip(args, p["multipliers"])]
+        return np.concatenate(parts, axis=p["axis"])
     if node.op == "multiply":
         product = args[0].astype(np.int64) * args[1].astype(np.int64)
         return requantize(product, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=0)

@@ -112,3 +112,55 @@ def test_table_is_the_quantized_float_function(compiled):
     x = np.arange(-128, 128).astype(np.float32) * np.float32(x_scale)
     expected = quantize_float32(np.tanh(x), tanh.scale)
     assert np.abs(tanh.params["table"].astype(int) - expected.astype(int)).max() <= 1  # tanh's float rounding
+
+
+def test_concat_of_int8_branches_rescales_each_in_integers(tmp_path):
+    """CSP-style: two branches of different ranges concatenated, then a conv."""
+    nodes, inits = [], []
+    for index, (source, out) in enumerate((("x", "a"), ("x", "b0"), ("cat", "y"))):
+        node, w = _conv(f"w{index}", source, out)
+        nodes.append(node)
+        inits.append(w)
+    inits[2] = numpy_helper.from_array(
+        (RNG.standard_normal((CHANNELS, 2 * CHANNELS, 3, 3)) * 0.1).astype(np.float32), "w2"
+    )
+    inits.append(numpy_helper.from_array(np.float32(4.0), "four"))
+    nodes[2:2] = [
+        helper.make_node("Mul", ["b0", "four"], ["b"]),
+        helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    graph = helper.make_graph(nodes, "csp", [x], [y], inits)
+    path = tmp_path / "csp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    np.save(tmp_path / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, 8, 8)).astype(np.float32))
+    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calib.npy", warn=lambda m: None)
+    concat = next(n for n in result.qgraph.nodes.values() if n.op == "concat")
+    assert len(set(concat.params["multipliers"])) == 2  # the branches had different scales
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    x = np.random.default_rng(3).standard_normal((1, CHANNELS, 8, 8)).astype(np.float32)
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
+    assert cosine(ours, ort.InferenceSession(str(path)).run(None, {"x": x})[0]) > 0.99
+
+
+def test_nearest_upsample_moves_int8_data(tmp_path):
+    """FPN-style: conv -> nearest resize x2 (ONNX's default Resize) -> conv, all in integers."""
+    first, w0 = _conv("w0", "x", "a")
+    second, w1 = _conv("w1", "up", "y")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    resize = helper.make_node("Resize", ["a", "", "scales"], ["up"], mode="nearest")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    graph = helper.make_graph([first, resize, second], "fpn", [x], [y], [w0, w1, scales])
+    path = tmp_path / "fpn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    np.save(tmp_path / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, 4, 4)).astype(np.float32))
+    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calib.npy", warn=lambda m: None)
+    assert [n.op for n in result.qgraph.nodes.values()].count("passthrough") == 1
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    x = np.random.default_rng(4).standard_normal((1, CHANNELS, 4, 4)).astype(np.float32)
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
+    assert cosine(ours, ort.InferenceSession(str(path)).run(None, {"x": x})[0]) > 0.99
