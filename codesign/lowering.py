@@ -155,20 +155,30 @@ class _Lowerer:
         self.plans: list[LayerPlan] = []
         # Tile and schedule every accelerated layer first: a layer that does not fit fails
         # before any Relax is built.
-        self.kernels = {
-            node.name: plan_accelerated_layer(
+        self.kernels = {}
+        for node in qgraph.gemm_nodes():
+            if node.placement == "accel":
+                self.plan_kernel(node)
+
+    def plan_kernel(self, node: QNode) -> None:
+        """Tile and schedule one offloaded layer. A dilated conv whose dilated window cannot fit
+        the input buffer even for one output stays on the host (its arithmetic is the same)."""
+        p = node.params
+        try:
+            self.kernels[node.name] = plan_accelerated_layer(
                 node.name,
                 node.op,
-                gemm_shape(node, qgraph),
-                hw,
-                (node.params["lo"], node.params["hi"]),
-                requant_alu_ops(node.params["bias"], node.params["multiplier"], node.params["shift"]),
-                qgraph.config.bits_for(node.name) if node.params["weight"] is not None else None,
-                compression.schedule,
+                gemm_shape(node, self.qgraph),
+                self.hw,
+                (p["lo"], p["hi"]),
+                requant_alu_ops(p["bias"], p["multiplier"], p["shift"]),
+                self.qgraph.config.bits_for(node.name) if p["weight"] is not None else None,
+                self.compression.schedule,
             )
-            for node in qgraph.gemm_nodes()
-            if node.placement == "accel"
-        }
+        except HardwareError:
+            if node.op != "conv2d" or tuple(p["dilation"]) == (1, 1):
+                raise
+            node.placement = "host"
 
     def run(self, taps: list[str] = ()) -> LoweredModel:
         bb = self.bb

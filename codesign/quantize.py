@@ -339,7 +339,7 @@ class _Quantizer:
         # Depthwise and narrow groups stay on the host: a GEMM core would use 1/block_in of its
         # lanes at best (block-diagonal), which the host model beats (PP-OCR's classifier: 3.8 ms
         # on the host against 7.8 ms on vta_default's core, modelled).
-        accel_ok = layer.dilation == (1, 1) and (layer.groups == 1 or channels_per_group >= config.block_in)
+        accel_ok = layer.groups == 1 or channels_per_group >= config.block_in
         bits = config.multiplier_bits if accel_ok else HOST_MULTIPLIER_BITS
         multiplier, shift = fixed_point(acc_scale / out_scale, bits, config.shift_only)
         lo, hi = clamp_range(layer.clamp, out_scale)
