@@ -1,6 +1,7 @@
 """The compile flow as a short pipeline of stages, each reading and writing one object:
 
-import_onnx     ONNX file                  -> ImportedModel   (codesign.importer)
+import_onnx     ONNX file                  -> ImportedModel   (codesign.importer; ONNX passes in
+                                                               codesign.onnx_passes)
 extract_graph   ImportedModel              -> Graph           (codesign.graph)
 tensor_ranges   Graph + calibration inputs -> ranges          (codesign.calibration)
 quantize_graph  Graph + ranges + hardware  -> QuantizedGraph  (codesign.quantize)
