@@ -292,6 +292,10 @@ def tune_command(
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
     ] = None,
+    input_value: Annotated[
+        list[str] | None,
+        typer.Option("--input-value", help="Freeze an input to a constant: NAME=V or NAME=V1,V2,... (repeatable)."),
+    ] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Evaluate accuracy on at most this many samples.")] = None,
 ):
     """Search hardware, compression and schedules jointly for the Pareto front."""
@@ -299,7 +303,7 @@ def tune_command(
 
     tune_to_directory(
         model, space, data, out, budget, strategy, seed, jobs, executor, address, batch_size, resume,
-        input_shape, eval_samples, console,
+        input_shape, eval_samples, console, input_value,
     )  # fmt: skip
 
 

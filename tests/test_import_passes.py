@@ -4,8 +4,10 @@ onnxruntime, plus the placement summary's MAC count against one written here fro
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -244,3 +246,17 @@ def test_dilated_conv_too_wide_for_the_input_buffer_stays_on_the_host(tmp_path):
         x = np.random.default_rng(1).standard_normal((1, 8, 40, 40)).astype(np.float32)
         vm = relax.VirtualMachine(result.executable, tvm.cpu())
         assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), run_reference(result.qgraph, {"x": x})[0])
+
+
+def test_tune_with_a_frozen_input_reports_and_reproduces_it(tmp_path, capsys):
+    path = _vad_like(tmp_path)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.standard_normal((12, 1, 4)).astype(np.float32), state=np.zeros((12, 1, 4), np.float32))
+    space = Path(__file__).parent / "spaces" / "tiny.toml"
+    run = tmp_path / "run"
+    argv = ["tune", str(path), "--space", str(space), "--data", str(data), "-o", str(run), "--budget", "2"]
+    assert main([*argv, "--input-value", "sr=16000"]) == 0, capsys.readouterr().err
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["input_values"] == {"sr": ["16000"]}
+    assert "--input-value sr=16000" in (run / "report.md").read_text()

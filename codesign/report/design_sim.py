@@ -43,7 +43,9 @@ def simulate_run_designs(run: RunData) -> tuple[list[SimulatedDesign], str | Non
             config = records[index].config
             hw = run.space.hardware(config, name=f"eval_{index}")
             compression = run.space.compression(config, run.layer_names)
-            plans = plan_model(model, hw, run.input_shapes, data, samples, lambda m: None, compression)
+            plans = plan_model(
+                model, hw, run.input_shapes, data, samples, lambda m: None, compression, run.input_values
+            )
             label = f"best {', '.join(objectives)} (evaluation {index})"
             designs.append(SimulatedDesign(label, hw, simulate_plans(plans, hw, "analytic")))
     except CodesignError as err:

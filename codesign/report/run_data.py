@@ -35,12 +35,19 @@ class RunData:
         """The input shapes the run bound (None: the model's own)."""
         return {name: tuple(dims) for name, dims in self.settings.get("input_shapes", {}).items()} or None
 
+    @property
+    def input_values(self) -> dict[str, list[str]] | None:
+        """The inputs the run froze to constants (None: none)."""
+        return {
+            name: [str(v) for v in values] for name, values in self.settings.get("input_values", {}).items()
+        } or None
+
     @functools.cached_property
     def layer_names(self) -> list[str]:
         """The model's GEMM layers, which compression knobs refer to (imports the model)."""
         from codesign.tuner.evaluator import gemm_layer_names
 
-        return gemm_layer_names(self.settings["model"], self.input_shapes)
+        return gemm_layer_names(self.settings["model"], self.input_shapes, self.input_values)
 
     def design_path(self, record: Record, suffix: str) -> Path:
         """Where a design's hardware description (.toml) or compression file (.json) is written."""

@@ -62,6 +62,8 @@ def compile_command(run: RunData, record: Record) -> str:
         words += ["--calibration", settings["data"], "--calibration-samples", str(samples)]
     for name, dims in (run.input_shapes or {}).items():
         words += ["--input-shape", f"{name}={','.join(str(d) for d in dims)}"]
+    for name, values in (run.input_values or {}).items():
+        words += ["--input-value", f"{name}={','.join(values)}"]
     words += ["-o", f"eval_{record.index}"]
     return shlex.join(words)
 

@@ -79,9 +79,11 @@ class Evaluator:
         input_shapes: dict | None = None,
         calibration_samples: int = 64,
         eval_samples: int | None = None,
+        input_values: dict | None = None,
     ):
         self.model, self.space, self.input_shapes = str(model), space, input_shapes
-        self.imported = import_onnx(model, input_shapes)
+        self.input_values = input_values
+        self.imported = import_onnx(model, input_shapes, input_values)
         self.layers = gemm_layer_names(self.imported)
         self.data = load_eval_data(data, self.imported.inputs, eval_samples)
         self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-")
@@ -122,15 +124,18 @@ class Evaluator:
             alu_multiplier_bits=(base.alu_multiplier_bits or 8) if multiplier else 0,
         )
         result = compile_model(
-            self.model, hw, self.input_shapes, self.calibration, warn=lambda m: None, compression=compression
+            self.model,
+            hw,
+            self.input_shapes,
+            self.calibration,
+            warn=lambda m: None,
+            compression=compression,
+            input_values=self.input_values,
         )
         vm = relax.VirtualMachine(result.executable, tvm.cpu())
         names = [t.name for t in result.imported.inputs]
         predictions = np.array(
-            [
-                vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names]).numpy().reshape(-1).argmax()
-                for sample in self._samples()
-            ]
+            [_first_output(vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names])) for sample in self._samples()]
         )
         reference = self.data.labels if self.data.labels is not None else self.float_predictions
         layers = [
@@ -209,7 +214,13 @@ class Evaluator:
         return None
 
 
-def gemm_layer_names(model, input_shapes: dict | None = None) -> list[str]:
+def _first_output(result) -> int:
+    """The top-1 class of a model's first output (accuracy is measured on it)."""
+    first = result[0] if isinstance(result, (tvm.ir.Array, list, tuple)) else result
+    return int(first.numpy().reshape(-1).argmax())
+
+
+def gemm_layer_names(model, input_shapes: dict | None = None, input_values: dict | None = None) -> list[str]:
     """Names of a model's GEMM layers (what compression configs refer to)."""
-    imported = model if isinstance(model, ImportedModel) else import_onnx(model, input_shapes)
+    imported = model if isinstance(model, ImportedModel) else import_onnx(model, input_shapes, input_values)
     return [n.name for n in extract_graph(imported).gemm_nodes()]

@@ -26,6 +26,7 @@ class EvaluatorSpec:
     input_shapes: tuple = ()
     calibration_samples: int = 64
     eval_samples: int | None = None
+    input_values: tuple = ()  # (name, (value, ...)) inputs frozen to constants
 
     def build(self) -> Evaluator:
         return Evaluator(
@@ -35,6 +36,7 @@ class EvaluatorSpec:
             dict(self.input_shapes) or None,
             self.calibration_samples,
             self.eval_samples,
+            {name: list(values) for name, values in self.input_values} or None,
         )
 
 

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import codesign
 from codesign.errors import UsageError
 from codesign.files import write_text_atomic
-from codesign.importer import parse_input_shapes
+from codesign.importer import parse_input_shapes, parse_input_values
 from codesign.report.build import write_run_report
 from codesign.report.run_data import DATABASE_FILE, SETTINGS_FILE
 from codesign.tuner.database import Database
@@ -42,6 +42,7 @@ def tune_to_directory(
     input_shape,
     eval_samples,
     console: Console,
+    input_value=None,
 ):
     if strategy not in STRATEGIES:
         raise UsageError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
@@ -54,12 +55,14 @@ def tune_to_directory(
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(space_path, out / "space.toml")
     shapes = tuple(sorted(parse_input_shapes(input_shape).items()))
+    values = tuple(sorted((name, tuple(v)) for name, v in parse_input_values(input_value).items()))
     spec = EvaluatorSpec(
         str(Path(model).resolve()),
         str(Path(space_path).resolve()),
         str(Path(data).resolve()),
         shapes,
         eval_samples=eval_samples,
+        input_values=values,
     )
     started = time.perf_counter()
     earlier_seconds = _read_json(out / SETTINGS_FILE).get("wall_seconds", 0.0) if resume else 0.0
@@ -68,6 +71,7 @@ def tune_to_directory(
         "space": spec.space,
         "data": spec.data,
         "input_shapes": {name: list(dims) for name, dims in shapes},
+        "input_values": {name: list(v) for name, v in values},
         "calibration_samples": spec.calibration_samples,
         "eval_samples": eval_samples,
         "budget": budget,
@@ -103,7 +107,7 @@ def tune_to_directory(
             records = run_tuning(space, STRATEGIES[strategy](), database, runner, budget, batch_size, seed, on_record)
     finally:
         runner.close()
-    layers = gemm_layer_names(model, dict(shapes) or None)
+    layers = gemm_layer_names(model, dict(shapes) or None, {name: list(v) for name, v in values} or None)
     write_outputs(out, space, records, layers)
     settings["wall_seconds"] = earlier_seconds + time.perf_counter() - started
     write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
