@@ -85,7 +85,3 @@ def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dic
     ]
     results = vm["main"](*args)
     return {name: quantize_float32(result.numpy(), scales[name]) for name, result in zip(chains, results)}
-
-
-def lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return table[x.astype(np.int32) + 128]
