@@ -31,8 +31,11 @@ class TensorError:
 def quantization_errors(result, samples: list[dict[str, np.ndarray]]) -> list[TensorError]:
     """Per-tensor error of a CompileResult's integer program on `samples`, worst cosine first."""
     qgraph, graph = result.qgraph, result.graph
-    taps = [name for name, node in qgraph.nodes.items() if name in graph.nodes and node.op != "input"]
-    taps = [name for name in taps if graph.nodes[name].shape is not None]
+    taps = [
+        name
+        for name, node in qgraph.nodes.items()
+        if node.op != "input" and name in graph.nodes and graph.nodes[name].shape is not None
+    ]
     lowered = lower_to_relax(qgraph, result.imported, result.hw, result.compression, taps)
     with quiet_tvm():
         vm = relax.VirtualMachine(tvm.compile(lowered.mod, target=target()), tvm.cpu())

@@ -151,7 +151,7 @@ def test_frozen_value_that_does_not_fit_is_a_usage_error(tmp_path, capsys, value
     assert not (tmp_path / "o").exists()
 
 
-def test_module_with_two_inputs_and_two_outputs_runs(tmp_path):
+def test_module_with_two_inputs_and_two_outputs_compiles(tmp_path):
     path = _vad_like(tmp_path)
     hw = load_hardware("vta_default")
     result = compile_model(path, hw, warn=lambda m: None, input_values={"sr": ["16000"]})
