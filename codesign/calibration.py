@@ -11,7 +11,10 @@ along a new leading axis, or along the batch axis when the input's batch is 1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from tvm import relax
 
 from codesign.emit import emit_float_node, module_without_main, target
 from codesign.errors import ModelError, UsageError
-from codesign.graph import Graph
+from codesign.graph import Graph, channel_axis
 from codesign.importer import ImportedModel, TensorSpec
 from codesign.tvm_output import quiet_tvm
 
@@ -55,33 +58,51 @@ def run_float(mod: tvm.IRModule, samples: list[dict[str, np.ndarray]], input_nam
         yield [o.numpy() for o in outputs]
 
 
+@dataclasses.dataclass
+class TensorRanges:
+    """Calibrated ranges: `absmax` of every tensor, and `channel_absmax` (per channel, along
+    graph.channel_axis) of every float tensor that has channels, clipped to the tensor's own threshold."""
+
+    absmax: dict[str, float]
+    channel_absmax: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
 def tensor_ranges(
     graph: Graph,
     imported: ImportedModel,
     samples: list[dict[str, np.ndarray]],
     method: str = "max",
     percentile: float = 99.99,
-) -> dict[str, float]:
-    """The calibrated absmax of every tensor-valued node, in one float run over the samples.
+) -> TensorRanges:
+    """The calibrated ranges of every tensor-valued node, in one float run over the samples.
 
     "max" is max |x|; "percentile" and "entropy" clip float tensors to a threshold read from a
     histogram of |x| (integer tensors, such as shape computations, keep max |x|).
     """
     check_method(method, percentile)
     taps = [n.name for n in graph.nodes.values() if n.shape is not None]
-    clipped = [] if method == "max" else [n for n in taps if graph.nodes[n].dtype.startswith("float")]
+    floats = [n for n in taps if graph.nodes[n].dtype.startswith("float")]
+    clipped = [] if method == "max" else floats
     mod = build_float_module(graph, imported, taps)
     absmax = dict.fromkeys(taps, 0.0)
+    axes = {n: channel_axis(graph.nodes[n].shape) for n in floats}
+    channel_absmax = {n: 0.0 for n in floats if axes[n] is not None}
     histograms = {name: AbsHistogram() for name in clipped}
     skip = len(graph.outputs)
     for outputs in run_float(mod, samples, [t.name for t in imported.inputs]):
         for name, value in zip(taps, outputs[skip:]):
             absmax[name] = max(absmax[name], float(np.abs(value).max(initial=0.0)))
+            if name in channel_absmax:
+                others = tuple(a for a in range(value.ndim) if a != axes[name])
+                channel_absmax[name] = np.maximum(channel_absmax[name], np.abs(value).max(axis=others))
             if name in histograms:
                 histograms[name].add(value)
     for name, histogram in histograms.items():
         absmax[name] = histogram.percentile(percentile) if method == "percentile" else histogram.entropy_threshold()
-    return absmax
+    channel_absmax = {
+        name: np.minimum(np.asarray(ranges, dtype=np.float64), absmax[name]) for name, ranges in channel_absmax.items()
+    }
+    return TensorRanges(absmax, channel_absmax)
 
 
 def check_method(method: str, percentile: float) -> None:
@@ -190,12 +211,20 @@ def float_outputs(graph: Graph, imported: ImportedModel, samples: list[dict[str,
 
 
 def load_samples(path: str | Path, inputs: list[TensorSpec], limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The calibration samples of a .npy/.npz file, checked: numeric, real and finite values, and no
+    float input that is zero in every sample (its range, and so its scale, would be 0)."""
     path = Path(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError as err:
         raise UsageError(f"{path}: no such calibration file") from err
-    except (OSError, ValueError) as err:
+    except ValueError as err:
+        if "Object arrays" in str(err):
+            raise ModelError(f"{path}: holds an array of Python objects, not numbers (dtype object)") from err
+        if "pickled" in str(err):
+            raise ModelError(f"{path}: a Python pickle, not a .npy/.npz file of numbers") from err
+        raise ModelError(f"{path}: not a .npy/.npz file ({err})") from err
+    except (OSError, EOFError) as err:
         raise ModelError(f"{path}: not a .npy/.npz file ({err})") from err
     if isinstance(loaded, np.ndarray):
         if len(inputs) != 1:
@@ -205,26 +234,102 @@ def load_samples(path: str | Path, inputs: list[TensorSpec], limit: int | None =
         missing = [t.name for t in inputs if t.name not in loaded.files]
         if missing:
             raise UsageError(f"{path}: no array named {', '.join(missing)} (has: {', '.join(loaded.files)})")
-        arrays = {t.name: loaded[t.name] for t in inputs}
+        arrays = {t.name: read_npz_array(loaded, t.name, path) for t in inputs}
     stacks = {t.name: as_samples(arrays[t.name], t, path) for t in inputs}
     count = min(len(s) for s in stacks.values())
     count = count if limit is None else min(count, limit)
+    check_not_degenerate({name: stack[:count] for name, stack in stacks.items()}, inputs, path)
     return [{name: stack[i] for name, stack in stacks.items()} for i in range(count)]
 
 
+def read_npz_array(archive, name: str, path: Path) -> np.ndarray:
+    """One array of an .npz, with an object array or a damaged member reported as one line."""
+    try:
+        return archive[name]
+    except ValueError as err:
+        if "Object arrays" in str(err):
+            raise ModelError(f"{path}: array '{name}' holds Python objects, not numbers (dtype object)") from err
+        raise ModelError(f"{path}: array '{name}' cannot be read ({err})") from err
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ModelError(f"{path}: array '{name}' cannot be read ({err})") from err
+
+
 def as_samples(array: np.ndarray, spec: TensorSpec, path: Path) -> np.ndarray:
-    """A stack of samples for one input: one sample, stacked on a new axis, or on the batch axis."""
+    """A stack of samples for one input: one sample, stacked on a new axis, or on the batch axis.
+    Its values must be real numbers, finite (also once converted to the input's dtype)."""
     shape = tuple(spec.shape)
-    array = array.astype(spec.dtype, copy=False)
+    check_numeric(array, spec, path)
     if array.shape == shape:
-        return array[None]
-    if array.shape[1:] == shape:
-        return array
-    if shape[0] == 1 and array.shape[1:] == shape[1:]:
-        return array[:, None]
-    raise UsageError(
-        f"{path}: array '{spec.name}' has shape {list(array.shape)}; expected {list(shape)} or a stack of those"
+        stack = array[None]
+    elif array.shape[1:] == shape:
+        stack = array
+    elif shape and shape[0] == 1 and array.shape[1:] == shape[1:]:
+        stack = array[:, None]
+    else:
+        raise UsageError(
+            f"{path}: array '{spec.name}' has shape {list(array.shape)}; expected {list(shape)} or a stack of those"
+        )
+    check_finite(stack, spec, path, "")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = stack.astype(spec.dtype, copy=False)
+    if converted is not stack:
+        check_finite(converted, spec, path, f" once converted to {spec.dtype}")
+    return converted
+
+
+def check_numeric(array: np.ndarray, spec: TensorSpec, path: Path) -> None:
+    kind = array.dtype.kind
+    if kind == "c":
+        raise ModelError(
+            f"{path}: array '{spec.name}' is complex ({array.dtype}); input '{spec.name}' takes real "
+            f"{spec.dtype} values (the imaginary part would be lost)"
+        )
+    if kind not in "biuf":
+        raise ModelError(
+            f"{path}: array '{spec.name}' holds {describe_dtype(array.dtype)}, not numbers; "
+            f"input '{spec.name}' takes {spec.dtype} values"
+        )
+
+
+def describe_dtype(dtype: np.dtype) -> str:
+    kinds = {"U": "strings", "S": "byte strings", "O": "Python objects", "V": "records", "M": "dates", "m": "durations"}
+    return f"{kinds.get(dtype.kind, 'values')} (dtype {dtype})"
+
+
+def check_finite(stack: np.ndarray, spec: TensorSpec, path: Path, when: str) -> None:
+    """Refuse NaN or infinite values, naming the first sample (0-based) that holds one."""
+    if stack.dtype.kind != "f" or stack.size == 0:
+        return
+    finite = np.isfinite(stack.reshape(len(stack), -1)).all(axis=1)
+    if finite.all():
+        return
+    sample = int(np.argmin(finite))
+    values = stack[sample]
+    what = "NaN" if np.isnan(values).any() else "infinite"
+    raise ModelError(
+        f"{path}: input '{spec.name}', sample {sample} of {len(stack)} holds {what} values{when}; "
+        "calibration data must be finite"
     )
+
+
+def check_not_degenerate(stacks: dict[str, np.ndarray], inputs: list[TensorSpec], path: Path) -> None:
+    """Refuse calibration data whose float inputs are all zero in every sample: the data then carries
+    no signal, every activation range comes from the model's constants alone, and the input's zero
+    range gives it no usable scale.
+
+    One all-zero float input among others that carry data is allowed: a recurrent model's initial
+    state (silero-vad's 'state'), an additive attention mask. Integer inputs (token or segment ids)
+    are not scaled by their range and never count.
+    """
+    floats = [spec for spec in inputs if np.dtype(spec.dtype).kind == "f" and stacks[spec.name].size]
+    if floats and not any(np.any(stacks[spec.name]) for spec in floats):
+        names = ", ".join(f"'{spec.name}'" for spec in floats)
+        count = len(stacks[floats[0].name])
+        inputs_text = f"input {names} is" if len(floats) == 1 else f"inputs {names} are"
+        raise ModelError(
+            f"{path}: {inputs_text} zero in all {count} calibration samples, which gives no range to quantize "
+            "with; calibrate on representative inputs"
+        )
 
 
 def random_samples(inputs: list[TensorSpec], count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -69,7 +69,8 @@ def compile_command(
     ] = None,
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
-    from codesign.deploy import write_module
+    from codesign.deploy import check_output, write_module
+    from codesign.files import cleanup_on_signals
     from codesign.hardware import load_hardware
     from codesign.importer import parse_input_shapes, parse_input_values
     from codesign.pipeline import compile_model
@@ -78,19 +79,21 @@ def compile_command(
     if weight_bits not in (None, 4, 8):
         raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
     spec = load_hardware(hw)
-    result = compile_model(
-        model,
-        spec,
-        parse_input_shapes(input_shape),
-        calibration,
-        calibration_samples,
-        weight_bits,
-        cpu=cpu,
-        compression=_compression(compression, float_layers),
-        input_values=parse_input_values(input_value),
-        calibration_method=calibration_method,
-    )
-    write_module(result, out)
+    check_output(out)  # before the compile: refuses what write_module would, without writing anything
+    with cleanup_on_signals(f"compiling {out}/"):  # SIGTERM, like Ctrl-C, removes the staging directory
+        result = compile_model(
+            model,
+            spec,
+            parse_input_shapes(input_shape),
+            calibration,
+            calibration_samples,
+            weight_bits,
+            cpu=cpu,
+            compression=_compression(compression, float_layers),
+            input_values=parse_input_values(input_value),
+            calibration_method=calibration_method,
+        )
+        write_module(result, out)
     from codesign.simulator.simulate import simulate_plans
 
     print_placement(result.lowered.plans, spec, console, simulate_plans(result.lowered.plans, spec, "analytic"))
@@ -139,47 +142,103 @@ def _print_explanation(result, calibration: Path | None, calibration_samples: in
 @app.command("run")
 def run_command(
     module_dir: Annotated[Path, typer.Argument(help="Compiled module directory (from `codesign compile`).")],
-    input: Annotated[list[str], typer.Option("--input", help="Input array: FILE.npy or NAME=FILE.npy (repeatable).")],
+    input: Annotated[
+        list[str],
+        typer.Option(
+            "--input", help="Input array: FILE.npy or NAME=FILE.npy, or an .npz of arrays named by input (repeatable)."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", help="Where to write the output (.npy; .npz for several).")],
     hw: Annotated[str | None, typer.Option("--hw", help="Refuse to run unless built for this description.")] = None,
 ):
-    """Run a compiled module on inputs stored as .npy files."""
+    """Run a compiled module on inputs stored as .npy (or .npz) files."""
     from codesign.deploy import load
     from codesign.hardware import load_hardware
 
     module = load(module_dir, load_hardware(hw) if hw else None)
     arrays = _read_inputs(input, [t.name for t in module.inputs])
     results = module.run(**arrays)
-    _write_outputs(output, results, [t.name for t in module.outputs])
+    written = _write_outputs(output, results, [t.name for t in module.outputs])
     shapes = ", ".join(f"{t.name} {list(r.shape)}" for t, r in zip(module.outputs, results))
-    console.print(f"Wrote {output}: {shapes}")
+    console.print(f"Wrote {written}: {shapes}")
 
 
 def _read_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
+    """--input values -> arrays by input name: FILE.npy (the inputs in order) or NAME=FILE.npy; an
+    .npz holds arrays named by input (NAME=FILE.npz: the array NAME, or the archive's only one)."""
     arrays = {}
     for position, spec in enumerate(specs):
         name, sep, file = spec.partition("=")
         if not sep:
+            name, file = None, spec
+        loaded = _load_array_file(spec, file)
+        if isinstance(loaded, dict) and name is None:
+            arrays.update(_npz_inputs(spec, file, loaded, names))
+            continue
+        if isinstance(loaded, dict):
+            if name not in loaded and len(loaded) != 1:
+                raise DeployError(
+                    f"--input {spec}: {file} holds {_npz_contents(loaded)}; expected an array named {name}"
+                )
+            loaded = loaded[name] if name in loaded else next(iter(loaded.values()))
+        if name is None:
             if len(specs) != len(names) or position >= len(names):
                 raise UsageError(f"--input {spec}: name it as NAME=FILE (inputs: {', '.join(names)})")
-            name, file = names[position], spec
-        try:
-            arrays[name] = np.load(file, allow_pickle=False)
-        except FileNotFoundError as err:
-            raise UsageError(f"--input {spec}: no such file {file}") from err
-        except (OSError, ValueError) as err:
-            raise DeployError(f"--input {spec}: {file} is not a .npy file ({err})") from err
+            name = names[position]
+        arrays[name] = loaded
     return arrays
 
 
-def _write_outputs(path: Path, results: list[np.ndarray], names: list[str]) -> None:
+def _load_array_file(spec: str, file: str) -> np.ndarray | dict[str, np.ndarray]:
+    """A .npy file's array, or an .npz archive's arrays by name."""
     try:
-        if len(results) == 1 and path.suffix != ".npz":
-            np.save(path, results[0])
+        loaded = np.load(file, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {key: loaded[key] for key in loaded.files}
+        return loaded
+    except FileNotFoundError as err:
+        raise UsageError(f"--input {spec}: no such file {file}") from err
+    except (OSError, ValueError, EOFError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DeployError(f"--input {spec}: {file} is not a .npy or .npz file of arrays ({reason})") from err
+
+
+def _npz_inputs(spec: str, file: str, arrays: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """The inputs of an .npz given without a name: its arrays named by input (or, for a model
+    with one input, the archive's only array)."""
+    if len(names) == 1 and len(arrays) == 1:
+        return {names[0]: next(iter(arrays.values()))}
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise DeployError(
+            f"--input {spec}: {file} holds {_npz_contents(arrays)}; expected arrays named by input: "
+            f"{', '.join(names)} (or give one array as NAME=FILE)"
+        )
+    return {name: arrays[name] for name in names}
+
+
+def _npz_contents(arrays: dict[str, np.ndarray], shown: int = 4) -> str:
+    if not arrays:
+        return "no arrays"
+    items = [f"{key} ({value.dtype} {list(value.shape)})" for key, value in list(arrays.items())[:shown]]
+    more = f" and {len(arrays) - shown} more" if len(arrays) > shown else ""
+    return f"array{'s' if len(arrays) > 1 else ''} " + ", ".join(items) + more
+
+
+def _write_outputs(path: Path, results: list[np.ndarray], names: list[str]) -> Path:
+    """Write one output as .npy, several (or to a .npz path) as .npz; returns the file written
+    (numpy's suffix added when the path lacks it)."""
+    suffix = ".npy" if len(results) == 1 and path.suffix != ".npz" else ".npz"
+    written = path if path.suffix == suffix else Path(f"{path}{suffix}")
+    try:
+        if suffix == ".npy":
+            np.save(written, results[0])
         else:
-            np.savez(path, **dict(zip(names, results)))
+            np.savez(written, **dict(zip(names, results)))
     except OSError as err:
-        raise DeployError(f"{path}: cannot write output ({err.strerror})") from err
+        raise DeployError(f"{written}: cannot write output ({err.strerror or err})") from err
+    return written
 
 
 @app.command("simulate")
@@ -248,14 +307,18 @@ def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibrati
     from codesign.hardware import load_hardware
 
     if target.is_dir():
-        from codesign.deploy import read_manifest
+        from codesign.deploy import module_hardware, read_manifest
         from codesign.lowering import LayerPlan
 
-        manifest = read_manifest(target)
-        spec = load_hardware(target / manifest["hardware"]["file"])
+        manifest = read_manifest(target)  # validated, its files' sha256 checked
+        spec = module_hardware(target, manifest)
         if hw is not None and load_hardware(hw).fingerprint() != spec.fingerprint():
             raise DeployError(f"{target}: module was built for '{spec.name}', not for '{hw}'; recompile it")
         return spec, [LayerPlan.from_dict(layer) for layer in manifest["layers"]]
+    if not target.exists():
+        from codesign.errors import ModelError
+
+        raise ModelError(f"{target}: no such ONNX file or compiled module directory")
     if hw is None:
         raise UsageError("--hw is required to simulate an ONNX model")
     from codesign.importer import parse_input_shapes, parse_input_values
@@ -288,7 +351,9 @@ def tune_command(
     executor: Annotated[str, typer.Option(help="local (processes) or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
     batch_size: Annotated[int, typer.Option(help="Configurations proposed at a time.", min=1)] = 8,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUT.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in OUT (same model, data, space, seed, strategy).")
+    ] = False,
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
     ] = None,
@@ -364,17 +429,33 @@ def main(argv: list[str] | None = None) -> int:
     except CodesignError as err:
         if debug:
             raise
+        _release_frames(err)
         print(f"codesign: error: {err}", file=sys.stderr)
         return err.exit_code
     except Exception as err:
         if debug:
             raise
+        _release_frames(err)
         message = str(err).strip().splitlines()
         print(
             f"codesign: internal error: {type(err).__name__}: {message[-1] if message else ''} (rerun with --debug)",
             file=sys.stderr,
         )
         return 1
+
+
+def _release_frames(err: BaseException) -> None:
+    """Free what the failed command's frames held, with TVM's log quiet: TVM objects log when
+    destroyed ("BlockBuilder destroyed with remaining blocks!"), after our one line otherwise."""
+    import gc
+
+    from codesign.tvm_output import quiet_tvm
+
+    with quiet_tvm():
+        while err is not None:
+            err.__traceback__ = None
+            err = err.__cause__ or err.__context__
+        gc.collect()
 
 
 def entry_point() -> None:

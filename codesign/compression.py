@@ -20,11 +20,13 @@ import dataclasses
 import fnmatch
 import json
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
 
 from codesign.errors import UsageError
+from codesign.files import reading
 from codesign.graph import Graph
 
 
@@ -56,13 +58,32 @@ class CompressionConfig:
         return channels - math.floor(self.prune.get(layer, 0.0) * channels)
 
 
+def _shown(value, limit: int = 60) -> str:
+    """A value as the JSON file spells it, cut short."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _bits_problem(layer: str, value) -> str | None:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in (4, 8):
+        return None
+    return f"weight_bits['{layer}'] = {_shown(value)} (expected 4 or 8)"
+
+
+def _prune_problem(layer: str, value) -> str | None:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1:
+        return None
+    return f"prune['{layer}'] = {_shown(value)} (expected a number: 0 <= ratio < 1)"
+
+
 def validate_compression(config: CompressionConfig, graph: Graph, source: str = "compression") -> None:
     layers = {n.name for n in graph.gemm_nodes()}
     problems = [f"unknown layer '{name}'" for name in sorted({*config.weight_bits, *config.prune} - layers)]
-    problems += [
-        f"weight_bits['{k}'] = {v!r} (expected 4 or 8)" for k, v in config.weight_bits.items() if v not in (4, 8)
-    ]
-    problems += [f"prune['{k}'] = {v!r} (expected 0 <= ratio < 1)" for k, v in config.prune.items() if not 0 <= v < 1]
+    problems += [p for k, v in config.weight_bits.items() if (p := _bits_problem(k, v))]
+    problems += [p for k, v in config.prune.items() if (p := _prune_problem(k, v))]
     names = [n for n, node in graph.nodes.items() if node.op != "input"]
     problems += [
         f"float layer pattern '{p}' matches no layer"
@@ -75,25 +96,43 @@ def validate_compression(config: CompressionConfig, graph: Graph, source: str = 
 
 
 def load_compression(path: str | Path) -> CompressionConfig:
+    """Read and type-check a compression file; every problem is named (file, field, layer) in one line.
+    Whether the layers exist is checked against the model later (validate_compression)."""
     path = Path(path)
+    with reading(path, "compression"):
+        text = path.read_bytes().decode("utf-8")
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise UsageError(f"{path}: no such compression file") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path}: not a valid JSON compression file ({err})") from err
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}: not a valid JSON compression file (line {err.lineno}: {err.msg})") from err
     fields = {"weight_bits", "prune", "schedule", "float_layers"}
-    unknown = set(doc) - fields if isinstance(doc, dict) else {"<not an object>"}
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: expected a JSON object with {', '.join(sorted(fields))}, got {_json_type(doc)}")
+    unknown = set(doc) - fields
     if unknown:
         raise UsageError(f"{path}: expected {', '.join(sorted(fields))} (unknown: {sorted(unknown)})")
+    problems = []
+    weight_bits, prune = doc.get("weight_bits", {}), doc.get("prune", {})
+    for field, table, check in (("weight_bits", weight_bits, _bits_problem), ("prune", prune, _prune_problem)):
+        if not isinstance(table, dict):
+            problems.append(f"{field} = {_shown(table)} (expected an object of layer name -> value)")
+        else:
+            problems += [p for layer, value in table.items() if (p := check(layer, value))]
     schedule = doc.get("schedule", "rule")
     if schedule not in ("rule", "auto"):
-        raise UsageError(f"{path}: schedule = {schedule!r} (expected rule or auto)")
-    prune = {k: float(v) for k, v in doc.get("prune", {}).items()}
+        problems.append(f'schedule = {_shown(schedule)} (expected "rule" or "auto")')
     float_layers = doc.get("float_layers", [])
     if not isinstance(float_layers, list) or not all(isinstance(p, str) for p in float_layers):
-        raise UsageError(f"{path}: float_layers = {float_layers!r} (expected a list of layer name patterns)")
-    return CompressionConfig(dict(doc.get("weight_bits", {})), prune, schedule, tuple(float_layers))
+        problems.append(f"float_layers = {_shown(float_layers)} (expected a list of layer name patterns)")
+    if problems:
+        raise UsageError(f"{path}: " + "; ".join(problems))
+    prune = {k: float(v) for k, v in prune.items()}
+    return CompressionConfig(dict(weight_bits), prune, schedule, tuple(float_layers))
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 def prune_graph(graph: Graph, config: CompressionConfig) -> Graph:

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from codesign.calibration import float_outputs
 from codesign.deploy import load, write_module
+from codesign.errors import DeployError
 from codesign.hardware import load_hardware
 from codesign.pipeline import compile_model
 from codesign.report_tables import print_placement
@@ -44,8 +45,13 @@ def run_demo(out_dir: Path | None = None, console: Console | None = None) -> dic
     images, labels = load_mnist_test()
     work = Path(tempfile.mkdtemp(prefix="codesign-demo-")) if out_dir is None else out_dir
     calibration = work / "mnist_calibration.npy"
-    work.mkdir(parents=True, exist_ok=True)
-    np.save(calibration, images[:CALIBRATION_IMAGES, 0])
+    try:
+        if work.exists() and not work.is_dir():
+            raise DeployError(f"{work}: exists and is not a directory; name a directory for the demo's modules")
+        work.mkdir(parents=True, exist_ok=True)
+        np.save(calibration, images[:CALIBRATION_IMAGES, 0])
+    except OSError as err:
+        raise DeployError(f"{work}: cannot write the demo's files there ({err.strerror or err})") from err
 
     hw = load_hardware("vta_default")
     alu = f"ALU multiplier {hw.alu_multiplier_bits} bit"

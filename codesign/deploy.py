@@ -1,8 +1,11 @@
 """The deployable module: OUT/ with the TVM library, manifest.json and the hardware file.
 
 Written to a temporary sibling directory and renamed into place at the end, so a failed
-compile never leaves a half-written OUT/. Loads with plain TVM (`tvm.runtime.load_module` +
-`relax.VirtualMachine`) or with `codesign.load(OUT)`.
+compile never leaves a half-written OUT/ (staging directories of a process that died are removed
+by the next write to the same OUT; see `codesign.files`). Loads with plain TVM
+(`tvm.runtime.load_module` + `relax.VirtualMachine`) or with `codesign.load(OUT)`, which validates
+the manifest against its format (`codesign.manifest`), keeps every path it names inside OUT and
+checks every file's sha256 first.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +21,22 @@ from tvm import relax
 
 import codesign
 from codesign.errors import DeployError
+from codesign.files import STALE_SECONDS as STALE_SECONDS  # re-exported
+from codesign.files import file_sha256, output_path, replace_directory, staging_directory
+from codesign.files import remove_stale_siblings as _remove_stale_siblings
 from codesign.hardware import HardwareSpec
 from codesign.importer import TensorSpec
+from codesign.manifest import FORMAT, FORMAT_VERSION, InvalidManifest, validate_manifest
 from codesign.pipeline import CompileResult
 
 LIBRARY_FILE = "module.so"
 MANIFEST_FILE = "manifest.json"
 HARDWARE_FILE = "hardware.toml"
-FORMAT = "codesign-module"
-FORMAT_VERSION = 2
+MODULE_FILES = frozenset({MANIFEST_FILE, LIBRARY_FILE, HARDWARE_FILE})
 
 
-def build_manifest(result: CompileResult) -> dict:
+def build_manifest(result: CompileResult, files: dict[str, str] | None = None) -> dict:
+    """The manifest of a compiled result; `files`: file name -> sha256 of the module's files."""
     hw = result.hw
     return {
         "format": FORMAT,
@@ -38,6 +44,7 @@ def build_manifest(result: CompileResult) -> dict:
         "codesign_version": codesign.__version__,
         "tvm_version": tvm.__version__,
         "library": LIBRARY_FILE,
+        "files": dict(files or {}),
         "target": str(result.target),
         "model": {"source": Path(result.imported.source).name, "sha256": result.imported.sha256},
         "hardware": {"name": hw.name, "sha256": hw.fingerprint(), "file": HARDWARE_FILE, "spec": hw.to_dict()},
@@ -54,21 +61,24 @@ def build_manifest(result: CompileResult) -> dict:
 def quantization_summary(result: CompileResult) -> dict:
     qgraph = result.qgraph
     tensors = {
-        n.name: n.scale for n in qgraph.nodes.values() if n.dtype == "int8" and n.op not in ("passthrough", "clamp")
+        n.name: _scale_json(n.scale)
+        for n in qgraph.nodes.values()
+        if n.dtype == "int8" and n.op not in ("passthrough", "clamp")
     }
     layers = {}
     for node in qgraph.gemm_nodes():
         p = node.params
         layers[node.name] = {
             "placement": node.placement,
-            "input_scale": qgraph.nodes[node.inputs[0]].scale,
-            "output_scale": node.scale,
+            "input_scale": _scale_json(qgraph.nodes[node.inputs[0]].scale),
+            "output_scale": _scale_json(node.scale),
             "multiplier": p["multiplier"].tolist(),
             "shift": p["shift"].tolist(),
             "clamp": [p["lo"], p["hi"]],
         }
     return {
-        "scheme": "symmetric int8 activations per tensor, weights per output channel, int32 bias",
+        "scheme": "symmetric int8 activations per tensor (per channel before grouped convs and lookup tables),"
+        " weights per output channel, int32 bias",
         "config": qgraph.config.to_dict(),
         "calibration": result.calibration,
         "requantization": "clamp(((acc + bias) * multiplier + ((1 << shift) >> 1)) >> shift, lo, hi)",
@@ -77,49 +87,109 @@ def quantization_summary(result: CompileResult) -> dict:
     }
 
 
+def _scale_json(scale) -> float | list[float]:
+    return scale.tolist() if isinstance(scale, np.ndarray) else scale
+
+
 def write_module(result: CompileResult, out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    _check_destination(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    """Write the module to OUT (replacing an older module there); returns OUT as given.
+
+    Refuses an existing OUT that is not a module (a directory holding anything but a codesign
+    manifest and the module's files); an OS error is one DeployError naming OUT.
+    """
+    given = Path(out_dir)
+    out = output_path(given)
+    try:
+        _check_destination(out, given)
+        remove_stale_siblings(out)
+        staging = staging_directory(out)
+    except OSError as err:
+        raise DeployError(f"{given}: cannot write the module there ({_os_reason(err)})") from err
     try:
         result.executable.export_library(str(staging / LIBRARY_FILE))
         (staging / HARDWARE_FILE).write_text(result.hw.to_toml())
-        (staging / MANIFEST_FILE).write_text(json.dumps(build_manifest(result), indent=2) + "\n")
-        _replace_directory(staging, out_dir)
+        files = {name: file_sha256(staging / name) for name in (LIBRARY_FILE, HARDWARE_FILE)}
+        (staging / MANIFEST_FILE).write_text(json.dumps(build_manifest(result, files), indent=2) + "\n")
+        replace_directory(staging, out)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DeployError(f"{given}: cannot write the module ({_os_reason(err)})") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir
+    return given
 
 
-def _check_destination(out_dir: Path) -> None:
-    parent = out_dir.parent
+def remove_stale_siblings(out: Path) -> list[Path]:
+    """Remove what killed writes of a module to OUT left beside it (`files.remove_stale_siblings`)."""
+    return _remove_stale_siblings(out, MODULE_FILES)
+
+
+def _os_reason(err: OSError) -> str:
+    return err.strerror or str(err) or type(err).__name__
+
+
+def check_output(out_dir: str | Path) -> None:
+    """write_module's refusals that need nothing written (OUT is the current directory, holds
+    other files, lies under a file or an unwritable directory), to fail before a long compile."""
+    given = Path(out_dir)
+    out = output_path(given)
+    try:
+        existing = out.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise DeployError(f"{given}: cannot create output directory ({existing} is not a directory)")
+        if not os.access(existing, os.W_OK):
+            raise DeployError(f"{given}: output directory is not writable")
+        _refuse_non_module(out, given)
+    except OSError as err:
+        raise DeployError(f"{given}: cannot write the module there ({_os_reason(err)})") from err
+
+
+def _check_destination(out: Path, given: Path) -> None:
+    parent = out.parent
     if not parent.exists():
         try:
             parent.mkdir(parents=True)
         except OSError as err:
-            raise DeployError(f"{out_dir}: cannot create output directory ({err.strerror})") from err
+            raise DeployError(f"{given}: cannot create output directory ({err.strerror})") from err
     if not parent.is_dir():
-        raise DeployError(f"{out_dir}: cannot create output directory ({parent} is not a directory)")
+        raise DeployError(f"{given}: cannot create output directory ({parent} is not a directory)")
     if not os.access(parent, os.W_OK):
-        raise DeployError(f"{out_dir}: output directory is not writable")
-    if out_dir.exists() and (
-        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).exists())
-    ):
-        raise DeployError(f"{out_dir}: exists and is not a codesign module; refusing to overwrite it")
+        raise DeployError(f"{given}: output directory is not writable")
+    _refuse_non_module(out, given)
 
 
-def _replace_directory(staging: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, retired / "module")
-        os.replace(staging, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)
+def _refuse_non_module(out: Path, given: Path) -> None:
+    if out.exists() or out.is_symlink():
+        problem = "it is not a directory" if not out.is_dir() else _not_a_module(out)
+        if problem:
+            raise DeployError(f"{given}: exists and is not a codesign module ({problem}); refusing to overwrite it")
+
+
+def _not_a_module(directory: Path) -> str | None:
+    """Why an existing directory may not be replaced by a module (None: empty, or a module)."""
+    entries = list(directory.iterdir())
+    if not entries:
+        return None
+    names = {entry.name for entry in entries}
+    if MANIFEST_FILE not in names:
+        return f"no {MANIFEST_FILE}"
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return f"{MANIFEST_FILE} is not readable JSON"
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or type(version) is not int or version < 1:
+        return f"{MANIFEST_FILE} is not a {FORMAT} manifest"
+    others = sorted(names - MODULE_FILES)
+    if others:
+        return f"it also holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_file():
+            return f"{entry.name} is not a regular file"
+    return None
 
 
 class DeployedModule:
@@ -137,8 +207,9 @@ class DeployedModule:
             )
         self.inputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in self.manifest["inputs"]]
         self.outputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in self.manifest["outputs"]]
+        library_path = module_file(self.path, self.manifest["library"], "library")  # hash checked on read
         try:
-            library = tvm.runtime.load_module(str(self.path / self.manifest["library"]))
+            library = tvm.runtime.load_module(str(library_path))
         except Exception as err:
             raise DeployError(f"{self.path / self.manifest['library']}: cannot load compiled library ({err})") from err
         self._vm = relax.VirtualMachine(library, tvm.cpu())
@@ -177,7 +248,11 @@ class DeployedModule:
         return arrays
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: str | Path, verify_files: bool = True) -> dict:
+    """The manifest of a module directory, validated against its format (one DeployError naming
+    the first wrong field); with `verify_files`, every file it lists must lie inside the directory
+    and match its recorded sha256."""
+    path = Path(path)
     manifest_path = path / MANIFEST_FILE
     if not path.is_dir():
         raise DeployError(f"{path}: no such compiled module directory")
@@ -185,11 +260,58 @@ def read_manifest(path: Path) -> dict:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError as err:
         raise DeployError(f"{path}: not a compiled module (no {MANIFEST_FILE})") from err
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:
         raise DeployError(f"{manifest_path}: unreadable manifest ({err})") from err
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise DeployError(f"{manifest_path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    try:
+        validate_manifest(manifest)
+    except InvalidManifest as err:
+        raise DeployError(f"{manifest_path}: {err}") from err
+    if verify_files:
+        verify_module_files(path, manifest)
     return manifest
+
+
+def module_file(path: Path, name: str, field: str = "files") -> Path:
+    """path/name, refused unless it resolves (symbolic links followed) inside the module directory."""
+    root = Path(path).resolve()
+    target = (root / name).resolve()
+    if Path(name).is_absolute() or root not in target.parents:
+        raise DeployError(
+            f"{Path(path) / MANIFEST_FILE}: '{field}' = {json.dumps(name)} is outside the module directory"
+        )
+    return target
+
+
+def verify_module_files(path: Path, manifest: dict) -> None:
+    """Every file the manifest lists inside the module directory, with the sha256 it records."""
+    for field, name in (("library", manifest["library"]), ("hardware.file", manifest["hardware"]["file"])):
+        module_file(path, name, field)
+    for name, sha256 in manifest["files"].items():
+        file = module_file(path, name, f"files.{name}")
+        try:
+            actual = file_sha256(file)
+        except FileNotFoundError as err:
+            raise DeployError(f"{Path(path) / name}: missing (listed in the module's manifest)") from err
+        except OSError as err:
+            raise DeployError(f"{Path(path) / name}: cannot read ({_os_reason(err)})") from err
+        if actual != sha256:
+            raise DeployError(
+                f"{Path(path) / name}: sha256 {actual[:12]} does not match the manifest's {sha256[:12]} "
+                "(the file was changed or truncated after compiling); recompile the module"
+            )
+
+
+def module_hardware(path: Path, manifest: dict) -> HardwareSpec:
+    """The module's hardware file (verified by `read_manifest`), which must be the manifest's spec."""
+    from codesign.hardware import load_hardware
+
+    spec = load_hardware(module_file(path, manifest["hardware"]["file"], "hardware.file"))
+    if spec.fingerprint() != manifest["hardware"]["sha256"]:
+        raise DeployError(
+            f"{Path(path) / manifest['hardware']['file']}: not the hardware in the module's manifest "
+            f"(sha256 {spec.fingerprint()[:12]}, manifest {manifest['hardware']['sha256'][:12]}); recompile the module"
+        )
+    return spec
 
 
 def load(path: str | Path, hw: HardwareSpec | None = None) -> DeployedModule:

@@ -23,3 +23,7 @@ class ModelError(CodesignError):
 
 class DeployError(CodesignError):
     """A compiled module is missing, corrupt, or used with the wrong inputs or hardware."""
+
+
+class Interrupted(CodesignError):
+    """The command was stopped by SIGTERM or SIGINT after removing what it had half-written."""

@@ -1,12 +1,25 @@
-"""Writing files so a reader sees the old content or the new, never half of it."""
+"""Writing files and directories so a reader sees the old content or the new, never half of it."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
+import shutil
+import signal
 import tempfile
+import threading
+import time
+from collections.abc import Collection
 from pathlib import Path
 
-from codesign.errors import DeployError
+from codesign.errors import DeployError, Interrupted, UsageError
+
+# A directory OUT is staged in .OUT.tmp-PID-XXXXXXXX beside it and renamed into place; the OUT it
+# replaces waits in .OUT.old-PID-XXXXXXXX/module until then. Those directories of a process that is
+# gone are removed by the next write to OUT; ones without a pid (older codesign) once they are this old.
+STALE_SECONDS = 3600
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -25,7 +38,192 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise DeployError(f"{path}: cannot write ({err.strerror})") from err
 
 
+def output_path(given: Path) -> Path:
+    """OUT made absolute (so `-o .` has a name); never the current directory or one holding it."""
+    out = Path(os.path.abspath(given))
+    try:
+        cwd = Path.cwd()
+    except OSError:
+        cwd = None
+    if out == Path(out.anchor) or (cwd is not None and (out == cwd or out in cwd.parents)):
+        raise DeployError(
+            f"{given}: is the current directory or holds it; refusing to replace it with a module "
+            f"(name a directory for the module, e.g. -o {given / 'module'})"
+        )
+    return out
+
+
+def staging_directory(out: Path) -> Path:
+    """A new empty directory beside OUT (.OUT.tmp-PID-XXXXXXXX) with a new directory's usual mode."""
+    staging = _sibling_directory(out, "tmp")
+    try:
+        staging.chmod(0o777 & ~_umask())
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def replace_directory(staging: Path, out: Path) -> None:
+    """Rename `staging` to OUT; an existing OUT is replaced, or put back if that fails."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(staging, out)
+        return
+    retired = _sibling_directory(out, "old")
+    try:
+        os.replace(out, retired / "module")
+    except BaseException:
+        shutil.rmtree(retired, ignore_errors=True)
+        raise
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(retired / "module", out)  # put the old OUT back
+        shutil.rmtree(retired, ignore_errors=True)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+# What follows the prefix of a staging directory: the pid of its process (absent before module
+# format 3) and tempfile's eight random characters.
+_SIBLING_TAIL = re.compile(r"(?:(?P<pid>[0-9]+)-)?[a-z0-9_]{8}")
+
+
+def _sibling_prefix(name: str, kind: str) -> str:
+    """'.NAME.tmp-' (a long NAME shortened, with a hash of it, to keep within NAME_MAX)."""
+    if len(os.fsencode(name)) > 200:
+        head = name[:150]
+        while len(os.fsencode(head)) > 150:
+            head = head[:-1]
+        name = f"{head}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}"
+    return f".{name}.{kind}-"
+
+
+def _sibling_directory(out: Path, kind: str) -> Path:
+    prefix = f"{_sibling_prefix(out.name, kind)}{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+
+
+def remove_stale_siblings(out: Path, staged: Collection[str]) -> list[Path]:
+    """Remove staging / retired directories of OUT left by a process that is gone (killed with
+    SIGKILL, or a crash): only directories named as `staging_directory` and `replace_directory`
+    name them, holding only what they hold (a staging directory: names in `staged`), whose pid is
+    not running (without a pid: older than STALE_SECONDS). A retired OUT whose replacement never
+    arrived is put back as OUT. Returns what was removed."""
+    removed = []
+    contents = {"tmp": frozenset(staged), "old": frozenset({"module"})}
+    prefixes = {kind: _sibling_prefix(out.name, kind) for kind in contents}
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        for kind, prefix in prefixes.items():
+            match = _SIBLING_TAIL.fullmatch(entry.name[len(prefix) :]) if entry.name.startswith(prefix) else None
+            if match is None or not _is_stale(Path(entry.path), match["pid"]):
+                continue
+            path = Path(entry.path)
+            try:
+                if not {child.name for child in path.iterdir()} <= contents[kind]:
+                    continue
+                if kind == "old" and (path / "module").is_dir() and not (out.exists() or out.is_symlink()):
+                    os.replace(path / "module", out)
+                shutil.rmtree(path)
+                removed.append(path)
+            except OSError:
+                continue
+    return removed
+
+
+def _is_stale(path: Path, pid: str | None) -> bool:
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        if pid is None:
+            return time.time() - path.stat().st_mtime > STALE_SECONDS
+    except OSError:
+        return False
+    return not _process_alive(int(pid))
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class Terminated(BaseException):
+    """Raised by the signal handler of `cleanup_on_signals` (a BaseException, like
+    KeyboardInterrupt, so no `except Exception` on the way swallows it)."""
+
+
+@contextlib.contextmanager
+def cleanup_on_signals(what: str):
+    """Within: SIGTERM and SIGINT raise Terminated, so the `finally`/`except BaseException`
+    cleanups of a half-written output run; the block leaves as Interrupted (one line, exit 1),
+    also when a library turned the exception into its own on the way. A second signal during
+    the cleanup is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopped_by: list[str] = []
+
+    def stop(signum, frame):
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, signal.SIG_IGN)
+        stopped_by.append(signal.Signals(signum).name)
+        raise Terminated(stopped_by[0])
+
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    for number in previous:
+        signal.signal(number, stop)
+    try:
+        yield
+    except BaseException as err:
+        if not stopped_by and not isinstance(err, KeyboardInterrupt):
+            raise
+        name = stopped_by[0] if stopped_by else "SIGINT"
+        raise Interrupted(f"stopped by {name} while {what}; removed what was half-written") from None
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+
+
+# ---- reading a user's files ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def reading(path: Path, what: str):
+    """OS and decoding errors while reading a user's `what` file, as one UsageError naming it."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise UsageError(f"{path}: no such {what} file") from err
+    except IsADirectoryError as err:
+        raise UsageError(f"{path}: is a directory, not a {what} file") from err
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not a text {what} file (byte {err.start} is not UTF-8)") from err
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the {what} file ({err.strerror or err})") from err
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

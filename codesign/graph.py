@@ -19,6 +19,20 @@ from codesign.importer import ImportedModel, static_shape
 FLOAT_MIN, FLOAT_MAX = float("-inf"), float("inf")
 
 
+def channel_axis(shape: tuple[int, ...]) -> int | None:
+    """The axis of a tensor's channels, where activations may get one scale per channel: axis 1
+    of NCHW feature maps. (A matmul's reduction axis would fold the same way; measured on
+    PP-OCRv4's recogniser it gained nothing, so 2-D and 3-D tensors keep one scale.)"""
+    return 1 if len(shape) == 4 else None
+
+
+def channel_shaped(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-channel values reshaped to broadcast against a tensor of `shape`."""
+    target = [1] * len(shape)
+    target[channel_axis(shape)] = -1
+    return values.reshape(target)
+
+
 @dataclasses.dataclass
 class GemmLayer:
     """conv2d (weight OIHW) or matmul (weight K x N, or None when both operands are tensors)."""

@@ -12,6 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import tomli_w
 import tomllib
 
 from codesign.errors import HardwareError
@@ -99,15 +100,12 @@ class HardwareSpec(CoreGeometry):
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
-        """The description as a TOML file that `load_hardware` reads back to an equal spec."""
-        lines = [f'name = "{self.name}"']
-        section = None
+        """The description as a TOML file that `load_hardware` reads back to an equal spec (written by
+        tomli-w, so any name, quotes and newlines included, stays one quoted string)."""
+        doc: dict = {"name": self.name}
         for field in FIELDS:
-            if field.section != section:
-                section = field.section
-                lines += ["", f"[{section}]"]
-            lines.append(f"{field.key} = {_toml_value(getattr(self, field.attr))}")
-        return "\n".join(lines) + "\n"
+            doc.setdefault(field.section, {})[field.key] = _toml_value(getattr(self, field.attr))
+        return tomli_w.dumps(doc)
 
     def fingerprint(self) -> str:
         """sha256 of every field but the name: the identity a compiled module is checked against."""
@@ -115,12 +113,8 @@ class HardwareSpec(CoreGeometry):
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(round(value, 6))
-    return repr(value)
+def _toml_value(value):
+    return round(value, 6) if isinstance(value, float) else value
 
 
 def _power_of_two(low: int, high: int):
@@ -345,40 +339,92 @@ def _contradictions(values: dict) -> list[str]:
     return problems
 
 
-def hardware_from_vta_config(doc: dict, source: str = "vta_config.json") -> HardwareSpec:
-    """VTA's own config (log2 keys). DRAM and clock are board facts, so PYNQ's are assumed."""
-    required = [
-        "LOG_INP_WIDTH", "LOG_WGT_WIDTH", "LOG_ACC_WIDTH", "LOG_BATCH", "LOG_BLOCK",
-        "LOG_UOP_BUFF_SIZE", "LOG_INP_BUFF_SIZE", "LOG_WGT_BUFF_SIZE", "LOG_ACC_BUFF_SIZE",
-    ]  # fmt: skip
-    problems = [f"'{key}' is missing (expected an integer log2 value)" for key in required if key not in doc]
-    problems += [
-        f"'{key}' = {doc[key]!r} is invalid (expected an integer log2 value from 0 to 28)"
+# vta_config.json's keys: each a log2 value, and the description fields it sets.
+VTA_CONFIG_KEYS = {
+    "LOG_INP_WIDTH": [("bits", "input"), ("bits", "output")],
+    "LOG_WGT_WIDTH": [("bits", "weight")],
+    "LOG_ACC_WIDTH": [("bits", "accumulator")],
+    "LOG_BATCH": [("gemm", "batch")],
+    "LOG_BLOCK": [("gemm", "block_in"), ("gemm", "block_out")],
+    "LOG_BLOCK_IN": [("gemm", "block_in")],  # older configs: overrides LOG_BLOCK
+    "LOG_BLOCK_OUT": [("gemm", "block_out")],
+    "LOG_UOP_BUFF_SIZE": [("scratchpad_bytes", "uop")],
+    "LOG_INP_BUFF_SIZE": [("scratchpad_bytes", "input")],
+    "LOG_WGT_BUFF_SIZE": [("scratchpad_bytes", "weight")],
+    "LOG_ACC_BUFF_SIZE": [("scratchpad_bytes", "accumulator")],
+}
+MAX_LOG2 = 28  # the largest log2 value any of them may hold (MAX_SCRATCHPAD_BYTES)
+
+
+def _vta_allowed_logs(key: str) -> list[int]:
+    """The log2 values of `key` that every field it sets accepts."""
+    checks = [f.check for f in FIELDS if (f.section, f.key) in VTA_CONFIG_KEYS[key]]
+    return [n for n in range(MAX_LOG2 + 1) if all(check(1 << n) for check in checks)]
+
+
+def _vta_allowed_text(logs: list[int]) -> str:
+    if len(logs) > 2 and logs == list(range(logs[0], logs[-1] + 1)):
+        return f"an integer log2 value from {logs[0]} to {logs[-1]}"
+    return "an integer log2 value: " + " or ".join(str(n) for n in logs)
+
+
+def hardware_from_vta_config(doc, source: str = "vta_config.json") -> HardwareSpec:
+    """VTA's own config (log2 keys). DRAM and clock are board facts, so PYNQ's are assumed.
+
+    Every key is checked in the file's own terms (an integer, not a boolean, in the range its
+    fields allow) and reported by the file's key name; other keys (TARGET, HW_VER, ...) are ignored.
+    """
+    if not isinstance(doc, dict):
+        raise HardwareError(f"{source}: expected a JSON object of VTA's LOG_* keys, got {type(doc).__name__}")
+    required = [key for key in VTA_CONFIG_KEYS if key not in ("LOG_BLOCK_IN", "LOG_BLOCK_OUT")]
+    if "LOG_BLOCK_IN" in doc and "LOG_BLOCK_OUT" in doc:
+        required.remove("LOG_BLOCK")
+    problems = [
+        f"'{key}' is missing (expected {_vta_allowed_text(_vta_allowed_logs(key))})"
         for key in required
-        if key in doc and not (isinstance(doc[key], int) and 0 <= doc[key] <= 28)
+        if key not in doc
+    ]
+    for key in VTA_CONFIG_KEYS:
+        if key not in doc:
+            continue
+        value, allowed = doc[key], _vta_allowed_logs(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+            shown = json.dumps(value) if isinstance(value, bool) or value is None else repr(value)
+            problems.append(f"'{key}' = {shown} is invalid (expected {_vta_allowed_text(allowed)})")
+    if problems:
+        raise HardwareError(f"{source}: " + "; ".join(problems))
+    size = {key: 1 << doc[key] for key in VTA_CONFIG_KEYS if key in doc}
+    batch = size["LOG_BATCH"]
+    block_in = size.get("LOG_BLOCK_IN", size.get("LOG_BLOCK"))
+    block_out = size.get("LOG_BLOCK_OUT", size.get("LOG_BLOCK"))
+    elements = {
+        "LOG_INP_BUFF_SIZE": batch * block_in * size["LOG_INP_WIDTH"] // 8,
+        "LOG_WGT_BUFF_SIZE": block_out * block_in * size["LOG_WGT_WIDTH"] // 8,
+        "LOG_ACC_BUFF_SIZE": batch * block_out * size["LOG_ACC_WIDTH"] // 8,
+    }
+    problems = [
+        f"'{key}' = {doc[key]} ({size[key]} bytes) cannot hold one {batch}x{block_in}x{block_out} "
+        f"GEMM element ({elem_bytes} bytes)"
+        for key, elem_bytes in elements.items()
+        if size[key] < elem_bytes
     ]
     if problems:
         raise HardwareError(f"{source}: " + "; ".join(problems))
-    block = 1 << doc.get("LOG_BLOCK_IN", doc["LOG_BLOCK"])
     return hardware_from_dict(
         {
-            "name": f"vta_{1 << doc['LOG_BATCH']}x{block}x{block}",
-            "gemm": {
-                "batch": 1 << doc["LOG_BATCH"],
-                "block_in": 1 << doc.get("LOG_BLOCK_IN", doc["LOG_BLOCK"]),
-                "block_out": 1 << doc.get("LOG_BLOCK_OUT", doc["LOG_BLOCK"]),
-            },
+            "name": f"vta_{batch}x{block_in}x{block_out}",
+            "gemm": {"batch": batch, "block_in": block_in, "block_out": block_out},
             "bits": {
-                "input": 1 << doc["LOG_INP_WIDTH"],
-                "weight": 1 << doc["LOG_WGT_WIDTH"],
-                "accumulator": 1 << doc["LOG_ACC_WIDTH"],
-                "output": 1 << doc["LOG_INP_WIDTH"],
+                "input": size["LOG_INP_WIDTH"],
+                "weight": size["LOG_WGT_WIDTH"],
+                "accumulator": size["LOG_ACC_WIDTH"],
+                "output": size["LOG_INP_WIDTH"],
             },
             "scratchpad_bytes": {
-                "uop": 1 << doc["LOG_UOP_BUFF_SIZE"],
-                "input": 1 << doc["LOG_INP_BUFF_SIZE"],
-                "weight": 1 << doc["LOG_WGT_BUFF_SIZE"],
-                "accumulator": 1 << doc["LOG_ACC_BUFF_SIZE"],
+                "uop": size["LOG_UOP_BUFF_SIZE"],
+                "input": size["LOG_INP_BUFF_SIZE"],
+                "weight": size["LOG_WGT_BUFF_SIZE"],
+                "accumulator": size["LOG_ACC_BUFF_SIZE"],
             },
             "memory": {"clock_mhz": 100, "dram_bytes_per_cycle": 8, "dram_latency_cycles": 32},
             # VTA's ALU MUL takes an 8-bit operand; it retires one accumulator vector per cycle.
@@ -406,9 +452,14 @@ def resolve_hardware_path(name_or_path: str | Path) -> Path:
 def load_hardware(name_or_path: str | Path) -> HardwareSpec:
     path = resolve_hardware_path(name_or_path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise HardwareError(f"{path}: cannot read hardware file ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise HardwareError(
+            f"{path}: not a {kind} text file (byte {err.start} is not UTF-8; is it a binary file?)"
+        ) from err
     if path.suffix == ".json":
         try:
             return hardware_from_vta_config(json.loads(text), str(path))

@@ -28,6 +28,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_conver
 from codesign.errors import ModelError, UsageError
 from codesign.onnx_passes.conv import rewrite_convs
 from codesign.onnx_passes.fold import fold_constants
+from codesign.onnx_passes.precision import widen_half_precision
 from codesign.onnx_passes.quantized import dequantize_model
 from codesign.onnx_passes.rnn import expand_recurrent
 from codesign.tvm_output import quiet_tvm
@@ -70,6 +71,8 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
 
 
 def load_onnx(path: str | Path) -> tuple[onnx.ModelProto, str]:
+    """The model, with weights saved as external data read from beside the model file (never
+    from the working directory), and the sha256 of the file and of those weights."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -77,15 +80,60 @@ def load_onnx(path: str | Path) -> tuple[onnx.ModelProto, str]:
         raise ModelError(f"{path}: no such ONNX file") from err
     except OSError as err:
         raise ModelError(f"{path}: cannot read ONNX file ({err.strerror})") from err
+    digest = hashlib.sha256(data)
     try:
         model = onnx.load_from_string(data)
+    except Exception as err:
+        raise ModelError(f"{path}: not a valid ONNX model ({_reason(err)})") from err
+    for tensor in _stored_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _load_external_tensor(tensor, path)
+            # Name and length framed, so no two different sets of weights hash alike.
+            name = tensor.name.encode()
+            digest.update(b"%d:%b%d:" % (len(name), name, len(tensor.raw_data)) + tensor.raw_data)
+    try:
         onnx.checker.check_model(model)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"{path}: not a valid ONNX model ({reason})") from err
+        raise ModelError(f"{path}: not a valid ONNX model ({_reason(err)})") from err
     if not model.graph.node:
         raise ModelError(f"{path}: not a valid ONNX model (the graph has no nodes)")
-    return model, hashlib.sha256(data).hexdigest()
+    return model, digest.hexdigest()
+
+
+def _reason(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _stored_tensors(graph: onnx.GraphProto):
+    """Every TensorProto a graph stores: initializers and attribute tensors, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _stored_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _stored_tensors(subgraph)
+
+
+def _load_external_tensor(tensor: onnx.TensorProto, path: Path) -> None:
+    """Read a tensor's external data, relative to the model file; the file must lie beside it."""
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor
+
+    location = ExternalDataInfo(tensor).location
+    base = path.parent.resolve()
+    file = (base / location).resolve() if location else base
+    where = f"{path}: tensor '{tensor.name}' keeps its data in '{location}'"
+    if not location or Path(location).is_absolute() or base not in file.parents:
+        raise ModelError(f"{where}, outside the model's directory {path.parent}")
+    if not file.is_file():
+        raise ModelError(f"{where}, but there is no such file beside the model ({path.parent / location})")
+    try:
+        load_external_data_for_tensor(tensor, str(base))
+    except Exception as err:
+        raise ModelError(f"{where}, which cannot be read ({_reason(err)})") from err
 
 
 def onnx_dtype(elem_type: int) -> str:
@@ -263,9 +311,11 @@ def import_onnx(
     model, sha256 = load_onnx(path)
     source = str(path)
     shapes = dict(input_shapes or {})
+    widening_notes = widen_half_precision(model)
     frozen = freeze_inputs(model, input_values or {}, shapes, source)
     inputs = bind_input_shapes(model, {k: v for k, v in shapes.items() if k not in frozen}, source)
     model, notes = prepare_static_graph(model, source)
+    notes = widening_notes + notes
     mod = _from_onnx(model, inputs, source)
     output_names = [o.name for o in model.graph.output]
     outputs = _output_specs(mod, output_names, source)

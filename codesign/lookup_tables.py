@@ -53,20 +53,31 @@ ELEMENTWISE_OPS = {
 }
 
 
-def quantize_float32(values: np.ndarray, scale: float) -> np.ndarray:
-    """The integer program's quantize: clamp(floor(x * (1 / scale) + 0.5)) in float32."""
-    inv_scale = np.float32(1.0 / scale)
+def quantize_float32(values: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
+    """The integer program's quantize: clamp(floor(x * (1 / scale) + 0.5)) in float32; channel
+    scales (an array) apply to the rows of `values`."""
+    inv_scale = (1.0 / np.asarray(scale, dtype=np.float64)).astype(np.float32)
+    inv_scale = inv_scale.reshape(-1, 1) if inv_scale.ndim else inv_scale
     scaled = np.floor(values.astype(np.float32) * inv_scale + np.float32(0.5))
     return np.clip(scaled, -128, 127).astype(np.int8)
 
 
-def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dict[str, float]) -> dict:
-    """{output node: int8 table of 256 entries} for chains {output: (root, [graph nodes root -> output])};
-    `scales` holds the int8 scale of every root and output."""
+def table_rows(*scales: float | np.ndarray) -> int:
+    """1 for a table of per-tensor scales, else the channel count (one row per channel)."""
+    return max(np.size(scale) for scale in scales)
+
+
+def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dict[str, float | np.ndarray]) -> dict:
+    """{output node: int8 table} for chains {output: (root, [graph nodes root -> output])}. `scales`
+    holds the int8 scale of every root and output; the table is (256,) when both are per tensor,
+    else (channels, 256) with one row per channel."""
     if not chains:
         return {}
+    rows = {name: table_rows(scales[root], scales[name]) for name, (root, _) in chains.items()}
     bb = relax.BlockBuilder()
-    params = {name: relax.Var(f"x_{i}", relax.TensorType((256,), "float32")) for i, name in enumerate(chains)}
+    params = {
+        name: relax.Var(f"x_{i}", relax.TensorType((rows[name], 256), "float32")) for i, name in enumerate(chains)
+    }
     with bb.function("main", list(params.values())):
         with bb.dataflow():
             outputs = []
@@ -75,13 +86,18 @@ def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dic
                 for step in steps:
                     node = graph.nodes[step]
                     values[step] = emit_float_node(bb, node, [values[i] for i in node.inputs])
-                outputs.append(bb.emit(relax.op.reshape(values[name], (256,))))
+                outputs.append(bb.emit(relax.op.reshape(values[name], (rows[name], 256))))
             result = bb.emit_output(relax.Tuple(outputs))
         bb.emit_func_output(result)
     with quiet_tvm():
         vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target()), tvm.cpu())
-    args = [
-        tvm.runtime.tensor(INT8_VALUES.astype(np.float32) * np.float32(scales[root])) for root, _ in chains.values()
-    ]
+    args = []
+    for name, (root, _) in chains.items():
+        root_scales = np.broadcast_to(np.asarray(scales[root], dtype=np.float32).reshape(-1, 1), (rows[name], 1))
+        args.append(tvm.runtime.tensor(np.ascontiguousarray(INT8_VALUES.astype(np.float32) * root_scales)))
     results = vm["main"](*args)
-    return {name: quantize_float32(result.numpy(), scales[name]) for name, result in zip(chains, results)}
+    tables = {}
+    for name, result in zip(chains, results):
+        table = quantize_float32(result.numpy(), scales[name])
+        tables[name] = table[0] if rows[name] == 1 else table
+    return tables

@@ -19,6 +19,7 @@ from tvm import relax, te, tirx
 from codesign.compression import CompressionConfig
 from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
+from codesign.graph import channel_axis
 from codesign.importer import ImportedModel
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
 from codesign.simulator.design_sweep import select_tiling
@@ -200,7 +201,14 @@ class _Lowerer:
         node = self.qgraph.nodes[name]
         if node.dtype != "int8":
             return values[name]
-        return self.bb.emit_te(lambda x: _dequantize_te(x, float(node.scale)), values[name], primfunc_name_hint="tap")
+        return self.emit_dequantize(values[name], np.asarray(node.scale, dtype=np.float32), "tap")
+
+    def emit_dequantize(self, x: relax.Expr, scale: np.ndarray, hint: str = "dequantize") -> relax.Expr:
+        """int8 -> float32 by one scale, or by a scale per channel (axis 1)."""
+        if scale.size == 1:
+            return self.bb.emit_te(lambda v: _dequantize_te(v, float(scale.reshape(()))), x, primfunc_name_hint=hint)
+        channel_scales = relax.const(scale.reshape(-1).astype(np.float32))
+        return self.bb.emit_te(_dequantize_channels_te, x, channel_scales, primfunc_name_hint=hint)
 
     def plan_for(self, node: QNode) -> LayerPlan:
         ops, nbytes = node_work(node, self.qgraph)
@@ -246,9 +254,7 @@ class _Lowerer:
                 lambda x: _quantize_te(x, float(p["inv_scale"])), args[0], primfunc_name_hint="quantize"
             )
         if node.op == "dequantize":
-            return self.bb.emit_te(
-                lambda x: _dequantize_te(x, float(p["scale"])), args[0], primfunc_name_hint="dequantize"
-            )
+            return self.emit_dequantize(args[0], np.asarray(p["scale"], dtype=np.float32))
         if node.op in ("conv2d", "matmul") and node.placement == "accel":
             return self.emit_accelerated(node, args)
         if node.op == "conv2d":
@@ -268,7 +274,8 @@ class _Lowerer:
             return self.bb.emit_te(lambda x: _clamp_te(x, p["lo"], p["hi"]), args[0], primfunc_name_hint="clamp")
         if node.op == "lut":
             table = relax.const(p["table"])
-            return self.bb.emit_te(_lut_te, args[0], table, primfunc_name_hint="lookup_table")
+            lookup = _lut_te if p["table"].ndim == 1 else _channel_lut_te
+            return self.bb.emit_te(lookup, args[0], table, primfunc_name_hint="lookup_table")
         if node.op == "passthrough":
             return emit_host_call(self.bb, node.source, args)
         if node.op == "float":
@@ -375,6 +382,11 @@ def _dequantize_te(x: te.Tensor, scale: float) -> te.Tensor:
     return te.compute(x.shape, lambda *i: x(*i).astype("float32") * tirx.const(scale, "float32"), name="dequantize")
 
 
+def _dequantize_channels_te(x: te.Tensor, scales: te.Tensor) -> te.Tensor:
+    axis = channel_axis(tuple(x.shape))
+    return te.compute(x.shape, lambda *i: x(*i).astype("float32") * scales[i[axis]], name="dequantize")
+
+
 def _clamp_te(x: te.Tensor, lo: int, hi: int) -> te.Tensor:
     return te.compute(
         x.shape, lambda *i: tirx.max(tirx.min(x(*i), tirx.const(hi, "int8")), tirx.const(lo, "int8")), name="clamp"
@@ -383,6 +395,11 @@ def _clamp_te(x: te.Tensor, lo: int, hi: int) -> te.Tensor:
 
 def _lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, lambda *i: table[x(*i).astype("int32") + 128], name="lookup_table")
+
+
+def _channel_lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
+    axis = channel_axis(tuple(x.shape))
+    return te.compute(x.shape, lambda *i: table[i[axis], x(*i).astype("int32") + 128], name="lookup_table")
 
 
 def _add_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:

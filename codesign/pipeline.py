@@ -13,16 +13,19 @@ write_module    everything above           -> OUT/            (codesign.deploy)
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import tvm
 
 from codesign.calibration import load_samples, random_samples, tensor_ranges
 from codesign.compression import CompressionConfig, prune_graph, validate_compression
 from codesign.emit import target
-from codesign.errors import ModelError
+from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
 from codesign.hardware import HardwareSpec
 from codesign.importer import ImportedModel, import_onnx
@@ -31,6 +34,10 @@ from codesign.quantize import QuantConfig, QuantizedGraph, quantize_graph
 from codesign.tvm_output import quiet_tvm
 
 DEFAULT_CALIBRATION_SAMPLES = 200
+RANDOM_CALIBRATION_SAMPLES = 16  # at most, without --calibration data
+MAX_MEMORY_ENV = "CODESIGN_MAX_MEMORY_GIB"
+DEFAULT_MAX_MEMORY_GIB = 8.0  # or 3/4 of the physical memory, if less
+GIB = 1 << 30
 
 
 @dataclasses.dataclass
@@ -67,6 +74,10 @@ def quantize_model(
 ) -> tuple[Graph, QuantizedGraph, dict]:
     compression = compression or CompressionConfig()
     graph = extract_graph(imported)
+    sample_count = (
+        calibration_samples if calibration is not None else min(calibration_samples, RANDOM_CALIBRATION_SAMPLES)
+    )
+    check_memory(graph, imported, sample_count)
     validate_compression(compression, graph)
     graph = prune_graph(graph, compression)
     if calibration is None:
@@ -74,7 +85,7 @@ def quantize_model(
             "warning: no --calibration data; calibrating on random normal inputs, "
             "so activation ranges (and accuracy) may be poor"
         )
-        samples = random_samples(imported.inputs, min(calibration_samples, 16))
+        samples = random_samples(imported.inputs, min(calibration_samples, RANDOM_CALIBRATION_SAMPLES))
         calibration_info = {"source": "random", "samples": len(samples)}
     else:
         samples = load_samples(calibration, imported.inputs, calibration_samples)
@@ -85,6 +96,69 @@ def quantize_model(
     ranges = tensor_ranges(graph, imported, samples, calibration_method)
     config = QuantConfig.for_hardware(hw, weight_bits, compression.weight_bits, compression.float_layers)
     return graph, quantize_graph(graph, ranges, config), calibration_info
+
+
+def memory_limit() -> int:
+    """Bytes a compile may need: $CODESIGN_MAX_MEMORY_GIB, else 8 GiB or 3/4 of the physical memory if less."""
+    value = os.environ.get(MAX_MEMORY_ENV)
+    if value is not None and value.strip():
+        try:
+            gib = float(value)
+        except ValueError:
+            gib = math.nan
+        if not (math.isfinite(gib) and gib > 0):
+            raise UsageError(f"{MAX_MEMORY_ENV}={value!r}: expected a positive number of GiB")
+        return int(gib * GIB)
+    limit = int(DEFAULT_MAX_MEMORY_GIB * GIB)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return limit
+    return min(limit, physical * 3 // 4) if physical > 0 else limit
+
+
+def format_bytes(count: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} B"
+
+
+def _tensor_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:
+        itemsize = 4
+    return math.prod(shape) * itemsize
+
+
+def memory_estimate(graph: Graph, imported: ImportedModel, samples: int) -> tuple[int, str, int]:
+    """(bytes, largest tensor's name, its bytes) a compile needs, from the bound static shapes.
+
+    Calibration runs the float graph returning every tensor of a sample at once, and copies each
+    to numpy (twice the activations), and holds the calibration samples of every input. A run of
+    the compiled module needs less (at most the activations of one sample).
+    """
+    sizes = {name: _tensor_bytes(node.shape, node.dtype) for name, node in graph.nodes.items() if node.shape}
+    inputs = sum(_tensor_bytes(spec.shape, spec.dtype) for spec in imported.inputs)
+    largest = max(sizes, key=sizes.get, default="")
+    return 2 * sum(sizes.values()) + samples * inputs, largest, sizes.get(largest, 0)
+
+
+def check_memory(graph: Graph, imported: ImportedModel, samples: int) -> None:
+    """Refuse, before anything large is allocated, a compile whose bound shapes need more memory
+    than the limit (`memory_limit`), naming the largest tensor and the estimate."""
+    needed, largest, largest_bytes = memory_estimate(graph, imported, samples)
+    limit = memory_limit()
+    if needed <= limit:
+        return
+    node = graph.nodes[largest]
+    raise ModelError(
+        f"{imported.source}: compiling needs about {format_bytes(needed)} of memory, over the limit of "
+        f"{format_bytes(limit)}: the largest tensor, '{largest}' {list(node.shape)} {node.dtype}, is "
+        f"{format_bytes(largest_bytes)} (bind smaller shapes with --input-shape, or raise the limit with "
+        f"{MAX_MEMORY_ENV})"
+    )
 
 
 def plan_model(

@@ -1,8 +1,12 @@
 """Stage 3, quantization: Graph + tensor ranges + hardware -> QuantizedGraph (integer program).
 
 Post-training static quantization, symmetric (no zero points, as VTA's int8 datapath):
-- weights per output channel, activations per tensor from calibration ranges, bias in int32
-  at the accumulator's scale;
+- weights per output channel, bias in int32 at the accumulator's scale;
+- activations per tensor from calibration ranges, or per channel where that pays and every
+  reader can take it (channel_scaled): a conv folds its input's channel scales into its weights
+  before quantizing them, a lookup table gets one row per channel, a dequantize broadcasts.
+  MobileNet-style blocks need it: a depthwise conv mixes no channels, so a channel whose range
+  is a small fraction of the tensor's would keep only a few int8 levels through it;
 - every int8 result is produced by one requantization,
       q = clamp(((acc + bias) * multiplier + ((1 << shift) >> 1)) >> shift, lo, hi)
   where multiplier / 2**shift approximates the real rescaling factor. With an ALU multiplier
@@ -21,13 +25,17 @@ import fnmatch
 
 import numpy as np
 
+from codesign.calibration import TensorRanges
 from codesign.errors import HardwareError, ModelError
-from codesign.graph import Graph, Node, remove_dead
+from codesign.graph import Graph, Node, channel_shaped, remove_dead
 from codesign.lookup_tables import ELEMENTWISE_OPS, tabulate
 
 INT8_MIN, INT8_MAX = -128, 127
 # Host-side integer ops (residual add, mean, grouped convs) use this multiplier width.
 HOST_MULTIPLIER_BITS = 16
+# A channel's scale is at least this fraction of its tensor's: a near-dead channel carries
+# noise, and a tiny scale would ask the requantization for a huge multiplier.
+CHANNEL_SCALE_FLOOR = 1 / 256
 INT8_PASSTHROUGH_OPS = {
     "relax.reshape",
     "relax.permute_dims",
@@ -79,12 +87,13 @@ class QNode:
     """One step of the integer program. `params` holds op-specific numpy arrays and ints:
 
     quantize   inv_scale                         int8 = clamp(floor(x * inv_scale + 0.5))
-    dequantize scale                             float = int8 * scale
+    dequantize scale (scalar or (1, C, 1, 1))    float = int8 * scale
     conv2d     weight (O,I/g,KH,KW) int8, bias/multiplier/shift (O,) int32, lo, hi,
                strides, padding (t,l,b,r), groups
     matmul     weight (K,N) int8 or None (second operand is a tensor), bias/multiplier/shift
                (N,) int32, lo, hi
-    lut        table (256,) int8: y = table[x + 128], an elementwise float chain tabulated
+    lut        table (256,) int8: y = table[x + 128], an elementwise float chain tabulated;
+               (C, 256) when input or output has channel scales: y = table[c, x + 128]
     add        multiplier_a, multiplier_b, shift, lo, hi
     multiply   multiplier, shift (of a * b, broadcasting)
     concat     axis, multipliers (one per input), shift
@@ -98,7 +107,7 @@ class QNode:
     inputs: list[str]
     shape: tuple[int, ...] | None
     dtype: str
-    scale: float | None = None
+    scale: float | np.ndarray | None = None  # an array: one scale per channel (axis 1)
     placement: str = "host"  # "accel": runs on the GEMM core
     params: dict = dataclasses.field(default_factory=dict)
     source: Node | None = None
@@ -118,9 +127,20 @@ class QuantizedGraph:
 # ---- scales and fixed-point multipliers -----------------------------------------------------
 
 
-def activation_scale(absmax: float, config: QuantConfig) -> float:
-    scale = max(absmax, 1e-8) / INT8_MAX
-    return float(2.0 ** np.ceil(np.log2(scale))) if config.shift_only else float(scale)
+def activation_scale(absmax: float | np.ndarray, config: QuantConfig) -> float | np.ndarray:
+    """The int8 scale of a range (or of each channel's range, given an array)."""
+    scale = np.maximum(absmax, 1e-8) / INT8_MAX
+    if config.shift_only:
+        scale = 2.0 ** np.ceil(np.log2(scale))
+    return float(scale) if np.ndim(scale) == 0 else np.asarray(scale, dtype=np.float64)
+
+
+def input_channel_scales(in_scales: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
+    """The scale of the input channel each weight (O, I/groups, KH, KW) multiplies, shaped to broadcast."""
+    out_channels, group_inputs = weight.shape[:2]
+    group = np.arange(out_channels) // (out_channels // groups)
+    channel = group[:, None] * group_inputs + np.arange(group_inputs)[None, :]
+    return in_scales[channel][:, :, None, None]
 
 
 def weight_scales(weight: np.ndarray, channel_axis: int, config: QuantConfig) -> np.ndarray:
@@ -180,8 +200,9 @@ def clamp_range(bounds: tuple[float, float], scale: float) -> tuple[int, int]:
 
 
 class _Quantizer:
-    def __init__(self, graph: Graph, absmax: dict[str, float], config: QuantConfig):
-        self.graph, self.absmax, self.config = graph, absmax, config
+    def __init__(self, graph: Graph, ranges: TensorRanges, config: QuantConfig):
+        self.graph, self.config = graph, config
+        self.absmax, self.channel_absmax = ranges.absmax, ranges.channel_absmax
         self.nodes: dict[str, QNode] = {}
         self.converted: dict[tuple[str, str], str] = {}  # (node, "int8"/"float32") -> QNode name
         self.lut_roots: dict[str, str] = {}  # elementwise node -> the int8 tensor it is a function of
@@ -236,7 +257,7 @@ class _Quantizer:
 
     def lower_lut(self, node: Node, root: str) -> QNode:
         self.lut_roots[node.name] = root
-        return QNode(node.name, "lut", [root], node.shape, "int8", self.scale_for(node.name), source=node)
+        return QNode(node.name, "lut", [root], node.shape, "int8", self.output_scale(node.name), source=node)
 
     def fill_lookup_tables(self) -> None:
         luts = [n for n in self.nodes.values() if n.op == "lut"]
@@ -257,6 +278,50 @@ class _Quantizer:
 
     def scale_for(self, name: str) -> float:
         return activation_scale(self.absmax[name], self.config)
+
+    def output_scale(self, name: str) -> float | np.ndarray:
+        """The scale of a conv's or lookup table's int8 result: per channel where channel_scaled."""
+        scale = self.scale_for(name)
+        if not self.channel_scaled(name):
+            return scale
+        return np.maximum(activation_scale(self.channel_absmax[name], self.config), scale * CHANNEL_SCALE_FLOOR)
+
+    def channel_scaled(self, name: str) -> bool:
+        """Per-channel scales for this tensor: every reader takes them and one gains from them."""
+        node = self.graph.nodes[name]
+        if name not in self.channel_absmax or (node.op == "gemm" and not _channel_requantizable(node)):
+            return False
+        verdicts = [self.reads_channel_scales(user, name) for user in self.users[name]]
+        return None not in verdicts and any(verdicts)
+
+    def reads_channel_scales(self, user: str, producer: str) -> bool | None:
+        """None: this reader needs one scale; True: it takes channel scales and gains (a grouped
+        conv, an elementwise chain tabulated per channel); False: it takes them, no gain."""
+        if user == "<output>" or self.config.keeps_float(user):
+            return False  # read through a dequantize
+        node = self.graph.nodes[user]
+        if node.op == "gemm":
+            return node.layer.groups > 1 if node.layer.kind == "conv2d" else None
+        if node.op == "relax.nn.max_pool2d" or is_nearest_upsample(node, self.graph):
+            verdicts = [self.reads_channel_scales(reader, user) for reader in self.users[user]]
+            return None if None in verdicts else any(verdicts)
+        if node.op in ELEMENTWISE_OPS:
+            chained = node.op != "clamp" and all(self.follows_elementwise(i, producer) for i in node.inputs)
+            return True if chained else None
+        if node.op in INT8_PASSTHROUGH_OPS or node.op in ("relax.concat", "relax.mean"):
+            return None
+        return False  # a float op, read through a dequantize
+
+    def follows_elementwise(self, name: str, root: str) -> bool:
+        """Is graph node `name` the root itself or an elementwise function of it alone?"""
+        node = self.graph.nodes[name]
+        if name == root:
+            return True
+        return (
+            node.op in ELEMENTWISE_OPS
+            and bool(node.inputs)
+            and all(self.follows_elementwise(i, root) for i in node.inputs)
+        )
 
     def as_int8(self, name: str) -> str:
         node = self.nodes[name]
@@ -279,9 +344,9 @@ class _Quantizer:
         key = (name, "float32")
         if key not in self.converted:
             dname = f"{name}.dequantize"
-            self.nodes[dname] = QNode(
-                dname, "dequantize", [name], node.shape, "float32", params={"scale": np.float32(node.scale)}
-            )
+            scale = np.asarray(node.scale, dtype=np.float32)
+            scale = channel_shaped(scale, node.shape) if scale.ndim else scale[()]
+            self.nodes[dname] = QNode(dname, "dequantize", [name], node.shape, "float32", params={"scale": scale})
             self.converted[key] = dname
         return self.converted[key]
 
@@ -323,16 +388,20 @@ class _Quantizer:
         layer, config = node.layer, self.config
         inputs = [self.as_int8(i) for i in node.inputs]
         in_scales = [self.nodes[i].scale for i in inputs]
-        out_scale = self.scale_for(node.name)
+        out_scale = self.output_scale(node.name)
+        input_factor, real_weight = in_scales[0], layer.weight
+        if np.ndim(input_factor):  # channel scales fold into the weights before they are quantized
+            real_weight = layer.weight * input_channel_scales(input_factor, layer.weight, layer.groups)
+            input_factor = 1.0
         if layer.weight is not None:
             channel_axis = 0 if layer.kind == "conv2d" else 1
             layer_config = dataclasses.replace(config, weight_bits=config.bits_for(node.name))
-            w_scales = weight_scales(layer.weight, channel_axis, layer_config)
-            weight = quantize_weight(layer.weight, w_scales, channel_axis, layer_config.weight_bits)
+            w_scales = weight_scales(real_weight, channel_axis, layer_config)
+            weight = quantize_weight(real_weight, w_scales, channel_axis, layer_config.weight_bits)
         else:
             w_scales = np.full(node.shape[-1], in_scales[1], dtype=np.float64)
             weight = None
-        acc_scale = in_scales[0] * w_scales * layer.out_scale
+        acc_scale = input_factor * w_scales * layer.out_scale
         bias = np.zeros(acc_scale.size) if layer.bias is None else layer.bias.astype(np.float64)
         bias_q = np.clip(np.round(bias / acc_scale), -(2**31), 2**31 - 1).astype(np.int32)
         channels_per_group = layer.weight.shape[1] if layer.kind == "conv2d" else config.block_in
@@ -342,7 +411,7 @@ class _Quantizer:
         accel_ok = layer.groups == 1 or channels_per_group >= config.block_in
         bits = config.multiplier_bits if accel_ok else HOST_MULTIPLIER_BITS
         multiplier, shift = fixed_point(acc_scale / out_scale, bits, config.shift_only)
-        lo, hi = clamp_range(layer.clamp, out_scale)
+        lo, hi = clamp_range(layer.clamp, float(np.max(out_scale)))  # channel-independent when scales vary
         params = {"weight": weight, "bias": bias_q, "multiplier": multiplier, "shift": shift, "lo": lo, "hi": hi}
         if layer.kind == "conv2d":
             params.update(strides=layer.strides, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
@@ -427,6 +496,14 @@ def is_nearest_upsample(node: Node, graph: Graph) -> bool:
     return attrs.method == "nearest_neighbor" and attrs.layout == "NCHW" and repeats and whole
 
 
+def _channel_requantizable(node: Node) -> bool:
+    """Can this GEMM requantize each output channel to its own scale? It must be a conv (its
+    output channels are the tensor's channel axis) and a folded clamp must give the same integer
+    bounds whatever the scale (none, or ReLU)."""
+    low, high = node.layer.clamp
+    return node.layer.kind == "conv2d" and (not np.isfinite(low) or low == 0) and not np.isfinite(high)
+
+
 def _scalar_constants(node: Node) -> list[bool]:
     """For each constant tensor argument of a graph node: does it hold a single value?"""
     flags = []
@@ -436,5 +513,5 @@ def _scalar_constants(node: Node) -> list[bool]:
     return flags
 
 
-def quantize_graph(graph: Graph, absmax: dict[str, float], config: QuantConfig) -> QuantizedGraph:
-    return _Quantizer(graph, absmax, config).run()
+def quantize_graph(graph: Graph, ranges: TensorRanges, config: QuantConfig) -> QuantizedGraph:
+    return _Quantizer(graph, ranges, config).run()

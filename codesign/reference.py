@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from codesign.graph import channel_shaped
 from codesign.quantize import QNode, QuantizedGraph
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -118,7 +119,11 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "clamp":
         return np.clip(args[0], p["lo"], p["hi"]).astype(np.int8)
     if node.op == "lut":
-        return p["table"][args[0].astype(np.int32) + 128]
+        index = args[0].astype(np.int32) + 128
+        if p["table"].ndim == 1:
+            return p["table"][index]
+        channel = channel_shaped(np.arange(p["table"].shape[0]), index.shape)
+        return p["table"][channel, index]
     if node.op == "passthrough" or (node.op == "float" and node.source.op in DATA_MOVEMENT_OPS):
         return passthrough(node, args[0])
     raise NotImplementedError(f"reference does not evaluate {node.op} ({node.source.op if node.source else ''})")

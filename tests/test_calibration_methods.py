@@ -151,32 +151,43 @@ def resnet():
 
 
 def old_tensor_ranges(graph, imported, samples):
-    """tensor_ranges before calibration methods existed: max |x| of every tensor."""
+    """tensor_ranges before calibration methods existed: max |x| of every tensor; and max |x| of
+    every channel (axis 1) of 4-D float tensors, the samples stacked."""
     taps = [n.name for n in graph.nodes.values() if n.shape is not None]
     mod = build_float_module(graph, imported, taps)
-    absmax = dict.fromkeys(taps, 0.0)
+    values = {name: [] for name in taps}
     skip = len(graph.outputs)
     for outputs in run_float(mod, samples, [t.name for t in imported.inputs]):
         for name, value in zip(taps, outputs[skip:]):
-            absmax[name] = max(absmax[name], float(np.abs(value).max(initial=0.0)))
-    return absmax
+            values[name].append(value)
+    absmax = {name: float(max(np.abs(v).max(initial=0.0) for v in values[name])) for name in taps}
+    channels = {}
+    for name in taps:
+        rank = len(graph.nodes[name].shape)
+        if graph.nodes[name].dtype == "float32" and rank == 4:
+            channels[name] = np.abs(np.concatenate(values[name])).max(axis=(0, 2, 3))
+    return absmax, channels
 
 
 def test_max_method_is_the_old_behaviour(resnet):
     graph, imported, samples = resnet
-    expected = old_tensor_ranges(graph, imported, samples)
-    assert tensor_ranges(graph, imported, samples) == expected
-    assert tensor_ranges(graph, imported, samples, method="max") == expected
+    absmax, channels = old_tensor_ranges(graph, imported, samples)
+    for ranges in (tensor_ranges(graph, imported, samples), tensor_ranges(graph, imported, samples, method="max")):
+        assert ranges.absmax == absmax
+        assert ranges.channel_absmax.keys() == channels.keys()
+        assert all(np.array_equal(ranges.channel_absmax[name], channels[name]) for name in channels)
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy"])
 def test_clipping_methods_stay_within_the_max_and_above_zero(resnet, method):
     graph, imported, samples = resnet
-    maxima = tensor_ranges(graph, imported, samples)
-    ranges = tensor_ranges(graph, imported, samples, method=method, percentile=99.0)
+    maxima = tensor_ranges(graph, imported, samples).absmax
+    clipped = tensor_ranges(graph, imported, samples, method=method, percentile=99.0)
+    ranges = clipped.absmax
     assert ranges.keys() == maxima.keys()
     assert all(0 < ranges[name] <= maxima[name] for name in maxima)
     assert any(ranges[name] < maxima[name] for name in maxima)
+    assert all(np.all(clipped.channel_absmax[name] <= ranges[name]) for name in clipped.channel_absmax)
 
 
 def test_unknown_method_is_a_usage_error_naming_the_allowed_ones(resnet):

@@ -129,7 +129,7 @@ def test_module_files(module_dir, vta_default):
 def test_manifest_header(module_dir, vta_default):
     manifest = read_manifest(module_dir)
     assert manifest["format"] == "codesign-module"
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3  # 3: "files", the sha256 of every file (issue 10)
     assert manifest["codesign_version"] == codesign.__version__
     assert manifest["tvm_version"] == tvm.__version__
     assert manifest["library"] == "module.so"
@@ -335,7 +335,7 @@ def test_failed_write_keeps_old_module(module_copy, edge_result, vta_default, im
             raise OSError(28, "No space left on device")
 
     before = {p.name: p.read_bytes() for p in module_copy.iterdir()}
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DeployError, match="model_out: cannot write the module \\(No space left"):
         codesign.write_module(dataclasses.replace(edge_result, executable=FailingExecutable()), module_copy)
     assert {p.name: p.read_bytes() for p in module_copy.iterdir()} == before
     assert leftovers(module_copy.parent, module_copy.name) == []

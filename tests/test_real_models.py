@@ -13,10 +13,11 @@ from codesign.hardware import load_hardware
 
 CORPUS = load_corpus(Path(__file__).parent / "models" / "real")
 # The int8 module against onnxruntime's float model, cosine per output over the evaluation
-# inputs: 0.98 in general. Three models fall short today (the aim is 0.98): the VAD's recurrent
-# state and its near-zero speech probability on single 32 ms windows (measured 0.80-0.94), the
-# LSTM VAD's states (0.84-0.87), and the DB detector's probability map (0.90).
-INT8_COSINE = {"silero_vad": 0.75, "silero_vad_lstm": 0.8, "ppocrv4_det": 0.85}
+# inputs: 0.98 in general. Short of it today: the VAD's near-zero speech probability on single
+# 32 ms windows and its recurrent state (measured 0.80 / 0.94), the LSTM VAD's states (0.84 /
+# 0.87), and the DB detector's probability map with this test's 8 calibration inputs (0.969;
+# 0.984 with the benchmark's 16).
+INT8_COSINE = {"silero_vad": 0.75, "silero_vad_lstm": 0.8, "ppocrv4_det": 0.96}
 # Depthwise convs run on the host (faster there in the model than at 1/block_in of the core's lanes).
 ACCEL_MAC_SHARE = {"ppocr_cls": 0.65}
 

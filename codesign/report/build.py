@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from codesign.errors import DeployError
@@ -17,10 +18,11 @@ from codesign.report.run_data import RunData, load_run
 from codesign.report.tables import LAYER_HEADER, evaluation_header, evaluation_row, layer_rows
 
 
-def write_run_report(run_dir: str | Path) -> RunData:
+def write_run_report(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> RunData:
     """RUN/report.html, report.md, evaluations.csv, pareto.csv and designs/ for every Pareto
-    and best design (the files its `codesign compile` command names)."""
-    run = load_run(run_dir)
+    and best design (the files its `codesign compile` command names); `warn` gets the
+    database's warnings (default: printed to stderr)."""
+    run = load_run(run_dir, warn)
     write_design_files(run)
     designs, why_not = simulate_run_designs(run)
     header = evaluation_header(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from codesign.errors import UsageError
@@ -54,7 +55,9 @@ class RunData:
         return self.run_dir / "designs" / f"eval_{record.index}{suffix}"
 
 
-def load_run(run_dir: str | Path) -> RunData:
+def load_run(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> RunData:
+    """The run in a directory, read without writing to it (a tune may be appending records);
+    `warn` gets the database's warnings (default: printed to stderr)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: no such run directory")
@@ -62,7 +65,7 @@ def load_run(run_dir: str | Path) -> RunData:
         if not (run_dir / name).exists():
             raise UsageError(f"{run_dir}: no {name}; not a `codesign tune` run directory")
     space = load_space(run_dir / SPACE_FILE)
-    records = Database(run_dir / DATABASE_FILE).load()
+    records = Database(run_dir / DATABASE_FILE, warn).load(space.needed_metrics(), tuple(space.knobs))
     if not records:
         raise UsageError(f"{run_dir / DATABASE_FILE}: holds no finished evaluation")
     settings = _read_settings(run_dir / SETTINGS_FILE)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,25 +42,70 @@ class EvalData:
 
 def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None = None) -> EvalData:
     """A .npz with one array per input (samples stacked on a new first axis, or on the batch
-    axis of a batch-1 input) and optionally `labels`."""
+    axis of a batch-1 input) and optionally `labels` (one class index per sample). Anything
+    else is one UsageError line naming the file and the array."""
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError as err:
         raise UsageError(f"{path}: no such data file") from err
-    except (OSError, ValueError) as err:
+    except IsADirectoryError as err:
+        raise UsageError(f"{path}: is a directory, not a .npz data file") from err
+    except (OSError, ValueError, EOFError) as err:
         raise UsageError(f"{path}: not a .npz file ({err})") from err
-    if isinstance(archive, np.ndarray):
+    if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UsageError(f"{path}: expected a .npz with arrays named after the inputs (and 'labels')")
-    inputs = {}
-    for spec in specs:
-        if spec.name not in archive.files:
-            raise UsageError(f"{path}: no array '{spec.name}' (has: {', '.join(archive.files)})")
-        inputs[spec.name] = as_samples(archive[spec.name], spec, path)
-    labels = archive["labels"].astype(np.int64) if "labels" in archive.files else None
-    count = min(len(a) for a in inputs.values())
-    count = count if limit is None else min(count, limit)
-    return EvalData({k: v[:count] for k, v in inputs.items()}, None if labels is None else labels[:count])
+    with archive:
+        inputs = {}
+        for spec in specs:
+            if spec.name not in archive.files:
+                raise UsageError(f"{path}: no array '{spec.name}' (has: {', '.join(archive.files) or 'none'})")
+            array = _numeric_array(archive, spec.name, path)
+            if array.size == 0:
+                raise UsageError(f"{path}: array '{spec.name}' holds no samples (shape {list(array.shape)})")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+                raise UsageError(f"{path}: array '{spec.name}' holds {array[where]} at {list(where)}")
+            inputs[spec.name] = as_samples(array, spec, path)
+        available = min(len(a) for a in inputs.values())
+        count = available if limit is None else min(available, limit)
+        labels = _labels(archive, path, count) if "labels" in archive.files else None
+    return EvalData({k: v[:count] for k, v in inputs.items()}, labels)
+
+
+def _numeric_array(archive, name: str, path: Path) -> np.ndarray:
+    try:
+        array = archive[name]
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # an array of Python objects
+            raise UsageError(f"{path}: array '{name}' holds Python objects, not numbers") from err
+        raise UsageError(f"{path}: array '{name}' cannot be read ({err})") from err
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
+        raise UsageError(f"{path}: array '{name}' cannot be read ({type(err).__name__}: {err})") from err
+    if array.dtype.kind not in "biuf":
+        what = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects"}
+        raise UsageError(
+            f"{path}: array '{name}' holds {what.get(array.dtype.kind, f'dtype {array.dtype}')}, not real numbers"
+        )
+    return array
+
+
+def _labels(archive, path: Path, count: int) -> np.ndarray:
+    """The first `count` labels as class indices (whole, finite numbers; one per sample)."""
+    labels = _numeric_array(archive, "labels", path)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise UsageError(f"{path}: array 'labels' has shape {list(labels.shape)}; expected one class index per sample")
+    if len(labels) < count:
+        raise UsageError(f"{path}: array 'labels' has {len(labels)} entries for {count} samples")
+    labels = labels[:count]
+    if labels.dtype.kind in "bf":
+        bad = ~np.isfinite(labels) | (labels != np.round(labels)) if labels.dtype.kind == "f" else np.ones(count, bool)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise UsageError(f"{path}: labels[{first}] = {labels[first]}; labels must be whole class indices")
+    return labels.astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -80,18 +127,26 @@ class Evaluator:
         calibration_samples: int = 64,
         eval_samples: int | None = None,
         input_values: dict | None = None,
+        workdir: str | Path | None = None,
     ):
+        """`workdir`: where the evaluator keeps its temporary files (a copy of calibration data);
+        default, or when it is not a directory here, the system's temporary directory."""
         self.model, self.space, self.input_shapes = str(model), space, input_shapes
         self.input_values = input_values
         self.imported = import_onnx(model, input_shapes, input_values)
         self.layers = gemm_layer_names(self.imported)
         self.data = load_eval_data(data, self.imported.inputs, eval_samples)
-        self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-")
+        workdir = workdir if workdir is not None and Path(workdir).is_dir() else None
+        self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-", dir=workdir)
         self.calibration = Path(self._workdir.name) / "calibration.npz"
         calibration = load_eval_data(data, self.imported.inputs, calibration_samples)
         np.savez(self.calibration, **calibration.inputs)
         self.profiles: dict[tuple, CompressionProfile] = {}
         self.float_predictions = self._float_predictions()
+
+    def close(self) -> None:
+        """Remove the temporary files now (not when the evaluator is collected)."""
+        self._workdir.cleanup()
 
     # ---- accuracy ---------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ class EvaluatorSpec:
     calibration_samples: int = 64
     eval_samples: int | None = None
     input_values: tuple = ()  # (name, (value, ...)) inputs frozen to constants
+    workdir: str | None = None  # temporary files (a copy of calibration data) go here: the run's own
 
     def build(self) -> Evaluator:
         return Evaluator(
@@ -37,6 +38,7 @@ class EvaluatorSpec:
             self.calibration_samples,
             self.eval_samples,
             {name: list(values) for name, values in self.input_values} or None,
+            self.workdir,
         )
 
 
@@ -44,6 +46,7 @@ class SerialExecutor:
     name = "serial"
 
     def __init__(self, spec: EvaluatorSpec, evaluator: Evaluator | None = None):
+        self._owned = evaluator is None  # an evaluator passed in is its owner's to close
         self.evaluator = evaluator or spec.build()
 
     def run(self, tasks):
@@ -51,7 +54,8 @@ class SerialExecutor:
             yield index, config, self.evaluator.evaluate(config)
 
     def close(self) -> None:
-        pass
+        if self._owned:
+            self.evaluator.close()
 
 
 _WORKER: Evaluator | None = None

@@ -1,10 +1,31 @@
-"""`codesign tune`: a tuning run in a directory, with a live progress display."""
+"""`codesign tune`: a tuning run in a directory, with a live progress display.
+
+A run directory belongs to one run and to one process at a time:
+
+- `run.json`, written when the run starts, records what defines it (sha256 of the model, data
+  and search space; seed, strategy, batch size, input bindings, evaluation samples); `--resume`
+  refuses anything else, naming the field;
+- a tune holds an OS lock (flock) on `.tune.lock` for as long as it runs, so a second tune on
+  the same directory fails at once;
+- a new run refuses a non-empty directory that is not a run (it would overwrite the user's
+  files), and `--resume` refuses a directory without a run;
+- temporary files (a copy of the calibration data) live in `.tune-tmp/` inside the run
+  directory and are removed on exit, SIGTERM and SIGINT included;
+- a new run that fails before recording an evaluation removes what it wrote.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
+import os
 import platform
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -13,17 +34,34 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import codesign
-from codesign.errors import UsageError
-from codesign.files import write_text_atomic
-from codesign.importer import parse_input_shapes, parse_input_values
+from codesign.errors import CodesignError, UsageError
+from codesign.files import file_sha256, reading, write_text_atomic
+from codesign.importer import import_onnx, parse_input_shapes, parse_input_values
 from codesign.report.build import write_run_report
-from codesign.report.run_data import DATABASE_FILE, SETTINGS_FILE
+from codesign.report.run_data import DATABASE_FILE, SETTINGS_FILE, SPACE_FILE
 from codesign.tuner.database import Database
-from codesign.tuner.evaluator import gemm_layer_names
+from codesign.tuner.evaluator import gemm_layer_names, load_eval_data
 from codesign.tuner.executors import EvaluatorSpec, make_executor
 from codesign.tuner.space import load_space
 from codesign.tuner.strategies import STRATEGIES
 from codesign.tuner.tune import best_per_objective, pareto_records, run_tuning, write_outputs
+
+RUN_FILE = "run.json"  # what defines the run, written when it starts
+LOCK_FILE = ".tune.lock"  # flock-ed by the tune using the directory
+TEMP_DIR = ".tune-tmp"  # the run's temporary files
+RUN_FORMAT = 1
+# run.json field -> how the command line names it
+IDENTITY_FIELDS = {
+    "model_sha256": "model",
+    "data_sha256": "--data",
+    "space_sha256": "--space",
+    "seed": "--seed",
+    "strategy": "--strategy",
+    "batch_size": "--batch-size",
+    "input_shapes": "--input-shape",
+    "input_values": "--input-value",
+    "eval_samples": "--eval-samples",
+}
 
 
 def tune_to_directory(
@@ -48,71 +86,106 @@ def tune_to_directory(
         raise UsageError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
     if executor not in ("local", "ray"):
         raise UsageError(f"--executor {executor}: expected local or ray")
+    if eval_samples is not None and eval_samples < 1:
+        raise UsageError(f"--eval-samples {eval_samples}: expected at least 1")
     space = load_space(space_path)
     out = Path(out)
-    if (out / DATABASE_FILE).exists() and not resume:
-        raise UsageError(f"{out}: holds a tuning run; pass --resume to continue it or choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(space_path, out / "space.toml")
+    check_run_directory(out, resume)  # before anything is written
     shapes = tuple(sorted(parse_input_shapes(input_shape).items()))
     values = tuple(sorted((name, tuple(v)) for name, v in parse_input_values(input_value).items()))
-    spec = EvaluatorSpec(
-        str(Path(model).resolve()),
-        str(Path(space_path).resolve()),
-        str(Path(data).resolve()),
-        shapes,
-        eval_samples=eval_samples,
-        input_values=values,
-    )
-    started = time.perf_counter()
-    earlier_seconds = _read_json(out / SETTINGS_FILE).get("wall_seconds", 0.0) if resume else 0.0
-    settings = {
-        "model": spec.model,
-        "space": spec.space,
-        "data": spec.data,
+    space_text = Path(space_path).read_text(encoding="utf-8")  # load_space has read it
+    identity = {
+        "model_sha256": _sha256(Path(model), "model"),
+        "data_sha256": _sha256(Path(data), "data"),
+        "space_sha256": hashlib.sha256(space_text.encode("utf-8")).hexdigest(),
+        "seed": seed,
+        "strategy": strategy,
+        "batch_size": batch_size,
         "input_shapes": {name: list(dims) for name, dims in shapes},
         "input_values": {name: list(v) for name, v in values},
-        "calibration_samples": spec.calibration_samples,
         "eval_samples": eval_samples,
-        "budget": budget,
-        "strategy": strategy,
-        "seed": seed,
-        "jobs": jobs,
-        "executor": executor,
-        "batch_size": batch_size,
-        "codesign_version": codesign.__version__,
-        "tvm_version": tvm.__version__,
-        "python_version": platform.python_version(),
     }
-    # Written first, so the report of an interrupted run still knows the model and data.
-    write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
-    console.print(f"Preparing the evaluator (model, data, float accuracy) for {Path(model).name} ...")
-    runner = make_executor(executor, spec, jobs, address)
-    database = Database(out / DATABASE_FILE)
+    if resume:
+        check_identity(out, identity, model, data, space_path)
+    run_dir = RunDirectory(out, resume)
     try:
-        with Progress(
-            TextColumn("[bold]tuning"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeRemainingColumn(),
-            console=console,
-        ) as progress:
-            done = len(database.load())
-            task = progress.add_task("", total=budget, completed=min(done, budget))
+        with run_dir:
+            check_run_directory(out, resume, holding_lock=True)  # another tune may have started a run there
+            if resume:
+                check_identity(out, identity, model, data, space_path)
+            # The model and the data, checked here (workers would fail far less clearly).
+            imported = import_onnx(model, dict(shapes) or None, {name: list(v) for name, v in values} or None)
+            load_eval_data(data, imported.inputs, eval_samples)
+            layers = gemm_layer_names(imported)
+            if not resume:
+                run_dir.write(RUN_FILE, json.dumps({"format": RUN_FORMAT, **identity}, indent=2) + "\n")
+            if not resume or not (out / SPACE_FILE).exists():  # the same space: checked by its sha256
+                run_dir.write(SPACE_FILE, space_text)
+            spec = EvaluatorSpec(
+                str(Path(model).resolve()),
+                str(Path(space_path).resolve()),
+                str(Path(data).resolve()),
+                shapes,
+                eval_samples=eval_samples,
+                input_values=values,
+                workdir=str(run_dir.temp.resolve()),
+            )
+            started = time.perf_counter()
+            earlier_seconds = _read_json(out / SETTINGS_FILE).get("wall_seconds", 0.0) if resume else 0.0
+            settings = {
+                "model": spec.model,
+                "space": spec.space,
+                "data": spec.data,
+                "input_shapes": {name: list(dims) for name, dims in shapes},
+                "input_values": {name: list(v) for name, v in values},
+                "calibration_samples": spec.calibration_samples,
+                "eval_samples": eval_samples,
+                "budget": budget,
+                "strategy": strategy,
+                "seed": seed,
+                "jobs": jobs,
+                "executor": executor,
+                "batch_size": batch_size,
+                "codesign_version": codesign.__version__,
+                "tvm_version": tvm.__version__,
+                "python_version": platform.python_version(),
+            }
+            # Written first, so the report of an interrupted run still knows the model and data.
+            run_dir.write(SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+            console.print(f"Preparing the evaluator (model, data, float accuracy) for {Path(model).name} ...")
+            database = Database(out / DATABASE_FILE)
+            runner = make_executor(executor, spec, jobs, address)
+            try:
+                with Progress(
+                    TextColumn("[bold]tuning"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.description}"),
+                    TimeRemainingColumn(),
+                    console=console,
+                ) as progress:
+                    done = len(database.load(space.needed_metrics(), tuple(space.knobs)))
+                    task = progress.add_task("", total=budget, completed=min(done, budget))
 
-            def on_record(record, history):
-                progress.update(task, advance=1, description=_summary(space, history))
+                    def on_record(record, history):
+                        progress.update(task, advance=1, description=_summary(space, history))
 
-            records = run_tuning(space, STRATEGIES[strategy](), database, runner, budget, batch_size, seed, on_record)
-    finally:
-        runner.close()
-    layers = gemm_layer_names(model, dict(shapes) or None, {name: list(v) for name, v in values} or None)
-    write_outputs(out, space, records, layers)
-    settings["wall_seconds"] = earlier_seconds + time.perf_counter() - started
-    write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
-    console.print("Writing the report (per-layer simulation of the best designs) ...")
-    write_run_report(out)
+                    strategy_ = STRATEGIES[strategy]()
+                    records = run_tuning(space, strategy_, database, runner, budget, batch_size, seed, on_record)
+            finally:
+                runner.close()
+            write_outputs(out, space, records, layers)
+            settings["wall_seconds"] = earlier_seconds + time.perf_counter() - started
+            run_dir.write(SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+            console.print("Writing the report (per-layer simulation of the best designs) ...")
+            write_run_report(out, warn=lambda message: None)  # the tune has warned already
+    except BaseException as err:
+        if run_dir.stopped_by is None:
+            raise
+        # The signal's KeyboardInterrupt may reach here as another error (TVM wraps what a
+        # Python callback raises): what stopped the run is the signal.
+        kept = "`--resume` continues the run" if _has_records(out) else "no evaluation was recorded"
+        raise CodesignError(f"{out}: tuning stopped by {run_dir.stopped_by}; {kept}") from err
     front = pareto_records(space, records)
     feasible = sum(r.feasible for r in records)
     console.print(f"{len(records)} evaluations, {feasible} feasible, Pareto front of {len(front)}; wrote {out}/")
@@ -120,6 +193,224 @@ def tune_to_directory(
     for objective, record in best_per_objective(space, records).items():
         value = _format(objective, record.metrics[objective])
         console.print(f"  best {objective}: {value} (evaluation {record.index}) -> {out}/best_{objective}.toml + .json")
+
+
+# ---- the run directory ------------------------------------------------------------------------
+
+
+def check_run_directory(out: Path, resume: bool, holding_lock: bool = False) -> None:
+    """`out` can take a new run (nothing there, or an empty directory) or, with --resume, holds
+    one, and no other tune uses it. Writes nothing."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory; choose a directory for the run (-o)")
+    try:
+        entries = set(os.listdir(out)) if out.is_dir() else set()
+    except OSError as err:
+        raise CodesignError(f"{out}: cannot read the run directory ({err.strerror})") from err
+    if LOCK_FILE in entries and not holding_lock and _locked(out / LOCK_FILE):
+        raise _in_use(out)
+    if (out / DATABASE_FILE).is_dir():
+        raise UsageError(f"{out / DATABASE_FILE}: is a directory, not a tuning database")
+    is_run = RUN_FILE in entries or DATABASE_FILE in entries
+    if resume:
+        if not out.is_dir():
+            raise UsageError(f"{out}: no such run directory to resume; drop --resume to start a run there")
+        if not is_run:
+            raise UsageError(f"{out}: holds no tuning run to resume (no {RUN_FILE}); drop --resume to start one")
+        if RUN_FILE not in entries:
+            raise UsageError(
+                f"{out}: the run has no {RUN_FILE} (an older codesign wrote it), so --resume cannot check it "
+                "is the same run; start a new run in another directory"
+            )
+    elif is_run:
+        raise UsageError(f"{out}: holds a tuning run; pass --resume to continue it or choose another -o")
+    elif entries - {LOCK_FILE, TEMP_DIR}:
+        raise UsageError(
+            f"{out}: not empty and not a `codesign tune` run (its files would be overwritten); choose a new or "
+            "empty directory for -o (--resume continues a run in a directory `codesign tune` wrote)"
+        )
+
+
+def check_identity(out: Path, identity: dict, model, data, space_path) -> None:
+    """--resume continues the same run: same model, data and space (by content), seed,
+    strategy, batch size, input bindings and evaluation samples."""
+    path = out / RUN_FILE
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path}: cannot read what defines the run ({err}); start a new run") from err
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{path}: expected a JSON object; start a new run")
+    files = {"model_sha256": model, "data_sha256": data, "space_sha256": space_path}
+    problems = []
+    for field, option in IDENTITY_FIELDS.items():
+        if field not in recorded:
+            problems.append(f"{RUN_FILE} does not record '{field}'")
+        elif recorded[field] != identity[field]:
+            if field in files:
+                problems.append(
+                    f"{option} {files[field]} is not the run's {option.strip('-')} "
+                    f"(sha256 {identity[field][:12]}, the run's {str(recorded[field])[:12]})"
+                )
+            else:
+                problems.append(f"{option} {_show(identity[field])} is not the run's ({_show(recorded[field])})")
+    if problems:
+        raise UsageError(f"{out}: --resume of a different run: " + "; ".join(problems))
+
+
+def _show(value) -> str:
+    return "(none)" if value in (None, {}) else json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+class RunDirectory:
+    """The run directory, created if needed and locked (flock) while the run uses it, with
+    `.tune-tmp/` inside for temporary files. On exit the lock is released and `.tune-tmp/`
+    removed; a new run that ends (fails, or is stopped) before recording an evaluation removes
+    what it wrote.
+    SIGTERM and SIGINT raise KeyboardInterrupt meanwhile (and set `stopped_by`), so all of this
+    happens on them too."""
+
+    def __init__(self, out: Path, resume: bool):
+        self.out, self.resume = out, resume
+        self.temp = out / TEMP_DIR
+        self._created_dir = False
+        self._written: list[Path] = []
+        self._lock_fd: int | None = None
+        self._signals: dict[int, object] = {}
+        self.stopped_by: str | None = None  # the signal that stopped the run
+
+    def __enter__(self) -> RunDirectory:
+        self._catch_signals()
+        try:
+            if not self.out.is_dir():
+                try:
+                    self.out.mkdir(parents=True)
+                except FileExistsError:
+                    pass  # made meanwhile: the lock decides who uses it
+                except OSError as err:
+                    raise CodesignError(f"{self.out}: cannot create the run directory ({err.strerror})") from err
+                else:
+                    self._created_dir = True
+            self._lock()
+            shutil.rmtree(self.temp, ignore_errors=True)  # what a killed (kill -9) run left
+            try:
+                self.temp.mkdir()
+            except OSError as err:
+                raise CodesignError(f"{self.temp}: cannot create ({err.strerror})") from err
+        except BaseException:
+            self._close(failed=True)
+            raise
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self._close(failed=kind is not None)
+
+    def write(self, name: str, text: str) -> None:
+        path = self.out / name
+        existed = path.exists()
+        write_text_atomic(path, text)
+        if not existed:
+            self._written.append(path)
+
+    def _lock(self) -> None:
+        path = self.out / LOCK_FILE
+        for _ in range(5):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise CodesignError(f"{self.out}: cannot write in the run directory ({err.strerror})") from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise CodesignError(f"{path}: cannot lock the run directory ({err.strerror})") from err
+                raise _in_use(self.out) from err
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:  # not a lock file another tune removed (cleaning up) after we opened it
+                self._lock_fd = fd
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                return
+            os.close(fd)
+        raise CodesignError(f"{self.out}: cannot lock the run directory (its lock file keeps changing)")
+
+    def _close(self, failed: bool) -> None:
+        try:
+            shutil.rmtree(self.temp, ignore_errors=True)
+            if failed and not self.resume and self._lock_fd is not None and not _has_records(self.out):
+                # A new run that recorded nothing: leave the directory as it was.
+                for path in (self.out / RUN_FILE, self.out / SPACE_FILE, self.out / SETTINGS_FILE):
+                    if path in self._written:
+                        path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    if (self.out / DATABASE_FILE).stat().st_size == 0:
+                        (self.out / DATABASE_FILE).unlink()
+                with contextlib.suppress(OSError):
+                    (self.out / LOCK_FILE).unlink()  # still held: a tune that opened it retries
+                if self._created_dir:
+                    with contextlib.suppress(OSError):
+                        self.out.rmdir()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = None
+            self._restore_signals()
+
+    def _catch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def interrupt(number, frame):
+            if self.stopped_by is None:
+                self.stopped_by = signal.Signals(number).name
+                raise KeyboardInterrupt(self.stopped_by)
+
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self._signals[number] = signal.signal(number, interrupt)
+
+    def _restore_signals(self) -> None:
+        for number, handler in self._signals.items():
+            signal.signal(number, handler)
+        self._signals.clear()
+
+
+def _locked(path: Path) -> bool:
+    """Whether a tune holds the lock (probed read-only: checking writes nothing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _in_use(out: Path) -> CodesignError:
+    return CodesignError(
+        f"{out}: another `codesign tune` is running in this directory; wait for it to finish (then --resume) "
+        "or choose another -o"
+    )
+
+
+def _has_records(out: Path) -> bool:
+    try:
+        return (out / DATABASE_FILE).stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _sha256(path: Path, what: str) -> str:
+    with reading(path, what):
+        return file_sha256(path)
 
 
 def _read_json(path: Path) -> dict:

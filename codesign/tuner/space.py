@@ -36,6 +36,8 @@ import tomllib
 
 from codesign.compression import CompressionConfig
 from codesign.errors import UsageError
+from codesign.files import reading
+from codesign.hardware import FIELDS as HARDWARE_FIELDS
 from codesign.hardware import HardwareSpec, hardware_from_dict, load_hardware
 
 # Search knob -> (HardwareSpec field, multiplier from the knob's unit)
@@ -52,7 +54,14 @@ HARDWARE_KNOBS = {
     "alu_multiplier": ("alu_has_multiplier", 1),
 }
 OBJECTIVES = {"latency": "min", "energy": "min", "edp": "min", "area": "min", "accuracy": "max"}
-CONSTRAINTS = {"area_mm2_max", "latency_ms_max", "energy_mj_max", "accuracy_drop_max"}
+# Constraint -> the metric it limits
+CONSTRAINT_METRICS = {
+    "area_mm2_max": "area",
+    "latency_ms_max": "latency",
+    "energy_mj_max": "energy",
+    "accuracy_drop_max": "accuracy",
+}
+CONSTRAINTS = set(CONSTRAINT_METRICS)
 
 
 @dataclasses.dataclass
@@ -87,6 +96,13 @@ class SearchSpace:
             columns.append([index[repr(config[name])] / scale for config in configs])
         return np.array(columns, dtype=np.float64).T.reshape(len(configs), len(self.knobs))
 
+    def needed_metrics(self) -> tuple[str, ...]:
+        """The metrics a measured record must hold for this space's objectives and constraints."""
+        needed = [*self.objectives, *(CONSTRAINT_METRICS[c] for c in self.constraints)]
+        if "accuracy_drop_max" in self.constraints:
+            needed.append("float_accuracy")
+        return tuple(dict.fromkeys(needed))
+
     @staticmethod
     def key(config: dict) -> str:
         return repr(sorted(config.items()))
@@ -97,7 +113,7 @@ class SearchSpace:
         values = {}
         for knob, (field, unit) in HARDWARE_KNOBS.items():
             if f"hw.{knob}" in config:
-                values[field] = config[f"hw.{knob}"] * unit if unit != 1 else config[f"hw.{knob}"]
+                values[field] = _hardware_value(self.base, field, config[f"hw.{knob}"], unit)
         if "alu_has_multiplier" in values:
             has = values["alu_has_multiplier"]
             values["alu_multiplier_bits"] = (self.base.alu_multiplier_bits or 8) if has else 0
@@ -134,45 +150,125 @@ def _reprice(hw: HardwareSpec) -> HardwareSpec:
 
 # ---- loading --------------------------------------------------------------------------------
 
+MAX_CHOICES = 100_000  # per knob: a range wider than this is a typo, not a search space
+RANGE_KEYS = {"min", "max", "step", "scale"}
+SCALES = ("linear", "log2")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
 
 def _choices(name: str, value, problems: list[str]) -> list:
     if isinstance(value, list) and value:
         return value
     if isinstance(value, dict) and {"min", "max"} <= set(value):
-        low, high, scale = value["min"], value["max"], value.get("scale", "linear")
-        if scale == "log2":
-            return [2**e for e in range(int(np.log2(low)), int(np.log2(high)) + 1)]
-        step = value.get("step", 1)
-        return list(np.arange(low, high + step / 2, step).tolist())
+        return _range_choices(name, value, problems)
     problems.append(f"'{name}' must be a non-empty list of choices or {{min, max[, step | scale = \"log2\"]}}")
     return []
 
 
+def _range_choices(name: str, value: dict, problems: list[str]) -> list:
+    """The choices of a {min, max[, step | scale]} range, or [] with the problems named."""
+    count = len(problems)
+    problems += [
+        f"'{name}.{key}' is not a range key (keys: min, max, step, scale)" for key in value if key not in RANGE_KEYS
+    ]
+    low, high, scale = value["min"], value["max"], value.get("scale", "linear")
+    for key, number in (("min", low), ("max", high)):
+        if not _is_number(number):
+            problems.append(f"'{name}.{key}' = {number!r} must be a number")
+    if scale not in SCALES:
+        problems.append(f"'{name}.scale' = {scale!r} (expected {' or '.join(SCALES)})")
+    step = value.get("step", 1)
+    if "step" in value and scale == "log2":
+        problems.append(f"'{name}.step' does not apply to scale = \"log2\" (its choices are the powers of two)")
+    elif not _is_number(step) or step <= 0:
+        problems.append(f"'{name}.step' = {step!r} must be a number above 0")
+    if len(problems) > count:
+        return []
+    if low > high:
+        problems.append(f"'{name}' has min = {low!r} above max = {high!r}")
+        return []
+    if scale == "log2":
+        if low <= 0:
+            problems.append(f"'{name}.min' = {low!r} must be above 0 with scale = \"log2\"")
+            return []
+        first, last = int(np.ceil(np.log2(low))), int(np.floor(np.log2(high)))
+        choices = [2**e for e in range(first, last + 1)]
+        if not choices:
+            problems.append(f"'{name}' = {{min = {low!r}, max = {high!r}}} holds no power of two")
+        return choices
+    if (high - low) / step + 1 > MAX_CHOICES:
+        problems.append(f"'{name}' = {value!r} has more than {MAX_CHOICES:,} choices")
+        return []
+    return list(np.arange(low, high + step / 2, step).tolist())
+
+
+def _hardware_value(base: HardwareSpec, field: str, value, unit: int):
+    """A knob's value in its HardwareSpec field's unit and type (an integral float of KiB is bytes)."""
+    value = value * unit if unit != 1 and _is_number(value) else value
+    if isinstance(getattr(base, field), int) and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value
+
+
+def _check_hardware_choices(base: HardwareSpec, knob: str, choices: list, problems: list[str]) -> None:
+    """Every choice must be a value the hardware description accepts for its field."""
+    field, unit = HARDWARE_KNOBS[knob]
+    rule = next(f for f in HARDWARE_FIELDS if f.attr == field)
+    bad = [c for c in choices if not rule.check(_hardware_value(base, field, c, unit))]
+    if bad:
+        allowed = rule.allowed if unit == 1 else f"the field takes {rule.allowed} bytes; the knob is in KiB"
+        problems.append(f"'hardware.{knob}' = {choices!r}: {', '.join(map(repr, bad))} cannot be taken ({allowed})")
+
+
+def _check_number_choices(name: str, choices: list, problems: list[str]) -> bool:
+    if all(_is_number(c) for c in choices):
+        return True
+    problems.append(f"'{name}' = {choices!r}: choices must be numbers")
+    return False
+
+
+def _table(doc: dict, name: str, problems: list[str]) -> dict:
+    value = doc.get(name, {})
+    if isinstance(value, dict):
+        return dict(value)
+    problems.append(f"'{name}' = {value!r} must be a table ([{name}])")
+    return {}
+
+
 def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
+    with reading(path, "search-space"):
+        text = path.read_text(encoding="utf-8")
     try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise UsageError(f"{path}: no such search-space file") from err
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"{path}: not valid TOML ({err})") from err
     return space_from_dict(doc, str(path))
 
 
 def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
+    """A validated space; every problem is named (field and value) in one UsageError line."""
     problems: list[str] = []
     unknown = set(doc) - {"hardware", "compression", "schedule", "objectives", "constraints"}
     problems += [f"unknown section '{k}'" for k in sorted(unknown)]
-    hardware = dict(doc.get("hardware", {}))
-    base = load_hardware(hardware.pop("base", "vta_default"))
+    hardware = _table(doc, "hardware", problems)
+    base_name = hardware.pop("base", "vta_default")
+    if not isinstance(base_name, str) or not base_name:
+        problems.append(f"'hardware.base' = {base_name!r} must be a preset name or a hardware file")
+        base_name = "vta_default"
+    base = load_hardware(base_name)
     knobs: dict[str, list] = {}
     for name, value in hardware.items():
         if name not in HARDWARE_KNOBS:
             problems.append(f"unknown hardware knob 'hardware.{name}' (knobs: {', '.join(HARDWARE_KNOBS)})")
             continue
         knobs[f"hw.{name}"] = _choices(f"hardware.{name}", value, problems)
-    compression = dict(doc.get("compression", {}))
-    groups = compression.pop("groups", {"all": ["*"]})
+        _check_hardware_choices(base, name, knobs[f"hw.{name}"], problems)
+    compression = _table(doc, "compression", problems)
+    groups = _groups(compression.pop("groups", {"all": ["*"]}), problems)
     activation_bits = compression.pop("activation_bits", [8])
     if activation_bits != [8]:
         problems.append(f"'compression.activation_bits' = {activation_bits!r}: only 8-bit activations are supported")
@@ -183,27 +279,68 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
             )
             continue
         choices = _choices(f"compression.{name}", value, problems)
+        if not _check_number_choices(f"compression.{name}", choices, problems):
+            continue
         if name == "weight_bits" and not set(choices) <= {4, 8}:
             problems.append(f"'compression.weight_bits' = {choices!r}: choices must be 4 or 8")
         if name == "prune" and not all(0 <= c < 1 for c in choices):
             problems.append(f"'compression.prune' = {choices!r}: ratios must be in [0, 1)")
         for group in groups:
             knobs[f"comp.{group}.{name}"] = choices
-    mode = doc.get("schedule", {}).get("mode", "auto")
+    schedule = _table(doc, "schedule", problems)
+    problems += [f"unknown schedule key 'schedule.{k}' (keys: mode)" for k in schedule if k != "mode"]
+    mode = schedule.get("mode", "auto")
     if mode not in ("auto", "rule"):
         problems.append(f"'schedule.mode' = {mode!r} (expected auto or rule)")
-    objectives = doc.get("objectives", ["latency", "energy", "area", "accuracy"])
-    problems += [
-        f"unknown objective '{o}' (objectives: {', '.join(OBJECTIVES)})" for o in objectives if o not in OBJECTIVES
-    ]
-    constraints = doc.get("constraints", {})
-    problems += [
-        f"unknown constraint '{c}' (constraints: {', '.join(sorted(CONSTRAINTS))})"
-        for c in constraints
-        if c not in CONSTRAINTS
-    ]
-    if not knobs:
+    objectives = _objectives(doc.get("objectives", ["latency", "energy", "area", "accuracy"]), problems)
+    constraints = _constraints(_table(doc, "constraints", problems), problems)
+    if not knobs and not problems:
         problems.append("the space has no knobs to search")
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
-    return SearchSpace(base, knobs, groups, mode, list(objectives), dict(constraints), source)
+    return SearchSpace(base, knobs, groups, mode, objectives, constraints, source)
+
+
+def _groups(groups, problems: list[str]) -> dict[str, list[str]]:
+    example = 'e.g. early = ["conv2d_0"]'
+    if not isinstance(groups, dict) or not groups:
+        problems.append(f"'compression.groups' = {groups!r} must be a table of group = [patterns] ({example})")
+        return {}
+    valid = {}
+    for name, patterns in groups.items():
+        if not (isinstance(patterns, list) and patterns and all(isinstance(p, str) and p for p in patterns)):
+            problems.append(
+                f"'compression.groups.{name}' = {patterns!r} must be a non-empty list of layer-name patterns "
+                f"({example})"
+            )
+            continue
+        valid[name] = patterns
+    return valid
+
+
+def _objectives(objectives, problems: list[str]) -> list[str]:
+    if not (isinstance(objectives, list) and objectives and all(isinstance(o, str) for o in objectives)):
+        problems.append(
+            f"'objectives' = {objectives!r} must be a non-empty list of objective names "
+            f'(e.g. ["latency", "accuracy"]; objectives: {", ".join(OBJECTIVES)})'
+        )
+        return []
+    problems += [
+        f"unknown objective '{o}' (objectives: {', '.join(OBJECTIVES)})" for o in objectives if o not in OBJECTIVES
+    ]
+    repeated = sorted({o for o in objectives if objectives.count(o) > 1})
+    problems += [f"objective '{o}' is listed more than once" for o in repeated]
+    return list(objectives)
+
+
+def _constraints(constraints: dict, problems: list[str]) -> dict[str, float]:
+    valid = {}
+    for name, limit in constraints.items():
+        if name not in CONSTRAINTS:
+            problems.append(f"unknown constraint '{name}' (constraints: {', '.join(sorted(CONSTRAINTS))})")
+        elif not _is_number(limit) or limit < 0 or (limit == 0 and name != "accuracy_drop_max"):
+            bound = "0 or more" if name == "accuracy_drop_max" else "above 0"
+            problems.append(f"'constraints.{name}' = {limit!r} must be a number {bound}")
+        else:
+            valid[name] = limit
+    return valid

@@ -19,14 +19,7 @@ from codesign.errors import HardwareError
 from codesign.simulator.energy import area_mm2
 from codesign.tuner.database import Record
 from codesign.tuner.pareto import hypervolume, pareto_mask
-from codesign.tuner.space import OBJECTIVES, SearchSpace
-
-CONSTRAINT_METRICS = {
-    "area_mm2_max": "area",
-    "latency_ms_max": "latency",
-    "energy_mj_max": "energy",
-    "accuracy_drop_max": "accuracy",
-}
+from codesign.tuner.space import CONSTRAINT_METRICS, OBJECTIVES, SearchSpace
 
 
 def unseen_random(space: SearchSpace, seen: set, count: int, rng: np.random.Generator, tries: int = 50) -> list[dict]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from codesign.files import write_text_atomic as write_text
 from codesign.tuner.database import Database, Record
 from codesign.tuner.pareto import pareto_mask
 from codesign.tuner.space import OBJECTIVES, SearchSpace
@@ -23,7 +24,7 @@ from codesign.tuner.strategies import minimised_points
 def run_tuning(
     space: SearchSpace, strategy, database: Database, executor, budget: int, batch_size: int, seed: int, on_record=None
 ):
-    history = database.load()
+    history = database.load(space.needed_metrics(), tuple(space.knobs))
     done = {r.index for r in history}
     for batch in range((budget + batch_size - 1) // batch_size):
         first = batch * batch_size
@@ -75,14 +76,13 @@ def best_per_objective(space: SearchSpace, records: list[Record]) -> dict[str, R
 
 def write_outputs(run_dir: Path, space: SearchSpace, records: list[Record], layers: list[str]) -> None:
     front = pareto_records(space, records)
-    (run_dir / "pareto.json").write_text(json.dumps([_row(space, r, layers) for r in front], indent=2) + "\n")
+    write_text(run_dir / "pareto.json", json.dumps([_row(space, r, layers) for r in front], indent=2) + "\n")
     for objective, record in best_per_objective(space, records).items():
         hw = space.hardware(record.config, name=f"best_{objective}")
-        (run_dir / f"best_{objective}.toml").write_text(
-            f"# codesign tune: best {objective}, evaluation {record.index}\n" + hw.to_toml()
-        )
+        header = f"# codesign tune: best {objective}, evaluation {record.index}\n"
+        write_text(run_dir / f"best_{objective}.toml", header + hw.to_toml())
         compression = space.compression(record.config, layers)
-        (run_dir / f"best_{objective}.json").write_text(json.dumps(compression.to_dict(), indent=2) + "\n")
+        write_text(run_dir / f"best_{objective}.json", json.dumps(compression.to_dict(), indent=2) + "\n")
 
 
 def _row(space: SearchSpace, record: Record, layers: list[str]) -> dict:

@@ -1,0 +1,476 @@
+"""A compiled module's safety (issue 10): compile replaces only a module, a model's external
+weights come from beside it, a manifest is validated against its format version and keeps its
+paths inside the module, every file's sha256 is checked on load, staging directories go on
+SIGTERM and after a killed compile, output-path OS errors are one line, and `run`/`simulate`
+name what they read and wrote."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_cli_errors import (  # noqa: F401 (calibration: a fixture)
+    MNIST,
+    assert_nothing_written,
+    calibration,
+    cli,
+    cli_subprocess,
+    error_line,
+    leftovers,
+    snapshot,
+)
+
+import codesign
+import codesign.pipeline
+from codesign import deploy
+from codesign.errors import ModelError
+from codesign.importer import load_onnx
+
+IMAGES = Path(codesign.__file__).resolve().parent / "data" / "t10k-images-idx3-ubyte.gz"
+
+
+# ---- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled(calibration):  # noqa: F811
+    """mnist-8 compiled for vta_default (the one compile of this file)."""
+    return codesign.compile_model(MNIST, codesign.load_hardware("vta_default"), calibration=calibration)
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory, compiled) -> Path:
+    """B: the compiled module (shared; tests change copies of it)."""
+    out = tmp_path_factory.mktemp("compiled") / "mnist_vta"
+    codesign.write_module(compiled, out)
+    return out
+
+
+@pytest.fixture
+def module_copy(tmp_path, module_dir) -> Path:
+    copy = tmp_path / "B"
+    shutil.copytree(module_dir, copy)
+    return copy
+
+
+@pytest.fixture
+def fast_compile(monkeypatch, compiled):
+    """`codesign compile` returns the fixture's compile (the CLI's writing is what is tested)."""
+    monkeypatch.setattr(codesign.pipeline, "compile_model", lambda *args, **kwargs: compiled)
+    return compiled
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    path = tmp_path / "x.npy"
+    pixels = np.frombuffer(gzip.open(IMAGES).read(), np.uint8, offset=16)[: 28 * 28]
+    np.save(path, pixels.reshape(1, 1, 28, 28).astype(np.float32))
+    return path
+
+
+def compile_args(out: Path, *extra) -> list:
+    return ["compile", MNIST, "--hw", "vta_default", "-o", out, *extra]
+
+
+def edit_manifest(module: Path, change) -> None:
+    """Change the manifest in place (a change returning a list replaces it by that list)."""
+    path = module / "manifest.json"
+    manifest = json.loads(path.read_text())
+    changed = change(manifest)
+    path.write_text(json.dumps(changed if isinstance(changed, list) else manifest))
+
+
+# ---- item 1: compile replaces only a codesign module ------------------------------------------
+
+
+def test_compile_refuses_a_directory_whose_manifest_is_not_a_module(capsys, tmp_path, fast_compile):
+    out = tmp_path / "p"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    (out / "notes.txt").write_text("keep\n")
+    before = snapshot(out)
+    error_line(*cli(capsys, *compile_args(out)), 1, str(out), "not a codesign module", "manifest.json")
+    assert snapshot(out) == before
+    assert leftovers(tmp_path, "p") == []
+
+
+def test_compile_refuses_a_module_directory_holding_other_files(capsys, module_copy, fast_compile):
+    (module_copy / "notes.txt").write_text("keep\n")
+    before = snapshot(module_copy)
+    error_line(*cli(capsys, *compile_args(module_copy)), 1, "not a codesign module", "notes.txt")
+    assert snapshot(module_copy) == before
+
+
+def test_compile_replaces_a_module_of_an_older_format(capsys, module_copy, fast_compile):
+    def version_2(manifest):
+        manifest["format_version"] = 2
+        del manifest["files"]
+
+    edit_manifest(module_copy, version_2)
+    code, _, err = cli(capsys, *compile_args(module_copy))
+    assert code == 0, err
+    assert json.loads((module_copy / "manifest.json").read_text())["format_version"] == deploy.FORMAT_VERSION
+    assert leftovers(module_copy.parent, module_copy.name) == []
+
+
+# ---- item 2: external-data weights are read beside the model, and hashed -------------------------
+
+
+def external_data_model(folder: Path) -> tuple[Path, np.ndarray]:
+    """y = x @ w with w saved as external data in weights.bin beside the model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weight = np.arange(16, dtype=np.float32).reshape(4, 4)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [numpy_helper.from_array(weight, "w")]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = folder / "model.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert (folder / "weights.bin").exists()
+    return path, weight
+
+
+def test_external_data_is_read_beside_the_model_not_in_the_working_directory(tmp_path, monkeypatch):
+    path, weight = external_data_model(tmp_path / "models")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "weights.bin").write_bytes(np.full(16, 7, np.float32).tobytes())  # a decoy of the same name
+    monkeypatch.chdir(elsewhere)
+    model, sha256 = load_onnx(Path("..") / "models" / "model.onnx")
+    assert np.array_equal(numpy_helper.to_array(model.graph.initializer[0]), weight)
+    # The hash covers the weights: other bytes in weights.bin are another model.
+    (tmp_path / "models" / "weights.bin").write_bytes((weight + 1).tobytes())
+    assert load_onnx(path)[1] != sha256
+
+
+def test_external_data_missing_or_outside_the_model_directory(tmp_path):
+    path, _ = external_data_model(tmp_path / "models")
+    (tmp_path / "models" / "weights.bin").unlink()
+    with pytest.raises(ModelError, match=r"'w' keeps its data in 'weights\.bin', but there is no such file"):
+        load_onnx(path)
+    model = onnx.load(str(path), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../secret.bin"
+    (tmp_path / "secret.bin").write_bytes(np.zeros(16, np.float32).tobytes())
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="outside the model's directory"):
+        load_onnx(path)
+
+
+# ---- items 3, 8, 12: the manifest's paths stay in the module; every file's sha256 is checked ------
+
+
+def test_manifest_records_the_sha256_of_every_file(module_dir):
+    manifest = json.loads((module_dir / "manifest.json").read_text())
+    files = {p.name for p in module_dir.iterdir()} - {"manifest.json"}
+    assert manifest["files"] == {name: hashlib.sha256((module_dir / name).read_bytes()).hexdigest() for name in files}
+    assert manifest["library"] in files and manifest["hardware"]["file"] in files
+
+
+def outside(module: Path, field: str, name: str):
+    """Point `field` at `name`, listed in 'files' with a matching hash (so only the path is wrong)."""
+
+    def change(manifest):
+        target = (module / name).resolve() if not Path(name).is_absolute() else Path(name)
+        manifest["files"][name] = hashlib.sha256(target.read_bytes()).hexdigest()
+        if field == "library":
+            manifest["library"] = name
+        else:
+            manifest["hardware"]["file"] = name
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [
+        ("library", "../../../../../../../../../../{tmp}/module.so"),
+        ("library", "{tmp}/module.so"),
+        ("hardware.file", "../../../../../../../../../../etc/passwd"),
+        ("hardware.file", "/etc/passwd"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "simulate"])
+def test_manifest_paths_outside_the_module_are_refused(capsys, tmp_path, module_copy, image, field, name, command):
+    shutil.copy(module_copy / "module.so", tmp_path / "module.so")
+    name = name.format(tmp=str(tmp_path).lstrip("/") if name.startswith("..") else tmp_path)
+    edit_manifest(module_copy, outside(module_copy, field, name))
+    args = ["run", module_copy, "--input", image, "--output", tmp_path / "y.npy"]
+    result = cli(capsys, *(args if command == "run" else ["simulate", module_copy]))
+    error_line(*result, 1, "manifest.json", f"'{field}'", "outside the module directory")
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_a_symbolic_link_out_of_the_module_is_refused(capsys, tmp_path, module_copy, image):
+    shutil.move(module_copy / "module.so", tmp_path / "elsewhere.so")
+    (module_copy / "module.so").symlink_to(tmp_path / "elsewhere.so")  # same bytes, same sha256
+    result = cli(capsys, "run", module_copy, "--input", image, "--output", tmp_path / "y.npy")
+    error_line(*result, 1, "module.so", "outside the module directory")
+
+
+def test_edited_hardware_file_is_refused_by_simulate_and_run(capsys, tmp_path, module_copy, image):
+    hardware = module_copy / "hardware.toml"
+    hardware.write_text(hardware.read_text().replace("block_in = 16", "block_in = 8"))
+    error_line(*cli(capsys, "simulate", module_copy), 1, "hardware.toml", "sha256", "recompile")
+    result = cli(capsys, "run", module_copy, "--input", image, "--output", tmp_path / "y.npy")
+    error_line(*result, 1, "hardware.toml", "sha256")
+
+
+def test_changed_library_is_refused_by_run(capsys, tmp_path, module_copy, image):
+    library = bytearray((module_copy / "module.so").read_bytes())
+    library[len(library) // 2] ^= 0xFF
+    (module_copy / "module.so").write_bytes(bytes(library))
+    result = cli(capsys, "run", module_copy, "--input", image, "--output", tmp_path / "y.npy")
+    error_line(*result, 1, "module.so", "sha256", "recompile")
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_truncated_library_is_one_line_not_sigbus(tmp_path, module_copy, image):
+    library = module_copy / "module.so"
+    library.write_bytes(library.read_bytes()[: library.stat().st_size // 3])
+    # In a subprocess: loading it used to kill the process with SIGBUS.
+    proc = cli_subprocess("run", module_copy, "--input", image, "--output", tmp_path / "y.npy")
+    error_line(proc.returncode, proc.stdout, proc.stderr, 1, "module.so", "truncated")
+
+
+def test_an_intact_module_still_loads_runs_and_simulates(capsys, tmp_path, module_dir, image):
+    code, _, err = cli(capsys, "run", module_dir, "--input", image, "--output", tmp_path / "y.npy")
+    assert code == 0, err
+    code, out, err = cli(capsys, "simulate", module_dir, "--model", "analytic")
+    assert code == 0, err
+    assert "conv2d_0" in out
+
+
+# ---- item 14: manifests validated against a schema with a format version -------------------------
+
+
+def set_tiling(index: int, key: str, value):
+    def change(manifest):
+        manifest["layers"][index]["tiling"][key] = value
+
+    return change
+
+
+ACCEL_CONV = 1  # layers[1] is conv2d_0 on the accelerator (28x28 output)
+
+MANIFEST_DAMAGE = [
+    pytest.param(lambda m: m.pop("inputs") and None, "'inputs' is missing", id="no-inputs"),
+    pytest.param(lambda m: m["hardware"]["spec"].update(frob=1), "'hardware.spec.frob'", id="extra-spec-key"),
+    pytest.param(lambda m: m["hardware"].update(extra=1), "'hardware.extra'", id="extra-hardware-key"),
+    pytest.param(lambda m: m["inputs"][0].update(dtype="float99"), "'inputs[0].dtype' = \"float99\"", id="float99"),
+    pytest.param(lambda m: [m], "expected a JSON object, got an array", id="json-list"),
+    pytest.param(lambda m: m.pop("format_version"), "'format_version' is missing", id="no-version"),
+    pytest.param(lambda m: m.update(format_version=99), "'format_version' = 99 is not supported", id="version-99"),
+    pytest.param(lambda m: m.update(layers={}), "'layers' must be an array", id="layers-object"),
+    pytest.param(lambda m: m["outputs"][0].update(shape=["1", 10]), "'outputs[0].shape[0]'", id="shape-string"),
+    pytest.param(lambda m: m["hardware"]["spec"].update(block_in=12), "'hardware.spec.block_in' = 12", id="spec"),
+    pytest.param(lambda m: m["files"].pop("module.so"), "'library' = \"module.so\" is not listed", id="no-hash"),
+    pytest.param(set_tiling(ACCEL_CONV, "h_tile", 5), "'layers[1].tiling.h_tile' = 5 does not divide", id="h5"),
+    pytest.param(set_tiling(ACCEL_CONV, "h_tile", 0), "'layers[1].tiling.h_tile' = 0", id="h0"),
+    pytest.param(set_tiling(ACCEL_CONV, "w_tile", "x"), "'layers[1].tiling.w_tile' must be an integer", id="wx"),
+    pytest.param(lambda m: m["layers"][ACCEL_CONV].update(tiling=None), "'layers[1].tiling' must be given", id="none"),
+    pytest.param(set_tiling(ACCEL_CONV, "virtual_threads", 64), "does not fit the scratchpads", id="too-big"),
+]
+
+
+@pytest.mark.parametrize(("change", "needle"), MANIFEST_DAMAGE)
+@pytest.mark.parametrize("command", ["run", "simulate"])
+def test_invalid_manifest_is_one_line_naming_the_field(capsys, tmp_path, module_copy, image, change, needle, command):
+    edit_manifest(module_copy, change)
+    args = ["run", module_copy, "--input", image, "--output", tmp_path / "y.npy"]
+    result = cli(capsys, *(args if command == "run" else ["simulate", module_copy]))
+    error_line(*result, 1, f"{module_copy / 'manifest.json'}", needle)
+
+
+def test_new_manifests_carry_their_format_version_and_validate(module_dir):
+    manifest = json.loads((module_dir / "manifest.json").read_text())
+    assert manifest["format"] == "codesign-module"
+    assert manifest["format_version"] == deploy.FORMAT_VERSION == 3
+    deploy.validate_manifest(manifest)
+
+
+# ---- item 11: staging directories go on SIGTERM/SIGINT and after a killed compile -----------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_compile_removes_the_staging_directory(capsys, tmp_path, monkeypatch, compiled, signum):
+    class SignalledExecutable:
+        def export_library(self, path):
+            Path(path).write_bytes(b"partial")
+            os.kill(os.getpid(), signum)
+            time.sleep(30)  # the handler's exception ends this at once
+
+    stopped = dataclasses.replace(compiled, executable=SignalledExecutable())
+    monkeypatch.setattr(codesign.pipeline, "compile_model", lambda *args, **kwargs: stopped)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    error_line(*cli(capsys, *compile_args(out)), 1, f"stopped by {signal.Signals(signum).name}")
+    assert time.perf_counter() - started < 20
+    assert_nothing_written(out)
+    assert {number: signal.getsignal(number) for number in handlers} == handlers
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_staging_directories_of_a_dead_process_are_removed(capsys, tmp_path, fast_compile):
+    out, dead = tmp_path / "out", dead_pid()
+
+    def sibling(name: str, *files: str, age: float = 0) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        for file in files:
+            (path / file).parent.mkdir(parents=True, exist_ok=True)
+            (path / file).write_bytes(b"x")
+        if age:
+            os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    removed = [
+        sibling(f".out.tmp-{dead}-abcd1234", "module.so", "hardware.toml"),  # killed while writing
+        sibling(f".out.old-{dead}-abcd1234", "module/manifest.json"),  # killed while replacing
+        sibling(".out.tmp-a1b2c3d4", "module.so", age=2 * deploy.STALE_SECONDS),  # older codesign, no pid
+    ]
+    kept = [
+        sibling(f".out.tmp-{os.getpid()}-abcd1234", "module.so"),  # a live process
+        sibling(".out.tmp-e5f6g7h8", "module.so"),  # no pid and recent
+        sibling(f".out.tmp-{dead}-ijkl5678", "precious.txt"),  # not what codesign stages
+        sibling(".out.tmp-notes", "module.so"),  # not codesign's name
+        sibling(f".other.tmp-{dead}-abcd1234", "module.so"),  # another output's
+    ]
+    code, _, err = cli(capsys, *compile_args(out))
+    assert code == 0, err
+    assert not any(path.exists() for path in removed)
+    assert all(path.exists() for path in kept)
+    assert (out / "module.so").exists()
+
+
+def test_a_retired_module_whose_replacement_never_came_is_put_back(tmp_path, module_dir):
+    out = tmp_path / "out"
+    retired = tmp_path / f".out.old-{dead_pid()}-abcd1234"
+    retired.mkdir()
+    shutil.copytree(module_dir, retired / "module")
+    deploy.remove_stale_siblings(out)
+    assert snapshot(out) == snapshot(module_dir)
+    assert not retired.exists()
+
+
+def test_output_dot_is_refused_and_leaves_nothing(capsys, tmp_path, module_copy, monkeypatch, fast_compile):
+    before = snapshot(module_copy)
+    monkeypatch.chdir(module_copy)
+    error_line(*cli(capsys, *compile_args(".")), 1, "current directory")
+    assert snapshot(module_copy) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B"]  # no ..old-*, no ..tmp-*
+
+
+# ---- item 13: OS errors on output paths are one line ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make_out", "needles"),
+    [
+        pytest.param(lambda tmp: Path("/proc/codesign-test"), ["/proc/codesign-test"], id="proc"),
+        pytest.param(lambda tmp: tmp / ("a" * 300), ["File name too long"], id="name-300"),
+        pytest.param(lambda tmp: tmp / "file", ["exists and is not a codesign module"], id="a-file"),
+    ],
+)
+def test_output_path_os_errors_are_one_line(capsys, tmp_path, fast_compile, make_out, needles):
+    (tmp_path / "file").write_text("keep\n")
+    out = make_out(tmp_path)
+    if str(out).startswith("/proc") and not Path("/proc").is_dir():
+        pytest.skip("no /proc")
+    error_line(*cli(capsys, *compile_args(out)), 1, *needles)
+    assert (tmp_path / "file").read_text() == "keep\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_250_character_output_name_compiles(capsys, tmp_path, fast_compile):
+    out = tmp_path / ("m" * 250)
+    code, _, err = cli(capsys, *compile_args(out))
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    codesign.load(out)
+
+
+def test_demo_output_that_is_a_file(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep\n")
+    error_line(*cli(capsys, "demo", "-o", blocker), 1, str(blocker), "not a directory")
+    assert blocker.read_text() == "keep\n"
+
+
+# ---- item 20: an input of an unsupported element type names it ------------------------------------
+# (float16 models are widened to float32 on import: tests/test_onnx_precision.py)
+
+
+def test_unsupported_input_type_is_named(capsys, tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.COMPLEX64, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.COMPLEX64, [1, 4])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    path = tmp_path / "complex.onnx"
+    onnx.save(model, str(path))
+    line = error_line(*cli(capsys, "compile", path, "--hw", "vta_default", "-o", tmp_path / "out"), 1, "COMPLEX64")
+    assert "element type 14" not in line
+
+
+# ---- item 21: run prints the file it wrote and names what an .npz holds ---------------------------
+
+
+def test_run_output_without_suffix_prints_the_file_written(capsys, tmp_path, module_dir, image):
+    output = tmp_path / "result"
+    code, out, err = cli(capsys, "run", module_dir, "--input", image, "--output", output)
+    assert code == 0, err
+    assert f"Wrote {output}.npy:" in out
+    assert (tmp_path / "result.npy").exists() and not output.exists()
+
+
+def test_run_reads_an_npz_of_inputs_by_name(capsys, tmp_path, module_dir, image):
+    x = np.load(image)
+    expected = codesign.load(module_dir).run(x)[0]
+    for i, (spec, arrays) in enumerate(
+        [("{}", {"Input3": x}), ("{}", {"arr_0": x}), ("Input3={}", {"other": x}), ("Input3={}", {"Input3": x})]
+    ):
+        npz, y = tmp_path / f"in{i}.npz", tmp_path / f"y{i}.npy"
+        np.savez(npz, **arrays)
+        code, _, err = cli(capsys, "run", module_dir, "--input", spec.format(npz), "--output", y)
+        assert code == 0, err
+        assert np.array_equal(np.load(y), expected)
+
+
+def test_run_npz_without_the_input_names_what_it_holds(capsys, tmp_path, module_dir):
+    npz = tmp_path / "x.npz"
+    np.savez(npz, images=np.zeros((1, 1, 28, 28), np.float32), labels=np.zeros(1, np.int64))
+    result = cli(capsys, "run", module_dir, "--input", npz, "--output", tmp_path / "y.npy")
+    error_line(*result, 1, "x.npz", "images (float32 [1, 1, 28, 28])", "labels (int64 [1])", "Input3")
+    assert "<U" not in result[2]
+
+
+# ---- item 23: simulate on a path that does not exist ----------------------------------------------
+
+
+def test_simulate_missing_path_says_no_such_file(capsys, tmp_path):
+    line = error_line(*cli(capsys, "simulate", tmp_path / "absent.onnx"), 1, "absent.onnx", "no such")
+    assert "--hw" not in line
