@@ -364,11 +364,16 @@ def tune_command(
     eval_samples: Annotated[int | None, typer.Option(help="Evaluate accuracy on at most this many samples.")] = None,
 ):
     """Search hardware, compression and schedules jointly for the Pareto front."""
+    from codesign.report.build import write_run_report
     from codesign.tuner.run import tune_to_directory
+
+    def report(run_dir: Path) -> None:
+        console.print("Writing the report (per-layer simulation of the best designs) ...")
+        write_run_report(run_dir, warn=lambda message: None)  # the tune has warned already
 
     tune_to_directory(
         model, space, data, out, budget, strategy, seed, jobs, executor, address, batch_size, resume,
-        input_shape, eval_samples, console, input_value,
+        input_shape, eval_samples, console, input_value, after_run=report,
     )  # fmt: skip
 
 

@@ -40,12 +40,14 @@ def ensure_run(run_dir: Path, evaluations: int, eval_images: int) -> None:
         console.print(f"Reusing the {evaluations:,} evaluations in {run_dir}")
         return
     images, labels = load_mnist_test()
+    resume = (run_dir / "database.jsonl").exists()  # a run cut short: finish it
     run_dir.mkdir(parents=True, exist_ok=True)
     data = run_dir.parent / "mnist_eval.npz"
-    np.savez(data, Input3=images[:eval_images, 0], labels=labels[:eval_images])
+    if not resume:
+        np.savez(data, Input3=images[:eval_images, 0], labels=labels[:eval_images])
     tune_to_directory(
         MNIST_MODEL, SPACE, data, run_dir, evaluations, "random", 0, 1, "local", None, 1000,
-        True, None, None, console,
+        resume, None, None, console,
     )  # fmt: skip
 
 

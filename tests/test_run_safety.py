@@ -23,7 +23,7 @@ from test_cli_errors import cli, error_line, snapshot
 
 from codesign.demo import MNIST_MODEL
 from codesign.tuner.database import Database
-from codesign.tuner.run import LOCK_FILE, TEMP_DIR
+from codesign.tuner.run_files import LOCK_FILE, TEMP_DIR
 
 SPACE = Path(__file__).parent / "spaces" / "tiny.toml"
 IMAGES = 16

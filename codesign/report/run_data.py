@@ -10,12 +10,9 @@ from pathlib import Path
 
 from codesign.errors import UsageError
 from codesign.tuner.database import Database, Record
+from codesign.tuner.run_files import DATABASE_FILE, SETTINGS_FILE, SPACE_FILE
 from codesign.tuner.space import SearchSpace, load_space
 from codesign.tuner.tune import best_per_objective, pareto_records
-
-DATABASE_FILE = "database.jsonl"
-SETTINGS_FILE = "settings.json"
-SPACE_FILE = "space.toml"
 
 
 @dataclasses.dataclass

@@ -37,18 +37,14 @@ import codesign
 from codesign.errors import CodesignError, UsageError
 from codesign.files import file_sha256, reading, write_text_atomic
 from codesign.importer import import_onnx, parse_input_shapes, parse_input_values
-from codesign.report.build import write_run_report
-from codesign.report.run_data import DATABASE_FILE, SETTINGS_FILE, SPACE_FILE
 from codesign.tuner.database import Database
 from codesign.tuner.evaluator import gemm_layer_names, load_eval_data
 from codesign.tuner.executors import EvaluatorSpec, make_executor
+from codesign.tuner.run_files import DATABASE_FILE, LOCK_FILE, RUN_FILE, SETTINGS_FILE, SPACE_FILE, TEMP_DIR
 from codesign.tuner.space import load_space
 from codesign.tuner.strategies import STRATEGIES
 from codesign.tuner.tune import best_per_objective, pareto_records, run_tuning, write_outputs
 
-RUN_FILE = "run.json"  # what defines the run, written when it starts
-LOCK_FILE = ".tune.lock"  # flock-ed by the tune using the directory
-TEMP_DIR = ".tune-tmp"  # the run's temporary files
 RUN_FORMAT = 1
 # run.json field -> how the command line names it
 IDENTITY_FIELDS = {
@@ -81,7 +77,10 @@ def tune_to_directory(
     eval_samples,
     console: Console,
     input_value=None,
+    after_run=None,
 ):
+    """Tune into the run directory `out`; `after_run(out)` runs when the evaluations are done,
+    before the lock is released (the CLI writes the report there)."""
     if strategy not in STRATEGIES:
         raise UsageError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
     if executor not in ("local", "ray"):
@@ -177,8 +176,8 @@ def tune_to_directory(
             write_outputs(out, space, records, layers)
             settings["wall_seconds"] = earlier_seconds + time.perf_counter() - started
             run_dir.write(SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
-            console.print("Writing the report (per-layer simulation of the best designs) ...")
-            write_run_report(out, warn=lambda message: None)  # the tune has warned already
+            if after_run is not None:
+                after_run(out)  # e.g. the CLI's report, still under the run's lock
     except BaseException as err:
         if run_dir.stopped_by is None:
             raise
