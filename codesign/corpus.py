@@ -25,8 +25,8 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
+from codesign import toml as tomllib
 from codesign.errors import UsageError
 
 WORDS = (

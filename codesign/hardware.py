@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 
 import tomli_w
-import tomllib
 
+from codesign import toml as tomllib
 from codesign.errors import HardwareError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "hw_targets"
+# The presets: package data, hw_targets/ in the repository installed as codesign/hw_targets/.
+PRESET_PACKAGE = "codesign.hw_targets"
 
 # VTA packs micro-ops in 32 bits.
 UOP_BYTES = 4
@@ -434,8 +436,14 @@ def hardware_from_vta_config(doc, source: str = "vta_config.json") -> HardwareSp
     )
 
 
+def _presets() -> dict[str, Path]:
+    """Preset name -> its file (pip installs package data as files, so each is a Path)."""
+    files = resources.files(PRESET_PACKAGE).iterdir()
+    return {f.name.removesuffix(".toml"): Path(f) for f in files if f.name.endswith(".toml") and f.is_file()}
+
+
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+    return sorted(_presets())
 
 
 def resolve_hardware_path(name_or_path: str | Path) -> Path:
@@ -443,8 +451,8 @@ def resolve_hardware_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.exists() or path.suffix in (".toml", ".json"):
         return path
-    preset = PRESET_DIR / f"{name_or_path}.toml"
-    if preset.exists():
+    preset = _presets().get(str(name_or_path))
+    if preset is not None:
         return preset
     raise HardwareError(f"{name_or_path}: no such hardware file or preset (presets: {', '.join(preset_names())})")
 

@@ -22,11 +22,8 @@ from codesign.errors import HardwareError
 from codesign.graph import channel_axis
 from codesign.importer import ImportedModel
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
-from codesign.simulator.design_sweep import select_tiling
-from codesign.simulator.host import node_work
-from codesign.simulator.program import AluOp, requant_alu_ops
-from schedules.layer import ConvShape
-from schedules.packed_conv2d import (
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.packed_conv2d import (
     check_footprint,
     kernel_buffer_shapes,
     measured_footprint,
@@ -39,7 +36,10 @@ from schedules.packed_conv2d import (
     schedule_packed_conv2d,
     unpack_output_te,
 )
-from schedules.tiling import Tiling, TilingError, tile_footprint
+from codesign.schedules.tiling import Tiling, TilingError, tile_footprint
+from codesign.simulator.design_sweep import select_tiling
+from codesign.simulator.host import node_work
+from codesign.simulator.program import AluOp, requant_alu_ops
 
 
 @dataclasses.dataclass

@@ -20,8 +20,8 @@ from jsonschema.exceptions import best_match, relevance
 
 import codesign
 from codesign.hardware import FIELDS, HardwareError, HardwareSpec, hardware_from_dict
-from schedules.layer import ConvShape
-from schedules.tiling import Tiling, fits, tile_footprint
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.tiling import Tiling, fits, tile_footprint
 
 FORMAT = "codesign-module"
 # 3: "files" (the sha256 of every file of the module), checked on load.

@@ -22,9 +22,9 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, te, tirx
 
-from schedules.gemm_intrin import ACC_SCOPE, GEMM_MARKER, INP_SCOPE, WGT_SCOPE, register_gemm_intrin
-from schedules.layer import ConvShape
-from schedules.tiling import TileFootprint, Tiling
+from codesign.schedules.gemm_intrin import ACC_SCOPE, GEMM_MARKER, INP_SCOPE, WGT_SCOPE, register_gemm_intrin
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.tiling import TileFootprint, Tiling
 
 SCRATCHPAD_SCOPES = (INP_SCOPE, WGT_SCOPE, ACC_SCOPE)
 

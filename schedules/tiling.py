@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from schedules.layer import ConvShape
+from codesign.schedules.layer import ConvShape
 
 UOP_BYTES = 4
 

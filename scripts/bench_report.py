@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from codesign.demo import MNIST_MODEL, load_mnist_test
-from codesign.report.browser_check import chromium_missing, open_report
 from codesign.report.build import write_run_report
 from codesign.tuner.database import Database
 from codesign.tuner.run import tune_to_directory
+
+# The browser test's checks are test tooling: tests/browser_check.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from browser_check import chromium_missing, open_report
 
 SPACE = Path(__file__).resolve().parent.parent / "spaces" / "mnist_joint.toml"
 BASELINE_EVALUATIONS = 200

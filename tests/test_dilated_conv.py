@@ -8,16 +8,22 @@ import dataclasses
 import numpy as np
 import pytest
 from test_schedules import random_operands, run_scheduled
+from test_sim_counters import VTA_TUTORIAL_ALU
 
 from codesign.hardware import load_hardware
 from codesign.reference import conv2d_accumulate, requantize
+from codesign.schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.packed_conv2d import (
+    check_footprint,
+    measured_footprint,
+    packed_conv2d_func,
+    schedule_packed_conv2d,
+)
+from codesign.schedules.tiling import Tiling, choose_tiling, fits, kernel_uops, tile_footprint
 from codesign.simulator.analytic import estimate, layer_features
-from codesign.simulator.program import VTA_TUTORIAL_ALU, build_program
+from codesign.simulator.program import build_program
 from codesign.simulator.schedule_walk import walk_schedule
-from schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE
-from schedules.layer import ConvShape
-from schedules.packed_conv2d import check_footprint, measured_footprint, packed_conv2d_func, schedule_packed_conv2d
-from schedules.tiling import Tiling, choose_tiling, fits, kernel_uops, tile_footprint
 
 
 def dilated_shape(kernel: int, stride: int, dilation: tuple[int, int], **overrides) -> ConvShape:

@@ -9,11 +9,11 @@ import pickle
 
 import numpy as np
 import pytest
-import tomllib
 from onnx import TensorProto, helper, numpy_helper
 from test_cli_errors import MNIST, PRESETS, cli, error_line, hw_variant, mnist_images, save_model
 from test_hardware import VTA_DEFAULT_CONFIG as VTA_CONFIG
 
+from codesign import toml as tomllib
 from codesign.calibration import load_samples
 from codesign.compression import load_compression
 from codesign.errors import HardwareError, ModelError, UsageError

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from browser_check import chromium_missing, open_report
 from conftest import TEST_MODELS
 
 from codesign.cli import main
-from codesign.report.browser_check import chromium_missing, open_report
 from codesign.report.run_data import load_run
 
 ARTIFACTS = Path(__file__).parent / "artifacts"

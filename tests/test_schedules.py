@@ -10,9 +10,9 @@ import tvm
 
 from codesign.emit import target
 from codesign.hardware import load_hardware
-from schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE
-from schedules.layer import ConvShape
-from schedules.packed_conv2d import (
+from codesign.schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.packed_conv2d import (
     count_gemm_uops,
     kernel_buffer_shapes,
     measured_footprint,
@@ -21,7 +21,7 @@ from schedules.packed_conv2d import (
     packed_conv2d_func,
     schedule_packed_conv2d,
 )
-from schedules.tiling import Tiling, TilingError, choose_tiling, fits, tile_footprint
+from codesign.schedules.tiling import Tiling, TilingError, choose_tiling, fits, tile_footprint
 
 VTA = load_hardware("vta_default")
 
@@ -184,7 +184,7 @@ def test_tile_rule_respects_smaller_scratchpads_and_stays_exact():
 
 
 def test_tile_rule_prefers_less_dram_traffic():
-    from schedules.tiling import candidate_tilings, dram_traffic_bytes
+    from codesign.schedules.tiling import candidate_tilings, dram_traffic_bytes
 
     shape = ConvShape(1, 1, 256, 256, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1)
     chosen = choose_tiling(shape, VTA)

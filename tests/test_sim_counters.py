@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 
 from codesign.hardware import load_hardware
-from codesign.simulator.program import VTA_TUTORIAL_ALU, build_program
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
+from codesign.schedules.tiling import Tiling, choose_tiling, kernel_uops
+from codesign.simulator.program import AluOp, build_program
 from codesign.simulator.schedule_walk import walk_schedule
-from schedules.layer import ConvShape
-from schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
-from schedules.tiling import Tiling, choose_tiling, kernel_uops
 
 VTA = load_hardware("vta_default")
+# VTA tutorials' requantization: SHR 8, MAX 0, MIN 127, all immediates.
+VTA_TUTORIAL_ALU = [AluOp("SHR"), AluOp("MAX"), AluOp("MIN")]
 
 
 def counters_for(shape: ConvShape, tiling: Tiling, alu_ops) -> dict[str, int]:

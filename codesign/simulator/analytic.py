@@ -24,9 +24,9 @@ import types
 
 import numpy as np
 
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.tiling import Tiling, gemm_loop_nest, kernel_uops, reset_loop_nest
 from codesign.simulator.program import UOP_BYTES, AluOp
-from schedules.layer import ConvShape
-from schedules.tiling import Tiling, gemm_loop_nest, kernel_uops, reset_loop_nest
 
 
 def _covered(step, count, window, size: int, offset: int):

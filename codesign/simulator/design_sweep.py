@@ -15,11 +15,11 @@ import types
 import numpy as np
 
 from codesign.hardware import CoreGeometry
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.tiling import candidate_tilings, dram_traffic_bytes, tile_footprint
 from codesign.simulator.analytic import estimate, tiling_features
 from codesign.simulator.energy import area_mm2, layer_energy_pj
 from codesign.simulator.program import AluOp
-from schedules.layer import ConvShape
-from schedules.tiling import candidate_tilings, dram_traffic_bytes, tile_footprint
 
 CORE_FIELDS = ("batch", "block_in", "block_out", "input_bits", "weight_bits", "acc_bits", "output_bits")
 
@@ -186,7 +186,7 @@ def _core_key(design, weight_bits: int | None = None) -> _Core:
 def select_tiling(shape: ConvShape, hw, alu_ops, weight_bits: int | None = None, mode: str = "rule"):
     """A layer's tiling: the tile rule's, or ("auto") the one with the fewest modelled cycles,
     exactly as `evaluate_designs` picks it."""
-    from schedules.tiling import Tiling, choose_tiling
+    from codesign.schedules.tiling import Tiling, choose_tiling
 
     if mode == "rule":
         layer_hw = (

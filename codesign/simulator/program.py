@@ -29,9 +29,9 @@ import math
 
 import numpy as np
 
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.tiling import kernel_uops
 from codesign.simulator.schedule_walk import ScheduleFacts
-from schedules.layer import ConvShape
-from schedules.tiling import kernel_uops
 
 UOP_BYTES = 4
 LOAD, COMPUTE, STORE = "load", "compute", "store"
@@ -57,10 +57,6 @@ def requant_alu_ops(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray)
     if np.any(shift != 0):
         ops += [AluOp("ADD", vector=varies(shift)), AluOp("SHR", vector=varies(shift))]  # rounding, shift
     return [*ops, AluOp("MAX"), AluOp("MIN")]
-
-
-# VTA tutorials' requantization: SHR 8, MAX 0, MIN 127, all immediates.
-VTA_TUTORIAL_ALU = [AluOp("SHR"), AluOp("MAX"), AluOp("MIN")]
 
 
 @dataclasses.dataclass

@@ -14,8 +14,8 @@ import math
 import tvm_ffi
 from tvm import s_tir, sym, tirx
 
-from schedules.packed_conv2d import count_gemm_uops
-from schedules.tiling import Tiling
+from codesign.schedules.packed_conv2d import count_gemm_uops
+from codesign.schedules.tiling import Tiling
 
 INPUT_LOAD, WEIGHT_LOAD, RESET, GEMM, REQUANT = (
     "data_pad",

@@ -32,8 +32,8 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
+from codesign import toml as tomllib
 from codesign.compression import CompressionConfig
 from codesign.errors import UsageError
 from codesign.files import reading

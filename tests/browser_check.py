@@ -1,7 +1,8 @@
 """Open a report in headless Chromium as a reader would and check what they would see: the
 page loads without console errors or network requests, and every plot is drawn (its marks exist
 and its pixels are not blank). Needs Debian's chromium and chromium-driver, and the `test`
-extra (selenium, pillow)."""
+extra (selenium, pillow). Test tooling, not part of the package: used by
+tests/test_report_browser.py and scripts/bench_report.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The hardware description presets, installed as package data: codesign.hw_targets."""
