@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 from importlib import resources
 from pathlib import Path
 
@@ -17,12 +18,11 @@ import tomli_w
 
 from codesign import toml as tomllib
 from codesign.errors import HardwareError
+from codesign.schedules.tiling import UOP_BYTES
 
 # The presets: package data, hw_targets/ in the repository installed as codesign/hw_targets/.
 PRESET_PACKAGE = "codesign.hw_targets"
 
-# VTA packs micro-ops in 32 bits.
-UOP_BYTES = 4
 MAX_SCRATCHPAD_BYTES = 1 << 28
 
 
@@ -196,15 +196,31 @@ ENERGY_AREA_DEFAULTS = {
 }
 
 
+def area_mm2(hw) -> dict[str, float]:
+    """Area by part (and "total") of a core: a HardwareSpec, or anything with its fields as
+    attributes (arrays of them for a batch of designs)."""
+    parts = {
+        "gemm_core": hw.batch * hw.block_in * hw.block_out * hw.area_mac_mm2,
+        "uop_buffer": hw.uop_buffer_bytes / 1024 * hw.area_uop_mm2_per_kib,
+        "inp_buffer": hw.inp_buffer_bytes / 1024 * hw.area_inp_mm2_per_kib,
+        "wgt_buffer": hw.wgt_buffer_bytes / 1024 * hw.area_wgt_mm2_per_kib,
+        "acc_buffer": hw.acc_buffer_bytes / 1024 * hw.area_acc_mm2_per_kib,
+        "fixed": hw.area_fixed_mm2,
+    }
+    return {**parts, "total": sum(parts.values())}
+
+
 def _leakage_default(v) -> float:
-    area = _area_mm2(v)
+    """Leakage in proportion to the core's area at the default area figures (the area fields
+    are derived after this one)."""
+    sram = ENERGY_AREA_DEFAULTS["sram_mm2_per_kib"](v)
+    default_areas = {
+        "area_mac_mm2": ENERGY_AREA_DEFAULTS["mac_mm2"](v),
+        **{f"area_{buffer}_mm2_per_kib": sram for buffer in ("uop", "inp", "wgt", "acc")},
+        "area_fixed_mm2": ENERGY_AREA_DEFAULTS["fixed_mm2"](v),
+    }
+    area = area_mm2(types.SimpleNamespace(**v, **default_areas))["total"]
     return round(LEAKAGE_MW_PER_MM2 * area * 1e-3 / (v["clock_mhz"] * 1e6) * 1e12, 3)
-
-
-def _area_mm2(v) -> float:
-    sram_kib = (v["uop_buffer_bytes"] + v["inp_buffer_bytes"] + v["wgt_buffer_bytes"] + v["acc_buffer_bytes"]) / 1024
-    macs = v["batch"] * v["block_in"] * v["block_out"]
-    return macs * ENERGY_AREA_DEFAULTS["mac_mm2"](v) + sram_kib * SRAM_MM2_PER_KIB + 0.25
 
 
 def _default(key):

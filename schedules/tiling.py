@@ -14,7 +14,7 @@ import numpy as np
 
 from codesign.schedules.layer import ConvShape
 
-UOP_BYTES = 4
+UOP_BYTES = 4  # VTA packs a micro-op in 32 bits (the one home of this constant)
 
 
 class TilingError(ValueError):

@@ -27,8 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codesign.demo import MNIST_MODEL, load_mnist_test
-from codesign.hardware import load_hardware
-from codesign.simulator.energy import area_mm2
+from codesign.hardware import area_mm2, load_hardware
 from codesign.tuner.database import Database
 from codesign.tuner.evaluator import Evaluator
 from codesign.tuner.executors import SerialExecutor

@@ -25,8 +25,8 @@ import types
 import numpy as np
 
 from codesign.schedules.layer import ConvShape
-from codesign.schedules.tiling import Tiling, gemm_loop_nest, kernel_uops, reset_loop_nest
-from codesign.simulator.program import UOP_BYTES, AluOp
+from codesign.schedules.tiling import UOP_BYTES, Tiling, gemm_loop_nest, kernel_uops, reset_loop_nest
+from codesign.simulator.program import AluOp
 
 
 def _covered(step, count, window, size: int, offset: int):

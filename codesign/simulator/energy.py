@@ -12,7 +12,7 @@ Actions per layer, from the VTA counters and the cycle count:
 
 from __future__ import annotations
 
-UOP_BYTES = 4
+from codesign.schedules.tiling import UOP_BYTES
 
 
 def layer_energy_pj(counters: dict[str, int], reset_elements: int, cycles: float, hw) -> dict[str, float]:
@@ -57,15 +57,3 @@ def energy_by_stage_pj(counters: dict[str, int], reset_elements: int, cycles: fl
     )
     static = parts["leakage"]
     return {"load": load, "compute": parts["total"] - load - store - static, "store": store, "static": static}
-
-
-def area_mm2(hw) -> dict[str, float]:
-    parts = {
-        "gemm_core": hw.macs_per_cycle * hw.area_mac_mm2,
-        "uop_buffer": hw.uop_buffer_bytes / 1024 * hw.area_uop_mm2_per_kib,
-        "inp_buffer": hw.inp_buffer_bytes / 1024 * hw.area_inp_mm2_per_kib,
-        "wgt_buffer": hw.wgt_buffer_bytes / 1024 * hw.area_wgt_mm2_per_kib,
-        "acc_buffer": hw.acc_buffer_bytes / 1024 * hw.area_acc_mm2_per_kib,
-        "fixed": hw.area_fixed_mm2,
-    }
-    return {**parts, "total": sum(parts.values())}

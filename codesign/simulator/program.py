@@ -30,10 +30,9 @@ import math
 import numpy as np
 
 from codesign.schedules.layer import ConvShape
-from codesign.schedules.tiling import kernel_uops
+from codesign.schedules.tiling import UOP_BYTES, kernel_uops
 from codesign.simulator.schedule_walk import ScheduleFacts
 
-UOP_BYTES = 4
 LOAD, COMPUTE, STORE = "load", "compute", "store"
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from codesign.hardware import area_mm2
 from codesign.lowering import LayerPlan
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
 from codesign.simulator.analytic import estimate, layer_features, stack_features
 from codesign.simulator.design_sweep import select_tiling
-from codesign.simulator.energy import area_mm2, energy_by_stage_pj, layer_energy_pj
+from codesign.simulator.energy import energy_by_stage_pj, layer_energy_pj
 from codesign.simulator.event_sim import LayerTiming, simulate_program
 from codesign.simulator.host import host_seconds
 from codesign.simulator.program import build_program

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from codesign.errors import HardwareError
-from codesign.simulator.energy import area_mm2
+from codesign.hardware import area_mm2
 from codesign.tuner.database import Record
 from codesign.tuner.pareto import hypervolume, pareto_mask
 from codesign.tuner.space import CONSTRAINT_METRICS, OBJECTIVES, SearchSpace
