@@ -30,6 +30,14 @@ class CoreGeometry:
     """Sizes that follow from a GEMM core's shape and bit widths (mixed into HardwareSpec and
     any object with batch, block_in, block_out and *_bits attributes)."""
 
+    def for_layer_weights(self, weight_bits: int | None):
+        """The core as a layer with narrower weights uses it (int4 packs two weights per byte, so
+        the weight buffer holds more); itself for None or the core's own width. Energy and area
+        figures stay the core's: it computes narrow weights on its own MACs."""
+        if weight_bits is None or weight_bits >= self.weight_bits:
+            return self
+        return dataclasses.replace(self, weight_bits=weight_bits)
+
     # Bytes of one scratchpad element: the unit a GEMM micro-op reads or writes.
     @property
     def inp_elem_bytes(self) -> int:

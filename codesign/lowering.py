@@ -135,8 +135,7 @@ def plan_accelerated_layer(
 ):
     """Tile (the tile rule, or the fastest modelled tiling with schedule="auto"), schedule and
     check one layer; returns (scheduled PrimFunc, LayerPlan). Narrow weights pack in the buffer."""
-    if weight_bits and weight_bits < hw.weight_bits:
-        hw = dataclasses.replace(hw, weight_bits=weight_bits)
+    hw = hw.for_layer_weights(weight_bits)
     try:
         tiling = select_tiling(shape, hw, alu_ops, weight_bits, schedule)
     except TilingError as err:

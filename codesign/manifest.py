@@ -237,7 +237,7 @@ def _check_tiling(layer: dict, hw: HardwareSpec, field: str) -> None:
     shape = ConvShape(**layer["shape"])
     if layer["effective_shape"] is not None and ConvShape(**layer["effective_shape"]) != shape:
         return
-    layer_hw = dataclasses.replace(hw, weight_bits=layer["weight_bits"]) if layer["weight_bits"] else hw
+    layer_hw = hw.for_layer_weights(layer["weight_bits"])
     tiling = Tiling(**layer["tiling"])
     packed = shape.blocks(layer_hw)
     for key, extent, what in (

@@ -177,10 +177,7 @@ class _Core(CoreGeometry):
 
 
 def _core_key(design, weight_bits: int | None = None) -> _Core:
-    core = _Core(*(getattr(design, f) for f in CORE_FIELDS))
-    if weight_bits is not None and weight_bits < core.weight_bits:
-        core = dataclasses.replace(core, weight_bits=weight_bits)
-    return core
+    return _Core(*(getattr(design, f) for f in CORE_FIELDS)).for_layer_weights(weight_bits)
 
 
 def select_tiling(shape: ConvShape, hw, alu_ops, weight_bits: int | None = None, mode: str = "rule"):
@@ -189,10 +186,7 @@ def select_tiling(shape: ConvShape, hw, alu_ops, weight_bits: int | None = None,
     from codesign.schedules.tiling import Tiling, choose_tiling
 
     if mode == "rule":
-        layer_hw = (
-            dataclasses.replace(hw, weight_bits=weight_bits) if weight_bits and weight_bits < hw.weight_bits else hw
-        )
-        return choose_tiling(shape, layer_hw)
+        return choose_tiling(shape, hw.for_layer_weights(weight_bits))
     layer = Layer(shape, tuple(alu_ops), weight_bits)
     candidates = _candidates(layer, _core_key(hw, weight_bits))
     chosen, threads, fits = _choose_fastest(candidates, _design_arrays([hw]))

@@ -96,7 +96,7 @@ class SimulationReport:
 def accelerator_view(plan: LayerPlan, hw):
     """(shape, tiling, description, kernel) the accelerator runs for a plan: narrow weights
     packed, and pruned channels removed (such a layer is re-tiled, with the plan's schedule mode)."""
-    layer_hw = dataclasses.replace(hw, weight_bits=plan.weight_bits) if plan.weight_bits else hw
+    layer_hw = hw.for_layer_weights(plan.weight_bits)
     shape = plan.effective_shape or plan.shape
     if shape == plan.shape:
         tiling = plan.tiling
