@@ -13,8 +13,9 @@ from plotly.subplots import make_subplots
 
 from codesign.report.design_sim import SimulatedDesign
 from codesign.report.run_data import RunData
-from codesign.report.tables import axis_title, config_lines, format_knob, objective_units
+from codesign.report.tables import config_lines, format_knob, objective_units
 from codesign.tuner.database import Record
+from codesign.units import axis_title
 
 MAX_CLOUD_POINTS = 1500
 MAX_PARALLEL_LINES = 500

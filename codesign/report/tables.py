@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import shlex
 
-import numpy as np
-
 from codesign.report.design_sim import DEFAULT_CALIBRATION_SAMPLES, SimulatedDesign
 from codesign.report.run_data import RunData
 from codesign.tuner.database import Record
+from codesign.units import axis_title, objective_unit
 
 # Metric -> CSV column (SI units, as the database holds them).
 METRIC_COLUMNS = {
@@ -21,26 +20,6 @@ METRIC_COLUMNS = {
     "accelerator_seconds": "accelerator_s",
     "host_seconds": "host_s",
 }
-_BASE_UNITS = {"latency": "s", "energy": "J", "edp": "J·s"}
-_PREFIXES = ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
-OBJECTIVE_TITLES = {"latency": "latency", "energy": "energy", "edp": "EDP", "area": "area", "accuracy": "accuracy"}
-
-
-def objective_unit(objective: str, values) -> tuple[float, str]:
-    """(scale, unit) that shows an objective's typical value between 1 and 1000."""
-    if objective == "area":
-        return 1.0, "mm²"
-    if objective == "accuracy":
-        return 1.0, "%"
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values) & (values > 0)]
-    typical = float(np.median(values)) if len(values) else 1.0
-    scale, prefix = next(((s, p) for s, p in _PREFIXES if typical >= s), _PREFIXES[-1])
-    return scale, prefix + _BASE_UNITS[objective]
-
-
-def axis_title(objective: str, unit: str) -> str:
-    return f"{OBJECTIVE_TITLES[objective]} ({unit})"
 
 
 def format_knob(value) -> str:

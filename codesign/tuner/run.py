@@ -44,6 +44,7 @@ from codesign.tuner.run_files import DATABASE_FILE, LOCK_FILE, RUN_FILE, SETTING
 from codesign.tuner.space import load_space
 from codesign.tuner.strategies import STRATEGIES
 from codesign.tuner.tune import best_per_objective, pareto_records, run_tuning, write_outputs
+from codesign.units import format_objective
 
 RUN_FORMAT = 1
 # run.json field -> how the command line names it
@@ -190,7 +191,7 @@ def tune_to_directory(
     console.print(f"{len(records)} evaluations, {feasible} feasible, Pareto front of {len(front)}; wrote {out}/")
     console.print(f"  report: {out}/report.html, {out}/report.md, {out}/evaluations.csv, {out}/pareto.csv")
     for objective, record in best_per_objective(space, records).items():
-        value = _format(objective, record.metrics[objective])
+        value = format_objective(objective, record.metrics[objective])
         console.print(f"  best {objective}: {value} (evaluation {record.index}) -> {out}/best_{objective}.toml + .json")
 
 
@@ -419,19 +420,7 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _format(objective: str, value: float) -> str:
-    units = {
-        "latency": (1e3, "ms"),
-        "energy": (1e3, "mJ"),
-        "edp": (1e6, "mJ*ms"),
-        "area": (1, "mm2"),
-        "accuracy": (1, "%"),
-    }
-    scale, unit = units[objective]
-    return f"{value * scale:.4g} {unit}"
-
-
 def _summary(space, history) -> str:
     best = best_per_objective(space, history)
-    parts = [f"{o} {_format(o, r.metrics[o])}" for o, r in best.items()]
+    parts = [f"{o} {format_objective(o, r.metrics[o])}" for o, r in best.items()]
     return f"front {len(pareto_records(space, history))} | " + " | ".join(parts)
