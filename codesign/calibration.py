@@ -21,10 +21,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from codesign.emit import emit_float_node, module_without_main, target
+from codesign.emit import emit_float_node, module_without_main
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, channel_axis
 from codesign.importer import ImportedModel, TensorSpec
+from codesign.target import target
 from codesign.tvm_output import quiet_tvm
 
 CALIBRATION_METHODS = ("max", "percentile", "entropy")

@@ -69,12 +69,12 @@ def compile_command(
     ] = None,
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
+    from codesign.console_tables import print_placement
     from codesign.deploy import check_output, write_module
     from codesign.files import cleanup_on_signals
     from codesign.hardware import load_hardware
     from codesign.importer import parse_input_shapes, parse_input_values
     from codesign.pipeline import compile_model
-    from codesign.report_tables import print_placement
 
     if weight_bits not in (None, 4, 8):
         raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
@@ -272,7 +272,7 @@ def simulate_command(
         raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
     spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers)
     simulation = simulate_plans(plans, spec, model)
-    from codesign.report_tables import print_simulation
+    from codesign.console_tables import print_simulation
 
     print_simulation(simulation, console)
     if json_path is not None:

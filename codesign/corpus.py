@@ -289,9 +289,9 @@ def check_model(
     from tvm import relax
 
     from codesign.calibration import float_outputs
+    from codesign.console_tables import placement_summary
     from codesign.errors import CodesignError
     from codesign.pipeline import compile_model
-    from codesign.report_tables import placement_summary
     from codesign.simulator.simulate import simulate_plans
 
     notes: list[str] = []

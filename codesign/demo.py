@@ -16,11 +16,11 @@ import numpy as np
 from rich.console import Console
 
 from codesign.calibration import float_outputs
+from codesign.console_tables import print_placement
 from codesign.deploy import load, write_module
 from codesign.errors import DeployError
 from codesign.hardware import load_hardware
 from codesign.pipeline import compile_model
-from codesign.report_tables import print_placement
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MNIST_MODEL = DATA_DIR / "mnist-8.onnx"

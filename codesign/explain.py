@@ -14,8 +14,8 @@ import tvm
 from tvm import relax
 
 from codesign.calibration import build_float_module, run_float
-from codesign.emit import target
 from codesign.lowering import lower_to_relax
+from codesign.target import target
 from codesign.tvm_output import quiet_tvm
 
 

@@ -17,8 +17,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from codesign.emit import emit_float_node, target
+from codesign.emit import emit_float_node
 from codesign.graph import Graph
+from codesign.target import target
 from codesign.tvm_output import quiet_tvm
 
 INT8_VALUES = np.arange(-128, 128, dtype=np.int32)

@@ -24,13 +24,13 @@ import tvm
 
 from codesign.calibration import load_samples, random_samples, tensor_ranges
 from codesign.compression import CompressionConfig, prune_graph, validate_compression
-from codesign.emit import target
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
 from codesign.hardware import HardwareSpec
 from codesign.importer import ImportedModel, import_onnx
 from codesign.lowering import LoweredModel, lower_to_relax
 from codesign.quantize import QuantConfig, QuantizedGraph, quantize_graph
+from codesign.target import target
 from codesign.tvm_output import quiet_tvm
 
 DEFAULT_CALIBRATION_SAMPLES = 200

@@ -11,13 +11,13 @@ import tvm
 from conftest import TEST_MODELS, sample_inputs
 from tvm import relax
 
-from codesign.emit import target
 from codesign.errors import HardwareError
 from codesign.hardware import hardware_from_dict, load_hardware, preset_names
 from codesign.importer import import_onnx
 from codesign.lowering import lower_to_relax
 from codesign.pipeline import compile_model, quantize_model
 from codesign.reference import run_reference
+from codesign.target import target
 
 INTEGER_MODELS = ["mnist", "resnet", "mobilenet"]
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tvm
 
-from codesign.emit import target
 from codesign.hardware import load_hardware
 from codesign.schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE
 from codesign.schedules.layer import ConvShape
@@ -22,6 +21,7 @@ from codesign.schedules.packed_conv2d import (
     schedule_packed_conv2d,
 )
 from codesign.schedules.tiling import Tiling, TilingError, choose_tiling, fits, tile_footprint
+from codesign.target import target
 
 VTA = load_hardware("vta_default")
 
