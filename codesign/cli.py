@@ -308,7 +308,7 @@ def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibrati
 
     if target.is_dir():
         from codesign.deploy import module_hardware, read_manifest
-        from codesign.lowering import LayerPlan
+        from codesign.plan import LayerPlan
 
         manifest = read_manifest(target)  # validated, its files' sha256 checked
         spec = module_hardware(target, manifest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from codesign.lowering import LayerPlan
+from codesign.plan import LayerPlan
 
 
 def placement_table(plans: list[LayerPlan], hw) -> Table:

@@ -21,6 +21,7 @@ from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
 from codesign.graph import channel_axis
 from codesign.importer import ImportedModel
+from codesign.plan import LayerPlan, requant_alu_ops
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.packed_conv2d import (
@@ -36,63 +37,9 @@ from codesign.schedules.packed_conv2d import (
     schedule_packed_conv2d,
     unpack_output_te,
 )
-from codesign.schedules.tiling import Tiling, TilingError, tile_footprint
+from codesign.schedules.tiling import TilingError, tile_footprint
 from codesign.simulator.design_sweep import select_tiling
 from codesign.simulator.host import node_work
-from codesign.simulator.program import AluOp, requant_alu_ops
-
-
-@dataclasses.dataclass
-class LayerPlan:
-    """Where one layer runs and, on the accelerator, how it is tiled."""
-
-    name: str
-    op: str
-    placement: str
-    shape: ConvShape | None = None
-    tiling: Tiling | None = None
-    footprint: dict[str, int] | None = None
-    kernel: tirx.PrimFunc | None = None  # the scheduled accelerator kernel (not in the manifest)
-    alu_ops: list[AluOp] = dataclasses.field(default_factory=list)  # requantization on the ALU
-    host_ops: float = 0.0  # work on the host CPU (for accelerated layers: packing)
-    host_bytes: float = 0.0
-    weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)
-    effective_shape: ConvShape | None = None  # without pruned channels: what the accelerator runs
-    schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (fastest modelled)
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "op": self.op,
-            "placement": self.placement,
-            "shape": dataclasses.asdict(self.shape) if self.shape else None,
-            "macs": self.shape.macs if self.shape else None,
-            "tiling": self.tiling.to_dict() if self.tiling else None,
-            "scratchpad_bytes": self.footprint,
-            "alu_ops": [[op.opcode, op.vector] for op in self.alu_ops],
-            "host_work": {"ops": self.host_ops, "bytes": self.host_bytes},
-            "weight_bits": self.weight_bits,
-            "effective_shape": dataclasses.asdict(self.effective_shape) if self.effective_shape else None,
-            "schedule": self.schedule,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: dict) -> LayerPlan:
-        """A plan read back from a manifest (without its kernel, which the caller reschedules)."""
-        return cls(
-            name=doc["name"],
-            op=doc["op"],
-            placement=doc["placement"],
-            shape=ConvShape(**doc["shape"]) if doc["shape"] else None,
-            tiling=Tiling(**doc["tiling"]) if doc["tiling"] else None,
-            footprint=doc["scratchpad_bytes"],
-            alu_ops=[AluOp(opcode, vector) for opcode, vector in doc["alu_ops"]],
-            host_ops=doc["host_work"]["ops"],
-            host_bytes=doc["host_work"]["bytes"],
-            weight_bits=doc["weight_bits"],
-            effective_shape=ConvShape(**doc["effective_shape"]) if doc["effective_shape"] else None,
-            schedule=doc["schedule"],
-        )
 
 
 @dataclasses.dataclass

@@ -95,7 +95,7 @@ def _nullable(schema: dict) -> dict:
 @functools.cache
 def schema() -> dict:
     """The JSON Schema of a manifest of FORMAT_VERSION."""
-    from codesign.lowering import LayerPlan  # imports TVM
+    from codesign.plan import LayerPlan
 
     shape = {"type": "array", "items": {"type": "integer", "minimum": 0}}
     tensor = _exactly({"name": _STRING, "shape": shape, "dtype": {"type": "string", "format": "dtype"}})

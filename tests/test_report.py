@@ -15,7 +15,7 @@ from conftest import TEST_MODELS
 
 from codesign.cli import main
 from codesign.deploy import read_manifest
-from codesign.lowering import LayerPlan
+from codesign.plan import LayerPlan
 from codesign.report.design_sim import simulate_run_designs
 from codesign.report.run_data import load_run
 from codesign.simulator.simulate import simulate_plans

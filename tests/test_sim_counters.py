@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from codesign.hardware import load_hardware
+from codesign.plan import AluOp
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
 from codesign.schedules.tiling import Tiling, choose_tiling, kernel_uops
-from codesign.simulator.program import AluOp, build_program
+from codesign.simulator.program import build_program
 from codesign.simulator.schedule_walk import walk_schedule
 
 VTA = load_hardware("vta_default")

@@ -17,8 +17,9 @@ from codesign.cli import main
 from codesign.deploy import read_manifest, write_module
 from codesign.hardware import area_mm2, load_hardware, preset_names
 from codesign.importer import import_onnx
-from codesign.lowering import LayerPlan, lower_to_relax
+from codesign.lowering import lower_to_relax
 from codesign.pipeline import compile_model, quantize_model
+from codesign.plan import LayerPlan, requant_alu_ops
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
 from codesign.schedules.tiling import Tiling, TilingError, choose_tiling
@@ -26,7 +27,7 @@ from codesign.simulator.analytic import estimate, layer_features, stack_features
 from codesign.simulator.energy import layer_energy_pj
 from codesign.simulator.event_sim import simulate_program
 from codesign.simulator.host import host_seconds
-from codesign.simulator.program import build_program, requant_alu_ops
+from codesign.simulator.program import build_program
 from codesign.simulator.schedule_walk import walk_schedule
 from codesign.simulator.simulate import simulate_plans
 

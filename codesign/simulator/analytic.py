@@ -24,9 +24,9 @@ import types
 
 import numpy as np
 
+from codesign.plan import AluOp
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.tiling import UOP_BYTES, Tiling, gemm_loop_nest, kernel_uops, reset_loop_nest
-from codesign.simulator.program import AluOp
 
 
 def _covered(step, count, window, size: int, offset: int):

@@ -15,11 +15,11 @@ import types
 import numpy as np
 
 from codesign.hardware import CoreGeometry, area_mm2
+from codesign.plan import AluOp
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.tiling import candidate_tilings, dram_traffic_bytes, tile_footprint
 from codesign.simulator.analytic import estimate, tiling_features
 from codesign.simulator.energy import layer_energy_pj
-from codesign.simulator.program import AluOp
 
 CORE_FIELDS = ("batch", "block_in", "block_out", "input_bits", "weight_bits", "acc_bits", "output_bits")
 

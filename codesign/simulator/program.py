@@ -27,35 +27,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
-
+from codesign.plan import AluOp
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.tiling import UOP_BYTES, kernel_uops
 from codesign.simulator.schedule_walk import ScheduleFacts
 
 LOAD, COMPUTE, STORE = "load", "compute", "store"
-
-
-@dataclasses.dataclass(frozen=True)
-class AluOp:
-    opcode: str  # ADD, MUL, SHR, MAX, MIN (VTA's ALU opcodes)
-    vector: bool = False  # per-channel operand loaded into the accumulator; else an immediate
-
-
-def requant_alu_ops(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> list[AluOp]:
-    """The ALU program of codesign's requantization for one layer's parameters."""
-
-    def varies(values) -> bool:
-        return bool(np.any(np.asarray(values) != np.asarray(values).flat[0]))
-
-    ops = []
-    if np.any(bias != 0):
-        ops.append(AluOp("ADD", vector=True))
-    if np.any(multiplier != 1):
-        ops.append(AluOp("MUL", vector=varies(multiplier)))
-    if np.any(shift != 0):
-        ops += [AluOp("ADD", vector=varies(shift)), AluOp("SHR", vector=varies(shift))]  # rounding, shift
-    return [*ops, AluOp("MAX"), AluOp("MIN")]
 
 
 @dataclasses.dataclass

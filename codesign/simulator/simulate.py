@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from codesign.hardware import area_mm2
-from codesign.lowering import LayerPlan
+from codesign.plan import LayerPlan
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
 from codesign.simulator.analytic import estimate, layer_features, stack_features
 from codesign.simulator.design_sweep import select_tiling
