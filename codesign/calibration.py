@@ -225,8 +225,10 @@ def load_samples(path: str | Path, inputs: list[TensorSpec], limit: int | None =
         if "pickled" in str(err):
             raise ModelError(f"{path}: a Python pickle, not a .npy/.npz file of numbers") from err
         raise ModelError(f"{path}: not a .npy/.npz file ({err})") from err
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise ModelError(f"{path}: not a .npy/.npz file ({err})") from err
+    except MemoryError as err:
+        raise ModelError(f"{path}: holds an array too large to load") from err
     if isinstance(loaded, np.ndarray):
         if len(inputs) != 1:
             raise UsageError(f"{path}: a .npy file feeds one input, the model has {len(inputs)}; use .npz")
@@ -253,6 +255,8 @@ def read_npz_array(archive, name: str, path: Path) -> np.ndarray:
         raise ModelError(f"{path}: array '{name}' cannot be read ({err})") from err
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ModelError(f"{path}: array '{name}' cannot be read ({err})") from err
+    except MemoryError as err:
+        raise ModelError(f"{path}: array '{name}' is too large to load") from err
 
 
 def as_samples(array: np.ndarray, spec: TensorSpec, path: Path) -> np.ndarray:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from codesign.errors import CodesignError, DeployError, UsageError
 
@@ -199,9 +201,11 @@ def _load_array_file(spec: str, file: str) -> np.ndarray | dict[str, np.ndarray]
         return loaded
     except FileNotFoundError as err:
         raise UsageError(f"--input {spec}: no such file {file}") from err
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DeployError(f"--input {spec}: {file} is not a .npy or .npz file of arrays ({reason})") from err
+    except MemoryError as err:
+        raise DeployError(f"--input {spec}: {file} holds an array too large to load") from err
 
 
 def _npz_inputs(spec: str, file: str, arrays: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
@@ -346,7 +350,7 @@ def tune_command(
     out: Annotated[Path, typer.Option("-o", "--out", help="Run directory.")],
     budget: Annotated[int, typer.Option(help="Evaluations in all.", min=1)] = 100,
     strategy: Annotated[str, typer.Option(help="xgboost (surrogate), random or nsga2.")] = "xgboost",
-    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.", min=0)] = 0,
     jobs: Annotated[int, typer.Option(help="Parallel evaluations.", min=1)] = 1,
     executor: Annotated[str, typer.Option(help="local (processes) or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (with --executor ray).")] = None,
@@ -409,7 +413,9 @@ def hw_command(
     from codesign.hardware import load_hardware
 
     spec = load_hardware(description)
-    console.print(f"[bold]{spec.name}[/]: valid ({spec.gemm_shape} GEMM core, {spec.macs_per_cycle} MACs/cycle)")
+    console.print(
+        f"[bold]{escape(spec.name)}[/]: valid ({spec.gemm_shape} GEMM core, {spec.macs_per_cycle} MACs/cycle)"
+    )
     console.print(spec.to_toml(), markup=False, highlight=False)
 
 
@@ -435,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         _release_frames(err)
-        print(f"codesign: error: {err}", file=sys.stderr)
+        print(f"codesign: error: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except Exception as err:
         if debug:
@@ -447,6 +453,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _one_line(message: str) -> str:
+    """The message with control characters (a newline in a user's key or name) and unpaired
+    surrogates escaped, so an error is always one printable line."""
+    return "".join(
+        repr(char)[1:-1] if (char.isprintable() is False and char != " ") or 0xD800 <= ord(char) <= 0xDFFF else char
+        for char in message
+    )
 
 
 def _release_frames(err: BaseException) -> None:

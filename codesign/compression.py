@@ -105,6 +105,10 @@ def load_compression(path: str | Path) -> CompressionConfig:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{path}: not a valid JSON compression file (line {err.lineno}: {err.msg})") from err
+    except (ValueError, RecursionError) as err:
+        raise UsageError(
+            f"{path}: not a readable JSON compression file (nested too deeply, or a number too long to read)"
+        ) from err
     fields = {"weight_bits", "prune", "schedule", "float_layers"}
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: expected a JSON object with {', '.join(sorted(fields))}, got {_json_type(doc)}")

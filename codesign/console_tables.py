@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from codesign.plan import LayerPlan
 
 
 def placement_table(plans: list[LayerPlan], hw) -> Table:
-    table = Table(title=f"Placement on {hw.name} ({hw.gemm_shape} GEMM core)", title_justify="left")
+    table = Table(title=f"Placement on {escape(hw.name)} ({hw.gemm_shape} GEMM core)", title_justify="left")
     for column in ("layer", "op", "runs on", "shape", "MACs", "tile (n,co,ci,h,w)", "inp/wgt/acc KiB"):
         table.add_column(column, justify="right" if column == "MACs" else "left")
     for plan in plans:
@@ -21,7 +22,7 @@ def placement_table(plans: list[LayerPlan], hw) -> Table:
             tile = f"{t.n_tile},{t.co_tile},{t.ci_tile},{t.h_tile},{t.w_tile}"
             footprint = "/".join(f"{b / 1024:.1f}" for b in plan.footprint.values())
         where = "[green]accelerator[/]" if plan.placement == "accel" else "host"
-        table.add_row(plan.name, plan.op, where, shape, macs, tile, footprint)
+        table.add_row(escape(plan.name), escape(plan.op), where, shape, macs, tile, footprint)
     return table
 
 
@@ -63,7 +64,7 @@ def print_placement(plans: list[LayerPlan], hw, console: Console | None = None, 
 
 
 def simulation_table(report) -> Table:
-    table = Table(title=f"Simulation on {report.hardware} ({report.model} model)", title_justify="left")
+    table = Table(title=f"Simulation on {escape(report.hardware)} ({report.model} model)", title_justify="left")
     columns = (
         "layer",
         "op",
@@ -83,7 +84,7 @@ def simulation_table(report) -> Table:
     for layer in report.layers:
         if layer.placement == "accel":
             table.add_row(
-                layer.name,
+                escape(layer.name),
                 layer.op,
                 "[green]accelerator[/]",
                 layer.shape,
@@ -98,7 +99,7 @@ def simulation_table(report) -> Table:
             )
         elif layer.host_seconds:
             table.add_row(
-                layer.name,
+                escape(layer.name),
                 layer.op,
                 "host",
                 layer.shape,

@@ -261,7 +261,13 @@ def read_manifest(path: str | Path, verify_files: bool = True) -> dict:
     except FileNotFoundError as err:
         raise DeployError(f"{path}: not a compiled module (no {MANIFEST_FILE})") from err
     except (OSError, ValueError) as err:
-        raise DeployError(f"{manifest_path}: unreadable manifest ({err})") from err
+        raise DeployError(f"{manifest_path}: unreadable manifest ({str(err)[:120]})") from err
+    except RecursionError as err:
+        raise DeployError(f"{manifest_path}: unreadable manifest (nested too deeply)") from err
+    try:
+        json.dumps(manifest, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as err:
+        raise DeployError(f"{manifest_path}: holds text that is not valid Unicode") from err
     try:
         validate_manifest(manifest)
     except InvalidManifest as err:

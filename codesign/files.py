@@ -22,8 +22,13 @@ from codesign.errors import DeployError, Interrupted, UsageError
 STALE_SECONDS = 3600
 
 
+# A file being written by write_text_atomic: '.NAME.' and mkstemp's eight random characters.
+STAGED_FILE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Stage beside the destination, then rename into place (atomic on one file system)."""
+    """Stage beside the destination, then rename into place (atomic on one file system); the
+    staging file is removed on any failure, a signal's exception included."""
     path = Path(path)
     staging = None
     try:
@@ -32,10 +37,19 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(staging, path)
-    except OSError as err:
+    except BaseException as err:
         if staging is not None and os.path.exists(staging):
             os.unlink(staging)
-        raise DeployError(f"{path}: cannot write ({err.strerror})") from err
+        if isinstance(err, OSError):
+            raise DeployError(f"{path}: cannot write ({err.strerror})") from err
+        raise
+
+
+def remove_staged_files(directory: Path) -> None:
+    """Remove what write_text_atomic left in a directory this process owns (after a SIGKILL)."""
+    for entry in directory.iterdir():
+        if STAGED_FILE.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink()
 
 
 def output_path(given: Path) -> Path:

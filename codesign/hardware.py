@@ -227,7 +227,7 @@ def _leakage_default(v) -> float:
         **{f"area_{buffer}_mm2_per_kib": sram for buffer in ("uop", "inp", "wgt", "acc")},
         "area_fixed_mm2": ENERGY_AREA_DEFAULTS["fixed_mm2"](v),
     }
-    area = area_mm2(types.SimpleNamespace(**v, **default_areas))["total"]
+    area = area_mm2(types.SimpleNamespace(**{**v, **default_areas}))["total"]
     return round(LEAKAGE_MW_PER_MM2 * area * 1e-3 / (v["clock_mhz"] * 1e6) * 1e12, 3)
 
 
@@ -497,8 +497,12 @@ def load_hardware(name_or_path: str | Path) -> HardwareSpec:
             return hardware_from_vta_config(json.loads(text), str(path))
         except json.JSONDecodeError as err:
             raise HardwareError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+        except (ValueError, RecursionError) as err:
+            raise HardwareError(f"{path}: not readable JSON (nested too deeply, or a number too long to read)") from err
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise HardwareError(f"{path}: not valid TOML ({err})") from err
+    except (ValueError, RecursionError) as err:
+        raise HardwareError(f"{path}: not readable TOML (nested too deeply, or a number too long to read)") from err
     return hardware_from_dict(doc, str(path))

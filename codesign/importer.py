@@ -55,6 +55,9 @@ class ImportedModel:
     notes: list[str] = dataclasses.field(default_factory=list)  # what the ONNX passes rewrote, for the user
 
 
+MAX_DIM = 2**31 - 1  # TVM's shapes are int64, its buffers indexed by int32
+
+
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
     """['x=1,3,224,224', ...] -> {'x': (1, 3, 224, 224)}."""
     shapes = {}
@@ -64,8 +67,8 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
             shape = tuple(int(d) for d in dims.split(","))
         except ValueError:
             shape = ()
-        if not sep or not name or not shape or min(shape) < 1:
-            raise UsageError(f"--input-shape '{spec}': expected NAME=D1,D2,... with positive integers")
+        if not sep or not name or not shape or min(shape) < 1 or max(shape) > MAX_DIM:
+            raise UsageError(f"--input-shape '{spec}': expected NAME=D1,D2,... with integers from 1 to {MAX_DIM:,}")
         shapes[name] = shape
     return shapes
 

@@ -220,6 +220,10 @@ def _check_spec(value: dict, field: str) -> None:
 
 
 def _check_layer(layer: dict, hw: HardwareSpec, field: str) -> None:
+    if layer["shape"] is not None and layer["effective_shape"] is not None:
+        for key, value in layer["effective_shape"].items():
+            if value > layer["shape"][key]:
+                _fail(_join(field, f"effective_shape.{key}"), f"= {value} exceeds the layer's {layer['shape'][key]}")
     for key in ("shape", "effective_shape"):
         shape = ConvShape(**layer[key]) if layer[key] is not None else None
         if shape is not None and (shape.out_h < 1 or shape.out_w < 1):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from codesign.errors import UsageError
+from codesign.files import reading
 from codesign.tuner.database import Database, Record
 from codesign.tuner.run_files import DATABASE_FILE, SETTINGS_FILE, SPACE_FILE
 from codesign.tuner.space import SearchSpace, load_space
@@ -65,6 +66,13 @@ def load_run(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> 
     records = Database(run_dir / DATABASE_FILE, warn).load(space.needed_metrics(), tuple(space.knobs))
     if not records:
         raise UsageError(f"{run_dir / DATABASE_FILE}: holds no finished evaluation")
+    for record in records:
+        for knob, choices in space.knobs.items():
+            if record.config[knob] not in choices:
+                raise UsageError(
+                    f"{run_dir / DATABASE_FILE}: evaluation {record.index}: '{knob}' = "
+                    f"{json.dumps(record.config[knob])[:40]} is not one of the space's choices"
+                )
     settings = _read_settings(run_dir / SETTINGS_FILE)
     return RunData(
         run_dir, space, records, settings, pareto_records(space, records), best_per_objective(space, records)
@@ -72,13 +80,32 @@ def load_run(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> 
 
 
 def _read_settings(path: Path) -> dict:
-    """settings.json, written when a run finishes; an interrupted run has none yet."""
+    """settings.json, written when a run starts; every field the report reads has its type."""
     if not path.exists():
         return {}
+    with reading(path, "settings"):
+        text = path.read_text(encoding="utf-8")
     try:
-        settings = json.loads(path.read_text())
+        settings = json.loads(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from err
     if not isinstance(settings, dict):
         raise UsageError(f"{path}: expected a JSON object")
+    for field, kind in SETTINGS_TYPES.items():
+        if field in settings and settings[field] is not None and not isinstance(settings[field], kind):
+            raise UsageError(f"{path}: '{field}' = {json.dumps(settings[field])[:40]} has the wrong type")
     return settings
+
+
+# settings.json fields the report reads -> their JSON types
+SETTINGS_TYPES = {
+    "model": str,
+    "data": str,
+    "space": str,
+    "input_shapes": dict,
+    "input_values": dict,
+    "calibration_samples": int,
+    "eval_samples": int,
+    "seed": int,
+    "strategy": str,
+}

@@ -39,6 +39,13 @@ class Record:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer too large for a float
+        return False
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -92,7 +99,7 @@ class Database:
                 continue
             try:
                 document = json.loads(line)
-            except ValueError:  # also undecodable bytes
+            except (ValueError, RecursionError):  # also undecodable bytes, absurd nesting or numbers
                 if number not in self._warned:
                     self._warned.add(number)
                     self.warn(f"{self.path}, line {number}: not a JSON record (corrupted); skipped, file left as it is")
@@ -146,7 +153,7 @@ def _record(document, where: str, metrics: tuple[str, ...], knobs: tuple[str, ..
             value = record.metrics.get(name)
             if value is None:
                 raise UsageError(f"{where}: 'metrics' has no '{name}'")
-            if record.feasible and not math.isfinite(value):
+            if record.feasible and not _finite(value):
                 raise UsageError(f"{where}: 'metrics.{name}' = {value} in a feasible record")
     for knob in knobs:
         if knob not in record.config:

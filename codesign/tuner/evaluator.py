@@ -51,7 +51,7 @@ def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None 
         raise UsageError(f"{path}: no such data file") from err
     except IsADirectoryError as err:
         raise UsageError(f"{path}: is a directory, not a .npz data file") from err
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise UsageError(f"{path}: not a .npz file ({err})") from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UsageError(f"{path}: expected a .npz with arrays named after the inputs (and 'labels')")
@@ -82,6 +82,8 @@ def _numeric_array(archive, name: str, path: Path) -> np.ndarray:
         raise UsageError(f"{path}: array '{name}' cannot be read ({err})") from err
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
         raise UsageError(f"{path}: array '{name}' cannot be read ({type(err).__name__}: {err})") from err
+    except MemoryError as err:
+        raise UsageError(f"{path}: array '{name}' is too large to load") from err
     if array.dtype.kind not in "biuf":
         what = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects"}
         raise UsageError(

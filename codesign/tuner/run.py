@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import codesign
 from codesign.errors import CodesignError, UsageError
-from codesign.files import file_sha256, reading, write_text_atomic
+from codesign.files import file_sha256, reading, remove_staged_files, write_text_atomic
 from codesign.importer import import_onnx, parse_input_shapes, parse_input_values
 from codesign.tuner.database import Database
 from codesign.tuner.evaluator import gemm_layer_names, load_eval_data
@@ -293,6 +293,7 @@ class RunDirectory:
                     self._created_dir = True
             self._lock()
             shutil.rmtree(self.temp, ignore_errors=True)  # what a killed (kill -9) run left
+            remove_staged_files(self.out)
             try:
                 self.temp.mkdir()
             except OSError as err:

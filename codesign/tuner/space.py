@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,13 @@ SCALES = ("linear", "log2")
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+    """A finite int or float (a TOML integer too large for a float is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _choices(name: str, value, problems: list[str]) -> list:
@@ -246,6 +253,8 @@ def load_space(path: str | Path) -> SearchSpace:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"{path}: not valid TOML ({err})") from err
+    except (ValueError, RecursionError) as err:
+        raise UsageError(f"{path}: not readable TOML (nested too deeply, or a number too long to read)") from err
     return space_from_dict(doc, str(path))
 
 
