@@ -100,9 +100,8 @@ def compile_command(
 
     print_placement(result.lowered.plans, spec, console, simulate_plans(result.lowered.plans, spec, "analytic"))
     total = sum(result.seconds.values())
-    console.print(
-        f"Wrote {out}/ ({total:.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items()) + ")"
-    )
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
+    console.print(f"Wrote {escape(str(out))}/ ({total:.2f} s: {stages})")
     if explain:
         _print_explanation(result, calibration, calibration_samples)
     if report is not None:
@@ -162,7 +161,7 @@ def run_command(
     results = module.run(**arrays)
     written = _write_outputs(output, results, [t.name for t in module.outputs])
     shapes = ", ".join(f"{t.name} {list(r.shape)}" for t, r in zip(module.outputs, results))
-    console.print(f"Wrote {written}: {shapes}")
+    console.print(f"Wrote {escape(str(written))}: {shapes}")
 
 
 def _read_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
@@ -281,7 +280,7 @@ def simulate_command(
     print_simulation(simulation, console)
     if json_path is not None:
         _write_json(json_path, simulation.to_dict())
-        console.print(f"Wrote {json_path}")
+        console.print(f"Wrote {escape(str(json_path))}")
     if report is not None:
         source = f"the compiled module {target}/" if target.is_dir() else f"{target.name} lowered for {spec.name}"
         _write_design_report(report, target, spec, simulation, source)
@@ -303,7 +302,7 @@ def _write_design_report(out_dir: Path, model: Path, spec, simulation, source: s
         ("versions", f"codesign {codesign.__version__}, tvm {tvm.__version__}, python {platform.python_version()}"),
     ]
     page = write_design_report(out_dir, SimulatedDesign(spec.name, spec, simulation), context)
-    console.print(f"Wrote {page} (+ report.md, layers.csv)")
+    console.print(f"Wrote {escape(str(page))} (+ report.md, layers.csv)")
 
 
 def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibration, float_layers=None):
@@ -390,7 +389,7 @@ def report_command(
 
     run = write_run_report(run_dir)
     console.print(
-        f"Wrote {run_dir}/report.html, report.md, evaluations.csv ({len(run.records):,} rows), "
+        f"Wrote {escape(str(run_dir))}/report.html, report.md, evaluations.csv ({len(run.records):,} rows), "
         f"pareto.csv ({len(run.front):,} rows)"
     )
 
