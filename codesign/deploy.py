@@ -20,6 +20,7 @@ import tvm
 from tvm import relax
 
 import codesign
+from codesign.calibration import describe_dtype
 from codesign.errors import DeployError
 from codesign.files import STALE_SECONDS as STALE_SECONDS  # re-exported
 from codesign.files import file_sha256, output_path, replace_directory, staging_directory
@@ -216,7 +217,12 @@ class DeployedModule:
 
     def run(self, *args: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
         arrays = self._bind(args, named)
-        result = self._vm["main"](*[tvm.runtime.tensor(a) for a in arrays])
+        try:
+            result = self._vm["main"](*[tvm.runtime.tensor(a) for a in arrays])
+        except (tvm.TVMError, ValueError, RuntimeError, TypeError) as err:
+            # The manifest's inputs passed verification but not the library's own checks.
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise DeployError(f"{self.path}: the library refused the inputs its manifest describes ({first})") from err
         values = list(result) if isinstance(result, (tvm.ir.Array, list, tuple)) else [result]
         return [v.numpy() for v in values]
 
@@ -241,7 +247,7 @@ class DeployedModule:
         for spec, value in zip(self.inputs, args):
             value = np.asarray(value)
             if value.dtype != np.dtype(spec.dtype):
-                raise DeployError(f"input '{spec.name}' has dtype {value.dtype}, expected {spec.dtype}")
+                raise DeployError(f"input '{spec.name}' holds {describe_dtype(value.dtype)}, expected {spec.dtype}")
             if value.shape != spec.shape:
                 raise DeployError(f"input '{spec.name}' has shape {list(value.shape)}, expected {list(spec.shape)}")
             arrays.append(np.ascontiguousarray(value))
