@@ -700,20 +700,12 @@ def snapshot(root: Path) -> dict[str, tuple]:
                     entries[rel] = ("d",)
                 elif stat.S_ISREG(mode):
                     # A tune writes its pid into its lock file: only the lock's existence counts.
-                    entries[rel] = ("f", "lock" if name == ".tune.lock" else _file_digest(path))
+                    entries[rel] = ("f", "lock" if name == ".tune.lock" else sha256(Path(path)))
                 else:
                     entries[rel] = ("?",)
             except OSError:
                 entries[rel] = ("gone",)
     return entries
-
-
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def changes(before: dict, after: dict, allowed: tuple[str, ...]) -> list[str]:
