@@ -400,8 +400,10 @@ def demo_command(
 ):
     """Compile the bundled mnist-8 for VTA's default and measure it on the 10,000 MNIST test images."""
     from codesign.demo import run_demo
+    from codesign.files import cleanup_on_signals
 
-    run_demo(out, console)
+    with cleanup_on_signals("running the demo"):
+        run_demo(out, console)
 
 
 @app.command("hw")

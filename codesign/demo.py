@@ -17,7 +17,7 @@ from rich.console import Console
 
 from codesign.calibration import float_outputs
 from codesign.console_tables import print_placement
-from codesign.deploy import load, write_module
+from codesign.deploy import check_output, load, write_module
 from codesign.errors import DeployError
 from codesign.hardware import load_hardware
 from codesign.pipeline import compile_model
@@ -25,6 +25,7 @@ from codesign.pipeline import compile_model
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MNIST_MODEL = DATA_DIR / "mnist-8.onnx"
 CALIBRATION_IMAGES = 500
+MODULE_NAMES = ("mnist_vta_default", "mnist_vta_shift_only")  # written inside `codesign demo -o DIR`
 
 
 def load_mnist_test() -> tuple[np.ndarray, np.ndarray]:
@@ -43,28 +44,31 @@ def run_demo(out_dir: Path | None = None, console: Console | None = None) -> dic
     console = console or Console()
     started = time.perf_counter()
     images, labels = load_mnist_test()
+    if out_dir is not None:  # refused up front: nothing is written to a place that is refused
+        if out_dir.exists() and not out_dir.is_dir():
+            raise DeployError(f"{out_dir}: exists and is not a directory; name a directory for the demo's modules")
+        for name in MODULE_NAMES:
+            check_output(out_dir / name)
     work = Path(tempfile.mkdtemp(prefix="codesign-demo-")) if out_dir is None else out_dir
-    calibration = work / "mnist_calibration.npy"
-    try:
-        if work.exists() and not work.is_dir():
-            raise DeployError(f"{work}: exists and is not a directory; name a directory for the demo's modules")
-        work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="codesign-demo-calibration-") as scratch:
+        calibration = Path(scratch) / "mnist_calibration.npy"
         np.save(calibration, images[:CALIBRATION_IMAGES, 0])
-    except OSError as err:
-        raise DeployError(f"{work}: cannot write the demo's files there ({err.strerror or err})") from err
+        return _compile_and_measure(work, calibration, images, labels, console, started)
 
+
+def _compile_and_measure(work: Path, calibration: Path, images, labels, console: Console, started: float) -> dict:
     hw = load_hardware("vta_default")
     alu = f"ALU multiplier {hw.alu_multiplier_bits} bit"
     console.print(f"[bold]Compiling[/] {MNIST_MODEL.name} for {hw.name} ({hw.gemm_shape}, {alu})")
     result = compile_model(MNIST_MODEL, hw, calibration=calibration)
-    write_module(result, work / "mnist_vta_default")
+    write_module(result, work / MODULE_NAMES[0])
     print_placement(result.lowered.plans, hw, console)
 
     shift_only_hw = dataclasses.replace(
         hw, name="vta_default_shift_only", alu_has_multiplier=False, alu_multiplier_bits=0
     )
     shift_only = compile_model(MNIST_MODEL, shift_only_hw, calibration=calibration)
-    write_module(shift_only, work / "mnist_vta_shift_only")
+    write_module(shift_only, work / MODULE_NAMES[1])
 
     console.print(f"Running {len(images):,} MNIST test images through the deployable modules ...")
     float_predictions = np.array(
@@ -72,11 +76,11 @@ def run_demo(out_dir: Path | None = None, console: Console | None = None) -> dic
     )
     figures = {
         "float": float((float_predictions == labels).mean()),
-        "int8": module_accuracy(load(work / "mnist_vta_default"), images, labels),
-        "int8_shift_only": module_accuracy(load(work / "mnist_vta_shift_only"), images, labels),
+        "int8": module_accuracy(load(work / MODULE_NAMES[0]), images, labels),
+        "int8_shift_only": module_accuracy(load(work / MODULE_NAMES[1]), images, labels),
     }
     console.print(f"  float32 (TVM, imported graph)       top-1 {100 * figures['float']:.2f} %")
     console.print(f"  int8, ALU multiplier (vta_default)  top-1 {100 * figures['int8']:.2f} %")
     console.print(f"  int8, shift-only ALU                top-1 {100 * figures['int8_shift_only']:.2f} %")
-    console.print(f"Module written to {work / 'mnist_vta_default'}  ({time.perf_counter() - started:.1f} s in all)")
+    console.print(f"Module written to {work / MODULE_NAMES[0]}  ({time.perf_counter() - started:.1f} s in all)")
     return figures

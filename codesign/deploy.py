@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,12 @@ def write_module(result: CompileResult, out_dir: str | Path) -> Path:
     except OSError as err:
         raise DeployError(f"{given}: cannot write the module there ({_os_reason(err)})") from err
     try:
-        result.executable.export_library(str(staging / LIBRARY_FILE))
+        # TVM's object files go to a workspace inside the staging directory, so that a SIGKILL
+        # leaves them where the next write to OUT removes them (not in the system's TMPDIR).
+        workspace = staging / ".build"
+        workspace.mkdir()
+        result.executable.export_library(str(staging / LIBRARY_FILE), workspace_dir=str(workspace))
+        shutil.rmtree(workspace)
         (staging / HARDWARE_FILE).write_text(result.hw.to_toml())
         files = {name: file_sha256(staging / name) for name in (LIBRARY_FILE, HARDWARE_FILE)}
         (staging / MANIFEST_FILE).write_text(json.dumps(build_manifest(result, files), indent=2) + "\n")
@@ -209,6 +215,9 @@ class DeployedModule:
         self.inputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in self.manifest["inputs"]]
         self.outputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in self.manifest["outputs"]]
         library_path = module_file(self.path, self.manifest["library"], "library")  # hash checked on read
+        problem = elf_truncation(library_path)
+        if problem:
+            raise DeployError(f"{library_path}: not a loadable shared library ({problem})")
         try:
             library = tvm.runtime.load_module(str(library_path))
         except Exception as err:
@@ -329,3 +338,27 @@ def module_hardware(path: Path, manifest: dict) -> HardwareSpec:
 def load(path: str | Path, hw: HardwareSpec | None = None) -> DeployedModule:
     """Load a compiled module directory; with `hw`, refuse a module built for other hardware."""
     return DeployedModule(path, hw)
+
+
+def elf_truncation(path: Path) -> str | None:
+    """What makes `path` an incomplete 64-bit ELF file, or None. Mapping a library whose
+    segments lie past its end kills the process with SIGBUS, so this runs before loading (the
+    sha256 check alone does not catch a library truncated and then re-hashed)."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        header = stream.read(64)
+        if len(header) < 64 or header[:4] != b"\x7fELF" or header[4] != 2:
+            return "no 64-bit ELF header"
+        order = "<" if header[5] == 1 else ">"
+        phoff, shoff = struct.unpack_from(order + "QQ", header, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", header, 54)
+        if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
+            return f"its headers end past its {size} bytes"
+        for index in range(phnum):
+            stream.seek(phoff + index * phentsize)
+            entry = stream.read(phentsize)
+            (offset,) = struct.unpack_from(order + "Q", entry, 8)  # p_offset
+            (filesz,) = struct.unpack_from(order + "Q", entry, 32)  # p_filesz
+            if offset + filesz > size:
+                return f"segment {index} ends at byte {offset + filesz}, past its {size} bytes"
+    return None

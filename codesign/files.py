@@ -80,6 +80,7 @@ def staging_directory(out: Path) -> Path:
 
 def replace_directory(staging: Path, out: Path) -> None:
     """Rename `staging` to OUT; an existing OUT is replaced, or put back if that fails."""
+    raise_if_stopped()
     if not (out.exists() or out.is_symlink()):
         os.replace(staging, out)
         return
@@ -194,7 +195,8 @@ def cleanup_on_signals(what: str):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopped_by: list[str] = []
+    stopped_by = _signals_received
+    stopped_by.clear()
 
     def stop(signum, frame):
         for number in (signal.SIGTERM, signal.SIGINT):
@@ -207,6 +209,7 @@ def cleanup_on_signals(what: str):
         signal.signal(number, stop)
     try:
         yield
+        raise_if_stopped()  # a signal whose exception a library swallowed on the way
     except BaseException as err:
         if not stopped_by and not isinstance(err, KeyboardInterrupt):
             raise
@@ -215,6 +218,17 @@ def cleanup_on_signals(what: str):
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+        stopped_by.clear()
+
+
+# The signals `cleanup_on_signals` caught; kept after a library swallowed their exception, so
+# a commit point (`replace_directory`) can still refuse to publish the output.
+_signals_received: list[str] = []
+
+
+def raise_if_stopped() -> None:
+    if _signals_received:
+        raise Terminated(_signals_received[0])
 
 
 # ---- reading a user's files ---------------------------------------------------------------------

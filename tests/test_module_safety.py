@@ -249,6 +249,27 @@ def test_truncated_library_is_one_line_not_sigbus(tmp_path, module_copy, image):
     error_line(proc.returncode, proc.stdout, proc.stderr, 1, "module.so", "truncated")
 
 
+def test_truncated_library_with_a_recomputed_hash_is_one_line_not_sigbus(tmp_path, module_copy, image):
+    """Hand-edited past the hash check: the ELF structure is still checked before loading."""
+    library = module_copy / "module.so"
+    library.write_bytes(library.read_bytes()[: library.stat().st_size // 2])
+    edit_manifest(
+        module_copy, lambda m: m["files"].update({"module.so": hashlib.sha256(library.read_bytes()).hexdigest()})
+    )
+    proc = cli_subprocess("run", module_copy, "--input", image, "--output", tmp_path / "y.npy")
+    error_line(proc.returncode, proc.stdout, proc.stderr, 1, "module.so", "not a loadable shared library")
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_elf_check_accepts_the_compiled_library_and_names_what_is_cut(tmp_path, module_dir):
+    whole = (module_dir / "module.so").read_bytes()
+    assert deploy.elf_truncation(module_dir / "module.so") is None
+    cut = tmp_path / "cut.so"
+    for size, needle in [(10, "no 64-bit ELF header"), (len(whole) - 1, "past its")]:
+        cut.write_bytes(whole[:size])
+        assert needle in deploy.elf_truncation(cut)
+
+
 def test_an_intact_module_still_loads_runs_and_simulates(capsys, tmp_path, module_dir, image):
     code, _, err = cli(capsys, "run", module_dir, "--input", image, "--output", tmp_path / "y.npy")
     assert code == 0, err
@@ -311,7 +332,7 @@ def test_new_manifests_carry_their_format_version_and_validate(module_dir):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_compile_removes_the_staging_directory(capsys, tmp_path, monkeypatch, compiled, signum):
     class SignalledExecutable:
-        def export_library(self, path):
+        def export_library(self, path, **options):
             Path(path).write_bytes(b"partial")
             os.kill(os.getpid(), signum)
             time.sleep(30)  # the handler's exception ends this at once
@@ -325,6 +346,45 @@ def test_signal_during_compile_removes_the_staging_directory(capsys, tmp_path, m
     assert time.perf_counter() - started < 20
     assert_nothing_written(out)
     assert {number: signal.getsignal(number) for number in handlers} == handlers
+
+
+def test_a_signal_a_library_swallows_still_stops_the_compile(capsys, tmp_path, monkeypatch, compiled):
+    """onnxslim and TVM callbacks catch every exception; the signal is still honoured at the
+    commit point, so nothing is published and the exit code says so."""
+
+    class SwallowingExecutable:
+        def export_library(self, path, **options):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            except BaseException:  # noqa: BLE001 (what a bare `except:` in a library does)
+                pass
+            Path(path).write_bytes(b"complete")
+
+    swallowed = dataclasses.replace(compiled, executable=SwallowingExecutable())
+    monkeypatch.setattr(codesign.pipeline, "compile_model", lambda *args, **kwargs: swallowed)
+    out = tmp_path / "out"
+    error_line(*cli(capsys, *compile_args(out)), 1, "stopped by SIGTERM")
+    assert_nothing_written(out)
+
+
+def test_tvm_builds_the_library_inside_the_staging_directory(capsys, tmp_path, monkeypatch, compiled):
+    """So a SIGKILL leaves TVM's object files where the next write to OUT removes them."""
+    workspaces = []
+
+    class RecordingExecutable:
+        def export_library(self, path, workspace_dir=None, **options):
+            workspaces.append(Path(workspace_dir))
+            assert Path(workspace_dir).parent == Path(path).parent  # the staging directory
+            compiled.executable.export_library(path, workspace_dir=workspace_dir, **options)
+
+    recorded = dataclasses.replace(compiled, executable=RecordingExecutable())
+    monkeypatch.setattr(codesign.pipeline, "compile_model", lambda *args, **kwargs: recorded)
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, *compile_args(out))
+    assert code == 0, err
+    assert len(workspaces) == 1 and not workspaces[0].exists()
+    assert sorted(p.name for p in out.iterdir()) == ["hardware.toml", "manifest.json", "module.so"]
 
 
 def dead_pid() -> int:
@@ -417,6 +477,16 @@ def test_demo_output_that_is_a_file(capsys, tmp_path):
     blocker.write_text("keep\n")
     error_line(*cli(capsys, "demo", "-o", blocker), 1, str(blocker), "not a directory")
     assert blocker.read_text() == "keep\n"
+
+
+def test_demo_refuses_a_directory_it_would_overwrite_before_writing_anything(capsys, tmp_path):
+    out = tmp_path / "demo"
+    (out / "mnist_vta_default").mkdir(parents=True)
+    (out / "mnist_vta_default" / "notes.txt").write_text("keep\n")
+    (out / "mnist_calibration.npy").write_text("mine\n")
+    before = snapshot(out)
+    error_line(*cli(capsys, "demo", "-o", out), 1, "mnist_vta_default")
+    assert snapshot(out) == before
 
 
 # ---- item 20: an input of an unsupported element type names it ------------------------------------

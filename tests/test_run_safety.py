@@ -255,6 +255,16 @@ def test_output_path_that_is_a_file(capsys, tmp_path, data):
     assert existing.read_text() == "mine\n"
 
 
+@pytest.mark.parametrize(
+    ("name", "needle"), [("a" * 256, "File name too long"), ("results.txt/run", "Not a directory")]
+)
+def test_output_path_that_cannot_hold_a_run(capsys, tmp_path, data, name, needle):
+    (tmp_path / "results.txt").write_text("mine\n")
+    out = tmp_path / name
+    error_line(*cli(capsys, *tune_args(out, data)), 2, f"{out}: cannot hold a run ({needle})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.txt"]
+
+
 def test_space_that_is_a_directory(capsys, tmp_path, data):
     args = [str(a) for a in tune_args(tmp_path / "run", data)]
     args[args.index("--space") + 1] = str(tmp_path)
@@ -294,6 +304,14 @@ def _images(count: int = IMAGES) -> np.ndarray:
             "labels[2] = nan; labels must be whole class indices",
         ),
         (lambda: {"Input3": _images(0), "labels": np.arange(0)}, "array 'Input3' holds no samples"),
+        (
+            lambda: {"Input3": _images(), "labels": np.where(np.arange(IMAGES) == 5, 10, 1)},
+            "labels[5] = 10 is not a class of the model's first output (0 to 9)",
+        ),
+        (
+            lambda: {"Input3": _images(), "labels": np.where(np.arange(IMAGES) >= 6, -1, 1)},
+            "labels[6] = -1 is not a class of the model's first output (0 to 9); 2 label(s) out of range",
+        ),
     ],
 )
 def test_bad_data_is_one_line_and_leaves_no_run_behind(arrays, needle, capsys, tmp_path):

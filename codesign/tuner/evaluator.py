@@ -110,6 +110,17 @@ def _labels(archive, path: Path, count: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _check_label_range(labels: np.ndarray, classes: int, path: Path) -> None:
+    """Labels the model's first output cannot predict would score 0 % silently."""
+    outside = np.flatnonzero((labels < 0) | (labels >= classes))
+    if len(outside):
+        first = int(outside[0])
+        raise UsageError(
+            f"{path}: labels[{first}] = {labels[first]} is not a class of the model's first output "
+            f"(0 to {classes - 1}); {len(outside)} label(s) out of range"
+        )
+
+
 @dataclasses.dataclass
 class CompressionProfile:
     """What a compression choice fixes, whatever the hardware: accuracy and the layers' work."""
@@ -144,7 +155,9 @@ class Evaluator:
         calibration = load_eval_data(data, self.imported.inputs, calibration_samples)
         np.savez(self.calibration, **calibration.inputs)
         self.profiles: dict[tuple, CompressionProfile] = {}
-        self.float_predictions = self._float_predictions()
+        self.float_predictions, classes = self._float_predictions()
+        if self.data.labels is not None:
+            _check_label_range(self.data.labels, classes, Path(data))
 
     def close(self) -> None:
         """Remove the temporary files now (not when the evaluator is collected)."""
@@ -152,12 +165,13 @@ class Evaluator:
 
     # ---- accuracy ---------------------------------------------------------------------------
 
-    def _float_predictions(self) -> np.ndarray:
+    def _float_predictions(self) -> tuple[np.ndarray, int]:
+        """The float model's top-1 class per sample, and the number of classes (its first output's size)."""
         from codesign.calibration import float_outputs
 
         graph = extract_graph(self.imported)
-        samples = self._samples()
-        return np.array([outputs[0].reshape(-1).argmax() for outputs in float_outputs(graph, self.imported, samples)])
+        scores = [outputs[0].reshape(-1) for outputs in float_outputs(graph, self.imported, self._samples())]
+        return np.array([s.argmax() for s in scores]), scores[0].size
 
     def _samples(self) -> list[dict[str, np.ndarray]]:
         return [{name: array[i] for name, array in self.data.inputs.items()} for i in range(len(self.data))]

@@ -179,6 +179,8 @@ def tune_to_directory(
             run_dir.write(SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
             if after_run is not None:
                 after_run(out)  # e.g. the CLI's report, still under the run's lock
+            if run_dir.stopped_by is not None:  # a library swallowed the signal's exception
+                raise KeyboardInterrupt(run_dir.stopped_by)
     except BaseException as err:
         if run_dir.stopped_by is None:
             raise
@@ -201,6 +203,12 @@ def tune_to_directory(
 def check_run_directory(out: Path, resume: bool, holding_lock: bool = False) -> None:
     """`out` can take a new run (nothing there, or an empty directory) or, with --resume, holds
     one, and no other tune uses it. Writes nothing."""
+    try:
+        out.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # a name too long, a file where a directory belongs, ...
+        raise UsageError(f"{out}: cannot hold a run ({err.strerror or err}); choose another -o") from err
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory; choose a directory for the run (-o)")
     try:
