@@ -298,7 +298,7 @@ def check_numeric(array: np.ndarray, spec: TensorSpec, path: Path) -> None:
 
 def describe_dtype(dtype: np.dtype) -> str:
     kinds = {"U": "strings", "S": "byte strings", "O": "Python objects", "V": "records", "M": "dates", "m": "durations"}
-    return f"{kinds.get(dtype.kind, 'values')} (dtype {dtype})"
+    return kinds.get(dtype.kind) or f"values of dtype {dtype}"  # numpy's '<U6' means nothing to most users
 
 
 def check_finite(stack: np.ndarray, spec: TensorSpec, path: Path, when: str) -> None:

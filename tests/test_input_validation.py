@@ -129,7 +129,7 @@ def test_calibration_npy_of_strings(tmp_path):
     with pytest.raises(ModelError) as err:
         load_samples(path, [IMAGE])
     assert str(err.value) == (
-        f"{path}: array 'Input3' holds strings (dtype <U1), not numbers; input 'Input3' takes float32 values"
+        f"{path}: array 'Input3' holds strings, not numbers; input 'Input3' takes float32 values"
     )
 
 
