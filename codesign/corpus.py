@@ -15,6 +15,9 @@ Each model entry says where the file came from and how to feed it:
     inputs = { x = "text_line" } # a generator per input (INPUT_KINDS)
     classifier = true            # compare top-1 as well as cosine
     data = "speech_16k.npz"      # recordings for "speech" inputs (optional)
+    frame_context = 64           # "speech" rows repeat this many samples of the row before (silero)
+    stream = { state = "stateN" }  # state inputs fed from these outputs of earlier calls, as a
+    stream_calls = 8             #   streaming user does: the calls before the sample, on its audio
 
 Inputs for calibration and evaluation come from disjoint seeds.
 """
@@ -52,17 +55,43 @@ class CorpusModel:
     inputs: dict[str, str]
     classifier: bool = False
     data: Path | None = None  # recordings the "speech" inputs cut windows from (.npz with 'audio')
+    frame_context: int = 0  # samples each row of a "speech" input repeats from the row before
+    stream: dict[str, str] = dataclasses.field(default_factory=dict)  # state input -> output feeding it
+    stream_calls: int = 0
 
     def sample(self, seed: int) -> dict[str, np.ndarray]:
-        """One realistic input per model input (frozen inputs excluded)."""
+        """One realistic input per model input (frozen inputs excluded). With `stream`, the
+        state inputs hold what the model (onnxruntime, float) returned after `stream_calls`
+        earlier calls on the audio just before the sample's."""
         rng = np.random.default_rng(seed)
-        samples = {}
+        calls = self.stream_calls if self.stream else 0
+        samples, speech = {}, {}
         for name, kind in self.inputs.items():
             if kind == "speech":
-                samples[name] = speech_window(self.input_shapes[name], rng, self.data)
+                speech[name] = speech_calls(self.input_shapes[name], rng, self.data, self.frame_context, calls + 1)
+                samples[name] = speech[name][-1]
             else:
                 samples[name] = INPUT_KINDS[kind](self.input_shapes[name], rng)
+        if calls:
+            samples.update(self._streamed_states(samples, {name: rows[:-1] for name, rows in speech.items()}))
         return samples
+
+    def _streamed_states(self, sample: dict[str, np.ndarray], earlier: dict[str, list]) -> dict[str, np.ndarray]:
+        session = self._session()
+        states = {name: sample[name] for name in self.stream}
+        output_names = [o.name for o in session.get_outputs()]
+        for call in range(self.stream_calls):
+            feed = {**sample, **states, **{name: chunks[call] for name, chunks in earlier.items()}}
+            results = dict(zip(output_names, session.run(None, self.onnx_feed(feed, session.get_inputs()))))
+            states = {name: results[output].astype(np.float32) for name, output in self.stream.items()}
+        return states
+
+    def _session(self):
+        if getattr(self, "_ort_session", None) is None:
+            import onnxruntime as ort
+
+            self._ort_session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        return self._ort_session
 
     def samples(self, count: int, first_seed: int) -> dict[str, np.ndarray]:
         """`count` samples stacked on a new leading axis, as calibration files hold them."""
@@ -108,6 +137,9 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
                 inputs=dict(entry.get("inputs", {})),
                 classifier=bool(entry.get("classifier", False)),
                 data=folder / entry["data"] if "data" in entry else None,
+                frame_context=int(entry.get("frame_context", 0)),
+                stream=dict(entry.get("stream", {})),
+                stream_calls=int(entry.get("stream_calls", 0)),
             )
         )
     return models
@@ -210,12 +242,18 @@ def voiced_audio(shape, rng) -> np.ndarray:
     return (0.2 * voice * envelope + noise).reshape(shape).astype(np.float32)
 
 
-def speech_window(shape, rng, recordings: Path) -> np.ndarray:
-    """A random window of real speech (with the pauses between utterances), scaled to [-1, 1]."""
+def speech_calls(shape, rng, recordings: Path, context: int, calls: int) -> list[np.ndarray]:
+    """`calls` consecutive inputs of real speech (with the pauses between utterances), scaled to
+    [-1, 1], from a random place. Each row of an input holds width - context new samples after
+    the last `context` samples of the row before (how silero's wrapper frames audio)."""
     audio = np.load(recordings)["audio"]
-    count = int(np.prod(shape))
-    start = int(rng.integers(0, audio.size - count))
-    return (audio[start : start + count] / 32768.0).reshape(shape).astype(np.float32)
+    width = shape[-1]
+    hop = width - context
+    rows = int(np.prod(shape[:-1]))
+    first = int(rng.integers(context, audio.size - hop * rows * calls - width))
+    starts = first - context + hop * np.arange(rows * calls)
+    frames = np.stack([audio[start : start + width] for start in starts]) / 32768.0
+    return [chunk.reshape(shape).astype(np.float32) for chunk in np.split(frames, calls)]
 
 
 def zeros_input(shape, rng) -> np.ndarray:
