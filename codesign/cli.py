@@ -34,8 +34,14 @@ def _global(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks
 @app.command("compile")
 def compile_command(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
-    hw: Annotated[str, typer.Option("--hw", help="Accelerator description (.toml, vta_config.json) or preset name.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory for the deployable module.")],
+    hw: Annotated[
+        str | None, typer.Option("--hw", help="Accelerator description (.toml, vta_config.json) or preset name.")
+    ] = None,
+    design: Annotated[
+        Path | None,
+        typer.Option("--design", help="A design file (e.g. RUN/designs/eval_N.json): hardware, compression, schedule."),
+    ] = None,
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
     ] = None,
@@ -74,13 +80,12 @@ def compile_command(
     from codesign.console_tables import print_placement
     from codesign.deploy import check_output, write_module
     from codesign.files import cleanup_on_signals
-    from codesign.hardware import load_hardware
     from codesign.importer import parse_input_shapes, parse_input_values
     from codesign.pipeline import compile_model
 
     if weight_bits not in (None, 4, 8):
         raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
-    spec = load_hardware(hw)
+    spec, compression_choices = _design_choices(hw, design, compression, float_layers)
     check_output(out)  # before the compile: refuses what write_module would, without writing anything
     with cleanup_on_signals(f"compiling {out}/"):  # SIGTERM, like Ctrl-C, removes the staging directory
         result = compile_model(
@@ -91,7 +96,7 @@ def compile_command(
             calibration_samples,
             weight_bits,
             cpu=cpu,
-            compression=_compression(compression, float_layers),
+            compression=compression_choices,
             input_values=parse_input_values(input_value),
             calibration_method=calibration_method,
         )
@@ -111,14 +116,29 @@ def compile_command(
 
 def _compression(path: Path | None, float_layers: list[str] | None):
     """The --compression file's choices, with --float-layers added."""
-    import dataclasses
-
     from codesign.compression import CompressionConfig, load_compression
 
-    config = load_compression(path) if path else CompressionConfig()
-    if float_layers:
-        config = dataclasses.replace(config, float_layers=(*config.float_layers, *float_layers))
-    return config
+    return (load_compression(path) if path else CompressionConfig()).with_float_layers(float_layers)
+
+
+def _design_choices(hw: str | None, design: Path | None, compression: Path | None, float_layers):
+    """(hardware, compression choices) of --design FILE, or of --hw and --compression; --float-layers adds to either."""
+    from codesign.hardware import load_hardware
+
+    if design is None:
+        if hw is None:
+            raise UsageError("--hw is required (a hardware description or preset), or --design FILE")
+        return load_hardware(hw), _compression(compression, float_layers)
+    given = [option for option, value in (("--hw", hw), ("--compression", compression)) if value is not None]
+    if given:
+        raise UsageError(
+            f"--design and {' and '.join(given)} cannot be used together: the design file holds the hardware, "
+            "the compression and the schedule"
+        )
+    from codesign.design import Design
+
+    chosen = Design.load(design)
+    return chosen.hardware, chosen.compression.with_float_layers(float_layers)
 
 
 def _print_explanation(result, calibration: Path | None, calibration_samples: int, worst: int = 20) -> None:
@@ -250,6 +270,9 @@ def simulate_command(
     hw: Annotated[
         str | None, typer.Option("--hw", help="Accelerator description or preset (required for an ONNX model).")
     ] = None,
+    design: Annotated[
+        Path | None, typer.Option("--design", help="A design file (hardware, compression, schedule) instead of --hw.")
+    ] = None,
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Bind an input shape: NAME=D1,D2,... (repeatable).")
     ] = None,
@@ -273,7 +296,7 @@ def simulate_command(
 
     if model not in MODELS:
         raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
-    spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers)
+    spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers, design)
     simulation = simulate_plans(plans, spec, model)
     from codesign.console_tables import print_simulation
 
@@ -305,31 +328,32 @@ def _write_design_report(out_dir: Path, model: Path, spec, simulation, source: s
     console.print(f"Wrote {escape(str(page))} (+ report.md, layers.csv)")
 
 
-def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibration, float_layers=None):
+def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibration, float_layers=None, design=None):
     """(hardware, layer plans) of a compiled module directory or of an ONNX model to lower."""
-    from codesign.hardware import load_hardware
-
     if target.is_dir():
         from codesign.deploy import module_hardware, read_manifest
         from codesign.plan import LayerPlan
 
         manifest = read_manifest(target)  # validated, its files' sha256 checked
         spec = module_hardware(target, manifest)
-        if hw is not None and load_hardware(hw).fingerprint() != spec.fingerprint():
-            raise DeployError(f"{target}: module was built for '{spec.name}', not for '{hw}'; recompile it")
+        if hw is not None or design is not None:
+            wanted, _ = _design_choices(hw, design, None, None)
+            if wanted.fingerprint() != spec.fingerprint():
+                raise DeployError(
+                    f"{target}: module was built for '{spec.name}', not for '{hw or design}'; recompile it"
+                )
         return spec, [LayerPlan.from_dict(layer) for layer in manifest["layers"]]
     if not target.exists():
         from codesign.errors import ModelError
 
         raise ModelError(f"{target}: no such ONNX file or compiled module directory")
-    if hw is None:
-        raise UsageError("--hw is required to simulate an ONNX model")
+    if hw is None and design is None:
+        raise UsageError("--hw (or --design) is required to simulate an ONNX model")
     from codesign.importer import parse_input_shapes, parse_input_values
     from codesign.pipeline import plan_model
 
-    spec = load_hardware(hw)
+    spec, compression = _design_choices(hw, design, None, float_layers)
     shapes, values = parse_input_shapes(input_shape), parse_input_values(input_value)
-    compression = _compression(None, float_layers)
     return spec, plan_model(target, spec, shapes, calibration, compression=compression, input_values=values)
 
 

@@ -54,6 +54,10 @@ class CompressionConfig:
     def key(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def with_float_layers(self, patterns) -> CompressionConfig:
+        """These choices with more layer patterns kept in float."""
+        return dataclasses.replace(self, float_layers=(*self.float_layers, *(patterns or ())))
+
     def kept_channels(self, layer: str, channels: int) -> int:
         return channels - math.floor(self.prune.get(layer, 0.0) * channels)
 
@@ -95,6 +99,48 @@ def validate_compression(config: CompressionConfig, graph: Graph, source: str = 
         raise UsageError(f"{source}: " + "; ".join(problems) + f" (layers: {known})")
 
 
+SCHEDULES = ("rule", "auto")
+FIELDS = ("weight_bits", "prune", "schedule", "float_layers")
+
+
+def compression_problems(weight_bits, prune, schedule, float_layers) -> list[str]:
+    """What is wrong with these choices, each naming its field and value ([] if nothing)."""
+    problems = []
+    for field, table, check in (("weight_bits", weight_bits, _bits_problem), ("prune", prune, _prune_problem)):
+        if not isinstance(table, dict):
+            problems.append(f"{field} = {_shown(table)} (expected an object of layer name -> value)")
+        else:
+            problems += [p for layer, value in table.items() if (p := check(layer, value))]
+    if schedule not in SCHEDULES:
+        problems.append(f'schedule = {_shown(schedule)} (expected "rule" or "auto")')
+    if not isinstance(float_layers, (list, tuple)) or not all(isinstance(p, str) for p in float_layers):
+        problems.append(f"float_layers = {_shown(float_layers)} (expected a list of layer name patterns)")
+    return problems
+
+
+def check_compression(config: CompressionConfig, source: str = "compression") -> None:
+    """Type-check choices built in code (a file's are checked as it is read)."""
+    problems = compression_problems(config.weight_bits, config.prune, config.schedule, list(config.float_layers))
+    if problems:
+        raise UsageError(f"{source}: " + "; ".join(problems))
+
+
+def compression_from_dict(doc, source: str = "compression") -> CompressionConfig:
+    """A parsed compression document, type-checked; every problem is named in one UsageError line."""
+    if not isinstance(doc, dict):
+        raise UsageError(f"{source}: expected a JSON object with {', '.join(sorted(FIELDS))}, got {_json_type(doc)}")
+    unknown = set(doc) - set(FIELDS)
+    if unknown:
+        raise UsageError(f"{source}: expected {', '.join(sorted(FIELDS))} (unknown: {sorted(unknown)})")
+    weight_bits, prune = doc.get("weight_bits", {}), doc.get("prune", {})
+    schedule, float_layers = doc.get("schedule", "rule"), doc.get("float_layers", [])
+    problems = compression_problems(weight_bits, prune, schedule, float_layers)
+    if problems:
+        raise UsageError(f"{source}: " + "; ".join(problems))
+    prune = {k: float(v) for k, v in prune.items()}
+    return CompressionConfig(dict(weight_bits), prune, schedule, tuple(float_layers))
+
+
 def load_compression(path: str | Path) -> CompressionConfig:
     """Read and type-check a compression file; every problem is named (file, field, layer) in one line.
     Whether the layers exist is checked against the model later (validate_compression)."""
@@ -109,29 +155,7 @@ def load_compression(path: str | Path) -> CompressionConfig:
         raise UsageError(
             f"{path}: not a readable JSON compression file (nested too deeply, or a number too long to read)"
         ) from err
-    fields = {"weight_bits", "prune", "schedule", "float_layers"}
-    if not isinstance(doc, dict):
-        raise UsageError(f"{path}: expected a JSON object with {', '.join(sorted(fields))}, got {_json_type(doc)}")
-    unknown = set(doc) - fields
-    if unknown:
-        raise UsageError(f"{path}: expected {', '.join(sorted(fields))} (unknown: {sorted(unknown)})")
-    problems = []
-    weight_bits, prune = doc.get("weight_bits", {}), doc.get("prune", {})
-    for field, table, check in (("weight_bits", weight_bits, _bits_problem), ("prune", prune, _prune_problem)):
-        if not isinstance(table, dict):
-            problems.append(f"{field} = {_shown(table)} (expected an object of layer name -> value)")
-        else:
-            problems += [p for layer, value in table.items() if (p := check(layer, value))]
-    schedule = doc.get("schedule", "rule")
-    if schedule not in ("rule", "auto"):
-        problems.append(f'schedule = {_shown(schedule)} (expected "rule" or "auto")')
-    float_layers = doc.get("float_layers", [])
-    if not isinstance(float_layers, list) or not all(isinstance(p, str) for p in float_layers):
-        problems.append(f"float_layers = {_shown(float_layers)} (expected a list of layer name patterns)")
-    if problems:
-        raise UsageError(f"{path}: " + "; ".join(problems))
-    prune = {k: float(v) for k, v in prune.items()}
-    return CompressionConfig(dict(weight_bits), prune, schedule, tuple(float_layers))
+    return compression_from_dict(doc, str(path))
 
 
 def _json_type(value) -> str:

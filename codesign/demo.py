@@ -6,7 +6,6 @@ training images are not bundled).
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import tempfile
 import time
@@ -64,9 +63,7 @@ def _compile_and_measure(work: Path, calibration: Path, images, labels, console:
     write_module(result, work / MODULE_NAMES[0])
     print_placement(result.lowered.plans, hw, console)
 
-    shift_only_hw = dataclasses.replace(
-        hw, name="vta_default_shift_only", alu_has_multiplier=False, alu_multiplier_bits=0
-    )
+    shift_only_hw = hw.with_changes(name="vta_default_shift_only", alu_has_multiplier=False)
     shift_only = compile_model(MNIST_MODEL, shift_only_hw, calibration=calibration)
     write_module(shift_only, work / MODULE_NAMES[1])
 

@@ -35,6 +35,7 @@ LIBRARY_FILE = "module.so"
 MANIFEST_FILE = "manifest.json"
 HARDWARE_FILE = "hardware.toml"
 MODULE_FILES = frozenset({MANIFEST_FILE, LIBRARY_FILE, HARDWARE_FILE})
+BUILD_WORKSPACE = ".build"  # in a staging directory: TVM's object files while the library links
 
 
 def build_manifest(result: CompileResult, files: dict[str, str] | None = None) -> dict:
@@ -110,7 +111,7 @@ def write_module(result: CompileResult, out_dir: str | Path) -> Path:
     try:
         # TVM's object files go to a workspace inside the staging directory, so that a SIGKILL
         # leaves them where the next write to OUT removes them (not in the system's TMPDIR).
-        workspace = staging / ".build"
+        workspace = staging / BUILD_WORKSPACE
         workspace.mkdir()
         result.executable.export_library(str(staging / LIBRARY_FILE), workspace_dir=str(workspace))
         shutil.rmtree(workspace)
@@ -129,7 +130,7 @@ def write_module(result: CompileResult, out_dir: str | Path) -> Path:
 
 def remove_stale_siblings(out: Path) -> list[Path]:
     """Remove what killed writes of a module to OUT left beside it (`files.remove_stale_siblings`)."""
-    return _remove_stale_siblings(out, MODULE_FILES)
+    return _remove_stale_siblings(out, MODULE_FILES | {BUILD_WORKSPACE})
 
 
 def _os_reason(err: OSError) -> str:

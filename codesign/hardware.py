@@ -33,10 +33,14 @@ class CoreGeometry:
     def for_layer_weights(self, weight_bits: int | None):
         """The core as a layer with narrower weights uses it (int4 packs two weights per byte, so
         the weight buffer holds more); itself for None or the core's own width. Energy and area
-        figures stay the core's: it computes narrow weights on its own MACs."""
+        figures stay the core's: it computes narrow weights on its own MACs. The one home of
+        this rule: lowering, the simulators and the manifest check all ask it."""
         if weight_bits is None or weight_bits >= self.weight_bits:
             return self
-        return dataclasses.replace(self, weight_bits=weight_bits)
+        return self._with_weight_bits(weight_bits)
+
+    def _with_weight_bits(self, weight_bits: int):
+        return dataclasses.replace(self, weight_bits=weight_bits)  # a plain core (no prices to keep)
 
     # Bytes of one scratchpad element: the unit a GEMM micro-op reads or writes.
     @property
@@ -109,13 +113,42 @@ class HardwareSpec(CoreGeometry):
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_document(self) -> dict:
+        """The description as `hardware_from_dict` reads it: name and [sections], every field."""
+        return _document(self.to_dict())
+
     def to_toml(self) -> str:
-        """The description as a TOML file that `load_hardware` reads back to an equal spec (written by
-        tomli-w, so any name, quotes and newlines included, stays one quoted string)."""
-        doc: dict = {"name": self.name}
-        for field in FIELDS:
-            doc.setdefault(field.section, {})[field.key] = _toml_value(getattr(self, field.attr))
-        return tomli_w.dumps(doc)
+        """The description as a TOML file that `load_hardware` reads back to an equal spec, every
+        float exactly (written by tomli-w, so any name, quotes and newlines included, stays one
+        quoted string)."""
+        return tomli_w.dumps(self.to_document())
+
+    def with_changes(self, **changes) -> HardwareSpec:
+        """The ONE way to derive a spec: these fields changed, then validated like a loaded file
+        (an invalid change raises the HardwareError loading such a TOML raises). Derived fields
+        follow the change: a price that was the default for the old sizes (energy, area,
+        leakage) is re-derived for the new ones, and turning the ALU multiplier on or off sets
+        its width (`alu_multiplier_bits_for`) unless given. Prices set by hand stay."""
+        old = self.to_dict()
+        unknown = sorted(set(changes) - set(old))
+        if unknown:
+            raise TypeError(f"HardwareSpec has no field {', '.join(unknown)}")
+        values = {**old, **changes}
+        if "alu_has_multiplier" in changes and "alu_multiplier_bits" not in changes:
+            has_multiplier = values["alu_has_multiplier"]
+            values["alu_multiplier_bits"] = alu_multiplier_bits_for(has_multiplier, self.alu_multiplier_bits)
+        for attr in _derived_defaults(old):
+            if attr not in changes:
+                del values[attr]  # derived again from the new values
+        changed = ", ".join(k for k, v in changes.items() if old[k] != v and k != "name") or "no change"
+        return hardware_from_dict(_document(values), f"{self.name} ({changed})")
+
+    def prices(self) -> dict:
+        """The energy and area figures, by field."""
+        return {f.attr: getattr(self, f.attr) for f in FIELDS if f.section in ("energy", "area")}
+
+    def _with_weight_bits(self, weight_bits: int) -> HardwareSpec:
+        return self.with_changes(weight_bits=weight_bits, **self.prices())
 
     def fingerprint(self) -> str:
         """sha256 of every field but the name: the identity a compiled module is checked against."""
@@ -123,8 +156,27 @@ class HardwareSpec(CoreGeometry):
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def _toml_value(value):
-    return round(value, 6) if isinstance(value, float) else value
+def _document(values: dict) -> dict:
+    """Field values by attribute (any may be missing) -> name and [sections], as files spell them."""
+    doc: dict = {"name": values["name"]}
+    for field in FIELDS:
+        if field.attr in values:
+            doc.setdefault(field.section, {})[field.key] = values[field.attr]
+    return doc
+
+
+def _derived_defaults(values: dict) -> list[str]:
+    """The fields holding the default derived from the other values (prices not set by hand)."""
+    return [f.attr for f in FIELDS if f.default is not None and values[f.attr] == f.default(values)]
+
+
+DEFAULT_MULTIPLIER_BITS = 8  # VTA's ALU MUL takes an 8-bit operand
+
+
+def alu_multiplier_bits_for(has_multiplier: bool, current_bits: int) -> int:
+    """The multiplier width of an ALU turned on or off: a shift-only ALU has none; one with a
+    multiplier keeps the current width, or VTA's 8 bits if it had none."""
+    return (current_bits or DEFAULT_MULTIPLIER_BITS) if has_multiplier else 0
 
 
 def _power_of_two(low: int, high: int):

@@ -1,10 +1,10 @@
 """Stage 4, lowering: QuantizedGraph + hardware -> Relax module (LoweredModel).
 
 GEMM layers placed on the accelerator become `call_tir` to the packed, tensorized kernels of
-`schedules/` (one tiling per layer, chosen by the tile rule and checked against the
+`schedules/` (one tiling per layer, chosen by `schedules.mapper` and checked against the
 description's scratchpads); the host packs and unpacks their operands. Host integer ops are
-TE functions with the same formulas as `codesign.reference`; float host ops keep their
-original Relax op.
+TE functions with the same formulas as `codesign.reference` (and the kernels' requantization);
+float host ops keep their original Relax op.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from codesign.compression import CompressionConfig
 from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
 from codesign.graph import channel_axis
+from codesign.host_work import node_work
 from codesign.importer import ImportedModel
 from codesign.plan import LayerPlan, requant_alu_ops
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
 from codesign.schedules.layer import ConvShape
+from codesign.schedules.mapper import select_tiling
 from codesign.schedules.packed_conv2d import (
     check_footprint,
     kernel_buffer_shapes,
@@ -34,12 +36,11 @@ from codesign.schedules.packed_conv2d import (
     pack_weight_numpy,
     packed_conv2d_func,
     requantize_expr,
+    rescale_expr,
     schedule_packed_conv2d,
     unpack_output_te,
 )
 from codesign.schedules.tiling import TilingError, tile_footprint
-from codesign.simulator.design_sweep import select_tiling
-from codesign.simulator.host import node_work
 
 
 @dataclasses.dataclass
@@ -301,19 +302,6 @@ def lower_to_relax(
 # ---- host integer ops: the formulas of codesign.reference, as TE -----------------------------
 
 
-def _requant(value, multiplier, shift, lo, hi):
-    """int64 value -> int8, the same rounding as the accelerator's requantization."""
-    shift64 = tirx.const(int(shift), "int64") if isinstance(shift, (int, np.integer)) else shift.astype("int64")
-    mult64 = (
-        tirx.const(int(multiplier), "int64")
-        if isinstance(multiplier, (int, np.integer))
-        else multiplier.astype("int64")
-    )
-    rounding = tirx.shift_right(tirx.shift_left(tirx.const(1, "int64"), shift64), tirx.const(1, "int64"))
-    scaled = tirx.shift_right(value * mult64 + rounding, shift64)
-    return tirx.max(tirx.min(scaled, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype("int8")
-
-
 def _quantize_te(x: te.Tensor, inv_scale: float) -> te.Tensor:
     def q(*i):
         scaled = tirx.floor(x(*i) * tirx.const(inv_scale, "float32") + tirx.const(0.5, "float32"))
@@ -353,7 +341,7 @@ def _add_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
 
     ma, mb = tirx.const(p["multiplier_a"], "int64"), tirx.const(p["multiplier_b"], "int64")
     total = topi.add(topi.multiply(topi.cast(a, "int64"), ma), topi.multiply(topi.cast(b, "int64"), mb))
-    return te.compute(total.shape, lambda *i: _requant(total(*i), 1, p["shift"], p["lo"], p["hi"]), name="int_add")
+    return te.compute(total.shape, lambda *i: rescale_expr(total(*i), 1, p["shift"], p["lo"], p["hi"]), name="int_add")
 
 
 def _concat_te(parts, p: dict) -> te.Tensor:
@@ -364,7 +352,7 @@ def _concat_te(parts, p: dict) -> te.Tensor:
 
 
 def _rescaled_te(x: te.Tensor, multiplier: int, shift: int) -> te.Tensor:
-    return te.compute(x.shape, lambda *i: _requant(x(*i).astype("int64"), multiplier, shift, INT8_MIN, INT8_MAX))
+    return te.compute(x.shape, lambda *i: rescale_expr(x(*i).astype("int64"), multiplier, shift, INT8_MIN, INT8_MAX))
 
 
 def _multiply_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
@@ -373,7 +361,7 @@ def _multiply_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
     product = topi.multiply(topi.cast(a, "int64"), topi.cast(b, "int64"))
     return te.compute(
         product.shape,
-        lambda *i: _requant(product(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX),
+        lambda *i: rescale_expr(product(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX),
         name="int_multiply",
     )
 
@@ -383,7 +371,9 @@ def _mean_te(x: te.Tensor, p: dict) -> te.Tensor:
 
     total = topi.sum(topi.cast(x, "int64"), axis=list(p["axes"]), keepdims=p["keepdims"])
     return te.compute(
-        total.shape, lambda *i: _requant(total(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX), name="int_mean"
+        total.shape,
+        lambda *i: rescale_expr(total(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX),
+        name="int_mean",
     )
 
 

@@ -124,7 +124,7 @@ def schema() -> dict:
             },
         },
         "host_work": _exactly({"ops": _NUMBER, "bytes": _NUMBER}),
-        "weight_bits": {"type": ["integer", "null"], "minimum": 1, "maximum": 32},
+        "weight_bits": {"enum": [4, 8, None]},  # the widths lowering writes
         "effective_shape": _nullable(conv_shape),
         "schedule": _STRING,
     }

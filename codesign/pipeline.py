@@ -190,11 +190,12 @@ def compile_model(
     compression: CompressionConfig | None = None,
     input_values: dict[str, list[str]] | None = None,
     calibration_method: str = "max",
+    imported: ImportedModel | None = None,  # `model` already imported (with these shapes and values): reused
 ) -> CompileResult:
     seconds = {}
     build_target = target(cpu)
     start = time.perf_counter()
-    imported = import_model(model, input_shapes, input_values, warn)
+    imported = import_model(model, input_shapes, input_values, warn) if imported is None else imported
     seconds["import"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -14,6 +14,7 @@ channel). `codesign.reference` implements the same formula in numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -24,7 +25,7 @@ from tvm import s_tir, te, tirx
 
 from codesign.schedules.gemm_intrin import ACC_SCOPE, GEMM_MARKER, INP_SCOPE, WGT_SCOPE, register_gemm_intrin
 from codesign.schedules.layer import ConvShape
-from codesign.schedules.tiling import TileFootprint, Tiling
+from codesign.schedules.tiling import TileFootprint, Tiling, overflows
 
 SCRATCHPAD_SCOPES = (INP_SCOPE, WGT_SCOPE, ACC_SCOPE)
 
@@ -42,12 +43,23 @@ def kernel_buffer_shapes(shape: ConvShape, hw) -> dict[str, tuple]:
 
 
 def requantize_expr(acc, bias, multiplier, shift, clamp_lo: int, clamp_hi: int):
-    value = acc.astype("int64") + bias.astype("int64")
-    shift64 = shift.astype("int64")
+    """One accumulator with its bias, requantized to int8 (the formula above)."""
+    return rescale_expr(acc.astype("int64") + bias.astype("int64"), multiplier, shift, clamp_lo, clamp_hi)
+
+
+def rescale_expr(value, multiplier, shift, clamp_lo: int, clamp_hi: int):
+    """An int64 value -> int8: clamp((value * multiplier + round) >> shift), round = (1 << shift) >> 1.
+    The one TIR of codesign's requantization (host integer ops use it too); `multiplier` and
+    `shift` are expressions or Python integers."""
+    shift64, multiplier64 = _int64(shift), _int64(multiplier)
     rounding = tirx.shift_right(tirx.shift_left(tirx.const(1, "int64"), shift64), tirx.const(1, "int64"))
-    scaled = tirx.shift_right(value * multiplier.astype("int64") + rounding, shift64)
+    scaled = tirx.shift_right(value * multiplier64 + rounding, shift64)
     clamped = tirx.max(tirx.min(scaled, tirx.const(clamp_hi, "int64")), tirx.const(clamp_lo, "int64"))
     return clamped.astype("int8")
+
+
+def _int64(value):
+    return tirx.const(int(value), "int64") if isinstance(value, (int, np.integer)) else value.astype("int64")
 
 
 def packed_conv2d_func(shape: ConvShape, hw, clamp_lo: int, clamp_hi: int) -> tirx.PrimFunc:
@@ -161,19 +173,11 @@ def measured_footprint(scheduled: tirx.PrimFunc, hw) -> dict[str, int]:
 
 
 def check_footprint(used: dict[str, int], footprint: TileFootprint, hw, virtual_threads: int = 1) -> list[str]:
-    """Scopes whose measured bytes (times the virtual threads) exceed the capacity."""
-    capacity = {INP_SCOPE: hw.inp_buffer_bytes, WGT_SCOPE: hw.wgt_buffer_bytes, ACC_SCOPE: hw.acc_buffer_bytes}
-    threads = f" ({virtual_threads} virtual threads)" if virtual_threads > 1 else ""
-    problems = [
-        f"{scope} needs {used[scope] * virtual_threads} bytes{threads}, has {capacity[scope]}"
-        for scope in SCRATCHPAD_SCOPES
-        if used[scope] * virtual_threads > capacity[scope]
-    ]
-    if footprint.uop_bytes * virtual_threads > hw.uop_buffer_bytes:
-        problems.append(
-            f"micro-op buffer needs {footprint.uop_bytes * virtual_threads} bytes{threads}, has {hw.uop_buffer_bytes}"
-        )
-    return problems
+    """Scratchpads the measured bytes (times the virtual threads) do not fit, one phrase each."""
+    measured = dataclasses.replace(
+        footprint, inp_bytes=used[INP_SCOPE], wgt_bytes=used[WGT_SCOPE], acc_bytes=used[ACC_SCOPE]
+    )
+    return overflows(measured, hw, virtual_threads)
 
 
 # ---- host-side layout transforms (run on the CPU, like VTA's packing) -----------------------

@@ -1,14 +1,17 @@
-"""The tile-size rule: the tiling that fits the scratchpads with the least DRAM traffic.
+"""What a tiling is and what one tile occupies: tile extents, the scratchpad footprint, whether
+it fits a description's scratchpads, and the micro-op kernels it needs.
 
 Loop nest (outer to inner): groups, batch tiles, output-channel tiles, row tiles, column
 tiles, input-channel tiles; input and weight tiles are loaded at the input-channel tile level,
 the accumulator tile lives across it and is requantized and stored once per output tile.
+Which tiling a layer gets is the choice of `mapper`; where its tiles lie is `tile_geometry`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
+import operator
 
 import numpy as np
 
@@ -94,90 +97,30 @@ def tile_footprint(shape: ConvShape, tiling: Tiling, hw) -> TileFootprint:
     )
 
 
-def fits(footprint: TileFootprint, hw, virtual_threads: int = 1) -> bool:
-    return (
-        footprint.inp_bytes * virtual_threads <= hw.inp_buffer_bytes
-        and footprint.wgt_bytes * virtual_threads <= hw.wgt_buffer_bytes
-        and footprint.acc_bytes * virtual_threads <= hw.acc_buffer_bytes
-        and footprint.uop_bytes * virtual_threads <= hw.uop_buffer_bytes
-    )
+# (name, footprint field, capacity field of the description) of every scratchpad.
+SCRATCHPADS = (
+    ("input", "inp_bytes", "inp_buffer_bytes"),
+    ("weight", "wgt_bytes", "wgt_buffer_bytes"),
+    ("accumulator", "acc_bytes", "acc_buffer_bytes"),
+    ("micro-op", "uop_bytes", "uop_buffer_bytes"),
+)
 
 
-def dram_traffic_bytes(shape: ConvShape, tiling: Tiling, hw) -> int:
-    """Bytes moved between DRAM and the scratchpads for the whole layer under this tiling."""
-    packed = shape.blocks(hw)
-    fp = tile_footprint(shape, tiling, hw)
-    tiles = _output_tiles(shape, tiling, hw) * (packed.ci_blocks // tiling.ci_tile)  # with their input steps
-    out_bytes = shape.groups * packed.n_blocks * packed.co_blocks * shape.out_h * shape.out_w * hw.out_elem_bytes
-    return tiles * (fp.inp_bytes + fp.wgt_bytes) + out_bytes
+def _needs(footprint: TileFootprint, hw, virtual_threads):
+    """(scratchpad, bytes needed, capacity): each virtual thread has its own space."""
+    return [(name, getattr(footprint, need) * virtual_threads, getattr(hw, have)) for name, need, have in SCRATCHPADS]
 
 
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def fits(footprint: TileFootprint, hw, virtual_threads=1):
+    """Whether the tile fits every scratchpad; elementwise on arrays (footprints, capacities)."""
+    return functools.reduce(operator.and_, (need <= have for _, need, have in _needs(footprint, hw, virtual_threads)))
 
 
-def candidate_tilings(shape: ConvShape, hw):
-    packed = shape.blocks(hw)
-    for n, co, ci, h, w in itertools.product(
-        divisors(packed.n_blocks),
-        divisors(packed.co_blocks),
-        divisors(packed.ci_blocks),
-        divisors(shape.out_h),
-        divisors(shape.out_w),
-    ):
-        yield Tiling(n, co, ci, h, w)
-
-
-def choose_tiling(shape: ConvShape, hw, virtual_threads: int | None = None) -> Tiling:
-    """Least DRAM traffic among tilings that fit; ties go to bigger tiles (fewer instructions).
-
-    Without a given thread count, double buffering (2 virtual threads) is preferred when some
-    tiling fits with it and the layer has at least two output tiles to alternate between.
-    """
-    if virtual_threads is None:
-        double = _best_tiling(shape, hw, 2)
-        if double is not None and _output_tiles(shape, double, hw) >= 2:
-            return double
-        virtual_threads = 1
-    best = _best_tiling(shape, hw, virtual_threads)
-    if best is None:
-        raise TilingError(_smallest_tile_report(shape, hw, virtual_threads))
-    return best
-
-
-def _output_tiles(shape: ConvShape, tiling: Tiling, hw) -> int:
-    packed = shape.blocks(hw)
-    return (
-        shape.groups
-        * (packed.n_blocks // tiling.n_tile)
-        * (packed.co_blocks // tiling.co_tile)
-        * (shape.out_h // tiling.h_tile)
-        * (shape.out_w // tiling.w_tile)
-    )
-
-
-def _best_tiling(shape: ConvShape, hw, virtual_threads: int) -> Tiling | None:
-    best, best_key = None, None
-    for tiling in candidate_tilings(shape, hw):
-        if not fits(tile_footprint(shape, tiling, hw), hw, virtual_threads):
-            continue
-        tile_volume = tiling.n_tile * tiling.co_tile * tiling.ci_tile * tiling.h_tile * tiling.w_tile
-        key = (dram_traffic_bytes(shape, tiling, hw), -tile_volume, -tiling.w_tile)
-        if best_key is None or key < best_key:
-            best, best_key = tiling, key
-    return None if best is None else dataclasses.replace(best, virtual_threads=virtual_threads)
-
-
-def _smallest_tile_report(shape: ConvShape, hw, virtual_threads: int) -> str:
-    need = tile_footprint(shape, Tiling(1, 1, 1, 1, 1), hw)
-    lacking = [
-        f"{name} buffer needs {need_bytes * vt} bytes, has {have}"
-        for name, need_bytes, have, vt in (
-            ("input", need.inp_bytes, hw.inp_buffer_bytes, virtual_threads),
-            ("weight", need.wgt_bytes, hw.wgt_buffer_bytes, virtual_threads),
-            ("accumulator", need.acc_bytes, hw.acc_buffer_bytes, virtual_threads),
-            ("micro-op", need.uop_bytes, hw.uop_buffer_bytes, 1),
-        )
-        if need_bytes * vt > have
+def overflows(footprint: TileFootprint, hw, virtual_threads: int = 1) -> list[str]:
+    """One phrase per scratchpad the tile does not fit: 'input buffer needs 400 bytes, has 256'."""
+    threads = f" ({virtual_threads} virtual threads)" if virtual_threads > 1 else ""
+    return [
+        f"{name} buffer needs {need} bytes{threads}, has {have}"
+        for name, need, have in _needs(footprint, hw, virtual_threads)
+        if need > have
     ]
-    return f"scratchpad too small for one tile of {shape.describe()}: " + "; ".join(lacking)

@@ -330,7 +330,7 @@ def test_failed_write_keeps_old_module(module_copy, edge_result, vta_default, im
     """A failure while writing the new module (after staging started) leaves OUT as it was."""
 
     class FailingExecutable:
-        def export_library(self, path):
+        def export_library(self, path, **options):
             Path(path).write_bytes(b"partial")
             raise OSError(28, "No space left on device")
 

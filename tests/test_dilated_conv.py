@@ -12,16 +12,17 @@ from test_sim_counters import VTA_TUTORIAL_ALU
 
 from codesign.hardware import load_hardware
 from codesign.reference import conv2d_accumulate, requantize
+from codesign.schedules.cost_model import estimate, layer_features
 from codesign.schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE
 from codesign.schedules.layer import ConvShape
+from codesign.schedules.mapper import choose_tiling
 from codesign.schedules.packed_conv2d import (
     check_footprint,
     measured_footprint,
     packed_conv2d_func,
     schedule_packed_conv2d,
 )
-from codesign.schedules.tiling import Tiling, choose_tiling, fits, kernel_uops, tile_footprint
-from codesign.simulator.analytic import estimate, layer_features
+from codesign.schedules.tiling import Tiling, fits, kernel_uops, tile_footprint
 from codesign.simulator.program import build_program
 from codesign.simulator.schedule_walk import walk_schedule
 

@@ -46,7 +46,7 @@ TUNE_OPTIONS += ["--eval-samples", "30"]
 FOREIGN_TEMP_FILES = {".ses"}
 # A tune's run directory: what `codesign tune` writes there, and nothing else.
 RUN_FILES = {
-    "run.json", "space.toml", "settings.json", "database.jsonl", ".tune.lock", "pareto.json", "designs",
+    "run.json", "space.toml", "settings.json", "database.jsonl", ".tune.lock", "pareto.json", "designs", "front",
     "evaluations.csv", "pareto.csv", "report.html", "report.md",
     *(f"best_{o}.{suffix}" for o in ("latency", "energy", "area", "accuracy") for suffix in ("toml", "json")),
 }  # fmt: skip

@@ -128,9 +128,7 @@ def test_calibration_npy_of_strings(tmp_path):
     np.save(path, np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(ModelError) as err:
         load_samples(path, [IMAGE])
-    assert str(err.value) == (
-        f"{path}: array 'Input3' holds strings, not numbers; input 'Input3' takes float32 values"
-    )
+    assert str(err.value) == (f"{path}: array 'Input3' holds strings, not numbers; input 'Input3' takes float32 values")
 
 
 def test_calibration_npz_with_object_array(tmp_path):

@@ -408,6 +408,7 @@ def test_stale_staging_directories_of_a_dead_process_are_removed(capsys, tmp_pat
 
     removed = [
         sibling(f".out.tmp-{dead}-abcd1234", "module.so", "hardware.toml"),  # killed while writing
+        sibling(f".out.tmp-{dead}-efgh5678", ".build/lib0.o", "module.so"),  # killed while TVM linked
         sibling(f".out.old-{dead}-abcd1234", "module/manifest.json"),  # killed while replacing
         sibling(".out.tmp-a1b2c3d4", "module.so", age=2 * deploy.STALE_SECONDS),  # older codesign, no pid
     ]

@@ -189,7 +189,11 @@ def assert_matches(float_model, quantized_model, rewritten, x):
     expected, quantized, actual = run(float_model, x), run(quantized_model, x), run(rewritten, x)
     assert actual.dtype == np.float32 and actual.shape == expected.shape
     assert cosine(actual, expected) >= 0.999
-    assert cosine(actual, quantized) >= 0.98
+    # The rewrite keeps the quantized weights and computes in float; onnxruntime's quantized
+    # kernels also quantize activations, with an error that varies across its versions (with
+    # 1.32, its dynamic LSTM is further than 0.98 from float). Agree with them to 0.98, or at
+    # least as well as the float model does.
+    assert cosine(actual, quantized) >= min(0.98, cosine(expected, quantized))
 
 
 # ---- tests ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from conftest import TEST_MODELS
 
 from codesign.cli import main
 from codesign.deploy import read_manifest
+from codesign.design import Design
 from codesign.plan import LayerPlan
 from codesign.report.design_sim import simulate_run_designs
 from codesign.report.run_data import load_run
@@ -94,6 +96,11 @@ def test_a_pareto_command_compiles_the_design_it_lists(tuned_run, tmp_path, monk
     record = run.front[0]
     summary = (tuned_run / "report.md").read_text()
     command = re.search(rf"`(codesign compile [^`]*-o eval_{record.index})`", summary).group(1)
+    assert f"--design {tuned_run}/designs/eval_{record.index}.json" in command
+    # The report wrote over none of the tune's design files: each is still a whole design.
+    files = sorted((tuned_run / "designs").iterdir())
+    assert [f.name for f in files] == sorted(f"eval_{r.index}.json" for r in run.records if r.design is not None)
+    assert all(Design.load(f).hardware.fingerprint() for f in files)
     monkeypatch.chdir(tmp_path)
     assert main(shlex.split(command)[1:]) == 0
     module = tmp_path / f"eval_{record.index}"
@@ -165,3 +172,47 @@ def test_report_of_a_run_without_a_feasible_design(tuned_run, tmp_path):
     page = (copy / "report.html").read_text()
     assert "No feasible evaluation yet." in page and "the run has no feasible design" in page
     assert read_csv(copy / "pareto.csv") == [] and len(read_csv(copy / "evaluations.csv")) == 16
+
+
+def per_layer_sections(summary: str) -> list[str]:
+    return [part for part in summary.split("\n## ") if part.startswith("Per-layer breakdown")]
+
+
+def test_the_persisted_front_equals_the_designs_simulated_again(tuned_run, tmp_path):
+    """The tune writes its best designs per layer to RUN/front/; the report reads them, and they
+    are what importing, calibrating and lowering each design again (an older run's path) gives."""
+    run = load_run(tuned_run)
+    assert all((tuned_run / "front" / f"eval_{r.index}.json").exists() for r in run.best.values())
+    persisted, why_not = simulate_run_designs(run)
+    older = tmp_path / "older_run"  # the same run without front/, as an older codesign wrote it
+    older.mkdir()
+    for name in ("database.jsonl", "space.toml", "settings.json"):
+        shutil.copy(tuned_run / name, older / name)
+    simulated_again, why_not_again = simulate_run_designs(load_run(older))
+    assert why_not is None and why_not_again is None and persisted
+    assert [d.label for d in persisted] == [d.label for d in simulated_again]
+    assert [d.simulation.to_dict() for d in persisted] == [d.simulation.to_dict() for d in simulated_again]
+    assert main(["report", str(older)]) == 0
+    sections = per_layer_sections((tuned_run / "report.md").read_text())
+    assert sections and sections == per_layer_sections((older / "report.md").read_text())
+
+
+def test_report_of_a_run_with_its_front_neither_imports_nor_compiles_the_model(tuned_run, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(tuned_run, copy)
+    (copy / "report.md").unlink()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report imported or compiled the model")
+
+    stages = ("import_onnx", "import_model", "compile_model", "plan_model", "quantize_model", "lower_to_relax")
+    for name, module in list(sys.modules.items()):
+        for stage in stages:
+            if name.startswith("codesign") and hasattr(module, stage):
+                monkeypatch.setattr(module, stage, refuse)
+    assert main(["report", str(copy)]) == 0
+    summary = (copy / "report.md").read_text()
+    labels = {f"Per-layer breakdown: {d.label}" for d in simulate_run_designs(load_run(copy))[0]}
+    assert labels and {section.split("\n")[0] for section in per_layer_sections(summary)} == labels
+    assert per_layer_sections(summary) == per_layer_sections((tuned_run / "report.md").read_text())
+    assert 'id="layer-stages"' in (copy / "report.html").read_text()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
-from codesign.hardware import load_hardware
+from codesign.hardware import load_hardware, preset_names
 from codesign.plan import AluOp
 from codesign.schedules.layer import ConvShape
+from codesign.schedules.mapper import choose_tiling
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
-from codesign.schedules.tiling import Tiling, choose_tiling, kernel_uops
-from codesign.simulator.program import build_program
+from codesign.schedules.tile_geometry import input_windows_inside, tile_counts, tile_geometry
+from codesign.schedules.tiling import Tiling, kernel_uops
+from codesign.simulator.program import LayerProgram, build_program
 from codesign.simulator.schedule_walk import walk_schedule
 
 VTA = load_hardware("vta_default")
@@ -21,7 +26,28 @@ def counters_for(shape: ConvShape, tiling: Tiling, alu_ops) -> dict[str, int]:
     scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, VTA, 0, 127), tiling, VTA)
     facts = walk_schedule(scheduled)
     assert facts.tiling(tiling.virtual_threads) == tiling
-    return build_program(shape, facts, VTA, alu_ops, tiling.virtual_threads).counters()
+    program = build_program(shape, facts, VTA, alu_ops, tiling.virtual_threads)
+    assert instruction_tally(program) == program.counters()
+    return program.counters()
+
+
+def instruction_tally(program: LayerProgram) -> dict[str, int]:
+    """The counters as fsim counts them: bytes of every load and store, GEMM micro-ops and ALU
+    vector ops of every instruction (reset GEMMs not counted)."""
+    kinds = {
+        "LOAD_INP": "inp_load_nbytes",
+        "LOAD_WGT": "wgt_load_nbytes",
+        "LOAD_ACC": "acc_load_nbytes",
+        "LOAD_UOP": "uop_load_nbytes",
+        "STORE": "out_store_nbytes",
+        "GEMM": "gemm_counter",
+        "ALU": "alu_counter",
+    }
+    totals = dict.fromkeys(kinds.values(), 0)
+    for ins in program.instructions:
+        if ins.kind in kinds:
+            totals[kinds[ins.kind]] += ins.iterations if ins.kind in ("GEMM", "ALU") else ins.nbytes
+    return totals
 
 
 def test_matrix_multiply_tutorial():
@@ -74,15 +100,15 @@ def test_kernel_compression_keeps_two_affine_loops():
     assert kernel_uops((1, 1, 1, 1)) == 1
 
 
-@pytest.mark.parametrize(
-    "shape",
-    [
-        ConvShape(1, 1, 64, 64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1),
-        ConvShape(1, 1, 3, 64, 224, 224, 7, 7, 2, 2, 3, 3, 3, 3),
-        ConvShape(1, 2, 40, 24, 9, 13, 5, 3, 2, 1, 2, 0, 1, 1),
-        ConvShape.dense(16, 64, 64, groups=4),
-    ],
-)
+GEOMETRY_SHAPES = [
+    ConvShape(1, 1, 64, 64, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1),
+    ConvShape(1, 1, 3, 64, 224, 224, 7, 7, 2, 2, 3, 3, 3, 3),
+    ConvShape(1, 2, 40, 24, 9, 13, 5, 3, 2, 1, 2, 0, 1, 1),
+    ConvShape.dense(16, 64, 64, groups=4),
+]
+
+
+@pytest.mark.parametrize("shape", GEOMETRY_SHAPES)
 def test_walked_counters_agree_with_the_geometry(shape):
     """Bytes and operations from the TIR walk equal what the tiling implies."""
     hw = load_hardware("batched_4x16x16") if shape.batch > 1 else VTA
@@ -90,7 +116,9 @@ def test_walked_counters_agree_with_the_geometry(shape):
     scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, 0, 127), tiling, hw)
     facts = walk_schedule(scheduled)
     assert facts.tiling(tiling.virtual_threads) == tiling
-    counters = build_program(shape, facts, hw, VTA_TUTORIAL_ALU, tiling.virtual_threads).counters()
+    program = build_program(shape, facts, hw, VTA_TUTORIAL_ALU, tiling.virtual_threads)
+    counters = program.counters()
+    assert instruction_tally(program) == counters
     packed = shape.blocks(hw)
     out_elements = shape.groups * packed.n_blocks * packed.co_blocks * shape.out_h * shape.out_w
     assert counters["gemm_counter"] == facts.gemm_uops  # every micro-op in the TIR, counted once
@@ -121,3 +149,48 @@ def test_convolution_opt_transfer_shapes_and_padding_on_load():
     assert weights == {(8, 9)}
     stores = [i for i in program.instructions if i.kind == "STORE"]
     assert {(i.y_size, i.x_size, i.transfers) for i in stores} == {(7, 14, 8)}
+
+
+def several_tiles(shape: ConvShape, hw) -> Tiling:
+    """The smallest blocks, and rows and columns split in two or more tiles where they can be."""
+
+    def split(n: int) -> int:
+        return max((d for d in range(1, n) if n % d == 0), default=1)
+
+    return Tiling(1, 1, 1, split(shape.out_h), split(shape.out_w))
+
+
+@pytest.mark.parametrize("shape", [*GEOMETRY_SHAPES, ConvShape(1, 1, 32, 32, 17, 17, 3, 3, 1, 1, 4, 4, 4, 4, 4, 4)])
+@pytest.mark.parametrize("preset", preset_names())
+def test_the_walked_schedule_has_the_shared_tile_geometry(shape, preset):
+    """The TIR walk (the kernel as it runs) and tile_geometry (from the tiling) agree."""
+    hw = load_hardware(preset)
+    double = dataclasses.replace(several_tiles(shape, hw), virtual_threads=2)
+    for tiling in (choose_tiling(shape, hw), several_tiles(shape, hw), double):
+        walked = walk_schedule(schedule_packed_conv2d(packed_conv2d_func(shape, hw, 0, 127), tiling, hw))
+        geometry = tile_geometry(shape, tiling, hw)
+        assert geometry.same_tiles(walked), (walked, geometry)
+        assert walked.gemm_uops == geometry.tiles * geometry.steps * math.prod(geometry.gemm_loops)
+
+
+@pytest.mark.parametrize("shape", [*GEOMETRY_SHAPES, ConvShape(1, 1, 8, 8, 12, 10, 3, 5, 2, 1, 1, 0, 2, 3, 3, 2)])
+def test_input_windows_inside_count_the_pixels_each_tile_reads(shape):
+    """Each tile loads its window from the first to the last input row (column) its outputs read,
+    the part inside the input."""
+    hw = load_hardware("batched_4x16x16")
+    tiling = several_tiles(shape, hw)
+
+    def inside(first_output: int, outputs: int, stride: int, kernel: int, dilation: int, pad: int, size: int):
+        read = [(first_output + o) * stride + k * dilation - pad for o in range(outputs) for k in range(kernel)]
+        return len(set(range(min(read), max(read) + 1)) & set(range(size)))
+
+    expected = [
+        (
+            inside(y0, tiling.h_tile, shape.stride_h, shape.kernel_h, shape.dilation_h, shape.pad_top, shape.in_h),
+            inside(x0, tiling.w_tile, shape.stride_w, shape.kernel_w, shape.dilation_w, shape.pad_left, shape.in_w),
+        )
+        for y0 in range(0, shape.out_h, tiling.h_tile)
+        for x0 in range(0, shape.out_w, tiling.w_tile)
+    ]
+    channel_tiles = tile_counts(shape, tiling, hw).channel_tiles
+    assert input_windows_inside(shape, tiling, hw) == expected * channel_tiles

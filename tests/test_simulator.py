@@ -20,10 +20,11 @@ from codesign.importer import import_onnx
 from codesign.lowering import lower_to_relax
 from codesign.pipeline import compile_model, quantize_model
 from codesign.plan import LayerPlan, requant_alu_ops
+from codesign.schedules.cost_model import estimate, layer_features, stack_features
 from codesign.schedules.layer import ConvShape
+from codesign.schedules.mapper import choose_tiling
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
-from codesign.schedules.tiling import Tiling, TilingError, choose_tiling
-from codesign.simulator.analytic import estimate, layer_features, stack_features
+from codesign.schedules.tiling import Tiling, TilingError
 from codesign.simulator.energy import layer_energy_pj
 from codesign.simulator.event_sim import simulate_program
 from codesign.simulator.host import host_seconds

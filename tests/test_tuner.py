@@ -23,6 +23,7 @@ from codesign.tuner.tune import pareto_records, run_tuning
 
 SPACE = Path(__file__).parent / "spaces" / "tiny.toml"
 MNIST = Path(__file__).resolve().parent.parent / "codesign" / "data" / "mnist-8.onnx"
+NO_COMPRESSION = {"weight_bits": {}, "prune": {}, "schedule": "auto"}  # int8, nothing pruned
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,24 @@ def test_database_survives_a_line_cut_by_a_kill(tmp_path):
     reopened = Database(tmp_path / "db.jsonl")
     reopened.append(Record(2, 0, {"a": 2}, False, {}, {}, "too big", 0.1, 0, "random"))
     assert [r.index for r in reopened.load()] == [0, 2]
+
+
+def test_records_without_a_design_still_load_and_a_design_round_trips(tmp_path):
+    from codesign.design import Design
+
+    path = tmp_path / "db.jsonl"
+    old = Record(0, 0, {"a": 1}, True, {"latency": 1.0}, {"latency": 1.0}, None, 0.1, 0, "random")
+    line = json.loads(old.to_json())
+    del line["design"]  # a database written before records held designs
+    space = load_space(SPACE)
+    design = space.design(space.sample(np.random.default_rng(1)), ["conv2d_0", "matmul_0"])
+    new = Record(1, 0, {"a": 2}, True, {"latency": 2.0}, {"latency": 2.0}, None, 0.1, 0, "random", design.to_dict())
+    path.write_text(json.dumps(line) + "\n" + new.to_json() + "\n")
+    loaded = Database(path).load()
+    assert loaded[0].design is None and Design.from_dict(loaded[1].design) == design
+    path.write_text(new.to_json().replace('"design": {', '"design": 3, "x": {') + "\n")
+    with pytest.raises(UsageError, match="line 1: 'design' = 3 must be an object or null"):
+        Database(path).load()
 
 
 def test_same_seed_same_run_and_strategies_propose_unseen_configs(tmp_path, serial):
@@ -215,6 +234,43 @@ def test_best_design_files_compile_to_what_the_tuner_measured(tmp_path, serial):
     assert totals["latency_seconds"] == pytest.approx(record.metrics["latency"], rel=1e-6)
     assert totals["energy_joules"] == pytest.approx(record.metrics["energy"], rel=1e-6)
     assert totals["area_mm2"] == pytest.approx(record.metrics["area"], rel=1e-9)
+
+
+def test_a_recorded_design_compiles_and_simulates_to_what_the_tuner_measured(tmp_path, serial, capsys):
+    """`compile --design RUN/designs/eval_N.json` reproduces evaluation N: its hardware (manifest
+    fingerprint), compression and schedule; simulating the module with the tuner's cycle model
+    (analytic, as the evaluator's) gives the latency recorded."""
+    from codesign.cli import main
+    from codesign.deploy import read_manifest
+    from codesign.design import Design
+    from codesign.tuner.tune import write_outputs
+
+    space, layers = load_space(SPACE), serial.evaluator.layers
+    run_tuning(space, RandomSearch(), Database(tmp_path / "db.jsonl"), serial, 8, 4, seed=11, layers=layers)
+    records = Database(tmp_path / "db.jsonl").load()  # the designs as the database holds them
+    for record in records:
+        assert record.design == space.design(record.config, layers, name=f"eval_{record.index}").to_dict()
+    write_outputs(tmp_path, space, records, layers)
+    assert sorted(p.name for p in (tmp_path / "designs").iterdir()) == sorted(f"eval_{r.index}.json" for r in records)
+    compressed = [r for r in records if r.feasible and r.design["compression"] != NO_COMPRESSION]
+    record = compressed[0]  # int4 or pruned layers: the compression must reach the module
+    design_file = tmp_path / "designs" / f"eval_{record.index}.json"
+    design = Design.load(design_file)
+    assert design.to_dict() == record.design and design.schedule == "auto"
+
+    out, calibration = tmp_path / "module", serial.evaluator.calibration
+    compile_args = ["compile", str(MNIST), "--design", str(design_file), "--calibration", str(calibration)]
+    assert main([*compile_args, "-o", str(out)]) == 0
+    manifest = read_manifest(out)
+    assert manifest["hardware"]["sha256"] == design.hardware.fingerprint()
+    assert manifest["compression"] == design.compression.to_dict()
+    latencies = []
+    for target, extra in ((out, []), (MNIST, ["--design", str(design_file), "--calibration", str(calibration)])):
+        sim = tmp_path / f"sim{len(latencies)}.json"
+        assert main(["simulate", str(target), *extra, "--model", "analytic", "--json", str(sim)]) == 0
+        latencies.append(json.loads(sim.read_text())["totals"]["latency_seconds"])
+    assert latencies == pytest.approx([record.metrics["latency"]] * 2, rel=1e-9)
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,14 +15,16 @@ from codesign.report.markdown import design_markdown, run_markdown
 from codesign.report.pages import design_page, run_page
 from codesign.report.run_data import RunData, load_run
 from codesign.report.tables import LAYER_HEADER, evaluation_header, evaluation_row, layer_rows
+from codesign.tuner.tune import record_design, write_design_files
 
 
 def write_run_report(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> RunData:
-    """RUN/report.html, report.md, evaluations.csv, pareto.csv and designs/ for every Pareto
-    and best design (the files its `codesign compile` command names); `warn` gets the
-    database's warnings (default: printed to stderr)."""
+    """RUN/report.html, report.md, evaluations.csv and pareto.csv (and, for a run from before
+    designs were recorded, designs/eval_N.json of the Pareto and best designs, which its
+    `codesign compile --design` commands name); `warn` gets the database's warnings (default:
+    printed to stderr)."""
     run = load_run(run_dir, warn)
-    write_design_files(run)
+    write_missing_design_files(run)
     designs, why_not = simulate_run_designs(run)
     header = evaluation_header(run)
     write_text(run.run_dir / "evaluations.csv", _csv(header, [evaluation_row(run, r) for r in run.records]))
@@ -33,18 +34,16 @@ def write_run_report(run_dir: str | Path, warn: Callable[[str], None] | None = N
     return run
 
 
-def write_design_files(run: RunData) -> None:
+def write_missing_design_files(run: RunData) -> None:
+    """designs/eval_N.json of the Pareto and best designs, for a run whose tune did not write them
+    (codesign before designs were recorded): the files the report's `compile --design` commands name."""
     records = {r.index: r for r in [*run.front, *run.best.values()]}
+    missing = {i: r for i, r in records.items() if not run.design_path(r).exists()}
     model = run.settings.get("model")
-    if not records or not model or not Path(model).exists():
+    if not missing or not model or not Path(model).exists():  # its GEMM layers come from the model
         return
-    (run.run_dir / "designs").mkdir(exist_ok=True)
-    for record in records.values():
-        hw = run.space.hardware(record.config, name=f"eval_{record.index}")
-        header = f"# codesign tune: evaluation {record.index} of {run.run_dir}\n"
-        write_text(run.design_path(record, ".toml"), header + hw.to_toml())
-        compression = run.space.compression(record.config, run.layer_names)
-        write_text(run.design_path(record, ".json"), json.dumps(compression.to_dict(), indent=2) + "\n")
+    designs = {i: d for i, r in missing.items() if (d := record_design(run.space, r, run.layer_names)) is not None}
+    write_design_files(run.run_dir, designs)
 
 
 def write_design_report(out_dir: str | Path, design: SimulatedDesign, context: list[tuple[str, str]]) -> Path:

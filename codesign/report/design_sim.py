@@ -1,5 +1,11 @@
-"""Simulated designs for the reports: a run's best designs simulated layer by layer the way the
-tuner evaluated them (analytic cycle model, tuned schedules), or one compiled design."""
+"""Simulated designs for the reports: a run's best designs layer by layer the way the tuner
+evaluated them (analytic cycle model, tuned schedules), or one compiled design.
+
+A run's designs are read from RUN/front/, which the tune wrote from the plans it held
+(`codesign.tuner.front`). For a run without those files (written by an older codesign, or
+interrupted before it ended), a design is simulated again the old way: the model imported,
+calibrated on the run's data and lowered for the design.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from codesign.hardware import HardwareSpec
 from codesign.pipeline import plan_model
 from codesign.report.run_data import RunData
 from codesign.simulator.simulate import SimulationReport, simulate_plans
+from codesign.tuner.database import Record
+from codesign.tuner.front import CYCLE_MODEL, read_front_simulation
 
 DEFAULT_CALIBRATION_SAMPLES = 64  # what the tuner's evaluator calibrates on
 
@@ -27,27 +35,43 @@ def simulate_run_designs(run: RunData) -> tuple[list[SimulatedDesign], str | Non
     layer with the analytic model the tuner used; or no designs and why not."""
     if not run.best:
         return [], "the run has no feasible design"
-    settings = run.settings
-    model, data = settings.get("model"), settings.get("data")
-    for what, path in (("model", model), ("data", data)):
-        if not path or not Path(path).exists():
-            return [], f"the run's {what} file ({path or 'not recorded'}) is not available"
-    samples = settings.get("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
     objectives_of: dict[int, list[str]] = {}
     for objective, record in run.best.items():
         objectives_of.setdefault(record.index, []).append(objective)
     records = {r.index: r for r in run.best.values()}
+    persisted = {index: read_front_simulation(run.run_dir, records[index]) for index in objectives_of}
+    missing = [records[index] for index, simulation in persisted.items() if simulation is None]
+    simulated_again, why_not = _simulate_again(run, missing)
+    if why_not is not None:
+        return [], why_not
     designs = []
+    for index, objectives in objectives_of.items():
+        hw = run.space.hardware(records[index].config, name=f"eval_{index}")
+        label = f"best {', '.join(objectives)} (evaluation {index})"
+        designs.append(SimulatedDesign(label, hw, persisted[index] or simulated_again[index]))
+    return designs, None
+
+
+def _simulate_again(run: RunData, records: list[Record]) -> tuple[dict[int, SimulationReport], str | None]:
+    """Designs the run did not persist, simulated from the model (imported, calibrated on the
+    run's data and lowered for each design); or none and why not."""
+    if not records:
+        return {}, None
+    settings = run.settings
+    model, data = settings.get("model"), settings.get("data")
+    for what, path in (("model", model), ("data", data)):
+        if not path or not Path(path).exists():
+            return {}, f"the run's {what} file ({path or 'not recorded'}) is not available"
+    samples = settings.get("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
+    simulations = {}
     try:
-        for index, objectives in objectives_of.items():
-            config = records[index].config
-            hw = run.space.hardware(config, name=f"eval_{index}")
-            compression = run.space.compression(config, run.layer_names)
+        for record in records:
+            hw = run.space.hardware(record.config, name=f"eval_{record.index}")
+            compression = run.space.compression(record.config, run.layer_names)
             plans = plan_model(
                 model, hw, run.input_shapes, data, samples, lambda m: None, compression, run.input_values
             )
-            label = f"best {', '.join(objectives)} (evaluation {index})"
-            designs.append(SimulatedDesign(label, hw, simulate_plans(plans, hw, "analytic")))
+            simulations[record.index] = simulate_plans(plans, hw, CYCLE_MODEL)
     except CodesignError as err:
-        return [], f"simulating the best designs failed: {err}"
-    return designs, None
+        return {}, f"simulating the best designs failed: {err}"
+    return simulations, None

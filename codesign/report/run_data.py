@@ -11,9 +11,10 @@ from pathlib import Path
 from codesign.errors import UsageError
 from codesign.files import reading
 from codesign.tuner.database import Database, Record
+from codesign.tuner.front import read_front_layers
 from codesign.tuner.run_files import DATABASE_FILE, SETTINGS_FILE, SPACE_FILE
 from codesign.tuner.space import SearchSpace, load_space
-from codesign.tuner.tune import best_per_objective, pareto_records
+from codesign.tuner.tune import best_per_objective, design_file_name, pareto_records
 
 
 @dataclasses.dataclass
@@ -43,14 +44,18 @@ class RunData:
 
     @functools.cached_property
     def layer_names(self) -> list[str]:
-        """The model's GEMM layers, which compression knobs refer to (imports the model)."""
+        """The model's GEMM layers, which compression knobs refer to: as the tune recorded them in
+        RUN/front/, or (a run without them) from the model, imported again."""
+        recorded = read_front_layers(self.run_dir)
+        if recorded is not None:
+            return recorded
         from codesign.tuner.evaluator import gemm_layer_names
 
         return gemm_layer_names(self.settings["model"], self.input_shapes, self.input_values)
 
-    def design_path(self, record: Record, suffix: str) -> Path:
-        """Where a design's hardware description (.toml) or compression file (.json) is written."""
-        return self.run_dir / "designs" / f"eval_{record.index}{suffix}"
+    def design_path(self, record: Record) -> Path:
+        """The evaluation's design file (`codesign compile --design` reads it)."""
+        return self.run_dir / design_file_name(record.index)
 
 
 def load_run(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> RunData:

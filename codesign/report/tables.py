@@ -35,7 +35,7 @@ def config_lines(run: RunData, config: dict) -> list[str]:
 def compile_command(run: RunData, record: Record) -> str:
     settings = run.settings
     words = ["codesign", "compile", settings.get("model", "MODEL.onnx")]
-    words += ["--hw", str(run.design_path(record, ".toml")), "--compression", str(run.design_path(record, ".json"))]
+    words += ["--design", str(run.design_path(record))]
     if settings.get("data"):
         samples = settings.get("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
         words += ["--calibration", settings["data"], "--calibration-samples", str(samples)]

@@ -5,55 +5,11 @@ An op costs a fixed dispatch overhead plus whichever is longer: its arithmetic a
 
     seconds = overhead + max(ops / (clock * ops_per_cycle), bytes / (clock * bytes_per_cycle))
 
-Work per op: reshapes are free (views); layout and elementwise ops move their inputs and
-outputs and do one to a few operations per element; float ops with transcendental functions
-(softmax, layer norm, GELU ...) count more per element; host convolutions count 2 per MAC.
-Accelerated layers add the host's packing of their input and unpacking of their output.
+The work of each op (operations, bytes) is counted by `codesign.host_work` and recorded in the
+layer plans.
 """
 
 from __future__ import annotations
-
-import math
-
-FREE_OPS = {"reshape", "flatten", "squeeze", "expand_dims"}
-# Arithmetic per output element of float host ops (exp, division and reductions count more).
-FLOAT_OPS_PER_ELEMENT = {"softmax": 12, "layer_norm": 10, "gelu": 12, "sigmoid": 10, "tanh": 10, "exp": 8}
-
-
-def _elements(shape) -> int:
-    return math.prod(shape) if shape else 0
-
-
-def node_work(node, qgraph) -> tuple[float, float]:
-    """(operations, bytes) the host spends on one node of the integer program."""
-    inputs = [qgraph.nodes[i] for i in node.inputs]
-    out = _elements(node.shape)
-    moved = sum(_elements(i.shape) * _itemsize(i.dtype) for i in inputs) + out * _itemsize(node.dtype)
-    op = (
-        node.source.op.rsplit(".", 1)[-1]
-        if node.source is not None and node.op in ("passthrough", "float")
-        else node.op
-    )
-    if node.op in ("conv2d", "matmul") and node.placement == "accel":
-        # Packing the input and unpacking the output: read and write each once.
-        return 0.0, 2.0 * (sum(_elements(i.shape) for i in inputs) + out)
-    if node.op == "conv2d":
-        return 2.0 * out * node.params["weight"][0].size, moved
-    if node.op == "float" and node.source.op == "gemm":  # a layer kept in float (--float-layers)
-        weight = node.source.layer.weight
-        reduction = weight[0].size if node.source.layer.kind == "conv2d" else inputs[0].shape[-1]
-        return 2.0 * out * reduction, moved
-    if op in FREE_OPS:
-        return 0.0, 0.0
-    if op == "max_pool2d":
-        window = math.prod(int(k) for k in node.source.call.attrs.pool_size)
-        return float(out * window), moved
-    per_element = FLOAT_OPS_PER_ELEMENT.get(op, 1 if node.op in ("passthrough", "clamp", "lut") else 3)
-    return float(max(out, sum(_elements(i.shape) for i in inputs)) * per_element), moved
-
-
-def _itemsize(dtype: str) -> int:
-    return 1 if dtype == "int8" else 4
 
 
 def host_seconds(ops: float, nbytes: float, hw) -> float:

@@ -27,10 +27,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from codesign.plan import AluOp
+from codesign.schedules.cost_model import layer_features, vta_counters
 from codesign.schedules.layer import ConvShape
+from codesign.schedules.tile_geometry import TileGeometry, input_windows_inside
 from codesign.schedules.tiling import UOP_BYTES, kernel_uops
-from codesign.simulator.schedule_walk import ScheduleFacts
 
 LOAD, COMPUTE, STORE = "load", "compute", "store"
 
@@ -56,67 +59,39 @@ class LayerProgram:
     macs: int  # useful multiply-accumulates of the layer
     virtual_threads: int
     uop_kernel_sizes: dict[str, int]
+    features: dict[str, np.ndarray]  # the cost model's features of the tiling (arrays of length 1)
 
     def counters(self) -> dict[str, int]:
-        """VTA fsim's counters (reset GEMMs are not counted, as in fsim)."""
-        totals = dict.fromkeys(
-            ["inp_load_nbytes", "wgt_load_nbytes", "acc_load_nbytes", "uop_load_nbytes", "out_store_nbytes"], 0
-        )
-        gemm = alu = 0
-        keys = {
-            "LOAD_INP": "inp_load_nbytes",
-            "LOAD_WGT": "wgt_load_nbytes",
-            "LOAD_ACC": "acc_load_nbytes",
-            "LOAD_UOP": "uop_load_nbytes",
-            "STORE": "out_store_nbytes",
-        }
-        for ins in self.instructions:
-            if ins.kind in keys:
-                totals[keys[ins.kind]] += ins.nbytes
-            elif ins.kind == "GEMM":
-                gemm += ins.iterations
-            elif ins.kind == "ALU":
-                alu += ins.iterations
-        return {**totals, "gemm_counter": gemm, "alu_counter": alu}
+        """VTA fsim's counters (reset GEMMs are not counted, as in fsim), from the one count of
+        the cost model; the instructions move exactly these bytes."""
+        return {key: int(value[0]) for key, value in vta_counters(self.features).items()}
 
     @property
     def dram_bytes(self) -> int:
         return sum(ins.nbytes for ins in self.instructions)
 
 
-def _valid_span(start: int, length: int, size: int) -> int:
-    """How many of the positions start .. start+length-1 fall inside 0 .. size-1."""
-    return max(0, min(start + length, size) - max(start, 0))
-
-
-def _input_windows(shape: ConvShape, facts: ScheduleFacts) -> list[tuple[int, int]]:
-    """(rows, columns) of each output tile's input window that lie inside the input: what its
-    loads transfer; the rest of the padded window is zeros the DMA inserts. The window's extent
-    (dilated, padding included) is the one the schedule walk read from the TIR."""
-    _, _, rows, cols = facts.inp_window
-    _, _, h_tile, w_tile = facts.out_window
-    tiles_h, tiles_w = shape.out_h // h_tile, shape.out_w // w_tile
-    windows = []
-    for tile in range(facts.tiles):
-        y_tile, x_tile = (tile // tiles_w) % tiles_h, tile % tiles_w
-        top = y_tile * h_tile * shape.stride_h - shape.pad_top
-        left = x_tile * w_tile * shape.stride_w - shape.pad_left
-        windows.append((_valid_span(top, rows, shape.in_h), _valid_span(left, cols, shape.in_w)))
-    return windows
-
-
-def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluOp], virtual_threads: int = 1):
-    n_tile, co_tile, h_tile, w_tile = facts.out_window
-    co_w, ci_w, kh, kw = facts.wgt_window
+def build_program(
+    shape: ConvShape, geometry: TileGeometry, hw, alu_ops: list[AluOp], virtual_threads: int = 1
+) -> LayerProgram:
+    """The instruction stream of a layer whose tiles lie as `geometry` says (the tiling's, or
+    the ScheduleFacts the schedule walk read from the TIR)."""
+    tiling = geometry.tiling(virtual_threads)
+    n_tile, co_tile, h_tile, w_tile = geometry.out_window
+    co_w, ci_w, kh, kw = geometry.wgt_window
     acc_elements = n_tile * co_tile * h_tile * w_tile
-    gemm_per_step = math.prod(facts.gemm_loops)
-    kernel_sizes = {"reset": kernel_uops(facts.reset_loops), "gemm": kernel_uops(facts.gemm_loops), "alu": len(alu_ops)}
+    gemm_per_step = math.prod(geometry.gemm_loops)
+    kernel_sizes = {
+        "reset": kernel_uops(geometry.reset_loops),
+        "gemm": kernel_uops(geometry.gemm_loops),
+        "alu": len(alu_ops),
+    }
     uop_bytes = UOP_BYTES * sum(kernel_sizes.values())
     vector_operands = sum(op.vector for op in alu_ops)
-    windows = _input_windows(shape, facts)
-    window_elements = facts.inp_window[2] * facts.inp_window[3]
+    windows = input_windows_inside(shape, tiling, hw)
+    window_elements = geometry.inp_window[2] * geometry.inp_window[3]
     wgt_bytes = co_w * ci_w * kh * kw * hw.wgt_elem_bytes
-    inp_transfers = facts.inp_window[0] * facts.inp_window[1]
+    inp_transfers = geometry.inp_window[0] * geometry.inp_window[1]
 
     program: list[Instruction] = []
 
@@ -138,9 +113,9 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
     uops: dict[int, int] = {}  # per thread: the load of its micro-op kernels
     operands: dict[int, int] = {}  # per thread: the latest load of its ALU operands
     last_alu: dict[int, int] = {}
-    threads = max(1, min(virtual_threads, facts.tiles))
-    for first in range(0, facts.tiles, threads):
-        group = range(first, min(first + threads, facts.tiles))
+    threads = max(1, min(virtual_threads, geometry.tiles))
+    for first in range(0, geometry.tiles, threads):
+        group = range(first, min(first + threads, geometry.tiles))
         for tile in group:
             thread = tile - first
             if tile == thread:  # first tile of this thread: its micro-op kernels
@@ -149,7 +124,7 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
                 )
             deps = [last_store[thread]] if thread in last_store else []
             last_compute[thread] = emit(Instruction("GEMM_RESET", COMPUTE, thread, iterations=acc_elements, deps=deps))
-        for _ in range(facts.steps):
+        for _ in range(geometry.steps):
             loads = {}
             for tile in group:
                 thread = tile - first
@@ -200,4 +175,5 @@ def build_program(shape: ConvShape, facts: ScheduleFacts, hw, alu_ops: list[AluO
                     deps=[last_compute[thread]],
                 )
             )
-    return LayerProgram(program, shape.macs, threads, kernel_sizes)
+    features = layer_features(shape, tiling, hw, alu_ops)
+    return LayerProgram(program, shape.macs, threads, kernel_sizes, features)

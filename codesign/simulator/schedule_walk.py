@@ -1,9 +1,11 @@
 """Read a scheduled packed-conv2d kernel (schedules.packed_conv2d) into ScheduleFacts.
 
-Everything the instruction stream needs about the schedule comes from the TIR: how many output
+Everything the instruction stream needs about the schedule, read from the TIR: how many output
 tiles and reduction steps the loops run, the windows the input and weight loads fill (from the
 load blocks' iteration domains, padding included; a dilated conv's input window spans its
-dilated kernel), and the loop nests of the micro-op kernels.
+dilated kernel), and the loop nests of the micro-op kernels. It is an independent cross-check
+of `schedules.tile_geometry`, which derives the same facts from the tiling: the simulator
+checks every kernel it reads against it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tvm_ffi
 from tvm import s_tir, sym, tirx
 
 from codesign.schedules.packed_conv2d import count_gemm_uops
-from codesign.schedules.tiling import Tiling
+from codesign.schedules.tile_geometry import TileGeometry, non_unit
 
 INPUT_LOAD, WEIGHT_LOAD, RESET, GEMM, REQUANT = (
     "data_pad",
@@ -27,19 +29,10 @@ INPUT_LOAD, WEIGHT_LOAD, RESET, GEMM, REQUANT = (
 
 
 @dataclasses.dataclass(frozen=True)
-class ScheduleFacts:
-    tiles: int  # output tiles (all tile loops)
-    steps: int  # input-channel steps per output tile
-    inp_window: tuple[int, int, int, int]  # batch blocks, channel blocks, padded rows, padded columns
-    wgt_window: tuple[int, int, int, int]  # output blocks, input blocks, kernel rows, kernel columns
-    out_window: tuple[int, int, int, int]  # batch blocks, output blocks, rows, columns
-    gemm_loops: tuple[int, ...]  # micro-op kernel loop extents, outer to inner
-    reset_loops: tuple[int, ...]
-    gemm_uops: int  # GEMM micro-ops the whole kernel executes
+class ScheduleFacts(TileGeometry):
+    """The tile geometry as the TIR runs it, and the GEMM micro-ops the whole kernel executes."""
 
-    def tiling(self, virtual_threads: int = 1) -> Tiling:
-        n, co, h, w = self.out_window
-        return Tiling(n, co, self.inp_window[1], h, w, virtual_threads)
+    gemm_uops: int
 
 
 @dataclasses.dataclass
@@ -106,8 +99,8 @@ def walk_schedule(func: tirx.PrimFunc) -> ScheduleFacts:
         inp_window=(inp[1], inp[2], inp[3], inp[4]),
         wgt_window=(wgt[1], wgt[2], wgt[3], wgt[4]),
         out_window=(out[1], out[2], out[3], out[4]),
-        gemm_loops=_extents(sites[GEMM].loops[len(outer) :]),
+        gemm_loops=non_unit(_extents(sites[GEMM].loops[len(outer) :])),
         # The reset's innermost two loops are the batch and block_out lanes of one micro-op.
-        reset_loops=_extents(sites[RESET].loops[len(tile_loops) : -2]),
+        reset_loops=non_unit(_extents(sites[RESET].loops[len(tile_loops) : -2])),
         gemm_uops=count_gemm_uops(func),
     )

@@ -8,9 +8,10 @@ import dataclasses
 
 from codesign.hardware import area_mm2
 from codesign.plan import LayerPlan
+from codesign.schedules.cost_model import estimate, reset_elements
+from codesign.schedules.mapper import select_tiling
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
-from codesign.simulator.analytic import estimate, layer_features, stack_features
-from codesign.simulator.design_sweep import select_tiling
+from codesign.schedules.tile_geometry import TileGeometry, tile_geometry
 from codesign.simulator.energy import energy_by_stage_pj, layer_energy_pj
 from codesign.simulator.event_sim import LayerTiming, simulate_program
 from codesign.simulator.host import host_seconds
@@ -113,17 +114,17 @@ def accelerator_view(plan: LayerPlan, hw):
 
 def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str, int], int]:
     shape, tiling, hw, kernel = accelerator_view(plan, hw)
-    facts = walk_schedule(kernel)
-    program = build_program(shape, facts, hw, plan.alu_ops, tiling.virtual_threads)
+    geometry = tile_geometry(shape, tiling, hw)
+    _check_kernel(plan.name, kernel, geometry)
+    program = build_program(shape, geometry, hw, plan.alu_ops, tiling.virtual_threads)
     counters = program.counters()
-    reset_elements = sum(ins.iterations for ins in program.instructions if ins.kind == "GEMM_RESET")
+    resets = int(reset_elements(program.features)[0])
     if model == "event":
-        return simulate_program(program, hw), counters, reset_elements
-    features = stack_features([layer_features(shape, tiling, hw, plan.alu_ops)])
+        return simulate_program(program, hw), counters, resets
     result = {
         k: float(v[0])
         for k, v in estimate(
-            features, hw.dram_latency_cycles, hw.dram_bytes_per_cycle, hw.alu_vectors_per_cycle
+            program.features, hw.dram_latency_cycles, hw.dram_bytes_per_cycle, hw.alu_vectors_per_cycle
         ).items()
     }
     timing = LayerTiming(
@@ -136,7 +137,15 @@ def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str
         result["load_cycles"],
         result["store_cycles"],
     )
-    return timing, counters, reset_elements
+    return timing, counters, resets
+
+
+def _check_kernel(name: str, kernel, geometry: TileGeometry) -> None:
+    """The kernel the module runs must tile the layer as the tiling says (the TIR walk is the
+    independent cross-check of the tile geometry the instruction stream is built from)."""
+    walked = walk_schedule(kernel)
+    if not geometry.same_tiles(walked):
+        raise RuntimeError(f"layer '{name}': the scheduled kernel's tiles {walked} are not its tiling's {geometry}")
 
 
 def stage_split(timing: LayerTiming, hw) -> dict[str, float]:

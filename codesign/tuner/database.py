@@ -34,6 +34,9 @@ class Record:
     seconds: float
     seed: int
     strategy: str
+    # The evaluated design (`Design.to_dict()`: hardware, compression, schedule); None for a
+    # configuration whose hardware is invalid, and in databases written before designs were.
+    design: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -66,6 +69,10 @@ _FIELDS: dict[str, tuple[Callable, str]] = {
     "seconds": (_number, "a number"),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "strategy": (lambda v: isinstance(v, str), "a string"),
+}
+# Fields a record may leave out (older databases have none of them)
+_OPTIONAL_FIELDS: dict[str, tuple[Callable, str]] = {
+    "design": (lambda v: v is None or isinstance(v, dict), "an object or null"),
 }
 
 
@@ -137,12 +144,14 @@ class Database:
 def _record(document, where: str, metrics: tuple[str, ...], knobs: tuple[str, ...]) -> Record:
     if not isinstance(document, dict):
         raise UsageError(f"{where}: expected a JSON object (a tuning record), got {type(document).__name__}")
-    for name, (check, expected) in _FIELDS.items():
+    for name, (check, expected) in {**_FIELDS, **_OPTIONAL_FIELDS}.items():
         if name not in document:
+            if name in _OPTIONAL_FIELDS:
+                continue
             raise UsageError(f"{where}: the record has no '{name}'")
         if not check(document[name]):
             raise UsageError(f"{where}: '{name}' = {_short(document[name])} must be {expected}")
-    unknown = sorted(set(document) - set(_FIELDS))
+    unknown = sorted(set(document) - set(_FIELDS) - set(_OPTIONAL_FIELDS))
     if unknown:
         raise UsageError(f"{where}: unknown field '{unknown[0]}' in the record")
     record = Record(**document)

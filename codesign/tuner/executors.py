@@ -1,9 +1,16 @@
-"""Executors: where evaluations run. Each yields (index, config, result) as evaluations finish,
-so the tuner records every result the moment it exists.
+"""Executors: where evaluations run. Each takes a batch of tasks and yields (index, config, result)
+for each, in the batch's order, once the batch is evaluated.
+
+A batch is evaluated by the tuner process's `BatchEvaluator`: grouped by compression profile, the
+new profiles measured (compiled and run on the data, the slow part), then every design costed in
+one vectorised call. Where the profiles are measured:
 
 - serial: in this process;
-- processes: `--jobs N` local worker processes, each with its own evaluator;
+- processes: `--jobs N` local worker processes, each with its own evaluator, a profile each;
 - ray: the same workers as Ray actors, on a local instance or a cluster (`--address`).
+
+After the run, `write_front` simulates the best designs layer by layer into the run directory
+(`codesign.tuner.front`) from the profiles the executor measured.
 """
 
 from __future__ import annotations
@@ -11,9 +18,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import multiprocessing
+from pathlib import Path
 
+from codesign.tuner.batch_evaluator import BatchEvaluator
+from codesign.tuner.database import Record
 from codesign.tuner.evaluator import Evaluator
-from codesign.tuner.space import load_space
+from codesign.tuner.front import write_front
+from codesign.tuner.space import SearchSpace, load_space
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,20 +53,63 @@ class EvaluatorSpec:
         )
 
 
-class SerialExecutor:
-    name = "serial"
+class _BatchExecutor:
+    """What the executors share: a batch of tasks evaluated by the tuner process's `batches`
+    (whose `measure` is where the executor measures profiles), and the front written from the
+    profiles they hold. `write_front` is called after `close`, so a profile not measured here (a
+    resumed run's best design, from an earlier process) is measured by an evaluator built here."""
 
-    def __init__(self, spec: EvaluatorSpec, evaluator: Evaluator | None = None):
-        self._owned = evaluator is None  # an evaluator passed in is its owner's to close
-        self.evaluator = evaluator or spec.build()
+    spec: EvaluatorSpec | None
+    batches: BatchEvaluator
+    closed = False  # whether `batches.measure` can no longer measure (workers, temporary files gone)
 
     def run(self, tasks):
-        for index, config in tasks:
-            yield index, config, self.evaluator.evaluate(config)
+        tasks = list(tasks)
+        results = self.batches.evaluate_many([config for _, config in tasks])
+        for (index, config), result in zip(tasks, results):
+            yield index, config, result
+
+    def write_front(self, run_dir: Path, space: SearchSpace, records: list[Record]) -> list[Path]:
+        if not self.closed:
+            return write_front(run_dir, space, records, self.batches)
+        measure_here = _MeasureHere(self.spec)
+        own_measure, self.batches.measure = self.batches.measure, measure_here
+        try:
+            return write_front(run_dir, space, records, self.batches)
+        finally:
+            self.batches.measure = own_measure
+            measure_here.close()
+
+
+class _MeasureHere:
+    """Measures profiles with an evaluator of this process, built on first use."""
+
+    def __init__(self, spec: EvaluatorSpec | None):
+        self.spec, self.evaluator = spec, None
+
+    def __call__(self, requests: dict) -> dict:
+        if self.evaluator is None:
+            self.evaluator = self.spec.build()
+        return self.evaluator.measure_profiles(requests)
+
+    def close(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.close()
+
+
+class SerialExecutor(_BatchExecutor):
+    name = "serial"
+
+    def __init__(self, spec: EvaluatorSpec | None, evaluator: Evaluator | None = None):
+        self._owned = evaluator is None  # an evaluator passed in is its owner's to close
+        self.spec = spec
+        self.evaluator = evaluator or spec.build()
+        self.batches = self.evaluator.batches
 
     def close(self) -> None:
         if self._owned:
             self.evaluator.close()
+            self.closed = True
 
 
 _WORKER: Evaluator | None = None
@@ -66,37 +120,49 @@ def _start_worker(spec: EvaluatorSpec) -> None:
     _WORKER = spec.build()
 
 
-def _evaluate(config: dict) -> dict:
-    return _WORKER.evaluate(config)
+def _worker_facts() -> tuple[list[str], float]:
+    """What the tuner process needs from a worker's evaluator: the GEMM layer names, the float accuracy."""
+    return _WORKER.layers, _WORKER.float_accuracy()
 
 
-class ProcessExecutor:
+def _measure_profile(compression, multiplier: bool):
+    return _WORKER.measure_profile(compression, multiplier)
+
+
+class ProcessExecutor(_BatchExecutor):
     name = "processes"
 
     def __init__(self, spec: EvaluatorSpec, jobs: int):
+        self.spec = spec
         # Spawned, not forked: a fork copies TVM's running thread pool, which then spins.
         context = multiprocessing.get_context("spawn")
         self.pool = concurrent.futures.ProcessPoolExecutor(
             jobs, mp_context=context, initializer=_start_worker, initargs=(spec,)
         )
+        try:
+            layers, float_accuracy = self.pool.submit(_worker_facts).result()
+        except BaseException:  # a worker that cannot build its evaluator: no pool left behind
+            self.close()
+            raise
+        self.batches = BatchEvaluator(load_space(spec.space), layers, float_accuracy, self._measure)
 
-    def run(self, tasks):
-        futures = {self.pool.submit(_evaluate, config): (index, config) for index, config in tasks}
-        for future in concurrent.futures.as_completed(futures):
-            index, config = futures[future]
-            yield index, config, future.result()
+    def _measure(self, requests: dict) -> dict:
+        """The profiles, one per request, spread over the workers as they free up."""
+        futures = {self.pool.submit(_measure_profile, *request): key for key, request in requests.items()}
+        return {futures[future]: future.result() for future in concurrent.futures.as_completed(futures)}
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
+        self.closed = True
 
 
-class RayExecutor:
+class RayExecutor(_BatchExecutor):
     name = "ray"
 
     def __init__(self, spec: EvaluatorSpec, workers: int, address: str | None = None):
         import ray
 
-        self.ray = ray
+        self.ray, self.spec = ray, spec
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
             ray.init(**kwargs, log_to_driver=False)
@@ -106,23 +172,33 @@ class RayExecutor:
             def __init__(self, spec):
                 self.evaluator = spec.build()
 
-            def evaluate(self, config):
-                return self.evaluator.evaluate(config)
+            def facts(self):
+                return self.evaluator.layers, self.evaluator.float_accuracy()
+
+            def measure_profile(self, compression, multiplier):
+                return self.evaluator.measure_profile(compression, multiplier)
 
         self.workers = [Worker.remote(spec) for _ in range(workers)]
+        try:
+            layers, float_accuracy = ray.get(self.workers[0].facts.remote())
+        except BaseException:  # a worker that cannot build its evaluator: no actors left behind
+            self.close()
+            raise
+        self.batches = BatchEvaluator(load_space(spec.space), layers, float_accuracy, self._measure)
 
-    def run(self, tasks):
-        pending = {}
-        for slot, (index, config) in enumerate(tasks):
-            pending[self.workers[slot % len(self.workers)].evaluate.remote(config)] = (index, config)
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            index, config = pending.pop(done[0])
-            yield index, config, self.ray.get(done[0])
+    def _measure(self, requests: dict) -> dict:
+        """The profiles, one per request, dealt round the workers."""
+        keys = list(requests)
+        refs = [
+            self.workers[slot % len(self.workers)].measure_profile.remote(*requests[key])
+            for slot, key in enumerate(keys)
+        ]
+        return dict(zip(keys, self.ray.get(refs)))
 
     def close(self) -> None:
         for worker in self.workers:
             self.ray.kill(worker)
+        self.closed = True
 
 
 def make_executor(kind: str, spec: EvaluatorSpec, jobs: int, address: str | None = None):

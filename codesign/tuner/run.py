@@ -43,7 +43,7 @@ from codesign.tuner.executors import EvaluatorSpec, make_executor
 from codesign.tuner.run_files import DATABASE_FILE, LOCK_FILE, RUN_FILE, SETTINGS_FILE, SPACE_FILE, TEMP_DIR
 from codesign.tuner.space import load_space
 from codesign.tuner.strategies import STRATEGIES
-from codesign.tuner.tune import best_per_objective, pareto_records, run_tuning, write_outputs
+from codesign.tuner.tune import best_per_objective, design_file_name, pareto_records, run_tuning, write_outputs
 from codesign.units import format_objective
 
 RUN_FORMAT = 1
@@ -156,6 +156,7 @@ def tune_to_directory(
             database = Database(out / DATABASE_FILE)
             runner = make_executor(executor, spec, jobs, address)
             try:
+                run_dir.raise_if_stopped()  # a signal a library swallowed while the evaluator was prepared
                 with Progress(
                     TextColumn("[bold]tuning"),
                     BarColumn(),
@@ -169,18 +170,21 @@ def tune_to_directory(
 
                     def on_record(record, history):
                         progress.update(task, advance=1, description=_summary(space, history))
+                        run_dir.raise_if_stopped()
 
                     strategy_ = STRATEGIES[strategy]()
-                    records = run_tuning(space, strategy_, database, runner, budget, batch_size, seed, on_record)
+                    records = run_tuning(
+                        space, strategy_, database, runner, budget, batch_size, seed, on_record, layers
+                    )
             finally:
                 runner.close()
             write_outputs(out, space, records, layers)
+            runner.write_front(out, space, records)  # front/: the best designs per layer, for the report
             settings["wall_seconds"] = earlier_seconds + time.perf_counter() - started
             run_dir.write(SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
             if after_run is not None:
                 after_run(out)  # e.g. the CLI's report, still under the run's lock
-            if run_dir.stopped_by is not None:  # a library swallowed the signal's exception
-                raise KeyboardInterrupt(run_dir.stopped_by)
+            run_dir.raise_if_stopped()
     except BaseException as err:
         if run_dir.stopped_by is None:
             raise
@@ -194,7 +198,10 @@ def tune_to_directory(
     console.print(f"  report: {out}/report.html, {out}/report.md, {out}/evaluations.csv, {out}/pareto.csv")
     for objective, record in best_per_objective(space, records).items():
         value = format_objective(objective, record.metrics[objective])
-        console.print(f"  best {objective}: {value} (evaluation {record.index}) -> {out}/best_{objective}.toml + .json")
+        console.print(
+            f"  best {objective}: {value} (evaluation {record.index}) -> {out}/best_{objective}.toml + .json, "
+            f"{out}/{design_file_name(record.index)}"
+        )
 
 
 # ---- the run directory ------------------------------------------------------------------------
@@ -369,6 +376,11 @@ class RunDirectory:
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = None
             self._restore_signals()
+
+    def raise_if_stopped(self) -> None:
+        """Stop at a safe point if a signal arrived whose exception a library swallowed."""
+        if self.stopped_by is not None:
+            raise KeyboardInterrupt(self.stopped_by)
 
     def _catch_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -36,10 +36,11 @@ import numpy as np
 
 from codesign import toml as tomllib
 from codesign.compression import CompressionConfig
+from codesign.design import Design
 from codesign.errors import UsageError
 from codesign.files import reading
 from codesign.hardware import FIELDS as HARDWARE_FIELDS
-from codesign.hardware import HardwareSpec, hardware_from_dict, load_hardware
+from codesign.hardware import HardwareSpec, load_hardware
 
 # Search knob -> (HardwareSpec field, multiplier from the knob's unit)
 HARDWARE_KNOBS = {
@@ -111,15 +112,18 @@ class SearchSpace:
     # ---- what a configuration means ----------------------------------------------------
 
     def hardware(self, config: dict, name: str = "tuned") -> HardwareSpec:
+        """The base hardware with the configuration's knobs (validated; prices re-derived for
+        the new sizes, the multiplier's width following `alu_multiplier`: `with_changes`)."""
         values = {}
         for knob, (field, unit) in HARDWARE_KNOBS.items():
             if f"hw.{knob}" in config:
                 values[field] = _hardware_value(self.base, field, config[f"hw.{knob}"], unit)
-        if "alu_has_multiplier" in values:
-            has = values["alu_has_multiplier"]
-            values["alu_multiplier_bits"] = (self.base.alu_multiplier_bits or 8) if has else 0
-        values = {k: (float(v) if isinstance(getattr(self.base, k), float) else v) for k, v in values.items()}
-        return _reprice(dataclasses.replace(self.base, name=name, **values))
+        return self.base.with_changes(name=name, **values)
+
+    def design(self, config: dict, layers: list[str], name: str = "tuned") -> Design:
+        """What a configuration means for a model with these GEMM layers: hardware, compression
+        and schedule, as one validated Design."""
+        return Design(self.hardware(config, name), self.compression(config, layers))
 
     def compression(self, config: dict, layers: list[str]) -> CompressionConfig:
         weight_bits, prune = {}, {}
@@ -138,15 +142,6 @@ class SearchSpace:
             if any(fnmatch.fnmatchcase(layer, p) for p in patterns):
                 return group
         return "unmatched"
-
-
-def _reprice(hw: HardwareSpec) -> HardwareSpec:
-    """The candidate with its energy and area tables re-derived (45 nm model) for its sizes: an
-    SRAM's energy per byte and a design's leakage follow its capacity."""
-    doc = tomllib.loads(hw.to_toml())
-    doc.pop("energy")
-    doc.pop("area")
-    return hardware_from_dict(doc, "search space")
 
 
 # ---- loading --------------------------------------------------------------------------------

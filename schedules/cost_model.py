@@ -1,8 +1,11 @@
-"""The cycle model in closed form, vectorised with numpy: many (layer, design) pairs per call.
+"""The cost model: a tiling's features, the VTA counters they imply, and cycles in closed form,
+vectorised with numpy (many tilings and designs per call). The mapper ranks tilings with it
+("auto" mode), the design sweep prices designs with it, and it is the simulator's analytic model.
 
-`layer_features` reduces a layer, its tiling and a description to per-tile and per-step
-quantities (bytes, transfers, micro-ops); `estimate` turns arrays of them into cycles by
-solving the pipeline of `event_sim` in steady state. The virtual threads' tiles run in rounds:
+`tiling_features` reduces a layer, its tilings and a core to per-tile and per-step quantities
+(bytes, transfers, micro-ops); `vta_counters` turns them into VTA fsim's counters; `estimate`
+turns them into cycles by solving the pipeline of `simulator.event_sim` in steady state. The
+virtual threads' tiles run in rounds:
 
     cycles = fill + (rounds - 2) * period + period into the last round + drain
 
@@ -24,45 +27,33 @@ import types
 
 import numpy as np
 
-from codesign.plan import AluOp
 from codesign.schedules.layer import ConvShape
+from codesign.schedules.tile_geometry import input_cols_inside, input_rows_inside, tile_counts
 from codesign.schedules.tiling import UOP_BYTES, Tiling, gemm_loop_nest, kernel_uops, reset_loop_nest
 
-
-def _covered(step, count, window, size: int, offset: int):
-    """Per tiling: the sum over its tiles of the tile's `window` positions inside 0 .. size-1."""
-    j = np.arange(int(np.max(count)))
-    starts = j[None, :] * step[:, None] - offset
-    spans = np.clip(np.minimum(starts + window[:, None], size) - np.maximum(starts, 0), 0, None)
-    return (spans * (j[None, :] < count[:, None])).sum(axis=1)
+BYTE_COUNTERS = ("inp_load_nbytes", "wgt_load_nbytes", "acc_load_nbytes", "uop_load_nbytes", "out_store_nbytes")
 
 
-def tiling_features(
-    shape: ConvShape, hw, tilings: dict[str, np.ndarray], alu_ops: list[AluOp]
-) -> dict[str, np.ndarray]:
+def tiling_features(shape: ConvShape, hw, tilings: dict[str, np.ndarray], alu_ops) -> dict[str, np.ndarray]:
     """Features of one layer under arrays of tilings (n_tile, co_tile, ci_tile, h_tile, w_tile,
-    virtual_threads); `hw` gives the core shape and bit widths."""
+    virtual_threads); `hw` gives the core shape and bit widths, `alu_ops` the ALU program."""
     n, co, ci, h, w, vt = (
         np.asarray(tilings[k]) for k in ("n_tile", "co_tile", "ci_tile", "h_tile", "w_tile", "virtual_threads")
     )
-    packed = shape.blocks(hw)
-    tiles_h, tiles_w = shape.out_h // h, shape.out_w // w
-    channel_tiles = shape.groups * (packed.n_blocks // n) * (packed.co_blocks // co)
-    rows, cols = shape.input_rows(h), shape.input_cols(w)
-    valid_rows = _covered(h * shape.stride_h, tiles_h, rows, shape.in_h, shape.pad_top)
-    valid_cols = _covered(w * shape.stride_w, tiles_w, cols, shape.in_w, shape.pad_left)
-    tiles = channel_tiles * tiles_h * tiles_w
-    steps = packed.ci_blocks // ci
+    tile = Tiling(n, co, ci, h, w, vt)
+    counts = tile_counts(shape, tile, hw)
+    rows_inside = input_rows_inside(shape, tile, hw).sum(axis=-1)
+    cols_inside = input_cols_inside(shape, tile, hw).sum(axis=-1)
     acc_elements = n * co * h * w
     kernel = shape.kernel_h * shape.kernel_w
     vector_operands = sum(op.vector for op in alu_ops)
-    tile = Tiling(n, co, ci, h, w, vt)
     gemm_loops, reset_loops = gemm_loop_nest(shape, tile), reset_loop_nest(tile)
+    inp_bytes = counts.channel_tiles * n * ci * rows_inside * cols_inside * counts.steps * hw.inp_elem_bytes
     features = {
-        "tiles": tiles,
-        "steps": steps,
-        "threads": np.maximum(1, np.minimum(vt, tiles)),
-        "inp_bytes": channel_tiles * n * ci * valid_rows * valid_cols * steps * hw.inp_elem_bytes,
+        "tiles": counts.tiles,
+        "steps": counts.steps,
+        "threads": np.maximum(1, np.minimum(vt, counts.tiles)),
+        "inp_bytes": inp_bytes,
         "inp_transfers": n * ci,
         "wgt_bytes_per_step": co * ci * kernel * hw.wgt_elem_bytes,
         "gemm_per_step": gemm_loops.prod(axis=-1),
@@ -78,13 +69,31 @@ def tiling_features(
     return {key: np.asarray(value, dtype=np.float64) for key, value in features.items()}
 
 
-def layer_features(shape: ConvShape, tiling: Tiling, hw, alu_ops: list[AluOp]) -> dict[str, np.ndarray]:
+def layer_features(shape: ConvShape, tiling: Tiling, hw, alu_ops) -> dict[str, np.ndarray]:
     """Features of one layer under one tiling (arrays of length 1)."""
     return tiling_features(shape, hw, {k: np.array([v]) for k, v in tiling.to_dict().items()}, alu_ops)
 
 
 def stack_features(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([row[key] for row in rows]) for key in rows[0]}
+
+
+def vta_counters(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """VTA fsim's counters implied by features (reset GEMMs are not counted, as in fsim)."""
+    return {
+        "inp_load_nbytes": f["inp_bytes"],
+        "wgt_load_nbytes": f["tiles"] * f["steps"] * f["wgt_bytes_per_step"],
+        "acc_load_nbytes": f["tiles"] * f["acc_bytes_per_tile"],
+        "uop_load_nbytes": f["threads"] * f["uop_bytes"],
+        "out_store_nbytes": f["tiles"] * f["out_bytes_per_tile"],
+        "gemm_counter": f["tiles"] * f["steps"] * f["gemm_per_step"],
+        "alu_counter": f["tiles"] * f["alu_ops"] * f["acc_elements"],
+    }
+
+
+def reset_elements(f: dict[str, np.ndarray]) -> np.ndarray:
+    """Accumulator elements the GEMM resets clear (not a VTA counter; energy prices them)."""
+    return f["tiles"] * f["acc_elements"]
 
 
 def _transfer(transfers, nbytes, latency, bandwidth):
@@ -175,11 +184,8 @@ def estimate(f: dict[str, np.ndarray], latency, bandwidth, alu_rate) -> dict[str
     drain = drain + _round_stores(last, alu, store)
     cycles = fill + np.maximum(rounds - 2, 0) * period + np.where(rounds > 1, into_last, 0) + drain
 
-    dram_bytes = (
-        f["inp_bytes"]
-        + tiles * (steps * f["wgt_bytes_per_step"] + f["out_bytes_per_tile"] + f["acc_bytes_per_tile"])
-        + threads * f["uop_bytes"]
-    )
+    counters = vta_counters(f)
+    dram_bytes = sum(counters[key] for key in BYTE_COUNTERS)
     dram_cycles = dram_bytes / bandwidth
     gemm_cycles = tiles * (steps * gemm + reset)
     alu_cycles = tiles * alu

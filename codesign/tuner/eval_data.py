@@ -1,0 +1,111 @@
+"""The evaluation data of a tune: a labelled (or unlabelled) .npz, read and checked once.
+
+Anything wrong with it is one UsageError line naming the file and the array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from codesign.calibration import as_samples
+from codesign.errors import UsageError
+from codesign.importer import TensorSpec
+
+
+@dataclasses.dataclass
+class EvalData:
+    inputs: dict[str, np.ndarray]  # name -> (samples, *input shape)
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def samples(self) -> list[dict[str, np.ndarray]]:
+        """One {input name: array} per sample."""
+        return [{name: array[i] for name, array in self.inputs.items()} for i in range(len(self))]
+
+
+def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None = None) -> EvalData:
+    """A .npz with one array per input (samples stacked on a new first axis, or on the batch
+    axis of a batch-1 input) and optionally `labels` (one class index per sample). Anything
+    else is one UsageError line naming the file and the array."""
+    path = Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise UsageError(f"{path}: no such data file") from err
+    except IsADirectoryError as err:
+        raise UsageError(f"{path}: is a directory, not a .npz data file") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UsageError(f"{path}: not a .npz file ({err})") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise UsageError(f"{path}: expected a .npz with arrays named after the inputs (and 'labels')")
+    with archive:
+        inputs = {}
+        for spec in specs:
+            if spec.name not in archive.files:
+                raise UsageError(f"{path}: no array '{spec.name}' (has: {', '.join(archive.files) or 'none'})")
+            array = _numeric_array(archive, spec.name, path)
+            if array.size == 0:
+                raise UsageError(f"{path}: array '{spec.name}' holds no samples (shape {list(array.shape)})")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+                raise UsageError(f"{path}: array '{spec.name}' holds {array[where]} at {list(where)}")
+            inputs[spec.name] = as_samples(array, spec, path)
+        available = min(len(a) for a in inputs.values())
+        count = available if limit is None else min(available, limit)
+        labels = _labels(archive, path, count) if "labels" in archive.files else None
+    return EvalData({k: v[:count] for k, v in inputs.items()}, labels)
+
+
+def _numeric_array(archive, name: str, path: Path) -> np.ndarray:
+    try:
+        array = archive[name]
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # an array of Python objects
+            raise UsageError(f"{path}: array '{name}' holds Python objects, not numbers") from err
+        raise UsageError(f"{path}: array '{name}' cannot be read ({err})") from err
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
+        raise UsageError(f"{path}: array '{name}' cannot be read ({type(err).__name__}: {err})") from err
+    except MemoryError as err:
+        raise UsageError(f"{path}: array '{name}' is too large to load") from err
+    if array.dtype.kind not in "biuf":
+        what = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects"}
+        raise UsageError(
+            f"{path}: array '{name}' holds {what.get(array.dtype.kind, f'dtype {array.dtype}')}, not real numbers"
+        )
+    return array
+
+
+def _labels(archive, path: Path, count: int) -> np.ndarray:
+    """The first `count` labels as class indices (whole, finite numbers; one per sample)."""
+    labels = _numeric_array(archive, "labels", path)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise UsageError(f"{path}: array 'labels' has shape {list(labels.shape)}; expected one class index per sample")
+    if len(labels) < count:
+        raise UsageError(f"{path}: array 'labels' has {len(labels)} entries for {count} samples")
+    labels = labels[:count]
+    if labels.dtype.kind in "bf":
+        bad = ~np.isfinite(labels) | (labels != np.round(labels)) if labels.dtype.kind == "f" else np.ones(count, bool)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise UsageError(f"{path}: labels[{first}] = {labels[first]}; labels must be whole class indices")
+    return labels.astype(np.int64)
+
+
+def check_label_range(labels: np.ndarray, classes: int, path: Path) -> None:
+    """Labels the model's first output cannot predict would score 0 % silently."""
+    outside = np.flatnonzero((labels < 0) | (labels >= classes))
+    if len(outside):
+        first = int(outside[0])
+        raise UsageError(
+            f"{path}: labels[{first}] = {labels[first]} is not a class of the model's first output "
+            f"(0 to {classes - 1}); {len(outside)} label(s) out of range"
+        )
