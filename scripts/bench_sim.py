@@ -35,7 +35,8 @@ from codesign.hardware import load_hardware  # noqa: E402
 from codesign.importer import import_onnx  # noqa: E402
 from codesign.lowering import lower_to_relax  # noqa: E402
 from codesign.pipeline import quantize_model  # noqa: E402
-from codesign.simulator.design_sweep import Layer, evaluate_designs  # noqa: E402
+from codesign.schedules.mapper import Layer  # noqa: E402
+from codesign.simulator.design_sweep import evaluate_designs  # noqa: E402
 from codesign.simulator.simulate import simulate_plans  # noqa: E402
 
 TARGET_DESIGNS_PER_SECOND = 1000

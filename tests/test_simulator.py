@@ -231,7 +231,8 @@ def test_cli_simulate_rejects_bad_model_name(capsys):
 
 
 def test_design_sweep_equals_the_per_design_tile_rule_and_analytic_model():
-    from codesign.simulator.design_sweep import Layer, evaluate_designs
+    from codesign.schedules.mapper import Layer
+    from codesign.simulator.design_sweep import evaluate_designs
 
     layers = [
         Layer(ConvShape(1, 1, 64, 64, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1), tuple(VTA_TUTORIAL_ALU)),

@@ -14,8 +14,6 @@ from codesign.schedules.cost_model import estimate, reset_elements, vta_counters
 from codesign.schedules.mapper import CORE_FIELDS, Layer, design_arrays, map_layer
 from codesign.simulator.energy import layer_energy_pj
 
-__all__ = ["Layer", "evaluate_designs"]  # Layer is the mapper's; callers name it from here
-
 
 def evaluate_designs(layers: list[Layer], designs: list, schedule: str = "rule") -> dict[str, np.ndarray]:
     """cycles, seconds, energy (pJ) and area (mm2) of the accelerated layers, per design;

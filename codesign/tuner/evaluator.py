@@ -28,11 +28,9 @@ from codesign.graph import extract_graph
 from codesign.importer import ImportedModel, import_onnx
 from codesign.tuner.accuracy import AccuracyMeasurer
 from codesign.tuner.batch_evaluator import BatchEvaluator
-from codesign.tuner.eval_data import EvalData, load_eval_data
+from codesign.tuner.eval_data import load_eval_data
 from codesign.tuner.profile_builder import CompressionProfile, ProfileBuilder, ProfileKey
 from codesign.tuner.space import SearchSpace
-
-__all__ = ["CompressionProfile", "EvalData", "Evaluator", "gemm_layer_names", "load_eval_data"]
 
 
 class Evaluator:

@@ -17,7 +17,7 @@ from codesign.hardware import HardwareSpec
 from codesign.importer import ImportedModel
 from codesign.pipeline import CompileResult, compile_model
 from codesign.plan import LayerPlan
-from codesign.simulator.design_sweep import Layer
+from codesign.schedules.mapper import Layer
 
 
 @dataclasses.dataclass

@@ -38,7 +38,8 @@ from codesign.errors import CodesignError, UsageError
 from codesign.files import file_sha256, reading, remove_staged_files, write_text_atomic
 from codesign.importer import import_onnx, parse_input_shapes, parse_input_values
 from codesign.tuner.database import Database
-from codesign.tuner.evaluator import gemm_layer_names, load_eval_data
+from codesign.tuner.eval_data import load_eval_data
+from codesign.tuner.evaluator import gemm_layer_names
 from codesign.tuner.executors import EvaluatorSpec, make_executor
 from codesign.tuner.run_files import DATABASE_FILE, LOCK_FILE, RUN_FILE, SETTINGS_FILE, SPACE_FILE, TEMP_DIR
 from codesign.tuner.space import load_space
