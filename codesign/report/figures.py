@@ -65,66 +65,82 @@ def _objective_values(records: list[Record], objective: str, scale: float) -> np
 def pareto_pairs(run: RunData) -> go.Figure | None:
     """One scatter per pair of objectives: evaluations in grey, the Pareto front in red; hovering
     shows a design's objectives and configuration."""
-    objectives = run.space.objectives
-    pairs = list(itertools.combinations(objectives, 2))
+    pairs = list(itertools.combinations(run.space.objectives, 2))
     if not pairs or not run.front:
         return None
     cloud, front = shown_evaluations(run, MAX_CLOUD_POINTS)
     units = objective_units(run)
-    knobs = list(run.space.knobs)
-    # float32 holds every index and knob value exactly, in half the bytes (one copy per subplot).
-    cloud_data = (
-        np.column_stack([[r.index for r in cloud], knob_matrix(run, cloud)]).astype(np.float32) if cloud else None
-    )
-    cloud_hover = (
-        "evaluation %{customdata[0]}<br>%{x:.4g}, %{y:.4g}<br>"
-        + "<br>".join(f"{k} = %{{customdata[{i + 1}]}}{_code_legend(run, k)}" for i, k in enumerate(knobs))
-        + "<extra></extra>"
-    )
+    cloud_data = _cloud_customdata(run, cloud)
+    cloud_hover = _cloud_hovertemplate(run)
     front_text = [_front_hover(run, r, units) for r in front]
     cols = min(3, len(pairs))
     rows = math.ceil(len(pairs) / cols)
     fig = make_subplots(rows=rows, cols=cols, horizontal_spacing=0.09, vertical_spacing=0.16 / rows * 2)
     for position, (x_objective, y_objective) in enumerate(pairs):
         row, col = position // cols + 1, position % cols + 1
-        (x_scale, x_unit), (y_scale, y_unit) = units[x_objective], units[y_objective]
+        first = position == 0  # one legend entry per kind of point
         if cloud:
-            fig.add_trace(
-                go.Scatter(
-                    x=_objective_values(cloud, x_objective, x_scale),
-                    y=_objective_values(cloud, y_objective, y_scale),
-                    mode="markers",
-                    marker={"size": 5, "color": CLOUD_COLOR},
-                    name="other evaluations",
-                    legendgroup="cloud",
-                    showlegend=position == 0,
-                    customdata=cloud_data,
-                    hovertemplate=cloud_hover,
-                ),
-                row=row,
-                col=col,
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=_objective_values(front, x_objective, x_scale),
-                y=_objective_values(front, y_objective, y_scale),
-                mode="markers",
-                marker={"size": 8, "color": FRONT_COLOR, "line": {"width": 1, "color": "white"}},
-                name=FRONT_NAME,
-                legendgroup="front",
-                showlegend=position == 0,
-                text=front_text,
-                hovertemplate="%{text}<extra></extra>",
-            ),
-            row=row,
-            col=col,
-        )
-        fig.update_xaxes(title_text=axis_title(x_objective, x_unit), row=row, col=col)
-        fig.update_yaxes(title_text=axis_title(y_objective, y_unit), row=row, col=col)
+            x, y = _pair_values(cloud, x_objective, y_objective, units)
+            fig.add_trace(_cloud_scatter(x, y, cloud_data, cloud_hover, first), row=row, col=col)
+        x, y = _pair_values(front, x_objective, y_objective, units)
+        fig.add_trace(_front_scatter(x, y, front_text, first), row=row, col=col)
+        fig.update_xaxes(title_text=axis_title(x_objective, units[x_objective][1]), row=row, col=col)
+        fig.update_yaxes(title_text=axis_title(y_objective, units[y_objective][1]), row=row, col=col)
     fig.update_layout(
         height=360 * rows, margin={"t": 40, "b": 40, "l": 60, "r": 20}, legend={"orientation": "h", "y": 1.06}
     )
     return fig
+
+
+def _pair_values(records: list[Record], x_objective: str, y_objective: str, units: dict) -> tuple:
+    """The records' two objectives, each in its unit."""
+    x_scale, y_scale = units[x_objective][0], units[y_objective][0]
+    return _objective_values(records, x_objective, x_scale), _objective_values(records, y_objective, y_scale)
+
+
+def _cloud_customdata(run: RunData, cloud: list[Record]) -> np.ndarray | None:
+    """Per evaluation: its index, then its knob values (as `knob_matrix` numbers them)."""
+    if not cloud:
+        return None
+    # float32 holds every index and knob value exactly, in half the bytes (one copy per subplot).
+    return np.column_stack([[r.index for r in cloud], knob_matrix(run, cloud)]).astype(np.float32)
+
+
+def _cloud_hovertemplate(run: RunData) -> str:
+    knobs = list(run.space.knobs)
+    return (
+        "evaluation %{customdata[0]}<br>%{x:.4g}, %{y:.4g}<br>"
+        + "<br>".join(f"{k} = %{{customdata[{i + 1}]}}{_code_legend(run, k)}" for i, k in enumerate(knobs))
+        + "<extra></extra>"
+    )
+
+
+def _cloud_scatter(x, y, customdata, hovertemplate: str, showlegend: bool) -> go.Scatter:
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        marker={"size": 5, "color": CLOUD_COLOR},
+        name="other evaluations",
+        legendgroup="cloud",
+        showlegend=showlegend,
+        customdata=customdata,
+        hovertemplate=hovertemplate,
+    )
+
+
+def _front_scatter(x, y, text: list[str], showlegend: bool) -> go.Scatter:
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        marker={"size": 8, "color": FRONT_COLOR, "line": {"width": 1, "color": "white"}},
+        name=FRONT_NAME,
+        legendgroup="front",
+        showlegend=showlegend,
+        text=text,
+        hovertemplate="%{text}<extra></extra>",
+    )
 
 
 def _code_legend(run: RunData, knob: str) -> str:
@@ -251,51 +267,10 @@ def roofline(designs: list[SimulatedDesign]) -> go.Figure | None:
     fig = go.Figure()
     counts = []
     for number, design in enumerate(designs):
-        hw = design.hw
-        clock = hw.clock_mhz * 1e6
-        peak = 2 * hw.macs_per_cycle * clock / 1e9
-        bandwidth = hw.dram_bytes_per_cycle * clock / 1e9
-        layers = [
-            layer
-            for layer in design.simulation.layers
-            if layer.placement == "accel" and layer.dram_bytes and layer.accel_seconds
-        ]
-        ops = np.array([2.0 * layer.macs for layer in layers])
-        intensity = ops / np.array([layer.dram_bytes for layer in layers], dtype=float)
-        attained = ops / np.array([layer.accel_seconds for layer in layers]) / 1e9
-        ridge = peak / bandwidth
-        low = min([ridge, *intensity]) / 4
-        high = max([ridge, *intensity]) * 4
-        fig.add_trace(
-            go.Scatter(
-                x=[low, ridge, high],
-                y=[bandwidth * low, peak, peak],
-                mode="lines",
-                line={"color": "#444", "width": 2},
-                name=f"roof: {peak:.3g} GOP/s, {bandwidth:.3g} GB/s",
-                visible=number == 0,
-                hovertemplate="%{x:.3g} op/B: %{y:.3g} GOP/s<extra>roof</extra>",
-            )
-        )
-        labelled = len(layers) <= MAX_ROOFLINE_LABELS  # more labels than that overlap
-        for bound in BOUND_COLORS:
-            group = [i for i, layer in enumerate(layers) if layer.bound == bound]
-            fig.add_trace(
-                go.Scatter(
-                    x=intensity[group],
-                    y=attained[group],
-                    mode="markers+text" if labelled else "markers",
-                    marker={"size": 10, "color": BOUND_COLORS[bound]},
-                    name=f"{bound}-bound layers",
-                    showlegend=bool(group),
-                    visible=number == 0,
-                    text=[layers[i].name for i in group],
-                    textposition="top center",
-                    customdata=[layers[i].shape for i in group],
-                    hovertemplate="%{text}: %{customdata}<br>%{x:.3g} op/B, %{y:.3g} GOP/s<extra></extra>",
-                )
-            )
-        counts.append(1 + len(BOUND_COLORS))
+        traces = _roofline_traces(design, visible=number == 0)
+        for trace in traces:
+            fig.add_trace(trace)
+        counts.append(len(traces))
     fig.update_xaxes(type="log", title_text="operational intensity (ops per DRAM byte)")
     fig.update_yaxes(type="log", title_text="attained (GOP/s)")
     fig.update_layout(
@@ -304,3 +279,61 @@ def roofline(designs: list[SimulatedDesign]) -> go.Figure | None:
         updatemenus=_design_menu([d.label for d in designs], counts),
     )
     return fig
+
+
+def _roofline_traces(design: SimulatedDesign, visible: bool) -> list[go.Scatter]:
+    """A design's roof, then its accelerated layers, one trace per kind of bound."""
+    hw = design.hw
+    clock = hw.clock_mhz * 1e6
+    peak = 2 * hw.macs_per_cycle * clock / 1e9
+    bandwidth = hw.dram_bytes_per_cycle * clock / 1e9
+    layers = [
+        layer
+        for layer in design.simulation.layers
+        if layer.placement == "accel" and layer.dram_bytes and layer.accel_seconds
+    ]
+    ops = np.array([2.0 * layer.macs for layer in layers])
+    intensity = ops / np.array([layer.dram_bytes for layer in layers], dtype=float)
+    attained = ops / np.array([layer.accel_seconds for layer in layers]) / 1e9
+    return [_roof_line(peak, bandwidth, intensity, visible), *_bound_scatters(layers, intensity, attained, visible)]
+
+
+def _roof_line(peak: float, bandwidth: float, intensity: np.ndarray, visible: bool) -> go.Scatter:
+    """The bandwidth roof up to the ridge point, the compute roof after it, spanning the layers."""
+    ridge = peak / bandwidth
+    low = min([ridge, *intensity]) / 4
+    high = max([ridge, *intensity]) * 4
+    return go.Scatter(
+        x=[low, ridge, high],
+        y=[bandwidth * low, peak, peak],
+        mode="lines",
+        line={"color": "#444", "width": 2},
+        name=f"roof: {peak:.3g} GOP/s, {bandwidth:.3g} GB/s",
+        visible=visible,
+        hovertemplate="%{x:.3g} op/B: %{y:.3g} GOP/s<extra>roof</extra>",
+    )
+
+
+def _bound_scatters(layers: list, intensity: np.ndarray, attained: np.ndarray, visible: bool) -> list[go.Scatter]:
+    """One trace per kind of bound (in BOUND_COLORS order), even an empty one, so that every
+    design has as many traces."""
+    labelled = len(layers) <= MAX_ROOFLINE_LABELS  # more labels than that overlap
+    traces = []
+    for bound in BOUND_COLORS:
+        group = [i for i, layer in enumerate(layers) if layer.bound == bound]
+        traces.append(
+            go.Scatter(
+                x=intensity[group],
+                y=attained[group],
+                mode="markers+text" if labelled else "markers",
+                marker={"size": 10, "color": BOUND_COLORS[bound]},
+                name=f"{bound}-bound layers",
+                showlegend=bool(group),
+                visible=visible,
+                text=[layers[i].name for i in group],
+                textposition="top center",
+                customdata=[layers[i].shape for i in group],
+                hovertemplate="%{text}: %{customdata}<br>%{x:.3g} op/B, %{y:.3g} GOP/s<extra></extra>",
+            )
+        )
+    return traces

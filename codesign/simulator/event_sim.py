@@ -59,22 +59,7 @@ def simulate_program(program: LayerProgram, hw, trace: list | None = None) -> La
     start: dict[int, float] = {}
     dram_free = gemm = alu = dram = 0.0
     module_busy = dict.fromkeys(queues, 0.0)
-    while True:
-        best = None
-        for module, queue in queues.items():
-            if position[module] == len(queue):
-                continue
-            index = queue[position[module]]
-            ins = instructions[index]
-            dep_ends = [end[d] for d in ins.deps]
-            if any(e is None for e in dep_ends):
-                continue
-            ready = max([module_free[module], *dep_ends])
-            event = ready + hw.dram_latency_cycles if ins.transfers else ready
-            if best is None or (event, index) < best[:2]:
-                best = (event, index, module, ready)
-        if best is None:
-            break
+    while (best := _next_event(instructions, queues, position, module_free, end, hw)) is not None:
         event, index, module, ready = best
         ins = instructions[index]
         start.setdefault(index, ready)
@@ -83,7 +68,7 @@ def simulate_program(program: LayerProgram, hw, trace: list | None = None) -> La
             dram_free = module_free[module] = data_start + ins.nbytes / ins.transfers / hw.dram_bytes_per_cycle
             transfers_done[module] += 1
             if transfers_done[module] < ins.transfers:
-                continue
+                continue  # the instruction's next 2-D transfer
             transfers_done[module] = 0
             dram += ins.nbytes / hw.dram_bytes_per_cycle
         else:
@@ -98,13 +83,25 @@ def simulate_program(program: LayerProgram, hw, trace: list | None = None) -> La
         position[module] += 1
         if trace is not None:
             trace.append((index, start[index], end[index]))
-    return LayerTiming(
-        max(end, default=0.0),
-        gemm,
-        alu,
-        dram,
-        program.dram_bytes,
-        program.macs,
-        module_busy[LOAD],
-        module_busy[STORE],
-    )
+    total = max(end, default=0.0)
+    return LayerTiming(total, gemm, alu, dram, program.dram_bytes, program.macs, module_busy[LOAD], module_busy[STORE])
+
+
+def _next_event(instructions, queues, position, module_free, end, hw) -> tuple | None:
+    """(event time, instruction index, module, ready time) of the earliest event any module can
+    start (ties to the lower index), or None when no module's next instruction can start.
+    A DMA transfer's event is when, after its latency, it reaches the DRAM port."""
+    best = None
+    for module, queue in queues.items():
+        if position[module] == len(queue):
+            continue
+        index = queue[position[module]]
+        ins = instructions[index]
+        dep_ends = [end[d] for d in ins.deps]
+        if any(e is None for e in dep_ends):
+            continue
+        ready = max([module_free[module], *dep_ends])
+        event = ready + hw.dram_latency_cycles if ins.transfers else ready
+        if best is None or (event, index) < best[:2]:
+            best = (event, index, module, ready)
+    return best

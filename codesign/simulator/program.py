@@ -76,104 +76,116 @@ def build_program(
 ) -> LayerProgram:
     """The instruction stream of a layer whose tiles lie as `geometry` says (the tiling's, or
     the ScheduleFacts the schedule walk read from the TIR)."""
-    tiling = geometry.tiling(virtual_threads)
-    n_tile, co_tile, h_tile, w_tile = geometry.out_window
-    co_w, ci_w, kh, kw = geometry.wgt_window
-    acc_elements = n_tile * co_tile * h_tile * w_tile
-    gemm_per_step = math.prod(geometry.gemm_loops)
-    kernel_sizes = {
-        "reset": kernel_uops(geometry.reset_loops),
-        "gemm": kernel_uops(geometry.gemm_loops),
-        "alu": len(alu_ops),
-    }
-    uop_bytes = UOP_BYTES * sum(kernel_sizes.values())
-    vector_operands = sum(op.vector for op in alu_ops)
-    windows = input_windows_inside(shape, tiling, hw)
-    window_elements = geometry.inp_window[2] * geometry.inp_window[3]
-    wgt_bytes = co_w * ci_w * kh * kw * hw.wgt_elem_bytes
-    inp_transfers = geometry.inp_window[0] * geometry.inp_window[1]
-
-    program: list[Instruction] = []
-
-    def load_input(tile: int, thread: int, deps: list[int]) -> Instruction:
-        rows, cols = windows[tile]
-        nbytes = inp_transfers * rows * cols * hw.inp_elem_bytes
-        padding = window_elements - rows * cols
-        return Instruction(
-            "LOAD_INP", LOAD, thread, nbytes, inp_transfers, y_size=rows, x_size=cols, pad_elements=padding, deps=deps
-        )
-
-    def emit(ins: Instruction) -> int:
-        program.append(ins)
-        return len(program) - 1
-
-    last_compute: dict[int, int] = {}  # per thread: its latest compute instruction
-    last_gemm: dict[int, int] = {}  # per thread: the latest GEMM reading its input/weight buffers
-    last_store: dict[int, int] = {}
-    uops: dict[int, int] = {}  # per thread: the load of its micro-op kernels
-    operands: dict[int, int] = {}  # per thread: the latest load of its ALU operands
-    last_alu: dict[int, int] = {}
+    writer = _ProgramWriter(shape, geometry, hw, alu_ops, virtual_threads)
     threads = max(1, min(virtual_threads, geometry.tiles))
     for first in range(0, geometry.tiles, threads):
-        group = range(first, min(first + threads, geometry.tiles))
-        for tile in group:
-            thread = tile - first
-            if tile == thread:  # first tile of this thread: its micro-op kernels
-                uops[thread] = emit(
-                    Instruction("LOAD_UOP", LOAD, thread, uop_bytes, 1, y_size=1, x_size=uop_bytes // UOP_BYTES)
-                )
-            deps = [last_store[thread]] if thread in last_store else []
-            last_compute[thread] = emit(Instruction("GEMM_RESET", COMPUTE, thread, iterations=acc_elements, deps=deps))
-        for _ in range(geometry.steps):
-            loads = {}
-            for tile in group:
-                thread = tile - first
-                war = [last_gemm[thread]] if thread in last_gemm else []
-                loads[thread] = [
-                    emit(load_input(tile, thread, war)),
-                    emit(
-                        Instruction(
-                            "LOAD_WGT", LOAD, thread, wgt_bytes, 1, y_size=co_w, x_size=ci_w * kh * kw, deps=war
-                        )
-                    ),
-                ]
-            for tile in group:
-                thread = tile - first
-                deps = [*loads[thread], last_compute[thread], uops[thread]]
-                last_gemm[thread] = last_compute[thread] = emit(
-                    Instruction("GEMM", COMPUTE, thread, iterations=gemm_per_step, deps=deps)
-                )
-        for tile in group:
-            thread = tile - first
-            if vector_operands:  # after the step loads; overwrites operands the last ALU has read
-                war = [last_alu[thread]] if thread in last_alu else []
-                acc_bytes = vector_operands * co_tile * hw.acc_elem_bytes
-                operands[thread] = emit(
-                    Instruction(
-                        "LOAD_ACC", LOAD, thread, acc_bytes, vector_operands, y_size=1, x_size=co_tile, deps=war
-                    )
-                )
-        for tile in group:
-            thread = tile - first
-            for _op in alu_ops:
-                deps = [last_compute[thread], *([operands[thread]] if thread in operands else [])]
-                last_alu[thread] = last_compute[thread] = emit(
-                    Instruction("ALU", COMPUTE, thread, iterations=acc_elements, deps=deps)
-                )
-        for tile in group:
-            thread = tile - first
-            out_bytes = acc_elements * hw.out_elem_bytes
-            last_store[thread] = emit(
-                Instruction(
-                    "STORE",
-                    STORE,
-                    thread,
-                    out_bytes,
-                    n_tile * co_tile,
-                    y_size=h_tile,
-                    x_size=w_tile,
-                    deps=[last_compute[thread]],
-                )
+        writer.write_group(range(first, min(first + threads, geometry.tiles)))
+    features = layer_features(shape, writer.tiling, hw, alu_ops)
+    return LayerProgram(writer.program, shape.macs, threads, writer.kernel_sizes, features)
+
+
+class _ProgramWriter:
+    """Appends a layer's instructions one group of tiles at a time (a tile per virtual thread:
+    the group's first tile is thread 0), keeping per thread the instructions its next ones
+    depend on."""
+
+    def __init__(self, shape: ConvShape, geometry: TileGeometry, hw, alu_ops: list[AluOp], virtual_threads: int):
+        self.geometry, self.hw, self.alu_ops = geometry, hw, alu_ops
+        self.tiling = geometry.tiling(virtual_threads)
+        n_tile, co_tile, h_tile, w_tile = geometry.out_window
+        self.acc_elements = n_tile * co_tile * h_tile * w_tile
+        self.gemm_per_step = math.prod(geometry.gemm_loops)
+        self.kernel_sizes = {
+            "reset": kernel_uops(geometry.reset_loops),
+            "gemm": kernel_uops(geometry.gemm_loops),
+            "alu": len(alu_ops),
+        }
+        self.uop_bytes = UOP_BYTES * sum(self.kernel_sizes.values())
+        self.vector_operands = sum(op.vector for op in alu_ops)
+        self.windows = input_windows_inside(shape, self.tiling, hw)
+        self.program: list[Instruction] = []
+        self.last_compute: dict[int, int] = {}  # per thread: its latest compute instruction
+        self.last_gemm: dict[int, int] = {}  # per thread: the latest GEMM reading its input/weight buffers
+        self.last_store: dict[int, int] = {}
+        self.uops: dict[int, int] = {}  # per thread: the load of its micro-op kernels
+        self.operands: dict[int, int] = {}  # per thread: the latest load of its ALU operands
+        self.last_alu: dict[int, int] = {}
+
+    def emit(self, ins: Instruction) -> int:
+        self.program.append(ins)
+        return len(self.program) - 1
+
+    def write_group(self, group: range) -> None:
+        """The tiles of `group`, their instructions interleaved step by step as VTA's threads do."""
+        for thread, tile in enumerate(group):
+            self.start_tile(tile, thread)
+        for _ in range(self.geometry.steps):
+            loads = {thread: self.load_step(tile, thread) for thread, tile in enumerate(group)}
+            for thread in range(len(group)):
+                self.gemm(thread, loads[thread])
+        for thread in range(len(group)):
+            if self.vector_operands:  # after the step loads; overwrites operands the last ALU has read
+                self.load_alu_operands(thread)
+        for thread in range(len(group)):
+            for _op in self.alu_ops:
+                self.alu(thread)
+        for thread in range(len(group)):
+            self.store(thread)
+
+    def start_tile(self, tile: int, thread: int) -> None:
+        """The thread's micro-op kernels (on its first tile), then the accumulators' reset."""
+        if tile == thread:  # first tile of this thread: its micro-op kernels
+            self.uops[thread] = self.emit(
+                Instruction("LOAD_UOP", LOAD, thread, self.uop_bytes, 1, y_size=1, x_size=self.uop_bytes // UOP_BYTES)
             )
-    features = layer_features(shape, tiling, hw, alu_ops)
-    return LayerProgram(program, shape.macs, threads, kernel_sizes, features)
+        deps = [self.last_store[thread]] if thread in self.last_store else []
+        self.last_compute[thread] = self.emit(
+            Instruction("GEMM_RESET", COMPUTE, thread, iterations=self.acc_elements, deps=deps)
+        )
+
+    def load_step(self, tile: int, thread: int) -> list[int]:
+        """The input and weight loads of one input-channel step."""
+        war = [self.last_gemm[thread]] if thread in self.last_gemm else []
+        return [self.emit(self._load_input(tile, thread, war)), self.emit(self._load_weights(thread, war))]
+
+    def _load_input(self, tile: int, thread: int, deps: list[int]) -> Instruction:
+        inp_window, hw = self.geometry.inp_window, self.hw
+        transfers = inp_window[0] * inp_window[1]
+        rows, cols = self.windows[tile]
+        nbytes = transfers * rows * cols * hw.inp_elem_bytes
+        padding = inp_window[2] * inp_window[3] - rows * cols
+        return Instruction(
+            "LOAD_INP", LOAD, thread, nbytes, transfers, y_size=rows, x_size=cols, pad_elements=padding, deps=deps
+        )
+
+    def _load_weights(self, thread: int, deps: list[int]) -> Instruction:
+        co_w, ci_w, kh, kw = self.geometry.wgt_window
+        nbytes = co_w * ci_w * kh * kw * self.hw.wgt_elem_bytes
+        return Instruction("LOAD_WGT", LOAD, thread, nbytes, 1, y_size=co_w, x_size=ci_w * kh * kw, deps=deps)
+
+    def gemm(self, thread: int, loads: list[int]) -> None:
+        deps = [*loads, self.last_compute[thread], self.uops[thread]]
+        self.last_gemm[thread] = self.last_compute[thread] = self.emit(
+            Instruction("GEMM", COMPUTE, thread, iterations=self.gemm_per_step, deps=deps)
+        )
+
+    def load_alu_operands(self, thread: int) -> None:
+        war = [self.last_alu[thread]] if thread in self.last_alu else []
+        co_tile = self.geometry.out_window[1]
+        nbytes = self.vector_operands * co_tile * self.hw.acc_elem_bytes
+        self.operands[thread] = self.emit(
+            Instruction("LOAD_ACC", LOAD, thread, nbytes, self.vector_operands, y_size=1, x_size=co_tile, deps=war)
+        )
+
+    def alu(self, thread: int) -> None:
+        deps = [self.last_compute[thread], *([self.operands[thread]] if thread in self.operands else [])]
+        self.last_alu[thread] = self.last_compute[thread] = self.emit(
+            Instruction("ALU", COMPUTE, thread, iterations=self.acc_elements, deps=deps)
+        )
+
+    def store(self, thread: int) -> None:
+        n_tile, co_tile, h_tile, w_tile = self.geometry.out_window
+        nbytes = self.acc_elements * self.hw.out_elem_bytes
+        deps = [self.last_compute[thread]]
+        store = Instruction("STORE", STORE, thread, nbytes, n_tile * co_tile, y_size=h_tile, x_size=w_tile, deps=deps)
+        self.last_store[thread] = self.emit(store)

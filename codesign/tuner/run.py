@@ -17,6 +17,7 @@ A run directory belongs to one run and to one process at a time:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -83,109 +84,45 @@ def tune_to_directory(
 ):
     """Tune into the run directory `out`; `after_run(out)` runs when the evaluations are done,
     before the lock is released (the CLI writes the report there)."""
-    if strategy not in STRATEGIES:
-        raise UsageError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
-    if executor not in ("local", "ray"):
-        raise UsageError(f"--executor {executor}: expected local or ray")
-    if eval_samples is not None and eval_samples < 1:
-        raise UsageError(f"--eval-samples {eval_samples}: expected at least 1")
+    _check_choices(strategy, executor, eval_samples)
     space = load_space(space_path)
     out = Path(out)
     check_run_directory(out, resume)  # before anything is written
     shapes = tuple(sorted(parse_input_shapes(input_shape).items()))
     values = tuple(sorted((name, tuple(v)) for name, v in parse_input_values(input_value).items()))
     space_text = Path(space_path).read_text(encoding="utf-8")  # load_space has read it
-    identity = {
-        "model_sha256": _sha256(Path(model), "model"),
-        "data_sha256": _sha256(Path(data), "data"),
-        "space_sha256": hashlib.sha256(space_text.encode("utf-8")).hexdigest(),
-        "seed": seed,
-        "strategy": strategy,
-        "batch_size": batch_size,
-        "input_shapes": {name: list(dims) for name, dims in shapes},
-        "input_values": {name: list(v) for name, v in values},
-        "eval_samples": eval_samples,
-    }
+    options = _RunOptions(
+        model=model,
+        space_path=space_path,
+        data=data,
+        out=out,
+        budget=budget,
+        strategy=strategy,
+        seed=seed,
+        jobs=jobs,
+        executor=executor,
+        address=address,
+        batch_size=batch_size,
+        resume=resume,
+        eval_samples=eval_samples,
+        shapes=shapes,
+        values=values,
+        space_text=space_text,
+    )
+    records = _tune_in_directory(options, space, console, after_run)
+    _print_results(console, out, space, records)
+
+
+def _tune_in_directory(options: _RunOptions, space, console: Console, after_run) -> list:
+    """The run under the directory's lock; a signal that stopped it is reported as such."""
+    out, resume = options.out, options.resume
+    identity = _run_identity(options)
     if resume:
-        check_identity(out, identity, model, data, space_path)
+        check_identity(out, identity, options.model, options.data, options.space_path)
     run_dir = RunDirectory(out, resume)
     try:
         with run_dir:
-            check_run_directory(out, resume, holding_lock=True)  # another tune may have started a run there
-            if resume:
-                check_identity(out, identity, model, data, space_path)
-            # The model and the data, checked here (workers would fail far less clearly).
-            imported = import_onnx(model, dict(shapes) or None, {name: list(v) for name, v in values} or None)
-            load_eval_data(data, imported.inputs, eval_samples)
-            layers = gemm_layer_names(imported)
-            if not resume:
-                run_dir.write(RUN_FILE, json.dumps({"format": RUN_FORMAT, **identity}, indent=2) + "\n")
-            if not resume or not (out / SPACE_FILE).exists():  # the same space: checked by its sha256
-                run_dir.write(SPACE_FILE, space_text)
-            spec = EvaluatorSpec(
-                str(Path(model).resolve()),
-                str(Path(space_path).resolve()),
-                str(Path(data).resolve()),
-                shapes,
-                eval_samples=eval_samples,
-                input_values=values,
-                workdir=str(run_dir.temp.resolve()),
-            )
-            started = time.perf_counter()
-            earlier_seconds = _read_json(out / SETTINGS_FILE).get("wall_seconds", 0.0) if resume else 0.0
-            settings = {
-                "model": spec.model,
-                "space": spec.space,
-                "data": spec.data,
-                "input_shapes": {name: list(dims) for name, dims in shapes},
-                "input_values": {name: list(v) for name, v in values},
-                "calibration_samples": spec.calibration_samples,
-                "eval_samples": eval_samples,
-                "budget": budget,
-                "strategy": strategy,
-                "seed": seed,
-                "jobs": jobs,
-                "executor": executor,
-                "batch_size": batch_size,
-                "codesign_version": codesign.__version__,
-                "tvm_version": tvm.__version__,
-                "python_version": platform.python_version(),
-            }
-            # Written first, so the report of an interrupted run still knows the model and data.
-            run_dir.write(SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
-            console.print(f"Preparing the evaluator (model, data, float accuracy) for {Path(model).name} ...")
-            database = Database(out / DATABASE_FILE)
-            runner = make_executor(executor, spec, jobs, address)
-            try:
-                run_dir.raise_if_stopped()  # a signal a library swallowed while the evaluator was prepared
-                with Progress(
-                    TextColumn("[bold]tuning"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn("{task.description}"),
-                    TimeRemainingColumn(),
-                    console=console,
-                ) as progress:
-                    done = len(database.load(space.needed_metrics(), tuple(space.knobs)))
-                    task = progress.add_task("", total=budget, completed=min(done, budget))
-
-                    def on_record(record, history):
-                        progress.update(task, advance=1, description=_summary(space, history))
-                        run_dir.raise_if_stopped()
-
-                    strategy_ = STRATEGIES[strategy]()
-                    records = run_tuning(
-                        space, strategy_, database, runner, budget, batch_size, seed, on_record, layers
-                    )
-            finally:
-                runner.close()
-            write_outputs(out, space, records, layers)
-            runner.write_front(out, space, records)  # front/: the best designs per layer, for the report
-            settings["wall_seconds"] = earlier_seconds + time.perf_counter() - started
-            run_dir.write(SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
-            if after_run is not None:
-                after_run(out)  # e.g. the CLI's report, still under the run's lock
-            run_dir.raise_if_stopped()
+            return _tune_in_locked_directory(options, identity, space, run_dir, console, after_run)
     except BaseException as err:
         if run_dir.stopped_by is None:
             raise
@@ -193,6 +130,163 @@ def tune_to_directory(
         # Python callback raises): what stopped the run is the signal.
         kept = "`--resume` continues the run" if _has_records(out) else "no evaluation was recorded"
         raise CodesignError(f"{out}: tuning stopped by {run_dir.stopped_by}; {kept}") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunOptions:
+    """What a tune was asked for, its input bindings parsed."""
+
+    model: object
+    space_path: object
+    data: object
+    out: Path
+    budget: int
+    strategy: str
+    seed: int
+    jobs: int
+    executor: str
+    address: object
+    batch_size: int
+    resume: bool
+    eval_samples: int | None
+    shapes: tuple  # ((input name, dims), ...), sorted by name
+    values: tuple  # ((input name, values), ...), sorted by name
+    space_text: str
+
+    def shapes_json(self) -> dict:
+        return {name: list(dims) for name, dims in self.shapes}
+
+    def values_json(self) -> dict:
+        return {name: list(v) for name, v in self.values}
+
+
+def _check_choices(strategy, executor, eval_samples) -> None:
+    if strategy not in STRATEGIES:
+        raise UsageError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
+    if executor not in ("local", "ray"):
+        raise UsageError(f"--executor {executor}: expected local or ray")
+    if eval_samples is not None and eval_samples < 1:
+        raise UsageError(f"--eval-samples {eval_samples}: expected at least 1")
+
+
+def _run_identity(options: _RunOptions) -> dict:
+    """What defines the run (run.json; the fields of IDENTITY_FIELDS)."""
+    return {
+        "model_sha256": _sha256(Path(options.model), "model"),
+        "data_sha256": _sha256(Path(options.data), "data"),
+        "space_sha256": hashlib.sha256(options.space_text.encode("utf-8")).hexdigest(),
+        "seed": options.seed,
+        "strategy": options.strategy,
+        "batch_size": options.batch_size,
+        "input_shapes": options.shapes_json(),
+        "input_values": options.values_json(),
+        "eval_samples": options.eval_samples,
+    }
+
+
+def _tune_in_locked_directory(
+    options: _RunOptions, identity: dict, space, run_dir: RunDirectory, console: Console, after_run
+) -> list:
+    """The run, once `run_dir` is locked: checks, run files, evaluations, outputs; returns the records."""
+    out, resume = options.out, options.resume
+    check_run_directory(out, resume, holding_lock=True)  # another tune may have started a run there
+    if resume:
+        check_identity(out, identity, options.model, options.data, options.space_path)
+    layers = _check_model_and_data(options)
+    if not resume:
+        run_dir.write(RUN_FILE, _json_text({"format": RUN_FORMAT, **identity}))
+    if not resume or not (out / SPACE_FILE).exists():  # the same space: checked by its sha256
+        run_dir.write(SPACE_FILE, options.space_text)
+    spec = _evaluator_spec(options, run_dir)
+    started = time.perf_counter()
+    earlier_seconds = _read_json(out / SETTINGS_FILE).get("wall_seconds", 0.0) if resume else 0.0
+    settings = _settings(options, spec)
+    # Written first, so the report of an interrupted run still knows the model and data.
+    run_dir.write(SETTINGS_FILE, _json_text(settings))
+    console.print(f"Preparing the evaluator (model, data, float accuracy) for {Path(options.model).name} ...")
+    database = Database(out / DATABASE_FILE)
+    runner = make_executor(options.executor, spec, options.jobs, options.address)
+    try:
+        records = _search(options, space, database, runner, layers, run_dir, console)
+    finally:
+        runner.close()
+    write_outputs(out, space, records, layers)
+    runner.write_front(out, space, records)  # front/: the best designs per layer, for the report
+    settings["wall_seconds"] = earlier_seconds + time.perf_counter() - started
+    run_dir.write(SETTINGS_FILE, _json_text(settings))
+    if after_run is not None:
+        after_run(out)  # e.g. the CLI's report, still under the run's lock
+    run_dir.raise_if_stopped()
+    return records
+
+
+def _check_model_and_data(options: _RunOptions) -> list:
+    """The model and the data, checked here (workers would fail far less clearly); the model's
+    GEMM layers."""
+    imported = import_onnx(options.model, dict(options.shapes) or None, options.values_json() or None)
+    load_eval_data(options.data, imported.inputs, options.eval_samples)
+    return gemm_layer_names(imported)
+
+
+def _evaluator_spec(options: _RunOptions, run_dir: RunDirectory) -> EvaluatorSpec:
+    return EvaluatorSpec(
+        str(Path(options.model).resolve()),
+        str(Path(options.space_path).resolve()),
+        str(Path(options.data).resolve()),
+        options.shapes,
+        eval_samples=options.eval_samples,
+        input_values=options.values,
+        workdir=str(run_dir.temp.resolve()),
+    )
+
+
+def _settings(options: _RunOptions, spec: EvaluatorSpec) -> dict:
+    """settings.json: how the run was made (the report reads it); wall_seconds added at the end."""
+    return {
+        "model": spec.model,
+        "space": spec.space,
+        "data": spec.data,
+        "input_shapes": options.shapes_json(),
+        "input_values": options.values_json(),
+        "calibration_samples": spec.calibration_samples,
+        "eval_samples": options.eval_samples,
+        "budget": options.budget,
+        "strategy": options.strategy,
+        "seed": options.seed,
+        "jobs": options.jobs,
+        "executor": options.executor,
+        "batch_size": options.batch_size,
+        "codesign_version": codesign.__version__,
+        "tvm_version": tvm.__version__,
+        "python_version": platform.python_version(),
+    }
+
+
+def _search(options: _RunOptions, space, database, runner, layers, run_dir: RunDirectory, console) -> list:
+    """The evaluations up to the budget (those in the database count), with a progress bar."""
+    run_dir.raise_if_stopped()  # a signal a library swallowed while the evaluator was prepared
+    with Progress(
+        TextColumn("[bold]tuning"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        done = len(database.load(space.needed_metrics(), tuple(space.knobs)))
+        task = progress.add_task("", total=options.budget, completed=min(done, options.budget))
+
+        def on_record(record, history):
+            progress.update(task, advance=1, description=_summary(space, history))
+            run_dir.raise_if_stopped()
+
+        strategy = STRATEGIES[options.strategy]()
+        return run_tuning(
+            space, strategy, database, runner, options.budget, options.batch_size, options.seed, on_record, layers
+        )
+
+
+def _print_results(console: Console, out: Path, space, records) -> None:
     front = pareto_records(space, records)
     feasible = sum(r.feasible for r in records)
     console.print(f"{len(records)} evaluations, {feasible} feasible, Pareto front of {len(front)}; wrote {out}/")
@@ -433,6 +527,10 @@ def _has_records(out: Path) -> bool:
 def _sha256(path: Path, what: str) -> str:
     with reading(path, what):
         return file_sha256(path)
+
+
+def _json_text(value) -> str:
+    return json.dumps(value, indent=2) + "\n"
 
 
 def _read_json(path: Path) -> dict:
