@@ -12,19 +12,22 @@ along a new leading axis, or along the batch axis when the input's batch is 1.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import tvm
 from tvm import relax
 
+from codesign import cache, progress
 from codesign.emit import emit_float_node, module_without_main
 from codesign.errors import ModelError, UsageError
+from codesign.files import check_real_numbers, open_numpy_file, read_array
 from codesign.graph import Graph, channel_axis
 from codesign.importer import ImportedModel, TensorSpec
+from codesign.schedules.host_float import schedule_float_module
 from codesign.target import target
 from codesign.tvm_output import quiet_tvm
 
@@ -52,7 +55,7 @@ def build_float_module(graph: Graph, imported: ImportedModel, taps: list[str]) -
 
 def run_float(mod: tvm.IRModule, samples: list[dict[str, np.ndarray]], input_names: list[str]):
     with quiet_tvm():
-        executable = tvm.compile(mod, target=target())
+        executable = tvm.compile(schedule_float_module(mod), target=target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     for sample in samples:
         outputs = vm["main"](*[tvm.runtime.tensor(sample[name]) for name in input_names])
@@ -66,6 +69,61 @@ class TensorRanges:
 
     absmax: dict[str, float]
     channel_absmax: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """Exact: JSON writes a float as the shortest text that reads back to the same float."""
+        channels = {name: values.tolist() for name, values in self.channel_absmax.items()}
+        return json.dumps({"absmax": self.absmax, "channel_absmax": channels}).encode()
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> TensorRanges:
+        doc = json.loads(payload)
+        channels = {name: np.asarray(values, dtype=np.float64) for name, values in doc["channel_absmax"].items()}
+        return cls(doc["absmax"], channels)
+
+
+def cached_tensor_ranges(
+    graph: Graph,
+    imported: ImportedModel,
+    samples: list[dict[str, np.ndarray]],
+    method: str,
+    graph_changes: dict,
+    percentile: float = 99.99,
+) -> TensorRanges:
+    """tensor_ranges, read from the cache when the same model, bound inputs, graph changes (e.g.
+    pruning: `graph_changes`), samples and method were calibrated before."""
+    key = cache.entry_key(
+        "ranges",
+        {
+            "model": imported.sha256,
+            "inputs": [(spec.name, list(spec.shape), spec.dtype) for spec in imported.inputs],
+            "frozen": {name: _array_digest(value) for name, value in imported.frozen_inputs.items()},
+            "graph_changes": graph_changes,
+            "samples": _samples_digest(samples),
+            "method": method,
+            "percentile": percentile,
+        },
+    )
+    payload = cache.load(key)
+    if payload is not None:
+        return TensorRanges.from_json(payload)
+    ranges = tensor_ranges(graph, imported, samples, method, percentile)
+    cache.store(key, ranges.to_json())
+    return ranges
+
+
+def _array_digest(array: np.ndarray) -> str:
+    array = np.ascontiguousarray(array)
+    header = f"{array.dtype.str}{array.shape}".encode()
+    return hashlib.sha256(header + array.tobytes()).hexdigest()
+
+
+def _samples_digest(samples: list[dict[str, np.ndarray]]) -> str:
+    digest = hashlib.sha256()
+    for sample in samples:
+        for name in sorted(sample):
+            digest.update(name.encode() + _array_digest(sample[name]).encode())
+    return digest.hexdigest()
 
 
 def tensor_ranges(
@@ -90,6 +148,7 @@ def tensor_ranges(
     channel_absmax = {n: 0.0 for n in floats if axes[n] is not None}
     histograms = {name: AbsHistogram() for name in clipped}
     skip = len(graph.outputs)
+    progress.stage("calibrate", len(samples))
     for outputs in run_float(mod, samples, [t.name for t in imported.inputs]):
         for name, value in zip(taps, outputs[skip:]):
             absmax[name] = max(absmax[name], float(np.abs(value).max(initial=0.0)))
@@ -98,6 +157,7 @@ def tensor_ranges(
                 channel_absmax[name] = np.maximum(channel_absmax[name], np.abs(value).max(axis=others))
             if name in histograms:
                 histograms[name].add(value)
+        progress.advance()
     for name, histogram in histograms.items():
         absmax[name] = histogram.percentile(percentile) if method == "percentile" else histogram.entropy_threshold()
     channel_absmax = {
@@ -215,20 +275,7 @@ def load_samples(path: str | Path, inputs: list[TensorSpec], limit: int | None =
     """The calibration samples of a .npy/.npz file, checked: numeric, real and finite values, and no
     float input that is zero in every sample (its range, and so its scale, would be 0)."""
     path = Path(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except FileNotFoundError as err:
-        raise UsageError(f"{path}: no such calibration file") from err
-    except ValueError as err:
-        if "Object arrays" in str(err):
-            raise ModelError(f"{path}: holds an array of Python objects, not numbers (dtype object)") from err
-        if "pickled" in str(err):
-            raise ModelError(f"{path}: a Python pickle, not a .npy/.npz file of numbers") from err
-        raise ModelError(f"{path}: not a .npy/.npz file ({err})") from err
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ModelError(f"{path}: not a .npy/.npz file ({err})") from err
-    except MemoryError as err:
-        raise ModelError(f"{path}: holds an array too large to load") from err
+    loaded = open_numpy_file(path, "calibration", ".npy/.npz", ModelError)
     if isinstance(loaded, np.ndarray):
         if len(inputs) != 1:
             raise UsageError(f"{path}: a .npy file feeds one input, the model has {len(inputs)}; use .npz")
@@ -237,7 +284,7 @@ def load_samples(path: str | Path, inputs: list[TensorSpec], limit: int | None =
         missing = [t.name for t in inputs if t.name not in loaded.files]
         if missing:
             raise UsageError(f"{path}: no array named {', '.join(missing)} (has: {', '.join(loaded.files)})")
-        arrays = {t.name: read_npz_array(loaded, t.name, path) for t in inputs}
+        arrays = {t.name: read_array(loaded, t.name, path, ModelError, t.dtype) for t in inputs}
     stacks = {t.name: as_samples(arrays[t.name], t, path) for t in inputs}
     count = min(len(s) for s in stacks.values())
     count = count if limit is None else min(count, limit)
@@ -245,25 +292,11 @@ def load_samples(path: str | Path, inputs: list[TensorSpec], limit: int | None =
     return [{name: stack[i] for name, stack in stacks.items()} for i in range(count)]
 
 
-def read_npz_array(archive, name: str, path: Path) -> np.ndarray:
-    """One array of an .npz, with an object array or a damaged member reported as one line."""
-    try:
-        return archive[name]
-    except ValueError as err:
-        if "Object arrays" in str(err):
-            raise ModelError(f"{path}: array '{name}' holds Python objects, not numbers (dtype object)") from err
-        raise ModelError(f"{path}: array '{name}' cannot be read ({err})") from err
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise ModelError(f"{path}: array '{name}' cannot be read ({err})") from err
-    except MemoryError as err:
-        raise ModelError(f"{path}: array '{name}' is too large to load") from err
-
-
 def as_samples(array: np.ndarray, spec: TensorSpec, path: Path) -> np.ndarray:
     """A stack of samples for one input: one sample, stacked on a new axis, or on the batch axis.
     Its values must be real numbers, finite (also once converted to the input's dtype)."""
     shape = tuple(spec.shape)
-    check_numeric(array, spec, path)
+    check_real_numbers(array, spec.name, path, ModelError, spec.dtype)
     if array.shape == shape:
         stack = array[None]
     elif array.shape[1:] == shape:
@@ -280,25 +313,6 @@ def as_samples(array: np.ndarray, spec: TensorSpec, path: Path) -> np.ndarray:
     if converted is not stack:
         check_finite(converted, spec, path, f" once converted to {spec.dtype}")
     return converted
-
-
-def check_numeric(array: np.ndarray, spec: TensorSpec, path: Path) -> None:
-    kind = array.dtype.kind
-    if kind == "c":
-        raise ModelError(
-            f"{path}: array '{spec.name}' is complex ({array.dtype}); input '{spec.name}' takes real "
-            f"{spec.dtype} values (the imaginary part would be lost)"
-        )
-    if kind not in "biuf":
-        raise ModelError(
-            f"{path}: array '{spec.name}' holds {describe_dtype(array.dtype)}, not numbers; "
-            f"input '{spec.name}' takes {spec.dtype} values"
-        )
-
-
-def describe_dtype(dtype: np.dtype) -> str:
-    kinds = {"U": "strings", "S": "byte strings", "O": "Python objects", "V": "records", "M": "dates", "m": "durations"}
-    return kinds.get(dtype.kind) or f"values of dtype {dtype}"  # numpy's '<U6' means nothing to most users
 
 
 def check_finite(stack: np.ndarray, spec: TensorSpec, path: Path, when: str) -> None:

@@ -6,6 +6,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import zipfile
@@ -24,6 +25,51 @@ app = typer.Typer(
 )
 # Piped output gets a wide table instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+NoCacheOption = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Neither read nor write the cache of calibration statistics (see README)."),
+]
+
+
+QuietOption = Annotated[bool, typer.Option("--quiet", help="No live progress display (stage, layer i of N).")]
+
+
+class _LiveProgress:
+    """The current stage, item i of N and the time elapsed, on one line that disappears when done."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.task = bar.add_task("", total=None)
+
+    def stage(self, name: str, total: int | None) -> None:
+        self.bar.update(self.task, description=name, total=total, completed=0)
+
+    def advance(self) -> None:
+        self.bar.advance(self.task)
+
+
+@contextlib.contextmanager
+def _live_progress(quiet: bool):
+    """A live display on a terminal; nothing in a pipe or with --quiet."""
+    if quiet or not console.is_terminal:
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from codesign.progress import reporting
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar, reporting(_LiveProgress(bar)):
+        yield
+
+
+def _cache_choice(no_cache: bool) -> None:
+    if no_cache:
+        from codesign import cache
+
+        cache.disable()
 
 
 @app.callback()
@@ -75,8 +121,11 @@ def compile_command(
             "--float-layers", help="Keep these layers in float on the host (glob over layer names; repeatable)."
         ),
     ] = None,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
+    _cache_choice(no_cache)
     from codesign.console_tables import print_placement
     from codesign.deploy import check_output, write_module
     from codesign.files import cleanup_on_signals
@@ -87,7 +136,7 @@ def compile_command(
         raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
     spec, compression_choices = _design_choices(hw, design, compression, float_layers)
     check_output(out)  # before the compile: refuses what write_module would, without writing anything
-    with cleanup_on_signals(f"compiling {out}/"):  # SIGTERM, like Ctrl-C, removes the staging directory
+    with cleanup_on_signals(f"compiling {out}/"), _live_progress(quiet):  # SIGTERM removes the staging directory
         result = compile_model(
             model,
             spec,
@@ -290,13 +339,17 @@ def simulate_command(
         list[str] | None,
         typer.Option("--float-layers", help="Keep these layers in float on the host (glob over names; repeatable)."),
     ] = None,
+    no_cache: NoCacheOption = False,
+    quiet: QuietOption = False,
 ):
     """Per-layer counters, cycles, utilisation, bound and energy of a model on an accelerator."""
+    _cache_choice(no_cache)
     from codesign.simulator.simulate import MODELS, simulate_plans
 
     if model not in MODELS:
         raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
-    spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers, design)
+    with _live_progress(quiet):
+        spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers, design)
     simulation = simulate_plans(plans, spec, model)
     from codesign.console_tables import print_simulation
 
@@ -389,8 +442,10 @@ def tune_command(
         typer.Option("--input-value", help="Freeze an input to a constant: NAME=V or NAME=V1,V2,... (repeatable)."),
     ] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Evaluate accuracy on at most this many samples.")] = None,
+    no_cache: NoCacheOption = False,
 ):
     """Search hardware, compression and schedules jointly for the Pareto front."""
+    _cache_choice(no_cache)
     from codesign.report.build import write_run_report
     from codesign.tuner.run import tune_to_directory
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from codesign.errors import UsageError
-from codesign.files import reading
+from codesign.files import parse_json, reading
 from codesign.graph import Graph
 
 
@@ -147,15 +147,7 @@ def load_compression(path: str | Path) -> CompressionConfig:
     path = Path(path)
     with reading(path, "compression"):
         text = path.read_bytes().decode("utf-8")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path}: not a valid JSON compression file (line {err.lineno}: {err.msg})") from err
-    except (ValueError, RecursionError) as err:
-        raise UsageError(
-            f"{path}: not a readable JSON compression file (nested too deeply, or a number too long to read)"
-        ) from err
-    return compression_from_dict(doc, str(path))
+    return compression_from_dict(parse_json(text, path, UsageError, "compression"), str(path))
 
 
 def _json_type(value) -> str:

@@ -21,10 +21,9 @@ import tvm
 from tvm import relax
 
 import codesign
-from codesign.calibration import describe_dtype
 from codesign.errors import DeployError
 from codesign.files import STALE_SECONDS as STALE_SECONDS  # re-exported
-from codesign.files import file_sha256, output_path, replace_directory, staging_directory
+from codesign.files import describe_dtype, file_sha256, output_path, replace_directory, staging_directory
 from codesign.files import remove_stale_siblings as _remove_stale_siblings
 from codesign.hardware import HardwareSpec
 from codesign.importer import TensorSpec

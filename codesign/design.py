@@ -28,7 +28,7 @@ from pathlib import Path
 from codesign.compression import FIELDS as COMPRESSION_FIELDS
 from codesign.compression import CompressionConfig, check_compression, compression_from_dict
 from codesign.errors import UsageError
-from codesign.files import reading, write_text_atomic
+from codesign.files import parse_json, reading, write_text_atomic
 from codesign.hardware import HardwareSpec, hardware_from_dict
 
 FORMAT = "codesign-design"
@@ -74,14 +74,7 @@ class Design:
 
     @classmethod
     def from_json(cls, text: str, source: str = "design") -> Design:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{source}: not a valid JSON design file (line {err.lineno}: {err.msg})") from err
-        except (ValueError, RecursionError) as err:
-            reason = "nested too deeply, or a number too long to read"
-            raise UsageError(f"{source}: not a readable JSON design file ({reason})") from err
-        return cls.from_dict(doc, source)
+        return cls.from_dict(parse_json(text, source, UsageError, "design"), source)
 
     def save(self, path: str | Path) -> Path:
         """Write the design atomically to `path` (a directory: `path/design.json`); returns the file."""

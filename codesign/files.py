@@ -1,9 +1,11 @@
-"""Writing files and directories so a reader sees the old content or the new, never half of it."""
+"""Writing files and directories so a reader sees the old content or the new, never half of it; reading
+a user's files (text, JSON, numpy data) with anything wrong reported as one line naming the file."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -11,8 +13,12 @@ import signal
 import tempfile
 import threading
 import time
+import zipfile
+import zlib
 from collections.abc import Collection
 from pathlib import Path
+
+import numpy as np
 
 from codesign.errors import DeployError, Interrupted, UsageError
 
@@ -247,6 +253,86 @@ def reading(path: Path, what: str):
         raise UsageError(f"{path}: not a text {what} file (byte {err.start} is not UTF-8)") from err
     except OSError as err:
         raise UsageError(f"{path}: cannot read the {what} file ({err.strerror or err})") from err
+
+
+def parse_json(text: str, path: str | Path, error: type[Exception], what: str = ""):
+    """The JSON document `text` read from `path`; a syntax error, or nesting or a number too large for
+    the parser, is one `error` line naming the file (and the kind of file: `what`, e.g. "design")."""
+    article, kind = ("a ", f"JSON {what} file") if what else ("", "JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not {article}valid {kind} (line {err.lineno}: {err.msg})") from err
+    except (ValueError, RecursionError) as err:
+        reason = "nested too deeply, or a number too long to read"
+        raise error(f"{path}: not {article}readable {kind} ({reason})") from err
+
+
+def open_numpy_file(path: Path, what: str, kinds: str, error: type[Exception]):
+    """A user's numpy data file, never unpickled: an .npy's array or an open .npz archive. `what` names
+    the file ("calibration"), `kinds` what it may be (".npy/.npz"). A missing file is a UsageError, as
+    for every file the user names; anything else wrong with it is one `error` line naming the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise UsageError(f"{path}: no such {what} file") from err
+    except IsADirectoryError as err:
+        raise error(f"{path}: is a directory, not a {kinds} {what} file") from err
+    except ValueError as err:
+        if "Object arrays" in str(err):
+            raise error(f"{path}: holds an array of Python objects, not real numbers") from err
+        if "pickled" in str(err):
+            raise error(f"{path}: a Python pickle, not a {kinds} file of numbers") from err
+        raise error(f"{path}: not a {kinds} file ({_reason(err)})") from err
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise error(f"{path}: not a {kinds} file ({_reason(err)})") from err
+    except MemoryError as err:
+        raise error(f"{path}: holds an array too large to load") from err
+
+
+def read_array(archive, name: str, path: Path, error: type[Exception], input_dtype: str | None = None) -> np.ndarray:
+    """Array `name` of an .npz archive (from open_numpy_file), checked to hold real numbers; a damaged
+    member, one too large to load or one of Python objects is one `error` line naming the file and
+    the array. `input_dtype`: the dtype of the model input the array feeds, named in the message."""
+    try:
+        array = archive[name]
+    except ValueError as err:
+        if "Object arrays" in str(err):
+            raise error(_not_real_numbers(path, name, "Python objects", input_dtype)) from err
+        raise error(f"{path}: array '{name}' cannot be read ({_reason(err)})") from err
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise error(f"{path}: array '{name}' cannot be read ({_reason(err)})") from err
+    except MemoryError as err:
+        raise error(f"{path}: array '{name}' is too large to load") from err
+    check_real_numbers(array, name, path, error, input_dtype)
+    return array
+
+
+def check_real_numbers(
+    array: np.ndarray, name: str, path: Path, error: type[Exception], input_dtype: str | None = None
+) -> None:
+    """Refuse an array of anything but booleans, integers and real floats (strings, complex numbers,
+    Python objects, ...) in one `error` line naming the file and the array (and the dtype of the model
+    input it feeds, if given)."""
+    if array.dtype.kind not in "biuf":
+        what = f"complex numbers ({array.dtype})" if array.dtype.kind == "c" else describe_dtype(array.dtype)
+        raise error(_not_real_numbers(path, name, what, input_dtype))
+
+
+def _not_real_numbers(path: Path, name: str, what: str, input_dtype: str | None) -> str:
+    takes = f"; input '{name}' takes {input_dtype} values" if input_dtype else ""
+    return f"{path}: array '{name}' holds {what}, not real numbers{takes}"
+
+
+def describe_dtype(dtype: np.dtype) -> str:
+    kinds = {"U": "strings", "S": "byte strings", "O": "Python objects", "V": "records", "M": "dates", "m": "durations"}
+    return kinds.get(dtype.kind) or f"values of dtype {dtype}"  # numpy's '<U6' means nothing to most users
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of an exception's message (the error stays one line), or its type if it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def file_sha256(path: Path) -> str:

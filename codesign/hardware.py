@@ -18,6 +18,7 @@ import tomli_w
 
 from codesign import toml as tomllib
 from codesign.errors import HardwareError
+from codesign.files import parse_json
 from codesign.schedules.tiling import UOP_BYTES
 
 # The presets: package data, hw_targets/ in the repository installed as codesign/hw_targets/.
@@ -545,16 +546,5 @@ def load_hardware(name_or_path: str | Path) -> HardwareSpec:
             f"{path}: not a {kind} text file (byte {err.start} is not UTF-8; is it a binary file?)"
         ) from err
     if path.suffix == ".json":
-        try:
-            return hardware_from_vta_config(json.loads(text), str(path))
-        except json.JSONDecodeError as err:
-            raise HardwareError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
-        except (ValueError, RecursionError) as err:
-            raise HardwareError(f"{path}: not readable JSON (nested too deeply, or a number too long to read)") from err
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise HardwareError(f"{path}: not valid TOML ({err})") from err
-    except (ValueError, RecursionError) as err:
-        raise HardwareError(f"{path}: not readable TOML (nested too deeply, or a number too long to read)") from err
-    return hardware_from_dict(doc, str(path))
+        return hardware_from_vta_config(parse_json(text, path, HardwareError), str(path))
+    return hardware_from_dict(tomllib.parse_toml(text, path, HardwareError), str(path))

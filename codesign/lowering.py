@@ -16,6 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from codesign import progress
 from codesign.compression import CompressionConfig
 from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
@@ -104,9 +105,11 @@ class _Lowerer:
         # Tile and schedule every accelerated layer first: a layer that does not fit fails
         # before any Relax is built.
         self.kernels = {}
-        for node in qgraph.gemm_nodes():
-            if node.placement == "accel":
-                self.plan_kernel(node)
+        offloaded = [node for node in qgraph.gemm_nodes() if node.placement == "accel"]
+        progress.stage("schedule", len(offloaded))
+        for node in offloaded:
+            self.plan_kernel(node)
+            progress.advance()
 
     def plan_kernel(self, node: QNode) -> None:
         """Tile and schedule one offloaded layer. A dilated conv whose dilated window cannot fit

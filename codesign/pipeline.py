@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from codesign.calibration import load_samples, random_samples, tensor_ranges
+from codesign import progress
+from codesign.calibration import cached_tensor_ranges, load_samples, random_samples
 from codesign.compression import CompressionConfig, prune_graph, validate_compression
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
@@ -93,7 +94,7 @@ def quantize_model(
     calibration_info["method"] = calibration_method
     if not samples:
         raise ModelError(f"{calibration}: no calibration samples")
-    ranges = tensor_ranges(graph, imported, samples, calibration_method)
+    ranges = cached_tensor_ranges(graph, imported, samples, calibration_method, {"prune": compression.prune})
     config = QuantConfig.for_hardware(hw, weight_bits, compression.weight_bits, compression.float_layers)
     return graph, quantize_graph(graph, ranges, config), calibration_info
 
@@ -173,6 +174,7 @@ def plan_model(
 ) -> list:
     """The layer plans of a model (import, quantize, lower) without building it: what the
     simulator needs."""
+    progress.stage("import")
     imported = import_model(model, input_shapes, input_values, warn)
     _, qgraph, _ = quantize_model(imported, hw, calibration, calibration_samples, None, warn, compression)
     return lower_to_relax(qgraph, imported, hw, compression).plans
@@ -195,6 +197,7 @@ def compile_model(
     seconds = {}
     build_target = target(cpu)
     start = time.perf_counter()
+    progress.stage("import")
     imported = import_model(model, input_shapes, input_values, warn) if imported is None else imported
     seconds["import"] = time.perf_counter() - start
 
@@ -209,6 +212,7 @@ def compile_model(
     seconds["schedule"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    progress.stage("build")
     with quiet_tvm():
         executable = tvm.compile(lowered.mod, target=build_target)
     seconds["build"] = time.perf_counter() - start

@@ -1,27 +1,33 @@
-"""Benchmark compiling and running a ResNet-18-shaped ONNX model with codesign.
+"""Benchmark the time to a first design and compiling and running a ResNet-18-shaped ONNX model.
 
-What is measured, in one run:
+What is measured, in one run, for the ResNet-18-shaped model (random seeded weights, 8 random
+calibration inputs) and for the bundled mnist-8 (200 MNIST calibration images):
 
-* compile time: wall clock of the whole ``codesign.compile_model`` call (import, calibration on
-  8 seeded random inputs, quantization, scheduling, TVM build), plus its per-stage ``.seconds``.
-  Target: <= 60 s.
-* int8 inference time: the module written by ``codesign.write_module`` and loaded with
-  ``codesign.load``, run on one seeded random input (2 warm-up runs, then the median of N runs).
-* float inference time: onnxruntime with default session options on the same input and with the
-  same warm-up/median protocol. Target: int8 time / ORT time <= 10x.
+* cold compile: `codesign.compile_model` with an empty cache (calibration runs), per stage;
+* warm compile: the same again (calibration statistics from the cache), per stage;
+* cold and warm `codesign simulate MODEL --hw vta_default` end to end: the CLI as a user runs it,
+  in a fresh process (Python start and imports included), with an empty cache and then again;
+* mnist-8 only: the tuner's accuracy evaluation of one compression profile (compile + run on
+  1,000 MNIST test images), cold;
+* ResNet-18 only: int8 inference time of the written module against onnxruntime's float model
+  (2 warm-up runs, then the median of N runs).
 
-The model (~45 MB) has random, seeded weights, so the int8-vs-float agreement (top-1 and cosine
-similarity of the logits) is only reported, not judged. The script always exits 0; the verdict is
-printed. Run from the repository root::
+Targets: ResNet-18 cold compile <= 10 s, cold simulate <= 4 s, warm simulate <= 1 s; mnist-8
+profile evaluation <= 1 s; int8 / ORT inference <= 10x. `--json FILE` saves the figures and
+`--compare FILE` prints the ratio of each to a saved run (e.g. the same script run with
+PYTHONPATH pointing at a checkout of an earlier commit). The script always exits 0; the verdict
+is printed. Run from the repository root::
 
-    python scripts/bench_compile.py [--runs N] [--hw vta_default] [--keep DIR]
+    python scripts/bench_compile.py [--runs N] [--hw vta_default] [--json now.json] [--compare before.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,22 +41,24 @@ from rich.console import Console
 from rich.table import Table
 
 import codesign
+from codesign.demo import MNIST_MODEL, load_mnist_test
 
 CALIBRATION_SAMPLES = 8
+MNIST_CALIBRATION_SAMPLES = 200
+MNIST_EVAL_IMAGES = 1000
 WARMUP_RUNS = 2
-COMPILE_TARGET_SECONDS = 60.0
-RATIO_TARGET = 10.0
+TARGETS = {  # figure -> its upper limit (seconds, or a ratio for int8_over_ort)
+    "resnet18.compile_cold": 10.0,
+    "resnet18.simulate_cold": 4.0,
+    "resnet18.simulate_warm": 1.0,
+    "mnist.profile_eval": 1.0,
+    "resnet18.int8_over_ort": 10.0,
+}
 
 console = Console()
 
 
 # ---- measurements -------------------------------------------------------------------------------
-
-
-def write_calibration(path: Path, seed: int = 1) -> Path:
-    rng = np.random.default_rng(seed)
-    np.save(path, rng.standard_normal((CALIBRATION_SAMPLES, *INPUT_SHAPE), dtype=np.float32))
-    return path
 
 
 def median_seconds(fn: Callable[[], object], runs: int) -> float:
@@ -76,91 +84,121 @@ def system_busy_seconds() -> float | None:
 
 def own_cpu_seconds() -> float:
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + times.children_user + times.children_system
 
 
-def timed_with_contention(measure: Callable[[], dict]) -> dict:
-    """Run `measure` and add 'others': the share of the machine's CPU other processes used meanwhile."""
+def with_contention(measure: Callable[[], dict]) -> tuple[dict, float | None]:
+    """`measure()`, and the share of the machine's CPU other processes used meanwhile."""
     busy, own, start = system_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     results = measure()
     wall, busy_after = time.perf_counter() - start, system_busy_seconds()
     if busy is None or busy_after is None:
-        return {**results, "others": None}
+        return results, None
     others = (busy_after - busy) - (own_cpu_seconds() - own)
-    return {**results, "others": max(0.0, others) / (wall * (os.cpu_count() or 1))}
+    return results, max(0.0, others) / (wall * (os.cpu_count() or 1))
 
 
-def compile_and_load(model: Path, calibration: Path, hw_name: str, module_dir: Path):
-    hw = codesign.load_hardware(hw_name)
+def use_cache(directory: Path) -> None:
+    os.environ["CODESIGN_CACHE_DIR"] = str(directory)  # read by codesign and by the CLI it starts
+    os.environ.pop("CODESIGN_NO_CACHE", None)
+
+
+def timed_compile(model: Path, calibration: Path, hw, shapes: dict | None, samples: int):
     start = time.perf_counter()
-    result = codesign.compile_model(model, hw, input_shapes={"input": INPUT_SHAPE}, calibration=calibration)
-    compile_seconds = time.perf_counter() - start
+    result = codesign.compile_model(
+        model, hw, input_shapes=shapes, calibration=calibration, calibration_samples=samples, warn=lambda m: None
+    )
+    return time.perf_counter() - start, result
+
+
+def simulate_seconds(model: Path, calibration: Path, shapes: dict | None, hw_name: str) -> float:
+    """Wall time of `codesign simulate` in a new process, as a user runs it."""
+    argv = [sys.executable, "-m", "codesign.cli", "simulate", str(model), "--hw", hw_name]
+    argv += ["--calibration", str(calibration)]
+    for name, shape in (shapes or {}).items():
+        argv += ["--input-shape", f"{name}={','.join(map(str, shape))}"]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def first_design(name: str, model: Path, calibration: Path, shapes, samples: int, work: Path, hw_name: str) -> tuple:
+    """Cold and warm compile (in this process) and simulate (a new process each), each with its own
+    cache directory, started empty."""
+    hw = codesign.load_hardware(hw_name)
+    use_cache(work / f"cache-{name}-compile")
+    cold, result = timed_compile(model, calibration, hw, shapes, samples)
+    cold_stages = dict(result.seconds)
+    warm, warm_result = timed_compile(model, calibration, hw, shapes, samples)
+    use_cache(work / f"cache-{name}-simulate")
+    simulate_cold = simulate_seconds(model, calibration, shapes, hw_name)
+    simulate_warm = simulate_seconds(model, calibration, shapes, hw_name)
+    figures = {
+        f"{name}.compile_cold": cold,
+        f"{name}.compile_warm": warm,
+        f"{name}.simulate_cold": simulate_cold,
+        f"{name}.simulate_warm": simulate_warm,
+    }
+    figures |= {f"{name}.cold.{stage}": seconds for stage, seconds in cold_stages.items()}
+    figures |= {f"{name}.warm.{stage}": seconds for stage, seconds in warm_result.seconds.items()}
+    return figures, result
+
+
+def mnist_profile_eval(work: Path, calibration: Path, hw_name: str) -> float:
+    """Compile mnist-8 (cold cache) and run it on MNIST_EVAL_IMAGES test images: what the tuner
+    spends measuring one compression profile's accuracy."""
+    import tvm
+    from tvm import relax
+
+    images, labels = load_mnist_test()
+    use_cache(work / "cache-mnist-profile")
+    start = time.perf_counter()
+    _, result = timed_compile(
+        MNIST_MODEL, calibration, codesign.load_hardware(hw_name), None, MNIST_CALIBRATION_SAMPLES
+    )
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    correct = sum(
+        int(vm["main"](tvm.runtime.tensor(images[i])).numpy().argmax() == labels[i]) for i in range(MNIST_EVAL_IMAGES)
+    )
+    seconds = time.perf_counter() - start
+    console.print(f"mnist-8 int8 top-1 on {MNIST_EVAL_IMAGES:,} images: {correct / MNIST_EVAL_IMAGES:.1%}")
+    return seconds
+
+
+def inference(result, model: Path, work: Path, runs: int) -> dict:
+    module_dir = work / "module"
     codesign.write_module(result, module_dir)
-    return compile_seconds, result.seconds, codesign.load(module_dir)
-
-
-def ort_session(model: Path) -> tuple[ort.InferenceSession, str]:
-    """A default-options session and a description of the intra-op thread count it uses."""
+    module = codesign.load(module_dir)
+    x = np.random.default_rng(2).standard_normal(INPUT_SHAPE, dtype=np.float32)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    threads = session.get_session_options().intra_op_num_threads
-    if threads:
-        return session, str(threads)
-    # 0 means ORT's default: one intra-op thread per physical core.
-    return session, f"{physical_cores()} (default)"
-
-
-def physical_cores() -> int:
-    try:
-        import psutil  # optional: only used for the report
-    except ImportError:
-        return os.cpu_count() or 1
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-def agreement(int8_logits: np.ndarray, float_logits: np.ndarray) -> tuple[bool, float]:
-    a, b = int8_logits.ravel().astype(np.float64), float_logits.ravel().astype(np.float64)
-    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-    return bool(a.argmax() == b.argmax()), cosine
+    int8 = median_seconds(lambda: module.run(x), runs)
+    float_seconds = median_seconds(lambda: session.run(None, {"input": x}), runs)
+    return {
+        "resnet18.int8_inference": int8,
+        "resnet18.ort_inference": float_seconds,
+        "resnet18.int8_over_ort": int8 / float_seconds,
+    }
 
 
 # ---- report -------------------------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
-    return "[green]PASS[/green]" if ok else "[red]FAIL[/red]"
-
-
-def print_stages(stage_seconds: dict[str, float]) -> None:
-    table = Table(title="compile stages")
-    table.add_column("stage")
-    table.add_column("seconds", justify="right")
-    for stage, seconds in stage_seconds.items():
-        table.add_row(stage, f"{seconds:.2f}")
-    table.add_row("[bold]sum[/bold]", f"{sum(stage_seconds.values()):.2f}")
-    console.print(table)
-
-
-def print_results(r: dict) -> None:
-    ratio = r["int8"] / r["ort"]
-    table = Table(title=f"ResNet-18 on {r['hw']} (median of {r['runs']} runs after {WARMUP_RUNS} warm-up)")
-    for column, justify in (("metric", "left"), ("value", "right"), ("target", "right"), ("verdict", "center")):
+def print_figures(figures: dict, before: dict | None) -> None:
+    table = Table(title="time to a first design (seconds; ratio = before / now, > 1 is faster now)")
+    for column, justify in (("figure", "left"), ("now", "right"), ("before", "right"), ("ratio", "right")):
         table.add_column(column, justify=justify)
-    compile_ok, ratio_ok = r["compile"] <= COMPILE_TARGET_SECONDS, ratio <= RATIO_TARGET
-    table.add_row("compile time", f"{r['compile']:.2f} s", f"<= {COMPILE_TARGET_SECONDS:.0f} s", verdict(compile_ok))
-    table.add_row("int8 module inference", f"{r['int8'] * 1e3:.1f} ms", "", "")
-    table.add_row("ORT float inference", f"{r['ort'] * 1e3:.1f} ms", "", "")
-    table.add_row("ORT intra-op threads", r["ort_threads"], "", "")
-    table.add_row("ratio int8 / ORT", f"{ratio:.2f}x", f"<= {RATIO_TARGET:.0f}x", verdict(ratio_ok))
-    table.add_row("int8 vs float: top-1 agrees", "yes" if r["top1"] else "no", "report only", "")
-    table.add_row("int8 vs float: cosine", f"{r['cosine']:.4f}", "report only", "")
+    table.add_column("target", justify="right")
+    for name, value in figures.items():
+        previous = (before or {}).get(name)
+        unit = "x" if name.endswith("_over_ort") else " s"
+        ratio = f"{previous / value:.2f}x" if previous and value and unit == " s" else ""
+        target = ""
+        if name in TARGETS:
+            verdict = "[green]PASS[/green]" if value <= TARGETS[name] else "[red]FAIL[/red]"
+            target = f"<= {TARGETS[name]:g}{unit.strip() or ''} {verdict}"
+        shown_before = f"{previous:.3f}" if previous is not None else ""
+        table.add_row(name, f"{value:.3f}", shown_before, ratio, target)
     console.print(table)
-    overall = compile_ok and ratio_ok
-    console.print(f"verdict: {verdict(overall)} ({'all targets met' if overall else 'target(s) missed'})")
-    if r["others"] is not None:
-        console.print(
-            f"other processes used {r['others']:.0%} of the {os.cpu_count()} CPUs while timing "
-            "(more than a few % skews both timings, ORT's spinning thread pool especially)"
-        )
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -169,8 +207,9 @@ def print_results(r: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="timed inference runs after warm-up (default 10)")
-    parser.add_argument("--hw", default="vta_default", help="hardware name or description file (default vta_default)")
-    parser.add_argument("--keep", type=Path, help="keep the model, calibration data and module in this directory")
+    parser.add_argument("--hw", default="vta_default", help="hardware preset name (default vta_default)")
+    parser.add_argument("--json", type=Path, help="save the figures here")
+    parser.add_argument("--compare", type=Path, help="figures of an earlier run (--json) to print ratios against")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
@@ -178,42 +217,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def benchmark(work: Path, args: argparse.Namespace) -> dict:
-    model = build_resnet18(work / "resnet18.onnx")
-    calibration = write_calibration(work / "calibration.npy")
-    console.print(f"model: {model} ({model.stat().st_size / 1e6:.1f} MB); compiling for {args.hw} ...")
-    compile_seconds, stage_seconds, module = compile_and_load(model, calibration, args.hw, work / "module")
-    print_stages(stage_seconds)
+    resnet = build_resnet18(work / "resnet18.onnx")
+    resnet_calibration = work / "resnet18_calibration.npy"
+    rng = np.random.default_rng(1)
+    np.save(resnet_calibration, rng.standard_normal((CALIBRATION_SAMPLES, *INPUT_SHAPE), dtype=np.float32))
+    mnist_calibration = work / "mnist_calibration.npy"
+    np.save(mnist_calibration, load_mnist_test()[0][:MNIST_CALIBRATION_SAMPLES, 0])
 
-    x = np.random.default_rng(2).standard_normal(INPUT_SHAPE, dtype=np.float32)
-    session, threads = ort_session(model)
-    top1, cosine = agreement(module.run(x)[0], session.run(None, {"input": x})[0])
-    timings = timed_with_contention(
-        lambda: {
-            "int8": median_seconds(lambda: module.run(x), args.runs),
-            "ort": median_seconds(lambda: session.run(None, {"input": x}), args.runs),
-        }
-    )
-    return {
-        "hw": args.hw,
-        "runs": args.runs,
-        "compile": compile_seconds,
-        **timings,
-        "ort_threads": threads,
-        "top1": top1,
-        "cosine": cosine,
-    }
+    console.print(f"ResNet-18: {resnet} ({resnet.stat().st_size / 1e6:.1f} MB) for {args.hw} ...")
+    shapes = {"input": INPUT_SHAPE}
+    figures, result = first_design("resnet18", resnet, resnet_calibration, shapes, CALIBRATION_SAMPLES, work, args.hw)
+    console.print("mnist-8 ...")
+    mnist, _ = first_design("mnist", MNIST_MODEL, mnist_calibration, None, MNIST_CALIBRATION_SAMPLES, work, args.hw)
+    figures |= mnist
+    figures["mnist.profile_eval"] = mnist_profile_eval(work, mnist_calibration, args.hw)
+    figures |= inference(result, resnet, work, args.runs)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    before = json.loads(args.compare.read_text()) if args.compare else None
     start = time.perf_counter()
-    if args.keep is not None:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        results = benchmark(args.keep, args)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench_compile-") as tmp:
-            results = benchmark(Path(tmp), args)
-    print_results(results)
+    with tempfile.TemporaryDirectory(prefix="bench_compile-") as tmp:
+        figures, others = with_contention(lambda: benchmark(Path(tmp), args))
+    print_figures(figures, before)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    if others is not None:
+        console.print(f"other processes used {others:.0%} of the {os.cpu_count()} CPUs meanwhile (more skews timings)")
     console.print(f"total script time: {time.perf_counter() - start:.1f} s")
     return 0
 

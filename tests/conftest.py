@@ -2,12 +2,54 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from codesign.cache import CACHE_DIR_ENV
 from codesign.demo import MNIST_MODEL, load_mnist_test
+
+
+def pytest_configure(config):
+    """One cache for the whole run (xdist's workers and the CLI's subprocesses inherit it), never
+    the user's: a test's compile then calibrates afresh only what no earlier test calibrated."""
+    if CACHE_DIR_ENV not in os.environ:
+        config.codesign_cache = tempfile.mkdtemp(prefix="codesign-test-cache-")
+        os.environ[CACHE_DIR_ENV] = config.codesign_cache
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "codesign_cache", None):
+        shutil.rmtree(config.codesign_cache, ignore_errors=True)
+        del os.environ[CACHE_DIR_ENV]
+
+
+# The longest test files, longest first. scripts/test.sh runs the files in parallel (pytest-xdist,
+# one file per worker at a time, so module fixtures are built once); starting the long ones first
+# keeps a long file from starting last, while the other workers sit idle.
+LONGEST_FILES = [
+    "test_tuner.py",
+    "test_real_models.py",
+    "test_fault_kill.py",
+    "test_fuzz_cli.py",
+    "test_bitexact.py",
+    "test_evaluator.py",
+    "test_report.py",
+    "test_accuracy.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: each file's own order is kept
+
 
 MODELS = Path(__file__).resolve().parent / "models"
 # (path, input name, bound input shape) of every model the suite compiles.

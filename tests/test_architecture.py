@@ -21,6 +21,8 @@ STAGES: list[tuple[str, list[str]]] = [
         "foundation",
         [
             "codesign.errors",
+            "codesign.cache",
+            "codesign.progress",
             "codesign.files",
             "codesign.toml",
             "codesign.units",

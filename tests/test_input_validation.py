@@ -106,7 +106,7 @@ def test_calibration_zeros_only_in_some_samples_are_fine(tmp_path):
 def test_calibration_complex_values(tmp_path):
     path = tmp_path / "complex.npy"
     np.save(path, images().astype(np.complex64) * (1 + 1j))
-    with pytest.raises(ModelError, match=r"array 'Input3' is complex \(complex64\).*imaginary part"):
+    with pytest.raises(ModelError, match=r"array 'Input3' holds complex numbers \(complex64\), not real numbers"):
         load_samples(path, [IMAGE])
 
 
@@ -128,7 +128,9 @@ def test_calibration_npy_of_strings(tmp_path):
     np.save(path, np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(ModelError) as err:
         load_samples(path, [IMAGE])
-    assert str(err.value) == (f"{path}: array 'Input3' holds strings, not numbers; input 'Input3' takes float32 values")
+    assert str(err.value) == (
+        f"{path}: array 'Input3' holds strings, not real numbers; input 'Input3' takes float32 values"
+    )
 
 
 def test_calibration_npz_with_object_array(tmp_path):

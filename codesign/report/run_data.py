@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from codesign.errors import UsageError
-from codesign.files import reading
+from codesign.files import parse_json, reading
 from codesign.tuner.database import Database, Record
 from codesign.tuner.front import read_front_layers
 from codesign.tuner.run_files import DATABASE_FILE, SETTINGS_FILE, SPACE_FILE
@@ -90,10 +90,7 @@ def _read_settings(path: Path) -> dict:
         return {}
     with reading(path, "settings"):
         text = path.read_text(encoding="utf-8")
-    try:
-        settings = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from err
+    settings = parse_json(text, path, UsageError)
     if not isinstance(settings, dict):
         raise UsageError(f"{path}: expected a JSON object")
     for field, kind in SETTINGS_TYPES.items():

@@ -6,14 +6,13 @@ Anything wrong with it is one UsageError line naming the file and the array.
 from __future__ import annotations
 
 import dataclasses
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from codesign.calibration import as_samples
 from codesign.errors import UsageError
+from codesign.files import open_numpy_file, read_array
 from codesign.importer import TensorSpec
 
 
@@ -35,14 +34,7 @@ def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None 
     axis of a batch-1 input) and optionally `labels` (one class index per sample). Anything
     else is one UsageError line naming the file and the array."""
     path = Path(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError as err:
-        raise UsageError(f"{path}: no such data file") from err
-    except IsADirectoryError as err:
-        raise UsageError(f"{path}: is a directory, not a .npz data file") from err
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise UsageError(f"{path}: not a .npz file ({err})") from err
+    archive = open_numpy_file(path, "data", ".npz", UsageError)
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise UsageError(f"{path}: expected a .npz with arrays named after the inputs (and 'labels')")
     with archive:
@@ -50,7 +42,7 @@ def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None 
         for spec in specs:
             if spec.name not in archive.files:
                 raise UsageError(f"{path}: no array '{spec.name}' (has: {', '.join(archive.files) or 'none'})")
-            array = _numeric_array(archive, spec.name, path)
+            array = read_array(archive, spec.name, path, UsageError, spec.dtype)
             if array.size == 0:
                 raise UsageError(f"{path}: array '{spec.name}' holds no samples (shape {list(array.shape)})")
             if array.dtype.kind == "f" and not np.isfinite(array).all():
@@ -63,28 +55,9 @@ def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None 
     return EvalData({k: v[:count] for k, v in inputs.items()}, labels)
 
 
-def _numeric_array(archive, name: str, path: Path) -> np.ndarray:
-    try:
-        array = archive[name]
-    except ValueError as err:
-        if "allow_pickle" in str(err):  # an array of Python objects
-            raise UsageError(f"{path}: array '{name}' holds Python objects, not numbers") from err
-        raise UsageError(f"{path}: array '{name}' cannot be read ({err})") from err
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
-        raise UsageError(f"{path}: array '{name}' cannot be read ({type(err).__name__}: {err})") from err
-    except MemoryError as err:
-        raise UsageError(f"{path}: array '{name}' is too large to load") from err
-    if array.dtype.kind not in "biuf":
-        what = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects"}
-        raise UsageError(
-            f"{path}: array '{name}' holds {what.get(array.dtype.kind, f'dtype {array.dtype}')}, not real numbers"
-        )
-    return array
-
-
 def _labels(archive, path: Path, count: int) -> np.ndarray:
     """The first `count` labels as class indices (whole, finite numbers; one per sample)."""
-    labels = _numeric_array(archive, "labels", path)
+    labels = read_array(archive, "labels", path, UsageError)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:

@@ -244,13 +244,7 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     with reading(path, "search-space"):
         text = path.read_text(encoding="utf-8")
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise UsageError(f"{path}: not valid TOML ({err})") from err
-    except (ValueError, RecursionError) as err:
-        raise UsageError(f"{path}: not readable TOML (nested too deeply, or a number too long to read)") from err
-    return space_from_dict(doc, str(path))
+    return space_from_dict(tomllib.parse_toml(text, path, UsageError), str(path))
 
 
 def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
