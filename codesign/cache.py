@@ -1,5 +1,5 @@
-"""A content-addressed cache of costly intermediate results (calibration statistics), shared by
-commands, tuning runs and concurrent processes.
+"""A content-addressed cache of costly intermediate results (calibration statistics, a model's
+layer plans), shared by commands, tuning runs and concurrent processes.
 
 An entry is a file named after the hash of everything its content depends on, the source of
 codesign included, so a changed input or a new codesign never reads an old entry. Each file

@@ -23,7 +23,14 @@ from tvm import relax
 import codesign
 from codesign.errors import DeployError
 from codesign.files import STALE_SECONDS as STALE_SECONDS  # re-exported
-from codesign.files import describe_dtype, file_sha256, output_path, replace_directory, staging_directory
+from codesign.files import (
+    describe_dtype,
+    file_sha256,
+    output_path,
+    remove_own_staging,
+    replace_directory,
+    staging_directory,
+)
 from codesign.files import remove_stale_siblings as _remove_stale_siblings
 from codesign.hardware import HardwareSpec
 from codesign.importer import TensorSpec
@@ -106,7 +113,11 @@ def write_module(result: CompileResult, out_dir: str | Path) -> Path:
         remove_stale_siblings(out)
         staging = staging_directory(out)
     except OSError as err:
+        remove_own_staging(out)
         raise DeployError(f"{given}: cannot write the module there ({_os_reason(err)})") from err
+    except BaseException:  # a signal while the staging directory was made
+        remove_own_staging(out)
+        raise
     try:
         # TVM's object files go to a workspace inside the staging directory, so that a SIGKILL
         # leaves them where the next write to OUT removes them (not in the system's TMPDIR).
@@ -119,10 +130,10 @@ def write_module(result: CompileResult, out_dir: str | Path) -> Path:
         (staging / MANIFEST_FILE).write_text(json.dumps(build_manifest(result, files), indent=2) + "\n")
         replace_directory(staging, out)
     except OSError as err:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_own_staging(out)
         raise DeployError(f"{given}: cannot write the module ({_os_reason(err)})") from err
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_own_staging(out)
         raise
     return given
 

@@ -84,6 +84,16 @@ def staging_directory(out: Path) -> Path:
     return staging
 
 
+def remove_own_staging(out: Path) -> None:
+    """Remove the staging directories of OUT this process made: also one a signal interrupted
+    between its creation and the caller learning its name."""
+    prefix = f"{_sibling_prefix(out.name, 'tmp')}{os.getpid()}-"
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(out.parent):
+            if entry.name.startswith(prefix) and _MKDTEMP_TAIL.fullmatch(entry.name[len(prefix) :]):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def replace_directory(staging: Path, out: Path) -> None:
     """Rename `staging` to OUT; an existing OUT is replaced, or put back if that fails."""
     raise_if_stopped()
@@ -108,6 +118,7 @@ def replace_directory(staging: Path, out: Path) -> None:
 # What follows the prefix of a staging directory: the pid of its process (absent before module
 # format 3) and tempfile's eight random characters.
 _SIBLING_TAIL = re.compile(r"(?:(?P<pid>[0-9]+)-)?[a-z0-9_]{8}")
+_MKDTEMP_TAIL = re.compile(r"[a-z0-9_]{8}")
 
 
 def _sibling_prefix(name: str, kind: str) -> str:

@@ -122,3 +122,21 @@ def test_a_bad_size_cap_is_one_line(tmp_path, private_cache, mnist_calibration, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"codesign: error: {cache.MAX_MB_ENV}='lots': expected a size in MB (0 or more)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_simulate_plans_again_from_the_cache_to_the_same_report(tmp_path, private_cache, monkeypatch, capsys):
+    from codesign import pipeline
+
+    argv = ["simulate", str(MNIST_MODEL), "--hw", "vta_default"]
+    reports = []
+    for run in range(3):
+        with monkeypatch.context() as patch:
+            if run == 1:  # the plans come from the cache, or this fails
+                patch.setattr(pipeline, "import_model", lambda *args, **kwargs: pytest.fail("planned again"))
+            extra = ["--no-cache"] if run == 2 else []
+            assert main([*argv, *extra, "--json", str(tmp_path / f"{run}.json")]) == 0
+        reports.append(json.loads((tmp_path / f"{run}.json").read_text()))
+        # the warning about random calibration data is given every time, cached or not
+        assert "no --calibration data" in capsys.readouterr().err
+    assert reports[0] == reports[1] == reports[2]
+    assert sorted(p.name.split("-")[0] for p in private_cache.iterdir()) == ["plans", "ranges"]

@@ -545,3 +545,26 @@ def test_run_npz_without_the_input_names_what_it_holds(capsys, tmp_path, module_
 def test_simulate_missing_path_says_no_such_file(capsys, tmp_path):
     line = error_line(*cli(capsys, "simulate", tmp_path / "absent.onnx"), 1, "absent.onnx", "no such")
     assert "--hw" not in line
+
+
+@pytest.mark.parametrize("moment", ["making the staging directory", "writing into it"])
+def test_a_signal_at_any_moment_of_writing_leaves_no_staging_directory(tmp_path, monkeypatch, compiled, moment):
+    """A SIGTERM that lands after the staging directory exists, even before write_module holds its
+    name, leaves nothing beside OUT."""
+    from codesign import deploy
+    from codesign.files import Terminated, staging_directory
+
+    def interrupted_staging(out):
+        staging_directory(out)
+        raise Terminated("SIGTERM")
+
+    def interrupted_write(*args, **kwargs):
+        raise Terminated("SIGTERM")
+
+    if moment == "making the staging directory":
+        monkeypatch.setattr(deploy, "staging_directory", interrupted_staging)
+    else:
+        monkeypatch.setattr(deploy, "build_manifest", interrupted_write)
+    with pytest.raises(Terminated):
+        deploy.write_module(compiled, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

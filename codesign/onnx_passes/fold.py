@@ -15,7 +15,6 @@ import io
 import logging
 
 import onnx
-import onnxslim
 
 from codesign.errors import ModelError
 
@@ -26,6 +25,8 @@ def fold_constants(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
+    import onnxslim  # half a second to import (sympy): only commands that import a model pay it
+
     logging.getLogger("onnxslim").setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
