@@ -2,8 +2,9 @@
 
 Relax's LegalizeOps turns conv2d and matmul into naive loop nests, which LLVM compiles to scalar
 code: ResNet-18 then takes about 4 s a sample. Register-blocked, vectorised and parallel, the
-same kernels run 10-15x faster with the same arithmetic per output (each output sums its
-products in the same order, so results equal the naive kernels').
+same kernels ran 6-20x faster (ResNet-18's convs, a dilated conv, matmuls), with the same
+arithmetic per output: each output sums its products in the same order, so results equal the
+naive kernels'.
 """
 
 from __future__ import annotations
