@@ -15,18 +15,29 @@ os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
 __version__ = "0.1.0"
 
-from codesign.deploy import DeployedModule, load, write_module
-from codesign.errors import CodesignError
-from codesign.hardware import HardwareSpec, load_hardware
-from codesign.pipeline import CompileResult, compile_model
+# Attributes resolve on first use, so a command that needs no TVM (a cached `simulate`) never loads it.
+_EXPORTS = {
+    "CodesignError": "codesign.errors",
+    "CompileResult": "codesign.pipeline",
+    "DeployedModule": "codesign.deploy",
+    "HardwareSpec": "codesign.hardware",
+    "compile_model": "codesign.pipeline",
+    "load": "codesign.deploy",
+    "load_hardware": "codesign.hardware",
+    "write_module": "codesign.deploy",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "CodesignError",
-    "CompileResult",
-    "DeployedModule",
-    "HardwareSpec",
-    "compile_model",
-    "load",
-    "load_hardware",
-    "write_module",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'codesign' has no attribute '{name}'")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

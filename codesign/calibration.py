@@ -29,6 +29,7 @@ from codesign.graph import Graph, channel_axis
 from codesign.importer import ImportedModel, TensorSpec
 from codesign.schedules.host_float import schedule_float_module
 from codesign.target import target
+from codesign.tvm_build import build_executable
 from codesign.tvm_output import quiet_tvm
 
 CALIBRATION_METHODS = ("max", "percentile", "entropy")
@@ -55,7 +56,7 @@ def build_float_module(graph: Graph, imported: ImportedModel, taps: list[str]) -
 
 def run_float(mod: tvm.IRModule, samples: list[dict[str, np.ndarray]], input_names: list[str]):
     with quiet_tvm():
-        executable = tvm.compile(schedule_float_module(mod), target=target())
+        executable = build_executable(schedule_float_module(mod), target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     for sample in samples:
         outputs = vm["main"](*[tvm.runtime.tensor(sample[name]) for name in input_names])

@@ -129,7 +129,7 @@ def compile_command(
     from codesign.console_tables import print_placement
     from codesign.deploy import check_output, write_module
     from codesign.files import cleanup_on_signals
-    from codesign.importer import parse_input_shapes, parse_input_values
+    from codesign.onnx_file import parse_input_shapes, parse_input_values
     from codesign.pipeline import compile_model
 
     if weight_bits not in (None, 4, 8):
@@ -402,8 +402,8 @@ def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibrati
         raise ModelError(f"{target}: no such ONNX file or compiled module directory")
     if hw is None and design is None:
         raise UsageError("--hw (or --design) is required to simulate an ONNX model")
-    from codesign.importer import parse_input_shapes, parse_input_values
-    from codesign.pipeline import plan_model
+    from codesign.onnx_file import parse_input_shapes, parse_input_values
+    from codesign.plan_cache import plan_model
 
     spec, compression = _design_choices(hw, design, None, float_layers)
     shapes, values = parse_input_shapes(input_shape), parse_input_values(input_value)

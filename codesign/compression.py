@@ -22,12 +22,15 @@ import json
 import math
 import numbers
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from codesign.errors import UsageError
 from codesign.files import parse_json, reading
-from codesign.graph import Graph
+
+if TYPE_CHECKING:
+    from codesign.graph import Graph
 
 
 @dataclasses.dataclass(frozen=True)

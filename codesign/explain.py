@@ -16,6 +16,7 @@ from tvm import relax
 from codesign.calibration import build_float_module, run_float
 from codesign.lowering import lower_to_relax
 from codesign.target import target
+from codesign.tvm_build import build_executable
 from codesign.tvm_output import quiet_tvm
 
 
@@ -38,7 +39,7 @@ def quantization_errors(result, samples: list[dict[str, np.ndarray]]) -> list[Te
     ]
     lowered = lower_to_relax(qgraph, result.imported, result.hw, result.compression, taps)
     with quiet_tvm():
-        vm = relax.VirtualMachine(tvm.compile(lowered.mod, target=target()), tvm.cpu())
+        vm = relax.VirtualMachine(build_executable(lowered.mod, target()), tvm.cpu())
     names = [spec.name for spec in result.imported.inputs]
     skip = len(qgraph.outputs)
     float_skip = len(graph.outputs)

@@ -20,6 +20,7 @@ from tvm import relax
 from codesign.emit import emit_float_node
 from codesign.graph import Graph
 from codesign.target import target
+from codesign.tvm_build import build_executable
 from codesign.tvm_output import quiet_tvm
 
 INT8_VALUES = np.arange(-128, 128, dtype=np.int32)
@@ -91,7 +92,7 @@ def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dic
             result = bb.emit_output(relax.Tuple(outputs))
         bb.emit_func_output(result)
     with quiet_tvm():
-        vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target()), tvm.cpu())
+        vm = relax.VirtualMachine(build_executable(bb.get(), target()), tvm.cpu())
     args = []
     for name, (root, _) in chains.items():
         root_scales = np.broadcast_to(np.asarray(scales[root], dtype=np.float32).reshape(-1, 1), (rows[name], 1))

@@ -41,6 +41,8 @@ from codesign.schedules.packed_conv2d import (
     schedule_packed_conv2d,
     unpack_output_te,
 )
+from codesign.schedules.schedule_walk import walk_schedule
+from codesign.schedules.tile_geometry import TileGeometry, tile_geometry
 from codesign.schedules.tiling import TilingError, tile_footprint
 
 
@@ -94,7 +96,16 @@ def plan_accelerated_layer(
     problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw, tiling.virtual_threads)
     if problems:
         raise HardwareError(f"layer '{name}': scratchpad too small: " + "; ".join(problems))
+    _check_kernel_tiles(name, scheduled, tile_geometry(shape, tiling, hw))
     return scheduled, LayerPlan(name, op, "accel", shape, tiling, used, scheduled, schedule=schedule)
+
+
+def _check_kernel_tiles(name: str, kernel, geometry: TileGeometry) -> None:
+    """The kernel the module runs must tile the layer as its tiling says: the TIR walk is the
+    independent cross-check of the tile geometry the simulator builds the instruction stream from."""
+    walked = walk_schedule(kernel)
+    if not geometry.same_tiles(walked):
+        raise RuntimeError(f"layer '{name}': the scheduled kernel's tiles {walked} are not its tiling's {geometry}")
 
 
 class _Lowerer:

@@ -6,14 +6,13 @@ extract_graph   ImportedModel              -> Graph           (codesign.graph)
 tensor_ranges   Graph + calibration inputs -> ranges          (codesign.calibration)
 quantize_graph  Graph + ranges + hardware  -> QuantizedGraph  (codesign.quantize)
 lower_to_relax  QuantizedGraph + hardware  -> LoweredModel    (codesign.lowering)
-build           LoweredModel               -> TVM executable  (tvm.compile)
+build           LoweredModel               -> TVM executable  (codesign.tvm_build)
 write_module    everything above           -> OUT/            (codesign.deploy)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -23,18 +22,17 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from codesign import cache, progress
+from codesign import progress
 from codesign.calibration import cached_tensor_ranges, load_samples, random_samples
 from codesign.compression import CompressionConfig, prune_graph, validate_compression
-from codesign.errors import CodesignError, ModelError, UsageError
-from codesign.files import file_sha256
+from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
 from codesign.hardware import HardwareSpec
-from codesign.importer import ImportedModel, import_onnx, load_onnx
+from codesign.importer import ImportedModel, import_onnx
 from codesign.lowering import LoweredModel, lower_to_relax
-from codesign.plan import LayerPlan
 from codesign.quantize import QuantConfig, QuantizedGraph, quantize_graph
 from codesign.target import target
+from codesign.tvm_build import build_executable
 from codesign.tvm_output import quiet_tvm
 
 DEFAULT_CALIBRATION_SAMPLES = 200
@@ -165,62 +163,6 @@ def check_memory(graph: Graph, imported: ImportedModel, samples: int) -> None:
     )
 
 
-def plan_model(
-    model: str | Path,
-    hw: HardwareSpec,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
-    calibration: str | Path | None = None,
-    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES,
-    warn=lambda message: print(message, file=sys.stderr),
-    compression: CompressionConfig | None = None,
-    input_values: dict[str, list[str]] | None = None,
-) -> list:
-    """The layer plans of a model (import, quantize, lower) without building it: what the
-    simulator needs. Read from the cache when the same model, bindings, calibration data,
-    hardware and compression were planned before (with the warnings they gave, given again)."""
-    compression = compression or CompressionConfig()
-    key = _plans_key(model, hw, input_shapes, calibration, calibration_samples, compression, input_values)
-    payload = cache.load(key) if key else None
-    if payload is not None:
-        cached = json.loads(payload)
-        for message in cached["warnings"]:
-            warn(message)
-        return [LayerPlan.from_dict(plan) for plan in cached["plans"]]
-    warnings = []
-
-    def record(message: str) -> None:
-        warnings.append(message)
-        warn(message)
-
-    progress.stage("import")
-    imported = import_model(model, input_shapes, input_values, record)
-    _, qgraph, _ = quantize_model(imported, hw, calibration, calibration_samples, None, record, compression)
-    plans = lower_to_relax(qgraph, imported, hw, compression).plans
-    if key:
-        cache.store(key, json.dumps({"warnings": warnings, "plans": [plan.to_dict() for plan in plans]}).encode())
-    return plans
-
-
-def _plans_key(model, hw, input_shapes, calibration, calibration_samples, compression, input_values) -> str | None:
-    """The cache key of a model's plans, or None when an input file cannot be read (the
-    uncached path then reports it)."""
-    try:
-        model_sha256 = load_onnx(model)[1]
-        calibration_sha256 = file_sha256(Path(calibration)) if calibration is not None else None
-    except (CodesignError, OSError):
-        return None
-    parts = {
-        "model": model_sha256,
-        "input_shapes": sorted((name, list(shape)) for name, shape in (input_shapes or {}).items()),
-        "input_values": sorted((name, list(values)) for name, values in (input_values or {}).items()),
-        "calibration": calibration_sha256,
-        "calibration_samples": calibration_samples,
-        "hardware": hw.fingerprint(),
-        "compression": compression.to_dict(),
-    }
-    return cache.entry_key("plans", parts)
-
-
 def compile_model(
     model: str | Path,
     hw: HardwareSpec,
@@ -255,7 +197,7 @@ def compile_model(
     start = time.perf_counter()
     progress.stage("build")
     with quiet_tvm():
-        executable = tvm.compile(lowered.mod, target=build_target)
+        executable = build_executable(lowered.mod, build_target)
     seconds["build"] = time.perf_counter() - start
     compression = compression or CompressionConfig()
     return CompileResult(

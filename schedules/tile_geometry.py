@@ -3,9 +3,9 @@ the part of each tile's input window that lies inside the input (what its loads 
 DMA inserts the padding).
 
 The one source of these facts for the tile rule's DRAM traffic, the cost model's features and
-the instruction stream (so for the counters too); `simulator.schedule_walk` reads the same
-facts from the scheduled TIR as an independent cross-check. Functions take one Tiling or an
-object whose tile fields are numpy arrays (one entry per tiling).
+the instruction stream (so for the counters too); `schedules.schedule_walk` reads the same
+facts from the scheduled TIR as an independent cross-check (lowering checks every kernel).
+Functions take one Tiling or an object whose tile fields are numpy arrays (one entry per tiling).
 """
 
 from __future__ import annotations

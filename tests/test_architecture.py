@@ -28,10 +28,11 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.units",
             "codesign.tvm_output",
             "codesign.target",
+            "codesign.tvm_build",
         ],
     ),
     ("description", ["codesign.hardware", "codesign.schedules*", "codesign.plan", "codesign.host_work"]),
-    ("import", ["codesign.importer", "codesign.onnx_passes*", "codesign.graph", "codesign.emit"]),
+    ("import", ["codesign.onnx_file", "codesign.importer", "codesign.onnx_passes*", "codesign.graph", "codesign.emit"]),
     (
         "quantization",
         [
@@ -43,7 +44,17 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.design",
         ],
     ),
-    ("compile", ["codesign.lowering", "codesign.pipeline", "codesign.manifest", "codesign.deploy", "codesign.explain"]),
+    (
+        "compile",
+        [
+            "codesign.lowering",
+            "codesign.pipeline",
+            "codesign.plan_cache",
+            "codesign.manifest",
+            "codesign.deploy",
+            "codesign.explain",
+        ],
+    ),
     ("simulate", ["codesign.simulator*"]),
     ("tune", ["codesign.tuner*"]),
     ("report", ["codesign.report*", "codesign.console_tables"]),

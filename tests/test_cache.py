@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -140,3 +142,17 @@ def test_simulate_plans_again_from_the_cache_to_the_same_report(tmp_path, privat
         assert "no --calibration data" in capsys.readouterr().err
     assert reports[0] == reports[1] == reports[2]
     assert sorted(p.name.split("-")[0] for p in private_cache.iterdir()) == ["plans", "ranges"]
+
+
+def test_a_cached_simulate_never_loads_tvm(private_cache):
+    """What makes a warm `simulate` take under a second: with its plans cached, neither the
+    model's import nor TVM (a second to load) is needed."""
+    argv = ["simulate", str(MNIST_MODEL), "--hw", "vta_default"]
+    script = (
+        "import sys\nfrom codesign.cli import main\n"
+        f"code = main({argv!r})\n"
+        "print('tvm loaded' if 'tvm' in sys.modules else 'no tvm', code)\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True) for _ in range(2)]
+    assert [run.stdout.strip().splitlines()[-1] for run in runs] == ["tvm loaded 0", "no tvm 0"], runs[1].stderr
+    assert runs[0].stdout.splitlines()[:-1] == runs[1].stdout.splitlines()[:-1]  # the same report

@@ -11,7 +11,8 @@ from conftest import TEST_MODELS, sample_inputs
 from codesign.calibration import float_outputs
 from codesign.errors import UsageError
 from codesign.graph import extract_graph
-from codesign.importer import import_onnx, parse_input_shapes
+from codesign.importer import import_onnx
+from codesign.onnx_file import parse_input_shapes
 
 
 def op_types(path) -> set[str]:

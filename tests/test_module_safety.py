@@ -37,7 +37,7 @@ import codesign
 import codesign.pipeline
 from codesign import deploy
 from codesign.errors import ModelError
-from codesign.importer import load_onnx
+from codesign.onnx_file import load_onnx
 
 IMAGES = Path(codesign.__file__).resolve().parent / "data" / "t10k-images-idx3-ubyte.gz"
 

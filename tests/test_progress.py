@@ -11,7 +11,8 @@ from rich.console import Console
 from codesign import cache, cli
 from codesign.demo import MNIST_MODEL
 from codesign.hardware import load_hardware
-from codesign.pipeline import compile_model, plan_model
+from codesign.pipeline import compile_model
+from codesign.plan_cache import plan_model
 from codesign.progress import reporting
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from codesign.errors import CodesignError
 from codesign.hardware import HardwareSpec
-from codesign.pipeline import plan_model
+from codesign.plan_cache import plan_model
 from codesign.report.run_data import RunData
 from codesign.simulator.simulate import SimulationReport, simulate_plans
 from codesign.tuner.database import Record

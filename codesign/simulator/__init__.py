@@ -1,8 +1,5 @@
 """The accelerator simulator: VTA-compatible counters, a pipelined cycle model, energy and area.
 
-- `schedule_walk`: reads a layer's scheduled TIR (the kernel the deployable module runs) into
-  `ScheduleFacts`, an independent cross-check of `codesign.schedules.tile_geometry`, which the
-  instruction stream is built from.
 - `program`: the layer's VTA instruction stream (LOAD / GEMM / ALU / STORE with dependencies)
   and the counters VTA's functional simulator reports.
 - `event_sim`: executes an instruction stream on load, compute and store modules that

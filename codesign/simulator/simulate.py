@@ -10,13 +10,11 @@ from codesign.hardware import area_mm2
 from codesign.plan import LayerPlan
 from codesign.schedules.cost_model import estimate, reset_elements
 from codesign.schedules.mapper import select_tiling
-from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
-from codesign.schedules.tile_geometry import TileGeometry, tile_geometry
+from codesign.schedules.tile_geometry import tile_geometry
 from codesign.simulator.energy import energy_by_stage_pj, layer_energy_pj
 from codesign.simulator.event_sim import LayerTiming, simulate_program
 from codesign.simulator.host import host_seconds
 from codesign.simulator.program import build_program
-from codesign.simulator.schedule_walk import walk_schedule
 
 MODELS = ("event", "analytic")
 STAGES = ("load", "compute", "store", "host")
@@ -95,27 +93,19 @@ class SimulationReport:
 
 
 def accelerator_view(plan: LayerPlan, hw):
-    """(shape, tiling, description, kernel) the accelerator runs for a plan: narrow weights
-    packed, and pruned channels removed (such a layer is re-tiled, with the plan's schedule mode)."""
+    """(shape, tiling, description) the accelerator runs for a plan: narrow weights packed, and
+    pruned channels removed (such a layer is re-tiled, with the plan's schedule mode). Lowering
+    checked the plan's kernel against its tiling (`schedules.schedule_walk`)."""
     layer_hw = hw.for_layer_weights(plan.weight_bits)
     shape = plan.effective_shape or plan.shape
     if shape == plan.shape:
-        tiling = plan.tiling
-        kernel = plan.kernel or schedule_packed_conv2d(packed_conv2d_func(shape, layer_hw, -128, 127), tiling, layer_hw)
-        return shape, tiling, layer_hw, kernel
-    tiling = select_tiling(shape, hw, plan.alu_ops, plan.weight_bits, plan.schedule)
-    return (
-        shape,
-        tiling,
-        layer_hw,
-        schedule_packed_conv2d(packed_conv2d_func(shape, layer_hw, -128, 127), tiling, layer_hw),
-    )
+        return shape, plan.tiling, layer_hw
+    return shape, select_tiling(shape, hw, plan.alu_ops, plan.weight_bits, plan.schedule), layer_hw
 
 
 def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str, int], int]:
-    shape, tiling, hw, kernel = accelerator_view(plan, hw)
+    shape, tiling, hw = accelerator_view(plan, hw)
     geometry = tile_geometry(shape, tiling, hw)
-    _check_kernel(plan.name, kernel, geometry)
     program = build_program(shape, geometry, hw, plan.alu_ops, tiling.virtual_threads)
     counters = program.counters()
     resets = int(reset_elements(program.features)[0])
@@ -138,14 +128,6 @@ def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str
         result["store_cycles"],
     )
     return timing, counters, resets
-
-
-def _check_kernel(name: str, kernel, geometry: TileGeometry) -> None:
-    """The kernel the module runs must tile the layer as the tiling says (the TIR walk is the
-    independent cross-check of the tile geometry the instruction stream is built from)."""
-    walked = walk_schedule(kernel)
-    if not geometry.same_tiles(walked):
-        raise RuntimeError(f"layer '{name}': the scheduled kernel's tiles {walked} are not its tiling's {geometry}")
 
 
 def stage_split(timing: LayerTiming, hw) -> dict[str, float]:

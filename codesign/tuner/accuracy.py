@@ -25,6 +25,7 @@ class AccuracyMeasurer:
         the model's first output cannot predict are a UsageError naming `data_path`."""
         self.samples = data.samples()
         self.input_names = [t.name for t in imported.inputs]
+        self.arguments = [[tvm.runtime.tensor(s[name]) for name in self.input_names] for s in self.samples]
         self.float_predictions, classes = self._float_predictions(imported)
         if data.labels is not None:
             check_label_range(data.labels, classes, Path(data_path))
@@ -41,11 +42,11 @@ class AccuracyMeasurer:
     def measure(self, executable) -> float:
         """Accuracy (%) of a compiled module on the evaluation data."""
         vm = relax.VirtualMachine(executable, tvm.cpu())
-        predictions = np.array([self._top1(vm, sample) for sample in self.samples])
+        predictions = np.array([self._top1(vm, arguments) for arguments in self.arguments])
         return 100.0 * float((predictions == self.reference).mean())
 
-    def _top1(self, vm, sample: dict[str, np.ndarray]) -> int:
+    def _top1(self, vm, arguments: list) -> int:
         """The top-1 class of the model's first output (accuracy is measured on it)."""
-        result = vm["main"](*[tvm.runtime.tensor(sample[name]) for name in self.input_names])
+        result = vm["main"](*arguments)
         first = result[0] if isinstance(result, (tvm.ir.Array, list, tuple)) else result
         return int(first.numpy().reshape(-1).argmax())

@@ -37,7 +37,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import codesign
 from codesign.errors import CodesignError, UsageError
 from codesign.files import file_sha256, reading, remove_staged_files, write_text_atomic
-from codesign.importer import import_onnx, parse_input_shapes, parse_input_values
+from codesign.importer import import_onnx
+from codesign.onnx_file import parse_input_shapes, parse_input_values
 from codesign.tuner.database import Database
 from codesign.tuner.eval_data import load_eval_data
 from codesign.tuner.evaluator import gemm_layer_names

@@ -4,8 +4,8 @@ Everything the instruction stream needs about the schedule, read from the TIR: h
 tiles and reduction steps the loops run, the windows the input and weight loads fill (from the
 load blocks' iteration domains, padding included; a dilated conv's input window spans its
 dilated kernel), and the loop nests of the micro-op kernels. It is an independent cross-check
-of `schedules.tile_geometry`, which derives the same facts from the tiling: the simulator
-checks every kernel it reads against it.
+of `schedules.tile_geometry`, which derives the same facts from the tiling (and the simulator
+builds the instruction stream from): lowering checks every kernel it schedules against it.
 """
 
 from __future__ import annotations
