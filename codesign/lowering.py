@@ -44,6 +44,7 @@ from codesign.schedules.packed_conv2d import (
 from codesign.schedules.schedule_walk import walk_schedule
 from codesign.schedules.tile_geometry import TileGeometry, tile_geometry
 from codesign.schedules.tiling import TilingError, tile_footprint
+from codesign.tvm_build import ACCELERATED_PREFIX
 
 
 @dataclasses.dataclass
@@ -247,7 +248,7 @@ class _Lowerer:
         bb, hw, p = self.bb, self.hw, node.params
         scheduled, plan = self.kernels[node.name]
         shape = plan.shape
-        kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"gemm_{node.name}")
+        kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"{ACCELERATED_PREFIX}{node.name}")
         grouped = node.op == "conv2d" and p["groups"] > 1
         data = self.grouped_input(args[0], shape) if grouped else self.group_major_input(args[0], shape)
         packed_data = bb.emit_te(lambda x: pack_activation_te(x, hw), data, primfunc_name_hint="pack_activation")

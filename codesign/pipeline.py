@@ -176,6 +176,7 @@ def compile_model(
     input_values: dict[str, list[str]] | None = None,
     calibration_method: str = "max",
     imported: ImportedModel | None = None,  # `model` already imported (with these shapes and values): reused
+    kernel_per_module: bool = False,  # see tvm_build.build_executable: for a process building many variants
 ) -> CompileResult:
     seconds = {}
     build_target = target(cpu)
@@ -197,7 +198,7 @@ def compile_model(
     start = time.perf_counter()
     progress.stage("build")
     with quiet_tvm():
-        executable = build_executable(lowered.mod, build_target)
+        executable = build_executable(lowered.mod, build_target, kernel_per_module)
     seconds["build"] = time.perf_counter() - start
     compression = compression or CompressionConfig()
     return CompileResult(

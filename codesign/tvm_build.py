@@ -2,13 +2,17 @@
 
 `tvm.compile` runs the Relax pipeline, writes the VM bytecode and compiles every TIR function
 into one LLVM module, on one core: LLVM takes most of a compile (0.2 s per accelerated conv of a
-ResNet-18). Here the TIR functions are split into one LLVM module per core, compiled on threads
-(TVM's code generation releases the GIL) and linked into the same executable, which runs and
-exports exactly as `tvm.compile`'s does.
+ResNet-18). Here the TIR functions are compiled as several LLVM modules (one per accelerated
+kernel, the host functions in one per core), on threads (TVM's code generation releases the
+GIL), and linked into the same executable, which runs and exports as `tvm.compile`'s does.
 
-A compiled set of kernels is kept in memory under the structural hash of its TIR functions and
-the target: a process that builds the same kernels again (the tuner's compression profiles that
-change only weights, calibration runs of variants of one model) links the compiled ones instead.
+Compiled modules are kept in memory under the structural hash of their TIR functions and the
+target: a process that builds the same kernels again (the tuner's compression profiles, which
+change some accelerated kernels and rarely the host functions; calibration runs of variants of
+one model) links the compiled ones instead, and LLVM's JIT has already run on them.
+
+(The VM code generation and linking are TVM's own, `relax.vm_build`'s private steps of
+`relax.build`, for the pinned TVM version.)
 """
 
 from __future__ import annotations
@@ -22,41 +26,66 @@ import tvm
 import tvm_ffi
 from tvm import relax
 from tvm.relax import vm_build
+from tvm.script import tirx as T
 
-KERNEL_SETS_KEPT = 16  # compiled kernel sets kept in memory (LRU); an entry is a few MB at most
+MODULES_KEPT = 512  # compiled LLVM modules kept in memory (LRU); one is tens of KB of code
+ACCELERATED_PREFIX = "gemm_"  # how lowering names an accelerated layer's kernel
 
 _compiled: collections.OrderedDict[tuple[int, str], tuple[tvm.IRModule, tvm.runtime.Module]] = collections.OrderedDict()
 _compiled_lock = threading.Lock()
 
 
-def build_executable(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    """`mod` built for `target`: what `tvm.compile(mod, target=target)` returns."""
+@T.prim_func
+def _ROOT_FUNC():
+    T.evaluate(0)
+
+
+def build_executable(
+    mod: tvm.IRModule, target: tvm.target.Target, kernel_per_module: bool = False
+) -> relax.VMExecutable:
+    """`mod` built for `target`: what `tvm.compile(mod, target=target)` returns.
+    `kernel_per_module`: compile each accelerated kernel as its own LLVM module, for a process
+    that builds many variants of one model (the tuner): a variant then recompiles only the
+    kernels it changes. Otherwise they are dealt out to one module per core (LLVM's JIT, when a
+    VM first loads the executable, costs about 0.1 s more per module)."""
     with target:
         mod = relax.get_pipeline("default")(mod)
     attrs = dict(mod.attrs) if mod.attrs else {}
     builder = relax.ExecBuilder()
     mod = vm_build._vmcodegen(builder, mod, "bytecode")
     kernels = vm_build._filter_tir(mod)
-    library = compiled_kernels(kernels, target) if kernels is not None else None
+    library = None if kernels is None else _linked(compiled_kernels(kernels, target, kernel_per_module), target)
     params = dict(attrs.get("const_name_to_constant", {}))
     external = list(attrs.get("external_mods", []))
     return relax.VMExecutable(tvm.relax._ffi_api.VMLink(builder, target, library, external, params))
 
 
-def compiled_kernels(kernels: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Module:
-    """The TIR functions of `kernels` compiled for `target`, from memory when compiled before."""
-    key = (tvm_ffi.structural_hash(kernels), str(target))
-    with _compiled_lock:
-        entry = _compiled.get(key)
-        if entry is not None and tvm_ffi.structural_equal(entry[0], kernels):
-            _compiled.move_to_end(key)
-            return entry[1]
-    library = _compile_in_parallel(kernels, target)
-    with _compiled_lock:
-        _compiled[key] = (kernels, library)
-        while len(_compiled) > KERNEL_SETS_KEPT:
-            _compiled.popitem(last=False)
-    return library
+def _linked(libraries: list[tvm.runtime.Module], target) -> tvm.runtime.Module:
+    """A new root module importing `libraries` (kept ones are shared between executables: their
+    own imports must not change)."""
+    root = tvm.tirx.build(tvm.IRModule({"codesign_root": _ROOT_FUNC}), target=target)
+    for library in libraries:
+        root.import_module(library)
+    return root
+
+
+def compiled_kernels(
+    kernels: tvm.IRModule, target: tvm.target.Target, kernel_per_module: bool = False
+) -> list[tvm.runtime.Module]:
+    """The TIR functions of `kernels` compiled for `target`, as LLVM modules (see
+    `build_executable`). Modules compiled before come from memory; the others are compiled on
+    threads, one per core."""
+    groups = _groups(kernels, os.cpu_count() or 1, kernel_per_module)
+    keys = [(tvm_ffi.structural_hash(group), str(target)) for group in groups]
+    libraries = [_remembered(key, group) for key, group in zip(keys, groups)]
+    missing = [index for index, library in enumerate(libraries) if library is None]
+    if missing:
+        with ThreadPoolExecutor(min(len(missing), os.cpu_count() or 1)) as pool:
+            built = pool.map(lambda index: tvm.tirx.build(groups[index], target=target), missing)
+            for index, library in zip(missing, built):
+                libraries[index] = library
+                _remember(keys[index], groups[index], library)
+    return libraries
 
 
 def forget_compiled_kernels() -> None:
@@ -65,28 +94,34 @@ def forget_compiled_kernels() -> None:
         _compiled.clear()
 
 
-def _compile_in_parallel(kernels: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Module:
-    """One LLVM module per core, compiled on threads, the rest imported into the first. (The
-    machine code is generated later, when a VM first loads the library: LLVM's JIT does not run
-    faster on threads.)"""
-    parts = _split(kernels, os.cpu_count() or 1)
-    if len(parts) == 1:
-        return tvm.tirx.build(parts[0], target=target)
-    with ThreadPoolExecutor(len(parts)) as pool:
-        libraries = list(pool.map(lambda part: tvm.tirx.build(part, target=target), parts))
-    root = libraries[0]
-    for library in libraries[1:]:
-        root.import_module(library)
-    return root
+def _remembered(key: tuple[int, str], group: tvm.IRModule) -> tvm.runtime.Module | None:
+    with _compiled_lock:
+        entry = _compiled.get(key)
+        if entry is None or not tvm_ffi.structural_equal(entry[0], group):
+            return None
+        _compiled.move_to_end(key)
+        return entry[1]
 
 
-def _split(kernels: tvm.IRModule, count: int) -> list[tvm.IRModule]:
-    """Up to `count` modules of about equal work: the accelerated kernels (most of LLVM's time)
-    dealt out in turn, then the host functions."""
+def _remember(key: tuple[int, str], group: tvm.IRModule, library: tvm.runtime.Module) -> None:
+    with _compiled_lock:
+        _compiled[key] = (group, library)
+        while len(_compiled) > MODULES_KEPT:
+            _compiled.popitem(last=False)
+
+
+def _groups(kernels: tvm.IRModule, cores: int, kernel_per_module: bool) -> list[tvm.IRModule]:
+    """The functions dealt out in turn to one module per core, accelerated kernels first (0.2 s
+    of LLVM each on a ResNet-18); with `kernel_per_module`, each accelerated kernel apart."""
     functions = sorted(kernels.functions.items(), key=lambda item: item[0].name_hint)
-    functions.sort(key=lambda item: not item[0].name_hint.startswith("gemm_"))
-    count = max(1, min(count, len(functions)))
-    parts: list[dict] = [{} for _ in range(count)]
-    for index, (global_var, function) in enumerate(functions):
-        parts[index % count][global_var] = function
-    return [tvm.IRModule(part, attrs=kernels.attrs) for part in parts]
+    accelerated = [item for item in functions if item[0].name_hint.startswith(ACCELERATED_PREFIX)]
+    host = [item for item in functions if not item[0].name_hint.startswith(ACCELERATED_PREFIX)]
+    if kernel_per_module:
+        groups = [dict([item]) for item in accelerated] + _deal(host, cores)
+    else:
+        groups = _deal(accelerated + host, cores)
+    return [tvm.IRModule(group, attrs=kernels.attrs) for group in groups]
+
+
+def _deal(items: list, count: int) -> list[dict]:
+    return [dict(items[start::count]) for start in range(min(count, len(items)))]

@@ -77,4 +77,5 @@ class ProfileBuilder:
             compression=compression,
             input_values=self.input_values,
             imported=self.imported,
+            kernel_per_module=True,  # a profile recompiles only the kernels it changes
         )
