@@ -2,9 +2,9 @@
 
 `tvm.compile` runs the Relax pipeline, writes the VM bytecode and compiles every TIR function
 into one LLVM module, on one core: LLVM takes most of a compile (0.2 s per accelerated conv of a
-ResNet-18). Here the TIR functions are compiled as several LLVM modules (one per accelerated
-kernel, the host functions in one per core), on threads (TVM's code generation releases the
-GIL), and linked into the same executable, which runs and exports as `tvm.compile`'s does.
+ResNet-18). Here the TIR functions are compiled as several LLVM modules (one per core, or one
+per accelerated kernel for the tuner), on threads (TVM's code generation releases the GIL), and
+linked into the same executable, which runs and exports as `tvm.compile`'s does.
 
 Compiled modules are kept in memory under the structural hash of their TIR functions and the
 target: a process that builds the same kernels again (the tuner's compression profiles, which
