@@ -39,14 +39,15 @@ def _core_groups(designs: list) -> list[np.ndarray]:
 
 
 def _network_cost(layers: list[Layer], core, group, schedule: str) -> tuple[np.ndarray, np.ndarray]:
-    """(cycles, energy in pJ) of the layers on each design of one core shape."""
-    cycles = np.zeros(len(group.batch))
-    energy = np.zeros(len(group.batch))
-    for layer in layers:
-        mapping = map_layer(layer, core, group, schedule)
-        features = mapping.features
-        timing = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
-        layer_cycles = np.where(mapping.fits, timing["cycles"], np.inf)
-        cycles += layer_cycles
-        energy += layer_energy_pj(vta_counters(features), reset_elements(features), layer_cycles, group)["total"]
-    return cycles, energy
+    """(cycles, energy in pJ) of the layers on each design of one core shape. The cost model
+    prices every layer's chosen tilings in one call (layers x designs): its cost is mostly
+    numpy's per-call overhead, not the element count."""
+    if not layers:
+        return np.zeros(len(group.batch)), np.zeros(len(group.batch))
+    mappings = [map_layer(layer, core, group, schedule) for layer in layers]
+    features = {key: np.stack([m.features[key] for m in mappings]) for key in mappings[0].features}
+    fits = np.stack([m.fits for m in mappings])
+    timing = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
+    layer_cycles = np.where(fits, timing["cycles"], np.inf)
+    energy = layer_energy_pj(vta_counters(features), reset_elements(features), layer_cycles, group)["total"]
+    return layer_cycles.sum(axis=0), energy.sum(axis=0)
