@@ -12,7 +12,7 @@ For one and then two virtual threads the best fitting candidate is taken; two th
 least two output tiles to alternate between and are kept only with a lower key. Ties go to the
 earlier candidate and to fewer threads.
 
-Two front-ends run this one code: `map_layer` for many designs of one core shape at once (the
+Two front-ends run this one code: `map_layers` for many designs of one core shape at once (the
 design sweep) and `select_tiling` for one layer on one description (lowering, the simulator).
 """
 
@@ -108,29 +108,38 @@ def design_arrays(designs: list) -> types.SimpleNamespace:
     )
 
 
-def _ranking_key(candidates: _Candidates, designs, threads: int, mode: str) -> np.ndarray:
-    """Per design and candidate, lower is better, comparable across thread counts."""
+def _ranking_keys(layers: list[_Candidates], designs, mode: str) -> list[dict[int, np.ndarray]]:
+    """Per layer and thread count, per design and candidate: lower is better, comparable across
+    thread counts. "auto" prices every layer's candidates with every thread count in one call of
+    the cost model (its time is mostly numpy's per-call overhead)."""
     if mode not in MODES:
         raise ValueError(f"schedule mode must be one of {MODES}, not {mode!r}")
-    if mode == "rule":
-        return candidates.rule_rank - threads * len(candidates.tilings)  # more threads rank first
-    features = {**candidates.features, "threads": np.minimum(threads, candidates.features["tiles"])}
+    if mode == "rule":  # more threads rank first
+        return [{t: c.rule_rank - t * len(c.tilings) for t in THREAD_COUNTS} for c in layers]
+    parts = [(c, t) for c in layers for t in THREAD_COUNTS]
+    features = {
+        key: np.concatenate([c.features[key] for c, _ in parts]) for key in layers[0].features if key != "threads"
+    }
+    features["threads"] = np.concatenate([np.minimum(t, c.features["tiles"]) for c, t in parts])
     latency, bandwidth, alu_rate = (
         getattr(designs, name)[:, None]
         for name in ("dram_latency_cycles", "dram_bytes_per_cycle", "alu_vectors_per_cycle")
     )
-    return estimate(features, latency, bandwidth, alu_rate)["cycles"]
+    cycles = estimate(features, latency, bandwidth, alu_rate)["cycles"]
+    ends = np.cumsum([len(c.tilings) for c, _ in parts])
+    pieces = iter(np.split(cycles, ends[:-1], axis=1))
+    return [{t: next(pieces) for t in THREAD_COUNTS} for _ in layers]
 
 
-def _select(candidates: _Candidates, designs, mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(candidate, virtual threads, some tiling fits) per design."""
+def _select(candidates: _Candidates, designs, keys: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate, virtual threads, some tiling fits) per design, by the ranking `keys`."""
     count = len(designs.inp_buffer_bytes)
     capacity = types.SimpleNamespace(**{have: getattr(designs, have)[:, None] for _, _, have in SCRATCHPADS})
     best, best_threads = np.zeros(count, dtype=np.int64), np.ones(count, dtype=np.int64)
     best_key = np.full(count, np.inf)
     for threads in THREAD_COUNTS:
         fitting = fits(candidates.footprint, capacity, threads)
-        key = np.where(fitting, _ranking_key(candidates, designs, threads, mode), np.inf)
+        key = np.where(fitting, keys[threads], np.inf)
         choice = key.argmin(axis=1)
         chosen_key = key[np.arange(count), choice]
         alternates = candidates.features["tiles"][choice] >= threads  # tiles for every thread
@@ -156,14 +165,22 @@ class Mapping:
         return dataclasses.replace(chosen, virtual_threads=int(self.threads[design]))
 
 
+def map_layers(layers: list[Layer], core, designs, mode: str = "rule") -> list[Mapping]:
+    """Vectorised front-end: each layer on each design of `designs` (columns from
+    `design_arrays`), all of the core shape of the description `core`."""
+    candidates = [_candidates(layer, core_of(core, layer.weight_bits)) for layer in layers]
+    mappings = []
+    for layer_candidates, keys in zip(candidates, _ranking_keys(candidates, designs, mode)):
+        chosen, threads, fit = _select(layer_candidates, designs, keys)
+        features = {key: value[chosen] for key, value in layer_candidates.features.items()}
+        features["threads"] = threads.astype(np.float64)
+        mappings.append(Mapping(layer_candidates.tilings, chosen, threads, fit, features))
+    return mappings
+
+
 def map_layer(layer: Layer, core, designs, mode: str = "rule") -> Mapping:
-    """Vectorised front-end: `layer` on each design of `designs` (columns from `design_arrays`),
-    all of the core shape of the description `core`."""
-    candidates = _candidates(layer, core_of(core, layer.weight_bits))
-    chosen, threads, fit = _select(candidates, designs, mode)
-    features = {key: value[chosen] for key, value in candidates.features.items()}
-    features["threads"] = threads.astype(np.float64)
-    return Mapping(candidates.tilings, chosen, threads, fit, features)
+    """`map_layers` of one layer."""
+    return map_layers([layer], core, designs, mode)[0]
 
 
 def select_tiling(shape: ConvShape, hw, alu_ops=(), weight_bits: int | None = None, mode: str = "rule") -> Tiling:

@@ -1,7 +1,7 @@
 """Evaluate many hardware designs on a network at once with the cost model.
 
 Designs are grouped by core shape. For each layer the mapper picks the tiling of every design of
-a group in one vectorised call (`schedules.mapper.map_layer`, the code lowering runs for one
+a group in one vectorised call (`schedules.mapper.map_layers`, the code lowering runs for one
 design), and the cost model prices the chosen tilings: cycles, energy and area per design.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from codesign.hardware import area_mm2
 from codesign.schedules.cost_model import estimate, reset_elements, vta_counters
-from codesign.schedules.mapper import CORE_FIELDS, Layer, design_arrays, map_layer
+from codesign.schedules.mapper import CORE_FIELDS, Layer, design_arrays, map_layers
 from codesign.simulator.energy import layer_energy_pj
 
 
@@ -44,7 +44,7 @@ def _network_cost(layers: list[Layer], core, group, schedule: str) -> tuple[np.n
     numpy's per-call overhead, not the element count."""
     if not layers:
         return np.zeros(len(group.batch)), np.zeros(len(group.batch))
-    mappings = [map_layer(layer, core, group, schedule) for layer in layers]
+    mappings = map_layers(layers, core, group, schedule)
     features = {key: np.stack([m.features[key] for m in mappings]) for key in mappings[0].features}
     fits = np.stack([m.fits for m in mappings])
     timing = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
