@@ -172,11 +172,11 @@ def _typed_value(vi: onnx.ValueInfoProto, items: list[str], bound_shape) -> np.n
 
 
 def make_padding_explicit(model: onnx.ModelProto) -> None:
-    """auto_pad=SAME_UPPER/SAME_LOWER -> explicit pads, so every conv carries its own padding."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    """auto_pad=SAME_UPPER/SAME_LOWER -> explicit pads, so every conv carries its own padding.
+    Reads the shapes `fold_constants` inferred (inferring again costs a copy of the weights)."""
     shapes = {
         vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.input)
+        for vi in list(model.graph.value_info) + list(model.graph.input)
     }
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
     for node in model.graph.node:
