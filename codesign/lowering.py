@@ -204,7 +204,9 @@ class _Lowerer:
         producer = self.qgraph.nodes[node.inputs[0]]
         while producer.op in ("passthrough", "clamp", "quantize", "dequantize") and producer.inputs:
             producer = self.qgraph.nodes[producer.inputs[0]]
-        if producer.op not in ("conv2d", "matmul") or producer.name not in self.compression.prune:
+        # An activation x activation matmul has no weights to prune.
+        pruned = producer.name in self.compression.prune and producer.params.get("weight") is not None
+        if producer.op not in ("conv2d", "matmul") or not pruned:
             return 1.0
         channels = producer.params["weight"].shape[0 if producer.op == "conv2d" else 1]
         return self.compression.kept_channels(producer.name, channels) / channels
@@ -312,6 +314,15 @@ def lower_to_relax(
 ) -> LoweredModel:
     """The integer program as Relax; `taps` adds those nodes' real values after the outputs."""
     return _Lowerer(qgraph, imported, hw, compression or CompressionConfig()).run(list(taps))
+
+
+def plan_layers(
+    qgraph: QuantizedGraph, imported: ImportedModel, hw, compression: CompressionConfig | None = None
+) -> list[LayerPlan]:
+    """The plans `lower_to_relax` writes (kernels scheduled and checked), without emitting the
+    Relax program: what the simulator needs."""
+    lowerer = _Lowerer(qgraph, imported, hw, compression or CompressionConfig())
+    return [lowerer.plan_for(node) for node in qgraph.nodes.values() if node.op != "input"]
 
 
 # ---- host integer ops: the formulas of codesign.reference, as TE -----------------------------

@@ -55,14 +55,14 @@ def plan_model(
 
 
 def _lowered_plans(model, hw, input_shapes, calibration, calibration_samples, warn, compression, input_values):
-    from codesign.lowering import lower_to_relax
+    from codesign.lowering import plan_layers
     from codesign.pipeline import DEFAULT_CALIBRATION_SAMPLES, import_model, quantize_model
 
     samples = DEFAULT_CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples
     progress.stage("import")
     imported = import_model(model, input_shapes, input_values, warn)
     _, qgraph, _ = quantize_model(imported, hw, calibration, samples, None, warn, compression)
-    return lower_to_relax(qgraph, imported, hw, compression).plans
+    return plan_layers(qgraph, imported, hw, compression)
 
 
 def _plans_key(model, hw, input_shapes, calibration, calibration_samples, compression, input_values) -> str | None:

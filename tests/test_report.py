@@ -205,7 +205,15 @@ def test_report_of_a_run_with_its_front_neither_imports_nor_compiles_the_model(t
     def refuse(*args, **kwargs):
         raise AssertionError("the report imported or compiled the model")
 
-    stages = ("import_onnx", "import_model", "compile_model", "plan_model", "quantize_model", "lower_to_relax")
+    stages = (
+        "import_onnx",
+        "import_model",
+        "compile_model",
+        "plan_model",
+        "quantize_model",
+        "lower_to_relax",
+        "plan_layers",
+    )
     for name, module in list(sys.modules.items()):
         for stage in stages:
             if name.startswith("codesign") and hasattr(module, stage):

@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from test_sim_counters import VTA_TUTORIAL_ALU
 
 from codesign.cli import main
+from codesign.compression import CompressionConfig
 from codesign.deploy import read_manifest, write_module
+from codesign.graph import extract_graph
 from codesign.hardware import area_mm2, load_hardware, preset_names
 from codesign.importer import import_onnx
-from codesign.lowering import lower_to_relax
+from codesign.lowering import lower_to_relax, plan_layers
 from codesign.pipeline import compile_model, quantize_model
 from codesign.plan import LayerPlan, requant_alu_ops
 from codesign.schedules.cost_model import estimate, layer_features, stack_features
@@ -205,6 +207,19 @@ def test_module_directory_and_model_simulate_identically(tmp_path, model_calibra
     assert totals["accelerator_seconds"] > 0 and totals["host_seconds"] > 0
     assert totals["latency_seconds"] == pytest.approx(totals["accelerator_seconds"] + totals["host_seconds"])
     assert totals["edp_joule_seconds"] == pytest.approx(totals["energy_joules"] * totals["latency_seconds"])
+
+
+@pytest.mark.parametrize("model", sorted(TEST_MODELS))
+def test_plans_without_the_relax_program_equal_lowerings(model, model_calibration):
+    """What `simulate` plans (plan_layers) is what lowering writes into the module."""
+    path, name, shape = TEST_MODELS[model]
+    imported = import_onnx(path, {name: shape})
+    layers = [node.name for node in extract_graph(imported).gemm_nodes()]
+    compression = CompressionConfig(dict.fromkeys(layers, 4), dict.fromkeys(layers[:-1], 0.25), schedule="auto")
+    for hw, config in ((VTA, None), (load_hardware("edge_1x8x8"), compression)):
+        _, qgraph, _ = quantize_model(imported, hw, model_calibration[model], 16, None, lambda m: None, config)
+        lowered = [plan.to_dict() for plan in lower_to_relax(qgraph, imported, hw, config).plans]
+        assert [plan.to_dict() for plan in plan_layers(qgraph, imported, hw, config)] == lowered
 
 
 @pytest.mark.parametrize("preset", preset_names())
