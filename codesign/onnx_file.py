@@ -2,17 +2,24 @@
 
 `load_onnx` reads a model (weights saved as external data only from beside the file) and its
 content hash; `model_sha256` the hash alone. The simulator's cached path and the cache keys use
-these, so a command whose result is cached never imports TVM.
+these, so a command whose result is cached never imports TVM. `model_sha256` remembers a
+file's digest under its size and modification time (and those of its external weights), so a
+cached command does not parse the model either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-
+from codesign import cache
 from codesign.errors import ModelError, UsageError
+
+if TYPE_CHECKING:  # onnx is imported by what reads a model, not by what only hashes one
+    import onnx
 
 MAX_DIM = 2**31 - 1  # TVM's shapes are int64, its buffers indexed by int32
 
@@ -47,8 +54,10 @@ def parse_input_values(specs: list[str] | None) -> dict[str, list[str]]:
 def load_onnx(path: str | Path) -> tuple[onnx.ModelProto, str]:
     """The model, with weights saved as external data read from beside the model file (never
     from the working directory), and the sha256 of the file and of those weights."""
+    import onnx
+
     path = Path(path)
-    model, sha256 = _read_model(path)
+    model, sha256, _ = _read_model(path)
     try:
         onnx.checker.check_model(model)
     except Exception as err:
@@ -59,11 +68,42 @@ def load_onnx(path: str | Path) -> tuple[onnx.ModelProto, str]:
 
 
 def model_sha256(path: str | Path) -> str:
-    """The sha256 `load_onnx` gives, without checking the model (for cache keys: a miss loads it)."""
-    return _read_model(Path(path))[1]
+    """The sha256 `load_onnx` gives, without checking the model (for cache keys: a miss loads
+    it). Read from the cache while the file and its external weights keep their size and
+    modification time."""
+    path = Path(path)
+    key = _digest_key(path)
+    payload = cache.load(key) if key else None
+    if payload is not None:
+        memo = json.loads(payload)
+        if all(_file_stamp(Path(name)) == stamp for name, stamp in memo["external"]):
+            return memo["sha256"]
+    _, sha256, external = _read_model(path)
+    if key:
+        memo = {"sha256": sha256, "external": [(str(file), _file_stamp(file)) for file in sorted(external)]}
+        cache.store(key, json.dumps(memo).encode())
+    return sha256
 
 
-def _read_model(path: Path) -> tuple[onnx.ModelProto, str]:
+def _file_stamp(path: Path) -> list[int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns, status.st_ino]
+
+
+def _digest_key(path: Path) -> str | None:
+    stamp = _file_stamp(path)
+    if stamp is None:
+        return None
+    return cache.entry_key("model-digest", {"path": os.path.abspath(path), "stamp": stamp})
+
+
+def _read_model(path: Path) -> tuple[onnx.ModelProto, str, set[Path]]:
+    """The model with its external weights read in, the sha256 of both, and the weight files."""
+    import onnx
+
     try:
         data = path.read_bytes()
     except FileNotFoundError as err:
@@ -75,13 +115,14 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, str]:
         model = onnx.load_from_string(data)
     except Exception as err:
         raise ModelError(f"{path}: not a valid ONNX model ({_reason(err)})") from err
+    external = set()
     for tensor in _stored_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            _load_external_tensor(tensor, path)
+            external.add(_load_external_tensor(tensor, path))
             # Name and length framed, so no two different sets of weights hash alike.
             name = tensor.name.encode()
             digest.update(b"%d:%b%d:" % (len(name), name, len(tensor.raw_data)) + tensor.raw_data)
-    return model, digest.hexdigest()
+    return model, digest.hexdigest(), external
 
 
 def _reason(err: Exception) -> str:
@@ -102,8 +143,9 @@ def _stored_tensors(graph: onnx.GraphProto):
                 yield from _stored_tensors(subgraph)
 
 
-def _load_external_tensor(tensor: onnx.TensorProto, path: Path) -> None:
-    """Read a tensor's external data, relative to the model file; the file must lie beside it."""
+def _load_external_tensor(tensor: onnx.TensorProto, path: Path) -> Path:
+    """Read a tensor's external data, relative to the model file (the file must lie beside it);
+    returns the file read."""
     from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor
 
     location = ExternalDataInfo(tensor).location
@@ -118,3 +160,4 @@ def _load_external_tensor(tensor: onnx.TensorProto, path: Path) -> None:
         load_external_data_for_tensor(tensor, str(base))
     except Exception as err:
         raise ModelError(f"{where}, which cannot be read ({_reason(err)})") from err
+    return file

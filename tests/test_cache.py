@@ -141,18 +141,19 @@ def test_simulate_plans_again_from_the_cache_to_the_same_report(tmp_path, privat
         # the warning about random calibration data is given every time, cached or not
         assert "no --calibration data" in capsys.readouterr().err
     assert reports[0] == reports[1] == reports[2]
-    assert sorted(p.name.split("-")[0] for p in private_cache.iterdir()) == ["plans", "ranges"]
+    assert sorted(p.name.split("-")[0] for p in private_cache.iterdir()) == ["model", "plans", "ranges"]
 
 
 def test_a_cached_simulate_never_loads_tvm(private_cache):
     """What makes a warm `simulate` take under a second: with its plans cached, neither the
-    model's import nor TVM (a second to load) is needed."""
+    model's import nor TVM (a second to load) is needed, nor onnx (the model's digest is
+    remembered)."""
     argv = ["simulate", str(MNIST_MODEL), "--hw", "vta_default"]
     script = (
         "import sys\nfrom codesign.cli import main\n"
         f"code = main({argv!r})\n"
-        "print('tvm loaded' if 'tvm' in sys.modules else 'no tvm', code)\n"
+        "print([name for name in ('tvm', 'onnx') if name in sys.modules], code)\n"
     )
     runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True) for _ in range(2)]
-    assert [run.stdout.strip().splitlines()[-1] for run in runs] == ["tvm loaded 0", "no tvm 0"], runs[1].stderr
+    assert [run.stdout.strip().splitlines()[-1] for run in runs] == ["['tvm', 'onnx'] 0", "[] 0"], runs[1].stderr
     assert runs[0].stdout.splitlines()[:-1] == runs[1].stdout.splitlines()[:-1]  # the same report

@@ -37,7 +37,7 @@ import codesign
 import codesign.pipeline
 from codesign import deploy
 from codesign.errors import ModelError
-from codesign.onnx_file import load_onnx
+from codesign.onnx_file import load_onnx, model_sha256
 
 IMAGES = Path(codesign.__file__).resolve().parent / "data" / "t10k-images-idx3-ubyte.gz"
 
@@ -156,6 +156,26 @@ def test_external_data_is_read_beside_the_model_not_in_the_working_directory(tmp
     # The hash covers the weights: other bytes in weights.bin are another model.
     (tmp_path / "models" / "weights.bin").write_bytes((weight + 1).tobytes())
     assert load_onnx(path)[1] != sha256
+
+
+def test_a_remembered_model_digest_follows_the_model_and_its_weights(tmp_path, monkeypatch):
+    """model_sha256 reads its digest from the cache while the files keep their size and time;
+    a changed model file or external weight file is hashed again."""
+    monkeypatch.setenv(codesign.cache.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(codesign.cache.NO_CACHE_ENV, raising=False)
+    path, weight = external_data_model(tmp_path / "models")
+    first = model_sha256(path)
+    assert first == load_onnx(path)[1] and model_sha256(path) == first
+    weights_file = tmp_path / "models" / "weights.bin"
+    weights_file.write_bytes((weight + 1).tobytes())
+    os.utime(weights_file, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new time on any file system
+    changed = model_sha256(path)
+    assert changed != first and changed == load_onnx(path)[1]
+    model = onnx.load(str(path))
+    model.graph.node[0].name = "renamed"
+    onnx.save(model, str(path))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    assert model_sha256(path) == load_onnx(path)[1] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_external_data_missing_or_outside_the_model_directory(tmp_path):
