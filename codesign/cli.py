@@ -424,8 +424,15 @@ def tune_command(
     space: Annotated[Path, typer.Option("--space", help="Search-space TOML file (see spaces/).")],
     data: Annotated[Path, typer.Option("--data", help="Evaluation data: .npz with inputs by name and 'labels'.")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Run directory.")],
-    budget: Annotated[int, typer.Option(help="Evaluations in all.", min=1)] = 100,
-    strategy: Annotated[str, typer.Option(help="xgboost (surrogate), random or nsga2.")] = "xgboost",
+    budget: Annotated[
+        int, typer.Option(help="Evaluations in all (bilevel: compression profiles measured for accuracy).", min=1)
+    ] = 100,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="xgboost (surrogate), random, nsga2, or bilevel (surrogate over compression, every hardware swept)."
+        ),
+    ] = "xgboost",
     seed: Annotated[int, typer.Option(help="Seed of every random choice.", min=0)] = 0,
     jobs: Annotated[int, typer.Option(help="Parallel evaluations.", min=1)] = 1,
     executor: Annotated[str, typer.Option(help="local (processes) or ray.")] = "local",

@@ -130,15 +130,22 @@ class Database:
                 out.truncate(data.rfind(b"\n") + 1)
 
     def append(self, record: Record) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: list[Record]) -> None:
+        """Append records in one write, so a kill leaves all of them or none (a cut last line)."""
         if not self._repaired:
             self.repair()
+        text = "".join(record.to_json() + "\n" for record in records).encode()
         try:
-            with self.path.open("a") as out:
-                out.write(record.to_json() + "\n")
-                out.flush()
+            with self.path.open("ab", buffering=0) as out:
+                written = 0
+                while written < len(text):
+                    written += out.write(text[written:])
                 os.fsync(out.fileno())
         except OSError as err:
-            raise CodesignError(f"{self.path}: cannot record evaluation {record.index} ({err.strerror})") from err
+            indices = ", ".join(str(r.index) for r in records)
+            raise CodesignError(f"{self.path}: cannot record evaluation {indices} ({err.strerror})") from err
 
 
 def _record(document, where: str, metrics: tuple[str, ...], knobs: tuple[str, ...]) -> Record:

@@ -6,11 +6,12 @@ import moocore
 import numpy as np
 
 
-def pareto_mask(points: np.ndarray) -> np.ndarray:
-    """True for the points no other point dominates (all objectives minimised)."""
+def pareto_mask(points: np.ndarray, keep_ties: bool = False) -> np.ndarray:
+    """True for the points no other point dominates (all objectives minimised); of equal points,
+    the first only, or all with `keep_ties`."""
     if len(points) == 0:
         return np.zeros(0, dtype=bool)
-    return np.asarray(moocore.is_nondominated(points), dtype=bool)
+    return np.asarray(moocore.is_nondominated(points, keep_weakly=keep_ties), dtype=bool)
 
 
 def hypervolume(points: np.ndarray, reference: np.ndarray) -> float:

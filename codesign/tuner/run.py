@@ -39,6 +39,7 @@ from codesign.errors import CodesignError, UsageError
 from codesign.files import file_sha256, reading, remove_staged_files, write_text_atomic
 from codesign.importer import import_onnx
 from codesign.onnx_file import parse_input_shapes, parse_input_values
+from codesign.tuner.bilevel import BilevelSearch, outer_records, plan_bilevel
 from codesign.tuner.database import Database
 from codesign.tuner.eval_data import load_eval_data
 from codesign.tuner.evaluator import gemm_layer_names
@@ -162,8 +163,8 @@ class _RunOptions:
 
 
 def _check_choices(strategy, executor, eval_samples) -> None:
-    if strategy not in STRATEGIES:
-        raise UsageError(f"--strategy {strategy}: expected one of {', '.join(STRATEGIES)}")
+    if strategy not in (*STRATEGIES, BilevelSearch.name):
+        raise UsageError(f"--strategy {strategy}: expected one of {', '.join([*STRATEGIES, BilevelSearch.name])}")
     if executor not in ("local", "ray"):
         raise UsageError(f"--executor {executor}: expected local or ray")
     if eval_samples is not None and eval_samples < 1:
@@ -264,8 +265,11 @@ def _settings(options: _RunOptions, spec: EvaluatorSpec) -> dict:
 
 
 def _search(options: _RunOptions, space, database, runner, layers, run_dir: RunDirectory, console) -> list:
-    """The evaluations up to the budget (those in the database count), with a progress bar."""
+    """The evaluations up to the budget (those in the database count), with a progress bar. The
+    bilevel strategy's budget counts measured compression profiles."""
     run_dir.raise_if_stopped()  # a signal a library swallowed while the evaluator was prepared
+    bilevel = options.strategy == BilevelSearch.name
+    plan = plan_bilevel(space, layers) if bilevel else None
     with Progress(
         TextColumn("[bold]tuning"),
         BarColumn(),
@@ -274,13 +278,19 @@ def _search(options: _RunOptions, space, database, runner, layers, run_dir: RunD
         TimeRemainingColumn(),
         console=console,
     ) as progress:
-        done = len(database.load(space.needed_metrics(), tuple(space.knobs)))
-        task = progress.add_task("", total=options.budget, completed=min(done, options.budget))
+
+        def done(history) -> int:
+            return len(outer_records(plan, history)) if bilevel else len(history)
+
+        history = database.load(space.needed_metrics(), tuple(space.knobs))
+        task = progress.add_task("", total=options.budget, completed=min(done(history), options.budget))
 
         def on_record(record, history):
-            progress.update(task, advance=1, description=_summary(space, history))
+            progress.update(task, completed=min(done(history), options.budget), description=_summary(space, history))
             run_dir.raise_if_stopped()
 
+        if bilevel:
+            return BilevelSearch().run(plan, database, runner, options.budget, options.seed, layers, on_record)
         strategy = STRATEGIES[options.strategy]()
         return run_tuning(
             space, strategy, database, runner, options.budget, options.batch_size, options.seed, on_record, layers
