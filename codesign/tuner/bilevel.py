@@ -30,7 +30,7 @@ from codesign.tuner.database import Database, Record
 from codesign.tuner.pareto import pareto_mask
 from codesign.tuner.space import OBJECTIVES, SearchSpace
 from codesign.tuner.strategies import XGBoostSearch, minimised_points
-from codesign.tuner.tune import design_document
+from codesign.tuner.tune import design_document, result_record
 
 PROFILE_HARDWARE_KNOBS = ("hw.alu_multiplier",)  # hardware knobs that change the measured profile
 
@@ -165,21 +165,8 @@ class BilevelSearch:
         results = [result for _, _, result in executor.run(tasks)]
         records = []
         for position in profile_front(plan.space, configs, results):
-            config, result = configs[position], results[position]
-            index = next_index + len(records)
-            records.append(
-                Record(
-                    index=index,
-                    batch=batch,
-                    config=config,
-                    feasible=result["feasible"],
-                    objectives=result["objectives"],
-                    metrics=result.get("metrics", {}),
-                    reason=result.get("reason"),
-                    seconds=result["seconds"] * len(configs),  # the profile's measurement and sweep
-                    seed=seed,
-                    strategy=self.name,
-                    design=design_document(plan.space, config, layers, index),
-                )
-            )
+            config, index = configs[position], next_index + len(records)
+            result = {**results[position], "seconds": results[position]["seconds"] * len(configs)}  # the sweep's
+            design = design_document(plan.space, config, layers, index)
+            records.append(result_record(index, batch, config, result, seed, self.name, design))
         return records

@@ -52,25 +52,31 @@ def run_tuning(
         configs = strategy.propose(space, prior, count, np.random.default_rng([seed, batch]))
         tasks = [(first + slot, config) for slot, config in enumerate(configs) if first + slot not in done]
         for index, config, result in executor.run(tasks):
-            record = Record(
-                index=index,
-                batch=batch,
-                config=config,
-                feasible=result["feasible"],
-                objectives=result["objectives"],
-                metrics=result.get("metrics", {}),
-                reason=result.get("reason"),
-                seconds=result["seconds"],
-                seed=seed,
-                strategy=strategy.name,
-                design=None if layers is None else design_document(space, config, layers, index),
-            )
+            design = None if layers is None else design_document(space, config, layers, index)
+            record = result_record(index, batch, config, result, seed, strategy.name, design)
             database.append(record)
             history.append(record)
             done.add(index)
             if on_record:
                 on_record(record, history)
     return sorted(history, key=lambda r: r.index)
+
+
+def result_record(index: int, batch: int, config: dict, result: dict, seed: int, strategy: str, design) -> Record:
+    """The record of an evaluator's result."""
+    return Record(
+        index=index,
+        batch=batch,
+        config=config,
+        feasible=result["feasible"],
+        objectives=result["objectives"],
+        metrics=result.get("metrics", {}),
+        reason=result.get("reason"),
+        seconds=result["seconds"],
+        seed=seed,
+        strategy=strategy,
+        design=design,
+    )
 
 
 def pareto_records(space: SearchSpace, records: list[Record]) -> list[Record]:
