@@ -164,8 +164,9 @@ def _phrase(rng: np.random.Generator, words: int) -> str:
     return text + f" {int(rng.integers(10, 99999))}" if rng.random() < 0.5 else text
 
 
-def render_text_line(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """(height, width, 3) uint8: dark text on a light background, as a cropped OCR text line."""
+def render_text_line(height: int, width: int, rng: np.random.Generator, upside_down: bool | None = None) -> np.ndarray:
+    """(height, width, 3) uint8: dark text on a light background, as a cropped OCR text line;
+    upside down (PP-OCR's direction classifier's other class) when asked, else at random."""
     from PIL import Image, ImageDraw
 
     ink, paper = int(rng.integers(0, 80)), int(rng.integers(190, 256))
@@ -179,7 +180,8 @@ def render_text_line(height: int, width: int, rng: np.random.Generator) -> np.nd
     line = canvas.crop((0, 0, used, height)).resize((min(width, used), height))
     full = Image.new("RGB", (width, height), (paper,) * 3)
     full.paste(line, (0, 0))
-    if rng.random() < 0.5:  # the classifier's other class: text upside down
+    flip = rng.random() < 0.5 if upside_down is None else upside_down
+    if flip:
         full = full.rotate(180)
     return np.asarray(full)
 

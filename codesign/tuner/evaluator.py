@@ -44,9 +44,12 @@ class Evaluator:
         eval_samples: int | None = None,
         input_values: dict | None = None,
         workdir: str | Path | None = None,
+        calibration_data: str | Path | None = None,
     ):
         """`workdir`: where the evaluator keeps its temporary files (a copy of calibration data);
-        default, or when it is not a directory here, the system's temporary directory."""
+        default, or when it is not a directory here, the system's temporary directory.
+        `calibration_data`: a .npz like `data` whose first `calibration_samples` samples calibrate
+        (default: those of `data`; pass other data to calibrate and evaluate on disjoint sets)."""
         self.model, self.space, self.input_shapes = str(model), space, input_shapes
         self.input_values = input_values
         self.imported = import_onnx(model, input_shapes, input_values)
@@ -55,7 +58,7 @@ class Evaluator:
         workdir = workdir if workdir is not None and Path(workdir).is_dir() else None
         self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-", dir=workdir)
         self.calibration = Path(self._workdir.name) / "calibration.npz"
-        calibration = load_eval_data(data, self.imported.inputs, calibration_samples)
+        calibration = load_eval_data(calibration_data or data, self.imported.inputs, calibration_samples)
         np.savez(self.calibration, **calibration.inputs)
         self.builder = ProfileBuilder(
             self.model, self.imported, space.base, self.calibration, input_shapes, input_values
