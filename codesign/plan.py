@@ -56,6 +56,12 @@ class LayerPlan:
     effective_shape: ConvShape | None = None  # without pruned channels: what the accelerator runs
     schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (fastest modelled)
 
+    @property
+    def accelerated_shape(self) -> ConvShape | None:
+        """The shape the accelerator runs and the simulator and tuner price: without the pruned
+        channels (the module computes them as zeros)."""
+        return self.effective_shape or self.shape
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

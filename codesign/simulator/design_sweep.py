@@ -22,10 +22,12 @@ def evaluate_designs(layers: list[Layer], designs: list, schedule: str = "rule")
     result = {key: np.zeros(len(designs)) for key in ("cycles", "seconds", "energy_pj", "area_mm2")}
     for indices in _core_groups(designs):
         group = design_arrays([designs[i] for i in indices])
-        cycles, energy = _network_cost(layers, designs[indices[0]], group, schedule)
-        result["cycles"][indices] = cycles
-        result["seconds"][indices] = cycles / (group.clock_mhz * 1e6)
-        result["energy_pj"][indices] = energy
+        layer_cycles, layer_energy = _layer_costs(layers, designs[indices[0]], group, schedule)
+        result["cycles"][indices] = layer_cycles.sum(axis=0)
+        # Each layer's seconds, then their sum: the simulator's order, so that a design's latency
+        # is its simulation's to the last bit.
+        result["seconds"][indices] = (layer_cycles / (group.clock_mhz * 1e6)).sum(axis=0)
+        result["energy_pj"][indices] = layer_energy.sum(axis=0)
         result["area_mm2"][indices] = area_mm2(group)["total"]
     return result
 
@@ -38,16 +40,16 @@ def _core_groups(designs: list) -> list[np.ndarray]:
     return [np.array(indices) for indices in groups.values()]
 
 
-def _network_cost(layers: list[Layer], core, group, schedule: str) -> tuple[np.ndarray, np.ndarray]:
-    """(cycles, energy in pJ) of the layers on each design of one core shape. The cost model
-    prices every layer's chosen tilings in one call (layers x designs): its cost is mostly
-    numpy's per-call overhead, not the element count."""
+def _layer_costs(layers: list[Layer], core, group, schedule: str) -> tuple[np.ndarray, np.ndarray]:
+    """(cycles, energy in pJ) of each layer (rows) on each design of one core shape (columns).
+    The cost model prices every layer's chosen tilings in one call (layers x designs): its cost
+    is mostly numpy's per-call overhead, not the element count."""
     if not layers:
-        return np.zeros(len(group.batch)), np.zeros(len(group.batch))
+        return np.zeros((0, len(group.batch))), np.zeros((0, len(group.batch)))
     mappings = map_layers(layers, core, group, schedule)
     features = {key: np.stack([m.features[key] for m in mappings]) for key in mappings[0].features}
     fits = np.stack([m.fits for m in mappings])
     timing = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
     layer_cycles = np.where(fits, timing["cycles"], np.inf)
     energy = layer_energy_pj(vta_counters(features), reset_elements(features), layer_cycles, group)["total"]
-    return layer_cycles.sum(axis=0), energy.sum(axis=0)
+    return layer_cycles, energy

@@ -97,7 +97,7 @@ def accelerator_view(plan: LayerPlan, hw):
     pruned channels removed (such a layer is re-tiled, with the plan's schedule mode). Lowering
     checked the plan's kernel against its tiling (`schedules.schedule_walk`)."""
     layer_hw = hw.for_layer_weights(plan.weight_bits)
-    shape = plan.effective_shape or plan.shape
+    shape = plan.accelerated_shape
     if shape == plan.shape:
         return shape, plan.tiling, layer_hw
     return shape, select_tiling(shape, hw, plan.alu_ops, plan.weight_bits, plan.schedule), layer_hw
@@ -151,7 +151,7 @@ def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> Simulati
         raise ValueError(f"model must be one of {MODELS}")
     layers = []
     for plan in plans:
-        shape = plan.effective_shape or plan.shape
+        shape = plan.accelerated_shape
         result = LayerResult(
             plan.name,
             plan.op,

@@ -71,7 +71,7 @@ def plans_for_design(plans: list[LayerPlan], hw: HardwareSpec) -> list[LayerPlan
 
 
 def _tiling_for(plan: LayerPlan, hw: HardwareSpec):
-    if plan.placement != "accel" or (plan.effective_shape or plan.shape) != plan.shape:
+    if plan.placement != "accel" or plan.accelerated_shape != plan.shape:
         return plan.tiling
     layer_hw = hw.for_layer_weights(plan.weight_bits)
     return select_tiling(plan.shape, layer_hw, plan.alu_ops, plan.weight_bits, plan.schedule)

@@ -33,7 +33,7 @@ class CompressionProfile:
     def from_compiled(cls, result: CompileResult, accuracy: float) -> CompressionProfile:
         plans = result.lowered.plans
         layers = [
-            Layer(plan.effective_shape or plan.shape, tuple(plan.alu_ops), plan.weight_bits)
+            Layer(plan.accelerated_shape, tuple(plan.alu_ops), plan.weight_bits)
             for plan in plans
             if plan.placement == "accel"
         ]
