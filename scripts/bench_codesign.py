@@ -77,6 +77,7 @@ class ModelCase:
     data: Path  # evaluation samples and labels
     calibration: Path  # other samples of the same kind
     budget: int  # accuracy evaluations per search
+    shapes: dict | None = None  # input shapes to bind
 
 
 def space_for(objective: str):
@@ -128,7 +129,7 @@ def sequential(space, executor, layers, budget, seed, folder, objective) -> list
 def run_case(case: ModelCase, seeds: int, folder: Path) -> dict:
     """{objective: {"joint": [best per seed], "sequential": [...]}, ...} and the run's facts."""
     folder = Path(tempfile.mkdtemp(prefix=f"{case.name}-", dir=folder))
-    evaluator = Evaluator(case.model, space_for("latency"), case.data, calibration_data=case.calibration)
+    evaluator = Evaluator(case.model, space_for("latency"), case.data, case.shapes, calibration_data=case.calibration)
     executor = SerialExecutor(None, evaluator)  # one evaluator: a profile measured once serves every run
     results: dict = {"float_accuracy": evaluator.float_accuracy(), "budget": case.budget}
     start = time.perf_counter()
@@ -180,7 +181,7 @@ def ocr_case(folder: Path, budget: int) -> ModelCase:
     images, labels = text_directions(400, seed=1)
     np.savez(data, x=images, labels=labels)
     np.savez(calibration, x=text_directions(32, seed=2)[0])
-    return ModelCase("ppocr_cls", OCR_MODEL, data, calibration, budget)
+    return ModelCase("ppocr_cls", OCR_MODEL, data, calibration, budget, {"x": OCR_SHAPE})
 
 
 # ---- report -----------------------------------------------------------------------------------
