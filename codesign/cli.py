@@ -500,8 +500,10 @@ def hw_command(
     from codesign.hardware import load_hardware
 
     spec = load_hardware(description)
+    int4_macs = spec.for_layer_weights(4).macs_per_cycle
+    scaling = f", {int4_macs} with int4 weights" if int4_macs != spec.macs_per_cycle else ""
     console.print(
-        f"[bold]{escape(spec.name)}[/]: valid ({spec.gemm_shape} GEMM core, {spec.macs_per_cycle} MACs/cycle)"
+        f"[bold]{escape(spec.name)}[/]: valid ({spec.gemm_shape} GEMM core, {spec.macs_per_cycle} MACs/cycle{scaling})"
     )
     console.print(spec.to_toml(), markup=False, highlight=False)
 

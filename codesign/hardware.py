@@ -14,6 +14,7 @@ import types
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import tomli_w
 
 from codesign import toml as tomllib
@@ -25,23 +26,33 @@ from codesign.schedules.tiling import UOP_BYTES
 PRESET_PACKAGE = "codesign.hw_targets"
 
 MAX_SCRATCHPAD_BYTES = 1 << 28
+MAX_BLOCK = 256  # the widest GEMM core dimension a description may have
 
 
 class CoreGeometry:
     """Sizes that follow from a GEMM core's shape and bit widths (mixed into HardwareSpec and
-    any object with batch, block_in, block_out and *_bits attributes)."""
+    any object with batch, block_in, block_out, precision_scalable and *_bits attributes)."""
 
     def for_layer_weights(self, weight_bits: int | None):
-        """The core as a layer with narrower weights uses it (int4 packs two weights per byte, so
-        the weight buffer holds more); itself for None or the core's own width. Energy and area
-        figures stay the core's: it computes narrow weights on its own MACs. The one home of
-        this rule: lowering, the simulators and the manifest check all ask it."""
+        """The core as a layer with narrower weights uses it; itself for None or the core's own width.
+
+        A plain core packs int4 weights two per byte (the weight buffer holds more, DRAM moves
+        fewer bytes) and runs them on its int8 MACs at the int8 rate. A precision-scalable core
+        (Bit Fusion's fused mode) also splits each 8x8 multiplier into two 8x4 ones feeding the same
+        adder tree, so the layer sees block_in x 8 / weight_bits input lanes: the weight element's
+        bytes are unchanged, the input element's double, the accumulators stay. Energy and area
+        figures stay the core's: the layer runs on its multipliers (`mac_energy_pj`). The one home
+        of this rule: lowering, the simulators and the manifest check all ask it."""
         if weight_bits is None or weight_bits >= self.weight_bits:
             return self
+        if self.precision_scalable:
+            fused_lanes = self.block_in * self.weight_bits // weight_bits
+            return self._with_weight_bits(weight_bits, block_in=fused_lanes, precision_scalable=False)
         return self._with_weight_bits(weight_bits)
 
-    def _with_weight_bits(self, weight_bits: int):
-        return dataclasses.replace(self, weight_bits=weight_bits)  # a plain core (no prices to keep)
+    def _with_weight_bits(self, weight_bits: int, **changes):
+        # a plain core (no prices to keep)
+        return dataclasses.replace(self, weight_bits=weight_bits, **changes)
 
     # Bytes of one scratchpad element: the unit a GEMM micro-op reads or writes.
     @property
@@ -78,6 +89,7 @@ class HardwareSpec(CoreGeometry):
     batch: int
     block_in: int
     block_out: int
+    precision_scalable: bool  # int4-weight layers run two per multiplier (`for_layer_weights`)
     input_bits: int
     weight_bits: int
     acc_bits: int
@@ -93,6 +105,7 @@ class HardwareSpec(CoreGeometry):
     alu_multiplier_bits: int
     alu_vectors_per_cycle: float
     energy_mac_pj: float
+    energy_scalable_mac_overhead: float
     energy_alu_op_pj: float
     energy_uop_pj_per_byte: float
     energy_inp_pj_per_byte: float
@@ -101,6 +114,7 @@ class HardwareSpec(CoreGeometry):
     energy_dram_pj_per_byte: float
     energy_leakage_pj_per_cycle: float
     area_mac_mm2: float
+    area_scalable_mac_overhead: float
     area_uop_mm2_per_kib: float
     area_inp_mm2_per_kib: float
     area_wgt_mm2_per_kib: float
@@ -148,8 +162,8 @@ class HardwareSpec(CoreGeometry):
         """The energy and area figures, by field."""
         return {f.attr: getattr(self, f.attr) for f in FIELDS if f.section in ("energy", "area")}
 
-    def _with_weight_bits(self, weight_bits: int) -> HardwareSpec:
-        return self.with_changes(weight_bits=weight_bits, **self.prices())
+    def _with_weight_bits(self, weight_bits: int, **changes) -> HardwareSpec:
+        return self.with_changes(weight_bits=weight_bits, **changes, **self.prices())
 
     def fingerprint(self) -> str:
         """sha256 of every field but the name: the identity a compiled module is checked against."""
@@ -243,8 +257,21 @@ def sram_pj_per_byte(capacity_bytes: int) -> float:
 SRAM_MM2_PER_KIB = 0.00405
 LEAKAGE_MW_PER_MM2 = 10.0  # an assumed 45 nm low-power figure (no published number for this design)
 
+# A precision-scalable MAC against a plain 8-bit one: Bit Fusion's Fusion Unit (H. Sharma et al.,
+# "Bit Fusion: Bit-level dynamically composable architecture for accelerating deep neural
+# networks", ISCA 2018) and a fixed 8-bit MAC unit, both synthesized by its authors at 45 nm and
+# 500 MHz (their simulator's data, github.com/hsharma35/bitfusion results/systolic_array_synth.csv,
+# one unit, N = M = 1): area 1,733.13 vs 687.61 um2 (2.52x), dynamic power 279.96 vs 148.85 uW
+# (1.88x). Their simulator prices the array per cycle whatever the precision, and so does this
+# one: a multiplier firing costs 1.88x a plain MAC, and an int4-weight MAC in fused mode (two
+# per multiplier) 1.88 / 2 = 0.94x. Bit Fusion's unit also splits down to 2-bit operands, so for
+# an 8x8 -> 2 x 8x4 split these factors are upper bounds. Leakage follows the area (above).
+SCALABLE_MAC_AREA_OVERHEAD = 2.52
+SCALABLE_MAC_ENERGY_OVERHEAD = 1.88
+
 ENERGY_AREA_DEFAULTS = {
     "mac_pj": lambda v: 0.3 if v["weight_bits"] == 8 else 0.2,
+    "scalable_mac_energy_overhead": lambda v: SCALABLE_MAC_ENERGY_OVERHEAD,
     "alu_op_pj": lambda v: 0.1,
     "uop_pj_per_byte": lambda v: sram_pj_per_byte(v["uop_buffer_bytes"]),
     "inp_pj_per_byte": lambda v: sram_pj_per_byte(v["inp_buffer_bytes"]),
@@ -252,16 +279,36 @@ ENERGY_AREA_DEFAULTS = {
     "acc_pj_per_byte": lambda v: sram_pj_per_byte(v["acc_buffer_bytes"]),
     "dram_pj_per_byte": lambda v: 162.5,
     "mac_mm2": lambda v: 0.000419 if v["weight_bits"] == 8 else 0.00028,
+    "scalable_mac_area_overhead": lambda v: SCALABLE_MAC_AREA_OVERHEAD,
     "sram_mm2_per_kib": lambda v: SRAM_MM2_PER_KIB,
     "fixed_mm2": lambda v: 0.25,
 }
 
 
+def _scalable_factor(hw, overhead):
+    """`overhead` where the core is precision-scalable, else 1 (arrays of designs too)."""
+    if isinstance(hw.precision_scalable, np.ndarray):
+        return np.where(hw.precision_scalable, overhead, 1.0)
+    return overhead if hw.precision_scalable else 1.0
+
+
+def mac_energy_pj(hw):
+    """Energy of one multiplier firing once (one MAC at int8; two int4-weight MACs when fused)."""
+    return hw.energy_mac_pj * _scalable_factor(hw, hw.energy_scalable_mac_overhead)
+
+
+def mac_area_mm2(hw):
+    return hw.area_mac_mm2 * _scalable_factor(hw, hw.area_scalable_mac_overhead)
+
+
 def area_mm2(hw) -> dict[str, float]:
     """Area by part (and "total") of a core: a HardwareSpec, or anything with its fields as
-    attributes (arrays of them for a batch of designs)."""
+    attributes (arrays of them for a batch of designs). "mac_scaling" is what making the MACs
+    precision-scalable adds to the GEMM core's plain ones."""
+    macs = hw.batch * hw.block_in * hw.block_out
     parts = {
-        "gemm_core": hw.batch * hw.block_in * hw.block_out * hw.area_mac_mm2,
+        "gemm_core": macs * hw.area_mac_mm2,
+        "mac_scaling": macs * (mac_area_mm2(hw) - hw.area_mac_mm2),
         "uop_buffer": hw.uop_buffer_bytes / 1024 * hw.area_uop_mm2_per_kib,
         "inp_buffer": hw.inp_buffer_bytes / 1024 * hw.area_inp_mm2_per_kib,
         "wgt_buffer": hw.wgt_buffer_bytes / 1024 * hw.area_wgt_mm2_per_kib,
@@ -277,6 +324,7 @@ def _leakage_default(v) -> float:
     sram = ENERGY_AREA_DEFAULTS["sram_mm2_per_kib"](v)
     default_areas = {
         "area_mac_mm2": ENERGY_AREA_DEFAULTS["mac_mm2"](v),
+        "area_scalable_mac_overhead": ENERGY_AREA_DEFAULTS["scalable_mac_area_overhead"](v),
         **{f"area_{buffer}_mm2_per_kib": sram for buffer in ("uop", "inp", "wgt", "acc")},
         "area_fixed_mm2": ENERGY_AREA_DEFAULTS["fixed_mm2"](v),
     }
@@ -290,8 +338,9 @@ def _default(key):
 
 FIELDS = [
     _field("gemm", "batch", "batch", _power_of_two(1, 64)),
-    _field("gemm", "block_in", "block_in", _power_of_two(1, 256)),
-    _field("gemm", "block_out", "block_out", _power_of_two(1, 256)),
+    _field("gemm", "block_in", "block_in", _power_of_two(1, MAX_BLOCK)),
+    _field("gemm", "block_out", "block_out", _power_of_two(1, MAX_BLOCK)),
+    _field("gemm", "precision_scalable", "precision_scalable", _boolean(), lambda v: False),
     _field("bits", "input", "input_bits", _one_of(8)),
     _field("bits", "weight", "weight_bits", _one_of(4, 8)),
     _field("bits", "accumulator", "acc_bits", _one_of(32)),
@@ -307,6 +356,13 @@ FIELDS = [
     _field("alu", "multiplier_bits", "alu_multiplier_bits", _int_range(0, 32)),
     _field("alu", "vectors_per_cycle", "alu_vectors_per_cycle", _number_range(0, 1024)),
     _field("energy", "mac_pj", "energy_mac_pj", _number_range(0, 1e4, True), _default("mac_pj")),
+    _field(
+        "energy",
+        "scalable_mac_overhead",
+        "energy_scalable_mac_overhead",
+        _number_range(1, 100, True),
+        _default("scalable_mac_energy_overhead"),
+    ),
     _field("energy", "alu_op_pj", "energy_alu_op_pj", _number_range(0, 1e4, True), _default("alu_op_pj")),
     _field(
         "energy", "uop_pj_per_byte", "energy_uop_pj_per_byte", _number_range(0, 1e4, True), _default("uop_pj_per_byte")
@@ -331,6 +387,13 @@ FIELDS = [
         "energy", "leakage_pj_per_cycle", "energy_leakage_pj_per_cycle", _number_range(0, 1e9, True), _leakage_default
     ),
     _field("area", "mac_mm2", "area_mac_mm2", _number_range(0, 100, True), _default("mac_mm2")),
+    _field(
+        "area",
+        "scalable_mac_overhead",
+        "area_scalable_mac_overhead",
+        _number_range(1, 100, True),
+        _default("scalable_mac_area_overhead"),
+    ),
     _field(
         "area", "uop_mm2_per_kib", "area_uop_mm2_per_kib", _number_range(0, 100, True), _default("sram_mm2_per_kib")
     ),
@@ -403,6 +466,7 @@ def _contradictions(values: dict) -> list[str]:
         problems.append("'alu.multiplier_bits' must be from 2 to 32 when 'alu.has_multiplier' is true")
     if not values["alu_has_multiplier"] and values["alu_multiplier_bits"] != 0:
         problems.append("'alu.multiplier_bits' must be 0 when 'alu.has_multiplier' is false (shift-only ALU)")
+    problems += _scalable_contradictions(values)
     elements = {
         "input": ("inp_buffer_bytes", values["batch"] * values["block_in"] * values["input_bits"] // 8),
         "weight": ("wgt_buffer_bytes", values["block_out"] * values["block_in"] * values["weight_bits"] // 8),
@@ -416,6 +480,29 @@ def _contradictions(values: dict) -> list[str]:
                 f"({elem_bytes} bytes)"
             )
     return problems
+
+
+def _scalable_contradictions(values: dict) -> list[str]:
+    """A precision-scalable core splits 8-bit weight multipliers, so int4 layers see twice the
+    input lanes: those must be a core shape, and one such input element must fit."""
+    if not values.get("precision_scalable", False):  # left out: the default is derived later
+        return []
+    if values["weight_bits"] != 8:
+        return ["'gemm.precision_scalable' = true needs 'bits.weight' = 8 (it runs int4 weights two per multiplier)"]
+    fused_lanes = 2 * values["block_in"]
+    if fused_lanes > MAX_BLOCK:
+        limit = MAX_BLOCK // 2
+        return [
+            f"'gemm.precision_scalable' = true needs 'gemm.block_in' at most {limit} "
+            "(int4 layers use twice its input lanes)"
+        ]
+    element = values["batch"] * fused_lanes * values["input_bits"] // 8
+    if values["inp_buffer_bytes"] < element:
+        return [
+            f"'scratchpad_bytes.input' = {values['inp_buffer_bytes']} cannot hold one input element of an int4 "
+            f"layer on the precision-scalable core ({element} bytes)"
+        ]
+    return []
 
 
 # vta_config.json's keys: each a log2 value, and the description fields it sets.

@@ -135,13 +135,17 @@ class _Lowerer:
                 self.hw,
                 (p["lo"], p["hi"]),
                 requant_alu_ops(p["bias"], p["multiplier"], p["shift"]),
-                self.qgraph.config.bits_for(node.name) if p["weight"] is not None else None,
+                self.weight_bits(node),
                 self.compression.schedule,
             )
         except HardwareError:
             if node.op != "conv2d" or tuple(p["dilation"]) == (1, 1):
                 raise
             node.placement = "host"
+
+    def weight_bits(self, node: QNode) -> int | None:
+        """A GEMM layer's weight width; None for a matmul of two activations."""
+        return self.qgraph.config.bits_for(node.name) if node.params["weight"] is not None else None
 
     def run(self, taps: list[str] = ()) -> LoweredModel:
         bb = self.bb
@@ -247,14 +251,17 @@ class _Lowerer:
         raise NotImplementedError(node.op)
 
     def emit_accelerated(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
-        bb, hw, p = self.bb, self.hw, node.params
+        """The layer's operands packed for the core as it uses it (`for_layer_weights`: an int4
+        layer on a precision-scalable core packs twice the input channels per block), its kernel
+        called, the output unpacked."""
+        bb, hw, p = self.bb, self.hw.for_layer_weights(self.weight_bits(node)), node.params
         scheduled, plan = self.kernels[node.name]
         shape = plan.shape
         kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"{ACCELERATED_PREFIX}{node.name}")
         grouped = node.op == "conv2d" and p["groups"] > 1
         data = self.grouped_input(args[0], shape) if grouped else self.group_major_input(args[0], shape)
         packed_data = bb.emit_te(lambda x: pack_activation_te(x, hw), data, primfunc_name_hint="pack_activation")
-        packed_weight = self.packed_weight(node, shape, args)
+        packed_weight = self.packed_weight(node, shape, args, hw)
         channel = [
             relax.const(pack_channel_params_numpy(self.channel_values(p[key], shape), hw))
             for key in ("bias", "multiplier", "shift")
@@ -293,16 +300,16 @@ class _Lowerer:
             return np.broadcast_to(values, (shape.groups, shape.out_channels))
         return np.reshape(values, (shape.groups, shape.out_channels))
 
-    def packed_weight(self, node: QNode, shape: ConvShape, args: list[relax.Expr]) -> relax.Expr:
+    def packed_weight(self, node: QNode, shape: ConvShape, args: list[relax.Expr], hw) -> relax.Expr:
         weight = node.params["weight"]
         if weight is not None and node.op == "conv2d" and node.params["groups"] > 1:
             grouped = weight.reshape(shape.groups, shape.out_channels, *weight.shape[1:])
-            return relax.const(pack_weight_numpy(grouped, self.hw))
+            return relax.const(pack_weight_numpy(grouped, hw))
         if weight is not None:
             oihw = weight if node.op == "conv2d" else weight.T[:, :, None, None]
-            return relax.const(pack_weight_numpy(oihw[None], self.hw))
+            return relax.const(pack_weight_numpy(oihw[None], hw))
         operand = self.bb.emit(relax.op.reshape(args[1], (shape.groups, shape.in_channels, shape.out_channels)))
-        return self.bb.emit_te(lambda w: pack_matmul_weight_te(w, self.hw), operand, primfunc_name_hint="pack_weight")
+        return self.bb.emit_te(lambda w: pack_matmul_weight_te(w, hw), operand, primfunc_name_hint="pack_weight")
 
 
 def lower_to_relax(

@@ -25,7 +25,8 @@ from codesign.schedules.tiling import Tiling, fits, tile_footprint
 
 FORMAT = "codesign-module"
 # 3: "files" (the sha256 of every file of the module), checked on load.
-FORMAT_VERSION = 3
+# 4: the hardware spec's precision-scalable core (precision_scalable, *_scalable_mac_overhead).
+FORMAT_VERSION = 4
 
 
 class InvalidManifest(ValueError):

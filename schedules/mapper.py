@@ -35,7 +35,16 @@ MODES = ("rule", "auto")
 THREAD_COUNTS = (1, 2)
 TILE_FIELDS = ("n_tile", "co_tile", "ci_tile", "h_tile", "w_tile")
 # The fields of a description that candidates depend on; designs sharing them share candidates.
-CORE_FIELDS = ("batch", "block_in", "block_out", "input_bits", "weight_bits", "acc_bits", "output_bits")
+CORE_FIELDS = (
+    "batch",
+    "block_in",
+    "block_out",
+    "precision_scalable",
+    "input_bits",
+    "weight_bits",
+    "acc_bits",
+    "output_bits",
+)
 
 
 @dataclasses.dataclass(frozen=True)

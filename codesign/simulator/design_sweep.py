@@ -7,11 +7,13 @@ design), and the cost model prices the chosen tilings: cycles, energy and area p
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 from codesign.hardware import area_mm2
 from codesign.schedules.cost_model import estimate, reset_elements, vta_counters
-from codesign.schedules.mapper import CORE_FIELDS, Layer, design_arrays, map_layers
+from codesign.schedules.mapper import CORE_FIELDS, Layer, core_of, design_arrays, map_layers
 from codesign.simulator.energy import layer_energy_pj
 
 
@@ -51,5 +53,14 @@ def _layer_costs(layers: list[Layer], core, group, schedule: str) -> tuple[np.nd
     fits = np.stack([m.fits for m in mappings])
     timing = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
     layer_cycles = np.where(fits, timing["cycles"], np.inf)
-    energy = layer_energy_pj(vta_counters(features), reset_elements(features), layer_cycles, group)["total"]
+    counters, resets = vta_counters(features), reset_elements(features)
+    energy = layer_energy_pj(counters, resets, layer_cycles, group, _layer_cores(layers, core))["total"]
     return layer_cycles, energy
+
+
+def _layer_cores(layers: list[Layer], core) -> types.SimpleNamespace:
+    """The element sizes of the core as each layer uses it (`for_layer_weights`), one row per layer."""
+    views = [core_of(core, layer.weight_bits) for layer in layers]
+    return types.SimpleNamespace(
+        **{size: np.array([[getattr(view, size)] for view in views]) for size in ("inp_elem_bytes", "wgt_elem_bytes")}
+    )

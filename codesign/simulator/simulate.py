@@ -104,6 +104,7 @@ def accelerator_view(plan: LayerPlan, hw):
 
 
 def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str, int], int]:
+    """(timing, counters, accumulator resets) of an offloaded layer on the core as it uses it."""
     shape, tiling, hw = accelerator_view(plan, hw)
     geometry = tile_geometry(shape, tiling, hw)
     program = build_program(shape, geometry, hw, plan.alu_ops, tiling.virtual_threads)
@@ -146,6 +147,22 @@ def stage_split(timing: LayerTiming, hw) -> dict[str, float]:
     }
 
 
+def _simulate_accelerated(result: LayerResult, plan: LayerPlan, hw, model: str) -> None:
+    """An offloaded layer's cycles, counters and energy into its result. Energy is priced by the
+    core's multipliers and SRAMs, on the elements of the core as the layer uses it."""
+    timing, counters, reset_elements = _accelerated(plan, hw, model)
+    layer_core = hw.for_layer_weights(plan.weight_bits)
+    result.cycles = timing.cycles
+    result.utilization = timing.utilization(layer_core)  # of the MACs per cycle it can do
+    result.bound = timing.bound
+    result.dram_bytes = timing.dram_bytes
+    result.counters = counters
+    result.energy_pj = layer_energy_pj(counters, reset_elements, timing.cycles, hw, layer_core)
+    result.stage_energy_pj = energy_by_stage_pj(counters, reset_elements, timing.cycles, hw, layer_core)
+    result.accel_seconds = timing.cycles / (hw.clock_mhz * 1e6)
+    result.stage_seconds = stage_split(timing, hw)
+
+
 def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> SimulationReport:
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}")
@@ -161,16 +178,7 @@ def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> Simulati
             host_seconds(plan.host_ops, plan.host_bytes, hw),
         )
         if plan.placement == "accel":
-            timing, counters, reset_elements = _accelerated(plan, hw, model)
-            result.cycles = timing.cycles
-            result.utilization = timing.utilization(hw)
-            result.bound = timing.bound
-            result.dram_bytes = timing.dram_bytes
-            result.counters = counters
-            result.energy_pj = layer_energy_pj(counters, reset_elements, timing.cycles, hw)
-            result.stage_energy_pj = energy_by_stage_pj(counters, reset_elements, timing.cycles, hw)
-            result.accel_seconds = timing.cycles / (hw.clock_mhz * 1e6)
-            result.stage_seconds = stage_split(timing, hw)
+            _simulate_accelerated(result, plan, hw, model)
         result.stage_seconds = {**dict.fromkeys(STAGES[:3], 0.0), **result.stage_seconds, "host": result.host_seconds}
         layers.append(result)
     return SimulationReport(hw.name, model, layers, area_mm2(hw))

@@ -6,6 +6,7 @@ and constraints. A configuration is a dict knob -> chosen value.
     block_in = [8, 16, 32]        # a list of choices ...
     wgt_buffer_kib = {min = 64, max = 512, scale = "log2"}   # ... or a range (log2: powers of two)
     alu_multiplier = [true, false]
+    precision_scalable = [false, true]   # int4-weight layers at twice the MACs per cycle
 
     [compression]
     weight_bits = [8, 4]          # per layer group
@@ -54,6 +55,7 @@ HARDWARE_KNOBS = {
     "dram_bytes_per_cycle": ("dram_bytes_per_cycle", 1),
     "clock_mhz": ("clock_mhz", 1),
     "alu_multiplier": ("alu_has_multiplier", 1),
+    "precision_scalable": ("precision_scalable", 1),
 }
 OBJECTIVES = {"latency": "min", "energy": "min", "edp": "min", "area": "min", "accuracy": "max"}
 # Constraint -> the metric it limits
