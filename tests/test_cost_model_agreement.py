@@ -4,9 +4,10 @@ A seeded property test over random (design, layer, tiling) triples: designs draw
 hardware knobs a search space varies (spaces/*.toml, codesign.tuner.space: block_in/block_out,
 scratchpads, DRAM bandwidth, the ALU multiplier, on the presets' core shapes), layers from real
 networks (the test models' and others: strides 1 and 2, 1x1 to 7x7 kernels, padding, dilation,
-groups, dense and batched matmuls as 1x1 convs), and three tilings per (design, layer): the tile
-rule's, the one "auto" picks, and uniformly random ones among those that fit (with one or two
-virtual threads). Per triple the DRAM bytes must be equal and the cycles within 5 %.
+groups, dense and batched matmuls as 1x1 convs), and three kinds of tiling per (design, layer):
+the tile rule's, the one "auto" picks, and uniformly random ones among those that fit (with one
+or two virtual threads); at least 200 triples of each kind. Per triple the DRAM bytes must be
+equal and the cycles within 5 %.
 
 The event side runs the instruction stream of the tiling's geometry (`tile_geometry`, which the
 simulator checks every scheduled kernel against), so no kernel is built here.
@@ -29,7 +30,7 @@ from codesign.simulator.event_sim import simulate_program
 from codesign.simulator.program import build_program
 
 SEED = 2024
-PAIRS = 80  # (design, layer) pairs; four tilings each: the rule's, auto's and two random ones
+PAIRS = 200  # (design, layer) pairs; four tilings each: the rule's, auto's and two random ones
 RANDOM_TILINGS = 2
 TOLERANCE = 0.05
 PRESETS = {name: load_hardware(name) for name in preset_names()}
@@ -184,8 +185,8 @@ def describe(triple: dict, event_cycles: float, analytic_cycles: float) -> str:
 
 def test_analytic_model_agrees_with_the_event_simulation_on_random_triples():
     triples = sample_triples()
-    assert len(triples) >= 200
-    assert {t["kind"] for t in triples} == {"rule", "auto", "random"}
+    for kind in ("rule", "auto", "random"):
+        assert sum(t["kind"] == kind for t in triples) >= 200, kind
     failures = []
     for triple in triples:
         event, analytic_cycles, analytic_bytes = both_models(triple)
