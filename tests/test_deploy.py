@@ -129,7 +129,7 @@ def test_module_files(module_dir, vta_default):
 def test_manifest_header(module_dir, vta_default):
     manifest = read_manifest(module_dir)
     assert manifest["format"] == "codesign-module"
-    assert manifest["format_version"] == 3  # 3: "files", the sha256 of every file (issue 10)
+    assert manifest["format_version"] == 4  # 4: a layer's "layer_shape", super-grouped convs (issue 9)
     assert manifest["codesign_version"] == codesign.__version__
     assert manifest["tvm_version"] == tvm.__version__
     assert manifest["library"] == "module.so"

@@ -152,16 +152,20 @@ def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> Simulati
     layers = []
     for plan in plans:
         shape = plan.effective_shape or plan.shape
+        described = plan.describe() if plan.layer_shape else shape.describe() if shape else ""
         result = LayerResult(
             plan.name,
             plan.op,
             plan.placement,
-            shape.describe() if shape else "",
-            shape.macs if shape else 0,
+            described,
+            plan.useful_macs,
             host_seconds(plan.host_ops, plan.host_bytes, hw),
         )
         if plan.placement == "accel":
+            # Cycles and counters are the executed (super-grouped, zero-padded) work's; utilization
+            # counts the layer's useful MACs only.
             timing, counters, reset_elements = _accelerated(plan, hw, model)
+            timing = dataclasses.replace(timing, macs=plan.useful_macs)
             result.cycles = timing.cycles
             result.utilization = timing.utilization(hw)
             result.bound = timing.bound
