@@ -16,7 +16,7 @@ def placement_table(plans: list[LayerPlan], hw) -> Table:
     for plan in plans:
         tile = footprint = shape = macs = ""
         if plan.shape is not None:
-            shape, macs = plan.shape.describe(), f"{plan.shape.macs:,}"
+            shape, macs = plan.describe(), f"{plan.macs:,}"
         if plan.tiling is not None:
             t = plan.tiling
             tile = f"{t.n_tile},{t.co_tile},{t.ci_tile},{t.h_tile},{t.w_tile}"
@@ -27,11 +27,12 @@ def placement_table(plans: list[LayerPlan], hw) -> Table:
 
 
 def placement_summary(plans: list[LayerPlan], simulation=None) -> dict:
-    """MACs of every conv / matmul (grouped, dilated and transposed ones counted as they compute),
-    the share on the accelerator and, given a simulation, the host's share of modelled latency."""
+    """MACs of every conv / matmul (grouped, dilated and transposed ones counted as they compute,
+    super-grouped ones as the model writes them: `LayerPlan.macs`), the share on the accelerator
+    and, given a simulation, the host's share of modelled latency."""
     on_accel = [p for p in plans if p.placement == "accel"]
-    accel_macs = sum(p.shape.macs for p in on_accel)
-    total_macs = sum(p.shape.macs for p in plans if p.shape)
+    accel_macs = sum(p.macs for p in on_accel)
+    total_macs = sum(p.macs for p in plans)
     summary = {
         "layers": len(plans),
         "accel_layers": len(on_accel),

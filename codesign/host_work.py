@@ -4,7 +4,12 @@ Reshapes are free (views); layout and elementwise ops move their inputs and outp
 to a few operations per element; float ops with transcendental functions (softmax, layer norm,
 GELU ...) count more per element; host convolutions count 2 per MAC. Accelerated layers add the
 host's packing of their input and unpacking of their output. Lowering records it in each
-LayerPlan; `simulator.host` turns it into time.
+LayerPlan; `host_seconds` turns it into time, priced by the description's [host] (the simulator
+uses it, and quantization to place narrow-group convs):
+
+    seconds = overhead + max(ops / (clock * ops_per_cycle), bytes / (clock * bytes_per_cycle))
+
+an op's fixed dispatch overhead plus whichever is longer, its arithmetic or its memory traffic.
 """
 
 from __future__ import annotations
@@ -46,6 +51,16 @@ def node_work(node, qgraph) -> tuple[float, float]:
         return float(out * window), moved
     per_element = FLOAT_OPS_PER_ELEMENT.get(op, 1 if node.op in ("passthrough", "clamp", "lut") else 3)
     return float(max(out, sum(_elements(i.shape) for i in inputs)) * per_element), moved
+
+
+def host_seconds(ops: float, nbytes: float, hw) -> float:
+    """The host's time for (operations, bytes) of work, by the formula above."""
+    if ops == 0 and nbytes == 0:
+        return 0.0
+    clock = hw.host_clock_mhz * 1e6
+    return hw.host_op_overhead_us * 1e-6 + max(
+        ops / (clock * hw.host_ops_per_cycle), nbytes / (clock * hw.host_bytes_per_cycle)
+    )
 
 
 def _itemsize(dtype: str) -> int:

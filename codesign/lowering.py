@@ -27,6 +27,7 @@ from codesign.plan import LayerPlan, requant_alu_ops
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import select_tiling
+from codesign.schedules.narrow_groups import block_diagonal_weight, super_grouped
 from codesign.schedules.packed_conv2d import (
     check_footprint,
     kernel_buffer_shapes,
@@ -58,14 +59,17 @@ def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
     in_shape = qgraph.nodes[node.inputs[0]].shape
     p = node.params
     if node.op == "conv2d":
-        n, c, h, w = in_shape
-        o, _, kh, kw = p["weight"].shape
-        g = p["groups"]
-        return ConvShape(g, n, c // g, o // g, h, w, kh, kw, *p["strides"], *p["padding"], *p["dilation"])
+        return ConvShape.conv2d(in_shape, p["weight"].shape, p["groups"], p["strides"], p["padding"], p["dilation"])
     k, cols = in_shape[-1], node.shape[-1]
     if p["weight"] is not None or len(qgraph.nodes[node.inputs[1]].shape) == 2:
         return ConvShape.dense(int(np.prod(in_shape[:-1])), k, cols)
     return ConvShape.dense(in_shape[-2], k, cols, groups=int(np.prod(in_shape[:-2])))
+
+
+def kernel_shape(node: QNode, qgraph: QuantizedGraph, hw) -> ConvShape:
+    """The geometry the core runs for an offloaded layer: a narrow-group conv's super-groups."""
+    shape = gemm_shape(node, qgraph)
+    return super_grouped(shape, hw.block_in) if node.op == "conv2d" else shape
 
 
 def is_float_gemm(node: QNode) -> bool:
@@ -125,13 +129,15 @@ class _Lowerer:
 
     def plan_kernel(self, node: QNode) -> None:
         """Tile and schedule one offloaded layer. A dilated conv whose dilated window cannot fit
-        the input buffer even for one output stays on the host (its arithmetic is the same)."""
+        the input buffer even for one output stays on the host (its arithmetic is the same), and
+        so does a narrow-group conv whose super-groups do not fit."""
         p = node.params
+        shape = kernel_shape(node, self.qgraph, self.hw)
         try:
             self.kernels[node.name] = plan_accelerated_layer(
                 node.name,
                 node.op,
-                gemm_shape(node, self.qgraph),
+                shape,
                 self.hw,
                 (p["lo"], p["hi"]),
                 requant_alu_ops(p["bias"], p["multiplier"], p["shift"]),
@@ -139,7 +145,8 @@ class _Lowerer:
                 self.compression.schedule,
             )
         except HardwareError:
-            if node.op != "conv2d" or tuple(p["dilation"]) == (1, 1):
+            super_grouped_conv = node.op == "conv2d" and shape != gemm_shape(node, self.qgraph)
+            if node.op != "conv2d" or (tuple(p["dilation"]) == (1, 1) and not super_grouped_conv):
                 raise
             node.placement = "host"
 
@@ -182,6 +189,8 @@ class _Lowerer:
             plan = self.kernels[node.name][1]
             p = node.params
             plan.alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
+            layer_shape = gemm_shape(node, self.qgraph)
+            plan.layer_shape = layer_shape if layer_shape != plan.shape else None
         elif is_float_gemm(node):
             plan = LayerPlan(node.name, node.source.layer.kind, "host", gemm_shape(float_gemm_view(node), self.qgraph))
         else:
@@ -284,27 +293,36 @@ class _Lowerer:
         return self.bb.emit(relax.op.reshape(x, (shape.groups, shape.batch, shape.in_channels, shape.in_h, shape.in_w)))
 
     def grouped_input(self, x: relax.Expr, shape: ConvShape) -> relax.Expr:
-        """(N, C, H, W) -> (G, N, C/G, H, W)."""
+        """(N, C, H, W) -> (G, N, C/G, H, W); zero channels fill a last, partial super-group."""
+        channels = int(x.ty.shape[1])
+        if shape.groups * shape.in_channels > channels:
+            x = self.bb.emit_te(
+                lambda v: _zero_padded_channels_te(v, shape.groups * shape.in_channels), x, primfunc_name_hint="pad"
+            )
         x = self.bb.emit(relax.op.reshape(x, (shape.batch, shape.groups, shape.in_channels, shape.in_h, shape.in_w)))
         return self.bb.emit(relax.op.permute_dims(x, [1, 0, 2, 3, 4]))
 
     def grouped_output(self, out: relax.Expr, out_shape: tuple[int, ...]) -> relax.Expr:
-        """(G, N, O/G, H, W) -> (N, O, H, W)."""
+        """(G, N, O/G, H, W) -> (N, O, H, W), without a last super-group's padding channels."""
+        groups, n, group_channels, h, w = (int(d) for d in out.ty.shape)
         out = self.bb.emit(relax.op.permute_dims(out, [1, 0, 2, 3, 4]))
-        return self.bb.emit(relax.op.reshape(out, out_shape))
+        out = self.bb.emit(relax.op.reshape(out, (n, groups * group_channels, h, w)))
+        if groups * group_channels > out_shape[1]:
+            out = self.bb.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[out_shape[1]]))
+        return out
 
     @staticmethod
     def channel_values(values: np.ndarray, shape: ConvShape) -> np.ndarray:
         """Per-output-channel values as (G, O/G) for the kernel."""
         if np.ndim(values) == 0 or np.size(values) == shape.out_channels:
             return np.broadcast_to(values, (shape.groups, shape.out_channels))
-        return np.reshape(values, (shape.groups, shape.out_channels))
+        padding = shape.groups * shape.out_channels - np.size(values)  # a last super-group's dropped outputs
+        return np.reshape(np.pad(np.ravel(values), (0, padding)), (shape.groups, shape.out_channels))
 
     def packed_weight(self, node: QNode, shape: ConvShape, args: list[relax.Expr], hw) -> relax.Expr:
         weight = node.params["weight"]
         if weight is not None and node.op == "conv2d" and node.params["groups"] > 1:
-            grouped = weight.reshape(shape.groups, shape.out_channels, *weight.shape[1:])
-            return relax.const(pack_weight_numpy(grouped, hw))
+            return relax.const(pack_weight_numpy(block_diagonal_weight(weight, shape), hw))
         if weight is not None:
             oihw = weight if node.op == "conv2d" else weight.T[:, :, None, None]
             return relax.const(pack_weight_numpy(oihw[None], hw))
@@ -407,6 +425,16 @@ def _mean_te(x: te.Tensor, p: dict) -> te.Tensor:
         total.shape,
         lambda *i: rescale_expr(total(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX),
         name="int_mean",
+    )
+
+
+def _zero_padded_channels_te(x: te.Tensor, channels: int) -> te.Tensor:
+    """(N, C, H, W) -> (N, channels, H, W), the added channels zero."""
+    n, c, h, w = (int(d) for d in x.shape)
+    return te.compute(
+        (n, channels, h, w),
+        lambda b, ch, y, xx: tirx.if_then_else(ch < c, x[b, tirx.min(ch, c - 1), y, xx], tirx.const(0, x.dtype)),
+        name="zero_padded_channels",
     )
 
 

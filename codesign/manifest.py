@@ -25,7 +25,8 @@ from codesign.schedules.tiling import Tiling, fits, tile_footprint
 
 FORMAT = "codesign-module"
 # 3: "files" (the sha256 of every file of the module), checked on load.
-# 4: the hardware spec's precision-scalable core (precision_scalable, *_scalable_mac_overhead).
+# 4: the hardware spec's precision-scalable core (precision_scalable, *_scalable_mac_overhead),
+#    and a layer's "layer_shape" (a super-grouped conv as the model writes it).
 FORMAT_VERSION = 4
 
 
@@ -128,6 +129,7 @@ def schema() -> dict:
         "weight_bits": {"enum": [4, 8, None]},  # the widths lowering writes
         "effective_shape": _nullable(conv_shape),
         "schedule": _STRING,
+        "layer_shape": _nullable(conv_shape),
     }
     layer_keys = LayerPlan(name="", op="", placement="host").to_dict()  # the fields this version writes
     hardware_spec = _exactly({f.name: {} for f in dataclasses.fields(HardwareSpec)} | {"name": _STRING})
@@ -225,7 +227,7 @@ def _check_layer(layer: dict, hw: HardwareSpec, field: str) -> None:
         for key, value in layer["effective_shape"].items():
             if value > layer["shape"][key]:
                 _fail(_join(field, f"effective_shape.{key}"), f"= {value} exceeds the layer's {layer['shape'][key]}")
-    for key in ("shape", "effective_shape"):
+    for key in ("shape", "effective_shape", "layer_shape"):
         shape = ConvShape(**layer[key]) if layer[key] is not None else None
         if shape is not None and (shape.out_h < 1 or shape.out_w < 1):
             _fail(_join(field, key), f"has no output pixels ({shape.out_h}x{shape.out_w})")

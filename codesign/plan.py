@@ -55,6 +55,30 @@ class LayerPlan:
     weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)
     effective_shape: ConvShape | None = None  # without pruned channels: what the accelerator runs
     schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (fastest modelled)
+    # The conv as the model writes it, where the core runs another shape (`shape`): narrow groups
+    # as block-diagonal super-groups (schedules.narrow_groups).
+    layer_shape: ConvShape | None = None
+
+    @property
+    def macs(self) -> int:
+        """The layer's multiply-accumulates as the model writes it: a super-grouped conv's real
+        ones, not the zeros of its block-diagonal weight the core also executes. MAC shares count these."""
+        shape = self.layer_shape or self.shape
+        return shape.macs if shape else 0
+
+    @property
+    def useful_macs(self) -> int:
+        """The MACs that contribute to the result: `macs` without pruned channels."""
+        if self.layer_shape is not None:
+            return self.layer_shape.macs
+        shape = self.effective_shape or self.shape
+        return shape.macs if shape else 0
+
+    def describe(self) -> str:
+        """The layer's geometry as the model writes it (and a super-grouped conv's on the core)."""
+        if self.layer_shape is not None:
+            return f"{self.layer_shape.describe()} (core: {self.shape.groups} block-diagonal groups)"
+        return self.shape.describe() if self.shape else ""
 
     @property
     def accelerated_shape(self) -> ConvShape | None:
@@ -68,7 +92,7 @@ class LayerPlan:
             "op": self.op,
             "placement": self.placement,
             "shape": dataclasses.asdict(self.shape) if self.shape else None,
-            "macs": self.shape.macs if self.shape else None,
+            "macs": self.macs if self.shape else None,
             "tiling": self.tiling.to_dict() if self.tiling else None,
             "scratchpad_bytes": self.footprint,
             "alu_ops": [[op.opcode, op.vector] for op in self.alu_ops],
@@ -76,6 +100,7 @@ class LayerPlan:
             "weight_bits": self.weight_bits,
             "effective_shape": dataclasses.asdict(self.effective_shape) if self.effective_shape else None,
             "schedule": self.schedule,
+            "layer_shape": dataclasses.asdict(self.layer_shape) if self.layer_shape else None,
         }
 
     @classmethod
@@ -94,4 +119,5 @@ class LayerPlan:
             weight_bits=doc["weight_bits"],
             effective_shape=ConvShape(**doc["effective_shape"]) if doc["effective_shape"] else None,
             schedule=doc["schedule"],
+            layer_shape=ConvShape(**doc["layer_shape"]) if doc["layer_shape"] else None,
         )

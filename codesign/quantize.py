@@ -28,10 +28,15 @@ import numpy as np
 from codesign.calibration import TensorRanges
 from codesign.errors import HardwareError, ModelError
 from codesign.graph import Graph, Node, channel_shaped, remove_dead
+from codesign.host_work import host_seconds, node_work
 from codesign.lookup_tables import ELEMENTWISE_OPS, tabulate
+from codesign.plan import requant_alu_ops
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.narrow_groups import accelerator_seconds, is_narrow, super_grouped
+from codesign.schedules.tiling import TilingError
 
 INT8_MIN, INT8_MAX = -128, 127
-# Host-side integer ops (residual add, mean, grouped convs) use this multiplier width.
+# Host-side integer ops (residual add, mean, host convs) use this multiplier width.
 HOST_MULTIPLIER_BITS = 16
 # A channel's scale is at least this fraction of its tensor's: a near-dead channel carries
 # noise, and a tiny scale would ask the requantization for a huge multiplier.
@@ -52,8 +57,10 @@ class QuantConfig:
     shift_only: bool = False  # the ALU has no multiplier: power-of-two scales
     multiplier_bits: int = 16
     layer_weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)  # per-layer overrides
-    block_in: int = 16  # the core's input lanes: grouped convs with fewer channels per group stay on the host
+    block_in: int = 16  # the core's input lanes: fewer channels per group make a narrow-group conv
     float_layers: tuple[str, ...] = ()  # glob patterns of layers kept in float on the host
+    # The description narrow-group convs are priced on, to place them (None: they stay on the host).
+    hardware: object = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
     def for_hardware(cls, hw, weight_bits: int | None = None, layer_weight_bits=None, float_layers=()) -> QuantConfig:
@@ -70,6 +77,7 @@ class QuantConfig:
             layer_weight_bits=dict(layer_weight_bits or {}),
             block_in=hw.block_in,
             float_layers=tuple(float_layers),
+            hardware=hw,
         )
 
     def keeps_float(self, layer: str) -> bool:
@@ -79,7 +87,9 @@ class QuantConfig:
         return self.layer_weight_bits.get(layer, self.weight_bits)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        doc = dataclasses.asdict(dataclasses.replace(self, hardware=None))
+        del doc["hardware"]
+        return doc
 
 
 @dataclasses.dataclass
@@ -404,19 +414,46 @@ class _Quantizer:
         acc_scale = input_factor * w_scales * layer.out_scale
         bias = np.zeros(acc_scale.size) if layer.bias is None else layer.bias.astype(np.float64)
         bias_q = np.clip(np.round(bias / acc_scale), -(2**31), 2**31 - 1).astype(np.int32)
-        channels_per_group = layer.weight.shape[1] if layer.kind == "conv2d" else config.block_in
-        # Depthwise and narrow groups stay on the host: a GEMM core would use 1/block_in of its
-        # lanes at best (block-diagonal), which the host model beats (PP-OCR's classifier: 3.8 ms
-        # on the host against 7.8 ms on vta_default's core, modelled).
-        accel_ok = layer.groups == 1 or channels_per_group >= config.block_in
-        bits = config.multiplier_bits if accel_ok else HOST_MULTIPLIER_BITS
-        multiplier, shift = fixed_point(acc_scale / out_scale, bits, config.shift_only)
+        multiplier, shift = fixed_point(acc_scale / out_scale, config.multiplier_bits, config.shift_only)
         lo, hi = clamp_range(layer.clamp, float(np.max(out_scale)))  # channel-independent when scales vary
         params = {"weight": weight, "bias": bias_q, "multiplier": multiplier, "shift": shift, "lo": lo, "hi": hi}
         if layer.kind == "conv2d":
             params.update(strides=layer.strides, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
-        placement = "accel" if accel_ok else "host"
-        return QNode(node.name, layer.kind, inputs, node.shape, "int8", out_scale, placement, params, node)
+        qnode = QNode(node.name, layer.kind, inputs, node.shape, "int8", out_scale, "accel", params, node)
+        if layer.kind == "conv2d" and not self.conv_on_accel(qnode):
+            qnode.placement = "host"
+            params["multiplier"], params["shift"] = fixed_point(
+                acc_scale / out_scale, HOST_MULTIPLIER_BITS, config.shift_only
+            )
+        return qnode
+
+    def conv_on_accel(self, qnode: QNode) -> bool:
+        """Does a conv run on the core? Dense convs and groups of at least block_in channels do.
+        Narrower groups (depthwise) run as block-diagonal super-groups (schedules.narrow_groups)
+        where that is modelled faster than the host conv: the core's time (analytic cost model,
+        under the tile rule's tiling) plus the host's packing, against the host conv's time, both
+        priced by the description. Only channels_per_group x block_out of a super-group's
+        block_in x block_out lanes are useful (a depthwise conv's: 1/block_in), and its weights
+        are block_in / channels_per_group times the layer's; the host does 2 ops per real MAC.
+        So depthwise convs stay on vta_default's host (100 MHz core; ppocr_cls's 200-channel 5x5
+        one: 0.83 ms on the core + 0.12 ms packing against 0.74 ms) and go to faster or wider
+        cores (wide_1x32x32: 0.14 + 0.12 ms); groups of 4 channels go to vta_default's core."""
+        p = qnode.params
+        in_shape = self.nodes[qnode.inputs[0]].shape
+        shape = ConvShape.conv2d(in_shape, p["weight"].shape, p["groups"], p["strides"], p["padding"], p["dilation"])
+        hw = self.config.hardware
+        if not is_narrow(shape, self.config.block_in):
+            return True
+        if hw is None:
+            return False
+        alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
+        try:
+            core = accelerator_seconds(super_grouped(shape, hw.block_in), hw, alu_ops, self.config.bits_for(qnode.name))
+        except TilingError:
+            return False
+        packing = host_seconds(*node_work(qnode, self), hw)
+        on_host = host_seconds(*node_work(dataclasses.replace(qnode, placement="host"), self), hw)
+        return core + packing < on_host
 
     def rescaling(self, node: Node) -> tuple[list[int], int]:
         """Multipliers (one per input) and one shift taking each int8 input to the node's scale."""

@@ -39,6 +39,13 @@ class ConvShape:
     def dense(cls, rows: int, in_features: int, out_features: int, groups: int = 1) -> ConvShape:
         return cls(groups, rows, in_features, out_features, 1, 1)
 
+    @classmethod
+    def conv2d(cls, in_shape, weight_shape, groups: int, strides, padding, dilation) -> ConvShape:
+        """A conv2d of an (N, C, H, W) input by an (O, C/groups, KH, KW) weight; padding (t, l, b, r)."""
+        n, c, h, w = in_shape
+        o, _, kh, kw = weight_shape
+        return cls(groups, n, c // groups, o // groups, h, w, kh, kw, *strides, *padding, *dilation)
+
     def input_rows(self, h_tile):
         """Padded input rows an output tile of `h_tile` rows reads (the dilated window)."""
         return input_window(h_tile, self.stride_h, self.kernel_h, self.dilation_h)

@@ -153,7 +153,9 @@ def _simulate_accelerated(result: LayerResult, plan: LayerPlan, hw, model: str) 
     timing, counters, reset_elements = _accelerated(plan, hw, model)
     layer_core = hw.for_layer_weights(plan.weight_bits)
     result.cycles = timing.cycles
-    result.utilization = timing.utilization(layer_core)  # of the MACs per cycle it can do
+    # Cycles and counters are the executed (super-grouped, zero-padded) work's; utilization counts
+    # the layer's useful MACs, of the MACs per cycle the core can do for it.
+    result.utilization = dataclasses.replace(timing, macs=plan.useful_macs).utilization(layer_core)
     result.bound = timing.bound
     result.dram_bytes = timing.dram_bytes
     result.counters = counters
@@ -169,12 +171,13 @@ def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> Simulati
     layers = []
     for plan in plans:
         shape = plan.accelerated_shape
+        described = plan.describe() if plan.layer_shape else shape.describe() if shape else ""
         result = LayerResult(
             plan.name,
             plan.op,
             plan.placement,
-            shape.describe() if shape else "",
-            shape.macs if shape else 0,
+            described,
+            plan.useful_macs,
             host_seconds(plan.host_ops, plan.host_bytes, hw),
         )
         if plan.placement == "accel":

@@ -1,0 +1,234 @@
+"""Narrow-group convs (depthwise included) on the GEMM core as block-diagonal super-groups: the
+compiled module equals the integer reference bit for bit (and onnxruntime's float conv up to
+quantization), placement follows the modelled costs, and MAC shares count the layers' real MACs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from codesign.console_tables import placement_summary
+from codesign.hardware import load_hardware
+from codesign.lowering import plan_layers
+from codesign.pipeline import compile_model, import_model, quantize_model
+from codesign.plan import LayerPlan, requant_alu_ops
+from codesign.reference import run_reference
+from codesign.schedules.layer import ConvShape
+from codesign.schedules.mapper import select_tiling
+from codesign.schedules.narrow_groups import block_diagonal_weight, super_grouped
+from codesign.simulator.simulate import simulate_plans
+
+ort = pytest.importorskip("onnxruntime")
+
+VTA = load_hardware("vta_default")
+# vta_default's core with a host that does a sixteenth of the arithmetic per cycle: the core wins
+# every narrow-group conv below, so each one is compiled onto it.
+SLOW_HOST = VTA.with_changes(name="vta_slow_host", host_ops_per_cycle=VTA.host_ops_per_cycle / 16)
+
+# (channels, groups, out channels, kernel, stride, (height, width)): depthwise 3x3 and 5x5 at
+# stride 1 and 2, 2 and 4 channels per group, a channel multiplier; no channel count a multiple of 16.
+LAYERS = {
+    "depthwise3x3": (40, 40, 40, 3, 1, (10, 10)),
+    "depthwise3x3_s2": (24, 24, 24, 3, 2, (11, 11)),
+    "depthwise5x5": (20, 20, 20, 5, 1, (9, 7)),
+    "depthwise5x5_s2": (36, 36, 36, 5, 2, (12, 12)),
+    "depthwise_x2": (12, 12, 24, 3, 1, (8, 8)),
+    "two_per_group": (38, 19, 38, 3, 1, (9, 9)),
+    "four_per_group": (44, 11, 22, 3, 2, (10, 10)),
+}
+
+
+def conv_layer_model(path, channels, groups, out_channels, kernel, stride, size, seed=0) -> str:
+    """x -> grouped Conv (padding kernel // 2 each side) -> Relu -> y."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((out_channels, channels // groups, kernel, kernel)).astype(np.float32)
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    pad = kernel // 2
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["conv"], strides=[stride] * 2, pads=[pad] * 4, group=groups),
+        helper.make_node("Relu", ["conv"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "grouped_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, *size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return str(path)
+
+
+def calibration_file(tmp_path, shape, seed=1) -> str:
+    path = tmp_path / "calibration.npy"
+    np.save(path, np.random.default_rng(seed).standard_normal((8, *shape)).astype(np.float32))
+    return str(path)
+
+
+def onnxruntime_output(path, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def grouped_conv_numpy(x: np.ndarray, weight: np.ndarray, groups: int, stride: int, pad: int) -> np.ndarray:
+    """Integer grouped conv, written out: (N, C, H, W) by (O, C/groups, K, K) -> int64."""
+    n, _, h, w = x.shape
+    out_channels, group_inputs, k, _ = weight.shape
+    group_outputs = out_channels // groups
+    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out_h, out_w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    out = np.zeros((n, out_channels, out_h, out_w), dtype=np.int64)
+    for o in range(out_channels):
+        first = (o // group_outputs) * group_inputs
+        for dy in range(k):
+            for dx in range(k):
+                window = padded[:, first : first + group_inputs, dy : dy + stride * out_h : stride]
+                window = window[..., dx : dx + stride * out_w : stride]
+                out[:, o] += np.einsum("nchw,c->nhw", window, weight[o, :, dy, dx].astype(np.int64))
+    return out
+
+
+@pytest.mark.parametrize("block_in", [8, 16, 32])
+@pytest.mark.parametrize("layer", LAYERS.values(), ids=LAYERS.keys())
+def test_block_diagonal_super_groups_compute_the_grouped_conv(layer, block_in):
+    """The super-grouped conv (zero-padded input channels, block-diagonal weight, a dense conv
+    per super-group) gives the grouped conv's integers, the padding channels' outputs dropped."""
+    channels, groups, out_channels, kernel, stride, size = layer
+    rng = np.random.default_rng(channels)
+    x = rng.integers(-128, 128, (1, channels, *size)).astype(np.int8)
+    weight = rng.integers(-127, 128, (out_channels, channels // groups, kernel, kernel)).astype(np.int8)
+    shape = ConvShape.conv2d(x.shape, weight.shape, groups, (stride, stride), (kernel // 2,) * 4, (1, 1))
+    packed = super_grouped(shape, block_in)
+    assert packed.in_channels <= block_in and packed.groups * packed.in_channels >= channels
+    diagonal = block_diagonal_weight(weight, packed)
+    assert diagonal.shape == (packed.groups, packed.out_channels, packed.in_channels, kernel, kernel)
+    padded_x = np.zeros((1, packed.groups * packed.in_channels, *size), dtype=np.int8)
+    padded_x[:, :channels] = x
+    dense_weight = diagonal.reshape(-1, packed.in_channels, kernel, kernel)
+    got = grouped_conv_numpy(padded_x, dense_weight, packed.groups, stride, kernel // 2)[:, :out_channels]
+    assert np.array_equal(got, grouped_conv_numpy(x, weight, groups, stride, kernel // 2))
+
+
+def test_groups_of_at_least_block_in_channels_are_left_as_they_are():
+    shape = ConvShape(4, 1, 16, 16, 8, 8, 3, 3)
+    assert super_grouped(shape, 16) == shape
+    assert super_grouped(ConvShape(1, 1, 3, 8, 8, 8), 16) == ConvShape(1, 1, 3, 8, 8, 8)
+
+
+@pytest.mark.parametrize("layer", LAYERS.values(), ids=LAYERS.keys())
+def test_super_grouped_module_equals_the_reference_and_onnxruntime(layer, tmp_path):
+    channels, _, _, _, _, size = layer
+    shape = (1, channels, *size)
+    path = conv_layer_model(tmp_path / "conv.onnx", *layer)
+    result = compile_model(path, SLOW_HOST, {"x": shape}, calibration_file(tmp_path, shape))
+    (plan,) = [p for p in result.lowered.plans if p.op == "conv2d"]
+    assert plan.placement == "accel" and plan.layer_shape is not None and plan.shape.in_channels <= VTA.block_in
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        x = rng.standard_normal(shape).astype(np.float32)
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        assert np.array_equal(got, run_reference(result.qgraph, {"x": x})[0])
+        expected = onnxruntime_output(path, x)
+        assert got.shape == expected.shape
+        cosine = np.dot(got.ravel(), expected.ravel()) / (np.linalg.norm(got) * np.linalg.norm(expected))
+        assert cosine > 0.995
+
+
+def modelled_seconds(qnode, shape: ConvShape, hw) -> tuple[float, float]:
+    """(core, host) modelled seconds of a narrow-group conv, counted here: the core runs the
+    super-grouped plan (the simulator's analytic model) after the host packs its input and
+    unpacks its output; the host conv does a multiply and an add per real MAC and reads and
+    writes its tensors once (int8)."""
+    in_bytes = math.prod((shape.batch, shape.groups * shape.in_channels, shape.in_h, shape.in_w))
+    out_bytes = math.prod((shape.batch, shape.groups * shape.out_channels, shape.out_h, shape.out_w))
+    packed = super_grouped(shape, hw.block_in)
+    p = qnode.params
+    alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
+    tiling = select_tiling(packed, hw, alu_ops)
+    packing = 2.0 * (in_bytes + out_bytes)
+    on_core = LayerPlan("core", "conv2d", "accel", packed, tiling, alu_ops=alu_ops, host_bytes=packing)
+    on_host = LayerPlan("host", "conv2d", "host", shape, host_ops=2.0 * shape.macs, host_bytes=in_bytes + out_bytes)
+    core_layer, host_layer = simulate_plans([on_core, on_host], hw, "analytic").layers
+    return core_layer.accel_seconds + core_layer.host_seconds, host_layer.host_seconds
+
+
+PLACED = {
+    "ppocr_depthwise5x5": (200, 200, 200, 5, 1, (2, 96)),
+    "depthwise3x3_large": (64, 64, 64, 3, 1, (40, 40)),
+    "four_per_group": (64, 16, 64, 3, 1, (28, 28)),
+    "two_per_group": (64, 32, 64, 3, 1, (28, 28)),
+    "depthwise3x3_small": (40, 40, 40, 3, 2, (12, 12)),
+}
+
+
+@pytest.mark.parametrize("hw", [VTA, SLOW_HOST, load_hardware("wide_1x32x32")], ids=lambda hw: hw.name)
+def test_placement_follows_the_modelled_costs(hw, tmp_path):
+    placements = set()
+    for name, layer in PLACED.items():
+        channels, groups, out_channels, kernel, stride, (height, width) = layer
+        shape = (1, channels, height, width)
+        imported = import_model(conv_layer_model(tmp_path / f"{name}.onnx", *layer), {"x": shape})
+        _, qgraph, _ = quantize_model(imported, hw, calibration_file(tmp_path, shape), warn=lambda _: None)
+        (qnode,) = [n for n in qgraph.nodes.values() if n.op == "conv2d"]
+        pad = kernel // 2
+        conv = ConvShape(
+            groups, 1, channels // groups, out_channels // groups, height, width, kernel, kernel, stride, stride,
+            pad, pad, pad, pad,
+        )  # fmt: skip
+        core, host = modelled_seconds(qnode, conv, hw)
+        assert qnode.placement == ("accel" if core < host else "host"), (name, hw.name, core, host)
+        placements.add(qnode.placement)
+    if hw is VTA:
+        assert placements == {"accel", "host"}  # both outcomes are exercised on one description
+
+
+def test_mac_share_counts_real_macs(tmp_path):
+    """A dense conv then a depthwise one, both on the core: the summary counts each layer's real
+    MACs (counted here from the ONNX attributes), the simulator's counters the super-groups'."""
+    rng = np.random.default_rng(4)
+    c, size = 20, 10
+    dense_w = rng.standard_normal((c, 3, 3, 3)).astype(np.float32)
+    depthwise_w = rng.standard_normal((c, 1, 5, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "wd"], ["a"], pads=[1] * 4),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "wdw"], ["y"], pads=[2] * 4, group=c),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dense_then_depthwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        [numpy_helper.from_array(dense_w, "wd"), numpy_helper.from_array(depthwise_w, "wdw")],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    imported = import_model(str(path), {"x": (1, 3, size, size)})
+    _, qgraph, _ = quantize_model(imported, SLOW_HOST, calibration_file(tmp_path, (1, 3, size, size)))
+    plans = plan_layers(qgraph, imported, SLOW_HOST)
+    gemms = [p for p in plans if p.op == "conv2d"]
+    assert [p.placement for p in gemms] == ["accel", "accel"]
+    dense_macs = c * size * size * 3 * 3 * 3  # output elements x (input channels x taps)
+    depthwise_macs = c * size * size * 1 * 5 * 5
+    summary = placement_summary(plans)
+    assert summary["macs"] == summary["accel_macs"] == dense_macs + depthwise_macs
+    assert [p.macs for p in gemms] == [dense_macs, depthwise_macs]
+    report = simulate_plans(plans, SLOW_HOST, "event")
+    depthwise = next(layer for layer in report.layers if layer.name == gemms[1].name)
+    assert depthwise.macs == depthwise_macs
+    # The core executes each super-group's whole block-diagonal weight: block_in x block_out MACs
+    # per micro-op, the zeros included.
+    packed = super_grouped(gemms[1].layer_shape, SLOW_HOST.block_in)
+    assert depthwise.counters["gemm_counter"] * SLOW_HOST.macs_per_cycle >= packed.macs >= 16 * depthwise_macs
+    assert report.totals()["macs"] == dense_macs + depthwise_macs
