@@ -14,7 +14,8 @@ second. So the search has two levels:
 
 Outer knobs that change no profile (a compression group that matches no layer, a multiplier
 choice the space fixes) are detected before the search and held at their first choice, so no
-accuracy evaluation is spent on them. A batch is proposed from a generator seeded from (seed,
+accuracy evaluation is spent on them. The first profile measured is the space's baseline (every
+knob at its first choice). A batch is proposed from a generator seeded from (seed,
 batch) and from the records of earlier batches only, so a run is reproducible and resumes the
 interrupted batch (the same proposals) by recording only what is missing.
 """
@@ -147,7 +148,7 @@ class BilevelSearch:
                 continue
             prior = sorted((r for r in history if r.batch < batch), key=lambda r: r.index)
             rng = np.random.default_rng([seed, batch])
-            for profile in self.outer.propose(plan.outer, outer_records(plan, prior), count, rng):
+            for profile in self._proposals(plan, prior, count, rng):
                 profile = {k: v for k, v in profile.items() if k in plan.space.knobs}
                 if _profile_id(plan, profile) in measured:
                     continue  # recorded before an interruption (a profile's front is written at once)
@@ -158,6 +159,15 @@ class BilevelSearch:
                     if on_record:
                         on_record(record, history)
         return sorted(history, key=lambda r: r.index)
+
+    def _proposals(self, plan: BilevelPlan, prior: list[Record], count: int, rng) -> list[dict]:
+        """The outer strategy's profiles; the first batch starts from the space's baseline (every
+        knob at its first choice: by convention int8, nothing pruned), a feasible anchor."""
+        if prior:
+            return self.outer.propose(plan.outer, outer_records(plan, prior), count, rng)
+        baseline = {name: choices[0] for name, choices in plan.outer.knobs.items()}
+        others = self.outer.propose(plan.outer, [], count, rng)
+        return [baseline, *[p for p in others if plan.outer.key(p) != plan.outer.key(baseline)]][:count]
 
     def _sweep(self, plan, profile, batch, seed, layers, executor, next_index) -> list[Record]:
         configs = plan.configs(profile)
