@@ -3,7 +3,9 @@
 Reshapes are free (views); layout and elementwise ops move their inputs and outputs and do one
 to a few operations per element; float ops with transcendental functions (softmax, layer norm,
 GELU ...) count more per element; host convolutions count 2 per MAC. Accelerated layers add the
-host's packing of their input and unpacking of their output. Lowering records it in each
+host's packing of their input and unpacking of their output, where `codesign.packed_layout`
+says the module converts (a chained layer reads and writes the blocked layout as is), and
+elementwise ops on blocked tensors move their padded sizes. Lowering records it in each
 LayerPlan; `host_seconds` turns it into time, priced by the description's [host] (the simulator
 uses it, and quantization to place narrow-group convs):
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+from codesign.packed_layout import Layouts
+
 FREE_OPS = {"reshape", "flatten", "squeeze", "expand_dims"}
 # Arithmetic per output element of float host ops (exp, division and reductions count more).
 FLOAT_OPS_PER_ELEMENT = {"softmax": 12, "layer_norm": 10, "gelu": 12, "sigmoid": 10, "tanh": 10, "exp": 8}
@@ -25,19 +29,21 @@ def _elements(shape) -> int:
     return math.prod(shape) if shape else 0
 
 
-def node_work(node, qgraph) -> tuple[float, float]:
-    """(operations, bytes) the host spends on one node of the integer program."""
+def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]:  # noqa: B008 (frozen)
+    """(operations, bytes) the host spends on one node of the integer program; without `layouts`
+    (quantization placing a layer, before layouts are planned), every layer converts."""
     inputs = [qgraph.nodes[i] for i in node.inputs]
     out = _elements(node.shape)
+    if node.op in ("conv2d", "matmul") and node.placement == "accel":
+        return 0.0, _conversion_bytes(node, inputs, layouts)
+    if node.name in layouts.packed:
+        return _blocked_host_work(node, inputs, layouts)
     moved = sum(_elements(i.shape) * _itemsize(i.dtype) for i in inputs) + out * _itemsize(node.dtype)
     op = (
         node.source.op.rsplit(".", 1)[-1]
         if node.source is not None and node.op in ("passthrough", "float")
         else node.op
     )
-    if node.op in ("conv2d", "matmul") and node.placement == "accel":
-        # Packing the input and unpacking the output: read and write each once.
-        return 0.0, 2.0 * (sum(_elements(i.shape) for i in inputs) + out)
     if node.op == "conv2d":
         return 2.0 * out * node.params["weight"][0].size, moved
     if node.op == "float" and node.source.op == "gemm":  # a layer kept in float (--float-layers)
@@ -49,8 +55,32 @@ def node_work(node, qgraph) -> tuple[float, float]:
     if op == "max_pool2d":
         window = math.prod(int(k) for k in node.source.call.attrs.pool_size)
         return float(out * window), moved
-    per_element = FLOAT_OPS_PER_ELEMENT.get(op, 1 if node.op in ("passthrough", "clamp", "lut") else 3)
-    return float(max(out, sum(_elements(i.shape) for i in inputs)) * per_element), moved
+    return float(max(out, sum(_elements(i.shape) for i in inputs)) * _ops_per_element(node, op)), moved
+
+
+def _ops_per_element(node, op: str) -> int:
+    return FLOAT_OPS_PER_ELEMENT.get(op, 1 if node.op in ("passthrough", "clamp", "lut") else 3)
+
+
+def _conversion_bytes(node, inputs, layouts: Layouts) -> float:
+    """Packing the inputs and unpacking the output an accelerated layer converts: read and
+    write each once."""
+    packed_inputs = sum(_elements(i.shape) for i in inputs if not layouts.reads_packed(node, i.name))
+    unpacked_output = _elements(node.shape) if layouts.writes_nchw(node) else 0
+    return 2.0 * (packed_inputs + unpacked_output)
+
+
+def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
+    """An int8 host op on blocked tensors, as on NCHW ones but at their padded sizes, plus
+    unpacking its output where a consumer needs NCHW."""
+    out = _elements(layouts.packed_shape(node.shape))
+    read = sum(_elements(layouts.packed_shape(i.shape)) for i in inputs)
+    unpacked = 2.0 * _elements(node.shape) if layouts.writes_nchw(node) else 0.0
+    if node.op == "conv2d":
+        ops = 2.0 * out * node.params["weight"][0].size
+    else:
+        ops = float(max(out, read) * _ops_per_element(node, node.op))
+    return ops, read + out + unpacked
 
 
 def host_seconds(ops: float, nbytes: float, hw) -> float:

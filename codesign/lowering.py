@@ -2,7 +2,8 @@
 
 GEMM layers placed on the accelerator become `call_tir` to the packed, tensorized kernels of
 `schedules/` (one tiling per layer, chosen by `schedules.mapper` and checked against the
-description's scratchpads); the host packs and unpacks their operands. Host integer ops are
+description's scratchpads); the host packs and unpacks their operands, except where
+`codesign.packed_layout` keeps a value in the blocked layout from one layer to the next. Host integer ops are
 TE functions with the same formulas as `codesign.reference` (and the kernels' requantization);
 float host ops keep their original Relax op.
 """
@@ -23,6 +24,7 @@ from codesign.errors import HardwareError
 from codesign.graph import channel_axis
 from codesign.host_work import node_work
 from codesign.importer import ImportedModel
+from codesign.packed_layout import plan_layouts
 from codesign.plan import LayerPlan, requant_alu_ops
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
 from codesign.schedules.layer import ConvShape
@@ -126,6 +128,7 @@ class _Lowerer:
         for node in offloaded:
             self.plan_kernel(node)
             progress.advance()
+        self.layouts = plan_layouts(qgraph, hw)  # after planning: a layer may have moved to the host
 
     def plan_kernel(self, node: QNode) -> None:
         """Tile and schedule one offloaded layer. A dilated conv whose dilated window cannot fit
@@ -156,14 +159,22 @@ class _Lowerer:
 
     def run(self, taps: list[str] = ()) -> LoweredModel:
         bb = self.bb
+        self.layouts = plan_layouts(self.qgraph, self.hw, boundaries=taps)
         params = [relax.Var(s.name, relax.TensorType(s.shape, s.dtype)) for s in self.imported.inputs]
         with bb.function("main", params):
             with bb.dataflow():
-                values = {s.name: p for s, p in zip(self.imported.inputs, params)}
+                values = {s.name: p for s, p in zip(self.imported.inputs, params)}  # NCHW values
+                blocked: dict[str, relax.Expr] = {}  # values in the blocked layout
                 for node in self.qgraph.nodes.values():
-                    if node.op != "input":
+                    if node.op == "input":
+                        continue
+                    if node.name in self.layouts.packed:
+                        blocked[node.name] = self.emit_blocked(node, values, blocked)
+                    else:
                         values[node.name] = self.emit(node, [values[i] for i in node.inputs])
-                        self.plans.append(self.plan_for(node))
+                    if node.name in self.layouts.unpacked:
+                        values[node.name] = self.emit_unpack(blocked[node.name], node.shape)
+                    self.plans.append(self.plan_for(node))
                 outputs = [values[n] for n in self.qgraph.outputs] + [self.real_valued(values, n) for n in taps]
                 result = bb.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
             bb.emit_func_output(result)
@@ -184,7 +195,7 @@ class _Lowerer:
         return self.bb.emit_te(_dequantize_channels_te, x, channel_scales, primfunc_name_hint=hint)
 
     def plan_for(self, node: QNode) -> LayerPlan:
-        ops, nbytes = node_work(node, self.qgraph)
+        ops, nbytes = node_work(node, self.qgraph, self.layouts)
         if node.name in self.kernels:
             plan = self.kernels[node.name][1]
             p = node.params
@@ -264,21 +275,11 @@ class _Lowerer:
         layer on a precision-scalable core packs twice the input channels per block), its kernel
         called, the output unpacked."""
         bb, hw, p = self.bb, self.hw.for_layer_weights(self.weight_bits(node)), node.params
-        scheduled, plan = self.kernels[node.name]
-        shape = plan.shape
-        kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"{ACCELERATED_PREFIX}{node.name}")
+        shape = self.kernels[node.name][1].shape
         grouped = node.op == "conv2d" and p["groups"] > 1
         data = self.grouped_input(args[0], shape) if grouped else self.group_major_input(args[0], shape)
         packed_data = bb.emit_te(lambda x: pack_activation_te(x, hw), data, primfunc_name_hint="pack_activation")
-        packed_weight = self.packed_weight(node, shape, args, hw)
-        channel = [
-            relax.const(pack_channel_params_numpy(self.channel_values(p[key], shape), hw))
-            for key in ("bias", "multiplier", "shift")
-        ]
-        out_shape = kernel_buffer_shapes(shape, hw)["out"]
-        packed_out = bb.emit(
-            relax.call_tir(kernel, [packed_data, packed_weight, *channel], relax.TensorType(out_shape, "int8"))
-        )
+        packed_out = self.emit_kernel(node, packed_data, args)
         out = bb.emit_te(
             lambda y: unpack_output_te(y, shape.batch, shape.out_channels),
             packed_out,
@@ -287,6 +288,61 @@ class _Lowerer:
         if grouped:
             return self.grouped_output(out, node.shape)
         return bb.emit(relax.op.reshape(out, node.shape))
+
+    def emit_kernel(self, node: QNode, packed_data: relax.Expr, args: list[relax.Expr]) -> relax.Expr:
+        """The accelerated layer on blocked data (blocked for the core as the layer uses it); its
+        output blocked."""
+        bb, hw, p = self.bb, self.hw.for_layer_weights(self.weight_bits(node)), node.params
+        scheduled, plan = self.kernels[node.name]
+        shape = plan.shape
+        kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"{ACCELERATED_PREFIX}{node.name}")
+        packed_weight = self.packed_weight(node, shape, args, hw)
+        channel = [
+            relax.const(pack_channel_params_numpy(self.channel_values(p[key], shape), hw))
+            for key in ("bias", "multiplier", "shift")
+        ]
+        out_shape = kernel_buffer_shapes(shape, hw)["out"]
+        return bb.emit(
+            relax.call_tir(kernel, [packed_data, packed_weight, *channel], relax.TensorType(out_shape, "int8"))
+        )
+
+    def emit_blocked(self, node: QNode, values: dict, blocked: dict) -> relax.Expr:
+        """A node of `layouts.packed`, computed in the blocked layout from blocked inputs (a
+        chained layer packs an NCHW input itself)."""
+        if node.name in self.kernels:
+            source = node.inputs[0]
+            data = blocked[source] if source in blocked else self.emit_pack(values[source], node)
+            return self.emit_kernel(node, data, [])
+        args = [blocked[i] for i in node.inputs]
+        p, block = node.params, self.layouts.block
+        if node.op == "lut" and p["table"].ndim == 2:
+            table = relax.const(_blocked_rows(p["table"], block))
+            return self.bb.emit_te(_blocked_channel_lut_te, args[0], table, primfunc_name_hint="lookup_table")
+        if node.op == "mean":  # over rows and columns: axes 3 and 4 of the blocked layout
+            blocked_params = {**p, "axes": (3, 4)}
+            return self.bb.emit_te(lambda x: _mean_te(x, blocked_params), args[0], primfunc_name_hint="int_mean")
+        if node.op == "conv2d":  # depthwise, on the host
+            weight = p["weight"].reshape(p["weight"].shape[0], *p["weight"].shape[2:])
+            channel = [np.broadcast_to(p[key], (node.shape[1],)) for key in ("bias", "multiplier", "shift")]
+            consts = [relax.const(_blocked_rows(values, block)) for values in (weight, *channel)]
+            return self.bb.emit_te(
+                lambda x, *c: _blocked_depthwise_conv2d_te(x, *c, node),
+                args[0],
+                *consts,
+                primfunc_name_hint="host_conv2d",
+            )
+        return self.emit(node, args)  # lut by one table, clamp, add, multiply: the same TE on any shape
+
+    def emit_pack(self, x: relax.Expr, node: QNode) -> relax.Expr:
+        data = self.group_major_input(x, self.kernels[node.name][1].shape)
+        return self.bb.emit_te(lambda v: pack_activation_te(v, self.hw), data, primfunc_name_hint="pack_activation")
+
+    def emit_unpack(self, packed: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+        """A blocked (1, N/b, C/bi, H, W, b, bi) value as NCHW."""
+        out = self.bb.emit_te(
+            lambda y: unpack_output_te(y, shape[0], shape[1]), packed, primfunc_name_hint="unpack_output"
+        )
+        return self.bb.emit(relax.op.reshape(out, shape))
 
     def group_major_input(self, x: relax.Expr, shape: ConvShape) -> relax.Expr:
         """The layer's input as (G, N, C, H, W): rows of a matmul on N, its heads on G."""
@@ -385,6 +441,59 @@ def _lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
 def _channel_lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
     axis = channel_axis(tuple(x.shape))
     return te.compute(x.shape, lambda *i: table[i[axis], x(*i).astype("int32") + 128], name="lookup_table")
+
+
+def _blocked_channel_lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
+    """The per-channel table on a blocked (1, N/b, C/bi, H, W, b, bi) tensor: channel c * bi + i."""
+    block = int(x.shape[6])
+
+    def lookup(g, n, c, y, xx, b, i):
+        return table[c * block + i, x[g, n, c, y, xx, b, i].astype("int32") + 128]
+
+    return te.compute(x.shape, lookup, name="lookup_table")
+
+
+def _blocked_rows(values: np.ndarray, block: int) -> np.ndarray:
+    """Per-channel values (a table, weights, ...) with zero rows for the padded channels too
+    (whatever they give is never read as a real channel)."""
+    rows = -(-values.shape[0] // block) * block
+    return np.concatenate([values, np.zeros((rows - values.shape[0], *values.shape[1:]), values.dtype)])
+
+
+def _blocked_depthwise_conv2d_te(
+    x: te.Tensor, weight: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, node: QNode
+) -> te.Tensor:
+    """A depthwise conv on blocked (1, N/b, C/bi, H, W, b, bi) int8 data, weights (C, KH, KW):
+    `_host_conv2d_te` with channel c * bi + i reading its own input channel."""
+    p = node.params
+    _, nb, cb, h, wd, b, bi = (int(d) for d in x.shape)
+    _, kh, kw = (int(d) for d in weight.shape)
+    top, left, bottom, right = p["padding"]
+    (sh, sw), (dh, dw) = p["strides"], p["dilation"]
+    out_shape = (1, nb, cb, node.shape[2], node.shape[3], b, bi)
+
+    def padded(g, n, c, y, xx, r, i):
+        inside = tirx.all(y >= top, y < h + top, xx >= left, xx < wd + left)
+        return tirx.if_then_else(inside, x[g, n, c, y - top, xx - left, r, i], tirx.const(0, "int8"))
+
+    xpad = te.compute((1, nb, cb, h + top + bottom, wd + left + right, b, bi), padded, name="pad")
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    acc = te.compute(
+        out_shape,
+        lambda g, n, c, y, xx, r, i: te.sum(
+            xpad[g, n, c, y * sh + ry * dh, xx * sw + rx * dw, r, i].astype("int32")
+            * weight[c * bi + i, ry, rx].astype("int32"),
+            axis=[ry, rx],
+        ),
+        name="acc",
+    )
+
+    def requantized(g, n, c, y, xx, r, i):
+        channel = c * bi + i
+        value = acc[g, n, c, y, xx, r, i]
+        return requantize_expr(value, bias[channel], multiplier[channel], shift[channel], p["lo"], p["hi"])
+
+    return te.compute(out_shape, requantized, name="host_conv2d")
 
 
 def _add_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:

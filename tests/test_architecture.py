@@ -31,7 +31,10 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.tvm_build",
         ],
     ),
-    ("description", ["codesign.hardware", "codesign.schedules*", "codesign.plan", "codesign.host_work"]),
+    (
+        "description",
+        ["codesign.hardware", "codesign.schedules*", "codesign.plan", "codesign.host_work", "codesign.packed_layout"],
+    ),
     ("import", ["codesign.onnx_file", "codesign.importer", "codesign.onnx_passes*", "codesign.graph", "codesign.emit"]),
     (
         "quantization",

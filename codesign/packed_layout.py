@@ -1,0 +1,114 @@
+"""Packed chaining: which int8 tensors stay in the accelerator's blocked layout between layers.
+
+An accelerated conv reads (1, N/b, C/bi, H, W, b, bi) and writes (1, N/b, O/bo, H, W, b, bo)
+(see schedules.packed_conv2d). When bi == bo, one conv's output is already the next conv's
+input, so the host need not unpack it to NCHW and pack it again. Elementwise int8 host ops
+(lookup tables, clamps, residual adds, squeeze-and-excitation gates) run on blocked tensors
+just as well, and so do the ops that work on each channel alone: depthwise convs on the host and
+global average pools. So a chain conv -> HardSwish -> conv, a residual block, or a MobileNet
+block (conv -> depthwise conv -> SE -> conv) stays blocked throughout. The host converts only
+where a consumer needs NCHW: model outputs, taps, and every other op.
+
+The blocks zero-fill channels (and batch rows) up to whole blocks. What the padded channels
+hold after a kernel or a host op is not zero in general (clamp(0), a table's entry for 0, ...),
+and nothing here keeps it zero: no op chained through mixes channels or rows, and a conv's
+packed weights are zero for its padded input channels, so padding never reaches a real value.
+
+This module is the one home of the rule: lowering emits the conversions it says, and
+`host_work` counts the same ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+ELEMENTWISE_OPS = ("lut", "clamp")
+BROADCASTING_OPS = ("add", "multiply")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layouts:
+    packed: frozenset[str] = frozenset()  # nodes whose value is computed in the blocked layout
+    unpacked: frozenset[str] = frozenset()  # of those, the ones also needed as NCHW
+    batch: int = 1
+    block: int = 1
+
+    def reads_packed(self, node, producer: str) -> bool:
+        """Whether `node` reads its input `producer` in the blocked layout (no conversion)."""
+        return node.name in self.packed and producer in self.packed
+
+    def writes_nchw(self, node) -> bool:
+        """Whether `node`'s value exists as NCHW (computed so, or unpacked for a consumer)."""
+        return node.name not in self.packed or node.name in self.unpacked
+
+    def packed_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(N, C, H, W) -> the blocked (1, N/b, C/bi, H, W, b, bi), padded up to whole blocks."""
+        n, c, h, w = shape
+        return (1, math.ceil(n / self.batch), math.ceil(c / self.block), h, w, self.batch, self.block)
+
+
+def chains_kernel(node, qgraph, hw) -> bool:
+    """An accelerated layer whose blocked output can feed the next one as is: a conv with one
+    group, on a core whose output blocks are its input blocks as the layer uses it (an int4
+    layer on a precision-scalable core reads twice as wide blocks: `for_layer_weights`)."""
+    if node.op != "conv2d" or node.placement != "accel" or node.params["groups"] != 1:
+        return False
+    layer_core = hw.for_layer_weights(qgraph.config.bits_for(node.name))
+    return layer_core.block_in == layer_core.block_out == hw.block_out
+
+
+def runs_on_blocks(node, qgraph) -> bool:
+    """An int8 host op on 4-D tensors that may run on blocked ones: each output channel (and
+    batch row) computed from the same channel (and row) of its inputs only."""
+    if node.shape is None or len(node.shape) != 4 or node.dtype != "int8":
+        return False
+    shapes = [qgraph.nodes[i].shape for i in node.inputs]
+    if node.op in ELEMENTWISE_OPS:
+        return shapes == [node.shape]
+    if node.op in BROADCASTING_OPS:
+        return all(_broadcasts_spatially(shape, node.shape) for shape in shapes)
+    if node.op == "mean":
+        return node.params["keepdims"] and tuple(node.params["axes"]) == (2, 3)
+    return node.op == "conv2d" and node.placement == "host" and is_depthwise(node, shapes[0])
+
+
+def _broadcasts_spatially(shape, out_shape) -> bool:
+    """Same batch and channels as the output; rows and columns the output's or 1."""
+    if shape is None or len(shape) != 4 or shape[:2] != out_shape[:2]:
+        return False
+    return all(size in (1, out) for size, out in zip(shape[2:], out_shape[2:]))
+
+
+def is_depthwise(node, in_shape) -> bool:
+    """A conv with one input and one output channel per group."""
+    return node.params["groups"] == in_shape[1] == node.shape[1]
+
+
+def plan_layouts(qgraph, hw, boundaries=()) -> Layouts:
+    """The blocked values of the integer program. `boundaries` are node names read as NCHW
+    beyond the model outputs (taps)."""
+    chained = {n.name for n in qgraph.nodes.values() if chains_kernel(n, qgraph, hw)}
+    # Forward: a value can be blocked if a kernel writes it, or a host op computes it from
+    # blocked values only.
+    candidates = set(chained)
+    for node in qgraph.nodes.values():
+        if runs_on_blocks(node, qgraph) and all(i in candidates for i in node.inputs):
+            candidates.add(node.name)
+    # Backward: a host op runs blocked only when some consumer reads it blocked.
+    consumers = _consumers(qgraph)
+    packed = set(chained)
+    for node in reversed(list(qgraph.nodes.values())):
+        if node.name in candidates - chained and any(c in packed for c in consumers[node.name]):
+            packed.add(node.name)
+    nchw_readers = set(qgraph.outputs) | set(boundaries)
+    unpacked = {name for name in packed if name in nchw_readers or any(c not in packed for c in consumers[name])}
+    return Layouts(frozenset(packed), frozenset(unpacked), hw.batch, hw.block_in)
+
+
+def _consumers(qgraph) -> dict[str, list[str]]:
+    users: dict[str, list[str]] = {name: [] for name in qgraph.nodes}
+    for node in qgraph.nodes.values():
+        for producer in node.inputs:
+            users[producer].append(node.name)
+    return users

@@ -1,0 +1,258 @@
+"""Packed chaining: between accelerated layers, activations stay in the accelerator's blocked
+layout through lookup tables, clamps, residual adds, SE gates and depthwise convs; the module
+converts layouts only at its boundaries (model inputs and outputs, ops that need NCHW).
+
+Each model below names the tensors the host must convert: the ONNX tensors packed for an
+accelerated layer and those unpacked to NCHW. The compiled Relax program must convert exactly
+those, and the plans' host bytes must count exactly their conversions. The module must equal the
+numpy integer program and the module built without chaining bit for bit, and stay close to
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from codesign import lowering
+from codesign.corpus import cosine
+from codesign.hardware import load_hardware
+from codesign.packed_layout import Layouts
+from codesign.pipeline import compile_model
+from codesign.reference import run_reference
+from codesign.tvm_build import ACCELERATED_PREFIX
+
+SIZE = 8
+
+
+@dataclasses.dataclass
+class ChainModel:
+    """An ONNX model and the tensors whose layout the host converts: `packed` are read by an
+    accelerated layer from NCHW, `unpacked` are written blocked and read as NCHW."""
+
+    model: onnx.ModelProto
+    packed: list[str]
+    unpacked: list[str]
+
+
+class Builder:
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+
+    def conv(self, source, out, cin, cout, kernel=3, group=1, gains=None):
+        weight = self.rng.standard_normal((cout, cin // group, kernel, kernel)).astype(np.float32)
+        weight *= 1.5 / math.sqrt(cin // group * kernel * kernel)
+        if gains is not None:
+            weight *= gains.reshape(-1, 1, 1, 1)
+        bias = self.rng.standard_normal(cout).astype(np.float32) * 0.1
+        name = f"w{len(self.inits)}"
+        self.inits += [numpy_helper.from_array(weight, name), numpy_helper.from_array(bias, name + "b")]
+        pad = kernel // 2
+        self.nodes.append(helper.make_node("Conv", [source, name, name + "b"], [out], pads=[pad] * 4, group=group))
+        return out
+
+    def op(self, op_type, inputs, out, **attrs):
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def hardswish(self, source, out):
+        """Paddle's form, x * HardSigmoid(x): one lookup table after import."""
+        gate = self.op("HardSigmoid", [source], out + "_gate", alpha=1 / 6, beta=0.5)
+        return self.op("Mul", [source, gate], out)
+
+    def model(self, x_shape, outputs, rank=4) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
+        ys = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None] * rank) for name in outputs]
+        graph = helper.make_graph(self.nodes, "chain", [x], ys, self.inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def conv_conv(batch) -> ChainModel:
+    b = Builder(1)
+    b.conv("x", "c0", 3, 20)
+    relu = b.op("Relu", ["c0"], "r0")  # folds into the first conv
+    b.conv(relu, "y", 20, 24)
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x"], unpacked=["y"])
+
+
+def conv_hardswish_conv(batch) -> ChainModel:
+    b = Builder(2)
+    b.conv("x", "c0", 3, 20)
+    b.hardswish("c0", "a0")
+    b.conv("a0", "y", 20, 16)
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x"], unpacked=["y"])
+
+
+def residual_block(batch) -> ChainModel:
+    """conv -> conv, plus the skip add of both, -> conv; the first conv's output has two readers."""
+    b = Builder(3)
+    b.conv("x", "c0", 3, 24)
+    b.conv(b.op("Relu", ["c0"], "r0"), "c1", 24, 24)
+    b.op("Add", ["r0", "c1"], "s")
+    b.op("Clip", ["s", "lo", "hi"], "s_clipped")
+    b.inits += [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(4), "hi")]
+    b.conv("s_clipped", "y", 24, 20, kernel=1)
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x"], unpacked=["y"])
+
+
+def output_and_chain(batch) -> ChainModel:
+    """A chained value that is also a model output: unpacked once for the output only."""
+    b = Builder(4)
+    b.conv("x", "y0", 3, 20)
+    b.hardswish("y0", "a0")
+    b.conv("a0", "y1", 20, 20)
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y0", "y1"]), packed=["x"], unpacked=["y0", "y1"])
+
+
+def global_pool(batch) -> ChainModel:
+    """conv -> conv -> global average pool -> flatten: the pool's reader needs NCHW, so the
+    chain ends at the pool's input."""
+    b = Builder(5)
+    b.conv("x", "c0", 3, 20)
+    b.conv("c0", "c1", 20, 24)
+    b.op("GlobalAveragePool", ["c1"], "pooled")
+    b.op("Flatten", ["pooled"], "y")
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"], rank=2), packed=["x"], unpacked=["c1"])
+
+
+def mobilenet_block(batch) -> ChainModel:
+    """conv -> HardSwish -> depthwise conv -> HardSwish -> squeeze-excitation -> conv, channels
+    spread over decades (so tables get one row per channel): blocked from end to end."""
+    b = Builder(6)
+    channels = 24
+    b.conv("x", "c0", 3, channels, gains=np.logspace(-2, 1, channels).astype(np.float32))
+    b.hardswish("c0", "a0")
+    b.conv("a0", "d0", channels, channels, group=channels)
+    b.hardswish("d0", "a1")
+    b.op("GlobalAveragePool", ["a1"], "pooled")
+    b.conv("pooled", "s0", channels, 8, kernel=1)
+    b.conv(b.op("Relu", ["s0"], "s1"), "s2", 8, channels, kernel=1)
+    b.op("HardSigmoid", ["s2"], "gate", alpha=1 / 6, beta=0.5)
+    b.op("Mul", ["a1", "gate"], "excited")
+    b.conv("excited", "y", channels, 20, kernel=1)
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x"], unpacked=["y"])
+
+
+MODELS = [conv_conv, conv_hardswish_conv, residual_block, output_and_chain, global_pool, mobilenet_block]
+# (model, hardware, batch): every model on VTA's core; the residual and MobileNet blocks also on
+# a batched core given fewer rows than its batch blocks (padded rows through every chained op).
+CASES = [(model, "vta_default", 1) for model in MODELS] + [
+    (model, "batched_4x16x16", 2) for model in (residual_block, mobilenet_block)
+]
+
+
+def compile_chain(tmp_path, chain: ChainModel, hw):
+    path = tmp_path / "model.onnx"
+    onnx.save(chain.model, path)
+    x_shape = [d.dim_value for d in chain.model.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(11)
+    np.save(tmp_path / "calib.npy", rng.standard_normal((16, *x_shape)).astype(np.float32))
+    return compile_model(path, hw, calibration=tmp_path / "calib.npy", warn=lambda m: None)
+
+
+def run_module(executable, x) -> list[np.ndarray]:
+    result = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
+    return [result.numpy()] if hasattr(result, "numpy") else [r.numpy() for r in result]
+
+
+def main_calls(mod) -> dict[str, tuple[str, list[str]]]:
+    """Each call_tir binding of `main`: its variable -> (callee, variables it reads)."""
+    calls = {}
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.name == "relax.call_tir":
+                reads = [arg.name for arg in value.args[1].fields if isinstance(arg, relax.Var)]
+                assert binding.var.name not in calls
+                calls[binding.var.name] = (value.args[0].name_hint, reads)
+    return calls
+
+
+def conversion_counts(mod) -> collections.Counter:
+    kinds = ("pack_activation", "unpack_output")
+    return collections.Counter(
+        kind for callee, _ in main_calls(mod).values() for kind in kinds if callee.startswith(kind)
+    )
+
+
+def onnx_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    return {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in values}
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda case: f"{case[0].__name__}-{case[1]}")
+def compiled(request, tmp_path_factory):
+    build, hw_name, batch = request.param
+    chain = build(batch)
+    hw = load_hardware(hw_name)
+    folder = tmp_path_factory.mktemp(build.__name__)
+    return chain, hw, folder, compile_chain(folder, chain, hw)
+
+
+def test_module_equals_reference_unchained_module_and_onnxruntime(compiled, monkeypatch):
+    chain, hw, folder, result = compiled
+    monkeypatch.setattr(lowering, "plan_layouts", lambda qgraph, hw, boundaries=(): Layouts())
+    unchained = compile_chain(folder, chain, hw)
+    assert sum(conversion_counts(unchained.lowered.mod).values()) > sum(conversion_counts(result.lowered.mod).values())
+    session = ort.InferenceSession(chain.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for seed in range(2):
+        x = np.random.default_rng(100 + seed).standard_normal(result.imported.inputs[0].shape).astype(np.float32)
+        ours = run_module(result.executable, x)
+        expected = run_reference(result.qgraph, {"x": x})
+        for got, reference, previous in zip(ours, expected, run_module(unchained.executable, x), strict=True):
+            assert np.array_equal(got, reference)
+            assert np.array_equal(got, previous)
+        for got, floats in zip(ours, session.run(None, {"x": x}), strict=True):
+            assert cosine(got, floats) > 0.98
+
+
+def test_module_converts_only_at_the_boundaries(compiled):
+    chain, _, _, result = compiled
+    counts = conversion_counts(result.lowered.mod)
+    assert counts["pack_activation"] == len(chain.packed)
+    assert counts["unpack_output"] == len(chain.unpacked)
+    calls = main_calls(result.lowered.mod)
+    kernels = [reads for callee, reads in calls.values() if callee.startswith(ACCELERATED_PREFIX)]
+    packed_inputs = [reads[0] for reads in kernels if calls[reads[0]][0].startswith("pack_activation")]
+    assert len(packed_inputs) == len(chain.packed)  # every other kernel reads blocked data as it was written
+
+
+def test_host_bytes_count_the_modules_conversions(compiled):
+    """Every tensor these models convert is a model input read by a conv or a conv's output, so
+    the accelerated layers' plans hold all the conversions: each reads and writes its tensor once."""
+    chain, _, _, result = compiled
+    shapes = onnx_shapes(chain.model)
+    expected = 2 * sum(math.prod(shapes[name]) for name in chain.packed + chain.unpacked)
+    assert sum(p.host_bytes for p in result.lowered.plans if p.placement == "accel") == expected
+
+
+def test_blocked_host_ops_count_padded_sizes(tmp_path):
+    """The table between two convs on 20 channels reads and writes two blocks of channels."""
+    hw = load_hardware("vta_default")
+    result = compile_chain(tmp_path, conv_hardswish_conv(1), hw)
+    (table,) = [p for p in result.lowered.plans if p.op == "lut"]
+    padded_channels = math.ceil(20 / hw.block_in) * hw.block_in
+    assert padded_channels > 20
+    assert table.host_bytes == 2 * padded_channels * SIZE * SIZE
+
+
+def test_cores_with_other_output_blocks_convert_every_layer(tmp_path):
+    """block_in 16, block_out 32: a layer's output blocks are not the next one's input blocks."""
+    chain = conv_hardswish_conv(1)
+    result = compile_chain(tmp_path, chain, load_hardware("narrow_1x16x32"))
+    layers = sum(1 for p in result.lowered.plans if p.placement == "accel")
+    counts = conversion_counts(result.lowered.mod)
+    assert counts["pack_activation"] == counts["unpack_output"] == layers
+    x = np.random.default_rng(5).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    assert np.array_equal(run_module(result.executable, x)[0], run_reference(result.qgraph, {"x": x})[0])
