@@ -1,8 +1,11 @@
 """Calibration: run the float graph on sample inputs and record each tensor's range (its absmax).
 
 Methods (CALIBRATION_METHODS): "max" takes max |x|; "percentile" the p-th percentile of |x|;
-"entropy" TensorRT's KL-divergence threshold. The last two read a histogram of |x| that is
-filled in the same single float run (AbsHistogram) and never exceed max |x|.
+"entropy" TensorRT's KL-divergence threshold; "mse" the threshold with the least expected
+squared error (rounding inside, clipping outside), chosen for each tensor from its own
+distribution: max |x| for a tensor without a tail, a clipped one for a long-tailed tensor. The
+last three read a histogram of |x| that is filled in the same single float run (AbsHistogram)
+and never exceed max |x|.
 
 Calibration inputs come from a .npy (single-input models) or .npz (arrays named after the
 inputs) file. An array is one sample when it has the input's shape, else a stack of samples
@@ -32,7 +35,7 @@ from codesign.target import target
 from codesign.tvm_build import build_executable
 from codesign.tvm_output import quiet_tvm
 
-CALIBRATION_METHODS = ("max", "percentile", "entropy")
+CALIBRATION_METHODS = ("max", "percentile", "entropy", "mse")
 HISTOGRAM_BINS = 2048
 ENTROPY_LEVELS = 128  # levels of |x| in TensorRT's entropy calibration, and its fewest candidate bins
 KL_SMOOTHING = 1e-4  # the count Q gets in a bin where P holds only clipped outliers
@@ -160,7 +163,7 @@ def tensor_ranges(
                 histograms[name].add(value)
         progress.advance()
     for name, histogram in histograms.items():
-        absmax[name] = histogram.percentile(percentile) if method == "percentile" else histogram.entropy_threshold()
+        absmax[name] = histogram.threshold(method, percentile)
     channel_absmax = {
         name: np.minimum(np.asarray(ranges, dtype=np.float64), absmax[name]) for name, ranges in channel_absmax.items()
     }
@@ -217,6 +220,22 @@ class AbsHistogram:
         """The q-th percentile of |x|, at most max |x|, and positive unless every x is 0."""
         return min(histogram_percentile(self.counts, self.width, q), self.largest)
 
+    def threshold(self, method: str, percentile: float) -> float:
+        if method == "percentile":
+            return self.percentile(percentile)
+        return self.entropy_threshold() if method == "entropy" else self.mse_threshold()
+
+    def mse_threshold(self, levels: int = 127) -> float:
+        """The threshold T minimising the expected squared error of symmetric int8 quantization with
+        step T / levels: x**2 for a value rounded to 0, step**2 / 12 for the other values inside,
+        (|x| - T)**2 per clipped value, |x| taken at its bin's centre. Exact zeros stay exact whatever
+        T, so they do not count. At most max |x|."""
+        counts = self.counts.astype(np.float64)
+        counts[0] -= self.zeros
+        if self.width == 0 or counts.sum() == 0:
+            return self.largest
+        return min(self.width * mse_bins(counts, levels), self.largest)
+
     def entropy_threshold(self) -> float:
         """Exact zeros (ReLU outputs) are exact in int8 whatever the threshold, so the KL search leaves
         them out (NVIDIA's pytorch-quantization copies bin 1 into bin 0 instead). At most max |x|."""
@@ -232,6 +251,22 @@ def histogram_percentile(counts: np.ndarray, width: float, q: float) -> float:
     below, above = np.searchsorted(np.cumsum(counts), [math.floor(rank), math.ceil(rank)], side="right")
     low, high = (below + 0.5) * width, (above + 0.5) * width
     return float(low + (rank - math.floor(rank)) * (high - low))
+
+
+def mse_bins(counts: np.ndarray, levels: int) -> int:
+    """The bin count T (threshold T * width) of least expected squared error; see mse_threshold."""
+    centres = np.arange(counts.size) + 0.5
+    sums = [counts, counts * centres**2]
+    below = [np.concatenate([[0.0], np.cumsum(v)]) for v in sums]  # over the first i bins
+    above = [np.concatenate([np.cumsum(v[::-1])[::-1][1:], [0.0]]) for v in (*sums, counts * centres)]
+    candidates = np.arange(1, counts.size + 1, dtype=np.float64)
+    steps = candidates / levels
+    clipped = above[1] - 2 * candidates * above[2] + candidates**2 * above[0]
+    # Values under half a step round to 0 (error x**2); the others get uniform rounding error.
+    small = np.minimum(np.ceil(steps / 2 - 0.5).astype(np.int64), candidates.astype(np.int64))
+    inside = counts.sum() - above[0]
+    rounding = below[1][small] + (inside - below[0][small]) * steps**2 / 12
+    return int(candidates[np.argmin(clipped + rounding)])
 
 
 def entropy_bins(counts: np.ndarray, levels: int = ENTROPY_LEVELS) -> int:

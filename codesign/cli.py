@@ -110,7 +110,11 @@ def compile_command(
         Path | None, typer.Option("--report", help="Also write a design report (HTML, Markdown, CSV) here.")
     ] = None,
     calibration_method: Annotated[
-        str, typer.Option("--calibration-method", help="Activation ranges: max, percentile (99.99) or entropy (KL).")
+        str,
+        typer.Option(
+            "--calibration-method",
+            help="Activation ranges: max, percentile (99.99), entropy (KL) or mse (least squared error).",
+        ),
     ] = "max",
     explain: Annotated[
         bool, typer.Option("--explain", help="Print each tensor's quantization error on the calibration data.")

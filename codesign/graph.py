@@ -219,6 +219,10 @@ def _lift_gemm(node: Node, graph: Graph) -> None:
 # ---- folding into GEMM layers ---------------------------------------------------------------
 
 
+# Ops that only move elements: an elementwise clamp commutes with them.
+RESHAPING_OPS = ("relax.reshape", "relax.squeeze", "relax.expand_dims", "relax.flatten")
+
+
 def simplify(graph: Graph) -> None:
     changed = True
     while changed:
@@ -227,6 +231,9 @@ def simplify(graph: Graph) -> None:
         for node in list(graph.nodes.values()):
             if node.name not in graph.nodes or len(node.inputs) == 0:
                 continue
+            if _fold_clamp_behind_reshape(node, graph, users):
+                changed = True
+                break
             producer = graph.nodes[node.inputs[0]]
             if producer.op != "gemm" or users[producer.name] != [node.name]:
                 continue
@@ -235,6 +242,23 @@ def simplify(graph: Graph) -> None:
                 changed = True
                 break
     remove_dead(graph)
+
+
+def _fold_clamp_behind_reshape(clamp: Node, graph: Graph, users) -> bool:
+    """gemm -> reshape -> clamp (a Conv1d exported as conv2d between unsqueeze and squeeze,
+    then its ReLU) becomes gemm with the clamp folded -> reshape: without it the GEMM's int8
+    output would spend its range on values the clamp discards."""
+    if clamp.op != "clamp":
+        return False
+    reshape = graph.nodes[clamp.inputs[0]]
+    if reshape.op not in RESHAPING_OPS or users[reshape.name] != [clamp.name] or not reshape.inputs:
+        return False
+    gemm = graph.nodes[reshape.inputs[0]]
+    if gemm.op != "gemm" or users[gemm.name] != [reshape.name]:
+        return False
+    gemm.layer.clamp = (max(gemm.layer.clamp[0], clamp.bounds[0]), min(gemm.layer.clamp[1], clamp.bounds[1]))
+    _replace(graph, clamp.name, reshape.name)
+    return True
 
 
 def _fold_into(gemm: Node, node: Node, graph: Graph) -> bool:

@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--hw", default="vta_default")
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("--eval-samples", type=int, default=4)
-    parser.add_argument("--calibration-method", default="max", help="max, percentile or entropy")
+    parser.add_argument("--calibration-method", default="max", help="max, percentile, entropy or mse")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     folders = list(args.folders) + ([fetch_larger_models(CACHE)] if args.fetch else [])

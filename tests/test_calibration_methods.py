@@ -1,4 +1,4 @@
-"""Calibration methods: the single-pass |x| histogram, percentile and entropy thresholds, and tensor_ranges."""
+"""Calibration methods: the single-pass |x| histogram, percentile, entropy and mse thresholds, and tensor_ranges."""
 
 from __future__ import annotations
 
@@ -143,6 +143,40 @@ def test_thresholds_stay_positive_on_a_constant_tensor():
     assert histogram.entropy_threshold() == 3.0
 
 
+def int8_squared_error(values: np.ndarray, threshold: float) -> float:
+    """The squared error of quantizing `values` to int8 with scale threshold / 127, computed."""
+    scale = threshold / 127
+    return float(((np.clip(np.round(values / scale), -127, 127) * scale - values) ** 2).sum())
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        lambda rng: rng.standard_normal(200000),
+        lambda rng: rng.uniform(-1, 1, 200000),
+        lambda rng: np.maximum(rng.standard_normal(200000), 0),
+        lambda rng: rng.laplace(0, 1, 200000) ** 3,
+    ],
+    ids=["normal", "uniform", "relu", "heavy-tail"],
+)
+def test_mse_threshold_is_close_to_the_best_measured_on_the_values(values):
+    values = values(np.random.default_rng(6)).astype(np.float64)
+    histogram = filled_histogram([values.astype(np.float32)])
+    largest = float(np.abs(values).max())
+    candidates = np.linspace(largest / 200, largest, 400)
+    best = min(int8_squared_error(values, t) for t in candidates)
+    assert 0 < histogram.mse_threshold() <= largest
+    assert int8_squared_error(values, histogram.mse_threshold()) <= 1.05 * best
+
+
+def test_mse_keeps_the_max_without_a_tail_and_clips_a_long_tail():
+    rng = np.random.default_rng(7)
+    uniform = rng.uniform(-1, 1, 100000).astype(np.float32)
+    assert filled_histogram([uniform]).mse_threshold() >= 0.99 * np.abs(uniform).max()
+    laplace = rng.laplace(0, 1, 1000000).astype(np.float32)
+    assert filled_histogram([laplace]).mse_threshold() < 0.8 * np.abs(laplace).max()
+
+
 @pytest.fixture(scope="module")
 def resnet():
     path, name, shape = TEST_MODELS["resnet"]
@@ -178,7 +212,7 @@ def test_max_method_is_the_old_behaviour(resnet):
         assert all(np.array_equal(ranges.channel_absmax[name], channels[name]) for name in channels)
 
 
-@pytest.mark.parametrize("method", ["percentile", "entropy"])
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
 def test_clipping_methods_stay_within_the_max_and_above_zero(resnet, method):
     graph, imported, samples = resnet
     maxima = tensor_ranges(graph, imported, samples).absmax
