@@ -77,7 +77,7 @@ def eval_data(tmp_path_factory, mnist_test_set):
     return path
 
 
-@pytest.fixture(scope="module", params=["rule", "auto"])
+@pytest.fixture(scope="module", params=["auto"])  # the spaces' mode; "rule" plans are checked in test_simulator
 def tuned_run(request, tmp_path_factory, eval_data) -> tuple[Path, str]:
     """(run directory, schedule mode) of a finished `codesign tune`."""
     folder = tmp_path_factory.mktemp(f"tune_{request.param}")
