@@ -71,9 +71,10 @@ def plan_bilevel(space: SearchSpace, layers: list[str]) -> BilevelPlan:
 
 def _changes_profile(space: SearchSpace, layers: list[str], name: str, outer_knobs: dict) -> bool:
     """Whether some choice of knob `name` gives another profile than its first, the other outer
-    knobs at any of their choices (checked exhaustively on small outer spaces, else sampled)."""
+    knobs at any of their first 256 settings (a knob that matters shows it at once: a group's
+    layers, or the multiplier, change the profile whatever the others are)."""
     others = {k: v for k, v in outer_knobs.items() if k != name}
-    settings = list(itertools.islice(itertools.product(*others.values()), 4096))
+    settings = list(itertools.islice(itertools.product(*others.values()), 256))
     for values in settings:
         base = dict(zip(others, values))
         keys = {_profile_identity(space, layers, {**base, name: choice}) for choice in outer_knobs[name]}
