@@ -314,3 +314,53 @@ def test_results_finishing_out_of_order_change_nothing(tmp_path, serial):
 
     expected = tune(tmp_path, serial, XGBoostSearch(initial=8), name="in_order.jsonl")
     assert tune(tmp_path, Reversed(), XGBoostSearch(initial=8), name="reversed.jsonl") == expected
+
+
+PER_LAYER = {
+    "hardware": {"block_in": [8, 16]},
+    "compression": {"weight_bits": [8, 4], "prune": [0.0, 0.5], "per_layer": True},
+}
+
+
+def test_a_per_layer_space_gives_every_layer_its_own_compression_knobs():
+    space = space_from_dict(PER_LAYER).for_layers(["conv2d_0", "conv2d_1", "matmul_0"])
+    assert space.size() == 2 * (2 * 2) ** 3
+    own_knobs = [k for k in space.knobs if k.startswith("comp.conv2d_1")]
+    assert own_knobs == ["comp.conv2d_1.weight_bits", "comp.conv2d_1.prune"]
+    config = {k: choices[0] for k, choices in space.knobs.items()}
+    config.update({"comp.conv2d_1.weight_bits": 4, "comp.matmul_0.prune": 0.5})
+    compression = space.compression(config, ["conv2d_0", "conv2d_1", "matmul_0"])
+    assert compression.weight_bits == {"conv2d_1": 4} and compression.prune == {"matmul_0": 0.5}
+    grouped = space_from_dict({**PER_LAYER, "compression": {"weight_bits": [8, 4]}})
+    assert grouped.for_layers(["conv2d_0"]) is grouped  # a grouped space does not depend on the model
+
+
+@pytest.mark.parametrize(
+    ("compression", "message"),
+    [
+        ({"weight_bits": [8, 4], "per_layer": True, "groups": {"a": ["*"]}}, "exclude each other"),
+        ({"weight_bits": [8, 4], "per_layer": "yes"}, "'compression.per_layer' = 'yes' must be true or false"),
+    ],
+)
+def test_per_layer_space_errors_name_the_problem(compression, message):
+    with pytest.raises(UsageError, match=message):
+        space_from_dict({"compression": compression}, "space.toml")
+
+
+def test_a_per_layer_tune_runs_and_its_report_reads_the_layers(tmp_path, eval_data, capsys):
+    """The tuner binds the space to mnist-8's three layers, records them in settings.json, and
+    `codesign report` rebuilds the same knobs from there."""
+    from codesign.cli import main
+    from codesign.report.run_data import load_run
+
+    space = tmp_path / "per_layer.toml"
+    space.write_text("[hardware]\nblock_in = [8, 16]\n[compression]\nweight_bits = [8, 4]\nper_layer = true\n")
+    out = tmp_path / "run"
+    argv = ["tune", str(MNIST), "--space", str(space), "--data", str(eval_data), "-o", str(out), "--budget", "4"]
+    assert main([*argv, "--batch-size", "4", "--strategy", "random", "--eval-samples", "100"]) == 0
+    capsys.readouterr()
+    run = load_run(out)
+    layers = json.loads((out / "settings.json").read_text())["layers"]
+    assert layers == ["conv2d_0", "conv2d_1", "matmul_0"]
+    assert sorted(run.space.knobs) == sorted(["hw.block_in", *(f"comp.{layer}.weight_bits" for layer in layers)])
+    assert all(set(record.config) == set(run.space.knobs) for record in run.records)

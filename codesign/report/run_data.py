@@ -67,7 +67,8 @@ def load_run(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> 
     for name in (DATABASE_FILE, SPACE_FILE):
         if not (run_dir / name).exists():
             raise UsageError(f"{run_dir}: no {name}; not a `codesign tune` run directory")
-    space = load_space(run_dir / SPACE_FILE)
+    settings = _read_settings(run_dir / SETTINGS_FILE)
+    space = _space_of_run(run_dir, settings)
     records = Database(run_dir / DATABASE_FILE, warn).load(space.needed_metrics(), tuple(space.knobs))
     if not records:
         raise UsageError(f"{run_dir / DATABASE_FILE}: holds no finished evaluation")
@@ -78,10 +79,20 @@ def load_run(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> 
                     f"{run_dir / DATABASE_FILE}: evaluation {record.index}: '{knob}' = "
                     f"{json.dumps(record.config[knob])[:40]} is not one of the space's choices"
                 )
-    settings = _read_settings(run_dir / SETTINGS_FILE)
     return RunData(
         run_dir, space, records, settings, pareto_records(space, records), best_per_objective(space, records)
     )
+
+
+def _space_of_run(run_dir: Path, settings: dict) -> SearchSpace:
+    """The run's space, with a per-layer space's knobs for the model's layers (settings.json)."""
+    space = load_space(run_dir / SPACE_FILE)
+    layers = settings.get("layers")
+    if space.per_layer_choices is None:
+        return space
+    if not (isinstance(layers, list) and all(isinstance(name, str) for name in layers)):
+        raise UsageError(f"{run_dir / SETTINGS_FILE}: 'layers' (the layer names a per-layer space needs) is missing")
+    return space.for_layers(layers)
 
 
 def _read_settings(path: Path) -> dict:
@@ -110,4 +121,5 @@ SETTINGS_TYPES = {
     "eval_samples": int,
     "seed": int,
     "strategy": str,
+    "layers": list,
 }

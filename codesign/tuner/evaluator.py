@@ -50,10 +50,11 @@ class Evaluator:
         default, or when it is not a directory here, the system's temporary directory.
         `calibration_data`: a .npz like `data` whose first `calibration_samples` samples calibrate
         (default: those of `data`; pass other data to calibrate and evaluate on disjoint sets)."""
-        self.model, self.space, self.input_shapes = str(model), space, input_shapes
+        self.model, self.input_shapes = str(model), input_shapes
         self.input_values = input_values
         self.imported = import_onnx(model, input_shapes, input_values)
         self.layers = gemm_layer_names(self.imported)
+        self.space = space = space.for_layers(self.layers)
         self.data = load_eval_data(data, self.imported.inputs, eval_samples)
         workdir = workdir if workdir is not None and Path(workdir).is_dir() else None
         self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-", dir=workdir)

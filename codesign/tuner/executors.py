@@ -144,7 +144,7 @@ class ProcessExecutor(_BatchExecutor):
         except BaseException:  # a worker that cannot build its evaluator: no pool left behind
             self.close()
             raise
-        self.batches = BatchEvaluator(load_space(spec.space), layers, float_accuracy, self._measure)
+        self.batches = BatchEvaluator(load_space(spec.space).for_layers(layers), layers, float_accuracy, self._measure)
 
     def _measure(self, requests: dict) -> dict:
         """The profiles, one per request, spread over the workers as they free up."""
@@ -184,7 +184,7 @@ class RayExecutor(_BatchExecutor):
         except BaseException:  # a worker that cannot build its evaluator: no actors left behind
             self.close()
             raise
-        self.batches = BatchEvaluator(load_space(spec.space), layers, float_accuracy, self._measure)
+        self.batches = BatchEvaluator(load_space(spec.space).for_layers(layers), layers, float_accuracy, self._measure)
 
     def _measure(self, requests: dict) -> dict:
         """The profiles, one per request, dealt round the workers."""

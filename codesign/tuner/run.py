@@ -195,6 +195,7 @@ def _tune_in_locked_directory(
     if resume:
         check_identity(out, identity, options.model, options.data, options.space_path)
     layers = _check_model_and_data(options)
+    space = space.for_layers(layers)
     if not resume:
         run_dir.write(RUN_FILE, _json_text({"format": RUN_FORMAT, **identity}))
     if not resume or not (out / SPACE_FILE).exists():  # the same space: checked by its sha256
@@ -202,7 +203,7 @@ def _tune_in_locked_directory(
     spec = _evaluator_spec(options, run_dir)
     started = time.perf_counter()
     earlier_seconds = _read_json(out / SETTINGS_FILE).get("wall_seconds", 0.0) if resume else 0.0
-    settings = _settings(options, spec)
+    settings = _settings(options, spec, layers)
     # Written first, so the report of an interrupted run still knows the model and data.
     run_dir.write(SETTINGS_FILE, _json_text(settings))
     console.print(f"Preparing the evaluator (model, data, float accuracy) for {Path(options.model).name} ...")
@@ -242,10 +243,11 @@ def _evaluator_spec(options: _RunOptions, run_dir: RunDirectory) -> EvaluatorSpe
     )
 
 
-def _settings(options: _RunOptions, spec: EvaluatorSpec) -> dict:
+def _settings(options: _RunOptions, spec: EvaluatorSpec, layers: list[str]) -> dict:
     """settings.json: how the run was made (the report reads it); wall_seconds added at the end."""
     return {
         "model": spec.model,
+        "layers": layers,  # the model's GEMM layers: a per-layer space's knobs name them
         "space": spec.space,
         "data": spec.data,
         "input_shapes": options.shapes_json(),

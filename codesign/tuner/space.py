@@ -15,6 +15,8 @@ and constraints. A configuration is a dict knob -> chosen value.
     [compression.groups]          # optional; default: one group "all" = ["*"]
     early = ["conv2d_0"]
     rest = ["*"]                  # patterns (fnmatch) over layer names; first match wins
+    # or, instead of groups: per_layer = true, every GEMM layer its own knobs
+    # (comp.conv2d_0.weight_bits, ...), known once the model is (`SearchSpace.for_layers`)
 
     [schedule]
     mode = "auto"                 # auto: each layer's tiling minimises modelled cycles; rule: the tile rule
@@ -77,6 +79,8 @@ class SearchSpace:
     objectives: list[str]
     constraints: dict[str, float]
     source: str = "<space>"
+    # per_layer = true: the compression knobs' choices, to be given to each layer (for_layers)
+    per_layer_choices: dict[str, list] | None = None
 
     # ---- configurations ------------------------------------------------------------------
 
@@ -110,6 +114,18 @@ class SearchSpace:
     @staticmethod
     def key(config: dict) -> str:
         return repr(sorted(config.items()))
+
+    def for_layers(self, layers: list[str]) -> SearchSpace:
+        """The space for a model with these GEMM layers: a per-layer space gets one group and one
+        set of compression knobs per layer; any other space is returned as it is."""
+        if self.per_layer_choices is None:
+            return self
+        knobs = dict(self.knobs)
+        for layer in layers:
+            for name, choices in self.per_layer_choices.items():
+                knobs[f"comp.{layer}.{name}"] = choices
+        groups = {layer: [layer] for layer in layers}
+        return dataclasses.replace(self, knobs=knobs, groups=groups, per_layer_choices=None)
 
     # ---- what a configuration means ----------------------------------------------------
 
@@ -268,14 +284,22 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
         knobs[f"hw.{name}"] = _choices(f"hardware.{name}", value, problems)
         _check_hardware_choices(base, name, knobs[f"hw.{name}"], problems)
     compression = _table(doc, "compression", problems)
+    per_layer = compression.pop("per_layer", False)
+    if not isinstance(per_layer, bool):
+        problems.append(f"'compression.per_layer' = {per_layer!r} must be true or false")
+        per_layer = False
+    if per_layer and "groups" in compression:
+        problems.append("'compression.per_layer' = true and 'compression.groups' exclude each other")
     groups = _groups(compression.pop("groups", {"all": ["*"]}), problems)
+    compression_choices: dict[str, list] = {}
     activation_bits = compression.pop("activation_bits", [8])
     if activation_bits != [8]:
         problems.append(f"'compression.activation_bits' = {activation_bits!r}: only 8-bit activations are supported")
     for name, value in compression.items():
         if name not in ("weight_bits", "prune"):
             problems.append(
-                f"unknown compression knob 'compression.{name}' (knobs: weight_bits, prune, activation_bits)"
+                f"unknown compression knob 'compression.{name}' "
+                "(knobs: weight_bits, prune, activation_bits, per_layer, groups)"
             )
             continue
         choices = _choices(f"compression.{name}", value, problems)
@@ -285,8 +309,11 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
             problems.append(f"'compression.weight_bits' = {choices!r}: choices must be 4 or 8")
         if name == "prune" and not all(0 <= c < 1 for c in choices):
             problems.append(f"'compression.prune' = {choices!r}: ratios must be in [0, 1)")
-        for group in groups:
-            knobs[f"comp.{group}.{name}"] = choices
+        compression_choices[name] = choices
+    if per_layer:
+        groups = {}
+    else:
+        knobs.update({f"comp.{g}.{name}": choices for name, choices in compression_choices.items() for g in groups})
     schedule = _table(doc, "schedule", problems)
     problems += [f"unknown schedule key 'schedule.{k}' (keys: mode)" for k in schedule if k != "mode"]
     mode = schedule.get("mode", "auto")
@@ -294,11 +321,12 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
         problems.append(f"'schedule.mode' = {mode!r} (expected auto or rule)")
     objectives = _objectives(doc.get("objectives", ["latency", "energy", "area", "accuracy"]), problems)
     constraints = _constraints(_table(doc, "constraints", problems), problems)
-    if not knobs and not problems:
+    if not knobs and not (per_layer and compression_choices) and not problems:
         problems.append("the space has no knobs to search")
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
-    return SearchSpace(base, knobs, groups, mode, objectives, constraints, source)
+    per_layer_choices = compression_choices if per_layer else None
+    return SearchSpace(base, knobs, groups, mode, objectives, constraints, source, per_layer_choices)
 
 
 def _groups(groups, problems: list[str]) -> dict[str, list[str]]:
