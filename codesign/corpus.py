@@ -211,6 +211,16 @@ def text_line_input(shape, rng) -> np.ndarray:
     return ((_chw(image) / 255.0 - 0.5) / 0.5).astype(np.float32)
 
 
+def text_directions(shape, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled set for PP-OCR's direction classifier: `count` rendered text lines (NCHW, its
+    normalisation), every other one upside down (label 1, its second class)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    lines = [render_text_line(shape[2], shape[3], rng, upside_down=bool(flip)) for flip in labels]
+    images = np.stack([line.transpose(2, 0, 1) for line in lines]).astype(np.float32)
+    return ((images / 255.0 - 0.5) / 0.5).astype(np.float32), labels
+
+
 def page_input(shape, rng) -> np.ndarray:
     """PaddleOCR's detector input: ImageNet mean / std normalisation, NCHW."""
     image = _chw(render_page(shape[2], shape[3], rng)) / 255.0

@@ -42,7 +42,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from codesign.corpus import render_text_line  # noqa: E402
+from codesign.corpus import text_directions  # noqa: E402
 from codesign.demo import MNIST_MODEL, load_mnist_test  # noqa: E402
 from codesign.hardware import area_mm2, load_hardware  # noqa: E402
 from codesign.tuner.bilevel import BilevelSearch, plan_bilevel  # noqa: E402
@@ -167,20 +167,11 @@ def mnist_case(folder: Path, budget: int) -> ModelCase:
     return ModelCase("mnist-8", MNIST_MODEL, data, calibration, budget)
 
 
-def text_directions(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rendered text lines, half upside down (label 1), normalised as PaddleOCR's classifier reads them."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(count) % 2
-    lines = [render_text_line(OCR_SHAPE[2], OCR_SHAPE[3], rng, upside_down=bool(flip)) for flip in labels]
-    images = np.stack([line.transpose(2, 0, 1) for line in lines]).astype(np.float32)
-    return ((images / 255.0 - 0.5) / 0.5).astype(np.float32), labels
-
-
 def ocr_case(folder: Path, budget: int) -> ModelCase:
     data, calibration = folder / "ocr_eval.npz", folder / "ocr_calibration.npz"
-    images, labels = text_directions(400, seed=1)
+    images, labels = text_directions(OCR_SHAPE, 400, seed=1)
     np.savez(data, x=images, labels=labels)
-    np.savez(calibration, x=text_directions(32, seed=2)[0])
+    np.savez(calibration, x=text_directions(OCR_SHAPE, 32, seed=2)[0])
     return ModelCase("ppocr_cls", OCR_MODEL, data, calibration, budget, {"x": OCR_SHAPE})
 
 

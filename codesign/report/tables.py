@@ -105,7 +105,7 @@ def settings_rows(run: RunData) -> list[tuple[str, str]]:
     rows = [
         ("model", s.get("model", "?")),
         ("data", s.get("data", "?")),
-        ("search space", f"{s.get('space', '?')} ({run.space.size():,} configurations, copy in space.toml)"),
+        ("search space", f"{s.get('space', '?')} ({_count(run.space.size())} configurations, copy in space.toml)"),
         ("objectives", ", ".join(run.space.objectives)),
         ("constraints", ", ".join(f"{k} = {v}" for k, v in run.space.constraints.items()) or "none"),
         ("strategy", s.get("strategy", "?")),
@@ -196,3 +196,8 @@ def totals_rows(design: SimulatedDesign) -> list[tuple[str, str]]:
         ("MACs on the accelerator", f"{t['macs']:,}"),
         ("DRAM traffic", f"{t['dram_bytes']:,} B"),
     ]
+
+
+def _count(number: int) -> str:
+    """An exact count with thousands separators, or in powers of ten when it is astronomical."""
+    return f"{number:,}" if number < 10**12 else f"{float(number):.3g}"

@@ -85,7 +85,7 @@ class SearchSpace:
     # ---- configurations ------------------------------------------------------------------
 
     def size(self) -> int:
-        return int(np.prod([len(c) for c in self.knobs.values()]))
+        return math.prod(len(c) for c in self.knobs.values())  # exact: per-layer spaces exceed int64
 
     def sample(self, rng: np.random.Generator) -> dict:
         return {name: choices[int(rng.integers(len(choices)))] for name, choices in self.knobs.items()}
