@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_codesign import HARDWARE, OCR_MODEL, OCR_SHAPE  # the co-design benchmark's hardware space
 from rich.console import Console
 from rich.table import Table
 
@@ -139,26 +140,13 @@ def enumerable_benchmark(seeds: int, eval_samples: int) -> None:
 
 # ---- the per-layer space (--per-layer) ---------------------------------------------------------
 
-OCR_MODEL = Path(__file__).resolve().parent.parent / "tests" / "models" / "real" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
-OCR_SHAPE = (1, 3, 48, 192)
-PER_LAYER_HARDWARE = {
-    "block_in": [8, 16, 32],
-    "block_out": [8, 16, 32],
-    "inp_buffer_kib": [8, 16, 32],
-    "wgt_buffer_kib": [32, 128, 256],
-    "acc_buffer_kib": [32, 64, 128],
-    "dram_bytes_per_cycle": [4, 8, 16],
-    "alu_multiplier": [True, False],
-    "precision_scalable": [False, True],
-}
-
 
 def per_layer_space():
     area = area_mm2(load_hardware("vta_default"))["total"]
     return space_from_dict(
         {
             "objectives": ["latency", "energy", "area", "accuracy"],
-            "hardware": {"base": "vta_default", **PER_LAYER_HARDWARE},
+            "hardware": {"base": "vta_default", **HARDWARE},
             "compression": {"weight_bits": [8, 4], "prune": [0.0, 0.25], "per_layer": True},
             "schedule": {"mode": "auto"},
             "constraints": {"area_mm2_max": round(area, 4), "accuracy_drop_max": 5.0},
