@@ -28,8 +28,9 @@ def placement_table(plans: list[LayerPlan], hw) -> Table:
 
 def placement_summary(plans: list[LayerPlan], simulation=None) -> dict:
     """MACs of every conv / matmul (grouped, dilated and transposed ones counted as they compute,
-    super-grouped ones as the model writes them: `LayerPlan.macs`), the share on the accelerator
-    and, given a simulation, the host's share of modelled latency."""
+    super-grouped ones as the model writes them: `LayerPlan.macs`), the share on the accelerator,
+    the integer weights' bytes in the module (int4 two per byte) and, given a simulation, the
+    host's share of modelled latency."""
     on_accel = [p for p in plans if p.placement == "accel"]
     accel_macs = sum(p.macs for p in on_accel)
     total_macs = sum(p.macs for p in plans)
@@ -39,6 +40,8 @@ def placement_summary(plans: list[LayerPlan], simulation=None) -> dict:
         "macs": total_macs,
         "accel_macs": accel_macs,
         "accel_mac_share": accel_macs / total_macs if total_macs else 0.0,
+        "weight_bytes": sum(p.weight_bytes or 0 for p in plans),
+        "int4_layers": sum(p.weight_bits == 4 for p in plans),
     }
     if simulation is not None:
         totals = simulation.totals()
@@ -54,8 +57,10 @@ def print_placement(plans: list[LayerPlan], hw, console: Console | None = None, 
     s = placement_summary(plans, simulation)
     line = (
         f"{s['accel_layers']} of {s['layers']} layers on the accelerator: {s['accel_macs']:,} of "
-        f"{s['macs']:,} MACs ({100 * s['accel_mac_share']:.1f} %)"
+        f"{s['macs']:,} MACs ({100 * s['accel_mac_share']:.1f} %); integer weights {s['weight_bytes']:,} bytes"
     )
+    if s["int4_layers"]:
+        line += f" ({s['int4_layers']} int4 layer{'s' if s['int4_layers'] > 1 else ''}, two weights per byte)"
     if simulation is not None:
         line += (
             f"; modelled latency {1e3 * s['latency_seconds']:.3f} ms ({simulation.model} model), "

@@ -54,6 +54,12 @@ class CoreGeometry:
         # a plain core (no prices to keep)
         return dataclasses.replace(self, weight_bits=weight_bits, **changes)
 
+    def weight_bytes(self, weights: int) -> int:
+        """Bytes `weights` weights take at the core's weight width, packed (int4 two per byte, a
+        last odd one in a byte of its own): the one home of the rule. The module's weight image,
+        the weight buffer and the simulators' weight loads all count with it."""
+        return -(-weights * self.weight_bits // 8)
+
     # Bytes of one scratchpad element: the unit a GEMM micro-op reads or writes.
     @property
     def inp_elem_bytes(self) -> int:
@@ -61,7 +67,7 @@ class CoreGeometry:
 
     @property
     def wgt_elem_bytes(self) -> int:
-        return self.block_out * self.block_in * self.weight_bits // 8
+        return self.weight_bytes(self.block_out * self.block_in)
 
     @property
     def acc_elem_bytes(self) -> int:

@@ -42,7 +42,9 @@ from codesign.schedules.packed_conv2d import (
     requantize_expr,
     rescale_expr,
     schedule_packed_conv2d,
+    unpack_int4_te,
     unpack_output_te,
+    weight_image,
 )
 from codesign.schedules.schedule_walk import walk_schedule
 from codesign.schedules.tile_geometry import TileGeometry, tile_geometry
@@ -98,7 +100,7 @@ def plan_accelerated_layer(
         tiling = select_tiling(shape, hw, alu_ops, weight_bits, schedule)
     except TilingError as err:
         raise HardwareError(f"layer '{name}': {err}") from err
-    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp), tiling, hw)
+    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp, weight_bits), tiling, hw)
     used = measured_footprint(scheduled, hw)
     problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw, tiling.virtual_threads)
     if problems:
@@ -211,9 +213,18 @@ class _Lowerer:
         plan.host_ops, plan.host_bytes = ops, nbytes
         if node.op in ("conv2d", "matmul") and node.params["weight"] is not None:
             plan.weight_bits = self.qgraph.config.bits_for(node.name)
+            plan.weight_bytes = self.weight_image_bytes(node, plan)
             grouped = node.op == "conv2d" and node.params["groups"] > 1
             plan.effective_shape = plan.shape if grouped else self.effective_shape(node, plan.shape)
         return plan
+
+    def weight_image_bytes(self, node: QNode, plan: LayerPlan) -> int:
+        """Bytes of the layer's weight constant in the module (`CoreGeometry.weight_bytes`, int4
+        two per byte): an accelerated layer's whole blocks, their zero padding included."""
+        core = self.hw.for_layer_weights(plan.weight_bits)
+        if node.name in self.kernels:
+            return core.weight_bytes(math.prod(kernel_buffer_shapes(plan.shape, core)["weight"]))
+        return core.weight_bytes(self.host_weight(node).size)
 
     def effective_shape(self, node: QNode, shape: ConvShape) -> ConvShape:
         """The layer without its pruned output channels, nor the inputs a pruned producer lost."""
@@ -246,9 +257,14 @@ class _Lowerer:
         if node.op in ("conv2d", "matmul") and node.placement == "accel":
             return self.emit_accelerated(node, args)
         if node.op == "conv2d":
-            consts = [relax.const(p[key]) for key in ("weight", "bias", "multiplier", "shift")]
+            weight = self.host_weight(node)
+            consts = [relax.const(p[key]) for key in ("bias", "multiplier", "shift")]
             return self.bb.emit_te(
-                lambda x, *c: _host_conv2d_te(x, *c, node), args[0], *consts, primfunc_name_hint="host_conv2d"
+                lambda x, w, *c: _host_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node),
+                args[0],
+                self.host_weight_const(weight, node),
+                *consts,
+                primfunc_name_hint="host_conv2d",
             )
         if node.op == "add":
             return self.bb.emit_te(lambda a, b: _add_te(a, b, p), args[0], args[1], primfunc_name_hint="int_add")
@@ -322,16 +338,29 @@ class _Lowerer:
             blocked_params = {**p, "axes": (3, 4)}
             return self.bb.emit_te(lambda x: _mean_te(x, blocked_params), args[0], primfunc_name_hint="int_mean")
         if node.op == "conv2d":  # depthwise, on the host
-            weight = p["weight"].reshape(p["weight"].shape[0], *p["weight"].shape[2:])
+            weight = self.host_weight(node)
             channel = [np.broadcast_to(p[key], (node.shape[1],)) for key in ("bias", "multiplier", "shift")]
-            consts = [relax.const(_blocked_rows(values, block)) for values in (weight, *channel)]
+            consts = [relax.const(_blocked_rows(values, block)) for values in channel]
             return self.bb.emit_te(
-                lambda x, *c: _blocked_depthwise_conv2d_te(x, *c, node),
+                lambda x, w, *c: _blocked_depthwise_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node),
                 args[0],
+                self.host_weight_const(weight, node),
                 *consts,
                 primfunc_name_hint="host_conv2d",
             )
         return self.emit(node, args)  # lut by one table, clamp, add, multiply: the same TE on any shape
+
+    def host_weight(self, node: QNode) -> np.ndarray:
+        """A host conv's int8 weights as its TE reads them: a blocked depthwise conv's as
+        (C, KH, KW) with zero rows up to whole blocks."""
+        weight = node.params["weight"]
+        if node.name in self.layouts.packed:
+            return _blocked_rows(weight.reshape(weight.shape[0], *weight.shape[2:]), self.layouts.block)
+        return weight
+
+    def host_weight_const(self, weight: np.ndarray, node: QNode) -> relax.Expr:
+        """The weights' constant in the module: int4 two per byte (`weight_image`)."""
+        return relax.const(weight_image(weight, self.weight_bits(node)))
 
     def emit_pack(self, x: relax.Expr, node: QNode) -> relax.Expr:
         data = self.group_major_input(x, self.kernels[node.name][1].shape)
@@ -376,14 +405,18 @@ class _Lowerer:
         return np.reshape(np.pad(np.ravel(values), (0, padding)), (shape.groups, shape.out_channels))
 
     def packed_weight(self, node: QNode, shape: ConvShape, args: list[relax.Expr], hw) -> relax.Expr:
+        """The kernel's weight operand: constant weights blocked as the module stores them (int4
+        two per byte, `weight_image`), a matmul's run-time operand blocked on the host."""
         weight = node.params["weight"]
         if weight is not None and node.op == "conv2d" and node.params["groups"] > 1:
-            return relax.const(pack_weight_numpy(block_diagonal_weight(weight, shape), hw))
-        if weight is not None:
+            blocked = pack_weight_numpy(block_diagonal_weight(weight, shape), hw)
+        elif weight is not None:
             oihw = weight if node.op == "conv2d" else weight.T[:, :, None, None]
-            return relax.const(pack_weight_numpy(oihw[None], hw))
-        operand = self.bb.emit(relax.op.reshape(args[1], (shape.groups, shape.in_channels, shape.out_channels)))
-        return self.bb.emit_te(lambda w: pack_matmul_weight_te(w, hw), operand, primfunc_name_hint="pack_weight")
+            blocked = pack_weight_numpy(oihw[None], hw)
+        else:
+            operand = self.bb.emit(relax.op.reshape(args[1], (shape.groups, shape.in_channels, shape.out_channels)))
+            return self.bb.emit_te(lambda w: pack_matmul_weight_te(w, hw), operand, primfunc_name_hint="pack_weight")
+        return relax.const(weight_image(blocked, self.weight_bits(node)))
 
 
 def lower_to_relax(
@@ -535,6 +568,11 @@ def _mean_te(x: te.Tensor, p: dict) -> te.Tensor:
         lambda *i: rescale_expr(total(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX),
         name="int_mean",
     )
+
+
+def _unpacked_te(weight: te.Tensor, shape: tuple[int, ...]) -> te.Tensor:
+    """A weight constant as int8 values of `shape`: an int4 image (uint8) unpacked, int8 as is."""
+    return unpack_int4_te(weight, shape) if weight.dtype == "uint8" else weight
 
 
 def _zero_padded_channels_te(x: te.Tensor, channels: int) -> te.Tensor:

@@ -27,7 +27,8 @@ FORMAT = "codesign-module"
 # 3: "files" (the sha256 of every file of the module), checked on load.
 # 4: the hardware spec's precision-scalable core (precision_scalable, *_scalable_mac_overhead),
 #    and a layer's "layer_shape" (a super-grouped conv as the model writes it).
-FORMAT_VERSION = 4
+# 5: a layer's "weight_bytes" (its weight constant in the module, int4 weights two per byte).
+FORMAT_VERSION = 5
 
 
 class InvalidManifest(ValueError):
@@ -127,6 +128,7 @@ def schema() -> dict:
         },
         "host_work": _exactly({"ops": _NUMBER, "bytes": _NUMBER}),
         "weight_bits": {"enum": [4, 8, None]},  # the widths lowering writes
+        "weight_bytes": {"type": ["integer", "null"], "minimum": 0},
         "effective_shape": _nullable(conv_shape),
         "schedule": _STRING,
         "layer_shape": _nullable(conv_shape),

@@ -53,6 +53,7 @@ class LayerPlan:
     host_ops: float = 0.0  # work on the host CPU (for accelerated layers: packing)
     host_bytes: float = 0.0
     weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)
+    weight_bytes: int | None = None  # its weight constant in the module (int4 two per byte)
     effective_shape: ConvShape | None = None  # without pruned channels: what the accelerator runs
     schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (fastest modelled)
     # The conv as the model writes it, where the core runs another shape (`shape`): narrow groups
@@ -98,6 +99,7 @@ class LayerPlan:
             "alu_ops": [[op.opcode, op.vector] for op in self.alu_ops],
             "host_work": {"ops": self.host_ops, "bytes": self.host_bytes},
             "weight_bits": self.weight_bits,
+            "weight_bytes": self.weight_bytes,
             "effective_shape": dataclasses.asdict(self.effective_shape) if self.effective_shape else None,
             "schedule": self.schedule,
             "layer_shape": dataclasses.asdict(self.layer_shape) if self.layer_shape else None,
@@ -117,6 +119,7 @@ class LayerPlan:
             host_ops=doc["host_work"]["ops"],
             host_bytes=doc["host_work"]["bytes"],
             weight_bits=doc["weight_bits"],
+            weight_bytes=doc["weight_bytes"],
             effective_shape=ConvShape(**doc["effective_shape"]) if doc["effective_shape"] else None,
             schedule=doc["schedule"],
             layer_shape=ConvShape(**doc["layer_shape"]) if doc["layer_shape"] else None,

@@ -10,12 +10,19 @@ tile in the accumulator before storing it:
 
 with round = (1 << shift) >> 1, all in 64-bit integers (bias, multiplier, shift per output
 channel). `codesign.reference` implements the same formula in numpy.
+
+int4 weights reach the kernel as the module stores them, two per byte (`pack_int4_numpy`: the
+blocked weight in C order, element 2k in the low nibble of byte k and element 2k + 1 in its high
+nibble, each in two's complement; an odd count leaves the last high nibble 0). The kernel's
+weight load sign-extends each nibble into the int8 lanes of `local.wgt_buffer`, as the
+accelerator's load unit widens int4 for the GEMM, so the GEMM itself is the int8 one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 
 import numpy as np
@@ -28,6 +35,10 @@ from codesign.schedules.layer import ConvShape
 from codesign.schedules.tiling import TileFootprint, Tiling, overflows
 
 SCRATCHPAD_SCOPES = (INP_SCOPE, WGT_SCOPE, ACC_SCOPE)
+INT4_BITS, INT4_MIN, INT4_MAX = 4, -8, 7
+# The unpacked weights are named as the int8 weight argument is, so the weight load the
+# schedule caches is "weight_local.wgt_buffer" either way (schedules.schedule_walk).
+UNPACK_INT4 = "weight"
 
 
 def kernel_buffer_shapes(shape: ConvShape, hw) -> dict[str, tuple]:
@@ -62,11 +73,19 @@ def _int64(value):
     return tirx.const(int(value), "int64") if isinstance(value, (int, np.integer)) else value.astype("int64")
 
 
-def packed_conv2d_func(shape: ConvShape, hw, clamp_lo: int, clamp_hi: int) -> tirx.PrimFunc:
-    """The unscheduled kernel: (data, weight, bias, multiplier, shift) -> int8 output."""
+def packed_conv2d_func(
+    shape: ConvShape, hw, clamp_lo: int, clamp_hi: int, weight_bits: int | None = None
+) -> tirx.PrimFunc:
+    """The unscheduled kernel: (data, weight, bias, multiplier, shift) -> int8 output; with
+    `weight_bits` = 4 the weight argument is the packed int4 image (see the module docstring)."""
     shapes = kernel_buffer_shapes(shape, hw)
     data = te.placeholder(shapes["data"], "int8", name="data")
-    weight = te.placeholder(shapes["weight"], "int8", name="weight")
+    if weight_bits == INT4_BITS:
+        image_bytes = hw.weight_bytes(math.prod(shapes["weight"]))  # the size the module's constant must have
+        weight_arg = te.placeholder((image_bytes,), "uint8", name="weight_int4")
+        weight = unpack_int4_te(weight_arg, shapes["weight"])
+    else:
+        weight_arg = weight = te.placeholder(shapes["weight"], "int8", name="weight")
     bias = te.placeholder(shapes["channel_params"], "int32", name="bias")
     multiplier = te.placeholder(shapes["channel_params"], "int32", name="multiplier")
     shift = te.placeholder(shapes["channel_params"], "int32", name="shift")
@@ -104,7 +123,7 @@ def packed_conv2d_func(shape: ConvShape, hw, clamp_lo: int, clamp_hi: int) -> ti
         ),
         name="requant",
     )
-    return te.create_prim_func([data, weight, bias, multiplier, shift, out])
+    return te.create_prim_func([data, weight_arg, bias, multiplier, shift, out])
 
 
 def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, host_threads: int | None = None) -> tirx.PrimFunc:
@@ -132,7 +151,10 @@ def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, host_threads
     data_pad = sch.get_sblock("data_pad")
     sch.compute_at(data_pad, rc_o)
     sch.set_scope(data_pad, 0, INP_SCOPE)
+    unpack = [block for block in sch.get_producers(conv) if sch.get(block).name_hint == UNPACK_INT4]
     weight_load = sch.cache_read(conv, 1, WGT_SCOPE)
+    for block in unpack:  # int4 weights: the load itself sign-extends the nibbles
+        sch.compute_inline(block)
     sch.compute_at(weight_load, rc_o)
     threads = host_threads or os.cpu_count() or 1
     if threads > 1 and tiling.co_tile >= threads:
@@ -226,6 +248,35 @@ def pack_weight_numpy(weight: np.ndarray, hw) -> np.ndarray:
     return np.ascontiguousarray(
         full.reshape(g, ob, hw.block_out, ib, hw.block_in, kh, kw).transpose(0, 1, 3, 5, 6, 2, 4)
     )
+
+
+def weight_image(blocked: np.ndarray, weight_bits: int | None) -> np.ndarray:
+    """A layer's blocked int8 weights as the module stores them: int4 ones two per byte."""
+    return pack_int4_numpy(blocked) if weight_bits == INT4_BITS else blocked
+
+
+def pack_int4_numpy(values: np.ndarray) -> np.ndarray:
+    """int8 values in -8..7 (any shape, read in C order) -> uint8, two per byte: element 2k in
+    the low nibble of byte k, 2k + 1 in the high one (two's complement), a last odd one's high
+    nibble 0."""
+    if values.size and (values.min() < INT4_MIN or values.max() > INT4_MAX):
+        raise ValueError(f"int4 weights must lie in {INT4_MIN}..{INT4_MAX}, got {values.min()}..{values.max()}")
+    nibbles = np.zeros(values.size + values.size % 2, dtype=np.uint8)
+    nibbles[: values.size] = values.reshape(-1).astype(np.uint8) & 0xF
+    return nibbles[0::2] | (nibbles[1::2] << 4)
+
+
+def unpack_int4_te(packed: te.Tensor, shape: tuple[int, ...]) -> te.Tensor:
+    """A packed int4 image (`pack_int4_numpy`) -> int8 values of `shape`, each nibble sign-extended."""
+    strides = [math.prod(shape[axis + 1 :]) for axis in range(len(shape))]
+
+    def element(*indices):
+        index = sum(i * stride for i, stride in zip(indices, strides))
+        byte = packed[tirx.floordiv(index, 2)].astype("int32")
+        nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(index, 2) * 4), 0xF)
+        return (tirx.bitwise_xor(nibble, 8) - 8).astype("int8")  # two's complement: 8..15 -> -8..-1
+
+    return te.compute(shape, element, name=UNPACK_INT4)
 
 
 def pack_channel_params_numpy(values: np.ndarray, hw, fill: int = 0) -> np.ndarray:
