@@ -453,6 +453,10 @@ def tune_command(
         typer.Option("--input-value", help="Freeze an input to a constant: NAME=V or NAME=V1,V2,... (repeatable)."),
     ] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Evaluate accuracy on at most this many samples.")] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Calibration inputs (.npz by input name), apart from --data; default: --data's first 64."),
+    ] = None,
     no_cache: NoCacheOption = False,
 ):
     """Search hardware, compression and schedules jointly for the Pareto front."""
@@ -466,7 +470,7 @@ def tune_command(
 
     tune_to_directory(
         model, space, data, out, budget, strategy, seed, jobs, executor, address, batch_size, resume,
-        input_shape, eval_samples, console, input_value, after_run=report,
+        input_shape, eval_samples, console, input_value, after_run=report, calibration=calibration,
     )  # fmt: skip
 
 

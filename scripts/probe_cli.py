@@ -1542,6 +1542,14 @@ def build_probes() -> list[Probe]:
         tune_p("resume-non-run-dir", "22", notes("out"), extra=["--resume"], outputs=()),
         tune_p("seed-negative", "extra", extra=["--seed", "-1"], expect="any"),
         tune_p("model-missing", "extra", argv=["tune", "absent.onnx", *TUNE_BASE[2:]]),
+        tune_p("calibration-missing", "extra", extra=["--calibration", "absent.npz"], outputs=()),
+        tune_p(
+            "calibration-wrong-input",
+            "extra",
+            npz("cal.npz", x=np.zeros((4, 3))),
+            extra=["--calibration", "cal.npz"],
+            outputs=(),
+        ),
     ]
 
     # ---- tune --resume of a different run (the copy of the shared run must be refused untouched) ---------

@@ -364,3 +364,25 @@ def test_a_per_layer_tune_runs_and_its_report_reads_the_layers(tmp_path, eval_da
     assert layers == ["conv2d_0", "conv2d_1", "matmul_0"]
     assert sorted(run.space.knobs) == sorted(["hw.block_in", *(f"comp.{layer}.weight_bits" for layer in layers)])
     assert all(set(record.config) == set(run.space.knobs) for record in run.records)
+
+
+def test_tune_calibrates_on_its_own_data_when_given_and_resume_checks_it(tmp_path, eval_data, mnist_test_set, capsys):
+    from codesign.cli import main
+
+    images = mnist_test_set[0]
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, Input3=images[5000:5032, 0])  # disjoint from the 300 evaluation images
+    out = tmp_path / "run"
+    argv = ["tune", str(MNIST), "--space", str(SPACE), "--data", str(eval_data), "-o", str(out), "--budget", "2"]
+    argv += ["--batch-size", "2", "--strategy", "random", "--eval-samples", "100"]
+    assert main([*argv, "--calibration", str(calibration)]) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["calibration_data"] == str(calibration.resolve())
+    spec = EvaluatorSpec(str(MNIST), str(SPACE), str(eval_data), calibration_data=settings["calibration_data"])
+    evaluator = spec.build()
+    with np.load(evaluator.calibration) as used:
+        assert np.array_equal(used["Input3"][:, 0], images[5000:5032, 0])  # (sample, batch, C, H, W)
+    evaluator.close()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2  # without the calibration data the run was made with
+    assert "--calibration (none) is not the run's" in capsys.readouterr().err

@@ -39,6 +39,7 @@ class EvaluatorSpec:
     eval_samples: int | None = None
     input_values: tuple = ()  # (name, (value, ...)) inputs frozen to constants
     workdir: str | None = None  # temporary files (a copy of calibration data) go here: the run's own
+    calibration_data: str | None = None  # a .npz of calibration inputs; None: the first samples of `data`
 
     def build(self) -> Evaluator:
         return Evaluator(
@@ -50,6 +51,7 @@ class EvaluatorSpec:
             self.eval_samples,
             {name: list(values) for name, values in self.input_values} or None,
             self.workdir,
+            self.calibration_data,
         )
 
 

@@ -62,7 +62,10 @@ IDENTITY_FIELDS = {
     "input_shapes": "--input-shape",
     "input_values": "--input-value",
     "eval_samples": "--eval-samples",
+    "calibration_sha256": "--calibration",
 }
+# Fields a run made before they existed does not record, with the value that meant
+RECORDED_BEFORE = {"calibration_sha256": None}
 
 
 def tune_to_directory(
@@ -83,9 +86,11 @@ def tune_to_directory(
     console: Console,
     input_value=None,
     after_run=None,
+    calibration=None,
 ):
     """Tune into the run directory `out`; `after_run(out)` runs when the evaluations are done,
-    before the lock is released (the CLI writes the report there)."""
+    before the lock is released (the CLI writes the report there). `calibration`: a .npz of
+    inputs to calibrate on (default: the first samples of `data`)."""
     _check_choices(strategy, executor, eval_samples)
     space = load_space(space_path)
     out = Path(out)
@@ -110,6 +115,7 @@ def tune_to_directory(
         shapes=shapes,
         values=values,
         space_text=space_text,
+        calibration=calibration,
     )
     records = _tune_in_directory(options, space, console, after_run)
     _print_results(console, out, space, records)
@@ -120,7 +126,7 @@ def _tune_in_directory(options: _RunOptions, space, console: Console, after_run)
     out, resume = options.out, options.resume
     identity = _run_identity(options)
     if resume:
-        check_identity(out, identity, options.model, options.data, options.space_path)
+        check_identity(out, identity, options.model, options.data, options.space_path, options.calibration)
     run_dir = RunDirectory(out, resume)
     try:
         with run_dir:
@@ -154,6 +160,7 @@ class _RunOptions:
     shapes: tuple  # ((input name, dims), ...), sorted by name
     values: tuple  # ((input name, values), ...), sorted by name
     space_text: str
+    calibration: object = None  # a .npz of calibration inputs, or None: the first samples of `data`
 
     def shapes_json(self) -> dict:
         return {name: list(dims) for name, dims in self.shapes}
@@ -183,6 +190,7 @@ def _run_identity(options: _RunOptions) -> dict:
         "input_shapes": options.shapes_json(),
         "input_values": options.values_json(),
         "eval_samples": options.eval_samples,
+        "calibration_sha256": options.calibration and _sha256(Path(options.calibration), "calibration"),
     }
 
 
@@ -193,7 +201,7 @@ def _tune_in_locked_directory(
     out, resume = options.out, options.resume
     check_run_directory(out, resume, holding_lock=True)  # another tune may have started a run there
     if resume:
-        check_identity(out, identity, options.model, options.data, options.space_path)
+        check_identity(out, identity, options.model, options.data, options.space_path, options.calibration)
     layers = _check_model_and_data(options)
     space = space.for_layers(layers)
     if not resume:
@@ -228,6 +236,8 @@ def _check_model_and_data(options: _RunOptions) -> list:
     GEMM layers."""
     imported = import_onnx(options.model, dict(options.shapes) or None, options.values_json() or None)
     load_eval_data(options.data, imported.inputs, options.eval_samples)
+    if options.calibration is not None:
+        load_eval_data(options.calibration, imported.inputs, 1)
     return gemm_layer_names(imported)
 
 
@@ -240,6 +250,7 @@ def _evaluator_spec(options: _RunOptions, run_dir: RunDirectory) -> EvaluatorSpe
         eval_samples=options.eval_samples,
         input_values=options.values,
         workdir=str(run_dir.temp.resolve()),
+        calibration_data=None if options.calibration is None else str(Path(options.calibration).resolve()),
     )
 
 
@@ -252,6 +263,7 @@ def _settings(options: _RunOptions, spec: EvaluatorSpec, layers: list[str]) -> d
         "data": spec.data,
         "input_shapes": options.shapes_json(),
         "input_values": options.values_json(),
+        "calibration_data": spec.calibration_data,  # None: the first samples of the data
         "calibration_samples": spec.calibration_samples,
         "eval_samples": options.eval_samples,
         "budget": options.budget,
@@ -354,7 +366,7 @@ def check_run_directory(out: Path, resume: bool, holding_lock: bool = False) -> 
         )
 
 
-def check_identity(out: Path, identity: dict, model, data, space_path) -> None:
+def check_identity(out: Path, identity: dict, model, data, space_path, calibration=None) -> None:
     """--resume continues the same run: same model, data and space (by content), seed,
     strategy, batch size, input bindings and evaluation samples."""
     path = out / RUN_FILE
@@ -364,13 +376,14 @@ def check_identity(out: Path, identity: dict, model, data, space_path) -> None:
         raise UsageError(f"{path}: cannot read what defines the run ({err}); start a new run") from err
     if not isinstance(recorded, dict):
         raise UsageError(f"{path}: expected a JSON object; start a new run")
-    files = {"model_sha256": model, "data_sha256": data, "space_sha256": space_path}
+    files = {"model_sha256": model, "data_sha256": data, "space_sha256": space_path, "calibration_sha256": calibration}
+    recorded = {**RECORDED_BEFORE, **recorded}
     problems = []
     for field, option in IDENTITY_FIELDS.items():
         if field not in recorded:
             problems.append(f"{RUN_FILE} does not record '{field}'")
         elif recorded[field] != identity[field]:
-            if field in files:
+            if field in files and None not in (identity[field], recorded[field]):
                 problems.append(
                     f"{option} {files[field]} is not the run's {option.strip('-')} "
                     f"(sha256 {identity[field][:12]}, the run's {str(recorded[field])[:12]})"
