@@ -193,6 +193,8 @@ def test_the_persisted_front_equals_the_designs_simulated_again(tuned_run, tmp_p
     assert [d.label for d in persisted] == [d.label for d in simulated_again]
     assert [d.simulation.to_dict() for d in persisted] == [d.simulation.to_dict() for d in simulated_again]
     assert main(["report", str(older)]) == 0
+    unavailable = "Not available: the run has no front/sequential.json"
+    assert unavailable in (older / "report.md").read_text() and unavailable in (older / "report.html").read_text()
     sections = per_layer_sections((tuned_run / "report.md").read_text())
     assert sections and sections == per_layer_sections((older / "report.md").read_text())
 
@@ -224,3 +226,62 @@ def test_report_of_a_run_with_its_front_neither_imports_nor_compiles_the_model(t
     assert labels and {section.split("\n")[0] for section in per_layer_sections(summary)} == labels
     assert per_layer_sections(summary) == per_layer_sections((tuned_run / "report.md").read_text())
     assert 'id="layer-stages"' in (copy / "report.html").read_text()
+
+
+def codesign_section(summary: str, objective: str) -> str:
+    section = summary.split("## Co-design: joint against sequential")[1]
+    return section.split(f"### {objective}\n")[1].split("\n### ")[0].strip()
+
+
+def test_the_report_compares_each_joint_best_with_its_sequential_counterpart(tuned_run):
+    """RUN/front/sequential.json against the run's records: the joint design is the run's best,
+    the hardware step is no worse than any int8, unpruned design the run evaluated, compression
+    on that hardware only improves on it, and the report shows the ratio recomputed here."""
+    records = Database(tuned_run / "database.jsonl").load()
+    document = json.loads((tuned_run / "front" / "sequential.json").read_text())
+    summary, page = (tuned_run / "report.md").read_text(), (tuned_run / "report.html").read_text()
+    feasible = [r for r in records if r.feasible]
+    int8 = [r for r in feasible if (r.config["comp.all.weight_bits"], r.config["comp.all.prune"]) == (8, 0.0)]
+    assert int8 and document["hardware_designs"] == 32
+    for objective, sign in (("latency", 1), ("energy", 1), ("area", 1), ("accuracy", -1)):
+        entry = document["objectives"][objective]
+        joint = min(feasible, key=lambda r: (sign * r.metrics[objective], r.index))
+        assert entry["joint"]["index"] == joint.index
+        step, sequential = entry["hardware_step"], entry["sequential"]
+        assert sign * step["metrics"][objective] <= min(sign * r.metrics[objective] for r in int8)
+        assert sign * sequential["metrics"][objective] <= sign * step["metrics"][objective]
+        hardware = {k: v for k, v in step["config"].items() if k.startswith("hw.")}
+        assert hardware.items() <= sequential["config"].items()
+        evaluated = [r for r in records if r.config == sequential["config"]]
+        if evaluated:
+            assert evaluated[0].metrics == sequential["metrics"]
+            assert sign * joint.metrics[objective] <= sign * sequential["metrics"][objective]
+        else:
+            assert sequential["evaluation"] is None
+        ratio = f"{sequential['metrics'][objective] / joint.metrics[objective]:.3f}"
+        section = codesign_section(summary, objective)
+        row = next(line for line in section.splitlines() if line.startswith(f"| {objective} (the objective) |"))
+        assert row.split(" | ")[3] == ratio
+        difference = sign * (sequential["metrics"][objective] - joint.metrics[objective])
+        verdict = "joint design wins" if difference > 0 else "sequential design is better" if difference < 0 else "tie"
+        assert verdict in section
+        if difference < 0:  # a design the joint search never evaluated
+            assert not evaluated and "the joint search never evaluated it" in section
+        cells = rf"<td>{objective} \(the objective\)</td><td>[^<]*</td><td>[^<]*</td><td>{ratio}</td>"
+        assert re.search(cells, page) and f'id="roofline-codesign-{objective}"' in page
+
+
+def test_a_joint_design_equal_to_its_sequential_counterpart_is_said_plainly(tuned_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tuned_run, copy)
+    path = copy / "front" / "sequential.json"
+    document = json.loads(path.read_text())
+    entry = document["objectives"]["latency"]
+    joint = json.loads((copy / "front" / f"eval_{entry['joint']['index']}.json").read_text())
+    entry["sequential"] = {**entry["joint"], "evaluation": entry["joint"]["index"], "simulation": joint["simulation"]}
+    path.write_text(json.dumps(document))
+    assert main(["report", str(copy)]) == 0
+    section = codesign_section((copy / "report.md").read_text(), "latency")
+    assert section.startswith(f"The joint design equals the sequential one (evaluation {entry['joint']['index']})")
+    assert "| latency (the objective) |" in section and " | 1.000 | " in section
+    assert "differs" not in section.split("| layer |")[0]

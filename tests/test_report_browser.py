@@ -31,6 +31,7 @@ def check_page(page: Path, screenshot: Path, plots: set[str]):
 
 def test_run_report_renders_in_chromium(tuned_run):
     plots = {"pareto-pairs", "knobs-parcoords", "layer-stages", "roofline-plot"}
+    plots |= {f"roofline-codesign-{objective}" for objective in load_run(tuned_run).space.objectives}
     check = check_page(tuned_run / "report.html", ARTIFACTS / "report_run.png", plots)
     # Hovering a Pareto point shows the design: its evaluation, objectives and every knob.
     first = load_run(tuned_run).front[0]  # the front is drawn in evaluation order

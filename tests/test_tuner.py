@@ -3,6 +3,7 @@ execution, kill -9 and resume."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from codesign.tuner.database import Database, Record
 from codesign.tuner.executors import EvaluatorSpec, ProcessExecutor, RayExecutor, SerialExecutor
 from codesign.tuner.space import load_space, space_from_dict
 from codesign.tuner.strategies import NSGA2Search, RandomSearch, XGBoostSearch
-from codesign.tuner.tune import pareto_records, run_tuning
+from codesign.tuner.tune import best_per_objective, pareto_records, run_tuning
 
 SPACE = Path(__file__).parent / "spaces" / "tiny.toml"
 MNIST = Path(__file__).resolve().parent.parent / "codesign" / "data" / "mnist-8.onnx"
@@ -314,6 +315,51 @@ def test_results_finishing_out_of_order_change_nothing(tmp_path, serial):
 
     expected = tune(tmp_path, serial, XGBoostSearch(initial=8), name="in_order.jsonl")
     assert tune(tmp_path, Reversed(), XGBoostSearch(initial=8), name="reversed.jsonl") == expected
+
+
+def test_the_sequential_counterpart_is_hardware_first_then_compression(tmp_path, serial):
+    """Against a brute force: step 1 is the best int8, unpruned design over every hardware
+    combination (both multiplier settings), step 2 the best of the run's measured profiles on
+    that hardware; no accuracy evaluation but the baseline's is added."""
+    space = load_space(SPACE)
+    records = run_tuning(space, RandomSearch(), Database(tmp_path / "db.jsonl"), serial, 8, 8, seed=11)
+    evaluator = serial.evaluator
+    held_before = set(evaluator.profiles)
+    serial.write_front(tmp_path, space, records)
+    document = json.loads((tmp_path / "front" / "sequential.json").read_text())
+    baseline = {"comp.all.weight_bits": 8, "comp.all.prune": 0.0}
+    assert {key[0] for key in set(evaluator.profiles) - held_before} <= {
+        space.compression(baseline, evaluator.layers).key()
+    }
+    hardware_knobs = {k: v for k, v in space.knobs.items() if k.startswith("hw.")}
+    int8 = [{**dict(zip(hardware_knobs, values)), **baseline} for values in itertools.product(*hardware_knobs.values())]
+    int8_results = evaluator.evaluate_many(int8)
+    assert document["hardware_designs"] == len(int8) == 32 and not document["sampled"]
+    run_profiles = {
+        (r.config["comp.all.weight_bits"], r.config["comp.all.prune"], r.config["hw.alu_multiplier"]) for r in records
+    }
+    joint = best_per_objective(space, records)
+    for objective, sign in (("latency", 1), ("energy", 1), ("area", 1), ("accuracy", -1)):
+        entry = document["objectives"][objective]
+        feasible = [i for i, result in enumerate(int8_results) if result["feasible"]]
+        step = min(feasible, key=lambda i: (sign * int8_results[i]["metrics"][objective], i))
+        assert entry["hardware_step"]["config"] == int8[step]
+        assert entry["hardware_step"]["metrics"] == int8_results[step]["metrics"]
+        hardware = {k: v for k, v in int8[step].items() if k.startswith("hw.")}
+        multiplier = hardware["hw.alu_multiplier"]
+        profiles = sorted({(b, p) for b, p, m in run_profiles if m == multiplier} | {(8, 0.0)})
+        candidates = [{**hardware, "comp.all.weight_bits": b, "comp.all.prune": p} for b, p in profiles]
+        results = evaluator.evaluate_many(candidates)
+        best = min(sign * result["metrics"][objective] for result in results if result["feasible"])
+        sequential = entry["sequential"]
+        assert sequential["config"] in candidates and sign * sequential["metrics"][objective] == best
+        assert entry["joint"]["index"] == joint[objective].index
+        totals = sequential["simulation"]["totals"]
+        assert totals["latency_seconds"] == pytest.approx(sequential["metrics"]["latency"], rel=1e-9)
+        evaluated = [r for r in records if r.config == sequential["config"]]
+        assert sequential["evaluation"] == (evaluated[0].index if evaluated else None)
+        if evaluated:  # a design the joint search evaluated cannot beat its best
+            assert sign * joint[objective].metrics[objective] <= sign * sequential["metrics"][objective]
 
 
 PER_LAYER = {

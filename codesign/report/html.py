@@ -59,6 +59,10 @@ def figure(fig, div_id: str) -> str:
     )
 
 
+def subheading(text: str) -> str:
+    return f"<h3>{html.escape(text)}</h3>"
+
+
 def note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 

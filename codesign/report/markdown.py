@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codesign.report.design_sim import SimulatedDesign
+from codesign.report.design_sim import SimulatedDesign, sequential_counterparts
 from codesign.report.run_data import RunData
-from codesign.report.tables import best_table, front_table, layer_table, settings_rows, totals_rows
+from codesign.report.tables import (
+    CODESIGN_NOTE,
+    best_table,
+    counterpart_hardware,
+    counterpart_layers,
+    counterpart_summary,
+    counterpart_verdict,
+    front_table,
+    hardware_step_note,
+    layer_table,
+    settings_rows,
+    totals_rows,
+)
 
 MAX_FRONT_ROWS = 50
 
@@ -48,7 +60,30 @@ def run_markdown(run: RunData, designs: list[SimulatedDesign], designs_note: str
             parts += [f"## Per-layer breakdown: {design.label}", md_table(*layer_table(design))]
     else:
         parts.append(f"Per-layer breakdown not available: {designs_note}.")
+    parts += codesign_markdown(run)
     return "\n\n".join(parts) + "\n"
+
+
+def codesign_markdown(run: RunData) -> list[str]:
+    """The co-design section: per objective, the joint design against its sequential counterpart."""
+    parts = ["## Co-design: joint against sequential"]
+    counterparts, why_not = sequential_counterparts(run)
+    if why_not is not None:
+        return [*parts, f"Not available: {why_not}."]
+    parts.append(CODESIGN_NOTE + " Rooflines of both designs: report.html.")
+    for objective, c in counterparts.items():
+        parts.append(f"### {objective}")
+        if isinstance(c, str):
+            parts.append(f"Not available: {c}.")
+            continue
+        parts += [
+            counterpart_verdict(c),
+            md_table(*counterpart_summary(run, c)),
+            hardware_step_note(c),
+            md_table(*counterpart_hardware(run, c)),
+            md_table(*counterpart_layers(run, c)),
+        ]
+    return parts
 
 
 def design_markdown(design: SimulatedDesign, context: list[tuple[str, str]]) -> str:

@@ -5,10 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from codesign.report import figures
-from codesign.report.design_sim import SimulatedDesign
-from codesign.report.html import Code, Section, figure, note, page, preformatted, table
+from codesign.report.design_sim import Counterpart, SimulatedDesign, sequential_counterparts
+from codesign.report.html import Code, Section, figure, note, page, preformatted, subheading, table
 from codesign.report.run_data import RunData
-from codesign.report.tables import best_table, front_table, layer_table, settings_rows, totals_rows
+from codesign.report.tables import (
+    CODESIGN_NOTE,
+    best_table,
+    counterpart_hardware,
+    counterpart_layers,
+    counterpart_summary,
+    counterpart_verdict,
+    front_table,
+    hardware_step_note,
+    layer_table,
+    settings_rows,
+    totals_rows,
+)
 
 BREAKDOWN_NOTE = (
     "Latency: compute is the time the GEMM core or the ALU is busy; the rest of a layer's accelerator "
@@ -53,6 +65,7 @@ def run_page(run: RunData, designs: list[SimulatedDesign], designs_note: str | N
         ),
         Section("layers", "Per-layer breakdown", _design_figures(designs, designs_note, "stages")),
         Section("roofline", "Roofline", _design_figures(designs, designs_note, "roofline")),
+        Section("codesign", CODESIGN_HEADING, _codesign_body(run)),
         Section(
             "front-table",
             f"Pareto designs ({len(front_rows):,})",
@@ -68,6 +81,35 @@ def run_page(run: RunData, designs: list[SimulatedDesign], designs_note: str | N
         ),
     ]
     return page(f"codesign tuning report: {model}", subtitle, sections)
+
+
+CODESIGN_HEADING = "Co-design: joint against sequential"
+
+
+def _codesign_body(run: RunData) -> str:
+    counterparts, why_not = sequential_counterparts(run)
+    if why_not is not None:
+        return note(f"Not available: {why_not}.")
+    parts = [note(CODESIGN_NOTE)]
+    for objective, counterpart in counterparts.items():
+        parts.append(subheading(objective))
+        if isinstance(counterpart, str):
+            parts.append(note(f"Not available: {counterpart}."))
+        else:
+            parts.append(_counterpart_body(run, counterpart))
+    return "".join(parts)
+
+
+def _counterpart_body(run: RunData, c: Counterpart) -> str:
+    return (
+        note(counterpart_verdict(c))
+        + table(*counterpart_summary(run, c))
+        + note(hardware_step_note(c))
+        + table(*counterpart_hardware(run, c))
+        + table(*counterpart_layers(run, c), scroll=True)
+        + note(ROOFLINE_NOTE)
+        + figure(figures.roofline([c.joint_design, c.design]), f"roofline-codesign-{c.objective}")
+    )
 
 
 def design_page(design: SimulatedDesign, context: list[tuple[str, str]]) -> str:

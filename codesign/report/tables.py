@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import shlex
 
-from codesign.report.design_sim import DEFAULT_CALIBRATION_SAMPLES, SimulatedDesign
+from codesign.hardware import HardwareSpec
+from codesign.report.design_sim import DEFAULT_CALIBRATION_SAMPLES, Counterpart, SimulatedDesign
 from codesign.report.run_data import RunData
 from codesign.tuner.database import Record
-from codesign.units import axis_title, objective_unit
+from codesign.tuner.space import OBJECTIVES
+from codesign.units import axis_title, format_objective, objective_unit
 
 # Metric -> CSV column (SI units, as the database holds them).
 METRIC_COLUMNS = {
@@ -196,6 +198,144 @@ def totals_rows(design: SimulatedDesign) -> list[tuple[str, str]]:
         ("MACs on the accelerator", f"{t['macs']:,}"),
         ("DRAM traffic", f"{t['dram_bytes']:,} B"),
     ]
+
+
+# ---- co-design: joint against sequential ------------------------------------------------------
+
+CODESIGN_NOTE = (
+    "The sequential counterpart is what a hardware-first flow picks for the same objective: the best "
+    "feasible hardware for the int8, unpruned model, then, that hardware fixed, the best of the "
+    "compression profiles the run measured (the same accuracy evaluations). Per layer: a layer whose "
+    "MACs per DRAM byte are below its hardware's ridge point (peak MACs per cycle for its weight width "
+    "/ DRAM bytes per cycle) cannot reach the core's peak for want of bandwidth; above it, only compute "
+    "limits it. The bound column is "
+    "the simulator's, which also counts a core the layer fills poorly (a layer can be compute-bound "
+    "below the ridge)."
+)
+
+
+def ratio_text(sequential: float, joint: float) -> str:
+    """sequential / joint, as the report shows it."""
+    return f"{sequential / joint:.3f}" if joint else "n/a"
+
+
+def counterpart_verdict(c: Counterpart) -> str:
+    """One sentence: which design wins, by how much, and whether they are the same design."""
+    joint, sequential = c.joint.metrics[c.objective], c.metrics[c.objective]
+    both = f"sequential {format_objective(c.objective, sequential)}, joint {format_objective(c.objective, joint)}"
+    ratio = ratio_text(sequential, joint)
+    if c.same_design():
+        return (
+            f"The joint design equals the sequential one (evaluation {c.joint.index}): for {c.objective}, "
+            f"co-design finds what choosing hardware first, then compression, finds ({both})."
+        )
+    better = -1 if OBJECTIVES[c.objective] == "max" else 1
+    if sequential == joint:
+        return f"The two designs tie on {c.objective} ({both}; ratio {ratio})."
+    if better * (sequential - joint) > 0:
+        return f"The joint design wins on {c.objective}: sequential / joint = {ratio} ({both})."
+    unseen = "; the joint search never evaluated it" if c.evaluation is None else ""
+    return f"The sequential design is better on {c.objective}: sequential / joint = {ratio} ({both}){unseen}."
+
+
+def hardware_step_note(c: Counterpart) -> str:
+    """How the sequential flow chose its hardware."""
+    costed = f"{c.hardware_designs:,} {'sampled ' if c.sampled else ''}hardware combinations"
+    where = f"evaluation {c.evaluation} of the run" if c.evaluation is not None else "not evaluated by the run"
+    return (
+        f"Sequential, hardware first: the best {c.objective} over {costed} (and the run's int8, unpruned "
+        f"designs) with every layer int8 and unpruned; then the best compression on that hardware. "
+        f"The sequential design is {where}."
+    )
+
+
+def counterpart_summary(run: RunData, c: Counterpart) -> tuple[list[str], list[list]]:
+    """Every objective of both designs, their ratio, and the hardware step's int8 design."""
+    units = objective_units(run)
+    header = ["metric", "joint", "sequential", "sequential / joint", "hardware step (int8, unpruned)"]
+    rows = []
+    for objective in run.space.objectives:
+        scale, unit = units[objective]
+        values = (c.joint.metrics[objective], c.metrics[objective], c.hardware_step[objective])
+        name = f"{objective} (the objective)" if objective == c.objective else objective
+        joint, sequential, step = (f"{value / scale:.4g} {unit}" for value in values)
+        rows.append([name, joint, sequential, ratio_text(values[1], values[0]), step])
+    return header, rows
+
+
+def counterpart_hardware(run: RunData, c: Counterpart) -> tuple[list[str], list[list]]:
+    """The hardware knobs side by side (a difference marked), and what they give: peak, bandwidth, ridge."""
+    header = ["hardware", "joint", "sequential", ""]
+    rows = []
+    for knob in (k for k in run.space.knobs if k.startswith("hw.")):
+        joint, sequential = format_knob(c.joint.config[knob]), format_knob(c.config[knob])
+        rows.append([knob, joint, sequential, "differs" if joint != sequential else ""])
+    for name, value_of in DERIVED_HARDWARE.items():
+        joint, sequential = value_of(c.joint_design.hw), value_of(c.design.hw)
+        rows.append([name, joint, sequential, "differs" if joint != sequential else ""])
+    return header, rows
+
+
+DERIVED_HARDWARE = {
+    "peak MACs per cycle (int8)": lambda hw: hw.macs_per_cycle,
+    "DRAM bytes per cycle": lambda hw: f"{hw.dram_bytes_per_cycle:g}",
+    "ridge point (MACs per DRAM byte, int8)": lambda hw: f"{ridge_point(hw, 8):.3g}",
+}
+
+
+def ridge_point(hw: HardwareSpec, weight_bits: int) -> float:
+    """MACs per DRAM byte above which a layer of this weight width is compute-bound on `hw`."""
+    return hw.for_layer_weights(weight_bits).macs_per_cycle / hw.dram_bytes_per_cycle
+
+
+COUNTERPART_LAYER_HEADER = [
+    "layer",
+    "shape",
+    "MACs joint / seq.",
+    "weight bits joint / seq.",
+    "pruned joint / seq.",
+    "cycles joint",
+    "cycles seq.",
+    "bound joint / seq.",
+    "MAC/B joint (ridge)",
+    "MAC/B seq. (ridge)",
+]
+
+
+def counterpart_layers(run: RunData, c: Counterpart) -> tuple[list[str], list[list]]:
+    """The accelerated layers of both designs: precision, pruning, cycles, bound and intensity
+    against each design's ridge point for the layer's weight width."""
+    joint_compression = run.space.compression(c.joint.config, run.layer_names)
+    compression = run.space.compression(c.config, run.layer_names)
+    sequential_layers = {layer.name: layer for layer in c.design.simulation.layers}
+    rows = []
+    for joint in c.joint_design.simulation.layers:
+        sequential = sequential_layers.get(joint.name)
+        if sequential is None or "accel" not in (joint.placement, sequential.placement):
+            continue
+        bits = (joint_compression.weight_bits.get(joint.name, 8), compression.weight_bits.get(joint.name, 8))
+        pruned = (joint_compression.prune.get(joint.name, 0.0), compression.prune.get(joint.name, 0.0))
+        rows.append(
+            [
+                joint.name,
+                joint.shape,
+                f"{joint.macs:,} / {sequential.macs:,}",
+                f"{bits[0]} / {bits[1]}",
+                f"{pruned[0]:.0%} / {pruned[1]:.0%}",
+                round(joint.cycles),
+                round(sequential.cycles),
+                f"{joint.bound or 'host'} / {sequential.bound or 'host'}",
+                _intensity(joint, c.joint_design.hw, bits[0]),
+                _intensity(sequential, c.design.hw, bits[1]),
+            ]
+        )
+    return COUNTERPART_LAYER_HEADER, rows
+
+
+def _intensity(layer, hw: HardwareSpec, weight_bits: int) -> str:
+    if layer.placement != "accel" or not layer.dram_bytes:
+        return "host"
+    return f"{layer.macs / layer.dram_bytes:.3g} ({ridge_point(hw, weight_bits):.3g})"
 
 
 def _count(number: int) -> str:

@@ -9,8 +9,9 @@ one vectorised call. Where the profiles are measured:
 - processes: `--jobs N` local worker processes, each with its own evaluator, a profile each;
 - ray: the same workers as Ray actors, on a local instance or a cluster (`--address`).
 
-After the run, `write_front` simulates the best designs layer by layer into the run directory
-(`codesign.tuner.front`) from the profiles the executor measured.
+After the run, `write_front` simulates the best designs layer by layer into the run directory,
+and `write_sequential` writes their sequential counterparts (`codesign.tuner.front`), from the
+profiles the executor measured.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from codesign.tuner.batch_evaluator import BatchEvaluator
 from codesign.tuner.database import Record
 from codesign.tuner.evaluator import Evaluator
-from codesign.tuner.front import write_front
+from codesign.tuner.front import write_front, write_sequential
 from codesign.tuner.space import SearchSpace, load_space
 
 
@@ -72,15 +73,20 @@ class _BatchExecutor:
             yield index, config, result
 
     def write_front(self, run_dir: Path, space: SearchSpace, records: list[Record]) -> list[Path]:
+        """RUN/front/: the best designs simulated, and their sequential counterparts."""
         if not self.closed:
-            return write_front(run_dir, space, records, self.batches)
+            return self._write_front(run_dir, space, records)
         measure_here = _MeasureHere(self.spec)
         own_measure, self.batches.measure = self.batches.measure, measure_here
         try:
-            return write_front(run_dir, space, records, self.batches)
+            return self._write_front(run_dir, space, records)
         finally:
             self.batches.measure = own_measure
             measure_here.close()
+
+    def _write_front(self, run_dir: Path, space: SearchSpace, records: list[Record]) -> list[Path]:
+        written = write_front(run_dir, space, records, self.batches)
+        return [*written, write_sequential(run_dir, space, records, self.batches)]
 
 
 class _MeasureHere:
