@@ -6,7 +6,10 @@ Post-training static quantization, symmetric (no zero points, as VTA's int8 data
   reader can take it (channel_scaled): a conv folds its input's channel scales into its weights
   before quantizing them, a lookup table gets one row per channel, a dequantize broadcasts.
   MobileNet-style blocks need it: a depthwise conv mixes no channels, so a channel whose range
-  is a small fraction of the tensor's would keep only a few int8 levels through it;
+  is a small fraction of the tensor's would keep only a few int8 levels through it. A conv that
+  mixes channels gains too, less: the folded scales move the channels' spread into its weights,
+  so a tensor it reads gets SmoothQuant's balance (balanced_ranges) instead of full channel
+  scales (PP-OCRv4's recogniser: the input error of its 480-channel pointwise convs halves);
 - every int8 result is produced by one requantization,
       q = clamp(((acc + bias) * multiplier + ((1 << shift) >> 1)) >> shift, lo, hi)
   where multiplier / 2**shift approximates the real rescaling factor. With an ALU multiplier
@@ -41,6 +44,10 @@ HOST_MULTIPLIER_BITS = 16
 # A channel's scale is at least this fraction of its tensor's: a near-dead channel carries
 # noise, and a tiny scale would ask the requantization for a huge multiplier.
 CHANNEL_SCALE_FLOOR = 1 / 256
+# SmoothQuant's migration strength (Xiao et al., 2023): a tensor read by a conv that mixes its
+# channels gets channel ranges balanced_ranges(), splitting the channels' spread evenly between
+# the activation's int8 levels and the weights the scales are folded into.
+MIXED_CHANNEL_MIGRATION = 0.5
 INT8_PASSTHROUGH_OPS = {
     "relax.reshape",
     "relax.permute_dims",
@@ -143,6 +150,14 @@ def activation_scale(absmax: float | np.ndarray, config: QuantConfig) -> float |
     if config.shift_only:
         scale = 2.0 ** np.ceil(np.log2(scale))
     return float(scale) if np.ndim(scale) == 0 else np.asarray(scale, dtype=np.float64)
+
+
+def balanced_ranges(channel_absmax: np.ndarray, absmax: float) -> np.ndarray:
+    """Channel ranges absmax * (channel_absmax / absmax) ** MIXED_CHANNEL_MIGRATION: between one
+    range per tensor (strength 0) and the channels' own (strength 1)."""
+    if absmax <= 0:
+        return channel_absmax
+    return absmax * (channel_absmax / absmax) ** MIXED_CHANNEL_MIGRATION
 
 
 def input_channel_scales(in_scales: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
@@ -294,7 +309,24 @@ class _Quantizer:
         scale = self.scale_for(name)
         if not self.channel_scaled(name):
             return scale
-        return np.maximum(activation_scale(self.channel_absmax[name], self.config), scale * CHANNEL_SCALE_FLOOR)
+        ranges = self.channel_absmax[name]
+        if self.channels_mixed(name):
+            ranges = balanced_ranges(ranges, self.absmax[name])
+        return np.maximum(activation_scale(ranges, self.config), scale * CHANNEL_SCALE_FLOOR)
+
+    def channels_mixed(self, name: str) -> bool:
+        """Does a conv that sums over several of this tensor's channels read it (directly or through
+        max-pooling or upsampling)?"""
+        for user in self.users[name]:
+            node = self.graph.nodes.get(user)  # None: the model's output
+            if node is None:
+                continue
+            if node.op == "gemm" and node.layer.kind == "conv2d" and node.layer.weight.shape[1] > 1:
+                return True
+            moves = node.op == "relax.nn.max_pool2d" or is_nearest_upsample(node, self.graph)
+            if moves and self.channels_mixed(user):
+                return True
+        return False
 
     def channel_scaled(self, name: str) -> bool:
         """Per-channel scales for this tensor: every reader takes them and one gains from them."""
@@ -305,13 +337,13 @@ class _Quantizer:
         return None not in verdicts and any(verdicts)
 
     def reads_channel_scales(self, user: str, producer: str) -> bool | None:
-        """None: this reader needs one scale; True: it takes channel scales and gains (a grouped
-        conv, an elementwise chain tabulated per channel); False: it takes them, no gain."""
+        """None: this reader needs one scale; True: it takes channel scales and gains (a conv, an
+        elementwise chain tabulated per channel); False: it takes them, no gain."""
         if user == "<output>" or self.config.keeps_float(user):
             return False  # read through a dequantize
         node = self.graph.nodes[user]
         if node.op == "gemm":
-            return node.layer.groups > 1 if node.layer.kind == "conv2d" else None
+            return True if node.layer.kind == "conv2d" else None
         if node.op == "relax.nn.max_pool2d" or is_nearest_upsample(node, self.graph):
             verdicts = [self.reads_channel_scales(reader, user) for reader in self.users[user]]
             return None if None in verdicts else any(verdicts)

@@ -3,7 +3,9 @@
 A depthwise conv mixes no channels, so a channel whose range is a small fraction of its
 tensor's keeps few int8 levels through it under one scale per tensor. Where every reader can
 take them, conv outputs and lookup tables get one scale per channel; the module stays equal to
-the numpy integer program and gets closer to onnxruntime than per-tensor scales do.
+the numpy integer program and gets closer to onnxruntime than per-tensor scales do. A tensor
+read by a conv that mixes its channels gets SmoothQuant's balanced scales (the square root of
+the channel's share of the range) instead, folded into that conv's weights.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from codesign.calibration import TensorRanges, tensor_ranges
 from codesign.corpus import cosine
 from codesign.hardware import load_hardware
 from codesign.pipeline import compile_model
-from codesign.quantize import input_channel_scales, quantize_graph
+from codesign.quantize import INT8_MAX, input_channel_scales, quantize_graph
 from codesign.reference import run_reference
 
 CHANNELS = 32
@@ -108,8 +110,71 @@ def test_folded_input_scales_follow_the_groups():
     assert folded.tolist() == [[1, 2], [1, 2], [3, 4], [3, 4]]
 
 
-def test_models_without_grouped_convs_or_tables_keep_per_tensor_scales(mnist_calibration):
-    from codesign.demo import MNIST_MODEL
+def pointwise_block(path):
+    """conv -> HardSwish -> pointwise (dense 1x1) conv whose weights undo the stem's gains, so that
+    every channel, small or large, matters equally in the output."""
+    rng = np.random.default_rng(4)
+    stem = rng.standard_normal((CHANNELS, CHANNELS, 1, 1)).astype(np.float32) * 0.2
+    stem *= CHANNEL_GAINS[:, None, None, None]
+    pointwise = rng.standard_normal((CHANNELS, CHANNELS, 1, 1)).astype(np.float32) / CHANNEL_GAINS[None, :, None, None]
+    inits = [numpy_helper.from_array(w, n) for n, w in (("stem", stem), ("pw", pointwise))]
+    nodes = [
+        helper.make_node("Conv", ["x", "stem"], ["c0"]),
+        helper.make_node("HardSwish", ["c0"], ["a0"]),
+        helper.make_node("Conv", ["a0", "pw"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    graph = helper.make_graph(nodes, "pointwise", [x], [y], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    return path
 
-    result = compile_model(MNIST_MODEL, load_hardware("vta_default"), calibration=mnist_calibration, warn=print)
-    assert all(np.ndim(n.scale) == 0 for n in result.qgraph.nodes.values())
+
+@pytest.fixture(scope="module")
+def pointwise(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pointwise")
+    path = pointwise_block(folder / "pointwise.onnx")
+    samples = np.random.default_rng(6).standard_normal((16, 1, CHANNELS, 8, 8)).astype(np.float32)
+    np.save(folder / "calibration.npy", samples)
+    result = compile_model(path, load_hardware("vta_default"), calibration=folder / "calibration.npy", warn=print)
+    return path, result, [{"x": sample} for sample in samples]
+
+
+def test_a_tensor_read_by_a_dense_conv_gets_the_square_root_of_its_channel_spread(pointwise):
+    path, result, samples = pointwise
+    nodes = result.qgraph.nodes
+    lut = next(n for n in nodes.values() if n.op == "lut")
+    assert any(n.op == "conv2d" and n.inputs == [lut.name] for n in nodes.values())
+    # The HardSwish output's ranges, measured here with onnxruntime's float run of the stem.
+    session = ort.InferenceSession(str(pointwise_stem(path)))
+    values = np.concatenate([session.run(None, sample)[0] for sample in samples])
+    channel_absmax = np.abs(values).max(axis=(0, 2, 3))
+    absmax = channel_absmax.max()
+    expected = absmax * np.sqrt(channel_absmax / absmax) / INT8_MAX
+    np.testing.assert_allclose(lut.scale, expected, rtol=1e-5)
+
+
+def pointwise_stem(path):
+    """The pointwise block cut after its HardSwish (a0), as a model of its own."""
+    model = onnx.load(path)
+    model.graph.node.pop()  # the pointwise conv
+    model.graph.output[0].name = "a0"
+    stem_path = path.with_name("stem.onnx")
+    onnx.save(model, stem_path)
+    return stem_path
+
+
+def test_balanced_scales_keep_the_module_exact_and_beat_one_scale_per_tensor(pointwise):
+    path, result, samples = pointwise
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    inputs = np.random.default_rng(10).standard_normal((4, 1, CHANNELS, 8, 8)).astype(np.float32)
+    channel = []
+    for x in inputs:
+        channel.append(run_reference(result.qgraph, {"x": x})[0])
+        assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), channel[-1])
+    ranges = tensor_ranges(result.graph, result.imported, samples)
+    per_tensor = quantize_graph(result.graph, TensorRanges(ranges.absmax), result.qgraph.config)
+    session = ort.InferenceSession(str(path))
+    expected = np.concatenate([session.run(None, {"x": x})[0] for x in inputs])
+    tensor = np.concatenate([run_reference(per_tensor, {"x": x})[0] for x in inputs])
+    assert 1 - cosine(np.concatenate(channel), expected) < 0.5 * (1 - cosine(tensor, expected))
