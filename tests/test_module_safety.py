@@ -342,7 +342,7 @@ def test_invalid_manifest_is_one_line_naming_the_field(capsys, tmp_path, module_
 def test_new_manifests_carry_their_format_version_and_validate(module_dir):
     manifest = json.loads((module_dir / "manifest.json").read_text())
     assert manifest["format"] == "codesign-module"
-    assert manifest["format_version"] == deploy.FORMAT_VERSION == 4
+    assert manifest["format_version"] == deploy.FORMAT_VERSION == 5
     deploy.validate_manifest(manifest)
 
 
