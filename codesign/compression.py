@@ -4,18 +4,18 @@ A CompressionConfig names layers (graph names: conv2d_0, matmul_3, ...) with the
 bits (8 or 4) and the fraction of output channels to prune. It is a small JSON file:
 
     {"weight_bits": {"conv2d_1": 4}, "prune": {"conv2d_1": 0.25}, "schedule": "auto",
-     "float_layers": ["conv2d_3"]}
+     "float_layers": ["conv2d_3"], "prune_method": "magnitude"}
 
 `float_layers` keeps the matching layers (glob patterns over layer names) in float on the host.
 
-Pruning removes the output channels with the smallest L1 weight norm: their weights and bias
-become zero, which computes exactly what removing them would (the accelerator skips them: the
-simulator shrinks the layer and its consumers).
+Pruning removes that fraction of a layer's output channels from the graph, and the matching
+inputs of the layers reading them (codesign.pruning); `prune_method` chooses how: "reconstruct"
+(default: channels chosen by their measured contribution, consumers refit by least squares) or
+"magnitude" (smallest L1 weight norm, consumers only sliced).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import fnmatch
 import json
@@ -23,8 +23,6 @@ import math
 import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from codesign.errors import UsageError
 from codesign.files import parse_json, reading
@@ -43,6 +41,7 @@ class CompressionConfig:
     schedule: str = "rule"
     # Layers kept in float on the host (glob patterns over layer names: 'conv2d_3', 'conv2d_1*').
     float_layers: tuple[str, ...] = ()
+    prune_method: str = "reconstruct"  # one of PRUNE_METHODS (see codesign.pruning)
 
     def to_dict(self) -> dict:
         doc = {
@@ -52,6 +51,8 @@ class CompressionConfig:
         }
         if self.float_layers:
             doc["float_layers"] = list(self.float_layers)
+        if self.prune_method != PRUNE_METHODS[0]:
+            doc["prune_method"] = self.prune_method
         return doc
 
     def key(self) -> str:
@@ -103,10 +104,11 @@ def validate_compression(config: CompressionConfig, graph: Graph, source: str = 
 
 
 SCHEDULES = ("rule", "auto")
-FIELDS = ("weight_bits", "prune", "schedule", "float_layers")
+PRUNE_METHODS = ("reconstruct", "magnitude")
+FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method")
 
 
-def compression_problems(weight_bits, prune, schedule, float_layers) -> list[str]:
+def compression_problems(weight_bits, prune, schedule, float_layers, prune_method="reconstruct") -> list[str]:
     """What is wrong with these choices, each naming its field and value ([] if nothing)."""
     problems = []
     for field, table, check in (("weight_bits", weight_bits, _bits_problem), ("prune", prune, _prune_problem)):
@@ -118,12 +120,16 @@ def compression_problems(weight_bits, prune, schedule, float_layers) -> list[str
         problems.append(f'schedule = {_shown(schedule)} (expected "rule" or "auto")')
     if not isinstance(float_layers, (list, tuple)) or not all(isinstance(p, str) for p in float_layers):
         problems.append(f"float_layers = {_shown(float_layers)} (expected a list of layer name patterns)")
+    if prune_method not in PRUNE_METHODS:
+        problems.append(f'prune_method = {_shown(prune_method)} (expected "reconstruct" or "magnitude")')
     return problems
 
 
 def check_compression(config: CompressionConfig, source: str = "compression") -> None:
     """Type-check choices built in code (a file's are checked as it is read)."""
-    problems = compression_problems(config.weight_bits, config.prune, config.schedule, list(config.float_layers))
+    problems = compression_problems(
+        config.weight_bits, config.prune, config.schedule, list(config.float_layers), config.prune_method
+    )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
 
@@ -137,11 +143,12 @@ def compression_from_dict(doc, source: str = "compression") -> CompressionConfig
         raise UsageError(f"{source}: expected {', '.join(sorted(FIELDS))} (unknown: {sorted(unknown)})")
     weight_bits, prune = doc.get("weight_bits", {}), doc.get("prune", {})
     schedule, float_layers = doc.get("schedule", "rule"), doc.get("float_layers", [])
-    problems = compression_problems(weight_bits, prune, schedule, float_layers)
+    prune_method = doc.get("prune_method", PRUNE_METHODS[0])
+    problems = compression_problems(weight_bits, prune, schedule, float_layers, prune_method)
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
     prune = {k: float(v) for k, v in prune.items()}
-    return CompressionConfig(dict(weight_bits), prune, schedule, tuple(float_layers))
+    return CompressionConfig(dict(weight_bits), prune, schedule, tuple(float_layers), prune_method)
 
 
 def load_compression(path: str | Path) -> CompressionConfig:
@@ -156,28 +163,3 @@ def load_compression(path: str | Path) -> CompressionConfig:
 def _json_type(value) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number")
-
-
-def prune_graph(graph: Graph, config: CompressionConfig) -> Graph:
-    """A copy of the graph whose pruned channels have zero weights and bias."""
-    if not config.prune:
-        return graph
-    pruned = copy.copy(graph)
-    pruned.nodes = dict(graph.nodes)
-    for name, ratio in config.prune.items():
-        node = copy.copy(graph.nodes[name])
-        layer = copy.copy(node.layer)
-        if layer.weight is None or ratio == 0:
-            continue
-        axis = 0 if layer.kind == "conv2d" else 1
-        channels = layer.weight.shape[axis]
-        norms = np.abs(layer.weight).sum(axis=tuple(a for a in range(layer.weight.ndim) if a != axis))
-        removed = np.argsort(norms, kind="stable")[: channels - config.kept_channels(name, channels)]
-        layer.weight = layer.weight.copy()
-        np.moveaxis(layer.weight, axis, 0)[removed] = 0
-        if layer.bias is not None:
-            layer.bias = layer.bias.copy()
-            layer.bias[removed] = 0
-        node.layer = layer
-        pruned.nodes[name] = node
-    return pruned

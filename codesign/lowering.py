@@ -214,8 +214,6 @@ class _Lowerer:
         if node.op in ("conv2d", "matmul") and node.params["weight"] is not None:
             plan.weight_bits = self.qgraph.config.bits_for(node.name)
             plan.weight_bytes = self.weight_image_bytes(node, plan)
-            grouped = node.op == "conv2d" and node.params["groups"] > 1
-            plan.effective_shape = plan.shape if grouped else self.effective_shape(node, plan.shape)
         return plan
 
     def weight_image_bytes(self, node: QNode, plan: LayerPlan) -> int:
@@ -225,26 +223,6 @@ class _Lowerer:
         if node.name in self.kernels:
             return core.weight_bytes(math.prod(kernel_buffer_shapes(plan.shape, core)["weight"]))
         return core.weight_bytes(self.host_weight(node).size)
-
-    def effective_shape(self, node: QNode, shape: ConvShape) -> ConvShape:
-        """The layer without its pruned output channels, nor the inputs a pruned producer lost."""
-        out_channels = self.compression.kept_channels(node.name, shape.out_channels)
-        kept_fraction = self.kept_input_fraction(node)
-        in_channels = max(1, math.ceil(shape.in_channels * kept_fraction))
-        return dataclasses.replace(shape, out_channels=out_channels, in_channels=in_channels)
-
-    def kept_input_fraction(self, node: QNode) -> float:
-        """Fraction of a layer's input channels that survive pruning upstream: followed back
-        through channel-preserving ops (pools, clamps, reshapes, requantization) to a GEMM."""
-        producer = self.qgraph.nodes[node.inputs[0]]
-        while producer.op in ("passthrough", "clamp", "quantize", "dequantize") and producer.inputs:
-            producer = self.qgraph.nodes[producer.inputs[0]]
-        # An activation x activation matmul has no weights to prune.
-        pruned = producer.name in self.compression.prune and producer.params.get("weight") is not None
-        if producer.op not in ("conv2d", "matmul") or not pruned:
-            return 1.0
-        channels = producer.params["weight"].shape[0 if producer.op == "conv2d" else 1]
-        return self.compression.kept_channels(producer.name, channels) / channels
 
     def emit(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
         p = node.params

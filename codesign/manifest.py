@@ -27,7 +27,8 @@ FORMAT = "codesign-module"
 # 3: "files" (the sha256 of every file of the module), checked on load.
 # 4: the hardware spec's precision-scalable core (precision_scalable, *_scalable_mac_overhead),
 #    and a layer's "layer_shape" (a super-grouped conv as the model writes it).
-# 5: a layer's "weight_bytes" (its weight constant in the module, int4 weights two per byte).
+# 5: a layer's "weight_bytes" (its weight constant in the module, int4 weights two per byte);
+#    pruned layers are their real shape (no "effective_shape").
 FORMAT_VERSION = 5
 
 
@@ -129,7 +130,6 @@ def schema() -> dict:
         "host_work": _exactly({"ops": _NUMBER, "bytes": _NUMBER}),
         "weight_bits": {"enum": [4, 8, None]},  # the widths lowering writes
         "weight_bytes": {"type": ["integer", "null"], "minimum": 0},
-        "effective_shape": _nullable(conv_shape),
         "schedule": _STRING,
         "layer_shape": _nullable(conv_shape),
     }
@@ -225,11 +225,7 @@ def _check_spec(value: dict, field: str) -> None:
 
 
 def _check_layer(layer: dict, hw: HardwareSpec, field: str) -> None:
-    if layer["shape"] is not None and layer["effective_shape"] is not None:
-        for key, value in layer["effective_shape"].items():
-            if value > layer["shape"][key]:
-                _fail(_join(field, f"effective_shape.{key}"), f"= {value} exceeds the layer's {layer['shape'][key]}")
-    for key in ("shape", "effective_shape", "layer_shape"):
+    for key in ("shape", "layer_shape"):
         shape = ConvShape(**layer[key]) if layer[key] is not None else None
         if shape is not None and (shape.out_h < 1 or shape.out_w < 1):
             _fail(_join(field, key), f"has no output pixels ({shape.out_h}x{shape.out_w})")
@@ -241,11 +237,8 @@ def _check_layer(layer: dict, hw: HardwareSpec, field: str) -> None:
 
 
 def _check_tiling(layer: dict, hw: HardwareSpec, field: str) -> None:
-    """An accelerated layer's tiling must divide its extents and fit the scratchpads (a layer
-    with pruned channels is re-tiled by the simulator, so only its structure is checked)."""
+    """An accelerated layer's tiling must divide its extents and fit the scratchpads."""
     shape = ConvShape(**layer["shape"])
-    if layer["effective_shape"] is not None and ConvShape(**layer["effective_shape"]) != shape:
-        return
     layer_hw = hw.for_layer_weights(layer["weight_bits"])
     tiling = Tiling(**layer["tiling"])
     packed = shape.blocks(layer_hw)

@@ -24,12 +24,13 @@ import tvm
 
 from codesign import progress
 from codesign.calibration import cached_tensor_ranges, load_samples, random_samples
-from codesign.compression import CompressionConfig, prune_graph, validate_compression
+from codesign.compression import CompressionConfig, validate_compression
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
 from codesign.hardware import HardwareSpec
 from codesign.importer import ImportedModel, import_onnx
 from codesign.lowering import LoweredModel, lower_to_relax
+from codesign.pruning import prune_graph
 from codesign.quantize import QuantConfig, QuantizedGraph, quantize_graph
 from codesign.target import target
 from codesign.tvm_build import build_executable
@@ -81,7 +82,6 @@ def quantize_model(
     )
     check_memory(graph, imported, sample_count)
     validate_compression(compression, graph)
-    graph = prune_graph(graph, compression)
     if calibration is None:
         warn(
             "warning: no --calibration data; calibrating on random normal inputs, "
@@ -95,7 +95,9 @@ def quantize_model(
     calibration_info["method"] = calibration_method
     if not samples:
         raise ModelError(f"{calibration}: no calibration samples")
-    ranges = cached_tensor_ranges(graph, imported, samples, calibration_method, {"prune": compression.prune})
+    graph = prune_graph(graph, compression, imported, samples, warn)
+    pruning = {"prune": compression.prune, "prune_method": compression.prune_method}
+    ranges = cached_tensor_ranges(graph, imported, samples, calibration_method, pruning)
     config = QuantConfig.for_hardware(hw, weight_bits, compression.weight_bits, compression.float_layers)
     return graph, quantize_graph(graph, ranges, config), calibration_info
 

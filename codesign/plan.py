@@ -54,7 +54,6 @@ class LayerPlan:
     host_bytes: float = 0.0
     weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)
     weight_bytes: int | None = None  # its weight constant in the module (int4 two per byte)
-    effective_shape: ConvShape | None = None  # without pruned channels: what the accelerator runs
     schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (fastest modelled)
     # The conv as the model writes it, where the core runs another shape (`shape`): narrow groups
     # as block-diagonal super-groups (schedules.narrow_groups).
@@ -67,25 +66,11 @@ class LayerPlan:
         shape = self.layer_shape or self.shape
         return shape.macs if shape else 0
 
-    @property
-    def useful_macs(self) -> int:
-        """The MACs that contribute to the result: `macs` without pruned channels."""
-        if self.layer_shape is not None:
-            return self.layer_shape.macs
-        shape = self.effective_shape or self.shape
-        return shape.macs if shape else 0
-
     def describe(self) -> str:
         """The layer's geometry as the model writes it (and a super-grouped conv's on the core)."""
         if self.layer_shape is not None:
             return f"{self.layer_shape.describe()} (core: {self.shape.groups} block-diagonal groups)"
         return self.shape.describe() if self.shape else ""
-
-    @property
-    def accelerated_shape(self) -> ConvShape | None:
-        """The shape the accelerator runs and the simulator and tuner price: without the pruned
-        channels (the module computes them as zeros)."""
-        return self.effective_shape or self.shape
 
     def to_dict(self) -> dict:
         return {
@@ -100,7 +85,6 @@ class LayerPlan:
             "host_work": {"ops": self.host_ops, "bytes": self.host_bytes},
             "weight_bits": self.weight_bits,
             "weight_bytes": self.weight_bytes,
-            "effective_shape": dataclasses.asdict(self.effective_shape) if self.effective_shape else None,
             "schedule": self.schedule,
             "layer_shape": dataclasses.asdict(self.layer_shape) if self.layer_shape else None,
         }
@@ -120,7 +104,6 @@ class LayerPlan:
             host_bytes=doc["host_work"]["bytes"],
             weight_bits=doc["weight_bits"],
             weight_bytes=doc["weight_bytes"],
-            effective_shape=ConvShape(**doc["effective_shape"]) if doc["effective_shape"] else None,
             schedule=doc["schedule"],
             layer_shape=ConvShape(**doc["layer_shape"]) if doc["layer_shape"] else None,
         )

@@ -43,6 +43,7 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.quantize",
             "codesign.lookup_tables",
             "codesign.compression",
+            "codesign.pruning",
             "codesign.reference",
             "codesign.design",
         ],

@@ -129,7 +129,7 @@ def test_module_files(module_dir, vta_default):
 def test_manifest_header(module_dir, vta_default):
     manifest = read_manifest(module_dir)
     assert manifest["format"] == "codesign-module"
-    # 3: "files" (issue 10); 4: precision-scalable core, layer_shape; 5: a layer's weight_bytes
+    # 3: "files" (issue 10); 4: precision-scalable core, layer_shape; 5: weight_bytes, pruned layers real
     assert manifest["format_version"] == 5
     assert manifest["codesign_version"] == codesign.__version__
     assert manifest["tvm_version"] == tvm.__version__

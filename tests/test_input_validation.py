@@ -280,6 +280,7 @@ def test_vta_config_in_cli(capsys, tmp_path):
         ({"weight_bits": "4"}, 'weight_bits = "4" (expected an object of layer name -> value)'),
         ({"schedule": ["auto"]}, 'schedule = ["auto"] (expected "rule" or "auto")'),
         ({"float_layers": "conv2d_0"}, 'float_layers = "conv2d_0" (expected a list of layer name patterns)'),
+        ({"prune_method": "lasso"}, 'prune_method = "lasso" (expected "reconstruct" or "magnitude")'),
     ],
 )
 def test_compression_types_named_by_file_field_and_layer(tmp_path, doc, expected):

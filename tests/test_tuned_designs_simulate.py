@@ -3,7 +3,9 @@
 A small seeded `codesign tune` of mnist-8 over hardware, int4 weights and pruning, once per
 schedule mode. The designs of its Pareto front, its best design per objective, and pruned and
 int4 ones are compiled with `codesign compile --design RUN/designs/eval_N.json` (calibrated on
-the run's data, as a user would) and simulated with `codesign simulate MODULE --json`.
+the run's data and as many samples as the run's settings.json says, as the report does: pruning
+refits weights to the calibration samples, and the weights decide the ALU program) and simulated
+with `codesign simulate MODULE --json`.
 
 - With the cycle model the tuner prices designs with, latency, energy and area equal the record
   bit for bit: the tuner and the simulator sum the same per-layer figures in the same order
@@ -29,7 +31,7 @@ from codesign.design import Design
 from codesign.simulator.simulate import MODELS
 from codesign.tuner.database import Database
 from codesign.tuner.front import CYCLE_MODEL, FRONT_DIR
-from codesign.tuner.run_files import DATABASE_FILE
+from codesign.tuner.run_files import DATABASE_FILE, SETTINGS_FILE
 from codesign.tuner.tune import design_file_name
 
 MNIST = Path(__file__).resolve().parent.parent / "codesign" / "data" / "mnist-8.onnx"
@@ -112,7 +114,9 @@ def chosen_indices(run: Path, records: dict) -> list[int]:
 def compile_and_simulate(run: Path, record, data: Path, modules: Path) -> CompiledDesign:
     design_file = run / design_file_name(record.index)
     module = modules / f"eval_{record.index}"
+    samples = json.loads((run / SETTINGS_FILE).read_text())["calibration_samples"]
     compile_args = ["compile", str(MNIST), "--design", str(design_file), "--calibration", str(data)]
+    compile_args += ["--calibration-samples", str(samples)]
     assert main([*compile_args, "-o", str(module), "--quiet"]) == 0
     simulations = {model: simulate(module, model) for model in MODELS}
     return CompiledDesign(record.index, record.metrics, Design.load(design_file), read_manifest(module), simulations)

@@ -9,7 +9,6 @@ import dataclasses
 from codesign.hardware import area_mm2
 from codesign.plan import LayerPlan
 from codesign.schedules.cost_model import estimate, reset_elements
-from codesign.schedules.mapper import select_tiling
 from codesign.schedules.tile_geometry import tile_geometry
 from codesign.simulator.energy import energy_by_stage_pj, layer_energy_pj
 from codesign.simulator.event_sim import LayerTiming, simulate_program
@@ -92,20 +91,10 @@ class SimulationReport:
         }
 
 
-def accelerator_view(plan: LayerPlan, hw):
-    """(shape, tiling, description) the accelerator runs for a plan: narrow weights packed, and
-    pruned channels removed (such a layer is re-tiled, with the plan's schedule mode). Lowering
-    checked the plan's kernel against its tiling (`schedules.schedule_walk`)."""
-    layer_hw = hw.for_layer_weights(plan.weight_bits)
-    shape = plan.accelerated_shape
-    if shape == plan.shape:
-        return shape, plan.tiling, layer_hw
-    return shape, select_tiling(shape, hw, plan.alu_ops, plan.weight_bits, plan.schedule), layer_hw
-
-
 def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str, int], int]:
     """(timing, counters, accumulator resets) of an offloaded layer on the core as it uses it."""
-    shape, tiling, hw = accelerator_view(plan, hw)
+    # Narrow weights packed; lowering checked the kernel against its tiling (schedules.schedule_walk).
+    shape, tiling, hw = plan.shape, plan.tiling, hw.for_layer_weights(plan.weight_bits)
     geometry = tile_geometry(shape, tiling, hw)
     program = build_program(shape, geometry, hw, plan.alu_ops, tiling.virtual_threads)
     counters = program.counters()
@@ -155,7 +144,7 @@ def _simulate_accelerated(result: LayerResult, plan: LayerPlan, hw, model: str) 
     result.cycles = timing.cycles
     # Cycles and counters are the executed (super-grouped, zero-padded) work's; utilization counts
     # the layer's useful MACs, of the MACs per cycle the core can do for it.
-    result.utilization = dataclasses.replace(timing, macs=plan.useful_macs).utilization(layer_core)
+    result.utilization = dataclasses.replace(timing, macs=plan.macs).utilization(layer_core)
     result.bound = timing.bound
     result.dram_bytes = timing.dram_bytes
     result.counters = counters
@@ -170,14 +159,12 @@ def simulate_plans(plans: list[LayerPlan], hw, model: str = "event") -> Simulati
         raise ValueError(f"model must be one of {MODELS}")
     layers = []
     for plan in plans:
-        shape = plan.accelerated_shape
-        described = plan.describe() if plan.layer_shape else shape.describe() if shape else ""
         result = LayerResult(
             plan.name,
             plan.op,
             plan.placement,
-            described,
-            plan.useful_macs,
+            plan.describe(),
+            plan.macs,
             host_seconds(plan.host_ops, plan.host_bytes, hw),
         )
         if plan.placement == "accel":

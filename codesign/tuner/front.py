@@ -231,13 +231,12 @@ def simulate_design(profile: CompressionProfile, hw: HardwareSpec) -> Simulation
 
 def plans_for_design(plans: list[LayerPlan], hw: HardwareSpec) -> list[LayerPlan]:
     """A profile's plans (lowered for the space's base hardware) as lowering for `hw` writes them:
-    every offloaded layer tiled for `hw` (a pruned one the simulator tiles itself, for the
-    channels it keeps), kernels left for the simulator to schedule."""
+    every offloaded layer tiled for `hw`, kernels left for the simulator to schedule."""
     return [dataclasses.replace(plan, tiling=_tiling_for(plan, hw), kernel=None) for plan in plans]
 
 
 def _tiling_for(plan: LayerPlan, hw: HardwareSpec):
-    if plan.placement != "accel" or plan.accelerated_shape != plan.shape:
+    if plan.placement != "accel":
         return plan.tiling
     layer_hw = hw.for_layer_weights(plan.weight_bits)
     return select_tiling(plan.shape, layer_hw, plan.alu_ops, plan.weight_bits, plan.schedule)

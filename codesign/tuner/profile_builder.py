@@ -33,9 +33,7 @@ class CompressionProfile:
     def from_compiled(cls, result: CompileResult, accuracy: float) -> CompressionProfile:
         plans = result.lowered.plans
         layers = [
-            Layer(plan.accelerated_shape, tuple(plan.alu_ops), plan.weight_bits)
-            for plan in plans
-            if plan.placement == "accel"
+            Layer(plan.shape, tuple(plan.alu_ops), plan.weight_bits) for plan in plans if plan.placement == "accel"
         ]
         host_work = [(plan.host_ops, plan.host_bytes) for plan in plans]
         # Kernels are TIR (large, not picklable to the tuner's main process); the front re-tiles anyway.
