@@ -30,6 +30,9 @@ FORMAT = "codesign-module"
 # 5: a layer's "weight_bytes" (its weight constant in the module, int4 weights two per byte);
 #    pruned layers are their real shape (no "effective_shape").
 FORMAT_VERSION = 5
+# Largest extent of a layer's dimension a manifest may state (channels, pixels, kernel taps):
+# far beyond any real layer, and small enough that the simulator's arrays of tiles stay in memory.
+MAX_LAYER_DIM = 1 << 20
 
 
 class InvalidManifest(ValueError):
@@ -105,7 +108,7 @@ def schema() -> dict:
     tensor = _exactly({"name": _STRING, "shape": shape, "dtype": {"type": "string", "format": "dtype"}})
     conv_shape = _exactly(
         {
-            f.name: {"type": "integer", "minimum": 0 if f.name.startswith("pad_") else 1}
+            f.name: {"type": "integer", "minimum": 0 if f.name.startswith("pad_") else 1, "maximum": MAX_LAYER_DIM}
             for f in dataclasses.fields(ConvShape)
         }
     )

@@ -803,6 +803,10 @@ KNOWN_BAD = {
         "manifest",
         lambda m, r: _manifest_with(m, _set("layers", 1, "effective_shape", {"out_channels": 10**20})),
     ),
+    "manifest-shape-1e20-channels": (
+        "manifest",
+        lambda m, r: _manifest_with(m, _set("layers", 1, "shape", "out_channels", 10**20)),
+    ),
     "manifest-deep-array": ("manifest", lambda m, r: DEEP_TEXT.encode()),
     # database lines: `codesign report RUN`
     "database-key-with-newline": ("database", lambda m, r: _database_with(r, _set(0, "x\ny", 1))),
