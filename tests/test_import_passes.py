@@ -260,26 +260,3 @@ def test_tune_with_a_frozen_input_reports_and_reproduces_it(tmp_path, capsys):
     settings = json.loads((run / "settings.json").read_text())
     assert settings["input_values"] == {"sr": ["16000"]}
     assert "--input-value sr=16000" in (run / "report.md").read_text()
-
-
-def test_only_graphs_with_something_to_fold_go_through_onnxslim():
-    """A static export (every node reads a graph input's data) skips the folding library; shape
-    arithmetic, constant-only nodes and `If`s do not."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-
-    def graph(*nodes, initializers=()):
-        return helper.make_graph(list(nodes), "g", [x], [y], list(initializers))
-
-    from codesign.onnx_passes.fold import has_foldable_nodes
-
-    static = graph(helper.make_node("Reshape", ["x", "shape"], ["y"]), initializers=[const("shape", [4, 1])])
-    assert not has_foldable_nodes(static)
-    shaped = graph(helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"]))
-    assert has_foldable_nodes(shaped)
-    constant_only = graph(
-        helper.make_node("Constant", [], ["c"], value=const("c", [1.0], np.float32)),
-        helper.make_node("Add", ["c", "c"], ["d"]),
-        helper.make_node("Add", ["x", "d"], ["y"]),
-    )
-    assert has_foldable_nodes(constant_only)

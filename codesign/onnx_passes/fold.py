@@ -18,9 +18,6 @@ import onnx
 
 from codesign.errors import ModelError
 
-# Ops whose outputs are constant once input shapes are bound, or that only folding removes.
-SHAPE_OPS = {"Shape", "Size", "If", "ConstantOfShape", "Range", "EyeLike"}
-
 
 def fold_constants(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     """The model with every constant subgraph folded and constant-condition `If`s inlined."""
@@ -28,8 +25,6 @@ def fold_constants(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
-    if not has_foldable_nodes(model.graph):
-        return onnx.shape_inference.infer_shapes(model)  # e.g. a plain torch export: nothing to fold
     import onnxslim  # half a second to import (sympy): only commands that import a model pay it
 
     logging.getLogger("onnxslim").setLevel(logging.ERROR)
@@ -41,18 +36,6 @@ def fold_constants(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     if folded is None:
         raise ModelError(f"{source}: cannot fold the model's constant subgraphs")
     return onnx.shape_inference.infer_shapes(folded)
-
-
-def has_foldable_nodes(graph: onnx.GraphProto) -> bool:
-    """Whether some node computes from shapes or constants only (folding would change the graph);
-    False lets a static export skip onnxslim (its import alone takes half a second)."""
-    constant = {t.name for t in graph.initializer} | {""}  # "": an omitted optional input
-    for node in graph.node:
-        if node.op_type == "Constant":
-            constant.update(node.output)
-        elif node.op_type in SHAPE_OPS or all(name in constant for name in node.input):
-            return True
-    return False
 
 
 def _reason(err: Exception) -> str:
