@@ -179,6 +179,13 @@ def test_manifest_quantization(module_dir):
     gemm_layers = {layer["name"]: layer for layer in manifest["layers"] if layer["op"] in ("conv2d", "matmul")}
     assert set(quant["layers"]) == set(gemm_layers)
     expected_channels = {"conv2d_0": 8, "conv2d_1": 16, "matmul_0": 10}
+    # conv2d_0's output reaches conv2d_1 (through a max pool), a conv that mixes its channels: one
+    # scale per channel (quantize's balanced ranges); every other tensor one scale.
+    expected_scales = {
+        "conv2d_0": {"input_scale": 1, "output_scale": 8},
+        "conv2d_1": {"input_scale": 8, "output_scale": 1},
+        "matmul_0": {"input_scale": 1, "output_scale": 1},
+    }
     for name, entry in quant["layers"].items():
         channels = gemm_layers[name]["shape"]["out_channels"]
         assert channels == expected_channels[name]
@@ -186,8 +193,9 @@ def test_manifest_quantization(module_dir):
         assert len(entry["multiplier"]) == channels
         assert len(entry["shift"]) == channels
         assert all(isinstance(v, int) for v in entry["multiplier"] + entry["shift"])
-        assert entry["input_scale"] > 0
-        assert entry["output_scale"] > 0
+        for key in ("input_scale", "output_scale"):
+            scales = np.atleast_1d(entry[key])
+            assert len(scales) == expected_scales[name][key] and (scales > 0).all(), (name, key)
 
 
 # ---- loading and running ------------------------------------------------------------------------
