@@ -10,6 +10,7 @@ checks every file's sha256 first.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -85,6 +86,10 @@ def quantization_summary(result: CompileResult) -> dict:
             "shift": p["shift"].tolist(),
             "clamp": [p["lo"], p["hi"]],
         }
+        activation = p.get("activation")
+        if activation is not None:  # computed on acc + bias before the rescaling (codesign.plan.AluActivation)
+            channel = {key: p[key].tolist() for key in activation.channel_params}
+            layers[node.name]["activation"] = {**dataclasses.asdict(activation), **channel}
     return {
         "scheme": "symmetric int8 activations per tensor (per channel before grouped convs and lookup tables),"
         " weights per output channel, int32 bias",

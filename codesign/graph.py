@@ -262,27 +262,49 @@ def _fold_clamp_behind_reshape(clamp: Node, graph: Graph, users) -> bool:
 
 
 def _fold_into(gemm: Node, node: Node, graph: Graph) -> bool:
+    """Fold a batch norm, a constant add / subtract, a positive scalar multiply / divide, or a
+    clamp into the GEMM's weights, bias and clamp. A scaling commutes with a folded clamp (its
+    bounds scale with it), so HardSigmoid (clip(alpha * x + beta, 0, 1)) and ReLU6 followed by
+    a scaling fold whole: the accelerator's requantization computes them at no extra cost."""
     layer = gemm.layer
     untouched = layer.clamp == (FLOAT_MIN, FLOAT_MAX)
     if node.op == "relax.nn.batch_norm" and layer.kind == "conv2d" and untouched:
         return _fold_batch_norm(gemm, node, graph)
-    if node.op == "relax.add" and untouched and len(node.inputs) == 1:
-        bias = constant_value(node, 1) if node.arg_slots[0] == ("node", 0) else constant_value(node, 0)
-        return bias is not None and _fold_bias(layer, bias, gemm.shape)
-    if node.op == "relax.multiply" and untouched and len(node.inputs) == 1 and layer.bias is None:
-        factor = constant_value(node, 1) if node.arg_slots[0] == ("node", 0) else constant_value(node, 0)
+    # An offset after a folded clamp stays out: a clamp from a nonzero low bound would cost the
+    # layer its per-channel output scales (quantize._channel_requantizable).
+    if node.op in ("relax.add", "relax.subtract") and len(node.inputs) == 1 and untouched:
+        offset = _constant_operand(node, commutes=node.op == "relax.add")
+        return offset is not None and _fold_bias(layer, offset if node.op == "relax.add" else -offset, gemm.shape)
+    if node.op in ("relax.multiply", "relax.divide") and len(node.inputs) == 1:
+        factor = _constant_operand(node, commutes=node.op == "relax.multiply")
         if factor is None or factor.size != 1 or float(factor.reshape(())) <= 0:
             return False
         scale = float(factor.reshape(()))
-        if layer.weight is None:
-            layer.out_scale *= scale
-        else:
-            layer.weight = layer.weight * np.float32(scale)
+        _scale_layer(layer, scale if node.op == "relax.multiply" else 1.0 / scale)
         return True
     if node.op == "clamp":
         layer.clamp = (max(layer.clamp[0], node.bounds[0]), min(layer.clamp[1], node.bounds[1]))
         return True
     return False
+
+
+def _constant_operand(node: Node, commutes: bool) -> np.ndarray | None:
+    """The constant of a binary op on one tensor: its second operand (or either, if the op commutes)."""
+    if node.arg_slots[0] == ("node", 0):
+        return constant_value(node, 1)
+    return constant_value(node, 0) if commutes else None
+
+
+def _scale_layer(layer: GemmLayer, scale: float) -> None:
+    """The layer's output times a positive scale: weights (or a run-time matmul's output scale),
+    bias and clamp bounds."""
+    if layer.weight is None:
+        layer.out_scale *= scale
+    else:
+        layer.weight = layer.weight * np.float32(scale)
+    if layer.bias is not None:
+        layer.bias = (layer.bias * np.float32(scale)).astype(np.float32)
+    layer.clamp = (layer.clamp[0] * scale, layer.clamp[1] * scale)
 
 
 def _scalar_arg(node: Node, index: int) -> float:
@@ -299,6 +321,8 @@ def _fold_bias(layer: GemmLayer, bias: np.ndarray, out_shape) -> bool:
     axis_shape = [1] * len(out_shape)
     channel_axis = 1 if layer.kind == "conv2d" else len(out_shape) - 1
     axis_shape[channel_axis] = channels
+    if bias.size == 1 and bias.ndim <= len(out_shape):  # a scalar broadcasts to every channel
+        bias = np.full(axis_shape, bias.reshape(()), dtype=np.float32)
     squeezed = bias.reshape(-1) if bias.size == channels else None
     if squeezed is None or bias.ndim > len(out_shape):
         return False

@@ -25,12 +25,13 @@ from codesign.graph import channel_axis
 from codesign.host_work import node_work
 from codesign.importer import ImportedModel
 from codesign.packed_layout import plan_layouts
-from codesign.plan import LayerPlan, requant_alu_ops
+from codesign.plan import LayerPlan, layer_alu_ops
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import select_tiling
 from codesign.schedules.narrow_groups import block_diagonal_weight, super_grouped
 from codesign.schedules.packed_conv2d import (
+    channel_param_names,
     check_footprint,
     kernel_buffer_shapes,
     measured_footprint,
@@ -91,16 +92,25 @@ def float_gemm_view(node: QNode) -> QNode:
 
 
 def plan_accelerated_layer(
-    name: str, op: str, shape: ConvShape, hw, clamp: tuple[int, int], alu_ops=(), weight_bits=None, schedule="rule"
+    name: str,
+    op: str,
+    shape: ConvShape,
+    hw,
+    clamp: tuple[int, int],
+    alu_ops=(),
+    weight_bits=None,
+    schedule="rule",
+    activation=None,
 ):
     """Tile (the tile rule, or the fastest modelled tiling with schedule="auto"), schedule and
-    check one layer; returns (scheduled PrimFunc, LayerPlan). Narrow weights pack in the buffer."""
+    check one layer; returns (scheduled PrimFunc, LayerPlan). Narrow weights pack in the buffer;
+    `activation` (codesign.plan.AluActivation) runs on the ALU before the requantization."""
     hw = hw.for_layer_weights(weight_bits)
     try:
         tiling = select_tiling(shape, hw, alu_ops, weight_bits, schedule)
     except TilingError as err:
         raise HardwareError(f"layer '{name}': {err}") from err
-    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp, weight_bits), tiling, hw)
+    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp, weight_bits, activation), tiling, hw)
     used = measured_footprint(scheduled, hw)
     problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw, tiling.virtual_threads)
     if problems:
@@ -145,9 +155,10 @@ class _Lowerer:
                 shape,
                 self.hw,
                 (p["lo"], p["hi"]),
-                requant_alu_ops(p["bias"], p["multiplier"], p["shift"]),
+                layer_alu_ops(p),
                 self.weight_bits(node),
                 self.compression.schedule,
+                p.get("activation"),
             )
         except HardwareError:
             super_grouped_conv = node.op == "conv2d" and shape != gemm_shape(node, self.qgraph)
@@ -201,7 +212,7 @@ class _Lowerer:
         if node.name in self.kernels:
             plan = self.kernels[node.name][1]
             p = node.params
-            plan.alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
+            plan.alu_ops = layer_alu_ops(p)
             layer_shape = gemm_shape(node, self.qgraph)
             plan.layer_shape = layer_shape if layer_shape != plan.shape else None
         elif is_float_gemm(node):
@@ -236,9 +247,9 @@ class _Lowerer:
             return self.emit_accelerated(node, args)
         if node.op == "conv2d":
             weight = self.host_weight(node)
-            consts = [relax.const(p[key]) for key in ("bias", "multiplier", "shift")]
+            consts = [relax.const(p[key]) for key in channel_param_names(p.get("activation"))]
             return self.bb.emit_te(
-                lambda x, w, *c: _host_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node),
+                lambda x, w, *c: _host_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node=node),
                 args[0],
                 self.host_weight_const(weight, node),
                 *consts,
@@ -293,7 +304,7 @@ class _Lowerer:
         packed_weight = self.packed_weight(node, shape, args, hw)
         channel = [
             relax.const(pack_channel_params_numpy(self.channel_values(p[key], shape), hw))
-            for key in ("bias", "multiplier", "shift")
+            for key in channel_param_names(p.get("activation"))
         ]
         out_shape = kernel_buffer_shapes(shape, hw)["out"]
         return bb.emit(
@@ -317,10 +328,11 @@ class _Lowerer:
             return self.bb.emit_te(lambda x: _mean_te(x, blocked_params), args[0], primfunc_name_hint="int_mean")
         if node.op == "conv2d":  # depthwise, on the host
             weight = self.host_weight(node)
-            channel = [np.broadcast_to(p[key], (node.shape[1],)) for key in ("bias", "multiplier", "shift")]
+            keys = channel_param_names(p.get("activation"))
+            channel = [np.broadcast_to(p[key], (node.shape[1],)) for key in keys]
             consts = [relax.const(_blocked_rows(values, block)) for values in channel]
             return self.bb.emit_te(
-                lambda x, w, *c: _blocked_depthwise_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node),
+                lambda x, w, *c: _blocked_depthwise_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node=node),
                 args[0],
                 self.host_weight_const(weight, node),
                 *consts,
@@ -471,9 +483,7 @@ def _blocked_rows(values: np.ndarray, block: int) -> np.ndarray:
     return np.concatenate([values, np.zeros((rows - values.shape[0], *values.shape[1:]), values.dtype)])
 
 
-def _blocked_depthwise_conv2d_te(
-    x: te.Tensor, weight: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, node: QNode
-) -> te.Tensor:
+def _blocked_depthwise_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode) -> te.Tensor:
     """A depthwise conv on blocked (1, N/b, C/bi, H, W, b, bi) int8 data, weights (C, KH, KW):
     `_host_conv2d_te` with channel c * bi + i reading its own input channel."""
     p = node.params
@@ -499,10 +509,11 @@ def _blocked_depthwise_conv2d_te(
         name="acc",
     )
 
+    names = channel_param_names(p.get("activation"))
+
     def requantized(g, n, c, y, xx, r, i):
-        channel = c * bi + i
-        value = acc[g, n, c, y, xx, r, i]
-        return requantize_expr(value, bias[channel], multiplier[channel], shift[channel], p["lo"], p["hi"])
+        values = {name: param[c * bi + i] for name, param in zip(names, channel)}
+        return requantize_expr(acc[g, n, c, y, xx, r, i], values, p["lo"], p["hi"], p.get("activation"))
 
     return te.compute(out_shape, requantized, name="host_conv2d")
 
@@ -563,9 +574,7 @@ def _zero_padded_channels_te(x: te.Tensor, channels: int) -> te.Tensor:
     )
 
 
-def _host_conv2d_te(
-    x: te.Tensor, weight: te.Tensor, bias: te.Tensor, multiplier: te.Tensor, shift: te.Tensor, node: QNode
-):
+def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode):
     """Grouped / depthwise / dilated conv in integers on the host."""
     p = node.params
     o, cg, kh, kw = (int(d) for d in weight.shape)
@@ -589,8 +598,10 @@ def _host_conv2d_te(
         ),
         name="acc",
     )
-    return te.compute(
-        node.shape,
-        lambda b, oc, y, xx: requantize_expr(acc[b, oc, y, xx], bias[oc], multiplier[oc], shift[oc], p["lo"], p["hi"]),
-        name="host_conv2d",
-    )
+    names = channel_param_names(p.get("activation"))
+
+    def requantized(b, oc, y, xx):
+        values = {name: param[oc] for name, param in zip(names, channel)}
+        return requantize_expr(acc[b, oc, y, xx], values, p["lo"], p["hi"], p.get("activation"))
+
+    return te.compute(node.shape, requantized, name="host_conv2d")

@@ -38,6 +38,60 @@ def requant_alu_ops(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray)
     return [*ops, AluOp("MAX"), AluOp("MIN")]
 
 
+# Fixed-point fraction bits of an activation on the ALU: a HardSwish gate clamp(a * x + b, 0, 1)
+# is an integer in [0, 256] (steps of 1/256: at most a quarter of an int8 output step of error,
+# as x * gate's scale is at most 127 output steps per unit gate), a LeakyReLU slope alpha is
+# round(alpha * 256) / 256. With int32 accumulators and ALU multipliers of up to 16 bits, every
+# intermediate stays within 2**63 (the kernels compute in int64, as the requantization does).
+ACTIVATION_FRACTION_BITS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class AluActivation:
+    """An activation the ALU computes on the accumulator x = acc + bias before the layer's
+    requantization (which then takes its result instead of x):
+
+    hardswish  x * clamp(((x + gate_bias) * gate_multiplier + round) >> gate_shift, 0, one) + offset
+               (per-channel gate_bias, gate_multiplier, gate_shift in the layer's params)
+    leakyrelu  max(x << fraction_bits, x * slope) + offset
+
+    with a per-channel `offset` (a constant added after the activation, often zero).
+    """
+
+    kind: str  # "hardswish" | "leakyrelu"
+    slope: int = 0  # leakyrelu: round(alpha * one)
+    fraction_bits: int = ACTIVATION_FRACTION_BITS
+
+    @property
+    def one(self) -> int:
+        return 1 << self.fraction_bits
+
+    @property
+    def channel_params(self) -> tuple[str, ...]:
+        """Per-channel parameters of the layer's params the activation reads."""
+        gate = ("gate_bias", "gate_multiplier", "gate_shift") if self.kind == "hardswish" else ()
+        return (*gate, "offset")
+
+
+def layer_alu_ops(params: dict) -> list[AluOp]:
+    """The ALU program of an accelerated layer: the requantization of its params, with its
+    activation's ops after the bias (on a copy of the accumulator tile, then one tensor-tensor op
+    that combines the copy with the accumulator)."""
+    ops = requant_alu_ops(params["bias"], params["multiplier"], params["shift"])
+    activation = params.get("activation")
+    if activation is None:
+        return ops
+    if activation.kind == "hardswish":
+        gate = requant_alu_ops(params["gate_bias"], params["gate_multiplier"], params["gate_shift"])
+        extra = [*gate, AluOp("MUL")]  # gate = requantized copy clamped to [0, one]; x * gate
+    else:
+        extra = [AluOp("MUL"), AluOp("SHR"), AluOp("MAX")]  # copy * slope; x << bits; max of both
+    if np.any(params["offset"] != 0):
+        extra.append(AluOp("ADD", vector=True))
+    after_bias = 1 if np.any(params["bias"] != 0) else 0
+    return [*ops[:after_bias], *extra, *ops[after_bias:]]
+
+
 @dataclasses.dataclass
 class LayerPlan:
     """Where one layer runs and, on the accelerator, how it is tiled."""
@@ -49,7 +103,7 @@ class LayerPlan:
     tiling: Tiling | None = None
     footprint: dict[str, int] | None = None
     kernel: tirx.PrimFunc | None = None  # the scheduled accelerator kernel (not in the manifest)
-    alu_ops: list[AluOp] = dataclasses.field(default_factory=list)  # requantization on the ALU
+    alu_ops: list[AluOp] = dataclasses.field(default_factory=list)  # requantization (+ activation) on the ALU
     host_ops: float = 0.0  # work on the host CPU (for accelerated layers: packing)
     host_bytes: float = 0.0
     weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)

@@ -15,7 +15,13 @@ Post-training static quantization, symmetric (no zero points, as VTA's int8 data
   where multiplier / 2**shift approximates the real rescaling factor. With an ALU multiplier
   of B bits the multiplier has B bits; a shift-only ALU forces power-of-two scales so that the
   factor is an exact power of two (multiplier 1, or a left shift when the factor exceeds 1);
-- ReLU / Clip are folded into lo, hi;
+- ReLU / Clip are folded into lo, hi (affine steps around them, e.g. HardSigmoid, into the
+  weights and bias: codesign.graph);
+- HardSwish and LeakyReLU behind an accelerated layer, where the ALU has a multiplier, nothing
+  else reads the layer's own output and the core's extra ALU time is modelled shorter than the
+  host's lookup table, become part of its ALU program
+  (codesign.alu_activations, codesign.plan.AluActivation): the layer's QNode then stands for the
+  activation's output, and no int8 rounding happens between the layer and its activation;
 - max-pool, reshape and transpose run on int8 directly; residual adds and means are integer
   ops with their own requantization; everything else runs in float on the host between a
   dequantize and a quantize.
@@ -28,12 +34,13 @@ import fnmatch
 
 import numpy as np
 
+from codesign.alu_activations import HardSwish, chain_activation
 from codesign.calibration import TensorRanges
 from codesign.errors import HardwareError, ModelError
-from codesign.graph import Graph, Node, channel_shaped, remove_dead
+from codesign.graph import FLOAT_MAX, FLOAT_MIN, Graph, Node, channel_shaped, remove_dead
 from codesign.host_work import host_seconds, node_work
 from codesign.lookup_tables import ELEMENTWISE_OPS, tabulate
-from codesign.plan import requant_alu_ops
+from codesign.plan import ACTIVATION_FRACTION_BITS, AluActivation, layer_alu_ops
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.narrow_groups import accelerator_seconds, is_narrow, super_grouped
 from codesign.schedules.tiling import TilingError
@@ -109,6 +116,8 @@ class QNode:
                strides, padding (t,l,b,r), groups
     matmul     weight (K,N) int8 or None (second operand is a tensor), bias/multiplier/shift
                (N,) int32, lo, hi
+               both may hold a fused `activation` (codesign.plan.AluActivation) and its
+               per-channel parameters (gate_bias/gate_multiplier/gate_shift for HardSwish)
     lut        table (256,) int8: y = table[x + 128], an elementwise float chain tabulated;
                (C, 256) when input or output has channel scales: y = table[c, x + 128]
     add        multiplier_a, multiplier_b, shift, lo, hi
@@ -233,12 +242,15 @@ class _Quantizer:
         self.lut_roots: dict[str, str] = {}  # elementwise node -> the int8 tensor it is a function of
         self.users = graph.consumers()
         self.int8_wanted: dict[str, bool] = {}
+        self.acc_scales: dict[str, np.ndarray] = {}  # GEMM -> real scale of its accumulator, per channel
+        self.fused: dict[str, str] = {}  # activation fused into a GEMM -> the GEMM
 
     def run(self) -> QuantizedGraph:
         for node in self.graph.nodes.values():
             self.nodes[node.name] = self.lower(node)
         outputs = [self.as_float(name) for name in self.graph.outputs]
         self.fill_lookup_tables()
+        outputs = self.drop_fused_names(outputs)
         qgraph = QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config)
         remove_dead(qgraph)  # e.g. the intermediate steps of a tabulated chain
         return qgraph
@@ -279,6 +291,99 @@ class _Quantizer:
         transparent = op in INT8_PASSTHROUGH_OPS or op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat")
         transparent = transparent or is_nearest_upsample(self.graph.nodes[user], self.graph)
         return transparent and self.wants_int8(user)
+
+    def drop_fused_names(self, outputs: list[str]) -> list[str]:
+        """A fused activation's uses become uses of its GEMM (whose QNode it named while lowering)."""
+        for name in self.fused:
+            del self.nodes[name]
+        for qnode in self.nodes.values():
+            qnode.inputs = [self.fused.get(i, i) for i in qnode.inputs]
+        return [self.fused.get(o, o) for o in outputs]
+
+    def fuse_activation(self, node: Node, root: str) -> QNode | None:
+        """The accelerated GEMM producing `root` with the elementwise chain root -> node fused into
+        its ALU program, where the ALU computes the chain (HardSwish, LeakyReLU) faster than the
+        host's table would (`alu_is_faster`), or None."""
+        gemm = self.nodes[root]
+        form = self.alu_activation(node, root) if self.takes_activation(gemm) else None
+        if form is None:
+            return None
+        out_scale = self.output_scale(node.name)
+        params = self.activation_params(form, self.acc_scales[root], out_scale)
+        if not self.alu_is_faster(gemm, params, QNode(node.name, "lut", [root], node.shape, "int8", out_scale)):
+            return None
+        gemm.params.update(params)
+        gemm.scale = out_scale
+        self.fused[node.name] = root
+        return gemm
+
+    def takes_activation(self, gemm: QNode) -> bool:
+        """Can this node's ALU program take an activation: an accelerated GEMM without one nor a
+        folded clamp, on an ALU with a multiplier?"""
+        if self.config.shift_only or gemm.op not in ("conv2d", "matmul") or gemm.placement != "accel":
+            return False
+        return "activation" not in gemm.params and gemm.source.layer.clamp == (FLOAT_MIN, FLOAT_MAX)
+
+    def alu_activation(self, node: Node, root: str):
+        """The HardSwish / LeakyReLU form (codesign.alu_activations) the chain root -> node
+        computes, if nothing but the chain reads root or the chain's steps and the activation
+        does not go on after node; else None."""
+        self.lut_roots[node.name] = root  # for lut_chain; a fused node is no table's step
+        chain = self.lut_chain(node.name)
+        del self.lut_roots[node.name]
+        if any(user not in chain for step in [root, *chain[:-1]] for user in self.users[step]):
+            return None
+        form = chain_activation(self.graph, root, chain)
+        return None if form is None or self.activation_continues(node, root, chain) else form
+
+    def alu_is_faster(self, gemm: QNode, fused_params: dict, table: QNode) -> bool:
+        """Does the activation cost the core less time than the host's table would? Both priced
+        by the description, as narrow-group convs are placed (`conv_on_accel`): the analytic cost
+        model's time with and without the activation's ALU ops, against the table's host time.
+        On vta_default (one accumulator vector per ALU cycle at 100 MHz against a 650 MHz host)
+        a table is faster than HardSwish's 7 ALU ops; a core retiring 4 vectors per cycle is not."""
+        from codesign.lowering import kernel_shape  # lowering imports this module
+
+        hw = self.config.hardware
+        if hw is None:
+            return False
+        shape = kernel_shape(gemm, self, hw)
+        bits = self.config.bits_for(gemm.name) if gemm.params["weight"] is not None else None
+        try:
+            before = accelerator_seconds(shape, hw, layer_alu_ops(gemm.params), bits)
+            after = accelerator_seconds(shape, hw, layer_alu_ops({**gemm.params, **fused_params}), bits)
+        except TilingError:
+            return False
+        return after - before < host_seconds(*node_work(table, self), hw)
+
+    def activation_continues(self, node: Node, root: str, chain: list[str]) -> bool:
+        """Does the activation go on in node's one reader (x * clip(x + 3, 0, 6), then / 6)? Then
+        that reader is the one to fuse."""
+        readers = self.users[node.name]
+        if len(readers) != 1 or readers[0] not in self.graph.nodes:
+            return False
+        return chain_activation(self.graph, root, [*chain, readers[0]]) is not None
+
+    def activation_params(self, form, acc_scale: np.ndarray, out_scale) -> dict:
+        """Requantization params computing the activation `form` (codesign.alu_activations) of the
+        accumulator, of real scale `acc_scale` with its bias, at an int8 output of `out_scale`.
+        The activation's result has the real scale c * acc_scale / one. Its multipliers have at
+        most 16 bits, so that x * gate * multiplier stays within int64."""
+        bits = min(self.config.multiplier_bits, 16)
+        if isinstance(form, HardSwish):
+            activation = AluActivation("hardswish")
+        else:
+            activation = AluActivation("leakyrelu", slope=round(form.alpha * (1 << ACTIVATION_FRACTION_BITS)))
+        multiplier, shift = fixed_point(form.c * acc_scale / (activation.one * out_scale), bits, False)
+        params = {"activation": activation, "multiplier": multiplier, "shift": shift, "lo": INT8_MIN, "hi": INT8_MAX}
+        offset = np.round(form.d * activation.one / (form.c * acc_scale))  # d in the result's units
+        params["offset"] = np.clip(offset, -(2**31), 2**31 - 1).astype(np.int32)
+        if isinstance(form, HardSwish):  # gate = clamp(a * real + b, 0, 1) in steps of 1 / one
+            gate_bias = np.round(form.b / (form.a * acc_scale))
+            params["gate_bias"] = np.clip(gate_bias, -(2**31), 2**31 - 1).astype(np.int32)
+            gate_factor = activation.one * form.a * acc_scale
+            params["gate_multiplier"], params["gate_shift"] = fixed_point(gate_factor, bits, False)
+        return params
 
     def lower_lut(self, node: Node, root: str) -> QNode:
         self.lut_roots[node.name] = root
@@ -401,7 +506,7 @@ class _Quantizer:
             return self.lower_gemm(node)
         root = self.lut_root(node)
         if root is not None:
-            return self.lower_lut(node, root)
+            return self.fuse_activation(node, root) or self.lower_lut(node, root)
         int8_inputs = all(self.nodes[i].dtype == "int8" for i in node.inputs)
         moves_data = node.op in INT8_PASSTHROUGH_OPS or is_nearest_upsample(node, self.graph)
         if moves_data and len(node.inputs) == 1 and int8_inputs:
@@ -446,6 +551,7 @@ class _Quantizer:
         acc_scale = input_factor * w_scales * layer.out_scale
         bias = np.zeros(acc_scale.size) if layer.bias is None else layer.bias.astype(np.float64)
         bias_q = np.clip(np.round(bias / acc_scale), -(2**31), 2**31 - 1).astype(np.int32)
+        self.acc_scales[node.name] = np.broadcast_to(acc_scale, bias_q.shape)
         multiplier, shift = fixed_point(acc_scale / out_scale, config.multiplier_bits, config.shift_only)
         lo, hi = clamp_range(layer.clamp, float(np.max(out_scale)))  # channel-independent when scales vary
         params = {"weight": weight, "bias": bias_q, "multiplier": multiplier, "shift": shift, "lo": lo, "hi": hi}
@@ -478,7 +584,7 @@ class _Quantizer:
             return True
         if hw is None:
             return False
-        alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
+        alu_ops = layer_alu_ops(p)
         try:
             core = accelerator_seconds(super_grouped(shape, hw.block_in), hw, alu_ops, self.config.bits_for(qnode.name))
         except TilingError:

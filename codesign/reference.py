@@ -19,15 +19,37 @@ DATA_MOVEMENT_OPS = ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.e
 
 
 def requantize(acc: np.ndarray, bias, multiplier, shift, lo: int, hi: int, channel_axis: int) -> np.ndarray:
-    shape = [1] * acc.ndim
+    value = acc.astype(np.int64) + _per_channel(bias, acc.ndim, channel_axis)
+    return rescale(value, multiplier, shift, lo, hi, channel_axis).astype(np.int8)
+
+
+def rescale(value: np.ndarray, multiplier, shift, lo: int, hi: int, channel_axis: int) -> np.ndarray:
+    """clamp((value * multiplier + round) >> shift, lo, hi) in int64, round = (1 << shift) >> 1."""
+    shift64 = _per_channel(shift, value.ndim, channel_axis)
+    scaled = value * _per_channel(multiplier, value.ndim, channel_axis) + ((1 << shift64) >> 1)
+    return np.clip(scaled >> shift64, lo, hi)
+
+
+def _per_channel(values, ndim: int, channel_axis: int) -> np.ndarray:
+    shape = [1] * ndim
     shape[channel_axis] = -1
+    return np.asarray(values, dtype=np.int64).reshape(shape if np.ndim(values) else ())
 
-    def per_channel(values):
-        return np.asarray(values, dtype=np.int64).reshape(shape if np.ndim(values) else ())
 
-    shift64 = per_channel(shift)
-    value = (acc.astype(np.int64) + per_channel(bias)) * per_channel(multiplier) + ((1 << shift64) >> 1)
-    return np.clip(value >> shift64, lo, hi).astype(np.int8)
+def gemm_output(acc: np.ndarray, p: dict, channel_axis: int) -> np.ndarray:
+    """An accelerated layer's int8 output: its fused activation (codesign.plan.AluActivation) on
+    acc + bias, then the requantization."""
+    activation = p.get("activation")
+    if activation is None:
+        return requantize(acc, p["bias"], p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis)
+    value = acc.astype(np.int64) + _per_channel(p["bias"], acc.ndim, channel_axis)
+    if activation.kind == "hardswish":
+        gate_input = value + _per_channel(p["gate_bias"], acc.ndim, channel_axis)
+        value = value * rescale(gate_input, p["gate_multiplier"], p["gate_shift"], 0, activation.one, channel_axis)
+    else:
+        value = np.maximum(value << activation.fraction_bits, value * activation.slope)
+    value = value + _per_channel(p["offset"], acc.ndim, channel_axis)
+    return rescale(value, p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis).astype(np.int8)
 
 
 def conv2d_accumulate(x: np.ndarray, w: np.ndarray, strides, padding, groups: int, dilation=(1, 1)) -> np.ndarray:
@@ -99,11 +121,11 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
         return args[0].astype(np.float32) * p["scale"]
     if node.op == "conv2d":
         acc = conv2d_accumulate(args[0], p["weight"], p["strides"], p["padding"], p["groups"], p["dilation"])
-        return requantize(acc, p["bias"], p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis=1)
+        return gemm_output(acc, p, channel_axis=1)
     if node.op == "matmul":
         b = p["weight"] if p["weight"] is not None else args[1]
         acc = np.matmul(args[0].astype(np.int64), b.astype(np.int64))
-        return requantize(acc, p["bias"], p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis=acc.ndim - 1)
+        return gemm_output(acc, p, channel_axis=acc.ndim - 1)
     if node.op == "add":
         total = args[0].astype(np.int64) * p["multiplier_a"] + args[1].astype(np.int64) * p["multiplier_b"]
         return requantize(total, 0, 1, p["shift"], p["lo"], p["hi"], channel_axis=0)

@@ -9,7 +9,9 @@ tile in the accumulator before storing it:
     out = clamp(((acc + bias) * multiplier + round) >> shift, clamp_lo, clamp_hi)
 
 with round = (1 << shift) >> 1, all in 64-bit integers (bias, multiplier, shift per output
-channel). `codesign.reference` implements the same formula in numpy.
+channel). A fused activation (HardSwish, LeakyReLU: codesign.plan.AluActivation) replaces
+acc + bias by its fixed-point result before the rescaling. `codesign.reference` implements the
+same formulas in numpy.
 
 int4 weights reach the kernel as the module stores them, two per byte (`pack_int4_numpy`: the
 blocked weight in C order, element 2k in the low nibble of byte k and element 2k + 1 in its high
@@ -53,31 +55,55 @@ def kernel_buffer_shapes(shape: ConvShape, hw) -> dict[str, tuple]:
     }
 
 
-def requantize_expr(acc, bias, multiplier, shift, clamp_lo: int, clamp_hi: int):
-    """One accumulator with its bias, requantized to int8 (the formula above)."""
-    return rescale_expr(acc.astype("int64") + bias.astype("int64"), multiplier, shift, clamp_lo, clamp_hi)
+def requantize_expr(acc, channel: dict, clamp_lo: int, clamp_hi: int, activation=None):
+    """One accumulator requantized to int8 (the formula above) with its output channel's
+    parameters (`channel`: bias, multiplier, shift and the activation's), after the activation
+    the ALU computes on acc + bias, if any (codesign.plan.AluActivation)."""
+    value = acc.astype("int64") + channel["bias"].astype("int64")
+    if activation is not None:
+        value = activation_expr(value, channel, activation)
+    return rescale_expr(value, channel["multiplier"], channel["shift"], clamp_lo, clamp_hi)
 
 
-def rescale_expr(value, multiplier, shift, clamp_lo: int, clamp_hi: int):
+def activation_expr(value, channel: dict, activation):
+    """codesign.plan.AluActivation on an int64 accumulator with its bias."""
+    offset = channel["offset"].astype("int64")
+    if activation.kind == "hardswish":
+        gate_input = value + channel["gate_bias"].astype("int64")
+        gate = rescale_expr(
+            gate_input, channel["gate_multiplier"], channel["gate_shift"], 0, activation.one, dtype="int64"
+        )
+        return value * gate + offset
+    shifted = tirx.shift_left(value, tirx.const(activation.fraction_bits, "int64"))
+    return tirx.max(shifted, value * tirx.const(activation.slope, "int64")) + offset
+
+
+def rescale_expr(value, multiplier, shift, clamp_lo: int, clamp_hi: int, dtype: str = "int8"):
     """An int64 value -> int8: clamp((value * multiplier + round) >> shift), round = (1 << shift) >> 1.
     The one TIR of codesign's requantization (host integer ops use it too); `multiplier` and
-    `shift` are expressions or Python integers."""
+    `shift` are expressions or Python integers. An activation's gate keeps its int64 (`dtype`)."""
     shift64, multiplier64 = _int64(shift), _int64(multiplier)
     rounding = tirx.shift_right(tirx.shift_left(tirx.const(1, "int64"), shift64), tirx.const(1, "int64"))
     scaled = tirx.shift_right(value * multiplier64 + rounding, shift64)
     clamped = tirx.max(tirx.min(scaled, tirx.const(clamp_hi, "int64")), tirx.const(clamp_lo, "int64"))
-    return clamped.astype("int8")
+    return clamped.astype(dtype)
 
 
 def _int64(value):
     return tirx.const(int(value), "int64") if isinstance(value, (int, np.integer)) else value.astype("int64")
 
 
+def channel_param_names(activation=None) -> tuple[str, ...]:
+    """The kernel's per-output-channel arguments, in order."""
+    return ("bias", "multiplier", "shift", *(activation.channel_params if activation else ()))
+
+
 def packed_conv2d_func(
-    shape: ConvShape, hw, clamp_lo: int, clamp_hi: int, weight_bits: int | None = None
+    shape: ConvShape, hw, clamp_lo: int, clamp_hi: int, weight_bits: int | None = None, activation=None
 ) -> tirx.PrimFunc:
-    """The unscheduled kernel: (data, weight, bias, multiplier, shift) -> int8 output; with
-    `weight_bits` = 4 the weight argument is the packed int4 image (see the module docstring)."""
+    """The unscheduled kernel: (data, weight, bias, multiplier, shift, activation's per-channel
+    parameters) -> int8 output; with `weight_bits` = 4 the weight argument is the packed int4
+    image (see the module docstring)."""
     shapes = kernel_buffer_shapes(shape, hw)
     data = te.placeholder(shapes["data"], "int8", name="data")
     if weight_bits == INT4_BITS:
@@ -86,9 +112,8 @@ def packed_conv2d_func(
         weight = unpack_int4_te(weight_arg, shapes["weight"])
     else:
         weight_arg = weight = te.placeholder(shapes["weight"], "int8", name="weight")
-    bias = te.placeholder(shapes["channel_params"], "int32", name="bias")
-    multiplier = te.placeholder(shapes["channel_params"], "int32", name="multiplier")
-    shift = te.placeholder(shapes["channel_params"], "int32", name="shift")
+    names = channel_param_names(activation)
+    channel = {name: te.placeholder(shapes["channel_params"], "int32", name=name) for name in names}
     pt, pl = shape.pad_top, shape.pad_left
     padded_shape = (
         *shapes["data"][:3],
@@ -116,14 +141,13 @@ def packed_conv2d_func(
         ),
         name="conv",
     )
-    out = te.compute(
-        shapes["out"],
-        lambda g, n, co, y, x, b, o: requantize_expr(
-            conv[g, n, co, y, x, b, o], bias[g, co, o], multiplier[g, co, o], shift[g, co, o], clamp_lo, clamp_hi
-        ),
-        name="requant",
-    )
-    return te.create_prim_func([data, weight_arg, bias, multiplier, shift, out])
+
+    def requantized(g, n, co, y, x, b, o):
+        values = {name: param[g, co, o] for name, param in channel.items()}
+        return requantize_expr(conv[g, n, co, y, x, b, o], values, clamp_lo, clamp_hi, activation)
+
+    out = te.compute(shapes["out"], requantized, name="requant")
+    return te.create_prim_func([data, weight_arg, *channel.values(), out])
 
 
 def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, host_threads: int | None = None) -> tirx.PrimFunc:

@@ -1,6 +1,8 @@
-"""Activations between accelerator layers run on int8 data: HardSwish, HardSigmoid, SiLU, Sigmoid,
-Tanh, GELU, LeakyReLU as 256-entry tables, squeeze-and-excitation gates as an integer multiply.
-The module equals the numpy integer program bit for bit and stays close to onnxruntime."""
+"""Activations between accelerator layers run on int8 data: SiLU, Sigmoid, Tanh, GELU as
+256-entry tables, squeeze-and-excitation gates as an integer multiply; HardSigmoid and ReLU6
+fold into the preceding layer's requantization, and HardSwish and LeakyReLU join its ALU
+program where the ALU has a multiplier (else they are tables too). The module equals the numpy
+integer program bit for bit and stays close to onnxruntime."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tvm import relax
 from codesign.corpus import cosine
 from codesign.hardware import load_hardware
 from codesign.lookup_tables import quantize_float32
-from codesign.pipeline import compile_model
+from codesign.pipeline import compile_model, quantize_model
 from codesign.reference import run_reference
 
 RNG = np.random.default_rng(7)
@@ -88,7 +90,7 @@ def compiled(tmp_path_factory):
 def test_activations_run_as_int8_tables_not_float(compiled):
     _, result = compiled
     ops = [node.op for node in result.qgraph.nodes.values()]
-    assert ops.count("lut") == 6  # HardSwish, SiLU, LeakyReLU, Tanh, GELU, the gate's HardSigmoid
+    assert ops.count("lut") == 3  # SiLU, Tanh, GELU (HardSwish, LeakyReLU, HardSigmoid: on the accelerator)
     assert "multiply" in ops  # the excitation gate times the features, in integers
     assert "float" not in ops
     assert ops.count("dequantize") == 1  # the model's output only
@@ -164,3 +166,99 @@ def test_nearest_upsample_moves_int8_data(tmp_path):
     ours = vm["main"](tvm.runtime.tensor(x)).numpy()
     assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
     assert cosine(ours, ort.InferenceSession(str(path)).run(None, {"x": x})[0]) > 0.99
+
+
+# The ALU programs (opcodes in order) of codesign.plan.layer_alu_ops for this file's bias-free
+# convs: the requantization, and before it HardSwish's gate (the requantization's steps on a
+# copy, clamped to [0, one]) and product, or LeakyReLU's scaled copy, shift and max.
+REQUANT = ["MUL", "ADD", "SHR", "MAX", "MIN"]
+HARDSWISH = ["ADD", "MUL", "ADD", "SHR", "MAX", "MIN", "MUL"]
+LEAKY_RELU = ["MUL", "SHR", "MAX"]
+
+
+def test_alu_activations_join_the_layer_program(compiled):
+    """conv2d_0 -> HardSwish, conv2d_2 -> LeakyReLU, conv2d_6 (squeeze) -> HardSigmoid."""
+    _, result = compiled
+    nodes, plans = result.qgraph.nodes, {p.name: p for p in result.lowered.plans}
+    assert nodes["conv2d_0"].params["activation"].kind == "hardswish"
+    assert nodes["conv2d_2"].params["activation"].kind == "leakyrelu"
+    assert nodes["conv2d_1"].inputs == ["conv2d_0"] and nodes["conv2d_3"].inputs == ["conv2d_2"]
+    assert [op.opcode for op in plans["conv2d_1"].alu_ops] == REQUANT
+    assert [op.opcode for op in plans["conv2d_0"].alu_ops] == HARDSWISH + REQUANT
+    assert [op.opcode for op in plans["conv2d_2"].alu_ops] == LEAKY_RELU + REQUANT
+    # HardSigmoid(x) = clip(x / 6 + 0.5, 0, 1): weights / 6, a bias of 0.5 (one vector ADD), clamp [0, 1].
+    squeeze = nodes["conv2d_6"]
+    assert "activation" not in squeeze.params and squeeze.source.layer.clamp == (0.0, 1.0)
+    assert squeeze.params["lo"] == 0 and squeeze.params["hi"] == min(127, round(1.0 / squeeze.scale))
+    assert [op.opcode for op in plans["conv2d_6"].alu_ops] == ["ADD", *REQUANT]
+    assert all(p.placement == "accel" for p in plans.values() if p.op == "conv2d")
+
+
+def relu6_hardswish_model(path):
+    """conv -> Clip(0, 6) -> conv -> HardSwish (ONNX's op) * 0.5 + 0.1 (PP-LCNetV3's learnable
+    affine) -> depthwise conv -> conv."""
+    first, w0 = _conv("w0", "x", "c0")
+    second, w1 = _conv("w1", "r0", "c1")
+    depthwise = numpy_helper.from_array((RNG.standard_normal((CHANNELS, 1, 3, 3)) * 0.5).astype(np.float32), "dw")
+    last, w3 = _conv("w3", "d0", "y")
+    constants = [numpy_helper.from_array(np.float32(v), n) for n, v in (("lo", 0), ("hi", 6), ("s", 0.5), ("b", 0.1))]
+    nodes = [
+        first,
+        helper.make_node("Clip", ["c0", "lo", "hi"], ["r0"]),
+        second,
+        helper.make_node("HardSwish", ["c1"], ["h1"]),
+        helper.make_node("Mul", ["h1", "s"], ["m1"]),
+        helper.make_node("Add", ["m1", "b"], ["a1"]),
+        helper.make_node("Conv", ["a1", "dw"], ["d0"], group=CHANNELS, pads=[1, 1, 1, 1]),
+        last,
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    graph = helper.make_graph(nodes, "relu6_hswish", [x], [y], [w0, w1, depthwise, w3, *constants])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    return path
+
+
+def test_relu6_folds_and_hardswish_joins_the_conv_program(tmp_path):
+    path = relu6_hardswish_model(tmp_path / "model.onnx")
+    np.save(tmp_path / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, 8, 8)).astype(np.float32))
+    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calib.npy", warn=lambda m: None)
+    nodes = result.qgraph.nodes
+    assert nodes["conv2d_0"].source.layer.clamp == (0.0, 6.0) and nodes["conv2d_0"].params["lo"] == 0
+    assert nodes["conv2d_1"].inputs == ["conv2d_0"]  # ReLU6 is the first conv's clamp
+    hardswish = nodes[nodes["conv2d_2"].inputs[0]]
+    assert hardswish.name == "conv2d_1" and hardswish.params["activation"].kind == "hardswish"
+    assert np.shape(hardswish.scale) == (CHANNELS,)  # its reader, a depthwise conv, takes channel scales
+    assert "lut" not in [n.op for n in nodes.values()]
+    # + 0.1 after the activation: one more vector ADD, of an offset that the requantization
+    # (multiplier / 2**shift, to the output's scale) takes to 0.1.
+    plans = {p.name: p for p in result.lowered.plans}
+    assert [op.opcode for op in plans["conv2d_1"].alu_ops] == [*HARDSWISH, "ADD", *REQUANT]
+    p = hardswish.params
+    assert np.allclose(p["offset"] * p["multiplier"] / 2.0 ** p["shift"] * hardswish.scale, 0.1, rtol=0.01)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    x = np.random.default_rng(8).standard_normal((1, CHANNELS, 8, 8)).astype(np.float32)
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
+    assert cosine(ours, ort.InferenceSession(str(path)).run(None, {"x": x})[0]) > 0.99
+
+
+# Without an ALU multiplier the activations stay tables. So they do where the host is modelled
+# faster: the fixture's 16-channel 8x8 convs hold 64 accumulator vectors, so HardSwish's 7 and
+# LeakyReLU's 3 extra ALU ops take 448 and 192 cycles (4.5 and 1.9 us at vta_default's 100 MHz,
+# one vector per cycle), while a table moving 1 KiB in and 1 KiB out takes 0.4 us on a host
+# with no dispatch overhead and 8 B per cycle at 650 MHz (vta_default's: 5 us and 2 B).
+@pytest.mark.parametrize(
+    "change",
+    [{"alu_has_multiplier": False}, {"host_op_overhead_us": 0.0, "host_bytes_per_cycle": 8.0}],
+    ids=["shift_only", "fast_host"],
+)
+def test_hardswish_and_leaky_relu_stay_tables_without_multiplier_or_gain(compiled, change):
+    path, result = compiled
+    hw = load_hardware("vta_default").with_changes(**change)
+    _, qgraph, _ = quantize_model(result.imported, hw, path.parent / "calib.npy", warn=lambda m: None)
+    tables = {n.inputs[0]: n.source.op for n in qgraph.nodes.values() if n.op == "lut"}
+    assert len(tables) == 5  # HardSwish, SiLU, LeakyReLU, Tanh, GELU
+    assert tables["conv2d_0"] == "relax.multiply" and tables["conv2d_2"] == "relax.nn.leakyrelu"
+    assert not any("activation" in n.params for n in qgraph.gemm_nodes())
+    assert qgraph.nodes["conv2d_6"].source.layer.clamp == (0.0, 1.0)  # HardSigmoid still folds

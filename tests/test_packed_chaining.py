@@ -66,7 +66,8 @@ class Builder:
         return out
 
     def hardswish(self, source, out):
-        """Paddle's form, x * HardSigmoid(x): one lookup table after import."""
+        """Paddle's form, x * HardSigmoid(x): one lookup table, or part of the ALU program of an
+        accelerated conv before it (codesign.alu_activations)."""
         gate = self.op("HardSigmoid", [source], out + "_gate", alpha=1 / 6, beta=0.5)
         return self.op("Mul", [source, gate], out)
 
@@ -238,8 +239,9 @@ def test_host_bytes_count_the_modules_conversions(compiled):
 
 
 def test_blocked_host_ops_count_padded_sizes(tmp_path):
-    """The table between two convs on 20 channels reads and writes two blocks of channels."""
-    hw = load_hardware("vta_default")
+    """The table between two convs on 20 channels reads and writes two blocks of channels
+    (HardSwish stays a table on a shift-only ALU; with a multiplier the conv computes it)."""
+    hw = load_hardware("vta_default").with_changes(alu_has_multiplier=False)
     result = compile_chain(tmp_path, conv_hardswish_conv(1), hw)
     (table,) = [p for p in result.lowered.plans if p.op == "lut"]
     padded_channels = math.ceil(20 / hw.block_in) * hw.block_in
