@@ -26,10 +26,10 @@ from codesign.host_work import node_work
 from codesign.importer import ImportedModel
 from codesign.packed_layout import plan_layouts
 from codesign.plan import LayerPlan, layer_alu_ops
-from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph
+from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph, gemm_shape, kernel_shape
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import select_tiling
-from codesign.schedules.narrow_groups import block_diagonal_weight, super_grouped
+from codesign.schedules.narrow_groups import block_diagonal_weight
 from codesign.schedules.packed_conv2d import (
     channel_param_names,
     check_footprint,
@@ -57,24 +57,6 @@ from codesign.tvm_build import ACCELERATED_PREFIX
 class LoweredModel:
     mod: tvm.IRModule
     plans: list[LayerPlan]
-
-
-def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
-    """A GEMM layer's geometry (see schedules.layer): a grouped conv's groups on the group axis."""
-    in_shape = qgraph.nodes[node.inputs[0]].shape
-    p = node.params
-    if node.op == "conv2d":
-        return ConvShape.conv2d(in_shape, p["weight"].shape, p["groups"], p["strides"], p["padding"], p["dilation"])
-    k, cols = in_shape[-1], node.shape[-1]
-    if p["weight"] is not None or len(qgraph.nodes[node.inputs[1]].shape) == 2:
-        return ConvShape.dense(int(np.prod(in_shape[:-1])), k, cols)
-    return ConvShape.dense(in_shape[-2], k, cols, groups=int(np.prod(in_shape[:-2])))
-
-
-def kernel_shape(node: QNode, qgraph: QuantizedGraph, hw) -> ConvShape:
-    """The geometry the core runs for an offloaded layer: a narrow-group conv's super-groups."""
-    shape = gemm_shape(node, qgraph)
-    return super_grouped(shape, hw.block_in) if node.op == "conv2d" else shape
 
 
 def is_float_gemm(node: QNode) -> bool:

@@ -153,6 +153,24 @@ class QuantizedGraph:
 # ---- scales and fixed-point multipliers -----------------------------------------------------
 
 
+def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
+    """A GEMM layer's geometry (see schedules.layer): a grouped conv's groups on the group axis."""
+    in_shape = qgraph.nodes[node.inputs[0]].shape
+    p = node.params
+    if node.op == "conv2d":
+        return ConvShape.conv2d(in_shape, p["weight"].shape, p["groups"], p["strides"], p["padding"], p["dilation"])
+    k, cols = in_shape[-1], node.shape[-1]
+    if p["weight"] is not None or len(qgraph.nodes[node.inputs[1]].shape) == 2:
+        return ConvShape.dense(int(np.prod(in_shape[:-1])), k, cols)
+    return ConvShape.dense(in_shape[-2], k, cols, groups=int(np.prod(in_shape[:-2])))
+
+
+def kernel_shape(node: QNode, qgraph: QuantizedGraph, hw) -> ConvShape:
+    """The geometry the core runs for an offloaded layer: a narrow-group conv's super-groups."""
+    shape = gemm_shape(node, qgraph)
+    return super_grouped(shape, hw.block_in) if node.op == "conv2d" else shape
+
+
 def activation_scale(absmax: float | np.ndarray, config: QuantConfig) -> float | np.ndarray:
     """The int8 scale of a range (or of each channel's range, given an array)."""
     scale = np.maximum(absmax, 1e-8) / INT8_MAX
@@ -342,8 +360,6 @@ class _Quantizer:
         model's time with and without the activation's ALU ops, against the table's host time.
         On vta_default (one accumulator vector per ALU cycle at 100 MHz against a 650 MHz host)
         a table is faster than HardSwish's 7 ALU ops; a core retiring 4 vectors per cycle is not."""
-        from codesign.lowering import kernel_shape  # lowering imports this module
-
         hw = self.config.hardware
         if hw is None:
             return False

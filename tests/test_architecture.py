@@ -42,6 +42,7 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.calibration",
             "codesign.quantize",
             "codesign.lookup_tables",
+            "codesign.alu_activations",
             "codesign.compression",
             "codesign.pruning",
             "codesign.reference",

@@ -264,6 +264,8 @@ def test_the_report_compares_each_joint_best_with_its_sequential_counterpart(tun
         assert row.split(" | ")[3] == ratio
         difference = sign * (sequential["metrics"][objective] - joint.metrics[objective])
         verdict = "joint design wins" if difference > 0 else "sequential design is better" if difference < 0 else "tie"
+        if sequential["config"] == joint.config:
+            verdict = f"The joint design equals the sequential one (evaluation {joint.index})"
         assert verdict in section
         if difference < 0:  # a design the joint search never evaluated
             assert not evaluated and "the joint search never evaluated it" in section
