@@ -152,6 +152,7 @@ def compile_command(
             compression=compression_choices,
             input_values=parse_input_values(input_value),
             calibration_method=calibration_method,
+            run_here=False,
         )
         write_module(result, out)
     from codesign.simulator.simulate import simulate_plans

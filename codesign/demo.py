@@ -59,12 +59,12 @@ def _compile_and_measure(work: Path, calibration: Path, images, labels, console:
     hw = load_hardware("vta_default")
     alu = f"ALU multiplier {hw.alu_multiplier_bits} bit"
     console.print(f"[bold]Compiling[/] {MNIST_MODEL.name} for {hw.name} ({hw.gemm_shape}, {alu})")
-    result = compile_model(MNIST_MODEL, hw, calibration=calibration)
+    result = compile_model(MNIST_MODEL, hw, calibration=calibration, run_here=False)
     write_module(result, work / MODULE_NAMES[0])
     print_placement(result.lowered.plans, hw, console)
 
     shift_only_hw = hw.with_changes(name="vta_default_shift_only", alu_has_multiplier=False)
-    shift_only = compile_model(MNIST_MODEL, shift_only_hw, calibration=calibration)
+    shift_only = compile_model(MNIST_MODEL, shift_only_hw, calibration=calibration, run_here=False)
     write_module(shift_only, work / MODULE_NAMES[1])
 
     console.print(f"Running {len(images):,} MNIST test images through the deployable modules ...")

@@ -179,6 +179,7 @@ def compile_model(
     calibration_method: str = "max",
     imported: ImportedModel | None = None,  # `model` already imported (with these shapes and values): reused
     kernel_per_module: bool = False,  # see tvm_build.build_executable: for a process building many variants
+    run_here: bool = True,  # False: the executable is only exported (no machine code made in memory)
 ) -> CompileResult:
     seconds = {}
     build_target = target(cpu)
@@ -200,7 +201,7 @@ def compile_model(
     start = time.perf_counter()
     progress.stage("build")
     with quiet_tvm():
-        executable = build_executable(lowered.mod, build_target, kernel_per_module)
+        executable = build_executable(lowered.mod, build_target, kernel_per_module, jit=run_here and cpu is None)
     seconds["build"] = time.perf_counter() - start
     compression = compression or CompressionConfig()
     return CompileResult(

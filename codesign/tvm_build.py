@@ -4,7 +4,9 @@
 into one LLVM module, on one core: LLVM takes most of a compile (0.2 s per accelerated conv of a
 ResNet-18). Here the TIR functions are compiled as several LLVM modules (one per core, or one
 per accelerated kernel for the tuner), on threads (TVM's code generation releases the GIL), and
-linked into the same executable, which runs and exports as `tvm.compile`'s does.
+linked into the same executable, which runs and exports as `tvm.compile`'s does. LLVM's JIT
+(machine code from the optimised IR, as much time again) runs on the same threads: left to itself
+it would run on one core when a VM first loads the executable.
 
 Compiled modules are kept in memory under the structural hash of their TIR functions and the
 target: a process that builds the same kernels again (the tuner's compression profiles, which
@@ -42,20 +44,21 @@ _ROOT_FUNC = tvm.tirx.PrimFunc([], tvm.tirx.Evaluate(tvm.tirx.const(0, "int32"))
 
 
 def build_executable(
-    mod: tvm.IRModule, target: tvm.target.Target, kernel_per_module: bool = False
+    mod: tvm.IRModule, target: tvm.target.Target, kernel_per_module: bool = False, jit: bool = True
 ) -> relax.VMExecutable:
     """`mod` built for `target`: what `tvm.compile(mod, target=target)` returns.
     `kernel_per_module`: compile each accelerated kernel as its own LLVM module, for a process
     that builds many variants of one model (the tuner): a variant then recompiles only the
     kernels it changes. Otherwise they are dealt out to one module per core (LLVM's JIT, when a
-    VM first loads the executable, costs about 0.1 s more per module)."""
+    VM first loads the executable, costs about 0.1 s more per module). `jit`: also make the machine
+    code to run it in this process (False for an executable only exported, or built for another CPU)."""
     with target:
         mod = relax.get_pipeline("default")(mod)
     attrs = dict(mod.attrs) if mod.attrs else {}
     builder = relax.ExecBuilder()
     mod = vm_build._vmcodegen(builder, mod, "bytecode")
     kernels = vm_build._filter_tir(mod)
-    library = None if kernels is None else _linked(compiled_kernels(kernels, target, kernel_per_module), target)
+    library = None if kernels is None else _linked(compiled_kernels(kernels, target, kernel_per_module, jit), target)
     params = dict(attrs.get("const_name_to_constant", {}))
     external = list(attrs.get("external_mods", []))
     return relax.VMExecutable(tvm.relax._ffi_api.VMLink(builder, target, library, external, params))
@@ -71,7 +74,7 @@ def _linked(libraries: list[tvm.runtime.Module], target) -> tvm.runtime.Module:
 
 
 def compiled_kernels(
-    kernels: tvm.IRModule, target: tvm.target.Target, kernel_per_module: bool = False
+    kernels: tvm.IRModule, target: tvm.target.Target, kernel_per_module: bool = False, jit: bool = True
 ) -> list[tvm.runtime.Module]:
     """The TIR functions of `kernels` compiled for `target`, as LLVM modules (see
     `build_executable`). Modules compiled before come from memory; the others are compiled on
@@ -82,11 +85,20 @@ def compiled_kernels(
     missing = [index for index, library in enumerate(libraries) if library is None]
     if missing:
         with ThreadPoolExecutor(min(len(missing), os.cpu_count() or 1)) as pool:
-            built = pool.map(lambda index: tvm.tirx.build(groups[index], target=target), missing)
+            built = pool.map(lambda index: _built(groups[index], target, jit), missing)
             for index, library in zip(missing, built):
                 libraries[index] = library
                 _remember(keys[index], groups[index], library)
     return libraries
+
+
+def _built(group: tvm.IRModule, target: tvm.target.Target, jit: bool) -> tvm.runtime.Module:
+    """`group` compiled, with LLVM's JIT run on it if `jit` (here, on this thread: a VM loading it
+    later would run it on the main one)."""
+    library = tvm.tirx.build(group, target=target)
+    if jit:
+        library.get_function(next(iter(group.functions)).name_hint, query_imports=False)
+    return library
 
 
 def forget_compiled_kernels() -> None:

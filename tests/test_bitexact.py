@@ -70,7 +70,7 @@ def test_random_descriptions_change_schedules_never_numbers(model_calibration):
     rng = np.random.default_rng(2026)
     compiled = rejected = 0
     tilings = set()
-    while compiled + rejected < 25:
+    while compiled + rejected < 16:
         try:
             hw = hardware_from_dict(random_description(rng))
         except HardwareError as err:
@@ -88,7 +88,7 @@ def test_random_descriptions_change_schedules_never_numbers(model_calibration):
         for x, reference in zip(inputs, expected):
             assert np.array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), reference), hw
         compiled += 1
-    assert compiled >= 15 and len(tilings) >= 10
+    assert compiled >= 10 and len(tilings) >= 7
 
 
 def test_shift_only_and_multiplier_alus_differ_only_in_requantization(model_calibration):

@@ -567,21 +567,21 @@ SPACE_DOCS, SPACE_TEXTS = text_docs(SPACES)
 # ---- the fuzz tests ---------------------------------------------------------------------------------------
 
 
-@fuzz(300)
+@fuzz(150)
 @given(file=mutated_file(PRESET_DOCS, "toml", PRESET_TEXTS))
 def test_fuzz_hardware_toml(file, scratch):
     with scratch() as work:
         exercise(hardware_case(work, file[0]), PRESETS)
 
 
-@fuzz(200)
+@fuzz(100)
 @given(file=mutated_file([VTA_CONFIG], "json"))
 def test_fuzz_vta_config_json(file, scratch):
     with scratch() as work:
         exercise(hardware_case(work, file[0], "vta_config.json"), PRESETS)
 
 
-@fuzz(200)
+@fuzz(100)
 @given(file=mutated_file(SPACE_DOCS, "toml", SPACE_TEXTS), seed=st.integers(0, 2**16))
 def test_fuzz_search_space(file, seed, scratch, mnist_graph):
     """The CLI's one line for a bad space; a space it accepts must mean something for every
@@ -611,7 +611,7 @@ def test_fuzz_search_space(file, seed, scratch, mnist_graph):
         assert space.needed_metrics()
 
 
-@fuzz(200)
+@fuzz(100)
 @given(file=st.data(), model=st.sampled_from(["event", "analytic"]))
 def test_fuzz_manifest(file, model, scratch, module_dir):
     manifest = json.loads((module_dir / "manifest.json").read_text())
@@ -620,7 +620,7 @@ def test_fuzz_manifest(file, model, scratch, module_dir):
         exercise(manifest_case(work, data, module_dir, model), [module_dir, *PRESETS])
 
 
-@fuzz(100)
+@fuzz(50)
 @given(file=st.data())
 def test_fuzz_database_lines(file, scratch, run_template):
     data = file.draw(mutated_database(database_lines(run_template)))
@@ -628,7 +628,7 @@ def test_fuzz_database_lines(file, scratch, run_template):
         exercise(database_case(work, data, run_template), [run_template, *PRESETS])
 
 
-@fuzz(200)
+@fuzz(100)
 @given(file=mutated_file(COMPRESSIONS, "json"))
 def test_fuzz_compression_file(file, scratch, mnist_graph, mnist_calibration):
     """The loader and the check against the model (what compile does before compiling) raise only

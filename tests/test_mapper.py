@@ -117,7 +117,7 @@ def fastest_by_search(shape: ConvShape, hw, alu_ops) -> Tiling | None:
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_each_mode_picks_what_a_search_over_every_tiling_picks(preset):
-    for hw in scratchpad_variants(PRESETS[preset])[:3]:
+    for hw in scratchpad_variants(PRESETS[preset])[:2]:
         for shape in SHAPES:
             expected = {"rule": rule_by_search(shape, hw), "auto": fastest_by_search(shape, hw, ALU)}
             for mode, tiling in expected.items():

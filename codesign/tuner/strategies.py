@@ -23,6 +23,13 @@ from codesign.tuner.space import CONSTRAINT_METRICS, OBJECTIVES, SearchSpace
 
 
 def unseen_random(space: SearchSpace, seen: set, count: int, rng: np.random.Generator, tries: int = 50) -> list[dict]:
+    """Up to `count` configurations not in `seen` (whose keys are added to it), uniformly. When no
+    more than `count` are left, all of them in a random order: rejection sampling would draw
+    `count * tries` times to find the last few."""
+    if space.size() - len(seen) <= count:
+        rest = [config for config in space.enumerate() if space.key(config) not in seen]
+        seen.update(space.key(config) for config in rest)
+        return [rest[i] for i in rng.permutation(len(rest))]
     configs: list[dict] = []
     for _ in range(count * tries):
         if len(configs) == count:
