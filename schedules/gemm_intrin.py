@@ -7,6 +7,10 @@ On the host the implementation is integer loops vectorized over the outputs, so 
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import sys
+
 from tvm import s_tir
 from tvm.script import tirx as T
 
@@ -33,9 +37,32 @@ def register_gemm_intrin(batch: int, block_in: int, block_out: int) -> str:
         return name
     except Exception:  # noqa: BLE001 - TVM raises a generic error for unknown names
         pass
-    desc, impl = _unbatched(block_in, block_out) if batch == 1 else _batched(batch, block_in, block_out)
+    with _stack_without_source():
+        desc, impl = _unbatched(block_in, block_out) if batch == 1 else _batched(batch, block_in, block_out)
     s_tir.TensorIntrin.register(name, desc, impl)
     return name
+
+
+@contextlib.contextmanager
+def _stack_without_source():
+    """`inspect.stack()` as frames only while TVMScript parses the intrinsic: its parser reads the
+    frames' local names, but `inspect.stack()` also finds every frame's module and source line,
+    about 0.4 s a function under a CLI's call stack (a second of every compile and simulate)."""
+    original = inspect.stack
+
+    def frames(context: int = 1) -> list[inspect.FrameInfo]:
+        frame, infos = sys._getframe(1), []
+        while frame is not None:
+            code = frame.f_code
+            infos.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name, None, None))
+            frame = frame.f_back
+        return infos
+
+    inspect.stack = frames
+    try:
+        yield
+    finally:
+        inspect.stack = original
 
 
 def _unbatched(bi: int, bo: int):
