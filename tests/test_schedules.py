@@ -199,3 +199,20 @@ def test_too_small_scratchpad_is_rejected_with_the_buffer_named():
     tiny = core(1, 16, 16, inp_buffer_bytes=256, acc_buffer_bytes=64)
     with pytest.raises(TilingError, match=r"scratchpad too small .* input buffer needs 400 bytes, has 256"):
         choose_tiling(shape, tiny)
+
+
+def test_the_gemm_intrinsic_parses_the_same_without_inspect_stacks_source_lookups():
+    import inspect
+
+    import tvm_ffi
+
+    from codesign.schedules import gemm_intrin
+
+    original = inspect.stack
+    for build, args in ((gemm_intrin._unbatched, (16, 32)), (gemm_intrin._batched, (2, 8, 16))):
+        plain = build(*args)
+        with gemm_intrin._stack_without_source():
+            assert inspect.stack is not original
+            fast = build(*args)
+        assert inspect.stack is original
+        assert all(tvm_ffi.structural_equal(a, b) for a, b in zip(plain, fast))

@@ -134,6 +134,20 @@ def test_same_seed_same_run_and_strategies_propose_unseen_configs(tmp_path, seri
         assert runs[0] == runs[1]
 
 
+def test_unseen_random_returns_the_last_unseen_configs_in_a_seeded_order():
+    from codesign.tuner.strategies import unseen_random
+
+    space = load_space(PROCESS_SPACE)  # 32 points
+    every = [space.key(c) for c in space.enumerate()]
+    seen = set(every[:29])
+    drawn = {seed: unseen_random(space, set(seen), 5, np.random.default_rng(seed)) for seed in range(4)}
+    for seed, configs in drawn.items():
+        assert sorted(space.key(c) for c in configs) == sorted(every[29:])  # all three, nothing seen
+        assert configs == unseen_random(space, set(seen), 5, np.random.default_rng(seed))
+    assert len({tuple(space.key(c) for c in configs) for configs in drawn.values()}) > 1  # the order is drawn
+    assert unseen_random(space, set(every), 5, np.random.default_rng(0)) == []
+
+
 def test_parallel_processes_give_the_serial_run(tmp_path, process_spec):
     serial = SerialExecutor(process_spec)
     expected = tune(tmp_path, serial, XGBoostSearch(initial=8), name="serial.jsonl", space=PROCESS_SPACE)
