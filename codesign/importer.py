@@ -31,6 +31,7 @@ from codesign.onnx_passes.fold import fold_constants
 from codesign.onnx_passes.precision import widen_half_precision
 from codesign.onnx_passes.quantized import dequantize_model
 from codesign.onnx_passes.rnn import expand_recurrent
+from codesign.relax_fold import fold_with_numpy
 from codesign.tvm_output import quiet_tvm
 
 
@@ -281,7 +282,7 @@ def _from_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], source: str) ->
         with quiet_tvm(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # "X in initializer but not in graph input": folded models do that
             mod = from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs}, keep_params_in_input=False)
-            return relax.transform.FoldConstant()(mod)
+            return relax.transform.FoldConstant()(fold_with_numpy(mod))
     except Exception as err:
         where = f" at node '{current[0].name or current[0].output[0]}' ({current[0].op_type})" if current else ""
         message = f"{source}: cannot import into TVM{where}: {_first_line(err)}"

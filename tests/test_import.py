@@ -98,3 +98,32 @@ def test_parse_input_shapes():
     for bad in ["x", "x=", "x=1,a", "=1,2", "x=0,1"]:
         with pytest.raises(UsageError):
             parse_input_shapes([bad])
+
+
+@pytest.mark.parametrize("model", ["resnet", "mobilenet", "transformer"])
+def test_numpy_folding_gives_relax_fold_constants_program_bit_for_bit(model):
+    """Folding with numpy first leaves Relax's FoldConstant nothing of what it did, and the
+    program (constants' bytes included) is the one FoldConstant alone makes."""
+    import tvm_ffi
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from codesign.importer import bind_input_shapes, load_onnx, prepare_static_graph
+    from codesign.relax_fold import fold_with_numpy
+
+    path, name, shape = TEST_MODELS[model]
+    onnx_model, _ = load_onnx(path)
+    bind_input_shapes(onnx_model, {name: shape}, str(path))
+    onnx_model, _ = prepare_static_graph(onnx_model, str(path))
+
+    def imported():
+        return from_onnx(onnx_model, shape_dict={name: list(shape)}, keep_params_in_input=False)
+
+    def calls(mod) -> int:
+        return sum(isinstance(b.value, relax.Call) for block in mod["main"].body.blocks for b in block.bindings)
+
+    numpy_folded = fold_with_numpy(imported())
+    assert calls(numpy_folded) < calls(imported())  # it folded something
+    expected = relax.transform.FoldConstant()(imported())
+    assert tvm_ffi.structural_equal(relax.transform.FoldConstant()(numpy_folded), expected, map_free_vars=True)
+    assert calls(numpy_folded) == calls(expected)  # nothing left for FoldConstant

@@ -1,0 +1,97 @@
+"""Constant folding of the imported Relax program with numpy, before Relax's own FoldConstant.
+
+The ONNX frontend leaves calls on constants (a conv bias reshaped to [1, C, 1, 1], a Clip's
+bounds behind `where(isnan(bound), ...)`, transposed weights). Relax's FoldConstant compiles and
+runs each one as its own TVM function: about 60 ms apiece, 8 s of importing PP-OCR's direction
+classifier (126 such calls). Here the common ones become constants with numpy first, with
+results equal to FoldConstant's bit for bit: data movement (reshape, expand_dims, squeeze,
+permute_dims, concat) and single IEEE operations (add, subtract, multiply, divide, comparisons, isnan, where).
+FoldConstant then folds whatever else is left.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+RESHAPES = {"relax.reshape", "relax.expand_dims", "relax.squeeze"}  # the output's shape says it all
+ELEMENTWISE = {
+    "relax.add": np.add,
+    "relax.subtract": np.subtract,
+    "relax.multiply": np.multiply,
+    "relax.divide": np.divide,
+    "relax.isnan": np.isnan,
+    "relax.where": np.where,
+    "relax.less": np.less,
+    "relax.less_equal": np.less_equal,
+    "relax.greater": np.greater,
+    "relax.greater_equal": np.greater_equal,
+    "relax.equal": np.equal,
+    "relax.not_equal": np.not_equal,
+}
+
+
+def fold_with_numpy(mod: tvm.IRModule) -> tvm.IRModule:
+    folder = _NumpyFolder(mod)
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gvar] = folder.visit_expr(func)
+    return mod
+
+
+def _static_shape(ty) -> tuple[int, ...] | None:
+    dims = getattr(getattr(ty, "shape", None), "values", None)
+    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None
+    return tuple(int(d) for d in dims)
+
+
+def _folded(call: relax.Call, values: list[np.ndarray]) -> np.ndarray | None:
+    """The call's result, or None where numpy is not sure to equal TVM."""
+    name = call.op.name
+    if name in RESHAPES:
+        shape = _static_shape(call.ty)
+        return None if shape is None else values[0].reshape(shape)
+    if name == "relax.permute_dims":
+        axes = call.attrs.axes
+        return np.transpose(values[0], None if axes is None else [int(a) for a in axes])
+    if name == "relax.concat" and call.attrs.axis is not None:
+        return np.concatenate(values, axis=int(call.attrs.axis))
+    if name in ELEMENTWISE:
+        with np.errstate(all="ignore"):  # inf and nan as IEEE says, like the compiled op
+            return ELEMENTWISE[name](*values)
+    return None
+
+
+def _constant_values(call: relax.Call, lookup) -> list[np.ndarray] | None:
+    """The call's arguments as arrays if every tensor argument is a constant (the shape operand of
+    a reshape aside); else None."""
+    args = list(call.args)
+    if call.op.name == "relax.concat" and len(args) == 1 and isinstance(args[0], relax.Tuple):
+        args = list(args[0].fields)
+    elif call.op.name == "relax.reshape":
+        args = args[:1]
+    values = []
+    for arg in args:
+        if isinstance(arg, relax.Var):
+            arg = lookup(arg)
+        if not isinstance(arg, tvm.ir.expr.Constant):
+            return None
+        values.append(arg.value.numpy())
+    return values
+
+
+@relax.expr_functor.mutator
+class _NumpyFolder(relax.PyExprMutator):
+    def visit_call_(self, call):
+        call = self.builder_.normalize(super().visit_call_(call))
+        if not isinstance(call.op, tvm.ir.Op):
+            return call
+        values = _constant_values(call, self.lookup_binding)
+        result = None if values is None else _folded(call, values)
+        if result is None or not isinstance(call.ty, relax.TensorType):
+            return call
+        if result.shape != _static_shape(call.ty) or str(result.dtype) != str(call.ty.dtype):
+            return call
+        return relax.const(np.array(result, order="C"), str(result.dtype))  # np.array keeps a 0-d result 0-d
