@@ -35,7 +35,17 @@ STAGES: list[tuple[str, list[str]]] = [
         "description",
         ["codesign.hardware", "codesign.schedules*", "codesign.plan", "codesign.host_work", "codesign.packed_layout"],
     ),
-    ("import", ["codesign.onnx_file", "codesign.importer", "codesign.onnx_passes*", "codesign.graph", "codesign.emit"]),
+    (
+        "import",
+        [
+            "codesign.onnx_file",
+            "codesign.importer",
+            "codesign.onnx_passes*",
+            "codesign.relax_fold",
+            "codesign.graph",
+            "codesign.emit",
+        ],
+    ),
     (
         "quantization",
         [
