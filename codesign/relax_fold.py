@@ -1,11 +1,12 @@
 """Constant folding of the imported Relax program with numpy, before Relax's own FoldConstant.
 
 The ONNX frontend leaves calls on constants (a conv bias reshaped to [1, C, 1, 1], a Clip's
-bounds behind `where(isnan(bound), ...)`, transposed weights). Relax's FoldConstant compiles and
-runs each one as its own TVM function: about 60 ms apiece, 8 s of importing PP-OCR's direction
-classifier (126 such calls). Here the common ones become constants with numpy first, with
-results equal to FoldConstant's bit for bit: data movement (reshape, expand_dims, squeeze,
-permute_dims, concat) and single IEEE operations (add, subtract, multiply, divide, comparisons, isnan, where).
+bounds behind `where(isnan(bound), ...)`, transposed weights, dims gathered from `shape_of`).
+Relax's FoldConstant compiles and runs each one as its own TVM function: about 60 ms apiece,
+8 s of importing PP-OCR's direction classifier (126 such calls). Here the common ones become
+constants with numpy first, with results equal to FoldConstant's bit for bit: data movement
+(reshape, expand_dims, squeeze, permute_dims, concat, take, a static shape as a tensor) and
+single IEEE operations (add, subtract, multiply, divide, comparisons, isnan, where).
 FoldConstant then folds whatever else is left.
 """
 
@@ -58,6 +59,13 @@ def _folded(call: relax.Call, values: list[np.ndarray]) -> np.ndarray | None:
         return np.transpose(values[0], None if axes is None else [int(a) for a in axes])
     if name == "relax.concat" and call.attrs.axis is not None:
         return np.concatenate(values, axis=int(call.attrs.axis))
+    if name == "relax.take" and call.attrs.axis is not None:
+        data, indices = values
+        axis = int(call.attrs.axis)
+        in_bounds = indices.size == 0 or (-data.shape[axis] <= indices.min() and indices.max() < data.shape[axis])
+        return np.take(data, indices, axis=axis) if in_bounds and indices.dtype.kind == "i" else None
+    if name == "relax.shape_to_tensor":
+        return values[0]
     if name in ELEMENTWISE:
         with np.errstate(all="ignore"):  # inf and nan as IEEE says, like the compiled op
             return ELEMENTWISE[name](*values)
@@ -76,10 +84,23 @@ def _constant_values(call: relax.Call, lookup) -> list[np.ndarray] | None:
     for arg in args:
         if isinstance(arg, relax.Var):
             arg = lookup(arg)
+        if call.op.name == "relax.shape_to_tensor":
+            shape = _known_shape(arg, lookup)
+            return None if shape is None else [np.array(shape, dtype="int64")]
         if not isinstance(arg, tvm.ir.expr.Constant):
             return None
         values.append(arg.value.numpy())
     return values
+
+
+def _known_shape(expr, lookup) -> tuple[int, ...] | None:
+    """The dims of a shape expression, or of `shape_of` a tensor with a static shape."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.shape_of":
+        tensor = expr.args[0]
+        return _static_shape(tensor.ty) if isinstance(tensor, relax.Var) else None
+    if isinstance(expr, relax.ShapeExpr) and all(isinstance(d, tvm.tirx.IntImm) for d in expr.values):
+        return tuple(int(d) for d in expr.values)
+    return None
 
 
 @relax.expr_functor.mutator
