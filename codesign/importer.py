@@ -31,7 +31,6 @@ from codesign.onnx_passes.fold import fold_constants
 from codesign.onnx_passes.precision import widen_half_precision
 from codesign.onnx_passes.quantized import dequantize_model
 from codesign.onnx_passes.rnn import expand_recurrent
-from codesign.relax_fold import fold_with_numpy
 from codesign.tvm_output import quiet_tvm
 
 
@@ -268,6 +267,8 @@ def check_supported_ops(model: onnx.ModelProto, source: str) -> None:
 
 def _from_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], source: str) -> tvm.IRModule:
     """The Relax frontend; an exception names the ONNX node it was converting."""
+    from codesign.relax_fold import fold_with_numpy  # it reads this module's static_shape
+
     current: list[onnx.NodeProto] = []
     parse = ONNXGraphImporter._parse_value_proto
 

@@ -16,6 +16,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from codesign.importer import static_shape
+
 RESHAPES = {"relax.reshape", "relax.expand_dims", "relax.squeeze"}  # the output's shape says it all
 ELEMENTWISE = {
     "relax.add": np.add,
@@ -41,18 +43,11 @@ def fold_with_numpy(mod: tvm.IRModule) -> tvm.IRModule:
     return mod
 
 
-def _static_shape(ty) -> tuple[int, ...] | None:
-    dims = getattr(getattr(ty, "shape", None), "values", None)
-    if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return None
-    return tuple(int(d) for d in dims)
-
-
 def _folded(call: relax.Call, values: list[np.ndarray]) -> np.ndarray | None:
     """The call's result, or None where numpy is not sure to equal TVM."""
     name = call.op.name
     if name in RESHAPES:
-        shape = _static_shape(call.ty)
+        shape = static_shape(call.ty)
         return None if shape is None else values[0].reshape(shape)
     if name == "relax.permute_dims":
         axes = call.attrs.axes
@@ -62,8 +57,9 @@ def _folded(call: relax.Call, values: list[np.ndarray]) -> np.ndarray | None:
     if name == "relax.take" and call.attrs.axis is not None:
         data, indices = values
         axis = int(call.attrs.axis)
-        in_bounds = indices.size == 0 or (-data.shape[axis] <= indices.min() and indices.max() < data.shape[axis])
-        return np.take(data, indices, axis=axis) if in_bounds and indices.dtype.kind == "i" else None
+        # Negative indices differ between take's modes (clip takes the first element): not folded.
+        in_bounds = indices.size == 0 or (0 <= indices.min() and indices.max() < data.shape[axis])
+        return np.take(data, indices, axis=axis) if in_bounds and indices.dtype.kind in "iu" else None
     if name == "relax.shape_to_tensor":
         return values[0]
     if name in ELEMENTWISE:
@@ -97,7 +93,7 @@ def _known_shape(expr, lookup) -> tuple[int, ...] | None:
     """The dims of a shape expression, or of `shape_of` a tensor with a static shape."""
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.shape_of":
         tensor = expr.args[0]
-        return _static_shape(tensor.ty) if isinstance(tensor, relax.Var) else None
+        return static_shape(tensor.ty) if isinstance(tensor, relax.Var) else None
     if isinstance(expr, relax.ShapeExpr) and all(isinstance(d, tvm.tirx.IntImm) for d in expr.values):
         return tuple(int(d) for d in expr.values)
     return None
@@ -113,6 +109,6 @@ class _NumpyFolder(relax.PyExprMutator):
         result = None if values is None else _folded(call, values)
         if result is None or not isinstance(call.ty, relax.TensorType):
             return call
-        if result.shape != _static_shape(call.ty) or str(result.dtype) != str(call.ty.dtype):
+        if result.shape != static_shape(call.ty) or str(result.dtype) != str(call.ty.dtype):
             return call
         return relax.const(np.array(result, order="C"), str(result.dtype))  # np.array keeps a 0-d result 0-d
