@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from codesign import cache, progress
+from codesign import cache, float_numpy, progress
 from codesign.emit import emit_float_node, module_without_main
 from codesign.errors import ModelError, UsageError
 from codesign.files import check_real_numbers, open_numpy_file, read_array
@@ -57,7 +57,22 @@ def build_float_module(graph: Graph, imported: ImportedModel, taps: list[str]) -
     return bb.get()
 
 
+def float_runs(graph: Graph, imported: ImportedModel, samples: list[dict[str, np.ndarray]], taps: list[str]):
+    """Per sample, the graph's outputs followed by the tapped tensors, in float: run in numpy when
+    every node is one `codesign.float_numpy` runs (no build), else by a TVM build of the graph."""
+    if not float_numpy.supports(graph):
+        mod = build_float_module(graph, imported, taps)
+        yield from run_float(mod, samples, [spec.name for spec in imported.inputs])
+        return
+    names = graph.outputs + taps
+    for chunk in float_numpy.sample_chunks(graph, samples):
+        values = float_numpy.run_graph(graph, chunk)
+        for index in range(len(chunk)):
+            yield [values[name][index] for name in names]
+
+
 def run_float(mod: tvm.IRModule, samples: list[dict[str, np.ndarray]], input_names: list[str]):
+    """Per sample, the outputs of a float module built by build_float_module (TVM)."""
     with quiet_tvm():
         executable = build_executable(schedule_float_module(mod), target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
@@ -146,14 +161,13 @@ def tensor_ranges(
     taps = [n.name for n in graph.nodes.values() if n.shape is not None]
     floats = [n for n in taps if graph.nodes[n].dtype.startswith("float")]
     clipped = [] if method == "max" else floats
-    mod = build_float_module(graph, imported, taps)
     absmax = dict.fromkeys(taps, 0.0)
     axes = {n: channel_axis(graph.nodes[n].shape) for n in floats}
     channel_absmax = {n: 0.0 for n in floats if axes[n] is not None}
     histograms = {name: AbsHistogram() for name in clipped}
     skip = len(graph.outputs)
     progress.stage("calibrate", len(samples))
-    for outputs in run_float(mod, samples, [t.name for t in imported.inputs]):
+    for outputs in float_runs(graph, imported, samples, taps):
         for name, value in zip(taps, outputs[skip:]):
             absmax[name] = max(absmax[name], float(np.abs(value).max(initial=0.0)))
             if name in channel_absmax:
@@ -300,8 +314,7 @@ def clipping_divergence(counts: np.ndarray, kept: int, levels: int) -> float:
 
 
 def float_outputs(graph: Graph, imported: ImportedModel, samples: list[dict[str, np.ndarray]]):
-    mod = build_float_module(graph, imported, [])
-    yield from run_float(mod, samples, [t.name for t in imported.inputs])
+    yield from float_runs(graph, imported, samples, [])
 
 
 # ---- calibration data -----------------------------------------------------------------------

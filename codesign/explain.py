@@ -13,7 +13,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from codesign.calibration import build_float_module, run_float
+from codesign.calibration import float_runs
 from codesign.lowering import lower_to_relax
 from codesign.target import target
 from codesign.tvm_build import build_executable
@@ -45,8 +45,8 @@ def quantization_errors(result, samples: list[dict[str, np.ndarray]]) -> list[Te
     float_skip = len(graph.outputs)
     dot = dict.fromkeys(taps, 0.0)
     int8_norm, float_norm, diff_norm = (dict.fromkeys(taps, 0.0) for _ in range(3))
-    float_runs = run_float(build_float_module(graph, result.imported, taps), samples, names)
-    for sample, float_values in zip(samples, float_runs):
+    float_values_per_sample = float_runs(graph, result.imported, samples, taps)
+    for sample, float_values in zip(samples, float_values_per_sample):
         values = vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names])
         for name, quantized, reference in zip(taps, list(values)[skip:], float_values[float_skip:]):
             q, f = quantized.numpy().astype(np.float64).ravel(), reference.astype(np.float64).ravel()

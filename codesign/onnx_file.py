@@ -57,9 +57,9 @@ def load_onnx(path: str | Path) -> tuple[onnx.ModelProto, str]:
     import onnx
 
     path = Path(path)
-    model, sha256, _ = _read_model(path)
-    try:
-        onnx.checker.check_model(model)
+    model, sha256, external, data = _remembered_read(path) or _read_model(path)
+    try:  # the file's bytes, when they hold all of it: serializing a large model again costs more
+        onnx.checker.check_model(model if external else data)
     except Exception as err:
         raise ModelError(f"{path}: not a valid ONNX model ({_reason(err)})") from err
     if not model.graph.node:
@@ -78,11 +78,34 @@ def model_sha256(path: str | Path) -> str:
         memo = json.loads(payload)
         if all(_file_stamp(Path(name)) == stamp for name, stamp in memo["external"]):
             return memo["sha256"]
-    _, sha256, external = _read_model(path)
+    read = _read_model(path)
+    _, sha256, external, _ = read
+    _remember_read(path, read)
     if key:
         memo = {"sha256": sha256, "external": [(str(file), _file_stamp(file)) for file in sorted(external)]}
         cache.store(key, json.dumps(memo).encode())
     return sha256
+
+
+# The model `model_sha256` last parsed (a cache miss, which then loads the model), for `load_onnx`
+# to take instead of parsing the file again: (stamps of the file and its weights, the read).
+_last_read: list = []
+
+
+def _remember_read(path: Path, read: tuple) -> None:
+    _last_read[:] = [(_read_stamps(path, read[2]), read)]
+
+
+def _remembered_read(path: Path) -> tuple | None:
+    """The read `model_sha256` left for this file, if the file and its weights are unchanged (once)."""
+    if not _last_read:
+        return None
+    (stamps, read), _last_read[:] = _last_read[0], []
+    return read if stamps == _read_stamps(path, read[2]) else None
+
+
+def _read_stamps(path: Path, external: set[Path]) -> list:
+    return [(os.path.abspath(file), _file_stamp(file)) for file in [path, *sorted(external)]]
 
 
 def _file_stamp(path: Path) -> list[int] | None:
@@ -100,8 +123,9 @@ def _digest_key(path: Path) -> str | None:
     return cache.entry_key("model-digest", {"path": os.path.abspath(path), "stamp": stamp})
 
 
-def _read_model(path: Path) -> tuple[onnx.ModelProto, str, set[Path]]:
-    """The model with its external weights read in, the sha256 of both, and the weight files."""
+def _read_model(path: Path) -> tuple[onnx.ModelProto, str, set[Path], bytes]:
+    """The model with its external weights read in, the sha256 of both, the weight files, and
+    the file's bytes."""
     import onnx
 
     try:
@@ -122,7 +146,7 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, str, set[Path]]:
             # Name and length framed, so no two different sets of weights hash alike.
             name = tensor.name.encode()
             digest.update(b"%d:%b%d:" % (len(name), name, len(tensor.raw_data)) + tensor.raw_data)
-    return model, digest.hexdigest(), external
+    return model, digest.hexdigest(), external, data
 
 
 def _reason(err: Exception) -> str:

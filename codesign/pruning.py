@@ -36,7 +36,7 @@ Methods (CompressionConfig.prune_method):
   what was removed) are then refit by least squares to its unpruned pre-activation output X W,
   with a small ridge towards the original weights (a flattened matmul input has only one row
   per sample). X is the unpruned float graph's, from one run over the calibration samples
-  (calibration.run_float): every consumer is refit against the original activations, not
+  (calibration.float_runs): every consumer is refit against the original activations, not
   against those of layers already pruned upstream.
 - "magnitude": the channels of smallest L1 weight norm go, consumers keep their weights.
 """
@@ -52,7 +52,7 @@ import numpy as np
 from tvm import relax
 
 from codesign import progress
-from codesign.calibration import build_float_module, run_float
+from codesign.calibration import float_runs
 from codesign.compression import CompressionConfig
 from codesign.graph import Graph, Node, constant_value
 from codesign.importer import ImportedModel
@@ -462,9 +462,8 @@ def consumer_inputs(
     rng = np.random.default_rng(0)
     rows: dict[str, list[np.ndarray]] = {name: [] for name in consumers}
     skip = len(graph.outputs)
-    module = build_float_module(graph, imported, taps)
     progress.stage("prune", len(samples))
-    for outputs in run_float(module, samples, [spec.name for spec in imported.inputs]):
+    for outputs in float_runs(graph, imported, samples, taps):
         values = dict(zip(taps, outputs[skip:]))
         for name in consumers:
             node = graph.nodes[name]

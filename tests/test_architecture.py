@@ -50,6 +50,7 @@ STAGES: list[tuple[str, list[str]]] = [
         "quantization",
         [
             "codesign.calibration",
+            "codesign.float_numpy",
             "codesign.quantize",
             "codesign.lookup_tables",
             "codesign.alu_activations",

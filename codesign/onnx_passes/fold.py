@@ -6,6 +6,10 @@ is constant. onnxslim folds it (and inlines `If` nodes whose condition became co
 onnxsim does not do: it fails on models with `If` subgraphs). Measured on the corpus models
 (PP-OCR det/rec/cls, magika, YOLOX, silero-vad), onnxslim folds every shape subgraph in
 0.1-1 s per model.
+
+A graph with nothing to fold (no shape ops, no `If`, no node whose inputs are all constants:
+most clean PyTorch exports) skips onnxslim: importing and running it cost 2.5 s of a ResNet-18's
+first `simulate`, for the same program.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ def fold_constants(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
+    if not has_constant_work(model.graph):
+        sort_by_depth(model.graph)
+        return onnx.shape_inference.infer_shapes(model)
     import onnxslim  # half a second to import (sympy): only commands that import a model pay it
 
     logging.getLogger("onnxslim").setLevel(logging.ERROR)
@@ -36,6 +43,57 @@ def fold_constants(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     if folded is None:
         raise ModelError(f"{source}: cannot fold the model's constant subgraphs")
     return onnx.shape_inference.infer_shapes(folded)
+
+
+# Ops whose output depends on shapes or that hold subgraphs: onnxslim resolves them once shapes are bound.
+SHAPE_OPS = frozenset({"Shape", "Size", "If", "Loop", "Scan", "ConstantOfShape", "Range"})
+# Ops the Relax frontend takes with constant operands (weights reshaped by a stored shape, as in
+# mnist-8), folded after import by codesign.relax_fold.
+FRONTEND_FOLDED_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast", "Flatten"})
+
+
+def has_constant_work(graph: onnx.GraphProto) -> bool:
+    """Whether a node needs folding before the Relax frontend: a shape op, or a node whose inputs
+    are all constants (initializers, `Constant` outputs, or outputs of such nodes), unless it is a
+    FRONTEND_FOLDED_OPS node reading stored constants only."""
+    stored = {init.name for init in graph.initializer} | {""}  # "": an omitted optional input
+    constants = set(stored)
+    for node in graph.node:
+        if node.op_type in SHAPE_OPS:
+            return True
+        if node.op_type == "Constant":
+            stored.update(node.output)
+            constants.update(node.output)
+        elif all(name in constants for name in node.input):
+            if node.op_type not in FRONTEND_FOLDED_OPS or not all(name in stored for name in node.input):
+                return True
+            constants.update(node.output)
+    return False
+
+
+def sort_by_depth(graph: onnx.GraphProto) -> None:
+    """Order the nodes as onnxslim's topological sort does (by depth: one more than the deepest
+    producer of an input; file order among equals), a BatchNormalization behind a Conv at the
+    Conv's depth, as onnxslim fuses the two. Layers are numbered in node order (conv2d_0, ...):
+    so their names do not depend on whether a graph had anything to fold."""
+    producers = {output: node for node in graph.node for output in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    depth: dict[int, int] = {}
+    for node in graph.node:
+        inputs = [producers[name] for name in node.input if name in producers]
+        depth[id(node)] = max((depth[id(producer)] for producer in inputs), default=-1) + 1
+        source = producers.get(node.input[0]) if node.input else None
+        if node.op_type == "BatchNormalization" and source is not None and source.op_type == "Conv":
+            depth[id(node)] -= readers[node.input[0]] == 1
+    ordered = sorted(graph.node, key=lambda node: depth[id(node)])
+    copies = [onnx.NodeProto() for _ in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def _reason(err: Exception) -> str:

