@@ -11,6 +11,7 @@ float host ops keep their original Relax op.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -92,19 +93,27 @@ def plan_accelerated_layer(
         tiling = select_tiling(shape, hw, alu_ops, weight_bits, schedule)
     except TilingError as err:
         raise HardwareError(f"layer '{name}': {err}") from err
-    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp, weight_bits, activation), tiling, hw)
-    used = measured_footprint(scheduled, hw)
+    scheduled, used, walked = _scheduled_kernel(shape, hw, tuple(clamp), weight_bits, activation, tiling)
     problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw, tiling.virtual_threads)
     if problems:
         raise HardwareError(f"layer '{name}': scratchpad too small: " + "; ".join(problems))
-    _check_kernel_tiles(name, scheduled, tile_geometry(shape, tiling, hw))
-    return scheduled, LayerPlan(name, op, "accel", shape, tiling, used, scheduled, schedule=schedule)
+    _check_kernel_tiles(name, walked, tile_geometry(shape, tiling, hw))
+    return scheduled, LayerPlan(name, op, "accel", shape, tiling, dict(used), scheduled, schedule=schedule)
 
 
-def _check_kernel_tiles(name: str, kernel, geometry: TileGeometry) -> None:
-    """The kernel the module runs must tile the layer as its tiling says: the TIR walk is the
-    independent cross-check of the tile geometry the simulator builds the instruction stream from."""
-    walked = walk_schedule(kernel)
+@functools.lru_cache(maxsize=1024)
+def _scheduled_kernel(shape: ConvShape, hw, clamp: tuple[int, int], weight_bits, activation, tiling):
+    """(scheduled kernel, its measured scratchpad bytes, its walked tiles) of one layer geometry:
+    the layers of a network that share one (a ResNet's repeated blocks), and a tuner's profiles
+    that leave a layer as it was, schedule it once."""
+    scheduled = schedule_packed_conv2d(packed_conv2d_func(shape, hw, *clamp, weight_bits, activation), tiling, hw)
+    return scheduled, measured_footprint(scheduled, hw), walk_schedule(scheduled)
+
+
+def _check_kernel_tiles(name: str, walked, geometry: TileGeometry) -> None:
+    """The kernel the module runs must tile the layer as its tiling says: the TIR walk of it
+    (`walked`) is the independent cross-check of the tile geometry the simulator builds the
+    instruction stream from."""
     if not geometry.same_tiles(walked):
         raise RuntimeError(f"layer '{name}': the scheduled kernel's tiles {walked} are not its tiling's {geometry}")
 
