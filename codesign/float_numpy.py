@@ -2,10 +2,11 @@
 
 Calibration needs every tensor of the float graph over the calibration samples. Built with TVM,
 the float module costs a ResNet-18 about 1.9 s of LLVM before its first sample, more than the
-samples themselves take. A graph whose nodes are all GEMM layers, clamps and the ops of
-NUMPY_OPS (the CNN classics: adds, pools, means, reshapes, concatenations, ...) runs here
-instead, with no build: convolutions as im2col matrix products (BLAS), all samples of a chunk at
-once. Any other op sends the whole graph to TVM (`codesign.calibration.run_float`).
+samples themselves take, and PP-OCR's classifier 10 s of its 22 s compile. A graph whose nodes
+are all GEMM layers, clamps and the ops of NUMPY_OPS (the CNN classics: adds, pools, means,
+reshapes, concatenations, softmax, nearest upsampling, ...) runs here instead, with no build:
+convolutions as im2col matrix products (BLAS), all samples of a chunk at once. Any other op
+sends the whole graph to TVM (`codesign.calibration.run_float`).
 
 Arithmetic is float32 as in TVM's kernels, but BLAS sums a product in another order, and TVM's
 tanh is a polynomial good to about 2e-5: tensors agree with TVM's to that (tests/test_float_numpy.py
@@ -18,6 +19,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import tvm
 
 from codesign.graph import Graph, Node
 
@@ -36,16 +38,14 @@ UNARY_OPS = {
     "relax.nn.relu": lambda x: np.maximum(x, np.float32(0)),
     "relax.sigmoid": lambda x: (1 / (1 + np.exp(-x))).astype(x.dtype),
     "relax.tanh": np.tanh,
+    "relax.exp": np.exp,
+    "relax.sqrt": np.sqrt,
 }
 RESHAPES = ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims")
 POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
-NUMPY_OPS = frozenset(
-    [*BINARY_OPS, *UNARY_OPS, *RESHAPES, *POOLS, "relax.permute_dims", "relax.mean", "relax.sum", "relax.concat"]
-)
-
-
-class Unsupported(Exception):
-    """A node this executor does not run."""
+OTHER_OPS = ("relax.permute_dims", "relax.mean", "relax.sum", "relax.concat", "relax.power", "relax.nn.softmax")
+DATA_OPS = ("relax.strided_slice", "relax.take", "relax.image.resize2d")
+NUMPY_OPS = frozenset([*BINARY_OPS, *UNARY_OPS, *RESHAPES, *POOLS, *OTHER_OPS, *DATA_OPS])
 
 
 def supports(graph: Graph) -> bool:
@@ -56,6 +56,15 @@ def supports(graph: Graph) -> bool:
 def _supported(node: Node) -> bool:
     if node.op in ("input", "gemm", "clamp"):
         return node.dtype == "float32" or node.op == "input"
+    if node.op == "relax.nn.batch_norm":  # a tuple: the output, then the moving mean and variance
+        return not node.call.attrs.training
+    if node.op in ("relax.split", "TupleGetItem"):
+        return True
+    if node.op == "relax.take":  # constant, non-negative indices (every mode agrees on those)
+        if node.dtype != "float32" or node.arg_slots[1][0] != "expr":
+            return False
+        indices = _operand(node.arg_slots[1], [], 1)
+        return isinstance(indices, np.ndarray) and bool(np.all(indices >= 0))
     if node.op not in NUMPY_OPS or node.dtype != "float32" or node.shape is None:
         return False
     attrs = node.call.attrs
@@ -66,7 +75,30 @@ def _supported(node: Node) -> bool:
         if node.op == "relax.nn.avg_pool2d":
             return layout_ok and not attrs.ceil_mode and all(int(d) == 1 for d in attrs.dilation)
         return layout_ok
+    if node.op == "relax.strided_slice":
+        return all(step > 0 for step in _slice_ints(node.arg_slots[4]))
+    if node.op == "relax.image.resize2d":
+        return _nearest_upsampling(node) is not None
     return True
+
+
+def _nearest_upsampling(node: Node) -> tuple[int, int] | None:
+    """(row factor, column factor) of a resize2d that repeats each pixel a power of two times
+    (nearest neighbour, asymmetric coordinates, floor rounding: the ONNX export of an integer
+    upsample), or None for any other resize."""
+    attrs = node.call.attrs
+    if (attrs.layout, attrs.method) != ("NCHW", "nearest_neighbor") or attrs.rounding_method != "floor":
+        return None
+    if attrs.coordinate_transformation_mode != "asymmetric" or node.call.args[0].ty.shape is None:
+        return None
+    in_h, in_w = (int(node.call.args[0].ty.shape[axis]) for axis in (2, 3))
+    out_h, out_w = node.shape[2:]
+    factors = (out_h // in_h, out_w // in_w)
+    exact = all(f >= 1 and f & (f - 1) == 0 for f in factors) and (in_h * factors[0], in_w * factors[1]) == (
+        out_h,
+        out_w,
+    )
+    return factors if exact else None
 
 
 def sample_chunks(graph: Graph, samples: list[dict[str, np.ndarray]]) -> Iterator[list[dict[str, np.ndarray]]]:
@@ -80,13 +112,16 @@ def sample_chunks(graph: Graph, samples: list[dict[str, np.ndarray]]) -> Iterato
 def run_graph(graph: Graph, samples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Every tensor of the graph for a chunk of samples, each with the samples on a new leading axis."""
     values = {name: np.stack([sample[name] for sample in samples]) for name in graph.inputs}
-    for node in graph.nodes.values():
-        if node.op != "input":
-            values[node.name] = run_node(node, [values[i] for i in node.inputs])
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # inf and NaN as TVM gives them
+        for node in graph.nodes.values():
+            if node.op != "input":
+                values[node.name] = run_node(node, [values[i] for i in node.inputs])
     return values
 
 
 def run_node(node: Node, args: list[np.ndarray]) -> np.ndarray:
+    if node.op == "TupleGetItem":
+        return args[0][node.call.index]
     count = args[0].shape[0] if args else 1
     if node.op == "gemm":
         return _gemm(node, args)
@@ -109,6 +144,25 @@ def run_node(node: Node, args: list[np.ndarray]) -> np.ndarray:
         return _reduce(node, operands[0])
     if node.op == "relax.concat":
         return np.concatenate(operands[0], axis=_shifted_axis(int(attrs.axis), operands[0][0].ndim))
+    if node.op == "relax.power":
+        base, exponent = (_with_rank(operand, len(node.shape)) for operand in operands[:2])
+        return np.power(base, exponent).astype(np.float32, copy=False)
+    if node.op == "relax.nn.softmax":
+        axis = _shifted_axis(int(attrs.axis), operands[0].ndim)
+        exps = np.exp(operands[0] - operands[0].max(axis=axis, keepdims=True))
+        return exps / exps.sum(axis=axis, keepdims=True)
+    if node.op == "relax.strided_slice":
+        return _strided_slice(node, operands[0])
+    if node.op == "relax.image.resize2d":
+        rows, cols = _nearest_upsampling(node)
+        return operands[0].repeat(rows, axis=3).repeat(cols, axis=4)
+    if node.op == "relax.nn.batch_norm":
+        return (_batch_norm(node, operands), operands[3], operands[4])
+    if node.op == "relax.take":
+        indices = operands[1][0]  # a constant broadcast over the samples
+        return np.take(operands[0], indices, axis=_shifted_axis(int(attrs.axis), operands[0].ndim))
+    if node.op == "relax.split":
+        return _split(node, operands[0])
     if node.op == "relax.nn.adaptive_avg_pool2d":
         return operands[0].mean(axis=(3, 4), keepdims=True, dtype=np.float32)
     return _pool(node, operands[0])
@@ -133,6 +187,49 @@ def _with_rank(x: np.ndarray, rank: int) -> np.ndarray:
     broadcasting aligns the tensors' own shapes (from the right)."""
     missing = rank - (x.ndim - 1)
     return x.reshape((x.shape[0],) + (1,) * missing + x.shape[1:]) if missing > 0 else x
+
+
+def _batch_norm(node: Node, operands: list[np.ndarray]) -> np.ndarray:
+    """Inference batch norm: (x - mean) / sqrt(var + epsilon) * gamma + beta along the node's axis."""
+    x, gamma, beta, mean, var = operands[:5]
+    attrs = node.call.attrs
+    axis = _shifted_axis(int(attrs.axis), x.ndim)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+
+    def along_axis(values):
+        return values[0].reshape(shape)  # a constant broadcast over the samples: the first is it
+
+    y = (x - along_axis(mean)) / np.sqrt(along_axis(var) + np.float32(attrs.epsilon))
+    if attrs.scale:
+        y = y * along_axis(gamma)
+    if attrs.center:
+        y = y + along_axis(beta)
+    return y.astype(np.float32, copy=False)
+
+
+def _split(node: Node, x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """relax.split: into equal sections (an int) or at the given indices, along the node's axis."""
+    attrs = node.call.attrs
+    axis = _shifted_axis(int(attrs.axis), x.ndim)
+    sections = attrs.indices_or_sections
+    points = int(sections) if isinstance(sections, int | tvm.tirx.IntImm) else [int(i) for i in sections]
+    return tuple(np.split(x, points, axis=axis))
+
+
+def _slice_ints(slot) -> list[int]:
+    """A strided_slice argument (a tuple of integer PrimValues) as ints."""
+    return [int(field.value) for _, field in slot[1]]
+
+
+def _strided_slice(node: Node, x: np.ndarray) -> np.ndarray:
+    """Relax's strided_slice with positive steps: numpy's slicing rules (negative bounds count
+    from the end, bounds beyond the axis clip to it)."""
+    axes, begins, ends, steps = (_slice_ints(slot) for slot in node.arg_slots[1:5])
+    index = [slice(None)] * x.ndim
+    for axis, begin, end, step in zip(axes, begins, ends, steps, strict=True):
+        index[_shifted_axis(axis, x.ndim)] = slice(begin, end, step)
+    return x[tuple(index)]
 
 
 def _shifted_axis(axis: int, ndim_with_samples: int) -> int:

@@ -24,7 +24,8 @@ def many_ops_model(path) -> None:
     """Every kind of node float_numpy runs: grouped, strided and dilated convs, max pools (ceil
     mode), average pools with and without the padding counted, broadcasting adds and multiplies
     of tensors of different ranks, concat, transpose, means, reshapes, matmuls with a constant
-    and of two tensors, and the unary activations."""
+    and of two tensors, the unary activations, softmax, slices, a nearest upsampling, a batch
+    norm of its own (no conv before it), a split and a gather."""
     rng = np.random.default_rng(3)
     weights = [
         _const("w_grouped", rng.standard_normal((6, 2, 3, 3))),
@@ -35,6 +36,7 @@ def many_ops_model(path) -> None:
         numpy_helper.from_array(np.array([1, 20, 12], dtype=np.int64), "rows_shape"),
         numpy_helper.from_array(np.array([0], dtype=np.int64), "batch_axis"),
     ]
+    nearest_floor = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     uneven_pool = {"kernel_shape": [2, 3], "strides": [2, 1], "pads": [0, 1, 0, 1]}
     nodes = [
         helper.make_node("Conv", ["x", "w_grouped", "b_grouped"], ["g"], group=2, strides=[2, 1], pads=[1, 0, 2, 1]),
@@ -63,7 +65,23 @@ def many_ops_model(path) -> None:
         helper.make_node("Flatten", ["global"], ["flat"]),
         helper.make_node("Div", ["flat", "flat_norm"], ["scaled"]),
         helper.make_node("ReduceSum", ["dense", "sum_axes"], ["dense_sum"], keepdims=0),
+        helper.make_node("Pow", ["dense_sum", "two"], ["squared"]),
+        helper.make_node("Sqrt", ["squared"], ["root"]),
+        helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
+        helper.make_node("Slice", ["diff", "starts", "ends", "axes", "steps"], ["sliced"]),
+        helper.make_node("Exp", ["sliced"], ["sliced_exp"]),
+        helper.make_node("Resize", ["mixed_relu", "", "upsample_scales"], ["upsampled"], **nearest_floor),
+        helper.make_node("BatchNormalization", ["upsampled", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["normed"]),
+        helper.make_node("Split", ["normed", "split_sizes"], ["normed_head", "normed_tail"], axis=1),
+        helper.make_node("Gather", ["normed_tail", "picked"], ["picked_rows"], axis=2),
     ]
+    weights += [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in (("split_sizes", [2, 4]),)]
+    weights.append(numpy_helper.from_array(np.array([7, 0, 3], dtype=np.int64), "picked"))
+    weights.append(_const("upsample_scales", [1.0, 1.0, 2.0, 4.0]))
+    weights += [_const(f"bn_{name}", rng.uniform(0.5, 2.0, 6)) for name in ("scale", "bias", "mean", "var")]
+    slice_args = {"starts": [1, -4], "ends": [10, 100], "axes": [1, 3], "steps": [2, 1]}
+    weights += [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in slice_args.items()]
+    weights.append(_const("two", 2.0))
     weights += [_const("flat_norm", [3.0]), numpy_helper.from_array(np.array([1], dtype=np.int64), "sum_axes")]
     graph = helper.make_graph(
         nodes,
@@ -71,8 +89,12 @@ def many_ops_model(path) -> None:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 13, 11])],
         [
             helper.make_tensor_value_info("gram", TensorProto.FLOAT, [1, 12, 12]),
-            helper.make_tensor_value_info("dense_sum", TensorProto.FLOAT, [1, 5]),
-            helper.make_tensor_value_info("scaled", TensorProto.FLOAT, [1, 6]),
+            helper.make_tensor_value_info("root", TensorProto.FLOAT, [1, 5]),
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 6]),
+            helper.make_tensor_value_info("sliced_exp", TensorProto.FLOAT, [1, 5, 4, 4]),
+            helper.make_tensor_value_info("normed", TensorProto.FLOAT, [1, 6, 8, 20]),
+            helper.make_tensor_value_info("normed_head", TensorProto.FLOAT, [1, 2, 8, 20]),
+            helper.make_tensor_value_info("picked_rows", TensorProto.FLOAT, [1, 4, 3, 20]),
         ],
         weights,
     )
@@ -94,6 +116,8 @@ def test_numpy_run_equals_the_tvm_float_build_on_every_tensor(many_ops):
     ops = {node.op for node in graph.nodes.values()}
     assert {"gemm", "clamp", "relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.concat", "relax.mean"} <= ops
     assert {"relax.permute_dims", "relax.sigmoid", "relax.tanh", "relax.sum", "relax.divide"} <= ops
+    assert {"relax.power", "relax.sqrt", "relax.nn.softmax", "relax.strided_slice", "relax.exp"} <= ops
+    assert {"relax.image.resize2d", "relax.nn.batch_norm", "TupleGetItem", "relax.split", "relax.take"} <= ops
     taps = [name for name, node in graph.nodes.items() if node.shape is not None]
     samples = random_samples(imported.inputs, 5, seed=4)
     ours = list(float_runs(graph, imported, samples, taps))
@@ -102,6 +126,7 @@ def test_numpy_run_equals_the_tvm_float_build_on_every_tensor(many_ops):
         for name, mine, theirs in zip(graph.outputs + taps, sample_ours, sample_tvm, strict=True):
             assert mine.shape == theirs.shape, name
             assert mine.dtype == theirs.dtype == np.float32, name
+            assert np.isfinite(theirs).all(), name
             scale = max(float(np.abs(theirs).max()), 1e-6)
             # float32 rounding in another summation order; TVM's tanh is a polynomial good to 2e-5
             np.testing.assert_allclose(mine, theirs, rtol=0, atol=3e-5 * scale, err_msg=name)
@@ -123,7 +148,7 @@ def test_a_graph_with_other_ops_runs_through_tvm(monkeypatch):
     path, name, shape = TEST_MODELS["transformer"]
     imported = import_onnx(path, {name: shape})
     graph = extract_graph(imported)
-    assert not float_numpy.supports(graph)  # layer norm, softmax
+    assert not float_numpy.supports(graph)  # layer norm
     monkeypatch.setattr(float_numpy, "run_graph", lambda *args: pytest.fail("numpy path taken"))
     outputs = next(float_runs(graph, imported, random_samples(imported.inputs, 1), []))
     assert outputs[0].shape == imported.outputs[0].shape
