@@ -237,7 +237,7 @@ def prepare_static_graph(model: onnx.ModelProto, source: str) -> tuple[onnx.Mode
         make_padding_explicit(model)
         rewritten = expand_recurrent(model) + rewrite_convs(model)
         if rewritten:
-            model = fold_constants(model, source)
+            model = fold_constants(model, source, always=True)
     except ModelError as err:
         if str(err).startswith(source):
             raise

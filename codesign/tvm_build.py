@@ -28,6 +28,7 @@ import tvm
 import tvm_ffi
 from tvm import relax
 from tvm.relax import vm_build
+from tvm.relax.analysis import all_global_vars
 
 MODULES_KEPT = 512  # compiled LLVM modules kept in memory (LRU); one is tens of KB of code
 ACCELERATED_PREFIX = "gemm_"  # how lowering names an accelerated layer's kernel
@@ -55,13 +56,33 @@ def build_executable(
     with target:
         mod = relax.get_pipeline("default")(mod)
     attrs = dict(mod.attrs) if mod.attrs else {}
+    called = _called_functions(mod)
     builder = relax.ExecBuilder()
     mod = vm_build._vmcodegen(builder, mod, "bytecode")
-    kernels = vm_build._filter_tir(mod)
+    kernels = _only(vm_build._filter_tir(mod), called)
     library = None if kernels is None else _linked(compiled_kernels(kernels, target, kernel_per_module, jit), target)
     params = dict(attrs.get("const_name_to_constant", {}))
     external = list(attrs.get("external_mods", []))
     return relax.VMExecutable(tvm.relax._ffi_api.VMLink(builder, target, library, external, params))
+
+
+def _called_functions(mod: tvm.IRModule) -> set[str]:
+    """Names of the functions the Relax functions call. The pipeline leaves behind the TIR of
+    reshapes it turned into VM builtins (a copy kernel each): compiling them cost mnist-8 a third
+    of its build."""
+    return {
+        gv.name_hint
+        for func in mod.functions.values()
+        if isinstance(func, relax.Function)
+        for gv in all_global_vars(func)
+    }
+
+
+def _only(kernels: tvm.IRModule | None, names: set[str]) -> tvm.IRModule | None:
+    if kernels is None:
+        return None
+    kept = {gv: func for gv, func in kernels.functions.items() if gv.name_hint in names}
+    return tvm.IRModule(kept, attrs=kernels.attrs) if kept else None
 
 
 def _linked(libraries: list[tvm.runtime.Module], target) -> tvm.runtime.Module:

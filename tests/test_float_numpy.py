@@ -186,6 +186,10 @@ def test_constant_work_is_shape_ops_and_nodes_of_constants_only():
     assert fold.has_constant_work(with_shape)
     assert fold.has_constant_work(computed)
     assert fold.has_constant_work(chained)
+    # onnxslim also runs for any op outside the plain ones (its fusions, codesign's rewrites)
+    assert not fold.needs_onnxslim(clean)
+    sliced = _graph_with([helper.make_node("Slice", ["x", "starts", "ends"], ["y"])], [shape, shape])
+    assert not fold.has_constant_work(sliced) and fold.needs_onnxslim(sliced)
 
 
 def test_a_clean_graph_imports_without_onnxslim(monkeypatch):
@@ -198,7 +202,7 @@ def test_a_clean_graph_imports_without_onnxslim(monkeypatch):
     monkeypatch.setattr(onnxslim, "slim", lambda *args, **kwargs: pytest.fail("onnxslim called"))
     skipped = import_onnx(path, {name: shape})
     monkeypatch.undo()
-    monkeypatch.setattr(fold, "has_constant_work", lambda graph: True)
+    monkeypatch.setattr(fold, "needs_onnxslim", lambda graph: True)
     slimmed = import_onnx(path, {name: shape})
     graphs = [extract_graph(m) for m in (folded, skipped, slimmed)]
     # onnxslim's node order is kept: layers keep the names they have when the graph is slimmed

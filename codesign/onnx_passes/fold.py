@@ -7,9 +7,10 @@ onnxsim does not do: it fails on models with `If` subgraphs). Measured on the co
 (PP-OCR det/rec/cls, magika, YOLOX, silero-vad), onnxslim folds every shape subgraph in
 0.1-1 s per model.
 
-A graph with nothing to fold (no shape ops, no `If`, no node whose inputs are all constants:
-most clean PyTorch exports) skips onnxslim: importing and running it cost 2.5 s of a ResNet-18's
-first `simulate`, for the same program.
+A graph of plain ops (PLAIN_OPS: convs, batch norms, activations, pools, adds, matmuls) with
+nothing to fold (no node whose inputs are all constants), as clean PyTorch exports of CNNs are,
+skips onnxslim: importing and running it cost 2.5 s of a ResNet-18's first `simulate`, for the
+same program.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import onnx
 from codesign.errors import ModelError
 
 
-def fold_constants(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
-    """The model with every constant subgraph folded and constant-condition `If`s inlined."""
+def fold_constants(model: onnx.ModelProto, source: str, always: bool = False) -> onnx.ModelProto:
+    """The model with every constant subgraph folded and constant-condition `If`s inlined.
+    `always`: run onnxslim even when nothing is left to fold, for its fusions (as after
+    codesign's own rewrites)."""
     # Stale shapes of graph outputs and intermediates (often dynamic) would block inference.
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")
     del model.graph.value_info[:]
-    if not has_constant_work(model.graph):
+    if not always and not needs_onnxslim(model.graph):
         sort_by_depth(model.graph)
         return onnx.shape_inference.infer_shapes(model)
     import onnxslim  # half a second to import (sympy): only commands that import a model pay it
@@ -50,6 +53,26 @@ SHAPE_OPS = frozenset({"Shape", "Size", "If", "Loop", "Scan", "ConstantOfShape",
 # Ops the Relax frontend takes with constant operands (weights reshaped by a stored shape, as in
 # mnist-8), folded after import by codesign.relax_fold.
 FRONTEND_FOLDED_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast", "Flatten"})
+
+
+# Ops of clean exports that onnxslim has nothing to do for beyond what codesign's graph does
+# (BatchNormalization and bias adds fold into the GEMM layers). Any other op (Pad, Mul, Slice,
+# ConvTranspose, LSTM, ...) sends the graph through onnxslim: its fusions (pad into conv, scale
+# into conv, slices merged) and what codesign's own rewrites need (a BatchNormalization behind a
+# ConvTranspose fused before it becomes conv + depth-to-space).
+PLAIN_OPS = frozenset(
+    {"Conv", "BatchNormalization", "Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh"}
+    | {"MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Gemm", "MatMul", "Softmax", "Concat", "Transpose"}
+    | {"Flatten", "Reshape", "Constant", "Identity", "Dropout"}
+)
+
+
+def needs_onnxslim(graph: onnx.GraphProto) -> bool:
+    """Whether onnxslim has work: an op outside PLAIN_OPS, a 1-D conv (codesign rewrites it), or
+    constants to fold."""
+    weights = {init.name: len(init.dims) for init in graph.initializer}
+    one_d_conv = any(node.op_type == "Conv" and weights.get(node.input[1]) == 3 for node in graph.node)
+    return one_d_conv or any(node.op_type not in PLAIN_OPS for node in graph.node) or has_constant_work(graph)
 
 
 def has_constant_work(graph: onnx.GraphProto) -> bool:
