@@ -28,13 +28,12 @@ def fold_constants(model: onnx.ModelProto, source: str, always: bool = False) ->
     """The model with every constant subgraph folded and constant-condition `If`s inlined.
     `always`: run onnxslim even when nothing is left to fold, for its fusions (as after
     codesign's own rewrites)."""
-    # Stale shapes of graph outputs and intermediates (often dynamic) would block inference.
-    for output in model.graph.output:
-        output.type.tensor_type.ClearField("shape")
-    del model.graph.value_info[:]
     if not always and not needs_onnxslim(model.graph):
         sort_by_depth(model.graph)
-        return onnx.shape_inference.infer_shapes(model)
+        # Only explicit SAME padding reads inferred shapes after this (a plain graph has nothing
+        # codesign rewrites); inferring serializes the whole model, weights included.
+        return _with_inferred_shapes(model) if _has_same_padding(model.graph) else model
+    _clear_shapes(model)
     import onnxslim  # half a second to import (sympy): only commands that import a model pay it
 
     logging.getLogger("onnxslim").setLevel(logging.ERROR)
@@ -46,6 +45,18 @@ def fold_constants(model: onnx.ModelProto, source: str, always: bool = False) ->
     if folded is None:
         raise ModelError(f"{source}: cannot fold the model's constant subgraphs")
     return onnx.shape_inference.infer_shapes(folded)
+
+
+def _with_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    _clear_shapes(model)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _clear_shapes(model: onnx.ModelProto) -> None:
+    """Stale shapes of graph outputs and intermediates (often dynamic) would block inference."""
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
 
 
 # Ops whose output depends on shapes or that hold subgraphs: onnxslim resolves them once shapes are bound.
@@ -92,6 +103,14 @@ def has_constant_work(graph: onnx.GraphProto) -> bool:
                 return True
             constants.update(node.output)
     return False
+
+
+def _has_same_padding(graph: onnx.GraphProto) -> bool:
+    return any(
+        attribute.name == "auto_pad" and attribute.s.decode() in ("SAME_UPPER", "SAME_LOWER")
+        for node in graph.node
+        for attribute in node.attribute
+    )
 
 
 def sort_by_depth(graph: onnx.GraphProto) -> None:
