@@ -94,11 +94,8 @@ def _nearest_upsampling(node: Node) -> tuple[int, int] | None:
     in_h, in_w = (int(node.call.args[0].ty.shape[axis]) for axis in (2, 3))
     out_h, out_w = node.shape[2:]
     factors = (out_h // in_h, out_w // in_w)
-    exact = all(f >= 1 and f & (f - 1) == 0 for f in factors) and (in_h * factors[0], in_w * factors[1]) == (
-        out_h,
-        out_w,
-    )
-    return factors if exact else None
+    powers_of_two = all(f >= 1 and f & (f - 1) == 0 for f in factors)
+    return factors if powers_of_two and (in_h * factors[0], in_w * factors[1]) == (out_h, out_w) else None
 
 
 def sample_chunks(graph: Graph, samples: list[dict[str, np.ndarray]]) -> Iterator[list[dict[str, np.ndarray]]]:
