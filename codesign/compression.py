@@ -7,6 +7,9 @@ bits (8 or 4) and the fraction of output channels to prune. It is a small JSON f
      "float_layers": ["conv2d_3"], "prune_method": "magnitude"}
 
 `float_layers` keeps the matching layers (glob patterns over layer names) in float on the host.
+`unfold` lists the narrow-input convs compiled as im2col + a 1x1 conv (schedules.narrow_inputs);
+without it, each is unfolded where the cost model prices that faster on the hardware compiled
+for. A tuned design lists the ones its compression profile unfolded, so it compiles as evaluated.
 
 Pruning removes that fraction of a layer's output channels from the graph, and the matching
 inputs of the layers reading them (codesign.pruning); `prune_method` chooses how: "reconstruct"
@@ -42,6 +45,7 @@ class CompressionConfig:
     # Layers kept in float on the host (glob patterns over layer names: 'conv2d_3', 'conv2d_1*').
     float_layers: tuple[str, ...] = ()
     prune_method: str = "reconstruct"  # one of PRUNE_METHODS (see codesign.pruning)
+    unfold: tuple[str, ...] | None = None  # None: by modelled cost on the hardware compiled for
 
     def to_dict(self) -> dict:
         doc = {
@@ -53,6 +57,8 @@ class CompressionConfig:
             doc["float_layers"] = list(self.float_layers)
         if self.prune_method != PRUNE_METHODS[0]:
             doc["prune_method"] = self.prune_method
+        if self.unfold is not None:
+            doc["unfold"] = sorted(self.unfold)
         return doc
 
     def key(self) -> str:
@@ -92,6 +98,9 @@ def validate_compression(config: CompressionConfig, graph: Graph, source: str = 
     problems = [f"unknown layer '{name}'" for name in sorted({*config.weight_bits, *config.prune} - layers)]
     problems += [p for k, v in config.weight_bits.items() if (p := _bits_problem(k, v))]
     problems += [p for k, v in config.prune.items() if (p := _prune_problem(k, v))]
+    problems += [f"unfold: '{name}' is not a conv with one group and a kernel wider than 1x1" for name in
+                 sorted(set(config.unfold or ()) & layers) if not _unfoldable(graph.nodes[name].layer)]  # fmt: skip
+    problems += [f"unfold: unknown layer '{name}'" for name in sorted(set(config.unfold or ()) - layers)]
     names = [n for n, node in graph.nodes.items() if node.op != "input"]
     problems += [
         f"float layer pattern '{p}' matches no layer"
@@ -103,12 +112,18 @@ def validate_compression(config: CompressionConfig, graph: Graph, source: str = 
         raise UsageError(f"{source}: " + "; ".join(problems) + f" (layers: {known})")
 
 
+def _unfoldable(layer) -> bool:
+    return layer.kind == "conv2d" and layer.groups == 1 and math.prod(layer.weight.shape[2:]) > 1
+
+
 SCHEDULES = ("rule", "auto")
 PRUNE_METHODS = ("reconstruct", "magnitude")
-FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method")
+FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method", "unfold")
 
 
-def compression_problems(weight_bits, prune, schedule, float_layers, prune_method="reconstruct") -> list[str]:
+def compression_problems(
+    weight_bits, prune, schedule, float_layers, prune_method="reconstruct", unfold=None
+) -> list[str]:
     """What is wrong with these choices, each naming its field and value ([] if nothing)."""
     problems = []
     for field, table, check in (("weight_bits", weight_bits, _bits_problem), ("prune", prune, _prune_problem)):
@@ -122,13 +137,15 @@ def compression_problems(weight_bits, prune, schedule, float_layers, prune_metho
         problems.append(f"float_layers = {_shown(float_layers)} (expected a list of layer name patterns)")
     if prune_method not in PRUNE_METHODS:
         problems.append(f'prune_method = {_shown(prune_method)} (expected "reconstruct" or "magnitude")')
+    if unfold is not None and not (isinstance(unfold, (list, tuple)) and all(isinstance(n, str) for n in unfold)):
+        problems.append(f"unfold = {_shown(unfold)} (expected a list of layer names)")
     return problems
 
 
 def check_compression(config: CompressionConfig, source: str = "compression") -> None:
     """Type-check choices built in code (a file's are checked as it is read)."""
     problems = compression_problems(
-        config.weight_bits, config.prune, config.schedule, list(config.float_layers), config.prune_method
+        config.weight_bits, config.prune, config.schedule, list(config.float_layers), config.prune_method, config.unfold
     )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
@@ -143,12 +160,13 @@ def compression_from_dict(doc, source: str = "compression") -> CompressionConfig
         raise UsageError(f"{source}: expected {', '.join(sorted(FIELDS))} (unknown: {sorted(unknown)})")
     weight_bits, prune = doc.get("weight_bits", {}), doc.get("prune", {})
     schedule, float_layers = doc.get("schedule", "rule"), doc.get("float_layers", [])
-    prune_method = doc.get("prune_method", PRUNE_METHODS[0])
-    problems = compression_problems(weight_bits, prune, schedule, float_layers, prune_method)
+    prune_method, unfold = doc.get("prune_method", PRUNE_METHODS[0]), doc.get("unfold")
+    problems = compression_problems(weight_bits, prune, schedule, float_layers, prune_method, unfold)
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
     prune = {k: float(v) for k, v in prune.items()}
-    return CompressionConfig(dict(weight_bits), prune, schedule, tuple(float_layers), prune_method)
+    unfold = None if unfold is None else tuple(sorted(unfold))
+    return CompressionConfig(dict(weight_bits), prune, schedule, tuple(float_layers), prune_method, unfold)
 
 
 def load_compression(path: str | Path) -> CompressionConfig:

@@ -59,7 +59,7 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
 
 
 def _ops_per_element(node, op: str) -> int:
-    return FLOAT_OPS_PER_ELEMENT.get(op, 1 if node.op in ("passthrough", "clamp", "lut") else 3)
+    return FLOAT_OPS_PER_ELEMENT.get(op, 1 if node.op in ("passthrough", "clamp", "lut", "im2col") else 3)
 
 
 def _conversion_bytes(node, inputs, layouts: Layouts) -> float:

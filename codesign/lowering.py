@@ -256,6 +256,8 @@ class _Lowerer:
             return self.bb.emit_te(lambda x: _mean_te(x, p), args[0], primfunc_name_hint="int_mean")
         if node.op == "clamp":
             return self.bb.emit_te(lambda x: _clamp_te(x, p["lo"], p["hi"]), args[0], primfunc_name_hint="clamp")
+        if node.op == "im2col":
+            return self.bb.emit_te(lambda x: _im2col_te(x, p, node.shape), args[0], primfunc_name_hint="im2col")
         if node.op == "lut":
             table = relax.const(p["table"])
             lookup = _lut_te if p["table"].ndim == 1 else _channel_lut_te
@@ -563,6 +565,22 @@ def _zero_padded_channels_te(x: te.Tensor, channels: int) -> te.Tensor:
         lambda b, ch, y, xx: tirx.if_then_else(ch < c, x[b, tirx.min(ch, c - 1), y, xx], tirx.const(0, x.dtype)),
         name="zero_padded_channels",
     )
+
+
+def _im2col_te(x: te.Tensor, p: dict, out_shape: tuple[int, ...]) -> te.Tensor:
+    """A narrow-input conv's input unfolded (schedules.narrow_inputs; codesign.reference.im2col)."""
+    (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["strides"], p["dilation"]
+    top, left = p["padding"][:2]
+    h, w = (int(d) for d in x.shape[2:])
+
+    def tap(b, ch, y, xx):
+        c, i, j = ch // (kh * kw), ch % (kh * kw) // kw, ch % kw
+        row, col = y * sh + i * dh - top, xx * sw + j * dw - left
+        inside = tirx.all(row >= 0, row < h, col >= 0, col < w)
+        safe_row, safe_col = tirx.max(tirx.min(row, h - 1), 0), tirx.max(tirx.min(col, w - 1), 0)
+        return tirx.if_then_else(inside, x[b, c, safe_row, safe_col], tirx.const(0, "int8"))
+
+    return te.compute(out_shape, tap, name="im2col")
 
 
 def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode):

@@ -98,7 +98,9 @@ def quantize_model(
     graph = prune_graph(graph, compression, imported, samples, warn)
     pruning = {"prune": compression.prune, "prune_method": compression.prune_method}
     ranges = cached_tensor_ranges(graph, imported, samples, calibration_method, pruning)
-    config = QuantConfig.for_hardware(hw, weight_bits, compression.weight_bits, compression.float_layers)
+    config = QuantConfig.for_hardware(
+        hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold
+    )
     return graph, quantize_graph(graph, ranges, config), calibration_info
 
 

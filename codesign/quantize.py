@@ -22,6 +22,9 @@ Post-training static quantization, symmetric (no zero points, as VTA's int8 data
   host's lookup table, become part of its ALU program
   (codesign.alu_activations, codesign.plan.AluActivation): the layer's QNode then stands for the
   activation's output, and no int8 rounding happens between the layer and its activation;
+- a conv with fewer input channels than the core's block_in (a first layer on an image) becomes
+  im2col on the host + a 1x1 conv where the cost model prices that faster
+  (schedules.narrow_inputs): the same integers, with the core's input lanes filled;
 - max-pool, reshape and transpose run on int8 directly; residual adds and means are integer
   ops with their own requantization; everything else runs in float on the host between a
   dequantize and a quantize.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 
 import numpy as np
 
@@ -43,6 +47,7 @@ from codesign.lookup_tables import ELEMENTWISE_OPS, tabulate
 from codesign.plan import ACTIVATION_FRACTION_BITS, AluActivation, layer_alu_ops
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.narrow_groups import accelerator_seconds, is_narrow, super_grouped
+from codesign.schedules.narrow_inputs import unfolded_weight, unfolding_pays
 from codesign.schedules.tiling import TilingError
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -73,11 +78,14 @@ class QuantConfig:
     layer_weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)  # per-layer overrides
     block_in: int = 16  # the core's input lanes: fewer channels per group make a narrow-group conv
     float_layers: tuple[str, ...] = ()  # glob patterns of layers kept in float on the host
+    unfold: tuple[str, ...] | None = None  # narrow-input convs to unfold; None: where the cost model says
     # The description narrow-group convs are priced on, to place them (None: they stay on the host).
     hardware: object = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
-    def for_hardware(cls, hw, weight_bits: int | None = None, layer_weight_bits=None, float_layers=()) -> QuantConfig:
+    def for_hardware(
+        cls, hw, weight_bits: int | None = None, layer_weight_bits=None, float_layers=(), unfold=None
+    ) -> QuantConfig:
         """Quantization the core can execute; weights may be narrower than its weight width."""
         for name, bits in {"all layers": weight_bits, **(layer_weight_bits or {})}.items():
             if bits is not None and bits > hw.weight_bits:
@@ -91,6 +99,7 @@ class QuantConfig:
             layer_weight_bits=dict(layer_weight_bits or {}),
             block_in=hw.block_in,
             float_layers=tuple(float_layers),
+            unfold=None if unfold is None else tuple(unfold),
             hardware=hw,
         )
 
@@ -579,7 +588,34 @@ class _Quantizer:
             params["multiplier"], params["shift"] = fixed_point(
                 acc_scale / out_scale, HOST_MULTIPLIER_BITS, config.shift_only
             )
+        elif layer.kind == "conv2d" and self.unfolding_pays(qnode):
+            self.unfold(qnode)
         return qnode
+
+    def unfolding_pays(self, qnode: QNode) -> bool:
+        """Does a narrow-input conv run faster as im2col + a 1x1 conv (schedules.narrow_inputs)?
+        Layers the compression lists are unfolded (a tuned design's: as its profile was), others not."""
+        if self.config.unfold is not None:
+            return qnode.name in self.config.unfold
+        hw = self.config.hardware
+        if hw is None:
+            return False
+        shape = gemm_shape(qnode, self)
+        return unfolding_pays(shape, hw, layer_alu_ops(qnode.params), self.config.bits_for(qnode.name))
+
+    def unfold(self, qnode: QNode) -> None:
+        """`qnode` (a conv) becomes a 1x1 conv reading a new host node, NAME.im2col, that
+        unfolds its input (codesign.reference.im2col says what it computes)."""
+        p, source = qnode.params, self.nodes[qnode.inputs[0]]
+        kernel = tuple(int(k) for k in p["weight"].shape[2:])
+        channels = source.shape[1] * math.prod(kernel)
+        scale = source.scale if np.ndim(source.scale) == 0 else np.repeat(source.scale, math.prod(kernel))
+        name = f"{qnode.name}.im2col"
+        im2col = {"kernel": kernel, "strides": p["strides"], "padding": p["padding"], "dilation": p["dilation"]}
+        shape = (source.shape[0], channels, *qnode.shape[2:])
+        self.nodes[name] = QNode(name, "im2col", [source.name], shape, "int8", scale, params=im2col)
+        qnode.inputs = [name, *qnode.inputs[1:]]
+        p.update(weight=unfolded_weight(p["weight"]), strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1))
 
     def conv_on_accel(self, qnode: QNode) -> bool:
         """Does a conv run on the core? Dense convs and groups of at least block_in channels do.

@@ -78,6 +78,23 @@ def conv2d_accumulate(x: np.ndarray, w: np.ndarray, strides, padding, groups: in
     return acc
 
 
+def im2col(x: np.ndarray, p: dict) -> np.ndarray:
+    """(N, C, H, W) -> (N, C*KH*KW, OH, OW): channel c*KH*KW + i*KW + j holds tap (i, j) of
+    channel c under each output pixel of the conv `p` describes, zero in its padding."""
+    (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["strides"], p["dilation"]
+    top, left, bottom, right = p["padding"]
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_h = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+    out_w = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+    taps = [
+        xp[:, :, i * dh : i * dh + (out_h - 1) * sh + 1 : sh, j * dw : j * dw + (out_w - 1) * sw + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return np.stack(taps, axis=2).reshape(n, c * kh * kw, out_h, out_w)
+
+
 def max_pool2d(x: np.ndarray, attrs, out_shape) -> np.ndarray:
     kh, kw = (int(k) for k in attrs.pool_size)
     sh, sw = (int(s) for s in attrs.strides)
@@ -138,6 +155,8 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "mean":
         total = args[0].astype(np.int64).sum(axis=p["axes"], keepdims=p["keepdims"])
         return requantize(total, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=0)
+    if node.op == "im2col":
+        return im2col(args[0], p)
     if node.op == "clamp":
         return np.clip(args[0], p["lo"], p["hi"]).astype(np.int8)
     if node.op == "lut":

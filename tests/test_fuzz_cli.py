@@ -801,11 +801,11 @@ KNOWN_BAD = {
     "manifest-key-with-newline": ("manifest", lambda m, r: _manifest_with(m, _set("x\ny", 1))),
     "manifest-effective-shape-of-format-4": (  # pruned layers now carry their real shape
         "manifest",
-        lambda m, r: _manifest_with(m, _set("layers", 1, "effective_shape", {"out_channels": 10**20})),
+        lambda m, r: _manifest_with(m, _set("layers", 2, "effective_shape", {"out_channels": 10**20})),
     ),
     "manifest-shape-1e20-channels": (
         "manifest",
-        lambda m, r: _manifest_with(m, _set("layers", 1, "shape", "out_channels", 10**20)),
+        lambda m, r: _manifest_with(m, _set("layers", 2, "shape", "out_channels", 10**20)),
     ),
     "manifest-deep-array": ("manifest", lambda m, r: DEEP_TEXT.encode()),
     # database lines: `codesign report RUN`

@@ -70,16 +70,17 @@ def test_an_int4_module_stores_half_the_weight_bytes_and_is_bit_exact(model_cali
     result = compile_model(path, PLAIN, {name: shape}, model_calibration["mnist"], weight_bits=4)
     stored = constants_by_kernel(result.lowered.mod)
     weights = {node.name: node.params["weight"] for node in result.qgraph.gemm_nodes()}
-    # mnist-8 on a 16x16 core: conv 8x1x5x5 and 16x8x5x5 fill one 16x16 block per tap, the
-    # 256x10 matmul 16 input blocks of one output block; int8 would take a byte per lane.
-    expected_bytes = {"conv2d_0": 16 * 16 * 25 // 2, "conv2d_1": 16 * 16 * 25 // 2, "matmul_0": 16 * 16 * 16 // 2}
+    # mnist-8 on a 16x16 core: conv 8x1x5x5, unfolded (schedules.narrow_inputs), fills two 16x16
+    # blocks with its 25 taps, 16x8x5x5 one block per tap, the 256x10 matmul 16 input blocks of
+    # one output block; int8 would take a byte per lane.
+    expected_bytes = {"conv2d_0": 16 * 16 * 2 // 2, "conv2d_1": 16 * 16 * 25 // 2, "matmul_0": 16 * 16 * 16 // 2}
     simulation = simulate_plans(result.lowered.plans, PLAIN, "analytic")
     loaded = {layer.name: layer.counters["wgt_load_nbytes"] for layer in simulation.layers if layer.counters}
     for plan in (p for p in result.lowered.plans if p.placement == "accel"):
         image = stored[f"gemm_{plan.name}"]
         assert image.dtype == np.uint8 and image.nbytes == expected_bytes[plan.name]
         assert plan.weight_bytes == plan.to_dict()["weight_bytes"] == expected_bytes[plan.name]
-        oihw = weights[plan.name] if plan.op == "conv2d" else weights[plan.name].T[:, :, None, None]
+        oihw = weights[plan.name] if plan.op == "conv2d" else weights[plan.name].T[:, :, None, None]  # as unfolded
         blocked = pack_weight_numpy(oihw[None], PLAIN)
         assert np.array_equal(unpacked_by_tvm(image, blocked.shape), blocked)
         t = plan.tiling  # every weight block loaded once per spatial tile

@@ -308,7 +308,7 @@ def set_tiling(index: int, key: str, value):
     return change
 
 
-ACCEL_CONV = 1  # layers[1] is conv2d_0 on the accelerator (28x28 output)
+ACCEL_CONV = 2  # layers[2] is conv2d_0 on the accelerator (28x28 output; layers[1] unfolds its input)
 
 MANIFEST_DAMAGE = [
     pytest.param(lambda m: m.pop("inputs") and None, "'inputs' is missing", id="no-inputs"),
@@ -322,10 +322,16 @@ MANIFEST_DAMAGE = [
     pytest.param(lambda m: m["outputs"][0].update(shape=["1", 10]), "'outputs[0].shape[0]'", id="shape-string"),
     pytest.param(lambda m: m["hardware"]["spec"].update(block_in=12), "'hardware.spec.block_in' = 12", id="spec"),
     pytest.param(lambda m: m["files"].pop("module.so"), "'library' = \"module.so\" is not listed", id="no-hash"),
-    pytest.param(set_tiling(ACCEL_CONV, "h_tile", 5), "'layers[1].tiling.h_tile' = 5 does not divide", id="h5"),
-    pytest.param(set_tiling(ACCEL_CONV, "h_tile", 0), "'layers[1].tiling.h_tile' = 0", id="h0"),
-    pytest.param(set_tiling(ACCEL_CONV, "w_tile", "x"), "'layers[1].tiling.w_tile' must be an integer", id="wx"),
-    pytest.param(lambda m: m["layers"][ACCEL_CONV].update(tiling=None), "'layers[1].tiling' must be given", id="none"),
+    pytest.param(
+        set_tiling(ACCEL_CONV, "h_tile", 5), f"'layers[{ACCEL_CONV}].tiling.h_tile' = 5 does not divide", id="h5"
+    ),
+    pytest.param(set_tiling(ACCEL_CONV, "h_tile", 0), f"'layers[{ACCEL_CONV}].tiling.h_tile' = 0", id="h0"),
+    pytest.param(
+        set_tiling(ACCEL_CONV, "w_tile", "x"), f"'layers[{ACCEL_CONV}].tiling.w_tile' must be an integer", id="wx"
+    ),
+    pytest.param(
+        lambda m: m["layers"][ACCEL_CONV].update(tiling=None), f"'layers[{ACCEL_CONV}].tiling' must be given", id="none"
+    ),
     pytest.param(set_tiling(ACCEL_CONV, "virtual_threads", 64), "does not fit the scratchpads", id="too-big"),
 ]
 

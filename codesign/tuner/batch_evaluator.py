@@ -62,7 +62,7 @@ class BatchEvaluator:
         costs = self.cost_model.cost([(self.profiles[key], group.designs) for key, group in groups.items()])
         for (key, group), group_costs in zip(groups.items(), costs):
             for position, design_costs in zip(group.positions, group_costs):
-                results[position] = self._result(design_costs, self.profiles[key].accuracy)
+                results[position] = self._result(design_costs, self.profiles[key])
         elapsed = (time.perf_counter() - start) / max(len(configs), 1)
         for result in results:
             result["seconds"] = elapsed
@@ -85,12 +85,13 @@ class BatchEvaluator:
             group.designs.append(hw)
         return groups
 
-    def _result(self, costs: dict, accuracy: float) -> dict:
-        metrics = {**costs, "accuracy": accuracy, "float_accuracy": self.float_accuracy}
+    def _result(self, costs: dict, profile) -> dict:
+        metrics = {**costs, "accuracy": profile.accuracy, "float_accuracy": self.float_accuracy}
         reason = violation(metrics, self.space.constraints)
         return {
             "feasible": reason is None,
             "reason": reason,
             "objectives": {name: metrics[name] for name in self.space.objectives},
             "metrics": metrics,
+            "unfold": profile.unfolded,  # for the design's compression (CompressionProfile.unfolded)
         }

@@ -28,6 +28,9 @@ class CompressionProfile:
     layers: list[Layer]  # the offloaded layers, as the cost model prices them
     host_work: list[tuple[float, float]]  # (ops, bytes) of every host op
     plans: list[LayerPlan] = dataclasses.field(default_factory=list)  # lowering's plans, without kernels
+    # The narrow-input convs the profile unfolded (decided on the base hardware): a design
+    # evaluated with this profile lists them in its compression, so it compiles as evaluated.
+    unfolded: tuple[str, ...] = ()
 
     @classmethod
     def from_compiled(cls, result: CompileResult, accuracy: float) -> CompressionProfile:
@@ -37,7 +40,9 @@ class CompressionProfile:
         ]
         host_work = [(plan.host_ops, plan.host_bytes) for plan in plans]
         # Kernels are TIR (large, not picklable to the tuner's main process); the front re-tiles anyway.
-        return cls(accuracy, layers, host_work, [dataclasses.replace(plan, kernel=None) for plan in plans])
+        qgraph = result.qgraph
+        unfolded = tuple(sorted(n.name for n in qgraph.gemm_nodes() if qgraph.nodes[n.inputs[0]].op == "im2col"))
+        return cls(accuracy, layers, host_work, [dataclasses.replace(plan, kernel=None) for plan in plans], unfolded)
 
 
 ProfileKey = tuple[str, bool]  # (compression key, ALU multiplier)
