@@ -28,6 +28,7 @@ from codesign.importer import ImportedModel
 from codesign.packed_layout import plan_layouts
 from codesign.plan import LayerPlan, layer_alu_ops
 from codesign.quantize import INT8_MAX, INT8_MIN, QNode, QuantizedGraph, gemm_shape, kernel_shape
+from codesign.schedules.gemm_intrin import ACC_SCOPE, INP_SCOPE, WGT_SCOPE
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import select_tiling
 from codesign.schedules.narrow_groups import block_diagonal_weight
@@ -84,20 +85,30 @@ def plan_accelerated_layer(
     weight_bits=None,
     schedule="rule",
     activation=None,
+    kernel=True,
 ):
     """Tile (the tile rule, or the fastest modelled tiling with schedule="auto"), schedule and
     check one layer; returns (scheduled PrimFunc, LayerPlan). Narrow weights pack in the buffer;
-    `activation` (codesign.plan.AluActivation) runs on the ALU before the requantization."""
+    `activation` (codesign.plan.AluActivation) runs on the ALU before the requantization.
+    Without `kernel` (a plan for the simulator alone) nothing is scheduled: the plan's
+    scratchpad bytes are the tile rule's, which the scheduled TIR's equal (tests/test_schedules.py),
+    and the kernel is None."""
     hw = hw.for_layer_weights(weight_bits)
     try:
         tiling = select_tiling(shape, hw, alu_ops, weight_bits, schedule)
     except TilingError as err:
         raise HardwareError(f"layer '{name}': {err}") from err
-    scheduled, used, walked = _scheduled_kernel(shape, hw, tuple(clamp), weight_bits, activation, tiling)
-    problems = check_footprint(used, tile_footprint(shape, tiling, hw), hw, tiling.virtual_threads)
+    footprint = tile_footprint(shape, tiling, hw)
+    if kernel:
+        scheduled, used, walked = _scheduled_kernel(shape, hw, tuple(clamp), weight_bits, activation, tiling)
+    else:
+        scheduled, walked = None, None
+        used = {INP_SCOPE: footprint.inp_bytes, WGT_SCOPE: footprint.wgt_bytes, ACC_SCOPE: footprint.acc_bytes}
+    problems = check_footprint(used, footprint, hw, tiling.virtual_threads)
     if problems:
         raise HardwareError(f"layer '{name}': scratchpad too small: " + "; ".join(problems))
-    _check_kernel_tiles(name, walked, tile_geometry(shape, tiling, hw))
+    if kernel:
+        _check_kernel_tiles(name, walked, tile_geometry(shape, tiling, hw))
     return scheduled, LayerPlan(name, op, "accel", shape, tiling, dict(used), scheduled, schedule=schedule)
 
 
@@ -119,8 +130,12 @@ def _check_kernel_tiles(name: str, walked, geometry: TileGeometry) -> None:
 
 
 class _Lowerer:
-    def __init__(self, qgraph: QuantizedGraph, imported: ImportedModel, hw, compression: CompressionConfig):
+    def __init__(
+        self, qgraph: QuantizedGraph, imported: ImportedModel, hw, compression: CompressionConfig, kernels=True
+    ):
+        """`kernels`: schedule the accelerated layers' TIR (False: their plans only, for the simulator)."""
         self.qgraph, self.imported, self.hw, self.compression = qgraph, imported, hw, compression
+        self.schedules_kernels = kernels
         self.bb = relax.BlockBuilder(module_without_main(imported.mod))
         self.plans: list[LayerPlan] = []
         # Tile and schedule every accelerated layer first: a layer that does not fit fails
@@ -150,6 +165,7 @@ class _Lowerer:
                 self.weight_bits(node),
                 self.compression.schedule,
                 p.get("activation"),
+                self.schedules_kernels,
             )
         except HardwareError:
             super_grouped_conv = node.op == "conv2d" and shape != gemm_shape(node, self.qgraph)
@@ -416,9 +432,9 @@ def lower_to_relax(
 def plan_layers(
     qgraph: QuantizedGraph, imported: ImportedModel, hw, compression: CompressionConfig | None = None
 ) -> list[LayerPlan]:
-    """The plans `lower_to_relax` writes (kernels scheduled and checked), without emitting the
-    Relax program: what the simulator needs."""
-    lowerer = _Lowerer(qgraph, imported, hw, compression or CompressionConfig())
+    """The plans `lower_to_relax` writes, without scheduling the kernels or emitting the Relax
+    program: what the simulator needs (tests/test_simulator.py checks they are lowering's)."""
+    lowerer = _Lowerer(qgraph, imported, hw, compression or CompressionConfig(), kernels=False)
     return [lowerer.plan_for(node) for node in qgraph.nodes.values() if node.op != "input"]
 
 
