@@ -267,7 +267,7 @@ def check_supported_ops(model: onnx.ModelProto, source: str) -> None:
 
 def _from_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], source: str) -> tvm.IRModule:
     """The Relax frontend; an exception names the ONNX node it was converting."""
-    from codesign.relax_fold import fold_with_numpy  # it reads this module's static_shape
+    from codesign.relax_fold import fold_constants  # it reads this module's static_shape
 
     current: list[onnx.NodeProto] = []
     parse = ONNXGraphImporter._parse_value_proto
@@ -286,7 +286,7 @@ def _from_onnx(model: onnx.ModelProto, inputs: list[TensorSpec], source: str) ->
         with quiet_tvm(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # "X in initializer but not in graph input": folded models do that
             mod = from_onnx(model, shape_dict={t.name: list(t.shape) for t in inputs}, keep_params_in_input=False)
-            return relax.transform.FoldConstant()(fold_with_numpy(mod))
+            return fold_constants(mod)
     except Exception as err:
         where = f" at node '{current[0].name or current[0].output[0]}' ({current[0].op_type})" if current else ""
         message = f"{source}: cannot import into TVM{where}: {_first_line(err)}"
