@@ -210,7 +210,10 @@ class _Lowerer:
     def emit_dequantize(self, x: relax.Expr, scale: np.ndarray, hint: str = "dequantize") -> relax.Expr:
         """int8 -> float32 by one scale, or by a scale per channel (axis 1)."""
         if scale.size == 1:
-            return self.bb.emit_te(lambda v: _dequantize_te(v, float(scale.reshape(()))), x, primfunc_name_hint=hint)
+            # The scale as an operand, not a literal: a tuner's profiles, whose output scales
+            # differ, then share one compiled kernel.
+            scalar = relax.const(scale.reshape(1).astype(np.float32))
+            return self.bb.emit_te(_dequantize_te, x, scalar, primfunc_name_hint=hint)
         channel_scales = relax.const(scale.reshape(-1).astype(np.float32))
         return self.bb.emit_te(_dequantize_channels_te, x, channel_scales, primfunc_name_hint=hint)
 
@@ -451,8 +454,8 @@ def _quantize_te(x: te.Tensor, inv_scale: float) -> te.Tensor:
     return te.compute(x.shape, q, name="quantize")
 
 
-def _dequantize_te(x: te.Tensor, scale: float) -> te.Tensor:
-    return te.compute(x.shape, lambda *i: x(*i).astype("float32") * tirx.const(scale, "float32"), name="dequantize")
+def _dequantize_te(x: te.Tensor, scale: te.Tensor) -> te.Tensor:
+    return te.compute(x.shape, lambda *i: x(*i).astype("float32") * scale[0], name="dequantize")
 
 
 def _dequantize_channels_te(x: te.Tensor, scales: te.Tensor) -> te.Tensor:
