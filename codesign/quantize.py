@@ -588,13 +588,14 @@ class _Quantizer:
             params["multiplier"], params["shift"] = fixed_point(
                 acc_scale / out_scale, HOST_MULTIPLIER_BITS, config.shift_only
             )
-        elif layer.kind == "conv2d" and self.unfolding_pays(qnode):
+        elif layer.kind == "conv2d" and self.unfolds(qnode):
             self.unfold(qnode)
         return qnode
 
-    def unfolding_pays(self, qnode: QNode) -> bool:
-        """Does a narrow-input conv run faster as im2col + a 1x1 conv (schedules.narrow_inputs)?
-        Layers the compression lists are unfolded (a tuned design's: as its profile was), others not."""
+    def unfolds(self, qnode: QNode) -> bool:
+        """Is a narrow-input conv compiled as im2col + a 1x1 conv (schedules.narrow_inputs)? Where
+        that is modelled faster; if the compression lists layers (a tuned design's, as its
+        profile was), those and no others."""
         if self.config.unfold is not None:
             return qnode.name in self.config.unfold
         hw = self.config.hardware

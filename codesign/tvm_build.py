@@ -53,8 +53,8 @@ def build_executable(
     builds many variants of one model (the tuner): a variant then recompiles only the functions
     it changes (a pruned layer changes its pools and layout kernels too). Otherwise they are
     dealt out to one module per core (LLVM's JIT, when a VM first loads the executable, costs
-    about 0.1 s more per module). `jit`: also make the machine
-    code to run it in this process (False for an executable only exported, or built for another CPU)."""
+    about 0.1 s more per module). `jit`: also make the machine code to run it in this process
+    (False for an executable only exported, or built for another CPU)."""
     with target:
         mod = relax.get_pipeline("default")(mod)
     attrs = dict(mod.attrs) if mod.attrs else {}
