@@ -13,6 +13,10 @@ import os
 # TVM's runtime otherwise runs parallel loops on a single thread on some machines.
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
 
+from codesign import tvm_import  # before anything imports TVM
+
+tvm_import.install()
+
 __version__ = "0.1.0"
 
 # Attributes resolve on first use, so a command that needs no TVM (a cached `simulate`) never loads it.

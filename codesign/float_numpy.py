@@ -263,28 +263,32 @@ def _gemm(node: Node, args: list[np.ndarray]) -> np.ndarray:
 
 def conv2d(x, weight, strides, padding, dilation, groups) -> np.ndarray:
     """NCHW conv2d of a sample stack [S, N, C, H, W] with OIHW weights, as im2col matrix products
-    (columns ordered channel, kernel row, kernel column: OIHW's order, so the weight reshapes in place)."""
+    (columns ordered channel, kernel row, kernel column: OIHW's order, so the weight reshapes in
+    place), one image at a time into one reused columns buffer: a stack's columns would be a
+    fresh allocation of tens of MB per layer, whose first touch costs more than the products."""
     samples, batch, channels, height, width = x.shape
     out_channels, group_channels, kernel_h, kernel_w = weight.shape
     top, left, bottom, right = padding
     images = x.reshape(samples * batch, channels, height, width)
-    padded = np.pad(images, ((0, 0), (0, 0), (top, bottom), (left, right)))
     out_h = (height + top + bottom - (kernel_h - 1) * dilation[0] - 1) // strides[0] + 1
     out_w = (width + left + right - (kernel_w - 1) * dilation[1] - 1) // strides[1] + 1
-    columns = np.empty((len(images), channels, kernel_h, kernel_w, out_h, out_w), dtype=np.float32)
-    for row, col in np.ndindex(kernel_h, kernel_w):
-        columns[:, :, row, col] = _shifted(padded, row * dilation[0], col * dilation[1], out_h, out_w, strides)
-    columns = columns.reshape(len(images), groups, group_channels * kernel_h * kernel_w, out_h * out_w)
     kernels = weight.reshape(groups, out_channels // groups, -1).astype(np.float32, copy=False)
-    y = np.matmul(kernels, columns)  # [images, groups, group outputs, pixels]
+    y = np.empty((len(images), groups, out_channels // groups, out_h * out_w), dtype=np.float32)
+    columns = np.empty((channels, kernel_h, kernel_w, out_h, out_w), dtype=np.float32)
+    for image, out in zip(images, y, strict=True):
+        padded = np.pad(image, ((0, 0), (top, bottom), (left, right)))
+        for row, col in np.ndindex(kernel_h, kernel_w):
+            columns[:, row, col] = _shifted(padded, row * dilation[0], col * dilation[1], out_h, out_w, strides)
+        np.matmul(kernels, columns.reshape(groups, group_channels * kernel_h * kernel_w, out_h * out_w), out=out)
     return y.reshape(samples, batch, out_channels, out_h, out_w)
 
 
 def _shifted(padded: np.ndarray, row: int, col: int, out_h: int, out_w: int, strides) -> np.ndarray:
-    """The input values a kernel tap at (row, col) meets at every output position (a strided view)."""
+    """The input values a kernel tap at (row, col) meets at every output position (a strided view
+    of a padded [..., H, W] array)."""
     rows = slice(row, row + (out_h - 1) * strides[0] + 1, strides[0])
     cols = slice(col, col + (out_w - 1) * strides[1] + 1, strides[1])
-    return padded[:, :, rows, cols]
+    return padded[..., rows, cols]
 
 
 def _reduce(node: Node, x: np.ndarray) -> np.ndarray:

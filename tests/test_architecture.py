@@ -26,6 +26,7 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.files",
             "codesign.toml",
             "codesign.units",
+            "codesign.tvm_import",
             "codesign.tvm_output",
             "codesign.target",
             "codesign.tvm_build",
