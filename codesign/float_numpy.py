@@ -261,11 +261,15 @@ def _gemm(node: Node, args: list[np.ndarray]) -> np.ndarray:
     return _clamp(y, layer.clamp)
 
 
+COLUMNS_BUFFER_BYTES = 8 << 20  # im2col columns made at once: a few images of a large layer
+
+
 def conv2d(x, weight, strides, padding, dilation, groups) -> np.ndarray:
     """NCHW conv2d of a sample stack [S, N, C, H, W] with OIHW weights, as im2col matrix products
     (columns ordered channel, kernel row, kernel column: OIHW's order, so the weight reshapes in
-    place), one image at a time into one reused columns buffer: a stack's columns would be a
-    fresh allocation of tens of MB per layer, whose first touch costs more than the products."""
+    place). Images go in chunks through one reused columns buffer of at most about
+    COLUMNS_BUFFER_BYTES: a large layer's columns for a whole stack would be a fresh allocation of
+    tens of MB, whose first touch costs more than the products."""
     samples, batch, channels, height, width = x.shape
     out_channels, group_channels, kernel_h, kernel_w = weight.shape
     top, left, bottom, right = padding
@@ -274,12 +278,18 @@ def conv2d(x, weight, strides, padding, dilation, groups) -> np.ndarray:
     out_w = (width + left + right - (kernel_w - 1) * dilation[1] - 1) // strides[1] + 1
     kernels = weight.reshape(groups, out_channels // groups, -1).astype(np.float32, copy=False)
     y = np.empty((len(images), groups, out_channels // groups, out_h * out_w), dtype=np.float32)
-    columns = np.empty((channels, kernel_h, kernel_w, out_h, out_w), dtype=np.float32)
-    for image, out in zip(images, y, strict=True):
-        padded = np.pad(image, ((0, 0), (top, bottom), (left, right)))
+    image_bytes = channels * kernel_h * kernel_w * out_h * out_w * 4
+    chunk = max(1, min(len(images), COLUMNS_BUFFER_BYTES // image_bytes))
+    columns = np.empty((chunk, channels, kernel_h, kernel_w, out_h, out_w), dtype=np.float32)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk]
+        padded = np.pad(part, ((0, 0), (0, 0), (top, bottom), (left, right)))
         for row, col in np.ndindex(kernel_h, kernel_w):
-            columns[:, row, col] = _shifted(padded, row * dilation[0], col * dilation[1], out_h, out_w, strides)
-        np.matmul(kernels, columns.reshape(groups, group_channels * kernel_h * kernel_w, out_h * out_w), out=out)
+            columns[: len(part), :, row, col] = _shifted(
+                padded, row * dilation[0], col * dilation[1], out_h, out_w, strides
+            )
+        products = columns[: len(part)].reshape(len(part), groups, group_channels * kernel_h * kernel_w, -1)
+        np.matmul(kernels, products, out=y[start : start + len(part)])
     return y.reshape(samples, batch, out_channels, out_h, out_w)
 
 
