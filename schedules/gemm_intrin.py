@@ -32,11 +32,8 @@ def register_gemm_intrin(batch: int, block_in: int, block_out: int) -> str:
     schedule tensorizes at the block_out loop; otherwise at the batch loop.
     """
     name = gemm_intrin_name(batch, block_in, block_out)
-    try:
-        s_tir.TensorIntrin.get(name)
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:  # a miss raising costs 0.35 s (tvm_import)
         return name
-    except Exception:  # noqa: BLE001 - TVM raises a generic error for unknown names
-        pass
     with _stack_without_source():
         desc, impl = _unbatched(block_in, block_out) if batch == 1 else _batched(batch, block_in, block_out)
     s_tir.TensorIntrin.register(name, desc, impl)
