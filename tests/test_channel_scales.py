@@ -4,8 +4,8 @@ A depthwise conv mixes no channels, so a channel whose range is a small fraction
 tensor's keeps few int8 levels through it under one scale per tensor. Where every reader can
 take them, conv outputs and lookup tables get one scale per channel; the module stays equal to
 the numpy integer program and gets closer to onnxruntime than per-tensor scales do. A tensor
-read by a conv that mixes its channels gets SmoothQuant's balanced scales (the square root of
-the channel's share of the range) instead, folded into that conv's weights.
+read by a conv that mixes its channels gets SmoothQuant's balanced scales (the channel's share
+of the range to the migration strength's power) instead, folded into that conv's weights.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from codesign.calibration import TensorRanges, tensor_ranges
 from codesign.corpus import cosine
 from codesign.hardware import load_hardware
 from codesign.pipeline import compile_model
-from codesign.quantize import INT8_MAX, input_channel_scales, quantize_graph
+from codesign.quantize import (
+    CHANNEL_SCALE_FLOOR,
+    INT8_MAX,
+    MIXED_CHANNEL_MIGRATION,
+    input_channel_scales,
+    quantize_graph,
+)
 from codesign.reference import run_reference
 
 CHANNELS = 32
@@ -140,7 +146,7 @@ def pointwise(tmp_path_factory):
     return path, result, [{"x": sample} for sample in samples]
 
 
-def test_a_tensor_read_by_a_dense_conv_gets_the_square_root_of_its_channel_spread(pointwise):
+def test_a_tensor_read_by_a_dense_conv_gets_a_balanced_share_of_its_channel_spread(pointwise):
     path, result, samples = pointwise
     nodes = result.qgraph.nodes
     lut = next(n for n in nodes.values() if n.op == "lut")
@@ -150,7 +156,8 @@ def test_a_tensor_read_by_a_dense_conv_gets_the_square_root_of_its_channel_sprea
     values = np.concatenate([session.run(None, sample)[0] for sample in samples])
     channel_absmax = np.abs(values).max(axis=(0, 2, 3))
     absmax = channel_absmax.max()
-    expected = absmax * np.sqrt(channel_absmax / absmax) / INT8_MAX
+    expected = absmax * (channel_absmax / absmax) ** MIXED_CHANNEL_MIGRATION / INT8_MAX
+    expected = np.maximum(expected, absmax / INT8_MAX * CHANNEL_SCALE_FLOOR)
     np.testing.assert_allclose(lut.scale, expected, rtol=1e-5)
 
 
