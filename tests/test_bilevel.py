@@ -143,6 +143,19 @@ def test_the_budget_counts_profiles_and_each_records_its_true_front(tmp_path):
     assert all(r.design is not None and r.strategy == "bilevel" for r in records)
 
 
+def test_the_first_profiles_are_the_baseline_under_each_multiplier_choice(tmp_path):
+    _, executor = run(tmp_path, budget=4)
+    baseline = {
+        "comp.convs.weight_bits": 8,
+        "comp.convs.prune": 0.0,
+        "comp.classifier.weight_bits": 8,
+        "comp.classifier.prune": 0.0,
+    }
+    first_two = [json.loads(profile) for profile in executor.profiles_measured[:2]]
+    assert first_two == [{**baseline, "hw.alu_multiplier": True}, {**baseline, "hw.alu_multiplier": False}]
+    assert len(set(executor.profiles_measured)) == 4  # then the outer strategy's, none repeated
+
+
 def test_the_surrogate_finds_the_fronts_that_random_profiles_miss(tmp_path):
     """Over 5 seeds, the XGBoost outer level reaches at least random's hypervolume at the same
     number of profiles (both at a budget far below the 72 profiles of the space)."""

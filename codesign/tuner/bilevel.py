@@ -14,10 +14,11 @@ second. So the search has two levels:
 
 Outer knobs that change no profile (a compression group that matches no layer, a multiplier
 choice the space fixes) are detected before the search and held at their first choice, so no
-accuracy evaluation is spent on them. The first profile measured is the space's baseline (every
-knob at its first choice). A batch is proposed from a generator seeded from (seed,
-batch) and from the records of earlier batches only, so a run is reproducible and resumes the
-interrupted batch (the same proposals) by recording only what is missing.
+accuracy evaluation is spent on them. The first profiles measured are the anchors: the space's
+baseline (every knob at its first choice), then the baseline under each other multiplier
+choice. A batch is proposed from a generator seeded from (seed, batch) and from the records of
+earlier batches only, so a run is reproducible and resumes the interrupted batch (the same
+proposals) by recording only what is missing.
 """
 
 from __future__ import annotations
@@ -130,6 +131,19 @@ def _as_record(config: dict, result: dict) -> Record:
     return Record(0, 0, config, result["feasible"], result["objectives"], result["metrics"], None, 0.0, 0, "")
 
 
+def anchors(plan: BilevelPlan) -> list[dict]:
+    """The profiles every search measures first: the space's baseline (every knob at its first
+    choice: by convention int8, nothing pruned, a feasible anchor), then the baseline under each
+    other choice of a hardware knob that changes the profile (the ALU multiplier). What the
+    hardware alone does for the uncompressed model is known before compression is searched, as
+    a hardware-first search would know it."""
+    baseline = {name: choices[0] for name, choices in plan.outer.knobs.items()}
+    variants = [
+        {**baseline, name: choice} for name in PROFILE_HARDWARE_KNOBS for choice in plan.outer.knobs.get(name, [])[1:]
+    ]
+    return [baseline, *variants]
+
+
 class BilevelSearch:
     """Counts its budget in measured profiles; `outer` proposes them (an XGBoostSearch by default)."""
 
@@ -162,13 +176,15 @@ class BilevelSearch:
         return sorted(history, key=lambda r: r.index)
 
     def _proposals(self, plan: BilevelPlan, prior: list[Record], count: int, rng) -> list[dict]:
-        """The outer strategy's profiles; the first batch starts from the space's baseline (every
-        knob at its first choice: by convention int8, nothing pruned), a feasible anchor."""
-        if prior:
-            return self.outer.propose(plan.outer, outer_records(plan, prior), count, rng)
-        baseline = {name: choices[0] for name, choices in plan.outer.knobs.items()}
-        others = self.outer.propose(plan.outer, [], count, rng)
-        return [baseline, *[p for p in others if plan.outer.key(p) != plan.outer.key(baseline)]][:count]
+        """The anchors not measured yet (`anchors`), then the outer strategy's profiles."""
+        measured = {_profile_id(plan, record.config) for record in prior}
+        pending = [anchor for anchor in anchors(plan) if plan.outer.key(anchor) not in measured]
+        if len(pending) >= count:
+            return pending[:count]
+        records = outer_records(plan, prior) if prior else []
+        keys = {plan.outer.key(anchor) for anchor in pending}
+        others = [p for p in self.outer.propose(plan.outer, records, count, rng) if plan.outer.key(p) not in keys]
+        return [*pending, *others][:count]
 
     def _sweep(self, plan, profile, batch, seed, layers, executor, next_index) -> list[Record]:
         configs = plan.configs(profile)
