@@ -181,9 +181,9 @@ class BilevelSearch:
         pending = [anchor for anchor in anchors(plan) if plan.outer.key(anchor) not in measured]
         if len(pending) >= count:
             return pending[:count]
-        records = outer_records(plan, prior) if prior else []
         keys = {plan.outer.key(anchor) for anchor in pending}
-        others = [p for p in self.outer.propose(plan.outer, records, count, rng) if plan.outer.key(p) not in keys]
+        proposed = self.outer.propose(plan.outer, outer_records(plan, prior), count, rng)
+        others = [p for p in proposed if plan.outer.key(p) not in keys]
         return [*pending, *others][:count]
 
     def _sweep(self, plan, profile, batch, seed, layers, executor, next_index) -> list[Record]:
