@@ -265,14 +265,10 @@ class _Lowerer:
                 *consts,
                 primfunc_name_hint="host_conv2d",
             )
-        if node.op == "add":
-            return self.bb.emit_te(lambda a, b: _add_te(a, b, p), args[0], args[1], primfunc_name_hint="int_add")
+        if node.op in RESCALING_OPS:
+            return self.emit_rescaling(node, args, p)
         if node.op == "concat":
             return self.bb.emit_te(lambda *xs: _concat_te(xs, p), *args, primfunc_name_hint="int_concat")
-        if node.op == "multiply":
-            return self.bb.emit_te(lambda a, b: _multiply_te(a, b, p), *args, primfunc_name_hint="int_multiply")
-        if node.op == "mean":
-            return self.bb.emit_te(lambda x: _mean_te(x, p), args[0], primfunc_name_hint="int_mean")
         if node.op == "clamp":
             return self.bb.emit_te(lambda x: _clamp_te(x, p["lo"], p["hi"]), args[0], primfunc_name_hint="clamp")
         if node.op == "im2col":
@@ -336,8 +332,7 @@ class _Lowerer:
             table = relax.const(_blocked_rows(p["table"], block))
             return self.bb.emit_te(_blocked_channel_lut_te, args[0], table, primfunc_name_hint="lookup_table")
         if node.op == "mean":  # over rows and columns: axes 3 and 4 of the blocked layout
-            blocked_params = {**p, "axes": (3, 4)}
-            return self.bb.emit_te(lambda x: _mean_te(x, blocked_params), args[0], primfunc_name_hint="int_mean")
+            return self.emit_rescaling(node, args, {**p, "axes": (3, 4)}, block)
         if node.op == "conv2d":  # depthwise, on the host
             weight = self.host_weight(node)
             keys = channel_param_names(p.get("activation"))
@@ -351,6 +346,21 @@ class _Lowerer:
                 primfunc_name_hint="host_conv2d",
             )
         return self.emit(node, args)  # lut by one table, clamp, add, multiply: the same TE on any shape
+
+    def emit_rescaling(self, node: QNode, args: list[relax.Expr], p: dict, block: int | None = None) -> relax.Expr:
+        """An integer add, multiply or mean; its per-channel multipliers and shifts, if any, as
+        constants (`block`: on blocked values, with rows for the padded channels)."""
+        if block is None and node.name in self.layouts.packed:
+            block = self.layouts.block
+        keys = [key for key in RESCALING_OPS[node.op] if np.ndim(p[key])]
+        channel = [np.asarray(p[key], dtype=np.int64) for key in keys]
+        consts = [relax.const(_blocked_rows(values, block) if block else values) for values in channel]
+        compute, count = RESCALING_TE[node.op], len(args)
+
+        def te_func(*tensors):
+            return compute(tensors[:count], {**p, **dict(zip(keys, tensors[count:]))})
+
+        return self.bb.emit_te(te_func, *args, *consts, primfunc_name_hint=f"int_{node.op}")
 
     def host_weight(self, node: QNode) -> np.ndarray:
         """A host conv's int8 weights as its TE reads them: a blocked depthwise conv's as
@@ -530,12 +540,39 @@ def _blocked_depthwise_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.T
     return te.compute(out_shape, requantized, name="host_conv2d")
 
 
-def _add_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
-    from tvm import topi
+def _add_te(inputs, p: dict) -> te.Tensor:
+    a, b = inputs
+    shape = _broadcast_shape(a, b)
 
-    ma, mb = tirx.const(p["multiplier_a"], "int64"), tirx.const(p["multiplier_b"], "int64")
-    total = topi.add(topi.multiply(topi.cast(a, "int64"), ma), topi.multiply(topi.cast(b, "int64"), mb))
-    return te.compute(total.shape, lambda *i: rescale_expr(total(*i), 1, p["shift"], p["lo"], p["hi"]), name="int_add")
+    def element(*index):
+        value = _channel_values(index, shape, p, ("multiplier_a", "multiplier_b", "shift"))
+        total = _read(a, index) * value["multiplier_a"] + _read(b, index) * value["multiplier_b"]
+        return rescale_expr(total, 1, value["shift"], p["lo"], p["hi"])
+
+    return te.compute(shape, element, name="int_add")
+
+
+def _broadcast_shape(*tensors: te.Tensor) -> tuple[int, ...]:
+    return tuple(np.broadcast_shapes(*(tuple(int(d) for d in t.shape) for t in tensors)))
+
+
+def _read(tensor: te.Tensor, index) -> tirx.PrimExpr:
+    """tensor's element at an output index under numpy broadcasting, as int64."""
+    offset = len(index) - len(tensor.shape)
+    return tensor(*(0 if int(size) == 1 else index[offset + d] for d, size in enumerate(tensor.shape))).astype("int64")
+
+
+def _channel_values(index, shape: tuple[int, ...], p: dict, keys) -> dict:
+    """The parameters at an output element: an integer, or a per-channel constant (a te.Tensor)
+    read at the element's channel (axis 1; c * bi + i of the blocked layout)."""
+    channel = index[2] * shape[6] + index[6] if len(shape) == 7 else index[1]
+    values = {}
+    for key in keys:
+        param = p[key]
+        values[key] = (
+            param[channel].astype("int64") if isinstance(param, te.Tensor) else tirx.const(int(param), "int64")
+        )
+    return values
 
 
 def _concat_te(parts, p: dict) -> te.Tensor:
@@ -549,26 +586,37 @@ def _rescaled_te(x: te.Tensor, multiplier: int, shift: int) -> te.Tensor:
     return te.compute(x.shape, lambda *i: rescale_expr(x(*i).astype("int64"), multiplier, shift, INT8_MIN, INT8_MAX))
 
 
-def _multiply_te(a: te.Tensor, b: te.Tensor, p: dict) -> te.Tensor:
+def _multiply_te(inputs, p: dict) -> te.Tensor:
+    a, b = inputs
+    shape = _broadcast_shape(a, b)
+
+    def element(*index):
+        value = _channel_values(index, shape, p, ("multiplier", "shift"))
+        return rescale_expr(_read(a, index) * _read(b, index), value["multiplier"], value["shift"], INT8_MIN, INT8_MAX)
+
+    return te.compute(shape, element, name="int_multiply")
+
+
+def _mean_te(inputs, p: dict) -> te.Tensor:
     from tvm import topi
 
-    product = topi.multiply(topi.cast(a, "int64"), topi.cast(b, "int64"))
-    return te.compute(
-        product.shape,
-        lambda *i: rescale_expr(product(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX),
-        name="int_multiply",
-    )
+    total = topi.sum(topi.cast(inputs[0], "int64"), axis=list(p["axes"]), keepdims=p["keepdims"])
+    shape = tuple(int(d) for d in total.shape)
+
+    def element(*index):
+        value = _channel_values(index, shape, p, ("multiplier", "shift"))
+        return rescale_expr(total(*index), value["multiplier"], value["shift"], INT8_MIN, INT8_MAX)
+
+    return te.compute(shape, element, name="int_mean")
 
 
-def _mean_te(x: te.Tensor, p: dict) -> te.Tensor:
-    from tvm import topi
-
-    total = topi.sum(topi.cast(x, "int64"), axis=list(p["axes"]), keepdims=p["keepdims"])
-    return te.compute(
-        total.shape,
-        lambda *i: rescale_expr(total(*i), p["multiplier"], p["shift"], INT8_MIN, INT8_MAX),
-        name="int_mean",
-    )
+RESCALING_TE = {"add": _add_te, "multiply": _multiply_te, "mean": _mean_te}
+# Each op's parameters that may be per channel.
+RESCALING_OPS = {
+    "add": ("multiplier_a", "multiplier_b", "shift"),
+    "multiply": ("multiplier", "shift"),
+    "mean": ("multiplier", "shift"),
+}
 
 
 def _unpacked_te(weight: te.Tensor, shape: tuple[int, ...]) -> te.Tensor:

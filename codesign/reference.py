@@ -144,17 +144,18 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
         acc = np.matmul(args[0].astype(np.int64), b.astype(np.int64))
         return gemm_output(acc, p, channel_axis=acc.ndim - 1)
     if node.op == "add":
-        total = args[0].astype(np.int64) * p["multiplier_a"] + args[1].astype(np.int64) * p["multiplier_b"]
-        return requantize(total, 0, 1, p["shift"], p["lo"], p["hi"], channel_axis=0)
+        a, b = (x.astype(np.int64) for x in args)
+        total = a * _per_channel(p["multiplier_a"], a.ndim, 1) + b * _per_channel(p["multiplier_b"], b.ndim, 1)
+        return requantize(total, 0, 1, p["shift"], p["lo"], p["hi"], channel_axis=1)
     if node.op == "concat":
         parts = [requantize(x, 0, m, p["shift"], INT8_MIN, INT8_MAX, 0) for x, m in zip(args, p["multipliers"])]
         return np.concatenate(parts, axis=p["axis"])
     if node.op == "multiply":
         product = args[0].astype(np.int64) * args[1].astype(np.int64)
-        return requantize(product, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=0)
+        return requantize(product, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=1)
     if node.op == "mean":
         total = args[0].astype(np.int64).sum(axis=p["axes"], keepdims=p["keepdims"])
-        return requantize(total, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=0)
+        return requantize(total, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=1)
     if node.op == "im2col":
         return im2col(args[0], p)
     if node.op == "clamp":
