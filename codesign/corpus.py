@@ -14,6 +14,7 @@ Each model entry says where the file came from and how to feed it:
     input_values = {}            # inputs frozen to constants (--input-value)
     inputs = { x = "text_line" } # a generator per input (INPUT_KINDS)
     classifier = true            # compare top-1 as well as cosine
+    sequence = true              # a recogniser: top-1 of every step (the last axis holds classes)
     data = "speech_16k.npz"      # recordings for "speech" inputs (optional)
     frame_context = 64           # "speech" rows repeat this many samples of the row before (silero)
     stream = { state = "stateN" }  # state inputs fed from these outputs of earlier calls, as a
@@ -54,6 +55,7 @@ class CorpusModel:
     input_values: dict[str, list[str]]
     inputs: dict[str, str]
     classifier: bool = False
+    sequence: bool = False  # top-1 per step along the output's last axis (a text recogniser's slots)
     data: Path | None = None  # recordings the "speech" inputs cut windows from (.npz with 'audio')
     frame_context: int = 0  # samples each row of a "speech" input repeats from the row before
     stream: dict[str, str] = dataclasses.field(default_factory=dict)  # state input -> output feeding it
@@ -136,6 +138,7 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
                 input_values={k: [str(x) for x in np.atleast_1d(v)] for k, v in entry.get("input_values", {}).items()},
                 inputs=dict(entry.get("inputs", {})),
                 classifier=bool(entry.get("classifier", False)),
+                sequence=bool(entry.get("sequence", False)),
                 data=folder / entry["data"] if "data" in entry else None,
                 frame_context=int(entry.get("frame_context", 0)),
                 stream=dict(entry.get("stream", {})),
@@ -371,7 +374,8 @@ def check_model(
     # Cosine per output over all evaluation samples together (a scalar output gets a vector).
     int8_cos = [cosine(_stacked(ours, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
     float_cos = [cosine(_stacked(floats, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
-    agree = [_top1(mine[0]) == _top1(reference[0]) for mine, reference in zip(ours, theirs)]
+    top1 = _top1_per_step if model.sequence else _top1
+    agree = np.concatenate([top1(mine[0]) == top1(reference[0]) for mine, reference in zip(ours, theirs)])
     simulation = simulate_plans(result.lowered.plans, hw, "analytic")
     summary = placement_summary(result.lowered.plans, simulation)
     return ModelCheck(
@@ -394,3 +398,7 @@ def _stacked(runs: list[list[np.ndarray]], index: int) -> np.ndarray:
 
 def _top1(output: np.ndarray) -> np.ndarray:
     return output.reshape(output.shape[0], -1).argmax(-1)
+
+
+def _top1_per_step(output: np.ndarray) -> np.ndarray:
+    return output.reshape(-1, output.shape[-1]).argmax(-1)

@@ -2,9 +2,9 @@
 
 For each model (see codesign/corpus.py for the corpus.toml format): compile for the description
 with calibration on realistic inputs, run other realistic inputs, compare with onnxruntime's
-float run (cosine of each output; top-1 agreement for classifiers), simulate (analytic model),
-and print one table: compiled or the blocking error, % of MACs on the accelerator, the host's
-share of modelled latency, compile time.
+float run (cosine of each output; top-1 agreement for classifiers, per step for recognisers),
+simulate (analytic model), and print one table: compiled or the blocking error, % of MACs on the
+accelerator, the host's share of modelled latency, compile time.
 
     python scripts/bench_models.py                       # tests/models/real
     python scripts/bench_models.py --fetch               # also the larger models, downloaded once
@@ -39,7 +39,7 @@ FETCHED = [
         "rapidocr-onnxruntime==1.4.4",
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
         'name = "ppocrv4_rec"\nexporter = "Paddle2ONNX"\nlicence = "Apache-2.0"\n'
-        'input_shapes = { x = [1, 3, 48, 320] }\ninputs = { x = "text_line" }\n',
+        'input_shapes = { x = [1, 3, 48, 320] }\ninputs = { x = "text_line" }\nclassifier = true\nsequence = true\n',
     ),
     (
         "ddddocr==1.6.1",
@@ -88,7 +88,7 @@ def table(rows, hw_name: str) -> Table:
             "yes",
             f"{min(row.float_cosine):.5f}",
             " / ".join(f"{c:.4f}" for c in row.int8_cosine),
-            "" if row.top1_agreement is None else f"{100 * row.top1_agreement:.0f} %",
+            "" if row.top1_agreement is None else f"{100 * row.top1_agreement:.1f} %",
             f"{100 * row.accel_mac_share:.1f} %",
             f"{100 * row.host_latency_share:.1f} %",
             f"{row.compile_seconds:.1f}",
