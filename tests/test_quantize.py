@@ -62,3 +62,42 @@ def test_clamp_range_folds_relu6_into_int8_bounds():
     assert clamp_range((0.0, 6.0), 6.0 / 127) == (0, 127)
     assert clamp_range((0.0, 6.0), 0.1) == (0, 60)
     assert clamp_range((float("-inf"), float("inf")), 0.1) == (-128, 127)
+
+
+@pytest.mark.parametrize("hw_name", ["vta_default", "edge_1x8x8"])
+@pytest.mark.parametrize("groups", [1, 16])
+def test_a_dead_channel_with_a_bias_outputs_its_bias(tmp_path, hw_name, groups):
+    """A conv channel whose weights are all zero (re-parameterised blocks leave some) outputs its
+    bias everywhere: its bias must not be clipped to int32 at a vanishing accumulator scale.
+    Dense and depthwise, on the core and on the host, with a multiplier and shift-only (edge_1x8x8);
+    checked against onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+    import tvm
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm import relax
+
+    from codesign.hardware import load_hardware
+    from codesign.pipeline import compile_model
+    from codesign.reference import run_reference
+
+    rng = np.random.default_rng(12)
+    weight = rng.standard_normal((16, 16 // groups, 3, 3)).astype(np.float32) * 0.3
+    weight[[3, 11]] = 0.0
+    bias = rng.uniform(0.5, 1.5, 16).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")]
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=groups, pads=[1, 1, 1, 1])
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])
+    graph = helper.make_graph([conv], "dead_channel", [x_info], [y_info], inits)
+    path = tmp_path / "dead.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    samples = rng.standard_normal((8, 1, 16, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "calibration.npy", samples)
+    result = compile_model(path, load_hardware(hw_name), calibration=tmp_path / "calibration.npy", warn=print)
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    ours = relax.VirtualMachine(result.executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert np.abs(ours - expected)[:, [3, 11]].max() <= 0.01 * np.abs(expected).max()
+    assert np.abs(ours - expected).max() <= 0.05 * np.abs(expected).max()
