@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--fetch", action="store_true", help=f"also the larger models (downloaded to {CACHE})")
     parser.add_argument("--hw", default="vta_default")
     parser.add_argument("--calibration-samples", type=int, default=16)
-    parser.add_argument("--eval-samples", type=int, default=4)
+    parser.add_argument("--eval-samples", type=int, default=16)
     parser.add_argument("--calibration-method", default="max", help="max, percentile, entropy or mse")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

@@ -11,6 +11,7 @@ from codesign.quantize import (
     QuantConfig,
     activation_scale,
     clamp_range,
+    exact_requantization_scales,
     fixed_point,
     quantize_weight,
     weight_scales,
@@ -35,6 +36,22 @@ def test_shift_only_factors_are_exact_powers_of_two(exponent):
     multiplier, shift = fixed_point(np.array([2.0**exponent]), 0, shift_only=True)
     assert multiplier[0] * 2.0 ** -int(shift[0]) == 2.0**exponent
     assert multiplier[0] & (multiplier[0] - 1) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    w_scale=st.floats(1e-6, 1.0),
+    scale_factor=st.floats(1e-4, 10.0),
+    out_scale=st.floats(1e-4, 10.0),
+    bits=st.sampled_from([8, 12, 16]),
+)
+def test_raised_weight_scales_make_the_requantization_exact(w_scale, scale_factor, out_scale, bits):
+    raised = exact_requantization_scales(np.array([w_scale]), scale_factor, out_scale, bits)[0]
+    assert w_scale <= raised * (1 + 1e-12) and raised <= w_scale * (1 + 2.0 ** (1 - bits))
+    factor = raised * scale_factor / out_scale
+    multiplier, shift = fixed_point(np.array([factor]), bits, shift_only=False)
+    assert int(multiplier[0]) < 2**bits or shift[0] == 0
+    assert abs(int(multiplier[0]) / 2.0 ** int(shift[0]) - factor) <= factor * 1e-12
 
 
 def test_shift_only_configuration_gives_power_of_two_scales():
