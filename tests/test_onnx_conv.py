@@ -296,3 +296,51 @@ def test_dynamic_input_shape_is_an_error_naming_the_node():
     model = make_model("ConvTranspose", ["N", 2, "H", "W"], [2, 3, 2, 2], {"strides": [2, 2]})
     with pytest.raises(ModelError, match="ConvTranspose 'layer'"):
         rewrite_convs(model)
+
+
+def test_stacked_conv1ds_read_each_other_directly(tmp_path):
+    """Conv1d -> ReLU -> Conv1d -> Conv1d: the squeeze / unsqueeze pairs the rewrite puts between
+    the 2-D convs cancel in codesign's graph, so each conv reads the previous one, the tensors
+    between them get channel scales, and the module still equals the integer program and
+    onnxruntime's float run."""
+    import tvm
+    from tvm import relax
+
+    from codesign.corpus import cosine
+    from codesign.hardware import load_hardware
+    from codesign.pipeline import compile_model
+    from codesign.reference import run_reference
+
+    rng = np.random.default_rng(3)
+    gains = np.logspace(-2, 0, 32).astype(np.float32)[:, None, None]
+    weights = {
+        "w0": rng.standard_normal((32, 16, 5)).astype(np.float32) * 0.3 * gains,
+        "w1": rng.standard_normal((32, 32, 3)).astype(np.float32) * 0.2 / gains.reshape(1, 32, 1),
+        "w2": rng.standard_normal((16, 32, 1)).astype(np.float32) * 0.2,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], pads=[2, 2]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w1"], ["c1"], pads=[1, 1]),
+        helper.make_node("Conv", ["c1", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv1d_stack",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32])],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()],
+    )
+    path = tmp_path / "stack.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.save(tmp_path / "calibration.npy", rng.standard_normal((16, 1, 16, 32)).astype(np.float32))
+    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calibration.npy", warn=print)
+    convs = [n for n in result.graph.nodes.values() if n.op == "gemm"]
+    assert [c.inputs[0] for c in convs[1:]] == [c.name for c in convs[:-1]]
+    assert all(np.shape(result.qgraph.nodes[c.name].scale) == (32,) for c in convs[:-1])
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    for seed in range(3):
+        x = np.random.default_rng(20 + seed).standard_normal((1, 16, 32)).astype(np.float32)
+        ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+        assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
+        assert cosine(ours, run(onnx.load(path), x)) > 0.995
