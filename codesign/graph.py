@@ -231,7 +231,7 @@ def simplify(graph: Graph) -> None:
         for node in list(graph.nodes.values()):
             if node.name not in graph.nodes or len(node.inputs) == 0:
                 continue
-            if _fold_clamp_behind_reshape(node, graph, users) or _skip_identity_reshapes(node, graph):
+            if _fold_clamp_behind_reshape(node, graph, users):
                 changed = True
                 break
             producer = graph.nodes[node.inputs[0]]
@@ -258,22 +258,6 @@ def _fold_clamp_behind_reshape(clamp: Node, graph: Graph, users) -> bool:
         return False
     gemm.layer.clamp = (max(gemm.layer.clamp[0], clamp.bounds[0]), min(gemm.layer.clamp[1], clamp.bounds[1]))
     _replace(graph, clamp.name, reshape.name)
-    return True
-
-
-def _skip_identity_reshapes(node: Node, graph: Graph) -> bool:
-    """A chain of reshapes that ends in the shape it started from is the identity: its readers
-    read the start instead. Consecutive Conv1ds exported as conv2d between unsqueeze and squeeze
-    then read each other directly, so the tensors between them keep channel scales and the
-    core's blocked layout (silero-vad's encoder: its LSTM states' int8 cosine 0.889 / 0.885 -> 0.906 / 0.924)."""
-    if node.op not in RESHAPING_OPS or node.shape is None or not node.inputs or node.name in graph.outputs:
-        return False
-    source = graph.nodes[node.inputs[0]]
-    while source.shape != node.shape or source.dtype != node.dtype:
-        if source.op not in RESHAPING_OPS or not source.inputs:
-            return False
-        source = graph.nodes[source.inputs[0]]
-    _replace(graph, node.name, source.name)
     return True
 
 

@@ -565,13 +565,10 @@ def _read(tensor: te.Tensor, index) -> tirx.PrimExpr:
 def _channel_values(index, shape: tuple[int, ...], p: dict, keys) -> dict:
     """The parameters at an output element: an integer, or a per-channel constant (a te.Tensor)
     read at the element's channel (axis 1; c * bi + i of the blocked layout)."""
-    channel = index[2] * shape[6] + index[6] if len(shape) == 7 else index[1]
-    values = {}
-    for key in keys:
-        param = p[key]
-        values[key] = (
-            param[channel].astype("int64") if isinstance(param, te.Tensor) else tirx.const(int(param), "int64")
-        )
+    values = {key: tirx.const(int(p[key]), "int64") for key in keys if not isinstance(p[key], te.Tensor)}
+    if len(values) < len(keys):  # per-channel values exist only for 4-D (and blocked 7-D) tensors
+        channel = index[2] * shape[6] + index[6] if len(shape) == 7 else index[1]
+        values.update({key: p[key][channel].astype("int64") for key in keys if key not in values})
     return values
 
 

@@ -31,9 +31,11 @@ def rescale(value: np.ndarray, multiplier, shift, lo: int, hi: int, channel_axis
 
 
 def _per_channel(values, ndim: int, channel_axis: int) -> np.ndarray:
+    if np.ndim(values) == 0:
+        return np.asarray(values, dtype=np.int64)
     shape = [1] * ndim
     shape[channel_axis] = -1
-    return np.asarray(values, dtype=np.int64).reshape(shape if np.ndim(values) else ())
+    return np.asarray(values, dtype=np.int64).reshape(shape)
 
 
 def gemm_output(acc: np.ndarray, p: dict, channel_axis: int) -> np.ndarray:

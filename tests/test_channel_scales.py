@@ -244,3 +244,32 @@ def test_adds_means_and_gates_rescale_each_channel_exactly(tmp_path, hw_name):
     packed = plan_layouts(result.qgraph, load_hardware(hw_name)).packed
     assert (add.name in packed) == (hw_name == "vta_default")
     assert_exact_and_twice_as_close_as_per_tensor(path, result, [{"x": s} for s in samples], seed=11)
+
+
+def test_integer_adds_of_vectors_keep_one_multiplier(tmp_path):
+    """An integer add of two 1-D tensors (matmuls of a vector) has no channel axis: its
+    requantization takes one multiplier per input, and the module equals the integer program."""
+    rng = np.random.default_rng(13)
+    weights = {name: rng.standard_normal((16, 16)).astype(np.float32) * 0.3 for name in ("wa", "wb", "wc")}
+    nodes = [
+        helper.make_node("MatMul", ["x", "wa"], ["a"]),
+        helper.make_node("MatMul", ["x", "wb"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("MatMul", ["s", "wc"], ["y"]),
+    ]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [16])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [16])
+    inits = [numpy_helper.from_array(w, name) for name, w in weights.items()]
+    graph = helper.make_graph(nodes, "vector_add", [x_info], [y_info], inits)
+    path = tmp_path / "vector_add.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    np.save(tmp_path / "calibration.npy", rng.standard_normal((16, 16)).astype(np.float32))
+    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calibration.npy", warn=print)
+    add = next(n for n in result.qgraph.nodes.values() if n.op == "add")
+    assert len(add.shape) == 1 and np.ndim(add.params["multiplier_a"]) == 0
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    x = rng.standard_normal(16).astype(np.float32)
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert cosine(ours, expected) > 0.99
