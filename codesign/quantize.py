@@ -29,8 +29,7 @@ Post-training static quantization, symmetric (no zero points, as VTA's int8 data
 - max-pool, reshape and transpose run on int8 directly; residual adds, squeeze-and-excitation
   gates and means are integer ops with their own requantization, per channel where an input or
   the output has channel scales (PP-OCRv4's recogniser: int8 cosine 0.976 -> 0.981 over 16
-  text lines); everything
-  else runs in float on the host between a dequantize and a quantize.
+  text lines); everything else runs in float on the host between a dequantize and a quantize.
 """
 
 from __future__ import annotations
