@@ -14,10 +14,11 @@ from codesign.hardware import load_hardware
 
 CORPUS = load_corpus(Path(__file__).parent / "models" / "real")
 # The int8 module against onnxruntime's float model, cosine per output over the evaluation
-# inputs: 0.98 in general. Short of it today: the DB detector's probability map with this test's
-# 8 calibration inputs (0.969; 0.984 with the benchmark's 16). The VADs are fed as a streaming user
-# feeds them (64 samples of context per chunk, the state of the calls before: corpus.toml).
-INT8_COSINE = {"ppocrv4_det": 0.96}
+# inputs: at least 0.98 for every model (the DB detector's probability map, 0.969 with this test's
+# 8 calibration inputs until per-channel adds and exact multipliers, is at 0.985). The VADs are
+# fed as a streaming user feeds them (64 samples of context per chunk, the state of the calls
+# before: corpus.toml).
+INT8_COSINE = 0.98
 # Depthwise convs run on the host (faster there in the model than at 1/block_in of the core's lanes).
 ACCEL_MAC_SHARE = {"ppocr_cls": 0.65}
 
@@ -27,7 +28,7 @@ def test_real_model_compiles_and_matches_onnxruntime(model):
     check = check_model(model, load_hardware("vta_default"), calibration_samples=8, eval_samples=2)
     assert check.compiled, check.blocker
     assert min(check.float_cosine) >= 0.9999
-    assert min(check.int8_cosine) >= INT8_COSINE.get(model.name, 0.98), check.int8_cosine
+    assert min(check.int8_cosine) >= INT8_COSINE, check.int8_cosine
     if model.classifier:
         assert check.top1_agreement == 1.0
     assert check.accel_mac_share >= ACCEL_MAC_SHARE.get(model.name, 0.9)
