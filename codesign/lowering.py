@@ -332,7 +332,7 @@ class _Lowerer:
             table = relax.const(_blocked_rows(p["table"], block))
             return self.bb.emit_te(_blocked_channel_lut_te, args[0], table, primfunc_name_hint="lookup_table")
         if node.op == "mean":  # over rows and columns: axes 3 and 4 of the blocked layout
-            return self.emit_rescaling(node, args, {**p, "axes": (3, 4)}, block)
+            return self.emit_rescaling(node, args, {**p, "axes": (3, 4)})
         if node.op == "conv2d":  # depthwise, on the host
             weight = self.host_weight(node)
             keys = channel_param_names(p.get("activation"))
@@ -347,11 +347,10 @@ class _Lowerer:
             )
         return self.emit(node, args)  # lut by one table, clamp, add, multiply: the same TE on any shape
 
-    def emit_rescaling(self, node: QNode, args: list[relax.Expr], p: dict, block: int | None = None) -> relax.Expr:
+    def emit_rescaling(self, node: QNode, args: list[relax.Expr], p: dict) -> relax.Expr:
         """An integer add, multiply or mean; its per-channel multipliers and shifts, if any, as
-        constants (`block`: on blocked values, with rows for the padded channels)."""
-        if block is None and node.name in self.layouts.packed:
-            block = self.layouts.block
+        constants (on blocked values, with rows for the padded channels)."""
+        block = self.layouts.block if node.name in self.layouts.packed else None
         keys = [key for key in RESCALING_OPS[node.op] if np.ndim(p[key])]
         channel = [np.asarray(p[key], dtype=np.int64) for key in keys]
         consts = [relax.const(_blocked_rows(values, block) if block else values) for values in channel]
