@@ -9,9 +9,12 @@ channels apart:
 
 - elementwise ops (clamps, activations, an op with a constant, whose per-channel constants are
   sliced), batch norm and PReLU (their vectors sliced), pools, a mean that keeps the channel axis;
-- a residual add of two tensors: both sides must lose the same channels, so the layers feeding
-  it (traced back through the same ops) form one group with one channel set, chosen on their
-  summed scores; they must be given the same ratio;
+- a depthwise conv (one input channel per group, as many outputs): its filters and bias are
+  sliced and its groups shrink, so a MobileNet block's expansion conv prunes through it;
+- a residual add of two tensors, or a squeeze-and-excitation gate multiplying the features by
+  per-channel values: both sides must lose the same channels, so the layers feeding it (traced
+  back through the same ops; the gate's excitation conv) form one group with one channel set,
+  chosen on their summed scores; they must be given the same ratio;
 - a concat along the channels: its output loses each input's pruned channels at that input's offset;
 - a reshape of (N, C, H, W) features to (N, C*H*W) (Flatten): each pruned channel's H*W features go;
 - a consumer: a conv (groups = 1) loses the matching weight input channels, a matmul the
@@ -23,8 +26,9 @@ special case; a tensor keeps the channels whose label is -1 or kept.
 
 Whatever is not safe to shrink is not pruned, with a printed note naming the layer and why (the
 compile goes on, and the tuner's "prune every layer" knobs keep working): a layer whose channels
-reach a model output; a grouped or depthwise conv, pruned or as a consumer (its channels are
-tied to its groups); a matmul of two activations; an add meeting a tensor that no prunable GEMM
+reach a model output; a grouped conv, pruned or as a consumer (its channels are tied to its
+groups), and a depthwise conv pruned on its own (its channels are its producer's); a matmul of two
+activations; an add meeting a tensor that no prunable GEMM
 produces; layers meeting at an add with different ratios; any other op in the channels' way.
 
 Methods (CompressionConfig.prune_method):
@@ -103,6 +107,7 @@ class ChannelGroup:
     roles: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> source/pure/join/concat/flatten
     consumers: list[str] = dataclasses.field(default_factory=list)
     derived: set[str] = dataclasses.field(default_factory=set)  # behind a concat or flatten: other channels too
+    followers: set[str] = dataclasses.field(default_factory=set)  # sources behind a gate: they take the group's ratio
     first_label: int = 0  # the label of its first channel (see channel_labels)
 
 
@@ -154,13 +159,19 @@ def channel_groups(graph: Graph, config: CompressionConfig, warn) -> list[Channe
     """The groups of the layers to prune; a layer that cannot shrink is noted and left whole."""
     users = graph.consumers()
     groups: list[ChannelGroup] = []
-    for name, ratio in config.prune.items():
-        if ratio == 0 or any(name in group.sources for group in groups):
+    position = {name: index for index, name in enumerate(graph.nodes)}
+    for name, ratio in sorted(config.prune.items(), key=lambda item: position.get(item[0], -1)):
+        if ratio == 0 or any(name in group.sources and name not in group.followers for group in groups):
+            continue
+        follows = next((group for group in groups if name in group.axes), None)
+        if follows is not None:  # a depthwise conv or a gate's excitation keeps the features' channels
+            if ratio != config.prune.get(follows.sources[0], 0.0):
+                warn(f"note: {name} keeps the channels of {follows.sources[0]}; its own prune ratio is not used")
             continue
         try:
             group = trace_group(graph, users, name)
-            order = list(graph.nodes)
-            ratios = {s: config.prune.get(s, 0.0) for s in sorted(group.sources, key=order.index)}
+            leaders = sorted(set(group.sources) - group.followers, key=position.__getitem__)
+            ratios = {s: config.prune.get(s, 0.0) for s in leaders}
             if len(set(ratios.values())) > 1:
                 shared = ", ".join(f"{source} {ratio}" for source, ratio in ratios.items())
                 raise Unshrinkable(f"the layers meeting at a residual add must have the same prune ratio ({shared})")
@@ -196,6 +207,8 @@ def _source_channels(node: Node) -> int:
     if layer.weight is None:
         raise Unshrinkable(f"'{node.name}' multiplies two activations (no weights to prune)")
     if layer.kind == "conv2d" and layer.groups != 1:
+        if layer.groups == layer.out_channels:
+            raise Unshrinkable(f"'{node.name}' is a depthwise convolution (prune the layer feeding it)")
         raise Unshrinkable(f"'{node.name}' is a grouped convolution")
     return layer.out_channels
 
@@ -222,7 +235,10 @@ def _trace_forward(graph: Graph, users, group: ChannelGroup, source: str, pendin
                 if producer in group.derived:
                     raise Unshrinkable(f"'{user}' adds a concatenated or flattened tensor")
                 for other in set(graph.nodes[user].inputs) - {producer}:
-                    pending.extend(_sources_behind(graph, other, axis))
+                    sources = _sources_behind(graph, other, axis)
+                    if math.prod(graph.nodes[other].shape) < math.prod(graph.nodes[user].shape):
+                        group.followers.update(sources)  # a gate's per-channel values
+                    pending.extend(sources)
             if role in ("concat", "flatten") or producer in group.derived:
                 group.derived.add(user)
             group.axes[user], group.roles[user] = axis, role
@@ -232,6 +248,8 @@ def _trace_forward(graph: Graph, users, group: ChannelGroup, source: str, pendin
 def _sources_behind(graph: Graph, name: str, axis: int) -> list[str]:
     """The GEMM layers whose channels reach `name` through channel-keeping ops and adds."""
     node = graph.nodes[name]
+    if node.op == "gemm" and _is_depthwise(graph, node, axis):
+        return _sources_behind(graph, node.inputs[0], axis)
     if node.op == "gemm":
         return [name]
     if node.op == "input":
@@ -248,6 +266,8 @@ def channel_role(graph: Graph, node: Node, producer: str, axis: int) -> str:
     """How `node` treats the channels (on `axis`) of its input `producer`: 'consumer' | 'pure' |
     'join' | 'concat' | 'flatten'; Unshrinkable if it mixes them."""
     in_shape = graph.nodes[producer].shape
+    if node.op == "gemm" and _is_depthwise(graph, node, axis):
+        return "pure"
     if node.op == "gemm":
         return _consumer_role(node, producer, axis, in_shape)
     if node.op == "TupleGetItem" and graph.nodes[producer].op == "relax.nn.batch_norm" and node.call.index == 0:
@@ -262,9 +282,8 @@ def channel_role(graph: Graph, node: Node, producer: str, axis: int) -> str:
         return "pure"
     if node.op == "relax.mean" and _mean_keeps(node, in_shape, axis):
         return "pure"
-    if node.op == "relax.add" and len(node.inputs) == 2 and graph.nodes[node.inputs[0]].shape == node.shape:
-        if graph.nodes[node.inputs[1]].shape == node.shape:
-            return "join"
+    if _joins(graph, node, axis):
+        return "join"
     if node.op in BROADCAST_OPS and same_shape:
         if all(_broadcast_fits(value, axis, in_shape) for value in _constants(node)):
             return "pure"
@@ -273,6 +292,32 @@ def channel_role(graph: Graph, node: Node, producer: str, axis: int) -> str:
     if node.op == "relax.reshape" and node.shape == (*in_shape[:axis], math.prod(in_shape[axis:])):
         return "flatten"
     raise Unshrinkable(f"'{node.name}' ({node.op.removeprefix('relax.')}) does not keep its input's channels apart")
+
+
+def _is_depthwise(graph: Graph, node: Node, axis: int) -> bool:
+    """A conv filtering each input channel alone into one output channel."""
+    layer = node.layer
+    if layer.kind != "conv2d" or axis != 1:
+        return False
+    return layer.groups == graph.nodes[node.inputs[0]].shape[1] == layer.out_channels > 1
+
+
+def _joins(graph: Graph, node: Node, axis: int) -> bool:
+    """Does the op combine two activations channel by channel: an add or a multiply of equal
+    shapes, or a multiply by per-channel values (a squeeze-and-excitation gate)?"""
+    if node.op not in ("relax.add", "relax.multiply") or len(node.inputs) != 2:
+        return False
+    shapes = [graph.nodes[i].shape for i in node.inputs]
+    if all(shape == node.shape for shape in shapes):
+        return True
+    if node.op != "relax.multiply" or node.shape not in shapes:
+        return False
+    gate = min(shapes, key=math.prod)
+    return (
+        len(gate) == len(node.shape)
+        and gate[axis] == node.shape[axis]
+        and all(size == 1 for i, size in enumerate(gate) if i not in (0, axis))
+    )
 
 
 def _consumer_role(node: Node, producer: str, axis: int, in_shape) -> str:
@@ -352,6 +397,8 @@ def _narrow_node(node: Node, axis: int, keep: np.ndarray) -> None:
         layer = node.layer
         layer.weight = layer.weight[keep] if layer.kind == "conv2d" else layer.weight[:, keep]
         layer.bias = layer.bias[keep] if layer.bias is not None else None
+        if layer.kind == "conv2d" and layer.groups > 1:  # depthwise: one group per kept channel
+            layer.groups = int(keep.sum())
     elif node.op in VECTOR_OPS:
         node.arg_slots = [_sliced_vector(slot, keep) for slot in node.arg_slots]
     elif node.op in BROADCAST_OPS:

@@ -127,6 +127,19 @@ def zeroed_channels(model: onnx.ModelProto, removed: dict[str, np.ndarray]) -> o
     return zeroed
 
 
+def assert_pruning_matches_onnxruntime(model, removed: dict, samples: list, outputs: dict) -> None:
+    """Magnitude pruning computes what onnxruntime computes with the removed channels zeroed;
+    reconstruction, which refits the consumers to the unpruned activations, is closer to the
+    whole model than magnitude pruning."""
+    session = ort.InferenceSession(zeroed_channels(model, removed).SerializeToString())
+    zeroed = np.concatenate([session.run(None, s)[0] for s in samples])
+    np.testing.assert_allclose(outputs["magnitude"], zeroed, rtol=1e-4, atol=1e-4)
+    whole = ort.InferenceSession(model.SerializeToString())
+    unpruned = np.concatenate([whole.run(None, s)[0] for s in samples])
+    errors = {method: np.abs(output - unpruned).mean() for method, output in outputs.items()}
+    assert errors["reconstruct"] < errors["magnitude"], errors
+
+
 def smallest(norms: np.ndarray, count: int) -> np.ndarray:
     return np.argsort(norms, kind="stable")[:count]
 
@@ -155,14 +168,7 @@ def test_residual_add_and_concat_follow_the_pruned_channels(tmp_path):
     assert shapes["conv2d_0"] == shapes["conv2d_1"] == shapes["add_0"] == (1, 2, 8, 8)
     assert shapes["concat_0"] == (1, 4, 8, 8) and shapes["conv2d_3"] == (1, 3, 8, 8)
     assert graph.nodes["matmul_0"].layer.weight.shape == (3 * 4 * 4, 3)
-    session = ort.InferenceSession(zeroed_channels(model, removed).SerializeToString())
-    zeroed = np.concatenate([session.run(None, s)[0] for s in samples])
-    np.testing.assert_allclose(outputs["magnitude"], zeroed, rtol=1e-4, atol=1e-4)
-    # Reconstruction refits the consumers to the unpruned activations: closer to the whole model.
-    whole = ort.InferenceSession(model.SerializeToString())
-    unpruned = np.concatenate([whole.run(None, s)[0] for s in samples])
-    errors = {method: np.abs(output - unpruned).mean() for method, output in outputs.items()}
-    assert errors["reconstruct"] < errors["magnitude"], errors
+    assert_pruning_matches_onnxruntime(model, removed, samples, outputs)
 
 
 # ---- what cannot shrink -----------------------------------------------------------------------
@@ -179,11 +185,8 @@ def graph_of(model: str):
         ("mnist", {"matmul_0": 0.5}, ["not pruning matmul_0: its channels reach the model output ('matmul_0')"]),
         (
             "mobilenet",
-            {"conv2d_1": 0.25, "conv2d_2": 0.5},
-            [
-                "not pruning conv2d_1: its consumer 'conv2d_2' is a grouped (or depthwise) convolution",
-                "not pruning conv2d_2: 'conv2d_2' is a grouped convolution",
-            ],
+            {"conv2d_2": 0.5},
+            ["not pruning conv2d_2: 'conv2d_2' is a depthwise convolution (prune the layer feeding it)"],
         ),
         (
             "resnet",
@@ -191,7 +194,7 @@ def graph_of(model: str):
             [
                 f"not pruning {layer}: the layers meeting at a residual add must have the same prune ratio "
                 "(conv2d_4 0.0, conv2d_5 0.5, conv2d_7 0.5)"
-                for layer in ("conv2d_7", "conv2d_5")
+                for layer in ("conv2d_5", "conv2d_7")
             ],
         ),
     ],
@@ -223,3 +226,90 @@ def test_a_residual_stage_prunes_as_one_group():
     assert pruned["conv2d_5"].layer.weight.shape == (24, 32, 3, 3)
     assert pruned["matmul_0"].layer.weight.shape == (24, 10)
     assert graph.nodes["matmul_0"].layer.weight.shape == (32, 10)  # the graph given is left whole
+
+
+# ---- a MobileNetV3 block: depthwise conv and squeeze-and-excitation gate -----------------------
+
+
+def mobilenet_block(rng: np.random.Generator) -> onnx.ModelProto:
+    """x -> expand 1x1 -> SiLU (x * sigmoid(x)) -> depthwise 3x3 -> relu -> SE gate (mean -> squeeze
+    -> relu -> excite -> HardSigmoid -> multiply) -> project 1x1. Graph names: expand,
+    depthwise, squeeze, excite, project = conv2d_0 .. conv2d_4."""
+
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    initializers = [
+        weight("w_expand", 24, 8, 1, 1), weight("b_expand", 24), weight("w_dw", 24, 1, 3, 3), weight("b_dw", 24),
+        weight("w_squeeze", 6, 24, 1, 1), weight("b_squeeze", 6), weight("w_excite", 24, 6, 1, 1),
+        weight("b_excite", 24), weight("w_project", 8, 24, 1, 1), weight("b_project", 8),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w_expand", "b_expand"], ["e"]),
+        helper.make_node("Sigmoid", ["e"], ["e_sigmoid"]),
+        helper.make_node("Mul", ["e", "e_sigmoid"], ["e_silu"]),
+        helper.make_node("Conv", ["e_silu", "w_dw", "b_dw"], ["d"], group=24, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["d"], ["d_relu"]),
+        helper.make_node("GlobalAveragePool", ["d_relu"], ["pooled"]),
+        helper.make_node("Conv", ["pooled", "w_squeeze", "b_squeeze"], ["s"]),
+        helper.make_node("Relu", ["s"], ["s_relu"]),
+        helper.make_node("Conv", ["s_relu", "w_excite", "b_excite"], ["g"]),
+        helper.make_node("HardSigmoid", ["g"], ["gate"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["d_relu", "gate"], ["gated"]),
+        helper.make_node("Conv", ["gated", "w_project", "b_project"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mobilenet_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_expansion_prunes_through_the_depthwise_conv_and_the_gate(tmp_path):
+    """Half of the expansion's 24 channels go: the depthwise conv, the gate's excitation and the
+    readers (squeeze, project) shrink with them; the excitation takes the expansion's ratio (its
+    own, and the depthwise conv's, are noted as unused)."""
+    model = mobilenet_block(np.random.default_rng(5))
+    path = tmp_path / "block.onnx"
+    onnx.save(model, path)
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    # Magnitude: one channel set for the expansion and the excitation, by their summed L1 norms
+    # (the excitation's as the graph holds them: HardSigmoid's 1/6 folded in).
+    joint = np.abs(weights["w_expand"]).sum(axis=(1, 2, 3)) + np.abs(weights["w_excite"]).sum(axis=(1, 2, 3)) / 6
+    gone = smallest(joint, 12)
+    # Removing a channel computes what zeroing it does up to the depthwise conv's output (SiLU,
+    # relu and the gated multiply keep 0 at 0; the squeeze and projection read 0 from it).
+    removed = {"w_expand": gone, "b_expand": gone, "w_dw": gone, "b_dw": gone}
+    imported = import_model(path, warn=quiet)
+    samples = [{"x": x} for x in np.random.default_rng(6).standard_normal((16, 1, 8, 8, 8)).astype(np.float32)]
+    np.save(tmp_path / "calibration.npy", np.stack([s["x"] for s in samples]))
+    hw = load_hardware("vta_default")
+    notes, outputs, results = [], {}, {}
+    prune = {"conv2d_0": 0.5, "conv2d_1": 0.25, "conv2d_3": 0.25}
+    for method in ("magnitude", "reconstruct"):
+        compression = CompressionConfig(prune=prune, prune_method=method)
+        results[method] = compile_model(
+            path, hw, None, tmp_path / "calibration.npy", warn=notes.append, compression=compression, imported=imported
+        )
+        outputs[method] = np.concatenate([out[0] for out in float_outputs(results[method].graph, imported, samples)])
+    graph = results["magnitude"].graph
+    assert notes[:2] == [
+        "note: conv2d_1 keeps the channels of conv2d_0; its own prune ratio is not used",
+        "note: conv2d_3 keeps the channels of conv2d_0; its own prune ratio is not used",
+    ]
+    layers = {name: graph.nodes[name].layer for name in ("conv2d_0", "conv2d_1", "conv2d_2", "conv2d_3", "conv2d_4")}
+    assert layers["conv2d_0"].weight.shape == (12, 8, 1, 1)
+    assert layers["conv2d_1"].weight.shape == (12, 1, 3, 3) and layers["conv2d_1"].groups == 12
+    assert layers["conv2d_2"].weight.shape == (6, 12, 1, 1) and layers["conv2d_3"].weight.shape == (12, 6, 1, 1)
+    assert layers["conv2d_4"].weight.shape == (8, 12, 1, 1)
+    np.testing.assert_array_equal(layers["conv2d_1"].weight, np.delete(weights["w_dw"], gone, axis=0))
+    assert_pruning_matches_onnxruntime(model, removed, samples, outputs)
+    # The module runs the narrower block (the depthwise conv on 12 channels), bit exact.
+    result = results["reconstruct"]
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    for sample in samples[:3]:
+        expected = run_reference(result.qgraph, sample)[0]
+        assert np.array_equal(vm["main"](tvm.runtime.tensor(sample["x"])).numpy(), expected)
