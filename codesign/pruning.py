@@ -37,11 +37,15 @@ Methods (CompressionConfig.prune_method):
   contribution to the consumers' pre-activation outputs on the calibration samples,
   sum ||X_c W_c||^2 over its consumers' input columns c; the lowest-scoring channels go. Each
   consumer's weights over the kept inputs (and a bias correction, which absorbs the mean of
-  what was removed) are then refit by least squares to its unpruned pre-activation output X W,
-  with a small ridge towards the original weights (a flattened matmul input has only one row
-  per sample). X is the unpruned float graph's, from one run over the calibration samples
-  (calibration.float_runs): every consumer is refit against the original activations, not
-  against those of layers already pruned upstream.
+  what was removed) are then refit by least squares so that on its pruned input X' it gives
+  its unpruned pre-activation output X W, with a small ridge towards the original weights (a
+  flattened matmul input has only one row per sample). X is the unpruned float graph's, from
+  one run over the calibration samples (calibration.float_runs). X' is what the pruned graph
+  gives the consumer once every consumer before it is refit: one numpy pass over the pruned
+  graph refits each consumer just before it runs (`refit_on_pruned_inputs`), so a layer
+  corrects the error of the pruning upstream, as He et al. do. A graph numpy cannot run
+  (codesign.float_numpy) is refit on X instead of X'. PP-OCR's direction classifier, every conv
+  at 25 %: top-1 73.0 % refit on X, 97.5 % on X' (scripts/bench_pruning.py).
 - "magnitude": the channels of smallest L1 weight norm go, consumers keep their weights.
 """
 
@@ -55,7 +59,7 @@ import sys
 import numpy as np
 from tvm import relax
 
-from codesign import progress
+from codesign import float_numpy, progress
 from codesign.calibration import float_runs
 from codesign.compression import CompressionConfig
 from codesign.graph import Graph, Node, constant_value
@@ -133,11 +137,17 @@ def prune_graph(
         count = config.kept_channels(group.sources[0], group.channels)
         kept.update(group.first_label + np.sort(np.argsort(-scores, kind="stable")[:count]))
     kept_labels = np.array(sorted(kept), dtype=np.int64)
+    in_order = bool(activations) and float_numpy.supports(pruned)
+    kept_channels = {}  # consumer -> (its kept inputs, its kept outputs or None)
     for name in consumers:
-        _narrow_consumer(pruned.nodes[name], _keeps(labels[pruned.nodes[name].inputs[0]], kept_labels), activations)
+        keep = _keeps(labels[pruned.nodes[name].inputs[0]], kept_labels)
+        kept_channels[name] = (keep, _keeps(labels[name], kept_labels) if name in labels else None)
+        _narrow_consumer(pruned.nodes[name], keep, {} if in_order else activations)
     for name, node_labels in labels.items():
         axis = next(group.axes[name] for group in groups if name in group.axes)
         _narrow_node(pruned.nodes[name], axis, _keeps(node_labels, kept_labels))
+    if in_order:
+        refit_on_pruned_inputs(graph, pruned, samples, consumers, activations, kept_channels)
     return pruned
 
 
@@ -433,6 +443,52 @@ def _sliced_broadcast(slot, axis: int, ndim: int, keep: np.ndarray):
     return ("expr", relax.const(np.compress(keep, array, axis=aligned)))
 
 
+def refit_on_pruned_inputs(
+    graph: Graph,
+    pruned: Graph,
+    samples: list[dict[str, np.ndarray]],
+    consumers: list[str],
+    activations: dict[str, np.ndarray],
+    kept_channels: dict[str, tuple],
+) -> None:
+    """Refit each consumer, in graph order, so that on the inputs the pruned graph gives it (its
+    pruned and refitted upstream layers included) it reproduces the unpruned layer's output on
+    the unpruned inputs (`activations`), as He et al. do: one numpy pass over the pruned graph,
+    each consumer refitted just before it runs. Rows are taken at the positions
+    `consumer_inputs` took them (the same generator per consumer)."""
+    per_sample = _rows_per_sample(samples)
+    last_use = {producer: index for index, node in enumerate(pruned.nodes.values()) for producer in node.inputs}
+    values = {name: np.stack([sample[name] for sample in samples]) for name in pruned.inputs}
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        for index, node in enumerate(pruned.nodes.values()):
+            if node.op == "input":
+                continue
+            if node.name in activations:
+                x = values[node.inputs[0]]
+                rng = _rows_generator(consumers, node.name)
+                rows = np.concatenate([_input_rows(node.layer, one, per_sample, rng) for one in x]).astype(np.float64)
+                unpruned = graph.nodes[node.name].layer
+                _refit(node.layer, unpruned, rows, activations[node.name], *kept_channels[node.name])
+            values[node.name] = float_numpy.run_node(node, [values[i] for i in node.inputs])
+            for producer in set(node.inputs):
+                if last_use[producer] == index and producer not in pruned.outputs:
+                    del values[producer]
+
+
+def _refit(layer, unpruned, rows: np.ndarray, unpruned_rows: np.ndarray, inputs_kept, outputs_kept) -> None:
+    """`layer`'s weights and bias fitted so its output on `rows` matches the unpruned layer's on
+    `unpruned_rows`, ridge-regularised towards the unpruned weights of its kept inputs."""
+    weight = weight_matrix(unpruned)
+    bias = unpruned.bias if unpruned.bias is not None else np.zeros(weight.shape[1], np.float32)
+    if outputs_kept is not None:
+        weight, bias = weight[:, outputs_kept], bias[outputs_kept]
+    fitted, bias_change = least_squares(rows, unpruned_rows @ weight, weight[_columns(unpruned, inputs_kept)])
+    if layer.kind == "conv2d":
+        fitted = fitted.T.reshape(layer.weight.shape)
+    layer.weight = np.ascontiguousarray(fitted, dtype=np.float32)
+    layer.bias = (bias + bias_change).astype(np.float32)
+
+
 def _narrow_consumer(node: Node, keep: np.ndarray, activations: dict[str, np.ndarray]) -> None:
     """A consumer without the pruned input channels: its weights refit by least squares when
     reconstructing (`activations` holds its input rows), else only sliced."""
@@ -440,7 +496,8 @@ def _narrow_consumer(node: Node, keep: np.ndarray, activations: dict[str, np.nda
     weight = weight_matrix(layer)
     columns = _columns(layer, keep)
     if node.name in activations:
-        fitted, bias_change = least_squares(activations[node.name], weight, columns)
+        x = activations[node.name]
+        fitted, bias_change = least_squares(x[:, columns], x @ weight, weight[columns])
         layer.bias = (bias_change + (layer.bias if layer.bias is not None else 0)).astype(np.float32)
     else:
         fitted = weight[columns]
@@ -450,12 +507,11 @@ def _narrow_consumer(node: Node, keep: np.ndarray, activations: dict[str, np.nda
     layer.weight = np.ascontiguousarray(fitted, dtype=np.float32)
 
 
-def least_squares(x: np.ndarray, weight: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(weights over the kept `columns`, bias change) whose output on rows `x` best matches
-    x @ weight, ridge-regularised towards the original kept weights."""
-    target = x @ weight
-    design = np.hstack([x[:, columns], np.ones((len(x), 1))])
-    start = np.vstack([weight[columns], np.zeros((1, weight.shape[1]))])
+def least_squares(rows: np.ndarray, target: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, bias change) whose output on `rows` best matches `target`, ridge-regularised
+    towards the weights `start`."""
+    design = np.hstack([rows, np.ones((len(rows), 1))])
+    start = np.vstack([start, np.zeros((1, start.shape[1]))])
     gram = design.T @ design
     ridge = RIDGE * np.trace(gram) / len(gram)
     solution = np.linalg.solve(gram + ridge * np.eye(len(gram)), design.T @ target + ridge * start)
@@ -505,8 +561,8 @@ def consumer_inputs(
     """Rows of each consumer's input (a conv's: patches at random output positions) over the
     samples, from one float run of the unpruned graph."""
     taps = sorted({graph.nodes[name].inputs[0] for name in consumers}, key=list(graph.nodes).index)
-    per_sample = max(1, math.ceil(RECONSTRUCTION_ROWS / len(samples)))
-    rng = np.random.default_rng(0)
+    per_sample = _rows_per_sample(samples)
+    generators = {name: _rows_generator(consumers, name) for name in consumers}
     rows: dict[str, list[np.ndarray]] = {name: [] for name in consumers}
     skip = len(graph.outputs)
     progress.stage("prune", len(samples))
@@ -514,9 +570,19 @@ def consumer_inputs(
         values = dict(zip(taps, outputs[skip:]))
         for name in consumers:
             node = graph.nodes[name]
-            rows[name].append(_input_rows(node.layer, values[node.inputs[0]], per_sample, rng))
+            rows[name].append(_input_rows(node.layer, values[node.inputs[0]], per_sample, generators[name]))
         progress.advance()
     return {name: np.concatenate(parts).astype(np.float64) for name, parts in rows.items()}
+
+
+def _rows_per_sample(samples: list) -> int:
+    return max(1, math.ceil(RECONSTRUCTION_ROWS / len(samples)))
+
+
+def _rows_generator(consumers: list[str], name: str) -> np.random.Generator:
+    """The random positions a consumer's rows are taken at: the same for the unpruned and the
+    pruned graph's inputs."""
+    return np.random.default_rng(consumers.index(name))
 
 
 def _input_rows(layer, x: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

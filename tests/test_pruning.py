@@ -9,12 +9,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tvm
-from conftest import TEST_MODELS
+from conftest import MODELS, TEST_MODELS
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
+from codesign import float_numpy
 from codesign.calibration import float_outputs
 from codesign.compression import CompressionConfig
+from codesign.corpus import text_directions
 from codesign.demo import MNIST_MODEL
 from codesign.deploy import build_manifest
 from codesign.graph import extract_graph
@@ -313,3 +315,30 @@ def test_expansion_prunes_through_the_depthwise_conv_and_the_gate(tmp_path):
     for sample in samples[:3]:
         expected = run_reference(result.qgraph, sample)[0]
         assert np.array_equal(vm["main"](tvm.runtime.tensor(sample["x"])).numpy(), expected)
+
+
+def test_refitting_on_the_pruned_inputs_beats_refitting_on_the_unpruned_ones(monkeypatch):
+    """PP-OCR's text-direction classifier, every conv at a quarter of its channels (depthwise
+    convs and gates following their expansions), in float: refit in graph order on what the
+    pruned graph gives each consumer, it reads 200 rendered lines (other than the 32 it is
+    calibrated on) far better than refit on the unpruned activations (what a graph numpy cannot
+    run gets). Measured: 98.0 % against 84.5 % (unpruned: 100 %)."""
+    path, shape = MODELS / "real" / "ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192)
+    imported = import_model(path, {"x": shape}, warn=quiet)
+    graph = extract_graph(imported)
+    images, labels = text_directions(shape, 200, seed=1)
+    calibration = [{"x": image[None]} for image in text_directions(shape, 32, seed=2)[0]]
+    convs = [name for name, node in graph.nodes.items() if node.op == "gemm" and node.layer.kind == "conv2d"]
+    config = CompressionConfig(prune=dict.fromkeys(convs, 0.25))
+    numpy_runs = float_numpy.supports
+    top1 = {}
+    for label, pruned_graph_runs in (("in order", True), ("on unpruned inputs", False)):
+        # Only the pruned graph is made to look unsupported: the unpruned one still runs in numpy.
+        monkeypatch.setattr(
+            "codesign.float_numpy.supports", lambda g, runs=pruned_graph_runs: numpy_runs(g) if g is graph else runs
+        )
+        pruned = prune_graph(graph, config, imported, calibration, quiet)
+        monkeypatch.setattr("codesign.float_numpy.supports", numpy_runs)
+        outputs = np.concatenate([out[0] for out in float_outputs(pruned, imported, [{"x": i[None]} for i in images])])
+        top1[label] = float(np.mean(outputs.argmax(-1) == labels))
+    assert top1["in order"] >= 0.95 and top1["in order"] >= top1["on unpruned inputs"] + 0.08, top1
