@@ -3,8 +3,11 @@
 A CompressionConfig names layers (graph names: conv2d_0, matmul_3, ...) with their weight
 bits (8 or 4) and the fraction of output channels to prune. It is a small JSON file:
 
-    {"weight_bits": {"conv2d_1": 4}, "prune": {"conv2d_1": 0.25}, "schedule": "auto",
+    {"weight_bits": {"conv2d_1": 4}, "prune": {"conv2d_*": 0.25, "conv2d_0": 0}, "schedule": "auto",
      "float_layers": ["conv2d_3"], "prune_method": "magnitude"}
+
+The keys of weight_bits and prune are layer names or glob patterns over them: a layer takes the
+value of the last key that matches it (resolve_compression, once the model's layers are known).
 
 `float_layers` keeps the matching layers (glob patterns over layer names) in float on the host.
 `unfold` lists the narrow-input convs compiled as im2col + a 1x1 conv (schedules.narrow_inputs);
@@ -93,9 +96,27 @@ def _prune_problem(layer: str, value) -> str | None:
     return f"prune['{layer}'] = {_shown(value)} (expected a number: 0 <= ratio < 1)"
 
 
+def resolve_compression(config: CompressionConfig, graph: Graph, source: str = "compression") -> CompressionConfig:
+    """The choices checked against the graph (every problem named in one UsageError line), with
+    the keys of weight_bits and prune, glob patterns over the GEMM layers' names, expanded: a layer
+    takes the value of the last key matching it."""
+    validate_compression(config, graph, source)
+    layers = [n.name for n in graph.gemm_nodes()]
+    weight_bits, prune = _expanded(config.weight_bits, layers), _expanded(config.prune, layers)
+    return dataclasses.replace(config, weight_bits=weight_bits, prune=prune)
+
+
+def _expanded(table: dict, layers: list[str]) -> dict:
+    return {layer: value for key, value in table.items() for layer in layers if fnmatch.fnmatchcase(layer, key)}
+
+
 def validate_compression(config: CompressionConfig, graph: Graph, source: str = "compression") -> None:
     layers = {n.name for n in graph.gemm_nodes()}
-    problems = [f"unknown layer '{name}'" for name in sorted({*config.weight_bits, *config.prune} - layers)]
+    problems = [
+        f"layer pattern '{key}' matches no layer" if _is_pattern(key) else f"unknown layer '{key}'"
+        for key in dict.fromkeys([*config.weight_bits, *config.prune])
+        if not any(fnmatch.fnmatchcase(layer, key) for layer in layers)
+    ]
     problems += [p for k, v in config.weight_bits.items() if (p := _bits_problem(k, v))]
     problems += [p for k, v in config.prune.items() if (p := _prune_problem(k, v))]
     problems += [f"unfold: '{name}' is not a conv with one group and a kernel wider than 1x1" for name in
@@ -110,6 +131,10 @@ def validate_compression(config: CompressionConfig, graph: Graph, source: str = 
     if problems:
         known = ", ".join(sorted(layers))
         raise UsageError(f"{source}: " + "; ".join(problems) + f" (layers: {known})")
+
+
+def _is_pattern(key: str) -> bool:
+    return any(char in key for char in "*?[")
 
 
 def _unfoldable(layer) -> bool:

@@ -24,7 +24,7 @@ import tvm
 
 from codesign import progress
 from codesign.calibration import cached_tensor_ranges, load_samples, random_samples
-from codesign.compression import CompressionConfig, validate_compression
+from codesign.compression import CompressionConfig, resolve_compression
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
 from codesign.hardware import HardwareSpec
@@ -81,7 +81,7 @@ def quantize_model(
         calibration_samples if calibration is not None else min(calibration_samples, RANDOM_CALIBRATION_SAMPLES)
     )
     check_memory(graph, imported, sample_count)
-    validate_compression(compression, graph)
+    compression = resolve_compression(compression, graph)
     if calibration is None:
         warn(
             "warning: no --calibration data; calibrating on random normal inputs, "
@@ -195,6 +195,7 @@ def compile_model(
         imported, hw, calibration, calibration_samples, weight_bits, warn, compression, calibration_method
     )
     seconds["quantize"] = time.perf_counter() - start
+    compression = resolve_compression(compression or CompressionConfig(), graph)
 
     start = time.perf_counter()
     lowered = lower_to_relax(qgraph, imported, hw, compression)
@@ -205,7 +206,6 @@ def compile_model(
     with quiet_tvm():
         executable = build_executable(lowered.mod, build_target, kernel_per_module, jit=run_here and cpu is None)
     seconds["build"] = time.perf_counter() - start
-    compression = compression or CompressionConfig()
     return CompileResult(
         imported, graph, qgraph, lowered, executable, hw, calibration_info, seconds, build_target, compression
     )

@@ -15,10 +15,11 @@ from test_hardware import VTA_DEFAULT_CONFIG as VTA_CONFIG
 
 from codesign import toml as tomllib
 from codesign.calibration import load_samples
-from codesign.compression import load_compression
+from codesign.compression import load_compression, resolve_compression
 from codesign.errors import HardwareError, ModelError, UsageError
+from codesign.graph import extract_graph
 from codesign.hardware import hardware_from_dict, hardware_from_vta_config, load_hardware
-from codesign.importer import TensorSpec
+from codesign.importer import TensorSpec, import_onnx
 from codesign.pipeline import MAX_MEMORY_ENV, memory_limit
 
 IMAGE = TensorSpec("Input3", (1, 1, 28, 28), "float32")
@@ -312,6 +313,25 @@ def test_compression_in_cli(capsys, tmp_path):
     path.write_text(json.dumps({"prune": {"conv2d_1": "a lot"}}))
     result = cli(capsys, "compile", MNIST, "--hw", "vta_default", "-o", out, "--compression", path)
     error_line(*result, 2, "bad_compression.json", "prune['conv2d_1']", '"a lot"')
+    assert not out.exists()
+
+
+def test_compression_keys_are_layer_patterns_the_last_match_wins(tmp_path):
+    path = tmp_path / "compression.json"
+    doc = {"prune": {"conv2d_*": 0.25, "conv2d_0": 0}, "weight_bits": {"*": 4, "matmul_0": 8}}
+    path.write_text(json.dumps(doc))
+    graph = extract_graph(import_onnx(MNIST))
+    config = resolve_compression(load_compression(path), graph)
+    assert config.prune == {"conv2d_0": 0, "conv2d_1": 0.25}
+    assert config.weight_bits == {"conv2d_0": 4, "conv2d_1": 4, "matmul_0": 8}
+    assert resolve_compression(config, graph) == config  # explicit names resolve to themselves
+
+
+def test_compression_pattern_matching_no_layer_in_cli(capsys, tmp_path):
+    path, out = tmp_path / "compression.json", tmp_path / "out"
+    path.write_text(json.dumps({"prune": {"conv3d_*": 0.5, "conv2d_7": 0.5}}))
+    result = cli(capsys, "compile", MNIST, "--hw", "vta_default", "-o", out, "--compression", path)
+    error_line(*result, 2, "layer pattern 'conv3d_*' matches no layer", "unknown layer 'conv2d_7'")
     assert not out.exists()
 
 
