@@ -43,7 +43,9 @@ Methods (CompressionConfig.prune_method):
   one run over the calibration samples (calibration.float_runs). X' is what the pruned graph
   gives the consumer once every consumer before it is refit: one numpy pass over the pruned
   graph refits each consumer just before it runs (`refit_on_pruned_inputs`), so a layer
-  corrects the error of the pruning upstream, as He et al. do. A graph numpy cannot run
+  corrects the error of the pruning upstream, as He et al. do. The pass holds every sample's
+  live activations at once, so it takes an even subset of the samples where they would pass
+  REFIT_BYTES (PP-OCRv4 det at 640x640: 27 samples). A graph numpy cannot run
   (codesign.float_numpy) is refit on X instead of X'. PP-OCR's direction classifier, every conv
   at 25 %: top-1 73.0 % refit on X, 97.5 % on X' (scripts/bench_pruning.py).
 - "magnitude": the channels of smallest L1 weight norm go, consumers keep their weights.
@@ -93,6 +95,7 @@ BROADCAST_OPS = (
 )
 VECTOR_OPS = ("relax.nn.batch_norm", "relax.nn.prelu")  # per-channel 1-D constants along attrs.axis
 RECONSTRUCTION_ROWS = 8192  # least-squares rows per consumer, spread over the samples
+REFIT_BYTES = 1 << 30  # the in-order refit's live activations, all samples together, at most (about)
 RIDGE = 1e-2  # towards the original weights, relative to the mean diagonal of X^T X
 OUTPUT = "<output>"
 
@@ -147,7 +150,10 @@ def prune_graph(
         axis = next(group.axes[name] for group in groups if name in group.axes)
         _narrow_node(pruned.nodes[name], axis, _keeps(node_labels, kept_labels))
     if in_order:
-        refit_on_pruned_inputs(graph, pruned, samples, consumers, activations, kept_channels)
+        subset = refit_samples(pruned, samples)
+        if len(subset) < len(samples):
+            activations = consumer_inputs(graph, imported, subset, consumers)
+        refit_on_pruned_inputs(graph, pruned, subset, consumers, activations, kept_channels)
     return pruned
 
 
@@ -441,6 +447,27 @@ def _sliced_broadcast(slot, axis: int, ndim: int, keep: np.ndarray):
     if aligned is None or array.shape[aligned] != keep.size:
         return slot
     return ("expr", relax.const(np.compress(keep, array, axis=aligned)))
+
+
+def refit_samples(graph: Graph, samples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The samples the in-order refit runs together: all, or as many as keep the graph's live
+    activations within about REFIT_BYTES, spread evenly over them."""
+    count = min(len(samples), max(1, REFIT_BYTES // max(_live_bytes_per_sample(graph), 1)))
+    return [samples[i] for i in np.unique(np.linspace(0, len(samples) - 1, count).round().astype(int))]
+
+
+def _live_bytes_per_sample(graph: Graph) -> int:
+    """The most float32 bytes one sample's tensors hold at once when the graph runs in order."""
+    nodes = list(graph.nodes.values())
+    last_use = {producer: index for index, node in enumerate(nodes) for producer in node.inputs}
+    live, peak = {}, 0
+    for index, node in enumerate(nodes):
+        live[node.name] = 4 * math.prod(node.shape) if node.shape else 0
+        peak = max(peak, sum(live.values()))
+        for producer in set(node.inputs):
+            if last_use[producer] == index:
+                live.pop(producer, None)
+    return peak
 
 
 def refit_on_pruned_inputs(
