@@ -202,6 +202,16 @@ def channel_groups(graph: Graph, config: CompressionConfig, warn) -> list[Channe
     return groups
 
 
+def prunable_layers(graph: Graph) -> list[str]:
+    """The GEMM layers whose own prune ratio can act: those leading a channel group when every
+    layer is pruned (not a depthwise conv or gate excitation following another's channels, nor a
+    layer that cannot shrink)."""
+    layers = [node.name for node in graph.gemm_nodes()]
+    groups = channel_groups(graph, CompressionConfig(prune=dict.fromkeys(layers, 0.5)), lambda message: None)
+    leaders = {name for group in groups for name in group.sources if name not in group.followers}
+    return [name for name in layers if name in leaders]
+
+
 def trace_group(graph: Graph, users: dict[str, list[str]], start: str) -> ChannelGroup:
     """The channel group of layer `start`: its channels followed forward to their consumers, and
     back from every residual add to the other layers feeding it."""

@@ -22,7 +22,7 @@ from codesign.deploy import build_manifest
 from codesign.graph import extract_graph
 from codesign.hardware import load_hardware
 from codesign.pipeline import compile_model, import_model, quantize_model
-from codesign.pruning import channel_groups, prune_graph
+from codesign.pruning import channel_groups, prunable_layers, prune_graph
 from codesign.reference import run_reference
 
 MNIST_INPUT = {"Input3": (1, 1, 28, 28)}
@@ -297,6 +297,7 @@ def test_expansion_prunes_through_the_depthwise_conv_and_the_gate(tmp_path):
             path, hw, None, tmp_path / "calibration.npy", warn=notes.append, compression=compression, imported=imported
         )
         outputs[method] = np.concatenate([out[0] for out in float_outputs(results[method].graph, imported, samples)])
+    assert prunable_layers(extract_graph(imported)) == ["conv2d_0", "conv2d_2"]  # expansion, squeeze
     graph = results["magnitude"].graph
     assert notes[:2] == [
         "note: conv2d_1 keeps the channels of conv2d_0; its own prune ratio is not used",

@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from codesign.demo import MNIST_MODEL
 from codesign.errors import UsageError
+from codesign.importer import import_onnx
 from codesign.tuner.database import Database, Record
+from codesign.tuner.evaluator import gemm_layer_names, prunable_layer_names
 from codesign.tuner.executors import EvaluatorSpec, ProcessExecutor, RayExecutor, SerialExecutor
 from codesign.tuner.space import load_space, space_from_dict
 from codesign.tuner.strategies import NSGA2Search, RandomSearch, XGBoostSearch
@@ -412,6 +415,18 @@ def test_a_per_layer_space_gives_every_layer_its_own_compression_knobs():
     assert compression.weight_bits == {"conv2d_1": 4} and compression.prune == {"matmul_0": 0.5}
     grouped = space_from_dict({**PER_LAYER, "compression": {"weight_bits": [8, 4]}})
     assert grouped.for_layers(["conv2d_0"]) is grouped  # a grouped space does not depend on the model
+
+
+def test_a_per_layer_space_gives_prune_knobs_only_to_the_layers_that_can_prune():
+    """mnist-8's matmul_0 produces the model output: pruning it cannot act, so it gets no knob
+    (nor would a depthwise conv or a gate's excitation, which follow another layer's channels:
+    tests/test_pruning.py)."""
+    layers = gemm_layer_names(MNIST_MODEL)
+    prunable = prunable_layer_names(import_onnx(MNIST_MODEL))
+    assert layers == ["conv2d_0", "conv2d_1", "matmul_0"] and prunable == ["conv2d_0", "conv2d_1"]
+    space = space_from_dict(PER_LAYER).for_layers(layers, prunable)
+    assert [k for k in space.knobs if k.endswith(".prune")] == ["comp.conv2d_0.prune", "comp.conv2d_1.prune"]
+    assert space.size() == 2 * 2**3 * 2**2
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,7 @@ def _space_of_run(run_dir: Path, settings: dict) -> SearchSpace:
         return space
     if not (isinstance(layers, list) and all(isinstance(name, str) for name in layers)):
         raise UsageError(f"{run_dir / SETTINGS_FILE}: 'layers' (the layer names a per-layer space needs) is missing")
-    return space.for_layers(layers)
+    return space.for_layers(layers, settings.get("prunable_layers"))  # absent in runs before it was recorded
 
 
 def _read_settings(path: Path) -> dict:
@@ -122,4 +122,5 @@ SETTINGS_TYPES = {
     "seed": int,
     "strategy": str,
     "layers": list,
+    "prunable_layers": list,
 }

@@ -26,6 +26,7 @@ import numpy as np
 from codesign.compression import CompressionConfig
 from codesign.graph import extract_graph
 from codesign.importer import ImportedModel, import_onnx
+from codesign.pruning import prunable_layers
 from codesign.tuner.accuracy import AccuracyMeasurer
 from codesign.tuner.batch_evaluator import BatchEvaluator
 from codesign.tuner.eval_data import load_eval_data
@@ -54,7 +55,8 @@ class Evaluator:
         self.input_values = input_values
         self.imported = import_onnx(model, input_shapes, input_values)
         self.layers = gemm_layer_names(self.imported)
-        self.space = space = space.for_layers(self.layers)
+        self.prunable = prunable_layer_names(self.imported)
+        self.space = space = space.for_layers(self.layers, self.prunable)
         self.data = load_eval_data(data, self.imported.inputs, eval_samples)
         workdir = workdir if workdir is not None and Path(workdir).is_dir() else None
         self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-", dir=workdir)
@@ -103,3 +105,8 @@ def gemm_layer_names(model, input_shapes: dict | None = None, input_values: dict
     """Names of a model's GEMM layers (what compression configs refer to)."""
     imported = model if isinstance(model, ImportedModel) else import_onnx(model, input_shapes, input_values)
     return [n.name for n in extract_graph(imported).gemm_nodes()]
+
+
+def prunable_layer_names(imported: ImportedModel) -> list[str]:
+    """The GEMM layers whose own prune ratio can act (codesign.pruning.prunable_layers)."""
+    return prunable_layers(extract_graph(imported))

@@ -128,9 +128,16 @@ def _start_worker(spec: EvaluatorSpec) -> None:
     _WORKER = spec.build()
 
 
-def _worker_facts() -> tuple[list[str], float]:
-    """What the tuner process needs from a worker's evaluator: the GEMM layer names, the float accuracy."""
-    return _WORKER.layers, _WORKER.float_accuracy()
+def _worker_facts() -> tuple[list[str], list[str], float]:
+    """What the tuner process needs from a worker's evaluator: the GEMM layer names, the prunable
+    ones, the float accuracy."""
+    return _WORKER.layers, _WORKER.prunable, _WORKER.float_accuracy()
+
+
+def _batch_evaluator(spec: EvaluatorSpec, facts: tuple, measure) -> BatchEvaluator:
+    """The tuner process's batch evaluator, from a worker's facts (`_worker_facts`)."""
+    layers, prunable, float_accuracy = facts
+    return BatchEvaluator(load_space(spec.space).for_layers(layers, prunable), layers, float_accuracy, measure)
 
 
 def _measure_profile(compression, multiplier: bool):
@@ -148,11 +155,11 @@ class ProcessExecutor(_BatchExecutor):
             jobs, mp_context=context, initializer=_start_worker, initargs=(spec,)
         )
         try:
-            layers, float_accuracy = self.pool.submit(_worker_facts).result()
+            facts = self.pool.submit(_worker_facts).result()
         except BaseException:  # a worker that cannot build its evaluator: no pool left behind
             self.close()
             raise
-        self.batches = BatchEvaluator(load_space(spec.space).for_layers(layers), layers, float_accuracy, self._measure)
+        self.batches = _batch_evaluator(spec, facts, self._measure)
 
     def _measure(self, requests: dict) -> dict:
         """The profiles, one per request, spread over the workers as they free up."""
@@ -181,18 +188,18 @@ class RayExecutor(_BatchExecutor):
                 self.evaluator = spec.build()
 
             def facts(self):
-                return self.evaluator.layers, self.evaluator.float_accuracy()
+                return self.evaluator.layers, self.evaluator.prunable, self.evaluator.float_accuracy()
 
             def measure_profile(self, compression, multiplier):
                 return self.evaluator.measure_profile(compression, multiplier)
 
         self.workers = [Worker.remote(spec) for _ in range(workers)]
         try:
-            layers, float_accuracy = ray.get(self.workers[0].facts.remote())
+            facts = ray.get(self.workers[0].facts.remote())
         except BaseException:  # a worker that cannot build its evaluator: no actors left behind
             self.close()
             raise
-        self.batches = BatchEvaluator(load_space(spec.space).for_layers(layers), layers, float_accuracy, self._measure)
+        self.batches = _batch_evaluator(spec, facts, self._measure)
 
     def _measure(self, requests: dict) -> dict:
         """The profiles, one per request, dealt round the workers."""

@@ -115,15 +115,17 @@ class SearchSpace:
     def key(config: dict) -> str:
         return repr(sorted(config.items()))
 
-    def for_layers(self, layers: list[str]) -> SearchSpace:
+    def for_layers(self, layers: list[str], prunable: list[str] | None = None) -> SearchSpace:
         """The space for a model with these GEMM layers: a per-layer space gets one group and one
-        set of compression knobs per layer; any other space is returned as it is."""
+        set of compression knobs per layer (a prune knob only on the `prunable` layers, when
+        given: codesign.pruning.prunable_layers); any other space is returned as it is."""
         if self.per_layer_choices is None:
             return self
         knobs = dict(self.knobs)
         for layer in layers:
             for name, choices in self.per_layer_choices.items():
-                knobs[f"comp.{layer}.{name}"] = choices
+                if name != "prune" or prunable is None or layer in prunable:
+                    knobs[f"comp.{layer}.{name}"] = choices
         groups = {layer: [layer] for layer in layers}
         return dataclasses.replace(self, knobs=knobs, groups=groups, per_layer_choices=None)
 
