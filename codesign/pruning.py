@@ -27,9 +27,9 @@ special case; a tensor keeps the channels whose label is -1 or kept.
 Whatever is not safe to shrink is not pruned, with a printed note naming the layer and why (the
 compile goes on, and the tuner's "prune every layer" knobs keep working): a layer whose channels
 reach a model output; a grouped conv, pruned or as a consumer (its channels are tied to its
-groups), and a depthwise conv pruned on its own (its channels are its producer's); a matmul of two
-activations; an add meeting a tensor that no prunable GEMM
-produces; layers meeting at an add with different ratios; any other op in the channels' way.
+groups), and a depthwise conv pruned on its own (its channels are its producer's); a matmul of
+two activations; an add meeting a tensor that no prunable GEMM produces; layers meeting at an
+add with different ratios; any other op in the channels' way.
 
 Methods (CompressionConfig.prune_method):
 - "reconstruct" (default), after He et al., "Channel Pruning for Accelerating Very Deep Neural
