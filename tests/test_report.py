@@ -19,7 +19,7 @@ from codesign.deploy import read_manifest
 from codesign.design import Design
 from codesign.plan import LayerPlan
 from codesign.report.design_sim import simulate_run_designs
-from codesign.report.run_data import load_run
+from codesign.report.run_data import _space_of_run, load_run
 from codesign.simulator.simulate import simulate_plans
 from codesign.tuner.database import Database
 
@@ -287,3 +287,21 @@ def test_a_joint_design_equal_to_its_sequential_counterpart_is_said_plainly(tune
     assert section.startswith(f"The joint design equals the sequential one (evaluation {entry['joint']['index']})")
     assert "| latency (the objective) |" in section and " | 1.000 | " in section
     assert "differs" not in section.split("| layer |")[0]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "prune_knobs"),
+    [(["conv2d_0"], ["comp.conv2d_0.prune"]), (None, ["comp.conv2d_0.prune", "comp.matmul_0.prune"])],
+)
+def test_the_report_rebuilds_a_per_layer_space_with_the_prune_knobs_the_tune_had(tmp_path, recorded, prune_knobs):
+    """settings.json records the layers a per-layer space gave a prune knob; a run written before
+    that was recorded gets one on every layer, as its tune did."""
+    (tmp_path / "space.toml").write_text(
+        '[hardware]\nbase = "vta_default"\nblock_in = [8, 16]\n\n'
+        "[compression]\nweight_bits = [8, 4]\nprune = [0.0, 0.5]\nper_layer = true\n"
+    )
+    settings = {"layers": ["conv2d_0", "matmul_0"], **({"prunable_layers": recorded} if recorded else {})}
+    space = _space_of_run(tmp_path, settings)
+    assert [k for k in space.knobs if k.endswith(".prune")] == prune_knobs
+    bits_knobs = [k for k in space.knobs if k.endswith(".weight_bits")]
+    assert bits_knobs == ["comp.conv2d_0.weight_bits", "comp.matmul_0.weight_bits"]
