@@ -520,9 +520,7 @@ def _refit(layer, unpruned, rows: np.ndarray, unpruned_rows: np.ndarray, inputs_
     if outputs_kept is not None:
         weight, bias = weight[:, outputs_kept], bias[outputs_kept]
     fitted, bias_change = least_squares(rows, unpruned_rows @ weight, weight[_columns(unpruned, inputs_kept)])
-    if layer.kind == "conv2d":
-        fitted = fitted.T.reshape(layer.weight.shape)
-    layer.weight = np.ascontiguousarray(fitted, dtype=np.float32)
+    _set_weights(layer, fitted)
     layer.bias = (bias + bias_change).astype(np.float32)
 
 
@@ -530,18 +528,20 @@ def _narrow_consumer(node: Node, keep: np.ndarray, activations: dict[str, np.nda
     """A consumer without the pruned input channels: its weights refit by least squares when
     reconstructing (`activations` holds its input rows), else only sliced."""
     layer = node.layer
-    weight = weight_matrix(layer)
     columns = _columns(layer, keep)
     if node.name in activations:
         x = activations[node.name]
-        fitted, bias_change = least_squares(x[:, columns], x @ weight, weight[columns])
-        layer.bias = (bias_change + (layer.bias if layer.bias is not None else 0)).astype(np.float32)
+        _refit(layer, copy.copy(layer), x[:, columns], x, keep, None)
     else:
-        fitted = weight[columns]
+        _set_weights(layer, weight_matrix(layer)[columns])
+
+
+def _set_weights(layer, matrix: np.ndarray) -> None:
+    """A GEMM layer's weights from a (input columns, outputs) matrix: weight_matrix's inverse."""
     if layer.kind == "conv2d":
-        out_channels, _, kernel_h, kernel_w = layer.weight.shape
-        fitted = fitted.T.reshape(out_channels, int(keep.sum()), kernel_h, kernel_w)
-    layer.weight = np.ascontiguousarray(fitted, dtype=np.float32)
+        kernel_h, kernel_w = layer.weight.shape[2:]
+        matrix = matrix.T.reshape(matrix.shape[1], -1, kernel_h, kernel_w)
+    layer.weight = np.ascontiguousarray(matrix, dtype=np.float32)
 
 
 def least_squares(rows: np.ndarray, target: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
