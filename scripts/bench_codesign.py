@@ -21,14 +21,22 @@ Models, with real accuracy on labelled data, calibrated and evaluated on disjoin
 Every (model, objective) runs for each seed; the table gives the median and the range of the
 best feasible value over the seeds, and the ratio of the medians (sequential / joint).
 
-    python scripts/bench_codesign.py [--seeds 5] [--budget-mnist 12] [--budget-ocr 8] [--json out.json]
+`--ceiling` also measures every compression profile of the space and costs every hardware design
+for each: the best feasible design overall (what any joint search can find) against the best
+feasible compression on the hardware that is best for the int8 model (what any sequential
+search can find). Their ratio bounds what a joint search can show over a sequential one on
+this space and model, whatever its budget.
+
+    python scripts/bench_codesign.py [--seeds 5] [--budget-mnist 12] [--budget-ocr 8] [--ceiling] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -45,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from codesign.corpus import text_directions  # noqa: E402
 from codesign.demo import MNIST_MODEL, load_mnist_test  # noqa: E402
 from codesign.hardware import area_mm2, load_hardware  # noqa: E402
-from codesign.tuner.bilevel import BilevelSearch, plan_bilevel  # noqa: E402
+from codesign.tuner.bilevel import BilevelSearch, anchors, plan_bilevel  # noqa: E402
 from codesign.tuner.database import Database  # noqa: E402
 from codesign.tuner.evaluator import Evaluator  # noqa: E402
 from codesign.tuner.executors import SerialExecutor  # noqa: E402
@@ -126,7 +134,34 @@ def sequential(space, executor, layers, budget, seed, folder, objective) -> list
     return hardware_first + compression
 
 
-def run_case(case: ModelCase, seeds: int, folder: Path) -> dict:
+def ceiling(space, executor, layers, objective: str) -> dict:
+    """The joint and sequential optima of `space` by enumeration (every profile measured, every
+    hardware design costed), and their ratio."""
+    plan = plan_bilevel(space, layers)
+    int8_keys = {plan.outer.key(anchor) for anchor in anchors(plan)}
+    values: dict[tuple, float] = {}  # (profile key, hardware key) -> objective, feasible designs only
+    int8_hardware: dict[str, float] = {}
+    for choices in itertools.product(*plan.outer.knobs.values()):
+        profile = dict(zip(plan.outer.knobs, choices))
+        profile_key = plan.outer.key(profile)
+        configs = plan.configs(profile)
+        for _, config, result in executor.run(list(enumerate(configs))):
+            if not result["feasible"]:
+                continue
+            hardware_key = json.dumps({k: v for k, v in config.items() if k.startswith("hw.")}, sort_keys=True)
+            value = result["metrics"][objective]
+            values[profile_key, hardware_key] = value
+            if profile_key in int8_keys:
+                int8_hardware[hardware_key] = min(value, int8_hardware.get(hardware_key, float("inf")))
+    joint_best = min(values.values())
+    best_for_int8 = min(int8_hardware.values())
+    chosen = {key for key, value in int8_hardware.items() if value == best_for_int8}  # ties: the sequential's best luck
+    sequential_best = min(v for (_, hardware_key), v in values.items() if hardware_key in chosen)
+    return {"joint": joint_best, "sequential": sequential_best, "ratio": sequential_best / joint_best,
+            "profiles": math.prod(len(c) for c in plan.outer.knobs.values()), "hardware": len(plan.inner)}  # fmt: skip
+
+
+def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = False) -> dict:
     """{objective: {"joint": [best per seed], "sequential": [...]}, ...} and the run's facts."""
     folder = Path(tempfile.mkdtemp(prefix=f"{case.name}-", dir=folder))
     evaluator = Evaluator(case.model, space_for("latency"), case.data, case.shapes, calibration_data=case.calibration)
@@ -149,6 +184,8 @@ def run_case(case: ModelCase, seeds: int, folder: Path) -> dict:
                 f"  {case.name} {objective} seed {seed}: sequential / joint = "
                 f"{per_seed['sequential'][-1] / per_seed['joint'][-1]:.2f}x"
             )
+        if with_ceiling:
+            per_seed["ceiling"] = ceiling(space, executor, evaluator.layers, objective)
         results[objective] = per_seed
     results["seconds"] = time.perf_counter() - start
     results["profiles_measured"] = len(evaluator.profiles)
@@ -192,6 +229,19 @@ def report(results: dict) -> None:
             f"{r['profiles_measured']} distinct profiles measured in all, {r['seconds']:.0f} s"
         )
     console.print(table)
+    ceilings = [(model, objective, r[objective]["ceiling"]) for model, r in results.items() for objective in OBJECTIVES
+                if "ceiling" in r[objective]]  # fmt: skip
+    if ceilings:
+        table = Table(title="Ceiling: every profile measured, every hardware design costed", title_justify="left")
+        for column in ("model", "objective", "designs", "best sequential", "best joint", "seq / joint"):
+            table.add_column(column, justify="left" if column in ("model", "objective") else "right")
+        for model, objective, c in ceilings:
+            scale, unit = (1e3, "ms") if objective == "latency" else (1e9, "nJ*s")
+            table.add_row(
+                model, objective, f"{c['profiles']} x {c['hardware']}", f"{c['sequential'] * scale:.4g} {unit}",
+                f"{c['joint'] * scale:.4g} {unit}", f"{c['ratio']:.2f}x",
+            )  # fmt: skip
+        console.print(table)
 
 
 def _spread(values: list[float], objective: str) -> str:
@@ -206,6 +256,7 @@ def main() -> None:
     parser.add_argument("--budget-mnist", type=int, default=12)
     parser.add_argument("--budget-ocr", type=int, default=8)
     parser.add_argument("--models", default="mnist,ocr", help="comma-separated: mnist, ocr")
+    parser.add_argument("--ceiling", action="store_true", help="also enumerate the space (see above)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     results = {}
@@ -220,7 +271,7 @@ def main() -> None:
             console.print(
                 f"{case.name}: joint vs sequential, {args.seeds} seeds, {case.budget} accuracy evaluations ..."
             )
-            results[case.name] = run_case(case, args.seeds, folder)
+            results[case.name] = run_case(case, args.seeds, folder, args.ceiling)
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -122,6 +122,19 @@ def test_outer_knobs_that_change_no_profile_are_held_and_cost_nothing():
     assert len(plan.inner) == 3 * 3 * 3  # block_in x block_out x DRAM port, all swept
 
 
+def test_a_prune_knob_whose_layers_cannot_be_pruned_is_held():
+    # mnist-8's prunable layers (codesign.pruning.prunable_layers; test_tuner checks them):
+    # its matmul's outputs are the model's, so the classifier group's prune knob prunes nothing.
+    space = synthetic_space().for_layers(LAYERS, ["conv2d_0", "conv2d_1"])
+    plan = plan_bilevel(space, LAYERS)
+    assert plan.fixed == {"comp.classifier.prune": 0.0}
+    assert {"comp.convs.prune", "comp.classifier.weight_bits"} <= set(plan.outer.knobs)
+    config = {"comp.convs.prune": 0.25, "comp.classifier.prune": 0.5, "comp.classifier.weight_bits": 4}
+    compression = space.compression(config, LAYERS)
+    assert compression.prune == {"conv2d_0": 0.25, "conv2d_1": 0.25}
+    assert compression.weight_bits == {"matmul_0": 4}
+
+
 def test_the_budget_counts_profiles_and_each_records_its_true_front(tmp_path):
     space = synthetic_space()
     records, executor = run(tmp_path, budget=7, space=space)

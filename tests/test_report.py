@@ -305,3 +305,17 @@ def test_the_report_rebuilds_a_per_layer_space_with_the_prune_knobs_the_tune_had
     assert [k for k in space.knobs if k.endswith(".prune")] == prune_knobs
     bits_knobs = [k for k in space.knobs if k.endswith(".weight_bits")]
     assert bits_knobs == ["comp.conv2d_0.weight_bits", "comp.matmul_0.weight_bits"]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "pruned"), [(["conv2d_0"], {"conv2d_0": 0.5}), (None, {"conv2d_0": 0.5, "matmul_0": 0.5})]
+)
+def test_the_report_gives_a_group_space_s_prune_ratio_to_the_layers_the_tune_pruned(tmp_path, recorded, pruned):
+    """A group's prune ratio reaches only the layers whose pruning acts (settings.json), as in
+    the tune: the report recompiles the designs the tune measured."""
+    (tmp_path / "space.toml").write_text(
+        '[hardware]\nbase = "vta_default"\nblock_in = [8, 16]\n\n[compression]\nprune = [0.0, 0.5]\n'
+    )
+    settings = {"layers": ["conv2d_0", "matmul_0"], **({"prunable_layers": recorded} if recorded else {})}
+    space = _space_of_run(tmp_path, settings)
+    assert space.compression({"comp.all.prune": 0.5}, settings["layers"]).prune == pruned

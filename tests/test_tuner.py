@@ -258,7 +258,7 @@ def test_best_design_files_compile_to_what_the_tuner_measured(tmp_path, serial):
     from codesign.simulator.simulate import simulate_plans
     from codesign.tuner.tune import best_per_objective, write_outputs
 
-    space = load_space(SPACE)
+    space = serial.evaluator.space  # as codesign tune has it: for the model's layers and prunable ones
     records = run_tuning(space, RandomSearch(), Database(tmp_path / "db.jsonl"), serial, 12, 4, seed=8)
     write_outputs(tmp_path, space, records, serial.evaluator.layers)
     record = best_per_objective(space, records)["latency"]
@@ -357,7 +357,7 @@ def test_the_sequential_counterpart_is_hardware_first_then_compression(tmp_path,
     """Against a brute force: step 1 is the best int8, unpruned design over every hardware
     combination (both multiplier settings), step 2 the best of the run's measured profiles on
     that hardware; no accuracy evaluation but the baseline's is added."""
-    space = load_space(SPACE)
+    space = serial.evaluator.space  # as codesign tune has it: for the model's layers and prunable ones
     records = run_tuning(space, RandomSearch(), Database(tmp_path / "db.jsonl"), serial, 8, 8, seed=11)
     evaluator = serial.evaluator
     held_before = set(evaluator.profiles)

@@ -88,11 +88,12 @@ def _space_of_run(run_dir: Path, settings: dict) -> SearchSpace:
     """The run's space, with a per-layer space's knobs for the model's layers (settings.json)."""
     space = load_space(run_dir / SPACE_FILE)
     layers = settings.get("layers")
+    prunable = settings.get("prunable_layers")  # absent in runs before it was recorded: every layer
     if space.per_layer_choices is None:
-        return space
+        return space.for_layers([], prunable)
     if not (isinstance(layers, list) and all(isinstance(name, str) for name in layers)):
         raise UsageError(f"{run_dir / SETTINGS_FILE}: 'layers' (the layer names a per-layer space needs) is missing")
-    return space.for_layers(layers, settings.get("prunable_layers"))  # absent in runs before it was recorded
+    return space.for_layers(layers, prunable)
 
 
 def _read_settings(path: Path) -> dict:

@@ -13,9 +13,10 @@ second. So the search has two levels:
   one, so the outer level learns what failed).
 
 Outer knobs that change no profile (a compression group that matches no layer, a multiplier
-choice the space fixes) are detected before the search and held at their first choice, so no
-accuracy evaluation is spent on them; a per-layer space has no prune knob on a layer whose
-pruning cannot act (SearchSpace.for_layers). The first profiles measured are the anchors: the space's
+choice the space fixes, a group's prune ratio when none of its layers can be pruned: mnist-8's
+classifier) are detected before the search and held at their first choice, so no accuracy
+evaluation is spent on them; a per-layer space has no prune knob on a layer whose pruning
+cannot act (SearchSpace.for_layers). The first profiles measured are the anchors: the space's
 baseline (every knob at its first choice), then the baseline under each other multiplier
 choice. A batch is proposed from a generator seeded from (seed, batch) and from the records of
 earlier batches only, so a run is reproducible and resumes the interrupted batch (the same

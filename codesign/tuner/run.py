@@ -259,7 +259,7 @@ def _settings(options: _RunOptions, spec: EvaluatorSpec, layers: list[str], prun
     return {
         "model": spec.model,
         "layers": layers,  # the model's GEMM layers: a per-layer space's knobs name them
-        "prunable_layers": prunable,  # those a per-layer space gives a prune knob
+        "prunable_layers": prunable,  # those whose pruning acts (a per-layer space gives only them a prune knob)
         "space": spec.space,
         "data": spec.data,
         "input_shapes": options.shapes_json(),

@@ -81,6 +81,9 @@ class SearchSpace:
     source: str = "<space>"
     # per_layer = true: the compression knobs' choices, to be given to each layer (for_layers)
     per_layer_choices: dict[str, list] | None = None
+    # The layers whose pruning acts (codesign.pruning.prunable_layers); None: every layer. A
+    # prune ratio given to another layer is dropped, so a knob that prunes nothing is inert.
+    prunable: tuple[str, ...] | None = None
 
     # ---- configurations ------------------------------------------------------------------
 
@@ -118,7 +121,10 @@ class SearchSpace:
     def for_layers(self, layers: list[str], prunable: list[str] | None = None) -> SearchSpace:
         """The space for a model with these GEMM layers: a per-layer space gets one group and one
         set of compression knobs per layer (a prune knob only on the `prunable` layers, when
-        given: codesign.pruning.prunable_layers); any other space is returned as it is."""
+        given: codesign.pruning.prunable_layers); any other space keeps its knobs. Either way
+        prune ratios then reach only the prunable layers."""
+        if prunable is not None:
+            self = dataclasses.replace(self, prunable=tuple(prunable))
         if self.per_layer_choices is None:
             return self
         knobs = dict(self.knobs)
@@ -153,7 +159,7 @@ class SearchSpace:
             ratio = config.get(f"comp.{group}.prune", 0.0)
             if bits != 8:
                 weight_bits[layer] = bits
-            if ratio:
+            if ratio and (self.prunable is None or layer in self.prunable):
                 prune[layer] = ratio
         return CompressionConfig(weight_bits, prune, self.schedule_mode)
 
