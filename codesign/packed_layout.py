@@ -50,12 +50,12 @@ class Layouts:
 
 def chains_kernel(node, qgraph, hw) -> bool:
     """An accelerated layer whose blocked output can feed the next one as is: a conv with one
-    group, on a core whose output blocks are its input blocks as the layer uses it (an int4
-    layer on a precision-scalable core reads twice as wide blocks: `for_layer_weights`)."""
+    group, on a core whose output blocks are the blocks its input is stored in (an int4 layer on
+    a precision-scalable core reads those too, two per element: `input_gather`)."""
     if node.op != "conv2d" or node.placement != "accel" or node.params["groups"] != 1:
         return False
     layer_core = hw.for_layer_weights(qgraph.config.bits_for(node.name))
-    return layer_core.block_in == layer_core.block_out == hw.block_out
+    return layer_core.input_block == layer_core.block_out == hw.block_out
 
 
 def runs_on_blocks(node, qgraph) -> bool:

@@ -74,7 +74,7 @@ def tiling_features(shape: ConvShape, hw, tilings: dict[str, np.ndarray], alu_op
         "steps": counts.steps,
         "threads": np.maximum(1, np.minimum(vt, counts.tiles)),
         "inp_bytes": inp_bytes,
-        "inp_transfers": n * ci,
+        "inp_transfers": n * ci * hw.input_gather,
         "wgt_bytes_per_step": co * ci * kernel * hw.wgt_elem_bytes,
         "gemm_per_step": gemm_loops.prod(axis=-1),
         "acc_elements": acc_elements,

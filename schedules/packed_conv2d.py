@@ -44,11 +44,13 @@ UNPACK_INT4 = "weight"
 
 
 def kernel_buffer_shapes(shape: ConvShape, hw) -> dict[str, tuple]:
-    """Shapes of the kernel's arguments in packed layout."""
+    """Shapes of the kernel's arguments in packed layout (the data in `hw.input_block`-wide
+    channel blocks, which the input load gathers into the core's block_in lanes)."""
     pk = shape.blocks(hw)
     g, b, bi, bo = shape.groups, hw.batch, hw.block_in, hw.block_out
+    data_blocks = -(-shape.in_channels // hw.input_block)
     return {
-        "data": (g, pk.n_blocks, pk.ci_blocks, shape.in_h, shape.in_w, b, bi),
+        "data": (g, pk.n_blocks, data_blocks, shape.in_h, shape.in_w, b, hw.input_block),
         "weight": (g, pk.co_blocks, pk.ci_blocks, shape.kernel_h, shape.kernel_w, bo, bi),
         "channel_params": (g, pk.co_blocks, bo),
         "out": (g, pk.n_blocks, pk.co_blocks, shape.out_h, shape.out_w, b, bo),
@@ -115,19 +117,27 @@ def packed_conv2d_func(
     names = channel_param_names(activation)
     channel = {name: te.placeholder(shapes["channel_params"], "int32", name=name) for name in names}
     pt, pl = shape.pad_top, shape.pad_left
+    ci_blocks = shape.blocks(hw).ci_blocks
     padded_shape = (
-        *shapes["data"][:3],
+        *shapes["data"][:2],
+        ci_blocks,
         shape.in_h + pt + shape.pad_bottom,
         shape.in_w + pl + shape.pad_right,
-        *shapes["data"][5:],
+        hw.batch,
+        hw.block_in,
     )
+    gather, block, data_blocks = hw.input_gather, hw.input_block, shapes["data"][2]
 
     def padded(g, n, c, y, x, b, i):
         inside = tirx.all(y >= pt, y < shape.in_h + pt, x >= pl, x < shape.in_w + pl)
-        return tirx.if_then_else(inside, data[g, n, c, y - pt, x - pl, b, i], tirx.const(0, "int8"))
+        if gather == 1:
+            return tirx.if_then_else(inside, data[g, n, c, y - pt, x - pl, b, i], tirx.const(0, "int8"))
+        source = c * gather + i // block  # the layout's block holding lane i (past the last: zeros)
+        inside = tirx.all(inside, source < data_blocks)
+        return tirx.if_then_else(inside, data[g, n, source, y - pt, x - pl, b, i % block], tirx.const(0, "int8"))
 
     data_pad = te.compute(padded_shape, padded, name="data_pad")
-    rc = te.reduce_axis((0, shapes["data"][2]), name="ci_o")
+    rc = te.reduce_axis((0, ci_blocks), name="ci_o")
     rkh = te.reduce_axis((0, shape.kernel_h), name="kh")
     rkw = te.reduce_axis((0, shape.kernel_w), name="kw")
     ri = te.reduce_axis((0, hw.block_in), name="ci_i")
@@ -230,15 +240,17 @@ def check_footprint(used: dict[str, int], footprint: TileFootprint, hw, virtual_
 
 
 def pack_activation_te(x: te.Tensor, hw) -> te.Tensor:
-    """(G, N, C, H, W) int8 -> (G, N/b, C/bi, H, W, b, bi), zero-filling N and C up to blocks."""
+    """(G, N, C, H, W) int8 -> (G, N/b, C/bi, H, W, b, bi), bi = hw.input_block, zero-filling N
+    and C up to blocks."""
     g, n, c, h, w = (int(d) for d in x.shape)
-    nb, cb = -(-n // hw.batch), -(-c // hw.block_in)
+    block = hw.input_block
+    nb, cb = -(-n // hw.batch), -(-c // block)
 
     def packed(gi, no, co, y, xx, b, i):
-        row, chan = no * hw.batch + b, co * hw.block_in + i
+        row, chan = no * hw.batch + b, co * block + i
         return tirx.if_then_else(tirx.all(row < n, chan < c), x[gi, row, chan, y, xx], tirx.const(0, "int8"))
 
-    return te.compute((g, nb, cb, h, w, hw.batch, hw.block_in), packed, name="pack_activation")
+    return te.compute((g, nb, cb, h, w, hw.batch, block), packed, name="pack_activation")
 
 
 def pack_matmul_weight_te(wt: te.Tensor, hw) -> te.Tensor:

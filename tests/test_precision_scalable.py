@@ -4,6 +4,7 @@ layers are unchanged; the MACs cost the cited area and energy factors; numbers s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -24,6 +25,7 @@ from codesign.hardware import (
 from codesign.lowering import plan_accelerated_layer
 from codesign.pipeline import compile_model
 from codesign.reference import run_reference
+from codesign.schedules.cost_model import estimate, layer_features
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import Layer, select_tiling
 from codesign.schedules.packed_conv2d import count_gemm_uops
@@ -154,6 +156,28 @@ def test_int4_layers_take_half_the_gemm_micro_ops_and_compute_cycles():
     assert fused_timing.gemm_cycles - resets == (plain_timing.gemm_cycles - resets) / 2
     assert fused_timing.cycles < 0.75 * plain_timing.cycles  # compute-bound: the layer speeds up
     assert fused_timing.utilization(SCALABLE.for_layer_weights(4)) <= 1
+
+
+def test_int4_input_loads_gather_two_layout_blocks_per_element():
+    """The fused core reads the 16-channel blocks every layer's activations are stored in, two
+    per 32-lane element: each input-channel block is two DMA transfers of the same bytes in all,
+    and the analytic model counts them as the event simulation does."""
+    fused = SCALABLE.for_layer_weights(4)
+    assert (fused.input_gather, fused.input_block) == (2, PLAIN.block_in)
+    assert (SCALABLE.input_gather, PLAIN.for_layer_weights(4).input_gather) == (1, 1)
+    tiling = select_tiling(WIDE_CONV, SCALABLE, VTA_TUTORIAL_ALU, 4)
+    program = build_program(WIDE_CONV, tile_geometry(WIDE_CONV, tiling, fused), fused, VTA_TUTORIAL_ALU, 1)
+    loads = [ins for ins in program.instructions if ins.kind == "LOAD_INP"]
+    blocks = tiling.n_tile * tiling.ci_tile
+    assert all(ins.transfers == 2 * blocks for ins in loads)
+    rows, cols = WIDE_CONV.input_rows(tiling.h_tile), WIDE_CONV.input_cols(tiling.w_tile)
+    assert sum(ins.nbytes for ins in loads) <= len(loads) * blocks * rows * cols * fused.inp_elem_bytes
+    features = layer_features(WIDE_CONV, dataclasses.replace(tiling, virtual_threads=1), fused, VTA_TUTORIAL_ALU)
+    assert features["inp_transfers"][0] == 2 * blocks
+    analytic = estimate(features, fused.dram_latency_cycles, fused.dram_bytes_per_cycle, fused.alu_vectors_per_cycle)
+    event = simulate_program(program, fused)
+    assert analytic["dram_bytes"][0] == event.dram_bytes
+    assert analytic["cycles"][0] == pytest.approx(event.cycles, rel=0.05)
 
 
 def test_int8_layers_run_as_on_the_plain_core():

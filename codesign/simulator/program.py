@@ -4,8 +4,9 @@ Per output tile (virtual threads interleave their tiles step by step, as VTA's d
     load:    LOAD_UOP (first use of each micro-op kernel per thread; the runtime caches them)
     compute: GEMM_RESET
     per input-channel step:
-        load:    LOAD_INP (one 2-D transfer per batch/channel block; padding inserted by the
-                 DMA, not transferred), LOAD_WGT (one 2-D transfer)
+        load:    LOAD_INP (one 2-D transfer per batch/channel block, `input_gather` of them for
+                 a fused int4 core; padding inserted by the DMA, not transferred), LOAD_WGT
+                 (one 2-D transfer)
         compute: GEMM
     load:    LOAD_ACC per vector ALU operand (bias, multiplier, shift), needed only by the ALU
     compute: ALU ops of the requantization
@@ -150,9 +151,10 @@ class _ProgramWriter:
 
     def _load_input(self, tile: int, thread: int, deps: list[int]) -> Instruction:
         inp_window, hw = self.geometry.inp_window, self.hw
-        transfers = inp_window[0] * inp_window[1]
+        blocks = inp_window[0] * inp_window[1]
+        transfers = blocks * hw.input_gather  # a fused int4 core gathers each element from two layout blocks
         rows, cols = self.windows[tile]
-        nbytes = transfers * rows * cols * hw.inp_elem_bytes
+        nbytes = blocks * rows * cols * hw.inp_elem_bytes
         padding = inp_window[2] * inp_window[3] - rows * cols
         return Instruction(
             "LOAD_INP", LOAD, thread, nbytes, transfers, y_size=rows, x_size=cols, pad_elements=padding, deps=deps
