@@ -2,7 +2,8 @@
 
 An accelerated conv reads (1, N/b, C/bi, H, W, b, bi) and writes (1, N/b, O/bo, H, W, b, bo)
 (see schedules.packed_conv2d). When bi == bo, one conv's output is already the next conv's
-input, so the host need not unpack it to NCHW and pack it again. Elementwise int8 host ops
+input, so the host need not unpack it to NCHW and pack it again (an int4 layer on a
+precision-scalable core reads the same bo-wide blocks, two per fused element: `input_gather`). Elementwise int8 host ops
 (lookup tables, clamps, residual adds, squeeze-and-excitation gates) run on blocked tensors
 just as well, and so do the ops that work on each channel alone: depthwise convs on the host and
 global average pools. So a chain conv -> HardSwish -> conv, a residual block, or a MobileNet
