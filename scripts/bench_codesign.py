@@ -169,7 +169,7 @@ def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = Fal
     results: dict = {"float_accuracy": evaluator.float_accuracy(), "budget": case.budget}
     start = time.perf_counter()
     for objective in OBJECTIVES:
-        space = space_for(objective)
+        space = space_for(objective).for_layers(evaluator.layers, evaluator.prunable)  # as codesign tune has it
         evaluator.batches.space = space  # the objectives the batch evaluator reports
         per_seed = {"joint": [], "sequential": [], "joint_accuracy": [], "sequential_accuracy": []}
         for seed in range(seeds):
