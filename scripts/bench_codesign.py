@@ -113,24 +113,26 @@ def best(records, metric: str):
 
 
 def search(space, executor, layers, budget: int, seed: int, folder: Path, name: str) -> list:
+    """A bilevel run with its own database (`name`: objective, search and seed; a run that found
+    another's database would return that run's records)."""
     database = Database(folder / f"{name}.jsonl")
     return BilevelSearch().run(plan_bilevel(space, layers), database, executor, budget, seed, layers)
 
 
-def joint(space, executor, layers, budget, seed, folder) -> list:
-    return search(space, executor, layers, budget, seed, folder, f"joint-{seed}")
+def joint(space, executor, layers, budget, seed, folder, objective) -> list:
+    return search(space, executor, layers, budget, seed, folder, f"{objective}-joint-{seed}")
 
 
 def sequential(space, executor, layers, budget, seed, folder, objective) -> list:
     int8 = {name: (8 if name.endswith("weight_bits") else 0.0) for name in space.knobs if name.startswith("comp.")}
     int8_space = restricted(space, int8)
     hardware_budget = plan_bilevel(int8_space, layers).outer.size()  # the int8 profiles: 2 multiplier choices
-    hardware_first = search(int8_space, executor, layers, hardware_budget, seed, folder, f"seq-hw-{seed}")
+    hardware_first = search(int8_space, executor, layers, hardware_budget, seed, folder, f"{objective}-seq-hw-{seed}")
     chosen = best(hardware_first, objective)
     fixed = {name: value for name, value in chosen.config.items() if name.startswith("hw.")}
-    compression = search(
-        restricted(space, fixed), executor, layers, budget - hardware_budget, seed, folder, f"seq-comp-{seed}"
-    )
+    rest = budget - hardware_budget
+    name = f"{objective}-seq-comp-{seed}"
+    compression = search(restricted(space, fixed), executor, layers, rest, seed, folder, name)
     return hardware_first + compression
 
 
@@ -174,7 +176,7 @@ def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = Fal
         per_seed = {"joint": [], "sequential": [], "joint_accuracy": [], "sequential_accuracy": []}
         for seed in range(seeds):
             for name, records in (
-                ("joint", joint(space, executor, evaluator.layers, case.budget, seed, folder)),
+                ("joint", joint(space, executor, evaluator.layers, case.budget, seed, folder, objective)),
                 ("sequential", sequential(space, executor, evaluator.layers, case.budget, seed, folder, objective)),
             ):
                 winner = best(records, objective)
