@@ -44,7 +44,8 @@ class _LiveProgress:
         self.task = bar.add_task("", total=None)
 
     def stage(self, name: str, total: int | None) -> None:
-        self.bar.update(self.task, description=name, total=total, completed=0)
+        # Drawn at once: a stage shorter than the display's refresh period is still shown.
+        self.bar.update(self.task, description=name, total=total, completed=0, refresh=True)
 
     def advance(self) -> None:
         self.bar.advance(self.task)

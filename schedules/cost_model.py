@@ -33,8 +33,9 @@ cycles the edge tiles differ by can tip it; such layers are the model's largest 
 the event simulation (tests/test_cost_model_agreement.py). Over 24,000 sampled (design, layer,
 tiling) triples (scripts/bench_cost_model.py --seeds 1-30), 20 are beyond 5 % (up to 15.6 %), 19
 of them with two virtual threads and edge tiles; with every tile's window the mean, the event
-simulation gave the model's cycles within 0.4 % on the 7 such triples of an earlier scan. Closed form cannot follow the race tile by tile, so a caller that must be
-within 5 % on such a layer should time the model's best few tilings with the event simulation.
+simulation gave the model's cycles within 0.4 % on the 7 such triples of an earlier scan.
+Closed form cannot follow the race tile by tile, so a caller that must be within 5 % on such a
+layer should time the model's best few tilings with the event simulation.
 
 One tiling on one design runs on Python floats (`_Floats`), many on numpy arrays (`_Arrays`); the
 two give the same cycles.
