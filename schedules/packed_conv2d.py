@@ -2,6 +2,8 @@
 
 Layouts (VTA's): activations NCHW{batch}n{block_in}c with a leading group axis
 (G, N/b, C/bi, H, W, b, bi); weights OIHW{block_out}o{block_in}i (G, O/bo, I/bi, KH, KW, bo, bi).
+An int4 layer on a precision-scalable core (2 x block_in lanes) reads activations blocked as
+every other layer's, and its input load gathers two blocks per element (`input_gather`).
 The kernel pads on load into `local.inp_buffer`, stages weights in `local.wgt_buffer`,
 accumulates in `local.acc_buffer` through the GEMM intrinsic, and requantizes each output
 tile in the accumulator before storing it:
