@@ -58,10 +58,9 @@ class CoreGeometry:
         weights narrower than its inputs), whose 2 x block_in lanes read two of the block_in-wide
         blocks every layer's activations are stored in, so its input needs no repacking between
         layers; else 1. Its input DMA makes that many transfers per element row (the simulators
-        count them). Works on columns of designs too."""
-        fused = np.logical_and(self.precision_scalable, np.less(self.weight_bits, self.input_bits))
-        gather = np.where(fused, np.floor_divide(self.input_bits, self.weight_bits), 1)
-        return int(gather) if np.ndim(gather) == 0 else gather
+        count them)."""
+        fused = self.precision_scalable and self.weight_bits < self.input_bits
+        return self.input_bits // self.weight_bits if fused else 1
 
     @property
     def input_block(self):

@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -142,7 +141,7 @@ def ceiling(space, executor, layers, objective: str) -> dict:
     plan = plan_bilevel(space, layers)
     int8_keys = {plan.outer.key(anchor) for anchor in anchors(plan)}
     values: dict[tuple, float] = {}  # (profile key, hardware key) -> objective, feasible designs only
-    int8_hardware: dict[str, float] = {}
+    int8_hardware: dict[str, float] = {}  # hardware key (the multiplier included) -> the int8 profile's value
     for choices in itertools.product(*plan.outer.knobs.values()):
         profile = dict(zip(plan.outer.knobs, choices))
         profile_key = plan.outer.key(profile)
@@ -154,13 +153,13 @@ def ceiling(space, executor, layers, objective: str) -> dict:
             value = result["metrics"][objective]
             values[profile_key, hardware_key] = value
             if profile_key in int8_keys:
-                int8_hardware[hardware_key] = min(value, int8_hardware.get(hardware_key, float("inf")))
+                int8_hardware[hardware_key] = value
     joint_best = min(values.values())
     best_for_int8 = min(int8_hardware.values())
     chosen = {key for key, value in int8_hardware.items() if value == best_for_int8}  # ties: the sequential's best luck
     sequential_best = min(v for (_, hardware_key), v in values.items() if hardware_key in chosen)
     return {"joint": joint_best, "sequential": sequential_best, "ratio": sequential_best / joint_best,
-            "profiles": math.prod(len(c) for c in plan.outer.knobs.values()), "hardware": len(plan.inner)}  # fmt: skip
+            "profiles": plan.outer.size(), "hardware": len(plan.inner)}  # fmt: skip
 
 
 def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = False) -> dict:
@@ -238,18 +237,24 @@ def report(results: dict) -> None:
         for column in ("model", "objective", "designs", "best sequential", "best joint", "seq / joint"):
             table.add_column(column, justify="left" if column in ("model", "objective") else "right")
         for model, objective, c in ceilings:
-            scale, unit = (1e3, "ms") if objective == "latency" else (1e9, "nJ*s")
             table.add_row(
-                model, objective, f"{c['profiles']} x {c['hardware']}", f"{c['sequential'] * scale:.4g} {unit}",
-                f"{c['joint'] * scale:.4g} {unit}", f"{c['ratio']:.2f}x",
+                model, objective, f"{c['profiles']} x {c['hardware']}", _value(c["sequential"], objective),
+                _value(c["joint"], objective), f"{c['ratio']:.2f}x",
             )  # fmt: skip
         console.print(table)
 
 
+def _value(value: float, objective: str) -> str:
+    scale, unit = _UNITS[objective]
+    return f"{value * scale:.4g} {unit}"
+
+
 def _spread(values: list[float], objective: str) -> str:
-    scale, unit = (1e3, "ms") if objective == "latency" else (1e9, "nJ*s")
-    median = statistics.median(values) * scale
-    return f"{median:.4g} {unit} [{min(values) * scale:.4g}-{max(values) * scale:.4g}]"
+    scale, _ = _UNITS[objective]
+    return f"{_value(statistics.median(values), objective)} [{min(values) * scale:.4g}-{max(values) * scale:.4g}]"
+
+
+_UNITS = {"latency": (1e3, "ms"), "edp": (1e9, "nJ*s")}
 
 
 def main() -> None:
