@@ -214,14 +214,18 @@ def import_onnx(
     path: str | Path,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     input_values: dict[str, list[str]] | None = None,
+    emulate_dynamic_quantization: bool = False,
 ) -> ImportedModel:
+    """The model in Relax, its input shapes bound. `emulate_dynamic_quantization` imports an
+    onnxruntime-quantized model with its dynamic uint8 rounding (a reference to check the import
+    against onnxruntime) instead of the float model codesign quantizes."""
     model, sha256 = load_onnx(path)
     source = str(path)
     shapes = dict(input_shapes or {})
     widening_notes = widen_half_precision(model)
     frozen = freeze_inputs(model, input_values or {}, shapes, source)
     inputs = bind_input_shapes(model, {k: v for k, v in shapes.items() if k not in frozen}, source)
-    model, notes = prepare_static_graph(model, source)
+    model, notes = prepare_static_graph(model, source, emulate_dynamic_quantization)
     notes = widening_notes + notes
     mod = _from_onnx(model, inputs, source)
     output_names = [o.name for o in model.graph.output]
@@ -229,10 +233,12 @@ def import_onnx(
     return ImportedModel(mod, inputs, outputs, source, sha256, frozen, notes)
 
 
-def prepare_static_graph(model: onnx.ModelProto, source: str) -> tuple[onnx.ModelProto, list[str]]:
+def prepare_static_graph(
+    model: onnx.ModelProto, source: str, emulate_dynamic_quantization: bool = False
+) -> tuple[onnx.ModelProto, list[str]]:
     """The ONNX passes before the Relax frontend (input shapes already bound); returns notes for the user."""
     try:
-        notes = dequantize_model(model)
+        notes = dequantize_model(model, emulate_dynamic_quantization)
         model = fold_constants(model, source)
         make_padding_explicit(model)
         rewritten = expand_recurrent(model) + rewrite_convs(model)

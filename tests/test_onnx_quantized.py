@@ -233,6 +233,26 @@ def test_onnxruntime_fused_dynamic_ops(float_models, tmp_path, name):
     assert_matches(float_model, fused, rewritten, calibration_samples(float_model)[0])
 
 
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+@pytest.mark.parametrize("name", ["cnn", "matmul", "branches"])
+def test_emulated_dynamic_quantization_is_onnxruntime(float_models, name, per_channel):
+    """The reference import keeps onnxruntime's uint8 rounding of activations: it computes what
+    onnxruntime computes up to float rounding, much closer than the float model codesign compiles."""
+    path, float_model = float_models[name]
+    quantized_model = quantize(path, "dynamic", per_channel)
+    emulated = copy.deepcopy(quantized_model)
+    dequantize_model(emulated, emulate_dynamic=True)
+    onnx.checker.check_model(emulated, full_check=True)
+    rewritten, _ = dequantized(quantized_model)
+
+    for x in calibration_samples(float_model, count=3, seed=11):
+        expected = run(quantized_model, x)
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(run(emulated, x), expected, rtol=0, atol=1e-4 * scale)
+        unrounded_error = np.abs(run(rewritten, x) - expected).max()
+        assert np.abs(run(emulated, x) - expected).max() < unrounded_error / 20
+
+
 def test_matmul_integer_to_float():
     rng = np.random.default_rng(3)
     weight = rng.normal(0.0, 0.3, (16, 8)).astype(np.float32)
@@ -361,3 +381,24 @@ def test_unhandled_quantized_op_raises():
 
     with pytest.raises(ModelError, match=r"QAttention.*encoder_attention_0"):
         dequantize_model(model)
+
+
+def test_corpus_check_compares_a_dynamic_model_with_its_rounding(float_models, tmp_path):
+    """bench_models' float figure for an onnxruntime dynamically quantized model is its import with
+    the rounding emulated (onnxruntime's own arithmetic); a note gives the compiled float model's."""
+    from codesign.corpus import CorpusModel, check_model
+    from codesign.hardware import load_hardware
+
+    path, _ = float_models["cnn"]
+    onnx.save(quantize(path, "dynamic", per_channel=False), tmp_path / "cnn_dynamic.onnx")
+    model = CorpusModel(
+        "cnn_dynamic", tmp_path / "cnn_dynamic.onnx", "test", "onnxruntime", "", {"x": (1, 3, 16, 16)}, {},
+        {"x": "random"}, classifier=True,
+    )  # fmt: skip
+
+    check = check_model(model, load_hardware("vta_default"), calibration_samples=4, eval_samples=2)
+
+    assert check.compiled, check.blocker
+    assert check.float_cosine[0] >= 0.99999
+    note = next(note for note in check.notes if "rounding emulated" in note)
+    assert float(note.rsplit(" ", 3)[-3]) < check.float_cosine[0]

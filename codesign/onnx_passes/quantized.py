@@ -12,6 +12,10 @@ quantized is rewritten into float ONNX ops first, and codesign then re-quantizes
   integer arithmetic (ConvInteger, MatMulInteger, Casts, scale multiplications), carried out in float,
   computes exactly the float op on x with the dequantized weights. A bias the model rounds to integers
   (Floor / Round before a Cast to int) keeps its exact float value. DynamicQuantizeLSTM becomes a float LSTM.
+  With `emulate_dynamic=True` (a reference, not what codesign compiles), DynamicQuantizeLinear computes
+  its scale, zero point and uint8 values in float ops as onnxruntime does, and the model's roundings
+  (its biases' Floor) are kept, so the float model reproduces onnxruntime's arithmetic up to float
+  rounding (not the per-step rounding inside DynamicQuantizeLSTM, which becomes a float LSTM).
 
 Any other quantized op raises ModelError.
 """
@@ -96,15 +100,20 @@ _QLINEAR_SIMPLE = {
 }
 
 
-def dequantize_model(model: onnx.ModelProto) -> list[str]:
+def dequantize_model(model: onnx.ModelProto, emulate_dynamic: bool = False) -> list[str]:
     """Rewrite, in place, every quantized op into float ONNX ops. Returns one human-readable note per
     kind of rewrite done (e.g. 'dequantized 21 ConvInteger, 1 MatMulInteger and 22 DynamicQuantizeLinear
     nodes (onnxruntime dynamic quantization): codesign re-quantizes the float model'), empty if nothing
     was quantized."""
     if not any(_is_quantized(node) for node in _all_nodes(model.graph)):
         return []
-    counts = _Rewriter(model).run()
+    counts = _Rewriter(model, emulate_dynamic).run()
     return _notes(counts)
+
+
+def is_dynamically_quantized(model: onnx.ModelProto) -> bool:
+    """Does the model quantize activations at run time (onnxruntime's dynamic quantization)?"""
+    return any(node.op_type in _DYNAMIC_OPS for node in _all_nodes(model.graph))
 
 
 def _is_quantized(node: onnx.NodeProto) -> bool:
@@ -187,8 +196,9 @@ class _Rewriter:
       (DynamicQuantizeLinear's output is x itself with scale 1 and zero point 0).
     """
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, emulate_dynamic: bool = False):
         self.model = model
+        self.emulate_dynamic = emulate_dynamic
         self.graph = model.graph
         self.opsets = {opset.domain or "": opset.version for opset in model.opset_import}
         self.opset = self.opsets.get("", self.opsets.get("ai.onnx", 1))
@@ -337,7 +347,8 @@ class _Rewriter:
             if producer.op_type == "Cast" and _attribute(producer, "to") in _INTEGER_TYPES:
                 source = producer.input[0]
                 rounding = self.producer.get(source)
-                if rounding is not None and rounding.op_type in _ROUNDING and not rounding.domain:
+                dropped = rounding is not None and rounding.op_type in _ROUNDING and not rounding.domain
+                if dropped and not self.emulate_dynamic:
                     source = rounding.input[0]
                 return self.emit("Cast", [source], hint=f"{name}_float", to=FLOAT)
             if producer.op_type in _DATA_MOVEMENT:
@@ -445,12 +456,39 @@ class _Rewriter:
 
     def _dynamic_quantize_linear(self, node: onnx.NodeProto) -> None:
         y, y_scale, y_zero_point = [*node.output, "", ""][:3]
+        if self.emulate_dynamic:
+            self._emulated_dynamic_quantization(self.resolve(node.input[0]), y, y_scale, y_zero_point)
+            return
         self.alias[y] = self.resolve(node.input[0])
         self.exact.add(y)
         if y_scale:
             self.add_const(np.array(1.0, np.float32), y_scale, exact_name=True)
         if y_zero_point:
             self.add_const(np.array(0.0, np.float32), y_zero_point, exact_name=True)
+
+    def _emulated_dynamic_quantization(self, x: str, y: str, y_scale: str, y_zero_point: str) -> None:
+        """DynamicQuantizeLinear as onnxruntime computes it, in float ops: the range widened to hold
+        0, scale = range / 255 (1 for an empty range), zero point and values rounded half to even and
+        saturated to [0, 255]; y and its zero point hold those integers in float."""
+        zero = self.add_const(np.array(0.0, np.float32), f"{y}_zero")
+        top = self.add_const(np.array(255.0, np.float32), f"{y}_top")
+        low = self.emit("Min", [self.emit("ReduceMin", [x], hint=f"{y}_min", keepdims=0), zero], hint=f"{y}_low")
+        high = self.emit("Max", [self.emit("ReduceMax", [x], hint=f"{y}_max", keepdims=0), zero], hint=f"{y}_high")
+        span = self.emit("Sub", [high, low], hint=f"{y}_span")
+        empty = self.emit("Equal", [span, zero], hint=f"{y}_empty")
+        one = self.add_const(np.array(1.0, np.float32), f"{y}_one")
+        step = self.emit("Div", [span, top], hint=f"{y}_step")
+        scale = self.emit("Where", [empty, one, step], y_scale or None, hint=f"{y}_scale")
+        offset = self.emit("Neg", [self.emit("Div", [low, scale], hint=f"{y}_low_steps")], hint=f"{y}_offset")
+        clipped = self.emit("Clip", [offset, zero, top], hint=f"{y}_zp_clipped")
+        zero_point = self.emit("Round", [clipped], hint=f"{y}_zp")
+        steps = self.emit("Round", [self.emit("Div", [x, scale], hint=f"{y}_steps")], hint=f"{y}_rounded")
+        shifted = self.emit("Add", [steps, zero_point], hint=f"{y}_shifted")
+        self.alias[y] = self.emit("Clip", [shifted, zero, top], hint=f"{y}_q")
+        self.exact.add(y)
+        if y_zero_point:
+            self.alias[y_zero_point] = zero_point
+            self.exact.add(y_zero_point)
 
     def _conv_integer(self, node: onnx.NodeProto) -> None:
         x = self.offset(node.input[0], _input(node, 2), 1)
