@@ -1,8 +1,9 @@
 """The work a node of the integer program leaves on the host CPU: (operations, bytes moved).
 
-Reshapes are free (views); layout and elementwise ops move their inputs and outputs and do one
-to a few operations per element; float ops with transcendental functions (softmax, layer norm,
-GELU ...) count more per element; host convolutions count 2 per MAC. Accelerated layers add the
+Reshapes are free (views), and so are a tuple's parts and a split into contiguous blocks; layout
+and elementwise ops move their inputs and outputs and do one to a few operations per element;
+float ops with transcendental functions (softmax, layer norm, GELU ...) count more per element;
+host convolutions count 2 per MAC. Accelerated layers add the
 host's packing of their input and unpacking of their output, where `codesign.packed_layout`
 says the module converts (a chained layer reads and writes the blocked layout as is), and
 elementwise ops on blocked tensors move their padded sizes. Lowering records it in each
@@ -50,12 +51,19 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
         weight = node.source.layer.weight
         reduction = weight[0].size if node.source.layer.kind == "conv2d" else inputs[0].shape[-1]
         return 2.0 * out * reduction, moved
-    if op in FREE_OPS:
+    if op in FREE_OPS or op == "TupleGetItem" or (op == "split" and _splits_into_views(node, inputs[0].shape)):
         return 0.0, 0.0
     if op == "max_pool2d":
         window = math.prod(int(k) for k in node.source.call.attrs.pool_size)
         return float(out * window), moved
     return float(max(out, sum(_elements(i.shape) for i in inputs)) * _ops_per_element(node, op)), moved
+
+
+def _splits_into_views(node, in_shape) -> bool:
+    """Does a split cut contiguous blocks (every axis before its own of length 1, e.g. channels
+    at batch 1), so that its parts are views of its input?"""
+    axis = int(node.source.call.attrs.axis) % len(in_shape)
+    return all(size == 1 for size in in_shape[:axis])
 
 
 def _ops_per_element(node, op: str) -> int:

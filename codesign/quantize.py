@@ -75,6 +75,8 @@ INT8_PASSTHROUGH_OPS = {
     "relax.squeeze",
     "relax.expand_dims",
     "relax.nn.max_pool2d",
+    "relax.split",  # its parts (TupleGetItem) keep the scale: YOLOv8's C2f blocks split a conv's output
+    "TupleGetItem",
 }
 
 

@@ -7,6 +7,7 @@ for bit. Float host ops (softmax, layer norm, ...) are outside its scope: it rai
 from __future__ import annotations
 
 import numpy as np
+import tvm
 
 from codesign.graph import channel_shaped
 from codesign.quantize import QNode, QuantizedGraph
@@ -116,6 +117,13 @@ def max_pool2d(x: np.ndarray, attrs, out_shape) -> np.ndarray:
     return out
 
 
+def split(x: np.ndarray, attrs) -> tuple[np.ndarray, ...]:
+    """relax.split: into equal sections (an int) or at the given indices."""
+    sections = attrs.indices_or_sections
+    points = int(sections) if isinstance(sections, int | tvm.tirx.IntImm) else [int(i) for i in sections]
+    return tuple(np.split(x, points, axis=int(attrs.axis) % x.ndim))
+
+
 def passthrough(node: QNode, x: np.ndarray) -> np.ndarray:
     op = node.source.op
     if op in ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims"):
@@ -125,6 +133,10 @@ def passthrough(node: QNode, x: np.ndarray) -> np.ndarray:
         return np.transpose(x, None if axes is None else [int(a) for a in axes])
     if op == "relax.nn.max_pool2d":
         return max_pool2d(x, node.source.call.attrs, node.shape)
+    if op == "relax.split":
+        return split(x, node.source.call.attrs)
+    if op == "TupleGetItem":
+        return x[node.source.call.index]
     if op == "relax.image.resize2d":  # nearest, whole factors (quantize.is_nearest_upsample)
         factor_h, factor_w = node.shape[2] // x.shape[2], node.shape[3] // x.shape[3]
         return x.repeat(factor_h, axis=2).repeat(factor_w, axis=3)

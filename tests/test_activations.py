@@ -98,10 +98,16 @@ def test_activations_run_as_int8_tables_not_float(compiled):
 
 def test_module_equals_integer_reference_and_tracks_float(compiled):
     path, result = compiled
+    assert_exact_and_close(path, result, first_seed=100)
+
+
+def assert_exact_and_close(path, result, first_seed: int, count: int = 3) -> None:
+    """On `count` random inputs the module equals the numpy integer program and stays within
+    cosine 0.99 of onnxruntime."""
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
     session = ort.InferenceSession(str(path))
-    for seed in range(3):
-        x = np.random.default_rng(100 + seed).standard_normal((1, CHANNELS, 8, 8)).astype(np.float32)
+    for seed in range(first_seed, first_seed + count):
+        x = np.random.default_rng(seed).standard_normal((1, CHANNELS, 8, 8)).astype(np.float32)
         ours = vm["main"](tvm.runtime.tensor(x)).numpy()
         assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
         assert cosine(ours, session.run(None, {"x": x})[0]) > 0.99
@@ -166,6 +172,52 @@ def test_nearest_upsample_moves_int8_data(tmp_path):
     ours = vm["main"](tvm.runtime.tensor(x)).numpy()
     assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
     assert cosine(ours, ort.InferenceSession(str(path)).run(None, {"x": x})[0]) > 0.99
+
+
+def c2f_model(path):
+    """YOLOv8's C2f block: conv -> SiLU -> Split into halves -> conv -> SiLU on the second half,
+    added to it -> concat of both halves and the sum -> 1x1 conv."""
+    half = CHANNELS // 2
+    first, w0 = _conv("w0", "x", "c0")
+    w1 = numpy_helper.from_array((RNG.standard_normal((half, half, 3, 3)) * 0.2).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((RNG.standard_normal((CHANNELS, 3 * half, 1, 1)) * 0.2).astype(np.float32), "w2")
+    sizes = numpy_helper.from_array(np.array([half, half], np.int64), "sizes")
+    nodes = [
+        first,
+        helper.make_node("Sigmoid", ["c0"], ["s0"]),
+        helper.make_node("Mul", ["c0", "s0"], ["a0"]),
+        helper.make_node("Split", ["a0", "sizes"], ["left", "right"], axis=1),
+        helper.make_node("Conv", ["right", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c1"], ["s1"]),
+        helper.make_node("Mul", ["c1", "s1"], ["a1"]),
+        helper.make_node("Add", ["right", "a1"], ["sum"]),
+        helper.make_node("Concat", ["left", "right", "sum"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "w2"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
+    graph = helper.make_graph(nodes, "c2f", [x], [y], [w0, w1, w2, sizes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_split_halves_stay_int8(tmp_path):
+    """The split's parts keep their producer's scale: the SiLU before it is a table, the residual
+    add and the concat run in integers, nothing is dequantized but the output, and the parts
+    cost the host nothing (views of the split's input at batch 1)."""
+    from codesign.host_work import node_work
+
+    path = c2f_model(tmp_path / "c2f.onnx")
+    np.save(tmp_path / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, 8, 8)).astype(np.float32))
+    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calib.npy", warn=lambda m: None)
+    nodes = result.qgraph.nodes
+    ops = {n.source.op if n.op == "passthrough" else n.op for n in nodes.values()}
+    assert {"relax.split", "TupleGetItem", "lut", "add", "concat"} <= ops
+    assert "float" not in ops and [n.op for n in nodes.values()].count("dequantize") == 1
+    parts = [n for n in nodes.values() if n.op == "passthrough"]
+    assert all(n.dtype == "int8" and n.scale == nodes["multiply_0"].scale for n in parts)
+    assert all(node_work(n, result.qgraph) == (0.0, 0.0) for n in parts)
+    assert_exact_and_close(path, result, first_seed=200)
 
 
 # The ALU programs (opcodes in order) of codesign.plan.layer_alu_ops for this file's bias-free
