@@ -352,8 +352,8 @@ class _Quantizer:
         op = self.graph.nodes[user].op
         if op == "gemm":
             return True
-        transparent = op in INT8_PASSTHROUGH_OPS or op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat")
-        transparent = transparent or is_nearest_upsample(self.graph.nodes[user], self.graph)
+        transparent = op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat")
+        transparent = transparent or moves_int8(self.graph.nodes[user], self.graph)
         return transparent and self.wants_int8(user)
 
     def drop_fused_names(self, outputs: list[str]) -> list[str]:
@@ -519,7 +519,7 @@ class _Quantizer:
             return True if chained or self.rescales_channels(node, producer) else None
         if node.op == "relax.mean":
             return True if self.rescales_channels(node, producer) else None
-        if node.op in INT8_PASSTHROUGH_OPS or node.op == "relax.concat":
+        if moves_int8(node, self.graph) or node.op == "relax.concat":
             return None
         return False  # a float op, read through a dequantize
 
@@ -587,7 +587,7 @@ class _Quantizer:
         if root is not None:
             return self.fuse_activation(node, root) or self.lower_lut(node, root)
         int8_inputs = all(self.nodes[i].dtype == "int8" for i in node.inputs)
-        moves_data = node.op in INT8_PASSTHROUGH_OPS or is_nearest_upsample(node, self.graph)
+        moves_data = moves_int8(node, self.graph)
         if moves_data and len(node.inputs) == 1 and int8_inputs:
             producer = self.nodes[node.inputs[0]]
             return QNode(node.name, "passthrough", node.inputs, node.shape, "int8", producer.scale, source=node)
@@ -776,6 +776,11 @@ NEAREST_REPEAT_MODES = {
     ("half_pixel", "round_prefer_floor"),
     ("half_pixel", "round_prefer_ceil"),
 }
+
+
+def moves_int8(node: Node, graph: Graph) -> bool:
+    """Does the op only move its input's values (so it runs on int8 data at the input's scale)?"""
+    return node.op in INT8_PASSTHROUGH_OPS or is_nearest_upsample(node, graph)
 
 
 def is_nearest_upsample(node: Node, graph: Graph) -> bool:

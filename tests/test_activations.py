@@ -101,13 +101,13 @@ def test_module_equals_integer_reference_and_tracks_float(compiled):
     assert_exact_and_close(path, result, first_seed=100)
 
 
-def assert_exact_and_close(path, result, first_seed: int, count: int = 3) -> None:
+def assert_exact_and_close(path, result, first_seed: int, count: int = 3, size: int = 8) -> None:
     """On `count` random inputs the module equals the numpy integer program and stays within
     cosine 0.99 of onnxruntime."""
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
     session = ort.InferenceSession(str(path))
     for seed in range(first_seed, first_seed + count):
-        x = np.random.default_rng(seed).standard_normal((1, CHANNELS, 8, 8)).astype(np.float32)
+        x = np.random.default_rng(seed).standard_normal((1, CHANNELS, size, size)).astype(np.float32)
         ours = vm["main"](tvm.runtime.tensor(x)).numpy()
         assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
         assert cosine(ours, session.run(None, {"x": x})[0]) > 0.99
@@ -120,6 +120,19 @@ def test_table_is_the_quantized_float_function(compiled):
     x = np.arange(-128, 128).astype(np.float32) * x_scale  # one row per channel where scales are per channel
     expected = quantize_float32(np.tanh(x), tanh.scale).reshape(tanh.params["table"].shape)
     assert np.abs(tanh.params["table"].astype(int) - expected.astype(int)).max() <= 1  # tanh's float rounding
+
+
+def compile_block(folder, name: str, nodes, inits, out_shape, size: int = 8):
+    """A graph from x [1, CHANNELS, size, size] to y, saved and compiled for vta_default with
+    calibration on random inputs: (its path, the CompileResult)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, size, size])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))
+    path = folder / f"{name}.onnx"
+    graph = helper.make_graph(nodes, name, [x], [y], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    np.save(folder / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, size, size)).astype(np.float32))
+    result = compile_model(path, load_hardware("vta_default"), calibration=folder / "calib.npy", warn=lambda m: None)
+    return path, result
 
 
 def test_concat_of_int8_branches_rescales_each_in_integers(tmp_path):
@@ -137,20 +150,10 @@ def test_concat_of_int8_branches_rescales_each_in_integers(tmp_path):
         helper.make_node("Mul", ["b0", "four"], ["b"]),
         helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
     ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
-    graph = helper.make_graph(nodes, "csp", [x], [y], inits)
-    path = tmp_path / "csp.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    np.save(tmp_path / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, 8, 8)).astype(np.float32))
-    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calib.npy", warn=lambda m: None)
+    path, result = compile_block(tmp_path, "csp", nodes, inits, [1, CHANNELS, 8, 8])
     concat = next(n for n in result.qgraph.nodes.values() if n.op == "concat")
     assert len(set(concat.params["multipliers"])) == 2  # the branches had different scales
-    vm = relax.VirtualMachine(result.executable, tvm.cpu())
-    x = np.random.default_rng(3).standard_normal((1, CHANNELS, 8, 8)).astype(np.float32)
-    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
-    assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
-    assert cosine(ours, ort.InferenceSession(str(path)).run(None, {"x": x})[0]) > 0.99
+    assert_exact_and_close(path, result, first_seed=3, count=1)
 
 
 def test_nearest_upsample_moves_int8_data(tmp_path):
@@ -159,22 +162,12 @@ def test_nearest_upsample_moves_int8_data(tmp_path):
     second, w1 = _conv("w1", "up", "y")
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
     resize = helper.make_node("Resize", ["a", "", "scales"], ["up"], mode="nearest")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 4, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
-    graph = helper.make_graph([first, resize, second], "fpn", [x], [y], [w0, w1, scales])
-    path = tmp_path / "fpn.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    np.save(tmp_path / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, 4, 4)).astype(np.float32))
-    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calib.npy", warn=lambda m: None)
+    path, result = compile_block(tmp_path, "fpn", [first, resize, second], [w0, w1, scales], [1, CHANNELS, 8, 8], 4)
     assert [n.op for n in result.qgraph.nodes.values()].count("passthrough") == 1
-    vm = relax.VirtualMachine(result.executable, tvm.cpu())
-    x = np.random.default_rng(4).standard_normal((1, CHANNELS, 4, 4)).astype(np.float32)
-    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
-    assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
-    assert cosine(ours, ort.InferenceSession(str(path)).run(None, {"x": x})[0]) > 0.99
+    assert_exact_and_close(path, result, first_seed=4, count=1, size=4)
 
 
-def c2f_model(path):
+def c2f_block():
     """YOLOv8's C2f block: conv -> SiLU -> Split into halves -> conv -> SiLU on the second half,
     added to it -> concat of both halves and the sum -> 1x1 conv."""
     half = CHANNELS // 2
@@ -194,11 +187,7 @@ def c2f_model(path):
         helper.make_node("Concat", ["left", "right", "sum"], ["cat"], axis=1),
         helper.make_node("Conv", ["cat", "w2"], ["y"]),
     ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
-    graph = helper.make_graph(nodes, "c2f", [x], [y], [w0, w1, w2, sizes])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    return path
+    return nodes, [w0, w1, w2, sizes]
 
 
 def test_split_halves_stay_int8(tmp_path):
@@ -207,9 +196,7 @@ def test_split_halves_stay_int8(tmp_path):
     cost the host nothing (views of the split's input at batch 1)."""
     from codesign.host_work import node_work
 
-    path = c2f_model(tmp_path / "c2f.onnx")
-    np.save(tmp_path / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, 8, 8)).astype(np.float32))
-    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calib.npy", warn=lambda m: None)
+    path, result = compile_block(tmp_path, "c2f", *c2f_block(), [1, CHANNELS, 8, 8])
     nodes = result.qgraph.nodes
     ops = {n.source.op if n.op == "passthrough" else n.op for n in nodes.values()}
     assert {"relax.split", "TupleGetItem", "lut", "add", "concat"} <= ops
