@@ -3,12 +3,12 @@
 Reshapes are free (views), and so are a tuple's parts and a split into contiguous blocks; layout
 and elementwise ops move their inputs and outputs and do one to a few operations per element;
 float ops with transcendental functions (softmax, layer norm, GELU ...) count more per element;
-host convolutions count 2 per MAC. Accelerated layers add the
-host's packing of their input and unpacking of their output, where `codesign.packed_layout`
-says the module converts (a chained layer reads and writes the blocked layout as is), and
-elementwise ops on blocked tensors move their padded sizes. Lowering records it in each
-LayerPlan; `host_seconds` turns it into time, priced by the description's [host] (the simulator
-uses it, and quantization to place narrow-group convs):
+host convolutions count 2 per MAC. Accelerated layers add the host's packing of their input and
+unpacking of their output, where `codesign.packed_layout` says the module converts (a chained
+layer reads and writes the blocked layout as is), and elementwise ops on blocked tensors move
+their padded sizes. Lowering records it in each LayerPlan; `host_seconds` turns it into time,
+priced by the description's [host] (the simulator uses it, and quantization to place
+narrow-group convs):
 
     seconds = overhead + max(ops / (clock * ops_per_cycle), bytes / (clock * bytes_per_cycle))
 
