@@ -19,9 +19,8 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-import tvm
 
-from codesign.graph import Graph, Node
+from codesign.graph import Graph, Node, split_points
 
 CHUNK_BYTES = 256 << 20  # activations of the samples run together, at most (about)
 MAX_CHUNK_SAMPLES = 16
@@ -208,10 +207,7 @@ def _batch_norm(node: Node, operands: list[np.ndarray]) -> np.ndarray:
 def _split(node: Node, x: np.ndarray) -> tuple[np.ndarray, ...]:
     """relax.split: into equal sections (an int) or at the given indices, along the node's axis."""
     attrs = node.call.attrs
-    axis = _shifted_axis(int(attrs.axis), x.ndim)
-    sections = attrs.indices_or_sections
-    points = int(sections) if isinstance(sections, int | tvm.tirx.IntImm) else [int(i) for i in sections]
-    return tuple(np.split(x, points, axis=axis))
+    return tuple(np.split(x, split_points(attrs), axis=_shifted_axis(int(attrs.axis), x.ndim)))
 
 
 def _slice_ints(slot) -> list[int]:

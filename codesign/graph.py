@@ -389,3 +389,9 @@ def _rename_layers(graph: Graph) -> None:
         node.name = renames.get(node.name, node.name)
         node.inputs = [renames.get(i, i) for i in node.inputs]
     graph.outputs = [renames.get(o, o) for o in graph.outputs]
+
+
+def split_points(attrs) -> int | list[int]:
+    """relax.split's sections as np.split takes them: a count of equal parts, or the indices."""
+    sections = attrs.indices_or_sections
+    return int(sections) if isinstance(sections, int | tvm.tirx.IntImm) else [int(i) for i in sections]

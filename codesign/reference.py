@@ -7,9 +7,8 @@ for bit. Float host ops (softmax, layer norm, ...) are outside its scope: it rai
 from __future__ import annotations
 
 import numpy as np
-import tvm
 
-from codesign.graph import channel_shaped
+from codesign.graph import channel_shaped, split_points
 from codesign.quantize import QNode, QuantizedGraph
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -119,9 +118,7 @@ def max_pool2d(x: np.ndarray, attrs, out_shape) -> np.ndarray:
 
 def split(x: np.ndarray, attrs) -> tuple[np.ndarray, ...]:
     """relax.split: into equal sections (an int) or at the given indices."""
-    sections = attrs.indices_or_sections
-    points = int(sections) if isinstance(sections, int | tvm.tirx.IntImm) else [int(i) for i in sections]
-    return tuple(np.split(x, points, axis=int(attrs.axis) % x.ndim))
+    return tuple(np.split(x, split_points(attrs), axis=int(attrs.axis) % x.ndim))
 
 
 def passthrough(node: QNode, x: np.ndarray) -> np.ndarray:
