@@ -117,6 +117,13 @@ def compile_command(
             help="Activation ranges: max, percentile (99.99), entropy (KL) or mse (least squared error).",
         ),
     ] = "max",
+    bias_correction: Annotated[
+        bool,
+        typer.Option(
+            "--bias-correction/--no-bias-correction",
+            help="Correct each layer's bias for the mean error quantization leaves, on the calibration data.",
+        ),
+    ] = True,
     explain: Annotated[
         bool, typer.Option("--explain", help="Print each tensor's quantization error on the calibration data.")
     ] = False,
@@ -153,6 +160,7 @@ def compile_command(
             compression=compression_choices,
             input_values=parse_input_values(input_value),
             calibration_method=calibration_method,
+            bias_correction=bias_correction,
             run_here=False,
         )
         write_module(result, out)

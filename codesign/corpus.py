@@ -336,7 +336,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_model(
-    model: CorpusModel, hw, calibration_samples: int = 16, eval_samples: int = 4, calibration_method: str = "max"
+    model: CorpusModel,
+    hw,
+    calibration_samples: int = 16,
+    eval_samples: int = 4,
+    calibration_method: str = "max",
+    bias_correction: bool = True,
 ) -> ModelCheck:
     """Compile with calibration on realistic inputs, run `eval_samples` other ones, compare with
     onnxruntime (float) and simulate (analytic model)."""
@@ -364,6 +369,7 @@ def check_model(
             result = compile_model(
                 model.path, hw, model.input_shapes, calibration, calibration_samples,
                 warn=notes.append, input_values=model.input_values, calibration_method=calibration_method,
+                bias_correction=bias_correction,
             )  # fmt: skip
         except CodesignError as err:
             return ModelCheck(model.name, False, str(err).splitlines()[0], notes=notes)

@@ -239,7 +239,11 @@ def _clamp(x: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
 
 
 def _gemm(node: Node, args: list[np.ndarray]) -> np.ndarray:
-    layer = node.layer
+    return _clamp(gemm_before_clamp(node.layer, args), node.layer.clamp)
+
+
+def gemm_before_clamp(layer, args: list[np.ndarray]) -> np.ndarray:
+    """A GEMM layer's output before its folded ReLU / Clip (sample stacks in and out)."""
     if layer.kind == "conv2d":
         y = conv2d(args[0], layer.weight, layer.strides, layer.padding, layer.dilation, layer.groups)
         bias_shape = (1, 1, -1, 1, 1)
@@ -254,7 +258,7 @@ def _gemm(node: Node, args: list[np.ndarray]) -> np.ndarray:
         y = y * np.float32(layer.out_scale)
     if layer.bias is not None:
         y = y + layer.bias.astype(np.float32).reshape(bias_shape)
-    return _clamp(y, layer.clamp)
+    return y
 
 
 COLUMNS_BUFFER_BYTES = 8 << 20  # im2col columns made at once: a few images of a large layer

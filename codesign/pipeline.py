@@ -5,6 +5,7 @@ import_onnx     ONNX file                  -> ImportedModel   (codesign.importer
 extract_graph   ImportedModel              -> Graph           (codesign.graph)
 tensor_ranges   Graph + calibration inputs -> ranges          (codesign.calibration)
 quantize_graph  Graph + ranges + hardware  -> QuantizedGraph  (codesign.quantize)
+correct_biases  QuantizedGraph + inputs    -> QuantizedGraph  (codesign.bias_correction)
 lower_to_relax  QuantizedGraph + hardware  -> LoweredModel    (codesign.lowering)
 build           LoweredModel               -> TVM executable  (codesign.tvm_build)
 write_module    everything above           -> OUT/            (codesign.deploy)
@@ -23,6 +24,7 @@ import numpy as np
 import tvm
 
 from codesign import progress
+from codesign.bias_correction import correct_biases
 from codesign.calibration import cached_tensor_ranges, load_samples, random_samples
 from codesign.compression import CompressionConfig, resolve_compression
 from codesign.errors import ModelError, UsageError
@@ -74,6 +76,7 @@ def quantize_model(
     warn=lambda message: print(message, file=sys.stderr),
     compression: CompressionConfig | None = None,
     calibration_method: str = "max",
+    bias_correction: bool = True,
 ) -> tuple[Graph, QuantizedGraph, dict]:
     compression = compression or CompressionConfig()
     graph = extract_graph(imported)
@@ -101,7 +104,10 @@ def quantize_model(
     config = QuantConfig.for_hardware(
         hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold
     )
-    return graph, quantize_graph(graph, ranges, config), calibration_info
+    qgraph = quantize_graph(graph, ranges, config)
+    corrected = correct_biases(qgraph, graph, imported, samples) if bias_correction else []
+    calibration_info["bias_corrected_layers"] = len(corrected)
+    return graph, qgraph, calibration_info
 
 
 def memory_limit() -> int:
@@ -179,6 +185,7 @@ def compile_model(
     compression: CompressionConfig | None = None,
     input_values: dict[str, list[str]] | None = None,
     calibration_method: str = "max",
+    bias_correction: bool = True,
     imported: ImportedModel | None = None,  # `model` already imported (with these shapes and values): reused
     kernel_per_module: bool = False,  # see tvm_build.build_executable: for a process building many variants
     run_here: bool = True,  # False: the executable is only exported (no machine code made in memory)
@@ -192,8 +199,9 @@ def compile_model(
 
     start = time.perf_counter()
     graph, qgraph, calibration_info = quantize_model(
-        imported, hw, calibration, calibration_samples, weight_bits, warn, compression, calibration_method
-    )
+        imported, hw, calibration, calibration_samples, weight_bits, warn, compression, calibration_method,
+        bias_correction,
+    )  # fmt: skip
     seconds["quantize"] = time.perf_counter() - start
     compression = resolve_compression(compression or CompressionConfig(), graph)
 

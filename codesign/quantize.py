@@ -166,6 +166,8 @@ class QuantizedGraph:
     inputs: list[str]
     outputs: list[str]
     config: QuantConfig
+    # GEMM layer -> the real value of one unit of its accumulator, per output channel
+    acc_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def gemm_nodes(self) -> list[QNode]:
         return [n for n in self.nodes.values() if n.op in ("conv2d", "matmul")]
@@ -315,7 +317,7 @@ class _Quantizer:
         outputs = [self.as_float(name) for name in self.graph.outputs]
         self.fill_lookup_tables()
         outputs = self.drop_fused_names(outputs)
-        qgraph = QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config)
+        qgraph = QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config, self.acc_scales)
         remove_dead(qgraph)  # e.g. the intermediate steps of a tabulated chain
         return qgraph
 

@@ -55,29 +55,34 @@ def gemm_output(acc: np.ndarray, p: dict, channel_axis: int) -> np.ndarray:
 
 
 def conv2d_accumulate(x: np.ndarray, w: np.ndarray, strides, padding, groups: int, dilation=(1, 1)) -> np.ndarray:
-    """int8 NCHW x int8 OIHW -> int64 NCHW accumulators."""
+    """int8 NCHW x int8 OIHW -> int64 NCHW accumulators.
+
+    Summed in float64 (BLAS), which is exact: every partial sum is an integer far below 2**53
+    (|int8 x int8| <= 2**14, so 2**39 products would be needed to reach it)."""
     n, _c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     top, left, bottom, right = padding
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
     out_h = (h + top + bottom - (kh - 1) * dilation[0] - 1) // strides[0] + 1
     out_w = (wd + left + right - (kw - 1) * dilation[1] - 1) // strides[1] + 1
     og = o // groups
-    acc = np.zeros((n, o, out_h, out_w), dtype=np.int64)
-    w64 = w.astype(np.int64)
-    for g in range(groups):
-        xs = xp[:, g * cg : (g + 1) * cg]
-        for i in range(kh):
-            for j in range(kw):
-                y0, x0 = i * dilation[0], j * dilation[1]
-                patch = xs[
-                    :,
-                    :,
-                    y0 : y0 + (out_h - 1) * strides[0] + 1 : strides[0],
-                    x0 : x0 + (out_w - 1) * strides[1] + 1 : strides[1],
-                ]
-                acc[:, g * og : (g + 1) * og] += np.einsum("oc,nchw->nohw", w64[g * og : (g + 1) * og, :, i, j], patch)
-    return acc
+    acc = np.zeros((n, o, out_h, out_w), dtype=np.float64)
+    weights = w.astype(np.float64)
+    if cg == 1:  # depthwise (with a channel multiplier og): output channel k reads input channel k // og
+        xp = xp[:, np.arange(o) // og]
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dilation[0], j * dilation[1]
+            rows = slice(y0, y0 + (out_h - 1) * strides[0] + 1, strides[0])
+            cols = slice(x0, x0 + (out_w - 1) * strides[1] + 1, strides[1])
+            if cg == 1:
+                acc += weights[:, 0, i, j][None, :, None, None] * xp[:, :, rows, cols]
+                continue
+            for g in range(groups):
+                patch = xp[:, g * cg : (g + 1) * cg, rows, cols]
+                products = np.tensordot(patch, weights[g * og : (g + 1) * og, :, i, j], axes=([1], [1]))
+                acc[:, g * og : (g + 1) * og] += products.transpose(0, 3, 1, 2)
+    return acc.astype(np.int64)
 
 
 def im2col(x: np.ndarray, p: dict) -> np.ndarray:
@@ -140,6 +145,19 @@ def passthrough(node: QNode, x: np.ndarray) -> np.ndarray:
     raise NotImplementedError(f"reference has no int8 {op}")
 
 
+def gemm_channel_axis(node: QNode) -> int:
+    return 1 if node.op == "conv2d" else len(node.shape) - 1
+
+
+def accumulate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
+    """A GEMM layer's int64 accumulators, before its bias."""
+    p = node.params
+    if node.op == "conv2d":
+        return conv2d_accumulate(args[0], p["weight"], p["strides"], p["padding"], p["groups"], p["dilation"])
+    b = p["weight"] if p["weight"] is not None else args[1]
+    return np.matmul(args[0].astype(np.float64), b.astype(np.float64)).astype(np.int64)  # exact: see conv2d_accumulate
+
+
 def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     p = node.params
     if node.op == "quantize":
@@ -147,13 +165,8 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
         return np.clip(np.floor(scaled), INT8_MIN, INT8_MAX).astype(np.int8)
     if node.op == "dequantize":
         return args[0].astype(np.float32) * p["scale"]
-    if node.op == "conv2d":
-        acc = conv2d_accumulate(args[0], p["weight"], p["strides"], p["padding"], p["groups"], p["dilation"])
-        return gemm_output(acc, p, channel_axis=1)
-    if node.op == "matmul":
-        b = p["weight"] if p["weight"] is not None else args[1]
-        acc = np.matmul(args[0].astype(np.int64), b.astype(np.int64))
-        return gemm_output(acc, p, channel_axis=acc.ndim - 1)
+    if node.op in ("conv2d", "matmul"):
+        return gemm_output(accumulate(node, args), p, gemm_channel_axis(node))
     if node.op == "add":
         a, b = (x.astype(np.int64) for x in args)
         total = a * _per_channel(p["multiplier_a"], a.ndim, 1) + b * _per_channel(p["multiplier_b"], b.ndim, 1)

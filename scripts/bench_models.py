@@ -150,16 +150,30 @@ def main() -> None:
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("--eval-samples", type=int, default=16)
     parser.add_argument("--calibration-method", default="max", help="max, percentile, entropy or mse")
+    parser.add_argument("--no-bias-correction", dest="bias_correction", action="store_false")
+    parser.add_argument("--only", help="comma-separated model names (default: every model)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
     folders = list(args.folders) + ([fetch_larger_models(CACHE)] if args.fetch else [])
     hw = load_hardware(args.hw)
     rows = []
     console = Console(width=200)
     for folder in folders:
         for model in load_corpus(folder):
+            if only is not None and model.name not in only:
+                continue
             console.print(f"{model.name} ...", highlight=False)
-            rows.append(check_model(model, hw, args.calibration_samples, args.eval_samples, args.calibration_method))
+            rows.append(
+                check_model(
+                    model,
+                    hw,
+                    args.calibration_samples,
+                    args.eval_samples,
+                    args.calibration_method,
+                    args.bias_correction,
+                )
+            )
     console.print(table(rows, hw.name))
     if args.json:
         args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))

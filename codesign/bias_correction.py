@@ -1,0 +1,117 @@
+"""Stage 3b, bias correction: the integer program's GEMM biases corrected for the mean error
+quantization leaves in each output channel, measured on the calibration data.
+
+int8 rounding is unbiased for one value but not for a channel's sum: a depthwise conv's 9 rounded
+weights against an input of non-zero mean (after HardSwish or ReLU), or a pointwise conv
+summing errors that cancel less than its values do, shift a channel's output by a constant.
+Layer after layer the shifts grow (PP-OCRv5's recogniser: 20-30 % relative error per tensor
+in its conv backbone, most of it per-channel mean). Empirical bias correction (Nagel et al.,
+ICCV 2019, section 4.2) subtracts that mean from the layer's bias. It is done in topological
+order with the integer program itself: each layer is measured on inputs that the corrected
+layers before it produced, so the correction also takes out what they left (correcting every
+layer from one uncorrected run over-corrects: the errors compound).
+
+A layer's error is measured before its folded activation, against the float graph's own
+layer on the float graph's own input: mean over the samples and positions of
+(acc + bias) - float_output / acc_scale, in accumulator units. Float host ops between layers
+run in numpy (`codesign.float_numpy`); a layer behind an op numpy does not run keeps its bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from codesign import float_numpy, progress
+from codesign.calibration import float_runs
+from codesign.graph import Graph
+from codesign.importer import ImportedModel
+from codesign.quantize import QNode, QuantizedGraph
+from codesign.reference import DATA_MOVEMENT_OPS, accumulate, evaluate, gemm_channel_axis, gemm_output
+
+# Calibration samples the correction measures on: the means settle with few, and each costs a
+# run of the integer program in numpy.
+BIAS_CORRECTION_SAMPLES = 8
+
+
+def correct_biases(qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel, samples: list[dict]) -> list[str]:
+    """Correct the bias of every weighted GEMM layer of `qgraph` in place; the layers corrected."""
+    samples = samples[:BIAS_CORRECTION_SAMPLES]
+    layers = {node.name for node in qgraph.gemm_nodes() if _correctable(node, graph)}
+    taps = sorted({graph.nodes[name].inputs[0] for name in layers})
+    float_inputs = _stacked(list(float_runs(graph, imported, samples, taps)), len(graph.outputs), taps)
+    values = {name: [sample[name] for sample in samples] for name in qgraph.inputs}
+    remaining_uses = _uses(qgraph)
+    corrected = []
+    progress.stage("correct biases", len(layers))
+    for node in qgraph.nodes.values():
+        if node.op == "input" or not all(i in values for i in node.inputs):
+            continue
+        args = [values[i] for i in node.inputs]
+        if node.name in layers:
+            accs = [accumulate(node, [x]) for x in args[0]]
+            _correct(node, accs, float_inputs[graph.nodes[node.name].inputs[0]], qgraph, graph)
+            corrected.append(node.name)
+            progress.advance()
+            value = [gemm_output(acc, node.params, gemm_channel_axis(node)) for acc in accs]
+        else:
+            value = _evaluate(node, args)
+        if value is not None:
+            values[node.name] = value
+        for name in node.inputs:
+            remaining_uses[name] -= 1
+            if remaining_uses[name] == 0:
+                values.pop(name, None)
+    return corrected
+
+
+def _correctable(node: QNode, graph: Graph) -> bool:
+    source = graph.nodes.get(node.name)
+    return node.params.get("weight") is not None and source is not None and source.op == "gemm"
+
+
+def _stacked(runs: list[list[np.ndarray]], skip: int, taps: list[str]) -> dict[str, np.ndarray]:
+    """Per tapped tensor, its values over the samples on a leading axis."""
+    return {name: np.stack([run[skip + index] for run in runs]) for index, name in enumerate(taps)}
+
+
+def _uses(qgraph: QuantizedGraph) -> dict[str, int]:
+    uses = dict.fromkeys(qgraph.nodes, 0)
+    for node in qgraph.nodes.values():
+        for name in node.inputs:
+            uses[name] += 1
+    for name in qgraph.outputs:
+        uses[name] += 1  # never freed
+    return uses
+
+
+def _correct(node: QNode, accs: list[np.ndarray], float_input: np.ndarray, qgraph: QuantizedGraph, graph: Graph):
+    """Subtract the layer's mean error per channel (its accumulators `accs`, per sample) from its bias."""
+    layer = graph.nodes[node.name].layer
+    acc = np.stack(accs)  # [samples, *shape]
+    expected = float_numpy.gemm_before_clamp(layer, [float_input]).astype(np.float64)
+    channel_axis = gemm_channel_axis(node) + 1
+    others = tuple(axis for axis in range(acc.ndim) if axis != channel_axis)
+    acc_scale = qgraph.acc_scales[node.name]
+    shaped = [1] * acc.ndim
+    shaped[channel_axis] = -1
+    bias = node.params["bias"].astype(np.float64)
+    error = (acc + bias.reshape(shaped) - expected / acc_scale.reshape(shaped)).mean(axis=others)
+    node.params["bias"] = np.clip(np.round(bias - error), -(2**31), 2**31 - 1).astype(np.int32)
+
+
+def _evaluate(node: QNode, args: list[list]) -> list | None:
+    """The node's value per sample, or None where numpy cannot run it (a float op it lacks)."""
+    if node.op == "float" and node.source.op == "TupleGetItem":
+        return [value[node.source.call.index] for value in args[0]]
+    if node.op != "float" or node.source.op in DATA_MOVEMENT_OPS:
+        try:
+            return [evaluate(node, [arg[index] for arg in args]) for index in range(len(args[0]))]
+        except NotImplementedError:
+            return None
+    if not float_numpy._supported(node.source) or any(isinstance(arg[0], tuple) for arg in args):
+        return None
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        stacked = float_numpy.run_node(node.source, [np.stack(arg) for arg in args])
+    if isinstance(stacked, tuple):  # a split: its parts per sample
+        return [tuple(part[index] for part in stacked) for index in range(len(stacked[0]))]
+    return list(stacked)
