@@ -58,6 +58,7 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.compression",
             "codesign.pruning",
             "codesign.reference",
+            "codesign.bias_correction",
             "codesign.design",
         ],
     ),

@@ -37,10 +37,17 @@ def test_compile_and_plan_report_each_stage_with_its_items(mnist_calibration, no
     with reporting(Recorder()) as recorder:
         compile_model(MNIST_MODEL, hw, calibration=mnist_calibration, calibration_samples=16)
     # mnist-8 offloads its 2 convs and its matmul
-    assert recorder.stages == [["import", None, 0], ["calibrate", 16, 16], ["schedule", 3, 3], ["build", None, 0]]
+    stages = [
+        ["import", None, 0],
+        ["calibrate", 16, 16],
+        ["correct biases", 3, 3],
+        ["schedule", 3, 3],
+        ["build", None, 0],
+    ]
+    assert recorder.stages == stages
     with reporting(Recorder()) as recorder:
         plan_model(MNIST_MODEL, hw, calibration=mnist_calibration, calibration_samples=8)
-    assert recorder.stages == [["import", None, 0], ["calibrate", 8, 8], ["schedule", 3, 3]]
+    assert recorder.stages == [["import", None, 0], ["calibrate", 8, 8], ["correct biases", 3, 3], ["schedule", 3, 3]]
 
 
 @pytest.mark.parametrize(
