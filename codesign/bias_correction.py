@@ -48,11 +48,17 @@ def correct_biases(qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel
             continue
         args = [values[i] for i in node.inputs]
         if node.name in layers:
-            accs = [accumulate(node, [x]) for x in args[0]]
-            _correct(node, accs, float_inputs[graph.nodes[node.name].inputs[0]], qgraph, graph)
+            acc = accumulate(node, [np.concatenate(args[0])])  # the samples along the batch axis: one product
+            _correct(
+                node,
+                np.stack(np.split(acc, len(samples))),
+                float_inputs[graph.nodes[node.name].inputs[0]],
+                qgraph,
+                graph,
+            )
             corrected.append(node.name)
             progress.advance()
-            value = [gemm_output(acc, node.params, gemm_channel_axis(node)) for acc in accs]
+            value = np.split(gemm_output(acc, node.params, gemm_channel_axis(node)), len(samples))
         else:
             value = _evaluate(node, args)
         if value is not None:
@@ -84,10 +90,9 @@ def _uses(qgraph: QuantizedGraph) -> dict[str, int]:
     return uses
 
 
-def _correct(node: QNode, accs: list[np.ndarray], float_input: np.ndarray, qgraph: QuantizedGraph, graph: Graph):
-    """Subtract the layer's mean error per channel (its accumulators `accs`, per sample) from its bias."""
+def _correct(node: QNode, acc: np.ndarray, float_input: np.ndarray, qgraph: QuantizedGraph, graph: Graph):
+    """Subtract the layer's mean error per channel from its bias; `acc`: its accumulators [samples, *shape]."""
     layer = graph.nodes[node.name].layer
-    acc = np.stack(accs)  # [samples, *shape]
     expected = float_numpy.gemm_before_clamp(layer, [float_input]).astype(np.float64)
     channel_axis = gemm_channel_axis(node) + 1
     others = tuple(axis for axis in range(acc.ndim) if axis != channel_axis)

@@ -77,6 +77,7 @@ def quantize_model(
     compression: CompressionConfig | None = None,
     calibration_method: str = "max",
     bias_correction: bool = True,
+    measure_biases: bool = True,  # False: plans only (their cost does not depend on the biases' values)
 ) -> tuple[Graph, QuantizedGraph, dict]:
     compression = compression or CompressionConfig()
     graph = extract_graph(imported)
@@ -102,10 +103,10 @@ def quantize_model(
     pruning = {"prune": compression.prune, "prune_method": compression.prune_method}
     ranges = cached_tensor_ranges(graph, imported, samples, calibration_method, pruning)
     config = QuantConfig.for_hardware(
-        hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold
+        hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold, bias_correction
     )
     qgraph = quantize_graph(graph, ranges, config)
-    corrected = correct_biases(qgraph, graph, imported, samples) if bias_correction else []
+    corrected = correct_biases(qgraph, graph, imported, samples) if bias_correction and measure_biases else []
     calibration_info["bias_corrected_layers"] = len(corrected)
     return graph, qgraph, calibration_info
 

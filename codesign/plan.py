@@ -22,14 +22,17 @@ class AluOp:
     vector: bool = False  # per-channel operand loaded into the accumulator; else an immediate
 
 
-def requant_alu_ops(bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> list[AluOp]:
-    """The ALU program of codesign's requantization for one layer's parameters."""
+def requant_alu_ops(
+    bias: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, adds_bias: bool = False
+) -> list[AluOp]:
+    """The ALU program of codesign's requantization for one layer's parameters (`adds_bias`: add
+    the bias even where it is zero, as a bias-corrected layer does)."""
 
     def varies(values) -> bool:
         return bool(np.any(np.asarray(values) != np.asarray(values).flat[0]))
 
     ops = []
-    if np.any(bias != 0):
+    if adds_bias or np.any(bias != 0):
         ops.append(AluOp("ADD", vector=True))
     if np.any(multiplier != 1):
         ops.append(AluOp("MUL", vector=varies(multiplier)))
@@ -77,7 +80,10 @@ def layer_alu_ops(params: dict) -> list[AluOp]:
     """The ALU program of an accelerated layer: the requantization of its params, with its
     activation's ops after the bias (on a copy of the accumulator tile, then one tensor-tensor op
     that combines the copy with the accumulator)."""
-    ops = requant_alu_ops(params["bias"], params["multiplier"], params["shift"])
+    # A bias-corrected layer adds its bias whatever its values: its program is known before the
+    # correction is measured (a plan without a module skips the measurement).
+    adds_bias = params.get("bias_corrected", False)
+    ops = requant_alu_ops(params["bias"], params["multiplier"], params["shift"], adds_bias)
     activation = params.get("activation")
     if activation is None:
         return ops
@@ -88,7 +94,7 @@ def layer_alu_ops(params: dict) -> list[AluOp]:
         extra = [AluOp("MUL"), AluOp("SHR"), AluOp("MAX")]  # copy * slope; x << bits; max of both
     if np.any(params["offset"] != 0):
         extra.append(AluOp("ADD", vector=True))
-    after_bias = 1 if np.any(params["bias"] != 0) else 0
+    after_bias = 1 if adds_bias or np.any(params["bias"] != 0) else 0
     return [*ops[:after_bias], *extra, *ops[after_bias:]]
 
 

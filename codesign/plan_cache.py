@@ -61,7 +61,7 @@ def _lowered_plans(model, hw, input_shapes, calibration, calibration_samples, wa
     samples = DEFAULT_CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples
     progress.stage("import")
     imported = import_model(model, input_shapes, input_values, warn)
-    _, qgraph, _ = quantize_model(imported, hw, calibration, samples, None, warn, compression)
+    _, qgraph, _ = quantize_model(imported, hw, calibration, samples, None, warn, compression, measure_biases=False)
     return plan_layers(qgraph, imported, hw, compression)
 
 

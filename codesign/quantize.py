@@ -88,13 +88,22 @@ class QuantConfig:
     layer_weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)  # per-layer overrides
     block_in: int = 16  # the core's input lanes: fewer channels per group make a narrow-group conv
     float_layers: tuple[str, ...] = ()  # glob patterns of layers kept in float on the host
+    # Weighted GEMM layers get their biases corrected on the calibration data (codesign.bias_correction),
+    # so each adds a bias in its ALU program: params["bias_corrected"], set before any pricing.
+    bias_correction: bool = True
     unfold: tuple[str, ...] | None = None  # narrow-input convs to unfold; None: where the cost model says
     # The description narrow-group convs are priced on, to place them (None: they stay on the host).
     hardware: object = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
     def for_hardware(
-        cls, hw, weight_bits: int | None = None, layer_weight_bits=None, float_layers=(), unfold=None
+        cls,
+        hw,
+        weight_bits: int | None = None,
+        layer_weight_bits=None,
+        float_layers=(),
+        unfold=None,
+        bias_correction: bool = True,
     ) -> QuantConfig:
         """Quantization the core can execute; weights may be narrower than its weight width."""
         for name, bits in {"all layers": weight_bits, **(layer_weight_bits or {})}.items():
@@ -110,6 +119,7 @@ class QuantConfig:
             block_in=hw.block_in,
             float_layers=tuple(float_layers),
             unfold=None if unfold is None else tuple(unfold),
+            bias_correction=bias_correction,
             hardware=hw,
         )
 
@@ -641,6 +651,8 @@ class _Quantizer:
         multiplier, shift = fixed_point(acc_scale / out_scale, config.multiplier_bits, config.shift_only)
         lo, hi = clamp_range(layer.clamp, float(np.max(out_scale)))  # channel-independent when scales vary
         params = {"weight": weight, "bias": bias_q, "multiplier": multiplier, "shift": shift, "lo": lo, "hi": hi}
+        if weight is not None and config.bias_correction:
+            params["bias_corrected"] = True
         if layer.kind == "conv2d":
             params.update(strides=layer.strides, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
         qnode = QNode(node.name, layer.kind, inputs, node.shape, "int8", out_scale, "accel", params, node)

@@ -216,8 +216,9 @@ LEAKY_RELU = ["MUL", "SHR", "MAX"]
 
 
 def bias_add(node) -> list[str]:
-    """The ALU's bias ADD: where the layer has a bias (bias correction gives most layers one)."""
-    return ["ADD"] if np.any(node.params["bias"] != 0) else []
+    """The ALU's bias ADD: every weighted layer has one under bias correction (the default)."""
+    assert node.params["bias_corrected"]
+    return ["ADD"]
 
 
 def test_alu_activations_join_the_layer_program(compiled):

@@ -16,10 +16,12 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
+from codesign import cache
 from codesign.cli import main
 from codesign.corpus import check_model, load_corpus
 from codesign.hardware import load_hardware
 from codesign.pipeline import compile_model
+from codesign.plan_cache import plan_model
 from codesign.reference import accumulate, evaluate, run_reference
 
 CHANNELS, SIZE = 16, 8
@@ -152,3 +154,13 @@ def test_cli_switch_is_recorded_in_the_manifest(block, tmp_path):
         main([*args, "--calibration", str(folder / "calib.npy"), flag, "--quiet"])
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["quantization"]["calibration"]["bias_corrected_layers"] == expected
+
+
+def test_plans_without_the_measurement_equal_the_compiled_ones(block, monkeypatch):
+    """`simulate` plans without measuring the correction (no module needs the values): every
+    weighted layer's ALU program adds its bias either way, so its plans are the compiled ones."""
+    monkeypatch.setenv(cache.NO_CACHE_ENV, "1")
+    folder, results = block
+    plans = plan_model(folder / "block.onnx", load_hardware("vta_default"), calibration=folder / "calib.npy")
+    assert [p.to_dict() for p in plans] == [p.to_dict() for p in results[True].lowered.plans]
+    assert all(op.opcode == "ADD" for p in plans if p.placement == "accel" for op in p.alu_ops[:1])
