@@ -48,17 +48,11 @@ def correct_biases(qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel
             continue
         args = [values[i] for i in node.inputs]
         if node.name in layers:
-            acc = accumulate(node, [np.concatenate(args[0])])  # the samples along the batch axis: one product
-            _correct(
-                node,
-                np.stack(np.split(acc, len(samples))),
-                float_inputs[graph.nodes[node.name].inputs[0]],
-                qgraph,
-                graph,
-            )
+            accs = _accumulators(node, args[0])
+            _correct(node, np.stack(accs), float_inputs[graph.nodes[node.name].inputs[0]], qgraph, graph)
             corrected.append(node.name)
             progress.advance()
-            value = np.split(gemm_output(acc, node.params, gemm_channel_axis(node)), len(samples))
+            value = [gemm_output(acc, node.params, gemm_channel_axis(node)) for acc in accs]
         else:
             value = _evaluate(node, args)
         if value is not None:
@@ -68,6 +62,14 @@ def correct_biases(qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel
             if remaining_uses[name] == 0:
                 values.pop(name, None)
     return corrected
+
+
+def _accumulators(node: QNode, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """A GEMM layer's accumulators per sample: the samples along the batch axis in one product
+    (a 1-D input, a matmul of a vector, has no batch axis: one product each)."""
+    if inputs[0].ndim < 2:
+        return [accumulate(node, [x]) for x in inputs]
+    return np.split(accumulate(node, [np.concatenate(inputs)]), len(inputs))
 
 
 def _correctable(node: QNode, graph: Graph) -> bool:
@@ -101,6 +103,7 @@ def _correct(node: QNode, acc: np.ndarray, float_input: np.ndarray, qgraph: Quan
     shaped[channel_axis] = -1
     bias = node.params["bias"].astype(np.float64)
     error = (acc + bias.reshape(shaped) - expected / acc_scale.reshape(shaped)).mean(axis=others)
+    error = np.where(np.isfinite(error), error, 0.0)  # an overflowing float tensor measures nothing
     node.params["bias"] = np.clip(np.round(bias - error), -(2**31), 2**31 - 1).astype(np.int32)
 
 

@@ -89,7 +89,7 @@ def quantize_model(
     if calibration is None:
         warn(
             "warning: no --calibration data; calibrating on random normal inputs, "
-            "so activation ranges (and accuracy) may be poor"
+            "so activation ranges (and accuracy) may be poor, and no bias is corrected"
         )
         samples = random_samples(imported.inputs, min(calibration_samples, RANDOM_CALIBRATION_SAMPLES))
         calibration_info = {"source": "random", "samples": len(samples)}
@@ -102,6 +102,8 @@ def quantize_model(
     graph = prune_graph(graph, compression, imported, samples, warn)
     pruning = {"prune": compression.prune, "prune_method": compression.prune_method}
     ranges = cached_tensor_ranges(graph, imported, samples, calibration_method, pruning)
+    # Random inputs say nothing of the model's own data: no bias is corrected on them.
+    bias_correction = bias_correction and calibration is not None
     config = QuantConfig.for_hardware(
         hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold, bias_correction
     )

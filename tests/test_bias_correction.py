@@ -164,3 +164,14 @@ def test_plans_without_the_measurement_equal_the_compiled_ones(block, monkeypatc
     plans = plan_model(folder / "block.onnx", load_hardware("vta_default"), calibration=folder / "calib.npy")
     assert [p.to_dict() for p in plans] == [p.to_dict() for p in results[True].lowered.plans]
     assert all(op.opcode == "ADD" for p in plans if p.placement == "accel" for op in p.alu_ops[:1])
+
+
+def test_random_calibration_corrects_nothing(block):
+    """Without calibration data (random normal inputs) no bias is corrected, and no layer's ALU
+    program adds a bias it does not have."""
+    folder, _ = block
+    warnings = []
+    result = compile_model(folder / "block.onnx", load_hardware("vta_default"), warn=warnings.append)
+    assert result.calibration["bias_corrected_layers"] == 0
+    assert not any(node.params.get("bias_corrected") for node in result.qgraph.gemm_nodes())
+    assert "no bias is corrected" in " ".join(warnings)
