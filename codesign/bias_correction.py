@@ -19,10 +19,13 @@ run in numpy (`codesign.float_numpy`); a layer behind an op numpy does not run k
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 
-from codesign import float_numpy, progress
-from codesign.calibration import float_runs
+from codesign import cache, float_numpy, progress
+from codesign.calibration import array_digest, float_runs, samples_digest
 from codesign.graph import Graph
 from codesign.importer import ImportedModel
 from codesign.quantize import QNode, QuantizedGraph
@@ -31,6 +34,51 @@ from codesign.reference import DATA_MOVEMENT_OPS, accumulate, evaluate, gemm_cha
 # Calibration samples the correction measures on: the means settle with few, and each costs a
 # run of the integer program in numpy.
 BIAS_CORRECTION_SAMPLES = 8
+
+
+def cached_correct_biases(
+    qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel, samples: list[dict]
+) -> list[str]:
+    """correct_biases, its biases read from the cache when the same model, integer program and
+    samples were corrected before."""
+    key = cache.entry_key(
+        "biases",
+        {
+            "model": imported.sha256,
+            "frozen": {name: array_digest(value) for name, value in imported.frozen_inputs.items()},
+            "program": _program_digest(qgraph, graph),
+            "samples": samples_digest(samples[:BIAS_CORRECTION_SAMPLES]),
+        },
+    )
+    payload = cache.load(key)
+    if payload is not None:
+        biases = json.loads(payload)
+        for name, bias in biases.items():
+            qgraph.nodes[name].params["bias"] = np.asarray(bias, dtype=np.int32)
+        return list(biases)
+    corrected = correct_biases(qgraph, graph, imported, samples)
+    cache.store(key, json.dumps({name: qgraph.nodes[name].params["bias"].tolist() for name in corrected}).encode())
+    return corrected
+
+
+def _program_digest(qgraph: QuantizedGraph, graph: Graph) -> str:
+    """A digest of the integer program (every node, scale and parameter) and of the float
+    layers it approximates (pruning changes those)."""
+    digest = hashlib.sha256()
+    for node in qgraph.nodes.values():
+        digest.update(repr((node.name, node.op, node.inputs, node.shape, node.dtype, node.placement)).encode())
+        for name, value in [("scale", node.scale), *node.params.items()]:
+            digest.update(name.encode() + _value_bytes(value))
+    for node in graph.gemm_nodes():
+        for array in (node.layer.weight, node.layer.bias):
+            digest.update(b"-" if array is None else _value_bytes(array))
+    return digest.hexdigest()
+
+
+def _value_bytes(value) -> bytes:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype.str}{value.shape}".encode() + np.ascontiguousarray(value).tobytes()
+    return repr(value).encode()
 
 
 def correct_biases(qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel, samples: list[dict]) -> list[str]:

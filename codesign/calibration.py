@@ -116,9 +116,9 @@ def cached_tensor_ranges(
         {
             "model": imported.sha256,
             "inputs": [(spec.name, list(spec.shape), spec.dtype) for spec in imported.inputs],
-            "frozen": {name: _array_digest(value) for name, value in imported.frozen_inputs.items()},
+            "frozen": {name: array_digest(value) for name, value in imported.frozen_inputs.items()},
             "graph_changes": graph_changes,
-            "samples": _samples_digest(samples),
+            "samples": samples_digest(samples),
             "method": method,
             "percentile": percentile,
         },
@@ -131,17 +131,17 @@ def cached_tensor_ranges(
     return ranges
 
 
-def _array_digest(array: np.ndarray) -> str:
+def array_digest(array: np.ndarray) -> str:
     array = np.ascontiguousarray(array)
     header = f"{array.dtype.str}{array.shape}".encode()
     return hashlib.sha256(header + array.tobytes()).hexdigest()
 
 
-def _samples_digest(samples: list[dict[str, np.ndarray]]) -> str:
+def samples_digest(samples: list[dict[str, np.ndarray]]) -> str:
     digest = hashlib.sha256()
     for sample in samples:
         for name in sorted(sample):
-            digest.update(name.encode() + _array_digest(sample[name]).encode())
+            digest.update(name.encode() + array_digest(sample[name]).encode())
     return digest.hexdigest()
 
 

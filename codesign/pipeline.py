@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 
 from codesign import progress
-from codesign.bias_correction import correct_biases
+from codesign.bias_correction import cached_correct_biases
 from codesign.calibration import cached_tensor_ranges, load_samples, random_samples
 from codesign.compression import CompressionConfig, resolve_compression
 from codesign.errors import ModelError, UsageError
@@ -108,7 +108,7 @@ def quantize_model(
         hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold, bias_correction
     )
     qgraph = quantize_graph(graph, ranges, config)
-    corrected = correct_biases(qgraph, graph, imported, samples) if bias_correction and measure_biases else []
+    corrected = cached_correct_biases(qgraph, graph, imported, samples) if bias_correction and measure_biases else []
     calibration_info["bias_corrected_layers"] = len(corrected)
     return graph, qgraph, calibration_info
 

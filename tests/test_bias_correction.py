@@ -175,3 +175,28 @@ def test_random_calibration_corrects_nothing(block):
     assert result.calibration["bias_corrected_layers"] == 0
     assert not any(node.params.get("bias_corrected") for node in result.qgraph.gemm_nodes())
     assert "no bias is corrected" in " ".join(warnings)
+
+
+def test_a_second_compile_reads_the_corrected_biases_from_the_cache(block, tmp_path, monkeypatch):
+    """The correction is cached like the calibration: the same model, integer program and
+    samples give the same biases without running the program again; other samples do not hit."""
+    monkeypatch.setenv(cache.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(cache.NO_CACHE_ENV, raising=False)
+    folder, results = block
+    hw = load_hardware("vta_default")
+
+    def biases(calibration: Path) -> dict:
+        result = compile_model(folder / "block.onnx", hw, calibration=calibration, warn=lambda m: None)
+        return {n.name: n.params["bias"].tolist() for n in result.qgraph.gemm_nodes()}
+
+    first = biases(folder / "calib.npy")
+    assert first == {n.name: n.params["bias"].tolist() for n in results[True].qgraph.gemm_nodes()}
+    monkeypatch.setattr("codesign.bias_correction.correct_biases", _fails)
+    assert biases(folder / "calib.npy") == first
+    np.save(tmp_path / "other.npy", inputs(8, seed=3))
+    with pytest.raises(AssertionError, match="measured again"):
+        biases(tmp_path / "other.npy")
+
+
+def _fails(*args):
+    raise AssertionError("measured again")
