@@ -164,7 +164,7 @@ def _evaluate(node: QNode, args: list[list]) -> list | None:
             return [evaluate(node, [arg[index] for arg in args]) for index in range(len(args[0]))]
         except NotImplementedError:
             return None
-    if not float_numpy._supported(node.source) or any(isinstance(arg[0], tuple) for arg in args):
+    if not float_numpy.supports_node(node.source) or any(isinstance(arg[0], tuple) for arg in args):
         return None
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         stacked = float_numpy.run_node(node.source, [np.stack(arg) for arg in args])

@@ -49,10 +49,11 @@ NUMPY_OPS = frozenset([*BINARY_OPS, *UNARY_OPS, *RESHAPES, *POOLS, *OTHER_OPS, *
 
 def supports(graph: Graph) -> bool:
     """Whether every node of `graph` runs here (with the attributes it has)."""
-    return all(_supported(node) for node in graph.nodes.values())
+    return all(supports_node(node) for node in graph.nodes.values())
 
 
-def _supported(node: Node) -> bool:
+def supports_node(node: Node) -> bool:
+    """Whether this node runs here (with the attributes it has)."""
     if node.op in ("input", "gemm", "clamp"):
         return node.dtype == "float32" or node.op == "input"
     if node.op == "relax.nn.batch_norm":  # a tuple: the output, then the moving mean and variance
