@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import numpy as np
 
@@ -34,20 +35,24 @@ from codesign.reference import DATA_MOVEMENT_OPS, accumulate, evaluate, gemm_cha
 # Calibration samples the correction measures on: the means settle with few, and each costs a
 # run of the integer program in numpy.
 BIAS_CORRECTION_SAMPLES = 8
+# The float GEMM inputs it holds for them, at most (about): a large model measures on fewer
+# samples rather than run out of memory (PicoDet at 608x800 takes 171 MiB a sample).
+CORRECTION_INPUT_BYTES = 2 << 30
 
 
 def cached_correct_biases(
     qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel, samples: list[dict]
 ) -> list[str]:
-    """correct_biases, its biases read from the cache when the same model, integer program and
-    samples were corrected before."""
+    """correct_biases on the samples it measures on (correction_samples), its biases read from
+    the cache when the same model, integer program and samples were corrected before."""
+    samples = correction_samples(graph, samples)
     key = cache.entry_key(
         "biases",
         {
             "model": imported.sha256,
             "frozen": {name: array_digest(value) for name, value in imported.frozen_inputs.items()},
             "program": _program_digest(qgraph, graph),
-            "samples": samples_digest(samples[:BIAS_CORRECTION_SAMPLES]),
+            "samples": samples_digest(samples),
         },
     )
     payload = cache.load(key)
@@ -81,9 +86,18 @@ def _value_bytes(value) -> bytes:
     return repr(value).encode()
 
 
+def correction_samples(graph: Graph, samples: list[dict]) -> list[dict]:
+    """The first BIAS_CORRECTION_SAMPLES samples, fewer where their GEMM inputs would pass
+    CORRECTION_INPUT_BYTES."""
+    gemm_inputs = {node.inputs[0] for node in graph.gemm_nodes() if node.layer.weight is not None}
+    shapes = [graph.nodes[name].shape for name in gemm_inputs]
+    sample_bytes = sum(4 * math.prod(shape) for shape in shapes if shape is not None)
+    return samples[: max(1, min(BIAS_CORRECTION_SAMPLES, CORRECTION_INPUT_BYTES // max(sample_bytes, 1)))]
+
+
 def correct_biases(qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel, samples: list[dict]) -> list[str]:
-    """Correct the bias of every weighted GEMM layer of `qgraph` in place; the layers corrected."""
-    samples = samples[:BIAS_CORRECTION_SAMPLES]
+    """Correct the bias of every weighted GEMM layer of `qgraph` in place, measured on
+    `samples`; the layers corrected."""
     layers = {node.name for node in qgraph.gemm_nodes() if _correctable(node, graph)}
     taps = sorted({graph.nodes[name].inputs[0] for name in layers})
     float_inputs = _stacked(list(float_runs(graph, imported, samples, taps)), len(graph.outputs), taps)

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from codesign import cache
+from codesign.bias_correction import correction_samples
 from codesign.cli import main
 from codesign.corpus import check_model, load_corpus
 from codesign.hardware import load_hardware
@@ -200,3 +201,16 @@ def test_a_second_compile_reads_the_corrected_biases_from_the_cache(block, tmp_p
 
 def _fails(*args):
     raise AssertionError("measured again")
+
+
+def test_a_large_model_measures_on_fewer_samples(block, monkeypatch):
+    """The float GEMM inputs held for the correction stay within CORRECTION_INPUT_BYTES: the
+    block's two layers read 16 x 8 x 8 float32 each, 8 KiB a sample."""
+    _, results = block
+    samples = [{"x": x} for x in inputs(10, seed=4)]
+    graph = results[True].graph
+    assert len(correction_samples(graph, samples)) == 8
+    monkeypatch.setattr("codesign.bias_correction.CORRECTION_INPUT_BYTES", 3 * 2 * CHANNELS * SIZE * SIZE * 4 + 1)
+    assert correction_samples(graph, samples) == samples[:3]
+    monkeypatch.setattr("codesign.bias_correction.CORRECTION_INPUT_BYTES", 10)
+    assert correction_samples(graph, samples) == samples[:1]
