@@ -81,9 +81,7 @@ def _program_digest(qgraph: QuantizedGraph, graph: Graph) -> str:
 
 
 def _value_bytes(value) -> bytes:
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype.str}{value.shape}".encode() + np.ascontiguousarray(value).tobytes()
-    return repr(value).encode()
+    return array_digest(value).encode() if isinstance(value, np.ndarray) else repr(value).encode()
 
 
 def correction_samples(graph: Graph, samples: list[dict]) -> list[dict]:
