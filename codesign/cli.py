@@ -235,16 +235,40 @@ def run_command(
     output: Annotated[Path, typer.Option("--output", help="Where to write the output (.npy; .npz for several).")],
     hw: Annotated[str | None, typer.Option("--hw", help="Refuse to run unless built for this description.")] = None,
 ):
-    """Run a compiled module on inputs stored as .npy (or .npz) files."""
+    """Run a compiled module on inputs stored as .npy (or .npz) files. Each input holds one
+    sample, or every input a stack of them (one more leading axis, as calibration files do): the
+    outputs are then stacked the same way."""
     from codesign.deploy import load
     from codesign.hardware import load_hardware
 
     module = load(module_dir, load_hardware(hw) if hw else None)
     arrays = _read_inputs(input, [t.name for t in module.inputs])
-    results = module.run(**arrays)
+    count = _stacked_samples(arrays, module.inputs)
+    if count is None:
+        results = module.run(**arrays)
+    else:
+        runs = [module.run(**{name: value[i] for name, value in arrays.items()}) for i in range(count)]
+        results = [np.stack(parts) for parts in zip(*runs)]
     written = _write_outputs(output, results, [t.name for t in module.outputs])
     shapes = ", ".join(f"{t.name} {list(r.shape)}" for t, r in zip(module.outputs, results))
-    console.print(f"Wrote {escape(str(written))}: {shapes}")
+    samples = "" if count is None else f" ({count} samples)"
+    console.print(f"Wrote {escape(str(written))}: {shapes}{samples}")
+
+
+def _stacked_samples(arrays: dict[str, np.ndarray], inputs) -> int | None:
+    """The number of samples when every input is a stack of them (shape [S, *its shape]); None
+    when they are single samples (the module checks those)."""
+    stacked = {t.name: arrays[t.name].shape[1:] == tuple(t.shape) for t in inputs if t.name in arrays}
+    if not any(stacked.values()):
+        return None
+    if not all(stacked.values()):
+        singles = ", ".join(name for name, is_stack in stacked.items() if not is_stack)
+        raise UsageError(f"inputs mix stacks of samples and single samples ({singles}): stack all or none")
+    counts = {name: arrays[name].shape[0] for name in stacked}
+    if len(set(counts.values())) != 1:
+        raise UsageError("stacked inputs hold different numbers of samples: " + ", ".join(
+            f"{name} {count}" for name, count in counts.items()))  # fmt: skip
+    return next(iter(counts.values()))
 
 
 def _read_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import tvm
 
@@ -265,6 +266,25 @@ def test_cli_run_named_input(capsys, tmp_path, module_dir, module, image, image_
     assert np.array_equal(np.load(y), expected)
 
 
+def test_cli_run_on_a_stack_of_samples(capsys, tmp_path, module_dir, module):
+    images = mnist_images(20, 3)[:, None]  # three samples of shape [1, 1, 28, 28]
+    stack = tmp_path / "stack.npy"
+    np.save(stack, images)
+    y = tmp_path / "stacked.npy"
+    assert main(["run", str(module_dir), "--input", str(stack), "--output", str(y)]) == 0
+    assert "(3 samples)" in capsys.readouterr().out
+    expected = np.stack([module.run(image)[0] for image in images])
+    assert np.array_equal(np.load(y), expected)
+
+
+def test_cli_run_names_the_shape_a_bad_stack_should_have(capsys, tmp_path, module_dir):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, mnist_images(0, 2)[:, None, :, :, :14])
+    assert main(["run", str(module_dir), "--input", str(wrong), "--output", str(tmp_path / "w.npy")]) == 1
+    assert "expected [1, 1, 28, 28]" in capsys.readouterr().err
+    assert not (tmp_path / "w.npy").exists()
+
+
 def test_load_checks_hardware(module_dir, module, image, vta_default, edge):
     with pytest.raises(DeployError) as info:
         codesign.load(module_dir, hw=edge)
@@ -349,3 +369,32 @@ def test_failed_write_keeps_old_module(module_copy, edge_result, vta_default, im
     assert {p.name: p.read_bytes() for p in module_copy.iterdir()} == before
     assert leftovers(module_copy.parent, module_copy.name) == []
     assert np.array_equal(codesign.load(module_copy, hw=vta_default).run(image)[0], module.run(image)[0])
+
+
+def test_cli_run_stacks_every_input_or_none(capsys, tmp_path):
+    """A two-input model: both inputs stacked run sample by sample; a stack beside a single
+    sample is a usage error naming the single one, and nothing is written."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4) / 16, "w")
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["p"]), helper.make_node("Add", ["p", "b"], ["y"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in ("a", "b")]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph(nodes, "two_inputs", inputs, [output], [weight])
+    model = tmp_path / "two_inputs.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    out = tmp_path / "module"
+    assert main(["compile", str(model), "--hw", "vta_default", "-o", str(out), "--quiet"]) == 0
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((3, 1, 4)).astype(np.float32) for _ in range(2))
+    np.savez(tmp_path / "stacks.npz", a=a, b=b)
+    y = tmp_path / "y.npy"
+    assert main(["run", str(out), "--input", str(tmp_path / "stacks.npz"), "--output", str(y)]) == 0
+    module = codesign.load(out)
+    assert np.array_equal(np.load(y), np.stack([module.run(a=a[i], b=b[i])[0] for i in range(3)]))
+    capsys.readouterr()
+    np.savez(tmp_path / "mixed.npz", a=a, b=b[0])
+    mixed = tmp_path / "mixed.npy"
+    assert main(["run", str(out), "--input", str(tmp_path / "mixed.npz"), "--output", str(mixed)]) == 2
+    assert "stacks of samples and single samples (b)" in capsys.readouterr().err
+    assert not mixed.exists()
