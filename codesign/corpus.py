@@ -335,6 +335,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / norms) if norms else float(np.array_equal(a, b))
 
 
+EVAL_FIRST_SEED = 10_000  # evaluation inputs' seeds; calibration's stay below
+
+
 def check_model(
     model: CorpusModel,
     hw,
@@ -342,9 +345,11 @@ def check_model(
     eval_samples: int = 4,
     calibration_method: str = "max",
     bias_correction: bool = True,
+    calibration_seed: int = 0,
 ) -> ModelCheck:
-    """Compile with calibration on realistic inputs, run `eval_samples` other ones, compare with
-    onnxruntime (float) and simulate (analytic model)."""
+    """Compile with calibration on realistic inputs (seeds from `calibration_seed` on), run
+    `eval_samples` other ones (seeds from EVAL_FIRST_SEED on), compare with onnxruntime (float)
+    and simulate (analytic model)."""
     import tempfile
     import time
 
@@ -364,7 +369,9 @@ def check_model(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         calibration = Path(tmp) / "calibration.npz"
-        np.savez(calibration, **model.samples(calibration_samples, first_seed=0))
+        if calibration_seed + calibration_samples > EVAL_FIRST_SEED:
+            raise ValueError(f"calibration seeds must stay below the evaluation's ({EVAL_FIRST_SEED})")
+        np.savez(calibration, **model.samples(calibration_samples, first_seed=calibration_seed))
         try:
             result = compile_model(
                 model.path, hw, model.input_shapes, calibration, calibration_samples,
@@ -376,7 +383,7 @@ def check_model(
     seconds = time.perf_counter() - start
     session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
-    samples = [model.sample(10_000 + i) for i in range(eval_samples)]
+    samples = [model.sample(EVAL_FIRST_SEED + i) for i in range(eval_samples)]
     names = [spec.name for spec in result.imported.inputs]
     float_runs = list(float_outputs(result.graph, result.imported, samples))
     if is_dynamically_quantized(onnx.load(str(model.path), load_external_data=False)):

