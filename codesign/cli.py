@@ -266,8 +266,8 @@ def _stacked_samples(arrays: dict[str, np.ndarray], inputs) -> int | None:
         raise UsageError(f"inputs mix stacks of samples and single samples ({singles}): stack all or none")
     counts = {name: arrays[name].shape[0] for name in stacked}
     if len(set(counts.values())) != 1:
-        raise UsageError("stacked inputs hold different numbers of samples: " + ", ".join(
-            f"{name} {count}" for name, count in counts.items()))  # fmt: skip
+        listed = ", ".join(f"{name} {count}" for name, count in counts.items())
+        raise UsageError(f"stacked inputs hold different numbers of samples: {listed}")
     return next(iter(counts.values()))
 
 

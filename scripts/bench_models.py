@@ -125,7 +125,7 @@ def _wheel(package: str, downloads: Path) -> Path:
     return next(where.glob("*.whl"))
 
 
-CALIBRATION_SEED_STEP = 1000  # calibration sets: seeds 0.., 1000.., ... (disjoint for up to 1000 samples)
+CALIBRATION_SEED_STEP = 1000  # calibration sets: seeds 0.., 1000.., ... (more apart for larger sets)
 
 
 def table(rows, hw_name: str, spreads: dict[str, list[float]]) -> Table:
@@ -179,7 +179,8 @@ def main() -> None:
                 continue
             console.print(f"{model.name} ...", highlight=False)
             settings = (hw, args.calibration_samples, args.eval_samples, args.calibration_method, args.bias_correction)
-            seeds = [index * CALIBRATION_SEED_STEP for index in range(args.calibration_sets)]
+            step = max(CALIBRATION_SEED_STEP, args.calibration_samples)
+            seeds = [index * step for index in range(args.calibration_sets)]
             checks = [check_model(model, *settings, calibration_seed=seed) for seed in seeds]
             rows.append(checks[0])
             if args.calibration_sets > 1 and all(check.compiled for check in checks):

@@ -398,3 +398,7 @@ def test_cli_run_stacks_every_input_or_none(capsys, tmp_path):
     assert main(["run", str(out), "--input", str(tmp_path / "mixed.npz"), "--output", str(mixed)]) == 2
     assert "stacks of samples and single samples (b)" in capsys.readouterr().err
     assert not mixed.exists()
+    np.savez(tmp_path / "uneven.npz", a=a, b=b[:2])
+    assert main(["run", str(out), "--input", str(tmp_path / "uneven.npz"), "--output", str(mixed)]) == 2
+    assert "different numbers of samples: a 3, b 2" in capsys.readouterr().err
+    assert not mixed.exists()
