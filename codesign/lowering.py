@@ -324,8 +324,8 @@ class _Lowerer:
         chained layer packs an NCHW input itself)."""
         if node.name in self.kernels:
             source = node.inputs[0]
-            data = blocked[source] if source in blocked else self.emit_pack(values[source], node)
-            return self.emit_kernel(node, data, [])
+            data = blocked[source] if source in blocked else self.emit_pack(values[source])
+            return self.emit_chained_kernel(node, data)
         args = [blocked[i] for i in node.inputs]
         p, block = node.params, self.layouts.block
         if node.op == "lut" and p["table"].ndim == 2:
@@ -373,8 +373,23 @@ class _Lowerer:
         """The weights' constant in the module: int4 two per byte (`weight_image`)."""
         return relax.const(weight_image(weight, self.weight_bits(node)))
 
-    def emit_pack(self, x: relax.Expr, node: QNode) -> relax.Expr:
-        data = self.group_major_input(x, self.kernels[node.name][1].shape)
+    def emit_chained_kernel(self, node: QNode, data: relax.Expr) -> relax.Expr:
+        """A chained layer on the layout's (1, N/b, C/bi, H, W, b, bi) blocks: a grouped kernel
+        reads them as its (G, N/b, C/G/bi, ...) runs of blocks and writes its output's the same
+        way (`packed_layout.groups_fill_blocks`), so both are reshapes."""
+        groups = self.kernels[node.name][1].shape.groups
+        if groups > 1:
+            _, row_blocks, blocks, *rest = (int(d) for d in data.ty.shape)
+            data = self.bb.emit(relax.op.reshape(data, (groups, row_blocks, blocks // groups, *rest)))
+        out = self.emit_kernel(node, data, [])
+        if groups > 1:
+            _, row_blocks, blocks, *rest = (int(d) for d in out.ty.shape)
+            out = self.bb.emit(relax.op.reshape(out, (1, row_blocks, groups * blocks, *rest)))
+        return out
+
+    def emit_pack(self, x: relax.Expr) -> relax.Expr:
+        """An NCHW value in the layout's blocks."""
+        data = self.bb.emit(relax.op.expand_dims(x, 0))
         return self.bb.emit_te(lambda v: pack_activation_te(v, self.hw), data, primfunc_name_hint="pack_activation")
 
     def emit_unpack(self, packed: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:

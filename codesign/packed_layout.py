@@ -3,7 +3,9 @@
 An accelerated conv reads (1, N/b, C/bi, H, W, b, bi) and writes (1, N/b, O/bo, H, W, b, bo)
 (see schedules.packed_conv2d). When bi == bo, one conv's output is already the next conv's
 input, so the host need not unpack it to NCHW and pack it again (an int4 layer on a
-precision-scalable core reads the same bo-wide blocks, two per fused element: `input_gather`). Elementwise int8 host ops
+precision-scalable core reads the same bo-wide blocks, two per fused element: `input_gather`;
+a grouped conv whose groups fall on whole blocks, depthwise convs the core runs as super-groups
+of bi channels included, reads them as runs of blocks: `groups_fill_blocks`). Elementwise int8 host ops
 (lookup tables, clamps, residual adds, squeeze-and-excitation gates) run on blocked tensors
 just as well, and so do the ops that work on each channel alone: depthwise convs on the host and
 global average pools. So a chain conv -> HardSwish -> conv, a residual block, or a MobileNet
@@ -50,13 +52,32 @@ class Layouts:
 
 
 def chains_kernel(node, qgraph, hw) -> bool:
-    """An accelerated layer whose blocked output can feed the next one as is: a conv with one
-    group, on a core whose output blocks are the blocks its input is stored in (an int4 layer on
-    a precision-scalable core reads those too, two per element: `input_gather`)."""
-    if node.op != "conv2d" or node.placement != "accel" or node.params["groups"] != 1:
+    """An accelerated layer whose blocked output can feed the next one as is: a conv on a core
+    whose output blocks are the blocks its input is stored in (an int4 layer on a
+    precision-scalable core reads those too, two per element: `input_gather`), with one group
+    or groups that fall on whole blocks (`groups_fill_blocks`)."""
+    if node.op != "conv2d" or node.placement != "accel":
         return False
     layer_core = hw.for_layer_weights(qgraph.config.bits_for(node.name))
-    return layer_core.input_block == layer_core.block_out == hw.block_out
+    if not layer_core.input_block == layer_core.block_out == hw.block_out:
+        return False
+    return node.params["groups"] == 1 or groups_fill_blocks(node, qgraph, layer_core)
+
+
+def groups_fill_blocks(node, qgraph, core) -> bool:
+    """Does a grouped conv's kernel read and write the layout's blocks as they are? Its groups
+    (super-groups of narrow groups: schedules.narrow_groups) must each take whole input and
+    output blocks, in channel order, and its rows one batch block: the kernel's (G, N/b, C/G/bi,
+    H, W, b, bi) is then the layout's (1, N/b, C/bi, H, W, b, bi) cut into G runs of blocks."""
+    out_channels, group_inputs = node.params["weight"].shape[:2]
+    group_outputs = out_channels // node.params["groups"]
+    rows = qgraph.nodes[node.inputs[0]].shape[0]
+    if core.input_gather != 1 or math.ceil(rows / core.batch) != 1:
+        return False
+    if group_inputs < core.block_in:  # narrow groups, k = block_in / group_inputs per super-group
+        k, remainder = divmod(core.block_in, group_inputs)
+        return remainder == 0 and k * group_outputs == core.block_out
+    return group_inputs % core.block_in == 0 and group_outputs % core.block_out == 0
 
 
 def runs_on_blocks(node, qgraph) -> bool:
