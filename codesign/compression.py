@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 class CompressionConfig:
     weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)
     prune: dict[str, float] = dataclasses.field(default_factory=dict)
-    # How offloaded layers are tiled: "rule" (the tile rule) or "auto" (fastest modelled tiling,
-    # as the tuner evaluated it). Kept with the compression choices so a tuned design compiles
-    # exactly as it was evaluated.
+    # How offloaded layers are tiled: "rule" (the tile rule) or "auto" (of the cost model's best
+    # three tilings the fastest by the event simulation, as the tuner evaluated it). Kept with
+    # the compression choices so a tuned design compiles exactly as it was evaluated.
     schedule: str = "rule"
     # Layers kept in float on the host (glob patterns over layer names: 'conv2d_3', 'conv2d_1*').
     float_layers: tuple[str, ...] = ()

@@ -114,7 +114,7 @@ class LayerPlan:
     host_bytes: float = 0.0
     weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)
     weight_bytes: int | None = None  # its weight constant in the module (int4 two per byte)
-    schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (fastest modelled)
+    schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (schedules.mapper)
     # The conv as the model writes it, where the core runs another shape (`shape`): narrow groups
     # as block-diagonal super-groups (schedules.narrow_groups).
     layer_shape: ConvShape | None = None

@@ -1,10 +1,11 @@
 """The cost model: a tiling's features, the VTA counters they imply, and cycles in closed form,
 vectorised with numpy (many tilings and designs per call). The mapper ranks tilings with it
-("auto" mode), the design sweep prices designs with it, and it is the simulator's analytic model.
+("auto" mode, whose best three it then times with the event simulation), the design sweep prices
+designs under the tile rule with it, and it is the simulator's analytic model.
 
 `tiling_features` reduces a layer, its tilings and a core to per-tile and per-step quantities
 (bytes, transfers, micro-ops); `vta_counters` turns them into VTA fsim's counters; `estimate`
-turns them into cycles by following the instruction stream `simulator.event_sim` runs, a round
+turns them into cycles by following the instruction stream `schedules.event_sim` runs, a round
 (one tile per virtual thread) at a time, with a fixed number of array operations whatever the
 tile and step counts:
 
@@ -34,8 +35,8 @@ the event simulation (tests/test_cost_model_agreement.py). Over 24,000 sampled (
 tiling) triples (scripts/bench_cost_model.py --seeds 1-30), 20 are beyond 5 % (up to 15.6 %), 19
 of them with two virtual threads and edge tiles; with every tile's window the mean, the event
 simulation gave the model's cycles within 0.4 % on the 7 such triples of an earlier scan.
-Closed form cannot follow the race tile by tile, so a caller that must be within 5 % on such a
-layer should time the model's best few tilings with the event simulation.
+Closed form cannot follow the race tile by tile, so the mapper's "auto" times the model's best
+three tilings with the event simulation and prices the layer by it (schedules.mapper).
 
 One tiling on one design runs on Python floats (`_Floats`), many on numpy arrays (`_Arrays`); the
 two give the same cycles.

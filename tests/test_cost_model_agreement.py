@@ -22,12 +22,12 @@ import numpy as np
 from codesign.hardware import load_hardware, preset_names
 from codesign.plan import AluOp, requant_alu_ops
 from codesign.schedules.cost_model import estimate, layer_features
+from codesign.schedules.event_sim import simulate_program
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import candidate_tilings, select_tiling
+from codesign.schedules.program import build_program
 from codesign.schedules.tile_geometry import tile_counts, tile_geometry
 from codesign.schedules.tiling import TilingError, fits, tile_footprint
-from codesign.simulator.event_sim import simulate_program
-from codesign.simulator.program import build_program
 
 SEED = 2024
 PAIRS = 200  # (design, layer) pairs; four tilings each: the rule's, auto's and two random ones

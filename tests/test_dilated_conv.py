@@ -22,9 +22,9 @@ from codesign.schedules.packed_conv2d import (
     packed_conv2d_func,
     schedule_packed_conv2d,
 )
+from codesign.schedules.program import build_program
 from codesign.schedules.schedule_walk import walk_schedule
 from codesign.schedules.tiling import Tiling, fits, kernel_uops, tile_footprint
-from codesign.simulator.program import build_program
 
 
 def dilated_shape(kernel: int, stride: int, dilation: tuple[int, int], **overrides) -> ConvShape:

@@ -11,8 +11,18 @@ import pytest
 from codesign.hardware import load_hardware, preset_names
 from codesign.plan import requant_alu_ops
 from codesign.schedules.cost_model import estimate, layer_features
+from codesign.schedules.event_sim import simulate_program
 from codesign.schedules.layer import ConvShape
-from codesign.schedules.mapper import Layer, candidate_tilings, design_arrays, map_layer, select_tiling
+from codesign.schedules.mapper import (
+    TIMED_CANDIDATES,
+    Layer,
+    candidate_tilings,
+    design_arrays,
+    map_layer,
+    select_tiling,
+)
+from codesign.schedules.program import build_program
+from codesign.schedules.tile_geometry import tile_geometry
 from codesign.schedules.tiling import Tiling, TilingError, fits, tile_footprint
 
 SHAPES = [
@@ -101,18 +111,25 @@ def rule_by_search(shape: ConvShape, hw) -> Tiling | None:
 
 
 def fastest_by_search(shape: ConvShape, hw, alu_ops) -> Tiling | None:
-    """The fitting (tiling, threads) with the fewest modelled cycles; ties to fewer threads,
-    then to the earlier candidate."""
-    timed = []
+    """Auto's choice by brute force: every fitting (tiling, threads), two threads only with two
+    output tiles to alternate between, priced by the closed form; of the TIMED_CANDIDATES
+    cheapest (ties to fewer threads, then the earlier candidate), the fastest by an event
+    simulation of its instruction stream (ties to the cheaper)."""
+    priced = []
     for index, candidate in enumerate(candidate_tilings(shape, hw)):
         for threads in (1, 2):
             tiling = dataclasses.replace(candidate, virtual_threads=threads)
-            if fits(tile_footprint(shape, tiling, hw), hw, threads):
+            if fits(tile_footprint(shape, tiling, hw), hw, threads) and output_tiles(shape, tiling, hw) >= threads:
                 features = layer_features(shape, tiling, hw, alu_ops)
                 cycles = estimate(features, hw.dram_latency_cycles, hw.dram_bytes_per_cycle, hw.alu_vectors_per_cycle)
-                chosen = dataclasses.replace(tiling, virtual_threads=min(threads, output_tiles(shape, tiling, hw)))
-                timed.append((cycles["cycles"][0], threads, index, chosen))
-    return min(timed, key=lambda entry: entry[:3])[3] if timed else None
+                priced.append((cycles["cycles"][0], threads, index, tiling))
+    shortlist = [entry[3] for entry in sorted(priced, key=lambda entry: entry[:3])[:TIMED_CANDIDATES]]
+    return min(shortlist, key=lambda tiling: event_cycles(shape, tiling, hw, alu_ops)) if shortlist else None
+
+
+def event_cycles(shape: ConvShape, tiling: Tiling, hw, alu_ops) -> float:
+    program = build_program(shape, tile_geometry(shape, tiling, hw), hw, alu_ops, tiling.virtual_threads)
+    return simulate_program(program, hw).cycles
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -26,14 +26,14 @@ from codesign.lowering import plan_accelerated_layer
 from codesign.pipeline import compile_model
 from codesign.reference import run_reference
 from codesign.schedules.cost_model import estimate, layer_features
+from codesign.schedules.event_sim import simulate_program
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import Layer, select_tiling
 from codesign.schedules.packed_conv2d import count_gemm_uops
+from codesign.schedules.program import build_program
 from codesign.schedules.tile_geometry import tile_geometry
 from codesign.simulator.design_sweep import evaluate_designs
 from codesign.simulator.energy import layer_energy_pj
-from codesign.simulator.event_sim import simulate_program
-from codesign.simulator.program import build_program
 from codesign.tuner.space import space_from_dict
 
 PLAIN = load_hardware("vta_default")

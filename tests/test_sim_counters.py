@@ -12,10 +12,10 @@ from codesign.plan import AluOp
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import choose_tiling
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
+from codesign.schedules.program import LayerProgram, build_program
 from codesign.schedules.schedule_walk import walk_schedule
 from codesign.schedules.tile_geometry import input_windows_inside, tile_counts, tile_geometry
 from codesign.schedules.tiling import Tiling, kernel_uops
-from codesign.simulator.program import LayerProgram, build_program
 
 VTA = load_hardware("vta_default")
 # VTA tutorials' requantization: SHR 8, MAX 0, MIN 127, all immediates.

@@ -23,15 +23,15 @@ from codesign.lowering import lower_to_relax, plan_layers
 from codesign.pipeline import compile_model, quantize_model
 from codesign.plan import LayerPlan, requant_alu_ops
 from codesign.schedules.cost_model import estimate, layer_features, stack_features
+from codesign.schedules.event_sim import simulate_program
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import choose_tiling
 from codesign.schedules.packed_conv2d import packed_conv2d_func, schedule_packed_conv2d
+from codesign.schedules.program import build_program
 from codesign.schedules.schedule_walk import walk_schedule
 from codesign.schedules.tiling import Tiling, TilingError
 from codesign.simulator.energy import layer_energy_pj
-from codesign.simulator.event_sim import simulate_program
 from codesign.simulator.host import host_seconds
-from codesign.simulator.program import build_program
 from codesign.simulator.simulate import simulate_plans
 
 VTA = load_hardware("vta_default")

@@ -7,7 +7,8 @@ the run's data and as many samples as the run's settings.json says, as the repor
 refits weights to the calibration samples, and the weights decide the ALU program) and simulated
 with `codesign simulate MODULE --json`.
 
-- With the cycle model the tuner prices designs with, latency, energy and area equal the record
+- With the cycle model the tuner prices designs with (the closed form under the tile rule, the
+  event simulation under "auto": `cycle_model`), latency, energy and area equal the record
   bit for bit: the tuner and the simulator sum the same per-layer figures in the same order
   (the module's plans are lowered for the design; the tuner's are the design's compression
   profile tiled for the design by the same mapper).
@@ -30,12 +31,11 @@ from codesign.deploy import read_manifest
 from codesign.design import Design
 from codesign.simulator.simulate import MODELS
 from codesign.tuner.database import Database
-from codesign.tuner.front import CYCLE_MODEL, FRONT_DIR
+from codesign.tuner.front import FRONT_DIR, cycle_model
 from codesign.tuner.run_files import DATABASE_FILE, SETTINGS_FILE
 from codesign.tuner.tune import design_file_name
 
 MNIST = Path(__file__).resolve().parent.parent / "codesign" / "data" / "mnist-8.onnx"
-OTHER_MODEL = next(model for model in MODELS if model != CYCLE_MODEL)
 MODEL_AGREEMENT = 0.05  # the event and analytic cycle models, on every offloaded layer
 # Small scratchpads and narrow blocks among the choices: layers split into several tiles,
 # with and without virtual threads.
@@ -141,9 +141,13 @@ def test_the_designs_vary_hardware_compression_and_schedule(tuned_run, compiled)
         assert {layer["schedule"] for layer in c.manifest["layers"] if layer["placement"] == "accel"} == {mode}
 
 
+def other_model(schedule: str) -> str:
+    return next(model for model in MODELS if model != cycle_model(schedule))
+
+
 def test_the_module_simulates_to_the_tuner_record_exactly(compiled):
     for c in compiled:
-        totals = c.simulations[CYCLE_MODEL]["totals"]
+        totals = c.simulations[cycle_model(c.design.schedule)]["totals"]
         simulated = {
             "latency": totals["latency_seconds"],
             "accelerator_seconds": totals["accelerator_seconds"],
@@ -157,7 +161,7 @@ def test_the_module_simulates_to_the_tuner_record_exactly(compiled):
 
 def test_the_other_cycle_model_agrees_within_the_models_tolerance(compiled):
     for c in compiled:
-        totals = c.simulations[OTHER_MODEL]["totals"]
+        totals = c.simulations[other_model(c.design.schedule)]["totals"]
         assert totals["accelerator_seconds"] == pytest.approx(c.metrics["accelerator_seconds"], rel=MODEL_AGREEMENT)
         assert totals["energy_joules"] == pytest.approx(c.metrics["energy"], rel=MODEL_AGREEMENT)
         assert totals["area_mm2"] == c.metrics["area"]
@@ -170,4 +174,5 @@ def test_the_report_simulates_the_best_designs_as_their_modules(tuned_run, compi
     assert front_files
     for path in front_files:
         persisted = json.loads(path.read_text())
-        assert persisted["simulation"] == modules[persisted["index"]].simulations[CYCLE_MODEL], path.name
+        module = modules[persisted["index"]]
+        assert persisted["simulation"] == module.simulations[cycle_model(module.design.schedule)], path.name

@@ -275,10 +275,11 @@ def test_best_design_files_compile_to_what_the_tuner_measured(tmp_path, serial):
 def test_a_recorded_design_compiles_and_simulates_to_what_the_tuner_measured(tmp_path, serial, capsys):
     """`compile --design RUN/designs/eval_N.json` reproduces evaluation N: its hardware (manifest
     fingerprint), compression and schedule; simulating the module with the tuner's cycle model
-    (analytic, as the evaluator's) gives the latency recorded."""
+    (the event simulation under "auto": `cycle_model`) gives the latency recorded."""
     from codesign.cli import main
     from codesign.deploy import read_manifest
     from codesign.design import Design
+    from codesign.tuner.front import cycle_model
     from codesign.tuner.tune import write_outputs
 
     space, layers = load_space(SPACE), serial.evaluator.layers
@@ -304,7 +305,7 @@ def test_a_recorded_design_compiles_and_simulates_to_what_the_tuner_measured(tmp
     latencies = []
     for target, extra in ((out, []), (MNIST, ["--design", str(design_file), "--calibration", str(calibration)])):
         sim = tmp_path / f"sim{len(latencies)}.json"
-        assert main(["simulate", str(target), *extra, "--model", "analytic", "--json", str(sim)]) == 0
+        assert main(["simulate", str(target), *extra, "--model", cycle_model(design.schedule), "--json", str(sim)]) == 0
         latencies.append(json.loads(sim.read_text())["totals"]["latency_seconds"])
     assert latencies == pytest.approx([record.metrics["latency"]] * 2, rel=1e-9)
     capsys.readouterr()

@@ -1,5 +1,5 @@
 """Simulated designs for the reports: a run's best designs layer by layer the way the tuner
-evaluated them (analytic cycle model, tuned schedules), or one compiled design.
+evaluated them (the tuner's cycle model and schedules), or one compiled design.
 
 A run's designs are read from RUN/front/, which the tune wrote from the plans it held
 (`codesign.tuner.front`). For a run without those files (written by an older codesign, or
@@ -22,7 +22,7 @@ from codesign.plan_cache import plan_model
 from codesign.report.run_data import RunData
 from codesign.simulator.simulate import SimulationReport, simulate_plans
 from codesign.tuner.database import Record
-from codesign.tuner.front import CYCLE_MODEL, read_front_simulation, read_sequential, simulation_from_dict
+from codesign.tuner.front import cycle_model, read_front_simulation, read_sequential, simulation_from_dict
 
 DEFAULT_CALIBRATION_SAMPLES = 64  # what the tuner's evaluator calibrates on
 
@@ -36,7 +36,7 @@ class SimulatedDesign:
 
 def simulate_run_designs(run: RunData) -> tuple[list[SimulatedDesign], str | None]:
     """The best design of every objective (one entry per distinct design), simulated layer by
-    layer with the analytic model the tuner used; or no designs and why not."""
+    layer with the cycle model the tuner used; or no designs and why not."""
     if not run.best:
         return [], "the run has no feasible design"
     objectives_of: dict[int, list[str]] = {}
@@ -145,7 +145,7 @@ def _simulate_again(run: RunData, records: list[Record]) -> tuple[dict[int, Simu
             plans = plan_model(
                 model, hw, run.input_shapes, data, samples, lambda m: None, compression, run.input_values
             )
-            simulations[record.index] = simulate_plans(plans, hw, CYCLE_MODEL)
+            simulations[record.index] = simulate_plans(plans, hw, cycle_model(run.space.schedule_mode))
     except CodesignError as err:
         return {}, f"simulating the best designs failed: {err}"
     return simulations, None

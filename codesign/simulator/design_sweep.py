@@ -20,7 +20,8 @@ from codesign.simulator.energy import layer_energy_pj
 def evaluate_designs(layers: list[Layer], designs: list, schedule: str = "rule") -> dict[str, np.ndarray]:
     """cycles, seconds, energy (pJ) and area (mm2) of the accelerated layers, per design;
     cycles are inf where some layer has no tiling that fits. `schedule`: "rule" takes the tile
-    rule's tiling, "auto" the tiling (and virtual threads) with the fewest modelled cycles."""
+    rule's tiling, "auto" the tiling (and virtual threads) the mapper times fastest, at its event
+    cycles (schedules.mapper)."""
     result = {key: np.zeros(len(designs)) for key in ("cycles", "seconds", "energy_pj", "area_mm2")}
     for indices in _core_groups(designs):
         group = design_arrays([designs[i] for i in indices])
@@ -51,8 +52,12 @@ def _layer_costs(layers: list[Layer], core, group, schedule: str) -> tuple[np.nd
     mappings = map_layers(layers, core, group, schedule)
     features = {key: np.stack([m.features[key] for m in mappings]) for key in mappings[0].features}
     fits = np.stack([m.fits for m in mappings])
-    timing = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
-    layer_cycles = np.where(fits, timing["cycles"], np.inf)
+    if mappings[0].cycles is not None:  # "auto": the event simulation's cycles of the chosen tilings
+        cycles = np.stack([m.cycles for m in mappings])
+    else:
+        cycles = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
+        cycles = cycles["cycles"]
+    layer_cycles = np.where(fits, cycles, np.inf)
     counters, resets = vta_counters(features), reset_elements(features)
     energy = layer_energy_pj(counters, resets, layer_cycles, group, _layer_cores(layers, core))["total"]
     return layer_cycles, energy

@@ -9,11 +9,11 @@ import dataclasses
 from codesign.hardware import area_mm2
 from codesign.plan import LayerPlan
 from codesign.schedules.cost_model import estimate, reset_elements
+from codesign.schedules.event_sim import LayerTiming, simulate_program
+from codesign.schedules.program import build_program
 from codesign.schedules.tile_geometry import tile_geometry
 from codesign.simulator.energy import energy_by_stage_pj, layer_energy_pj
-from codesign.simulator.event_sim import LayerTiming, simulate_program
 from codesign.simulator.host import host_seconds
-from codesign.simulator.program import build_program
 
 MODELS = ("event", "analytic")
 STAGES = ("load", "compute", "store", "host")

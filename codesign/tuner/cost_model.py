@@ -1,8 +1,9 @@
 """The cost model: latency, energy, area and EDP of many designs at once.
 
-Each compression profile's offloaded layers go through the vectorised analytic sweep
+Each compression profile's offloaded layers go through the vectorised design sweep
 (`design_sweep.evaluate_designs`: every layer's tiling chosen for each design, with the space's
-schedule mode), and its host ops through the host model, priced by each design's [host] table.
+schedule mode, and priced by that mode's cycle model, `tuner.front.cycle_model`), and its host
+ops through the host model, priced by each design's [host] table.
 """
 
 from __future__ import annotations

@@ -5,15 +5,15 @@ A thin composition of parts with one job each:
 - `eval_data`: the labelled evaluation data, read and checked;
 - `profile_builder`: compiles one compression profile (the model is imported once, here);
 - `accuracy`: runs a built profile on the evaluation data;
-- `cost_model`: latency, energy and area of many designs at once (the vectorised analytic sweep);
+- `cost_model`: latency, energy and area of many designs at once (the vectorised design sweep);
 - `constraints`: the space's constraint checks;
 - `batch_evaluator`: a batch grouped by compression profile, the missing profiles measured, every
   design costed in one call.
 
 Accuracy depends only on the compression choice (and on whether the ALU has a multiplier, which
 changes the requantization), so it is measured once per (compression, multiplier). Latency,
-energy and area come from the analytic simulator with the schedule of every layer tuned for the
-design (`schedule.mode = "auto"`).
+energy and area come from the simulator with the schedule of every layer tuned for the design
+(`schedule.mode = "auto"`: cycles of the event simulation, `tuner.front.cycle_model`).
 """
 
 from __future__ import annotations

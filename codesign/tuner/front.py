@@ -1,10 +1,10 @@
 """The front, simulated layer by layer: what the report draws of a run's best designs, persisted.
 
 When a tune ends, the best design of every objective is simulated layer by layer with the cycle
-model the tuner's cost model used (`simulate_plans(..., "analytic")`, every offloaded layer tiled
-for the design as the cost model tiled it), from the layer plans of the design's compression
-profile, which the evaluator holds: nothing is imported, calibrated or lowered again. Files,
-each written atomically:
+model the tuner's cost model used (`cycle_model`: the event simulation under "auto", the closed
+form under the tile rule; every offloaded layer tiled for the design as the cost model tiled
+it), from the layer plans of the design's compression profile, which the evaluator holds:
+nothing is imported, calibrated or lowered again. Files, each written atomically:
 
     RUN/front/layers.json   {"gemm_layers": [...]}: the model's GEMM layers (what compression
                             knobs name), so the report need not import the model
@@ -68,7 +68,13 @@ MAX_ENUMERATED_HARDWARE = 20_000  # hardware combinations the sequential flow en
 SAMPLED_HARDWARE = 20_000
 SEQUENTIAL_SEED = 0
 BASELINE_COMPRESSION = {"weight_bits": 8, "prune": 0.0}  # per comp.<group>.<knob>: int8, nothing pruned
-CYCLE_MODEL = "analytic"  # the model the tuner's cost model evaluates designs with
+
+
+def cycle_model(schedule: str) -> str:
+    """The cycle model the tuner's figures are the simulator's by: under "auto" the mapper times
+    each layer's chosen tiling with the event simulation (schedules.mapper), under the tile rule
+    the closed form prices it."""
+    return "event" if schedule == "auto" else "analytic"
 
 
 def front_file(run_dir: str | Path, index: int) -> Path:
@@ -84,7 +90,7 @@ def write_front(run_dir: str | Path, space: SearchSpace, records: list[Record], 
     best = {record.index: record for record in best_per_objective(space, records).values()}
     for index, record in best.items():
         hw = space.hardware(record.config, name=f"eval_{index}")
-        simulation = simulate_design(evaluator.profile(record.config, hw.alu_has_multiplier), hw)
+        simulation = simulate_design(evaluator.profile(record.config, hw.alu_has_multiplier), hw, space.schedule_mode)
         document = {"index": index, "config": record.config, "simulation": simulation.to_dict()}
         written.append(_write_json(front_file(run_dir, index), document))
     return written
@@ -173,7 +179,7 @@ def _compression_step(
     position = _best_position(objective, designs, results)  # step 1's design is feasible: never None
     config = designs[position]
     hw = space.hardware(config, name=f"sequential_{objective}")
-    simulation = simulate_design(evaluator.profile(config, hw.alu_has_multiplier), hw)
+    simulation = simulate_design(evaluator.profile(config, hw.alu_has_multiplier), hw, space.schedule_mode)
     design_key = _design_key(space, config, evaluator.layers)
     evaluation = next((r.index for r in records if _design_key(space, r.config, evaluator.layers) == design_key), None)
     return {
@@ -224,9 +230,10 @@ def _compression_part(config: dict) -> dict:
     return {name: value for name, value in config.items() if name.startswith("comp.")}
 
 
-def simulate_design(profile: CompressionProfile, hw: HardwareSpec) -> SimulationReport:
-    """A design simulated layer by layer from its compression profile's plans."""
-    return simulate_plans(plans_for_design(profile.plans, hw), hw, CYCLE_MODEL)
+def simulate_design(profile: CompressionProfile, hw: HardwareSpec, schedule: str) -> SimulationReport:
+    """A design simulated layer by layer from its compression profile's plans (tiled under the
+    space's `schedule` mode)."""
+    return simulate_plans(plans_for_design(profile.plans, hw), hw, cycle_model(schedule))
 
 
 def plans_for_design(plans: list[LayerPlan], hw: HardwareSpec) -> list[LayerPlan]:

@@ -19,7 +19,7 @@ and constraints. A configuration is a dict knob -> chosen value.
     # (comp.conv2d_0.weight_bits, ...), known once the model is (`SearchSpace.for_layers`)
 
     [schedule]
-    mode = "auto"                 # auto: each layer's tiling minimises modelled cycles; rule: the tile rule
+    mode = "auto"                 # auto: each layer's fastest tiling (schedules.mapper); rule: the tile rule
 
     objectives = ["latency", "energy", "area", "accuracy"]
     [constraints]
