@@ -52,11 +52,11 @@ def _layer_costs(layers: list[Layer], core, group, schedule: str) -> tuple[np.nd
     mappings = map_layers(layers, core, group, schedule)
     features = {key: np.stack([m.features[key] for m in mappings]) for key in mappings[0].features}
     fits = np.stack([m.fits for m in mappings])
-    if mappings[0].cycles is not None:  # "auto": the event simulation's cycles of the chosen tilings
+    if schedule == "auto":  # the mapper timed the chosen tilings with the event simulation
         cycles = np.stack([m.cycles for m in mappings])
     else:
-        cycles = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
-        cycles = cycles["cycles"]
+        timing = estimate(features, group.dram_latency_cycles, group.dram_bytes_per_cycle, group.alu_vectors_per_cycle)
+        cycles = timing["cycles"]
     layer_cycles = np.where(fits, cycles, np.inf)
     counters, resets = vta_counters(features), reset_elements(features)
     energy = layer_energy_pj(counters, resets, layer_cycles, group, _layer_cores(layers, core))["total"]
