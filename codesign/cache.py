@@ -20,11 +20,11 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from codesign.errors import UsageError
+from codesign.errors import DeployError, UsageError
+from codesign.files import write_bytes_atomic
 
 CACHE_DIR_ENV = "CODESIGN_CACHE_DIR"
 NO_CACHE_ENV = "CODESIGN_NO_CACHE"
@@ -92,21 +92,12 @@ def store(key: str, payload: bytes) -> None:
     if path is None:
         return
     max_bytes = _max_bytes()
-    staging = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(hashlib.sha256(payload).digest() + payload)
-        os.replace(staging, path)
-        staging = None
+        write_bytes_atomic(path, hashlib.sha256(payload).digest() + payload)
         evict(path.parent, max_bytes)
-    except OSError:
+    except (OSError, DeployError):
         pass
-    finally:
-        if staging is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(staging)
 
 
 def evict(directory: Path, max_bytes: int) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import tempfile
@@ -28,23 +29,31 @@ from codesign.errors import DeployError, Interrupted, UsageError
 STALE_SECONDS = 3600
 
 
-# A file being written by write_text_atomic: '.NAME.' and mkstemp's eight random characters.
+# A file being written by write_text_atomic: '.NAME.' and eight random characters
+# (eight hex digits; older codesign used mkstemp's).
 STAGED_FILE = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Stage beside the destination, then rename into place (atomic on one file system); the
-    staging file is removed on any failure, a signal's exception included."""
+    staging file is removed on any failure, a signal's exception included. The staging name is
+    known before the file exists, so a signal between its creation and the next statement still
+    finds it to remove (mkstemp's name arrives only after the file is made)."""
     path = Path(path)
     staging = None
     try:
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.chmod(staging, 0o666 & ~_umask())  # mkstemp's files are private; give the usual mode
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        staging = path.parent / f".{path.name}.{secrets.token_hex(4)}"
+        handle = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
         os.replace(staging, path)
     except BaseException as err:
-        if staging is not None and os.path.exists(staging):
+        # FileExistsError: the random name is somebody else's file; leave it.
+        if staging is not None and not isinstance(err, FileExistsError) and os.path.lexists(staging):
             os.unlink(staging)
         if isinstance(err, OSError):
             raise DeployError(f"{path}: cannot write ({err.strerror})") from err

@@ -594,3 +594,41 @@ def test_a_signal_at_any_moment_of_writing_leaves_no_staging_directory(tmp_path,
     with pytest.raises(Terminated):
         deploy.write_module(compiled, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("moment", ["the staging file was just made", "writing into it", "renaming it"])
+def test_a_signal_at_any_moment_of_write_text_atomic_leaves_no_staging_file(tmp_path, monkeypatch, moment):
+    """A SIGTERM that lands as the staging file comes into existence (before the call that made it
+    has returned), while it is written or while it is renamed leaves OUT as it was and nothing
+    beside it (the tune test that kills a run while its report is written found this window)."""
+    from codesign import files
+    from codesign.files import Terminated, write_text_atomic
+
+    target = tmp_path / "report.html"
+    target.write_text("old")
+    real_open, real_fdopen, real_replace = files.os.open, files.os.fdopen, files.os.replace
+
+    def open_then_signal(*args, **kwargs):
+        real_open(*args, **kwargs)
+        raise Terminated("SIGTERM")
+
+    def fdopen_then_signal(*args, **kwargs):
+        real_fdopen(*args, **kwargs).close()
+        raise Terminated("SIGTERM")
+
+    def signal_before_replace(*args, **kwargs):
+        raise Terminated("SIGTERM")
+
+    patched = {
+        "the staging file was just made": ("open", open_then_signal),
+        "writing into it": ("fdopen", fdopen_then_signal),
+        "renaming it": ("replace", signal_before_replace),
+    }[moment]
+    monkeypatch.setattr(files.os, *patched)
+    with pytest.raises(Terminated):
+        write_text_atomic(target, "new")
+    monkeypatch.setattr(files.os, "open", real_open)
+    monkeypatch.setattr(files.os, "fdopen", real_fdopen)
+    monkeypatch.setattr(files.os, "replace", real_replace)
+    assert [entry.name for entry in tmp_path.iterdir()] == ["report.html"]
+    assert target.read_text() == "old"
