@@ -1041,6 +1041,10 @@ def layer(index: int, change: Callable[[dict], None]):
     return manifest(lambda m: change(m["layers"][index]))
 
 
+def first_accelerated_layer(change: Callable[[dict], None]):
+    return manifest(lambda m: change(next(lay for lay in m["layers"] if lay["placement"] == "accel")))
+
+
 def build_probes() -> list[Probe]:
     p: list[Probe] = []
     name_250, name_256 = "o" * 250, "o" * 256
@@ -1400,11 +1404,16 @@ def build_probes() -> list[Probe]:
         ),
         sim_p("hardware-file-absolute", "3", manifest(lambda m: m["hardware"].update(file="/etc/passwd"))),
         sim_p("hardware-symlink-outside", "3", hw_outside),
-        sim_p("tiling-zero", "14", layer(1, lambda lay: lay["tiling"].update(h_tile=0)), check=line_has("layers")),
+        sim_p(
+            "tiling-zero",
+            "14",
+            first_accelerated_layer(lambda lay: lay["tiling"].update(h_tile=0)),
+            check=line_has("layers"),
+        ),
         sim_p(
             "tiling-too-big",
             "14",
-            layer(1, lambda lay: lay["tiling"].update(h_tile=100000, w_tile=100000)),
+            first_accelerated_layer(lambda lay: lay["tiling"].update(h_tile=100000, w_tile=100000)),
             check=line_has("layers"),
         ),
         sim_p("layer-not-object", "14", manifest(lambda m: m["layers"].__setitem__(1, 5))),
