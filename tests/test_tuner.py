@@ -481,3 +481,22 @@ def test_tune_calibrates_on_its_own_data_when_given_and_resume_checks_it(tmp_pat
     capsys.readouterr()
     assert main([*argv, "--resume"]) == 2  # without the calibration data the run was made with
     assert "--calibration (none) is not the run's" in capsys.readouterr().err
+
+
+def test_a_new_run_stopped_as_its_first_file_lands_leaves_its_directory_as_it_was(tmp_path, monkeypatch):
+    """A signal that arrives just after a new run wrote a file (before it noted it as its own)
+    still has the run remove it: a run that recorded nothing leaves nothing."""
+    from codesign.tuner import run as run_module
+    from codesign.tuner.run_files import RUN_FILE
+
+    real_write = run_module.write_text_atomic
+
+    def write_then_signal(path, text):
+        real_write(path, text)
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(run_module, "write_text_atomic", write_then_signal)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), run_module.RunDirectory(out, resume=False) as run_dir:
+        run_dir.write(RUN_FILE, "{}")
+    assert not out.exists()

@@ -445,10 +445,9 @@ class RunDirectory:
 
     def write(self, name: str, text: str) -> None:
         path = self.out / name
-        existed = path.exists()
-        write_text_atomic(path, text)
-        if not existed:
+        if not path.exists():  # noted first: a signal right after the write must not keep it
             self._written.append(path)
+        write_text_atomic(path, text)
 
     def _lock(self) -> None:
         path = self.out / LOCK_FILE
