@@ -337,17 +337,20 @@ def _npz_contents(arrays: dict[str, np.ndarray], shown: int = 4) -> str:
 
 
 def _write_outputs(path: Path, results: list[np.ndarray], names: list[str]) -> Path:
-    """Write one output as .npy, several (or to a .npz path) as .npz; returns the file written
-    (numpy's suffix added when the path lacks it)."""
+    """Write one output as .npy, several (or to a .npz path) as .npz, atomically; returns the
+    file written (numpy's suffix added when the path lacks it)."""
     suffix = ".npy" if len(results) == 1 and path.suffix != ".npz" else ".npz"
     written = path if path.suffix == suffix else Path(f"{path}{suffix}")
-    try:
-        if suffix == ".npy":
-            np.save(written, results[0])
-        else:
-            np.savez(written, **dict(zip(names, results)))
-    except OSError as err:
-        raise DeployError(f"{written}: cannot write output ({err.strerror or err})") from err
+    import io
+
+    from codesign.files import write_bytes_atomic
+
+    data = io.BytesIO()
+    if suffix == ".npy":
+        np.save(data, results[0])
+    else:
+        np.savez(data, **dict(zip(names, results)))
+    write_bytes_atomic(written, data.getvalue())  # a reader never sees half an output
     return written
 
 

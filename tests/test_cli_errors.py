@@ -233,6 +233,28 @@ def test_run_wrong_input_dtype(capsys, tmp_path, module_dir):
     assert not y.exists()
 
 
+def test_run_output_that_cannot_be_written_keeps_the_old_file_whole(capsys, tmp_path, module_dir, monkeypatch):
+    """A write that fails part way (a full disk) names the file, leaves the previous output as it
+    was and no partial file beside it."""
+    from codesign import files
+
+    x, y = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x, mnist_images(1))
+    np.save(y, np.arange(3))
+    real_fdopen = files.os.fdopen
+
+    def full_disk(descriptor, *args, **kwargs):
+        out = real_fdopen(descriptor, *args, **kwargs)
+        out.write(b"\x93NUMPY")
+        out.close()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fdopen", full_disk)
+    error_line(*cli(capsys, "run", module_dir, "--input", x, "--output", y), 1, "y.npy", "No space left")
+    assert np.array_equal(np.load(y), np.arange(3))
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["x.npy", "y.npy"]
+
+
 # ---- hardware description errors ----------------------------------------------------------------
 
 
