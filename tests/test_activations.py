@@ -6,6 +6,8 @@ integer program bit for bit and stays close to onnxruntime."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -120,6 +122,30 @@ def test_table_is_the_quantized_float_function(compiled):
     x = np.arange(-128, 128).astype(np.float32) * x_scale  # one row per channel where scales are per channel
     expected = quantize_float32(np.tanh(x), tanh.scale).reshape(tanh.params["table"].shape)
     assert np.abs(tanh.params["table"].astype(int) - expected.astype(int)).max() <= 1  # tanh's float rounding
+
+
+def _gelu(x):
+    erf = np.vectorize(math.erf)
+    return x * 0.5 * (1 + erf(x / np.sqrt(2)))
+
+
+@pytest.mark.parametrize(
+    ("position", "reference"),
+    [(0, lambda x: x / (1 + np.exp(-x))), (-1, _gelu)],
+    ids=["silu (tabulated in numpy)", "gelu (erf: tabulated by a compiled Relax function)"],
+)
+def test_tables_of_both_tabulation_paths_are_the_quantized_float_function(compiled, position, reference):
+    """SiLU's ops all run in codesign.float_numpy, GELU's erf does not: each table, whichever way
+    it was computed, is the quantized function (float rounding moves at most an entry by 1)."""
+    _, result = compiled
+    products = [n for n in result.qgraph.nodes.values() if n.op == "lut" and n.source.op == "relax.multiply"]
+    lut = products[position]  # SiLU's table comes first in the model, GELU's last
+    x_scale = np.asarray(result.qgraph.nodes[lut.inputs[0]].scale, dtype=np.float64).reshape(-1, 1)
+    x = np.arange(-128, 128) * x_scale
+    expected = quantize_float32(reference(x).astype(np.float32), lut.scale).reshape(lut.params["table"].shape)
+    difference = np.abs(lut.params["table"].astype(int) - expected.astype(int))
+    assert difference.max() <= 1
+    assert (difference == 0).mean() > 0.99
 
 
 def compile_block(folder, name: str, nodes, inits, out_shape, size: int = 8):
