@@ -339,12 +339,12 @@ def _npz_contents(arrays: dict[str, np.ndarray], shown: int = 4) -> str:
 def _write_outputs(path: Path, results: list[np.ndarray], names: list[str]) -> Path:
     """Write one output as .npy, several (or to a .npz path) as .npz, atomically; returns the
     file written (numpy's suffix added when the path lacks it)."""
-    suffix = ".npy" if len(results) == 1 and path.suffix != ".npz" else ".npz"
-    written = path if path.suffix == suffix else Path(f"{path}{suffix}")
     import io
 
     from codesign.files import write_bytes_atomic
 
+    suffix = ".npy" if len(results) == 1 and path.suffix != ".npz" else ".npz"
+    written = path if path.suffix == suffix else Path(f"{path}{suffix}")
     data = io.BytesIO()
     if suffix == ".npy":
         np.save(data, results[0])

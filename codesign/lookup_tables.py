@@ -7,10 +7,10 @@ output is a function of x's 256 possible values, so the host runs it as one tabl
 int8 data instead of dequantize -> float ops -> quantize. The table holds exactly what the
 float path would produce after quantizing: quantize(f(q * scale_x), scale_y).
 
-The tables are computed by running the original ops: in numpy (`codesign.float_numpy`, float32
-as TVM's kernels, its exp and tanh libm's rather than TVM's approximations) where it runs every op
-of a chain, which all the corpus's activations are; the other chains in one compiled Relax
-function (building it took PP-OCRv4 det's 168 chains 3-4 s of a compile).
+The tables are computed by running the original ops: in numpy (`codesign.float_numpy`: float32
+like TVM's kernels, but libm's exp and tanh where TVM approximates) where it runs every op of a
+chain, as it does for all the corpus's activations; the other chains in one compiled Relax
+function (building one for all of PP-OCRv4 det's 168 chains took 3-4 s of its compile).
 """
 
 from __future__ import annotations
