@@ -169,10 +169,14 @@ def tensor_ranges(
     progress.stage("calibrate", len(samples))
     for outputs in float_runs(graph, imported, samples, taps):
         for name, value in zip(taps, outputs[skip:]):
-            absmax[name] = max(absmax[name], float(np.abs(value).max(initial=0.0)))
-            if name in channel_absmax:
+            magnitude = np.abs(value)
+            if name in channel_absmax:  # the tensor's max from its channels': one pass over it
                 others = tuple(a for a in range(value.ndim) if a != axes[name])
-                channel_absmax[name] = np.maximum(channel_absmax[name], np.abs(value).max(axis=others))
+                channels = magnitude.max(axis=others, initial=0.0)
+                channel_absmax[name] = np.maximum(channel_absmax[name], channels)
+                absmax[name] = max(absmax[name], float(channels.max(initial=0.0)))
+            else:
+                absmax[name] = max(absmax[name], float(magnitude.max(initial=0.0)))
             if name in histograms:
                 histograms[name].add(value)
         progress.advance()
