@@ -463,7 +463,14 @@ def _write_json(path: Path, document: dict) -> None:
 def tune_command(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")],
     space: Annotated[Path, typer.Option("--space", help="Search-space TOML file (see spaces/).")],
-    data: Annotated[Path, typer.Option("--data", help="Evaluation data: .npz with inputs by name and 'labels'.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Evaluation data: .npz with inputs by name and 'labels' (a class per sample, or a CTC "
+            "recogniser's class sequence per sample, padded with -1).",
+        ),
+    ],
     out: Annotated[Path, typer.Option("-o", "--out", help="Run directory.")],
     budget: Annotated[
         int, typer.Option(help="Evaluations in all (bilevel: compression profiles measured for accuracy).", min=1)

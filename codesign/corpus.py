@@ -171,6 +171,11 @@ def _phrase(rng: np.random.Generator, words: int) -> str:
 def render_text_line(height: int, width: int, rng: np.random.Generator, upside_down: bool | None = None) -> np.ndarray:
     """(height, width, 3) uint8: dark text on a light background, as a cropped OCR text line;
     upside down (PP-OCR's direction classifier's other class) when asked, else at random."""
+    return _text_line(height, width, rng, upside_down)[0]
+
+
+def _text_line(height: int, width: int, rng: np.random.Generator, upside_down: bool | None) -> tuple[np.ndarray, str]:
+    """render_text_line's image, and the text it shows."""
     from PIL import Image, ImageDraw
 
     ink, paper = int(rng.integers(0, 80)), int(rng.integers(190, 256))
@@ -187,7 +192,7 @@ def render_text_line(height: int, width: int, rng: np.random.Generator, upside_d
     flip = rng.random() < 0.5 if upside_down is None else upside_down
     if flip:
         full = full.rotate(180)
-    return np.asarray(full)
+    return np.asarray(full), text
 
 
 def render_page(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -223,6 +228,15 @@ def text_directions(shape, count: int, seed: int) -> tuple[np.ndarray, np.ndarra
     lines = [render_text_line(shape[2], shape[3], rng, upside_down=bool(flip)) for flip in labels]
     images = np.stack([line.transpose(2, 0, 1) for line in lines]).astype(np.float32)
     return ((images / 255.0 - 0.5) / 0.5).astype(np.float32), labels
+
+
+def text_lines(shape, count: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """A labelled set for a text recogniser: `count` upright rendered text lines (NCHW, PaddleOCR's
+    normalisation) and the text each shows."""
+    rng = np.random.default_rng(seed)
+    lines = [_text_line(shape[2], shape[3], rng, upside_down=False) for _ in range(count)]
+    images = np.stack([image.transpose(2, 0, 1) for image, _ in lines]).astype(np.float32)
+    return ((images / 255.0 - 0.5) / 0.5).astype(np.float32), [text for _, text in lines]
 
 
 def page_input(shape, rng) -> np.ndarray:

