@@ -143,3 +143,13 @@ def test_bad_sequence_labels_are_one_line_naming_the_entry(recogniser, tmp_path,
         Evaluator(model, load_space(SPACE), data, calibration_samples=16)
     assert str(data) in str(error.value) and problem in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_fractional_sequence_labels_name_the_entry(recogniser, tmp_path):
+    model, inputs, decoded = recogniser
+    labels = padded(decoded).astype(np.float64)
+    labels[3, 1] = 2.5
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=inputs, labels=labels)
+    with pytest.raises(UsageError, match=r"labels\[3, 1\] = 2.5; labels must be whole class indices"):
+        Evaluator(model, load_space(SPACE), data, calibration_samples=16)

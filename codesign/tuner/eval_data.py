@@ -77,7 +77,7 @@ def _labels(archive, path: Path, count: int) -> np.ndarray:
             bad = np.ones(labels.shape, bool)
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
-            where = first[0] if labels.ndim == 1 else list(first)
+            where = ", ".join(map(str, first))
             raise UsageError(f"{path}: labels[{where}] = {labels[first]}; labels must be whole class indices")
     return labels.astype(np.int64)
 
