@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from codesign.corpus import text_directions, text_lines  # noqa: E402
 from codesign.demo import MNIST_MODEL, load_mnist_test  # noqa: E402
+from codesign.files import write_text_atomic  # noqa: E402
 from codesign.hardware import area_mm2, load_hardware  # noqa: E402
 from codesign.tuner.bilevel import BilevelSearch, anchors, plan_bilevel  # noqa: E402
 from codesign.tuner.database import Database  # noqa: E402
@@ -173,8 +174,9 @@ def ceiling(space, executor, layers, objective: str) -> dict:
             "profiles": plan.outer.size(), "hardware": len(plan.inner)}  # fmt: skip
 
 
-def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = False) -> dict:
-    """{objective: {"joint": [best per seed], "sequential": [...]}, ...} and the run's facts."""
+def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = False, save=lambda results: None) -> dict:
+    """{objective: {"joint": [best per seed], "sequential": [...]}, ...} and the run's facts;
+    `save` gets the results so far after each seed (a long run keeps what it finished)."""
     folder = Path(tempfile.mkdtemp(prefix=f"{case.name}-", dir=folder))
     evaluator = Evaluator(case.model, space_for("latency"), case.data, case.shapes, calibration_data=case.calibration)
     executor = SerialExecutor(None, evaluator)  # one evaluator: a profile measured once serves every run
@@ -184,6 +186,7 @@ def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = Fal
         space = space_for(objective).for_layers(evaluator.layers, evaluator.prunable)  # as codesign tune has it
         evaluator.batches.space = space  # the objectives the batch evaluator reports
         per_seed = {"joint": [], "sequential": [], "joint_accuracy": [], "sequential_accuracy": []}
+        results[objective] = per_seed
         for seed in range(seeds):
             for name, records in (
                 ("joint", joint(space, executor, evaluator.layers, case.budget, seed, folder, objective)),
@@ -193,12 +196,14 @@ def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = Fal
                 per_seed[name].append(winner.metrics[objective] if winner else float("inf"))
                 per_seed[f"{name}_accuracy"].append(winner.metrics["accuracy"] if winner else float("nan"))
             console.print(
-                f"  {case.name} {objective} seed {seed}: sequential / joint = "
-                f"{per_seed['sequential'][-1] / per_seed['joint'][-1]:.2f}x"
+                f"  {case.name} {objective} seed {seed}: sequential {_value(per_seed['sequential'][-1], objective)} "
+                f"({per_seed['sequential_accuracy'][-1]:.2f} %) / joint {_value(per_seed['joint'][-1], objective)} "
+                f"({per_seed['joint_accuracy'][-1]:.2f} %) = {per_seed['sequential'][-1] / per_seed['joint'][-1]:.2f}x"
             )
+            save(results)
         if with_ceiling:
             per_seed["ceiling"] = ceiling(space, executor, evaluator.layers, objective)
-        results[objective] = per_seed
+            save(results)
     results["seconds"] = time.perf_counter() - start
     results["profiles_measured"] = len(evaluator.profiles)
     evaluator.close()
@@ -299,6 +304,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     results = {}
+
+    def save(figures: dict) -> None:
+        if args.json:
+            write_text_atomic(args.json, json.dumps(figures, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         cases = {
@@ -311,10 +321,11 @@ def main() -> None:
             console.print(
                 f"{case.name}: joint vs sequential, {args.seeds} seeds, {case.budget} accuracy evaluations ..."
             )
-            results[case.name] = run_case(case, args.seeds, folder, args.ceiling)
+            results[case.name] = run_case(
+                case, args.seeds, folder, args.ceiling, lambda partial, name=case.name: save({**results, name: partial})
+            )
+            save(results)
     report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
