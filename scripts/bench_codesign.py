@@ -57,6 +57,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_models import CACHE  # noqa: E402  (where bench_models.py --fetch puts the larger models)
+
 from codesign.corpus import text_directions, text_lines  # noqa: E402
 from codesign.demo import MNIST_MODEL, load_mnist_test  # noqa: E402
 from codesign.files import write_text_atomic  # noqa: E402
@@ -70,8 +72,7 @@ from codesign.tuner.space import HARDWARE_KNOBS, space_from_dict  # noqa: E402
 console = Console()
 OCR_MODEL = ROOT / "tests" / "models" / "real" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 OCR_SHAPE = (1, 3, 48, 192)
-CORPUS = Path.home() / ".cache" / "codesign" / "corpus"  # scripts/bench_models.py --fetch
-REC_MODEL, REC_DICTIONARY = CORPUS / "ppocrv6_tiny_rec.onnx", CORPUS / "ppocrv6_tiny_rec.yml"
+REC_MODEL, REC_DICTIONARY = CACHE / "ppocrv6_tiny_rec.onnx", CACHE / "ppocrv6_tiny_rec.yml"
 REC_SHAPE = (1, 3, 48, 320)
 OBJECTIVES = ("latency", "edp")
 HARDWARE = {
