@@ -111,12 +111,13 @@ def compile_command(
         Path | None, typer.Option("--report", help="Also write a design report (HTML, Markdown, CSV) here.")
     ] = None,
     calibration_method: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--calibration-method",
-            help="Activation ranges: max, percentile (99.99), entropy (KL) or mse (least squared error).",
+            help="Activation ranges: max (the default), mean_max (the mean of each sample's max |x|), "
+            "percentile (99.99), entropy (KL) or mse (least squared error).",
         ),
-    ] = "max",
+    ] = None,
     bias_correction: Annotated[
         bool,
         typer.Option(
@@ -138,6 +139,7 @@ def compile_command(
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
     _cache_choice(no_cache)
+    from codesign.calibration import DEFAULT_CALIBRATION_METHOD
     from codesign.console_tables import print_placement
     from codesign.deploy import check_output, write_module
     from codesign.files import cleanup_on_signals
@@ -159,7 +161,7 @@ def compile_command(
             cpu=cpu,
             compression=compression_choices,
             input_values=parse_input_values(input_value),
-            calibration_method=calibration_method,
+            calibration_method=calibration_method or DEFAULT_CALIBRATION_METHOD,
             bias_correction=bias_correction,
             run_here=False,
         )

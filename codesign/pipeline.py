@@ -25,7 +25,7 @@ import tvm
 
 from codesign import progress
 from codesign.bias_correction import cached_correct_biases
-from codesign.calibration import cached_tensor_ranges, load_samples, random_samples
+from codesign.calibration import DEFAULT_CALIBRATION_METHOD, cached_tensor_ranges, load_samples, random_samples
 from codesign.compression import CompressionConfig, resolve_compression
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
@@ -75,7 +75,7 @@ def quantize_model(
     weight_bits: int | None = None,
     warn=lambda message: print(message, file=sys.stderr),
     compression: CompressionConfig | None = None,
-    calibration_method: str = "max",
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     bias_correction: bool = True,
     measure_biases: bool = True,  # False: plans only (their cost does not depend on the biases' values)
 ) -> tuple[Graph, QuantizedGraph, dict]:
@@ -187,7 +187,7 @@ def compile_model(
     cpu: str | None = None,
     compression: CompressionConfig | None = None,
     input_values: dict[str, list[str]] | None = None,
-    calibration_method: str = "max",
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
     bias_correction: bool = True,
     imported: ImportedModel | None = None,  # `model` already imported (with these shapes and values): reused
     kernel_per_module: bool = False,  # see tvm_build.build_executable: for a process building many variants

@@ -229,6 +229,48 @@ def test_clipping_methods_stay_within_the_max_and_above_zero(resnet, method):
     assert all(np.all(clipped.channel_absmax[name] <= ranges[name]) for name in clipped.channel_absmax)
 
 
+def test_mean_max_averages_each_samples_max_of_the_float_feature_maps(resnet):
+    """mean_max: the mean over the samples of each one's max |x|, computed here from the TVM float
+    build's values, sample by sample. Integer tensors, feature maps pooled to one value per
+    channel and outputs clamped to finite bounds keep their max."""
+    graph, imported, samples = resnet
+    taps = [n.name for n in graph.nodes.values() if n.shape is not None]
+    skip = len(graph.outputs)
+    per_sample = {name: [] for name in taps}
+    for outputs in run_float(build_float_module(graph, imported, taps), samples, [t.name for t in imported.inputs]):
+        for name, value in zip(taps, outputs[skip:]):
+            per_sample[name].append(float(np.abs(value).max(initial=0.0)))
+    ranges = tensor_ranges(graph, imported, samples, method="mean_max")
+    averaged = 0
+    for name in taps:
+        node = graph.nodes[name]
+        pooled = len(node.shape) == 4 and node.shape[2] * node.shape[3] == 1
+        clamped = node.op == "gemm" and np.all(np.isfinite(node.layer.clamp))
+        keeps_max = not node.dtype.startswith("float") or pooled or clamped
+        expected = max(per_sample[name]) if keeps_max else np.mean(per_sample[name])
+        averaged += not keeps_max
+        np.testing.assert_allclose(ranges.absmax[name], expected, rtol=1e-5, err_msg=name)
+    assert averaged > 0 and any(ranges.absmax[n] < max(per_sample[n]) for n in taps)
+    assert all(np.all(ranges.channel_absmax[n] <= ranges.absmax[n]) for n in ranges.channel_absmax)
+
+
+def test_mean_max_keeps_the_max_of_a_tensor_its_op_bounds():
+    """A sigmoid's, a softmax's or a Clip's output at its bound is saturation, not an outlier."""
+    from codesign.calibration import saturates
+    from codesign.graph import GemmLayer, Node
+
+    weight = np.ones((2, 2, 1, 1), np.float32)
+    relu6 = GemmLayer("conv2d", weight, clamp=(0.0, 6.0))
+    relu = GemmLayer("conv2d", weight, clamp=(0.0, float("inf")))
+    assert saturates(Node("a", [], (1, 2, 4, 4), "float32", "gemm", relu6))
+    assert not saturates(Node("b", [], (1, 2, 4, 4), "float32", "gemm", relu))
+    assert saturates(Node("c", [], (1, 8), "float32", "relax.sigmoid"))
+    assert saturates(Node("d", [], (1, 8), "float32", "relax.nn.softmax"))
+    assert saturates(Node("e", [], (1, 8), "float32", "clamp", bounds=(-1.0, 1.0)))
+    assert not saturates(Node("f", [], (1, 8), "float32", "clamp", bounds=(0.0, float("inf"))))
+    assert not saturates(Node("g", [], (1, 8), "float32", "relax.add"))
+
+
 def test_unknown_method_is_a_usage_error_naming_the_allowed_ones(resnet):
     graph, imported, samples = resnet
     with pytest.raises(UsageError, match="minmax") as error:
