@@ -115,7 +115,7 @@ def compile_command(
         typer.Option(
             "--calibration-method",
             help="Activation ranges: max (the default), mean_max (the mean of each sample's max |x|), "
-            "percentile (99.99), entropy (KL) or mse (least squared error).",
+            "percentile (99.99), entropy (KL) or mse (least squared error). Overrides a --design's.",
         ),
     ] = None,
     bias_correction: Annotated[
@@ -139,7 +139,6 @@ def compile_command(
 ):
     """Compile an ONNX model into a deployable module for an accelerator description."""
     _cache_choice(no_cache)
-    from codesign.calibration import DEFAULT_CALIBRATION_METHOD
     from codesign.console_tables import print_placement
     from codesign.deploy import check_output, write_module
     from codesign.files import cleanup_on_signals
@@ -161,7 +160,7 @@ def compile_command(
             cpu=cpu,
             compression=compression_choices,
             input_values=parse_input_values(input_value),
-            calibration_method=calibration_method or DEFAULT_CALIBRATION_METHOD,
+            calibration_method=calibration_method,
             bias_correction=bias_correction,
             run_here=False,
         )

@@ -49,6 +49,9 @@ class CompressionConfig:
     float_layers: tuple[str, ...] = ()
     prune_method: str = "reconstruct"  # one of PRUNE_METHODS (see codesign.pruning)
     unfold: tuple[str, ...] | None = None  # None: by modelled cost on the hardware compiled for
+    # How activation ranges are calibrated (codesign.calibration.CALIBRATION_METHODS); None: the
+    # default. Kept here so a tuned design compiles with the method it was evaluated with.
+    calibration_method: str | None = None
 
     def to_dict(self) -> dict:
         doc = {
@@ -62,6 +65,8 @@ class CompressionConfig:
             doc["prune_method"] = self.prune_method
         if self.unfold is not None:
             doc["unfold"] = sorted(self.unfold)
+        if self.calibration_method is not None:
+            doc["calibration_method"] = self.calibration_method
         return doc
 
     def key(self) -> str:
@@ -143,14 +148,19 @@ def _unfoldable(layer) -> bool:
 
 SCHEDULES = ("rule", "auto")
 PRUNE_METHODS = ("reconstruct", "magnitude")
-FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method", "unfold")
+FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method", "unfold", "calibration_method")
 
 
 def compression_problems(
-    weight_bits, prune, schedule, float_layers, prune_method="reconstruct", unfold=None
+    weight_bits, prune, schedule, float_layers, prune_method="reconstruct", unfold=None, calibration_method=None
 ) -> list[str]:
     """What is wrong with these choices, each naming its field and value ([] if nothing)."""
+    from codesign.calibration import CALIBRATION_METHODS
+
     problems = []
+    if calibration_method is not None and calibration_method not in CALIBRATION_METHODS:
+        allowed = ", ".join(CALIBRATION_METHODS)
+        problems.append(f"calibration_method = {_shown(calibration_method)} (expected one of {allowed})")
     for field, table, check in (("weight_bits", weight_bits, _bits_problem), ("prune", prune, _prune_problem)):
         if not isinstance(table, dict):
             problems.append(f"{field} = {_shown(table)} (expected an object of layer name -> value)")
@@ -186,12 +196,17 @@ def compression_from_dict(doc, source: str = "compression") -> CompressionConfig
     weight_bits, prune = doc.get("weight_bits", {}), doc.get("prune", {})
     schedule, float_layers = doc.get("schedule", "rule"), doc.get("float_layers", [])
     prune_method, unfold = doc.get("prune_method", PRUNE_METHODS[0]), doc.get("unfold")
-    problems = compression_problems(weight_bits, prune, schedule, float_layers, prune_method, unfold)
+    calibration_method = doc.get("calibration_method")
+    problems = compression_problems(
+        weight_bits, prune, schedule, float_layers, prune_method, unfold, calibration_method
+    )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
     prune = {k: float(v) for k, v in prune.items()}
     unfold = None if unfold is None else tuple(sorted(unfold))
-    return CompressionConfig(dict(weight_bits), prune, schedule, tuple(float_layers), prune_method, unfold)
+    return CompressionConfig(
+        dict(weight_bits), prune, schedule, tuple(float_layers), prune_method, unfold, calibration_method
+    )
 
 
 def load_compression(path: str | Path) -> CompressionConfig:

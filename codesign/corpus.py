@@ -359,7 +359,7 @@ def check_model(
     hw,
     calibration_samples: int = 16,
     eval_samples: int = 4,
-    calibration_method: str | None = None,  # None: codesign.calibration.DEFAULT_CALIBRATION_METHOD
+    calibration_method: str | None = None,  # None: the default (codesign.pipeline.quantize_model)
     bias_correction: bool = True,
     calibration_seed: int = 0,
 ) -> ModelCheck:
@@ -374,7 +374,7 @@ def check_model(
     import tvm
     from tvm import relax
 
-    from codesign.calibration import DEFAULT_CALIBRATION_METHOD, float_outputs
+    from codesign.calibration import float_outputs
     from codesign.console_tables import placement_summary
     from codesign.errors import CodesignError
     from codesign.onnx_passes.quantized import is_dynamically_quantized
@@ -392,7 +392,7 @@ def check_model(
             result = compile_model(
                 model.path, hw, model.input_shapes, calibration, calibration_samples,
                 warn=notes.append, input_values=model.input_values,
-                calibration_method=calibration_method or DEFAULT_CALIBRATION_METHOD,
+                calibration_method=calibration_method,
                 bias_correction=bias_correction,
             )  # fmt: skip
         except CodesignError as err:

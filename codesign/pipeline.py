@@ -75,11 +75,12 @@ def quantize_model(
     weight_bits: int | None = None,
     warn=lambda message: print(message, file=sys.stderr),
     compression: CompressionConfig | None = None,
-    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    calibration_method: str | None = None,  # None: the compression's, else DEFAULT_CALIBRATION_METHOD
     bias_correction: bool = True,
     measure_biases: bool = True,  # False: plans only (their cost does not depend on the biases' values)
 ) -> tuple[Graph, QuantizedGraph, dict]:
     compression = compression or CompressionConfig()
+    calibration_method = calibration_method or compression.calibration_method or DEFAULT_CALIBRATION_METHOD
     graph = extract_graph(imported)
     sample_count = (
         calibration_samples if calibration is not None else min(calibration_samples, RANDOM_CALIBRATION_SAMPLES)
@@ -187,7 +188,7 @@ def compile_model(
     cpu: str | None = None,
     compression: CompressionConfig | None = None,
     input_values: dict[str, list[str]] | None = None,
-    calibration_method: str = DEFAULT_CALIBRATION_METHOD,
+    calibration_method: str | None = None,  # None: the compression's, else DEFAULT_CALIBRATION_METHOD
     bias_correction: bool = True,
     imported: ImportedModel | None = None,  # `model` already imported (with these shapes and values): reused
     kernel_per_module: bool = False,  # see tvm_build.build_executable: for a process building many variants
@@ -201,10 +202,11 @@ def compile_model(
     seconds["import"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    if calibration_method is not None:  # recorded with the other choices the module was compiled with
+        compression = dataclasses.replace(compression or CompressionConfig(), calibration_method=calibration_method)
     graph, qgraph, calibration_info = quantize_model(
-        imported, hw, calibration, calibration_samples, weight_bits, warn, compression, calibration_method,
-        bias_correction,
-    )  # fmt: skip
+        imported, hw, calibration, calibration_samples, weight_bits, warn, compression, bias_correction=bias_correction
+    )
     seconds["quantize"] = time.perf_counter() - start
     compression = resolve_compression(compression or CompressionConfig(), graph)
 

@@ -12,6 +12,7 @@ and constraints. A configuration is a dict knob -> chosen value.
     weight_bits = [8, 4]          # per layer group
     prune = [0.0, 0.25, 0.5]      # fraction of output channels, per layer group
     activation_bits = [8]
+    calibration_method = "mean_max"   # optional, not searched: how every profile calibrates (default max)
     [compression.groups]          # optional; default: one group "all" = ["*"]
     early = ["conv2d_0"]
     rest = ["*"]                  # patterns (fnmatch) over layer names; first match wins
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from codesign import toml as tomllib
+from codesign.calibration import CALIBRATION_METHODS
 from codesign.compression import CompressionConfig
 from codesign.design import Design
 from codesign.errors import UsageError
@@ -84,6 +86,7 @@ class SearchSpace:
     # The layers whose pruning acts (codesign.pruning.prunable_layers); None: every layer. A
     # prune ratio given to another layer is dropped, so a knob that prunes nothing is inert.
     prunable: tuple[str, ...] | None = None
+    calibration_method: str | None = None  # every profile's (codesign.calibration); None: the default
 
     # ---- configurations ------------------------------------------------------------------
 
@@ -161,7 +164,7 @@ class SearchSpace:
                 weight_bits[layer] = bits
             if ratio and (self.prunable is None or layer in self.prunable):
                 prune[layer] = ratio
-        return CompressionConfig(weight_bits, prune, self.schedule_mode)
+        return CompressionConfig(weight_bits, prune, self.schedule_mode, calibration_method=self.calibration_method)
 
     def group_of(self, layer: str) -> str:
         for group, patterns in self.groups.items():
@@ -303,11 +306,15 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
     activation_bits = compression.pop("activation_bits", [8])
     if activation_bits != [8]:
         problems.append(f"'compression.activation_bits' = {activation_bits!r}: only 8-bit activations are supported")
+    calibration_method = compression.pop("calibration_method", None)
+    if calibration_method is not None and calibration_method not in CALIBRATION_METHODS:
+        allowed = ", ".join(CALIBRATION_METHODS)
+        problems.append(f"'compression.calibration_method' = {calibration_method!r} (expected one of {allowed})")
     for name, value in compression.items():
         if name not in ("weight_bits", "prune"):
             problems.append(
                 f"unknown compression knob 'compression.{name}' "
-                "(knobs: weight_bits, prune, activation_bits, per_layer, groups)"
+                "(knobs: weight_bits, prune, activation_bits, calibration_method, per_layer, groups)"
             )
             continue
         choices = _choices(f"compression.{name}", value, problems)
@@ -334,7 +341,17 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
     per_layer_choices = compression_choices if per_layer else None
-    return SearchSpace(base, knobs, groups, mode, objectives, constraints, source, per_layer_choices)
+    return SearchSpace(
+        base,
+        knobs,
+        groups,
+        mode,
+        objectives,
+        constraints,
+        source,
+        per_layer_choices,
+        calibration_method=calibration_method,
+    )
 
 
 def _groups(groups, problems: list[str]) -> dict[str, list[str]]:
