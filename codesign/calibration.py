@@ -209,7 +209,7 @@ def one_value_per_channel(node: Node) -> bool:
 
 def saturates(node: Node) -> bool:
     """Whether the op bounds its output (a clamp to finite bounds, folded into a GEMM or not;
-    sigmoid; tanh): its values at the bound are saturation, which a range below it would clip."""
+    SATURATING_OPS): its values at the bound are saturation, which a range below it would clip."""
     if node.op in SATURATING_OPS:
         return True
     bounds = node.layer.clamp if node.op == "gemm" else node.bounds if node.op == "clamp" else None

@@ -75,12 +75,11 @@ def quantize_model(
     weight_bits: int | None = None,
     warn=lambda message: print(message, file=sys.stderr),
     compression: CompressionConfig | None = None,
-    calibration_method: str | None = None,  # None: the compression's, else DEFAULT_CALIBRATION_METHOD
     bias_correction: bool = True,
     measure_biases: bool = True,  # False: plans only (their cost does not depend on the biases' values)
 ) -> tuple[Graph, QuantizedGraph, dict]:
     compression = compression or CompressionConfig()
-    calibration_method = calibration_method or compression.calibration_method or DEFAULT_CALIBRATION_METHOD
+    calibration_method = compression.calibration_method or DEFAULT_CALIBRATION_METHOD
     graph = extract_graph(imported)
     sample_count = (
         calibration_samples if calibration is not None else min(calibration_samples, RANDOM_CALIBRATION_SAMPLES)
@@ -188,7 +187,7 @@ def compile_model(
     cpu: str | None = None,
     compression: CompressionConfig | None = None,
     input_values: dict[str, list[str]] | None = None,
-    calibration_method: str | None = None,  # None: the compression's, else DEFAULT_CALIBRATION_METHOD
+    calibration_method: str | None = None,  # overrides the compression's; None: its, else the default
     bias_correction: bool = True,
     imported: ImportedModel | None = None,  # `model` already imported (with these shapes and values): reused
     kernel_per_module: bool = False,  # see tvm_build.build_executable: for a process building many variants
