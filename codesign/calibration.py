@@ -168,8 +168,7 @@ def tensor_ranges(
     taps = [n.name for n in graph.nodes.values() if n.shape is not None]
     floats = [n for n in taps if graph.nodes[n].dtype.startswith("float")]
     clipped = floats if method in ("percentile", "entropy", "mse") else []
-    averaged = [n for n in floats if not (saturates(graph.nodes[n]) or one_value_per_channel(graph.nodes[n]))]
-    sample_maxima = {name: [] for name in averaged} if method == "mean_max" else {}
+    sample_maxima = {name: [] for name in floats if takes_mean_max(graph.nodes[name])} if method == "mean_max" else {}
     absmax = dict.fromkeys(taps, 0.0)
     axes = {n: channel_axis(graph.nodes[n].shape) for n in floats}
     channel_absmax = {n: 0.0 for n in floats if axes[n] is not None}
@@ -199,6 +198,11 @@ def tensor_ranges(
         name: np.minimum(np.asarray(ranges, dtype=np.float64), absmax[name]) for name, ranges in channel_absmax.items()
     }
     return TensorRanges(absmax, channel_absmax)
+
+
+def takes_mean_max(node: Node) -> bool:
+    """Whether "mean_max" averages this float tensor's sample maxima (else it keeps max |x|)."""
+    return not (saturates(node) or one_value_per_channel(node))
 
 
 def one_value_per_channel(node: Node) -> bool:
