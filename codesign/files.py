@@ -109,19 +109,20 @@ def replace_directory(staging: Path, out: Path) -> None:
     if not (out.exists() or out.is_symlink()):
         os.replace(staging, out)
         return
-    retired = _sibling_directory(out, "old")
-    try:
-        os.replace(out, retired / "module")
-    except BaseException:
+    with signals_deferred():  # a signal here would leave the retired directory behind
+        retired = _sibling_directory(out, "old")
+        try:
+            os.replace(out, retired / "module")
+        except BaseException:
+            shutil.rmtree(retired, ignore_errors=True)
+            raise
+        try:
+            os.replace(staging, out)
+        except BaseException:
+            os.replace(retired / "module", out)  # put the old OUT back
+            shutil.rmtree(retired, ignore_errors=True)
+            raise
         shutil.rmtree(retired, ignore_errors=True)
-        raise
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(retired / "module", out)  # put the old OUT back
-        shutil.rmtree(retired, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 # What follows the prefix of a staging directory: the pid of its process (absent before module
@@ -228,7 +229,8 @@ def cleanup_on_signals(what: str):
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, signal.SIG_IGN)
         stopped_by.append(signal.Signals(signum).name)
-        raise Terminated(stopped_by[0])
+        if not _deferring:
+            raise Terminated(stopped_by[0])
 
     previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     for number in previous:
@@ -252,9 +254,26 @@ def cleanup_on_signals(what: str):
 _signals_received: list[str] = []
 
 
+# Depth of `signals_deferred` blocks being run.
+_deferring: list[bool] = []
+
+
 def raise_if_stopped() -> None:
     if _signals_received:
         raise Terminated(_signals_received[0])
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Within: a signal `cleanup_on_signals` catches is recorded, not raised, so a short step
+    that must not stop half-way (renaming OUT aside and the new one in, then removing the old)
+    runs to its end; the signal is raised on leaving."""
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    raise_if_stopped()
 
 
 # ---- reading a user's files ---------------------------------------------------------------------

@@ -632,3 +632,47 @@ def test_a_signal_at_any_moment_of_write_text_atomic_leaves_no_staging_file(tmp_
     monkeypatch.setattr(files.os, "replace", real_replace)
     assert [entry.name for entry in tmp_path.iterdir()] == ["report.html"]
     assert target.read_text() == "old"
+
+
+@pytest.mark.parametrize("moment", ["the retired directory was just made", "OUT was moved aside", "removing the old"])
+def test_a_signal_while_out_is_replaced_leaves_old_or_new_and_nothing_beside(tmp_path, monkeypatch, moment):
+    """A real SIGTERM at each step of swapping OUT for the new module: the swap runs to its end
+    (OUT is then the new module), the signal stops the command after it, and no retired
+    directory is left beside OUT (CI's kill test once found one: the signal landed during the
+    old module's removal)."""
+    from codesign import files
+    from codesign.errors import Interrupted
+
+    out, staging = tmp_path / "out", tmp_path / ".out.tmp-1-abcdefgh"
+    for folder, text in ((out, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / "manifest.json").write_text(text)
+    real = {"sibling": files._sibling_directory, "replace": files.os.replace, "rmtree": files.shutil.rmtree}
+
+    def signalled(step):  # the signal lands as the step ends (as the old module's removal begins)
+        def patched(*args, **kwargs):
+            if step == "rmtree":
+                os.kill(os.getpid(), signal.SIGTERM)
+            result = real[step](*args, **kwargs)
+            if step != "rmtree":
+                os.kill(os.getpid(), signal.SIGTERM)
+            return result
+
+        return patched
+
+    step = {
+        "the retired directory was just made": "sibling",
+        "OUT was moved aside": "replace",
+        "removing the old": "rmtree",
+    }[moment]
+    target = {
+        "sibling": (files, "_sibling_directory"),
+        "replace": (files.os, "replace"),
+        "rmtree": (files.shutil, "rmtree"),
+    }
+    monkeypatch.setattr(*target[step], signalled(step))
+    with pytest.raises(Interrupted), files.cleanup_on_signals("replacing out"):
+        files.replace_directory(staging, out)
+    monkeypatch.undo()
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["out"]
+    assert (out / "manifest.json").read_text() == "new"
