@@ -197,8 +197,9 @@ def old_tensor_ranges(graph, imported, samples):
     absmax = {name: float(max(np.abs(v).max(initial=0.0) for v in values[name])) for name in taps}
     channels = {}
     for name in taps:
-        rank = len(graph.nodes[name].shape)
-        if graph.nodes[name].dtype == "float32" and rank == 4:
+        shape = graph.nodes[name].shape
+        # Feature maps pooled to 1 x 1 get no channel ranges (one value per channel per sample).
+        if graph.nodes[name].dtype == "float32" and len(shape) == 4 and shape[2] * shape[3] > 1:
             channels[name] = np.abs(np.concatenate(values[name])).max(axis=(0, 2, 3))
     return absmax, channels
 
