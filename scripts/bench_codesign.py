@@ -68,9 +68,10 @@ from codesign.tuner.executors import SerialExecutor  # noqa: E402
 from codesign.tuner.space import HARDWARE_KNOBS, space_from_dict  # noqa: E402
 
 console = Console()
-OCR_MODEL = ROOT / "tests" / "models" / "real" / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+REAL_MODELS = ROOT / "tests" / "models" / "real"
+OCR_MODEL = REAL_MODELS / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 OCR_SHAPE = (1, 3, 48, 192)
-REC_MODEL = ROOT / "tests" / "models" / "real" / "ppocrv6_tiny_rec.onnx"
+REC_MODEL = REAL_MODELS / "ppocrv6_tiny_rec.onnx"
 REC_DICTIONARY = REC_MODEL.with_suffix(".yml")  # its inference.yml, which holds the dictionary
 REC_SHAPE = (1, 3, 48, 320)
 OBJECTIVES = ("latency", "edp")
