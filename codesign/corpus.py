@@ -209,10 +209,17 @@ def _chw(image: np.ndarray) -> np.ndarray:
     return image.transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def text_line_input(shape, rng) -> np.ndarray:
-    """PaddleOCR's recogniser / classifier input: (x / 255 - 0.5) / 0.5, NCHW."""
-    image = render_text_line(shape[2], shape[3], rng)
+def text_line_input(shape, rng, upside_down: bool | None = None) -> np.ndarray:
+    """PaddleOCR's direction classifier / recogniser input: (x / 255 - 0.5) / 0.5, NCHW; upside
+    down or not at random (the classifier's two classes) unless `upside_down` says."""
+    image = render_text_line(shape[2], shape[3], rng, upside_down)
     return ((_chw(image) / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
+def upright_text_line_input(shape, rng) -> np.ndarray:
+    """A recogniser's input: an upright line (in PaddleOCR's pipeline the direction classifier
+    turns the others before recognition)."""
+    return text_line_input(shape, rng, upside_down=False)
 
 
 def text_directions(shape, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,6 +316,7 @@ def random_input(shape, rng) -> np.ndarray:
 
 INPUT_KINDS = {
     "text_line": text_line_input,
+    "upright_text_line": upright_text_line_input,
     "page": page_input,
     "page_pixels": page_pixels_input,
     "page_unit": page_unit_input,
@@ -333,6 +341,8 @@ class ModelCheck:
     float_cosine: list[float] = dataclasses.field(default_factory=list)  # imported float graph vs onnxruntime
     int8_cosine: list[float] = dataclasses.field(default_factory=list)  # compiled module vs onnxruntime
     top1_agreement: float | None = None
+    # A text recogniser: the share of inputs whose greedy CTC decoding (the text read) equals onnxruntime's.
+    same_text: float | None = None
     accel_mac_share: float = 0.0
     host_latency_share: float = 0.0
     latency_ms: float = 0.0
@@ -375,6 +385,7 @@ def check_model(
     from codesign.onnx_passes.quantized import is_dynamically_quantized
     from codesign.pipeline import compile_model
     from codesign.simulator.simulate import simulate_plans
+    from codesign.tuner.accuracy import ctc_greedy
 
     notes: list[str] = []
     start = time.perf_counter()
@@ -411,6 +422,7 @@ def check_model(
     float_cos = [cosine(_stacked(floats, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
     top1 = _top1_per_step if model.sequence else _top1
     agree = np.concatenate([top1(mine[0]) == top1(reference[0]) for mine, reference in zip(ours, theirs)])
+    same_text = [ctc_greedy(mine[0]) == ctc_greedy(reference[0]) for mine, reference in zip(ours, theirs)]
     simulation = simulate_plans(result.lowered.plans, hw, "analytic")
     summary = placement_summary(result.lowered.plans, simulation)
     return ModelCheck(
@@ -419,6 +431,7 @@ def check_model(
         float_cosine=float_cos,
         int8_cosine=int8_cos,
         top1_agreement=float(np.mean(agree)) if model.classifier else None,
+        same_text=float(np.mean(same_text)) if model.sequence else None,
         accel_mac_share=summary["accel_mac_share"],
         host_latency_share=summary["host_latency_share"],
         latency_ms=1e3 * summary["latency_seconds"],

@@ -1,7 +1,12 @@
 """Bias correction (codesign.bias_correction): each GEMM layer's mean error per output channel,
 measured on the calibration data through the corrected layers before it, is taken out of its
 bias; the module stays bit-exact with the integer program, and the error it leaves on new inputs
-(against onnxruntime) shrinks."""
+(against onnxruntime) shrinks.
+
+On real models `scripts/bench_models.py --no-bias-correction` measures the gain: large on the
+PP-OCRv4 / v5 recognisers (not committed: 11 and 17 MB), within the spread between calibration
+sets on the committed detectors and on PP-OCRv6 tiny's recogniser (upright lines; README), so no
+real model's gain is asserted here."""
 
 from __future__ import annotations
 
@@ -19,7 +24,6 @@ from tvm import relax
 from codesign import cache
 from codesign.bias_correction import correction_samples
 from codesign.cli import main
-from codesign.corpus import check_model, load_corpus
 from codesign.hardware import load_hardware
 from codesign.pipeline import compile_model
 from codesign.plan_cache import plan_model
@@ -131,21 +135,6 @@ def test_module_is_exact_and_its_channel_error_shrinks_on_new_inputs(block):
             errors.append(ours - session.run(None, {"x": x})[0])
         channel_error[corrected] = np.sqrt((np.mean(errors, axis=(0, 1, 3, 4)) ** 2).mean())
     assert channel_error[True] < 0.5 * channel_error[False], channel_error
-
-
-def test_real_recogniser_gains_accuracy():
-    """PP-OCRv6 tiny's text recogniser (Paddle2ONNX, committed): its int8 character scores are
-    closer to onnxruntime's with the correction. Measured over 16 evaluation lines, least int8
-    cosine without -> with: 0.9826 -> 0.9898 with 8 calibration lines (this test), 0.9806 ->
-    0.9850 on the next 8. (On the detectors the correction moves the cosine by less than the
-    calibration set does: PP-OCRv4 det's by -0.0057 to +0.0052.)"""
-    rec = next(m for m in load_corpus(Path(__file__).parent / "models" / "real") if m.name == "ppocrv6_tiny_rec")
-    hw = load_hardware("vta_default")
-    cosines = {
-        corrected: min(check_model(rec, hw, 8, 16, bias_correction=corrected).int8_cosine)
-        for corrected in (False, True)
-    }
-    assert cosines[True] > cosines[False] + 0.003, cosines
 
 
 def test_cli_switch_is_recorded_in_the_manifest(block, tmp_path):
