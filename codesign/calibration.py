@@ -90,8 +90,8 @@ def run_float(mod: tvm.IRModule, samples: list[dict[str, np.ndarray]], input_nam
 @dataclasses.dataclass
 class TensorRanges:
     """Calibrated ranges: `absmax` of every tensor, and `channel_absmax` (per channel, along
-    graph.channel_axis) of every float tensor that has channels with ranges of their own
-    (`has_channel_ranges`), clipped to the tensor's own threshold."""
+    graph.channel_axis) of every float tensor that has channels, except maps pooled to 1 x 1
+    (`one_value_per_channel`), clipped to the tensor's own threshold."""
 
     absmax: dict[str, float]
     channel_absmax: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -172,7 +172,7 @@ def tensor_ranges(
     sample_maxima = {name: [] for name in floats if takes_mean_max(graph.nodes[name])} if method == "mean_max" else {}
     absmax = dict.fromkeys(taps, 0.0)
     axes = {n: channel_axis(graph.nodes[n].shape) for n in floats}
-    channel_absmax = {n: 0.0 for n in floats if axes[n] is not None and has_channel_ranges(graph.nodes[n])}
+    channel_absmax = {n: 0.0 for n in floats if axes[n] is not None and not one_value_per_channel(graph.nodes[n])}
     histograms = {name: AbsHistogram() for name in clipped}
     skip = len(graph.outputs)
     progress.stage("calibrate", len(samples))
@@ -206,17 +206,12 @@ def takes_mean_max(node: Node) -> bool:
     return not (saturates(node) or one_value_per_channel(node))
 
 
-def has_channel_ranges(node: Node) -> bool:
-    """Whether a feature map's channels get ranges of their own (quantization may give them one
-    scale each). A map pooled to 1 x 1 does not: each sample shows each channel once, so a few
-    samples leave a rarely active channel a range far below what new inputs bring (PP-OCRv4 det's
-    squeeze-excite convs: cosine 0.70 against the float graph on new pages after 8 calibration
-    pages, a channel's range 0.21 where its values reach several units)."""
-    return not one_value_per_channel(node)
-
-
 def one_value_per_channel(node: Node) -> bool:
-    """A feature map pooled to 1 x 1: each sample's max is one channel's whole value."""
+    """A feature map pooled to 1 x 1: each sample's max is one channel's whole value. Such a map
+    gets no channel ranges either: each sample shows each channel once, so a few samples leave a
+    rarely active channel a range far below what new inputs bring (PP-OCRv4 det's squeeze-excite
+    convs: cosine 0.70 against the float graph on new pages after 8 calibration pages, a
+    channel's range 0.21 where its values reach several units)."""
     shape = node.shape
     return len(shape) == 4 and shape[2] * shape[3] == 1
 

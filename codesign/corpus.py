@@ -385,7 +385,6 @@ def check_model(
     from codesign.onnx_passes.quantized import is_dynamically_quantized
     from codesign.pipeline import compile_model
     from codesign.simulator.simulate import simulate_plans
-    from codesign.tuner.accuracy import ctc_greedy
 
     notes: list[str] = []
     start = time.perf_counter()
@@ -422,7 +421,6 @@ def check_model(
     float_cos = [cosine(_stacked(floats, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
     top1 = _top1_per_step if model.sequence else _top1
     agree = np.concatenate([top1(mine[0]) == top1(reference[0]) for mine, reference in zip(ours, theirs)])
-    same_text = [ctc_greedy(mine[0]) == ctc_greedy(reference[0]) for mine, reference in zip(ours, theirs)]
     simulation = simulate_plans(result.lowered.plans, hw, "analytic")
     summary = placement_summary(result.lowered.plans, simulation)
     return ModelCheck(
@@ -431,7 +429,7 @@ def check_model(
         float_cosine=float_cos,
         int8_cosine=int8_cos,
         top1_agreement=float(np.mean(agree)) if model.classifier else None,
-        same_text=float(np.mean(same_text)) if model.sequence else None,
+        same_text=_same_text(ours, theirs) if model.sequence else None,
         accel_mac_share=summary["accel_mac_share"],
         host_latency_share=summary["host_latency_share"],
         latency_ms=1e3 * summary["latency_seconds"],
@@ -460,6 +458,13 @@ def _with_dynamic_rounding(model: CorpusModel, samples, float_runs, notes: list[
 
 def _stacked(runs: list[list[np.ndarray]], index: int) -> np.ndarray:
     return np.concatenate([run[index].ravel() for run in runs])
+
+
+def _same_text(ours: list, theirs: list) -> float:
+    """The share of inputs whose first output decodes (greedy CTC) to the same text as onnxruntime's."""
+    from codesign.tuner.accuracy import ctc_greedy
+
+    return float(np.mean([ctc_greedy(mine[0]) == ctc_greedy(reference[0]) for mine, reference in zip(ours, theirs)]))
 
 
 def _top1(output: np.ndarray) -> np.ndarray:
