@@ -40,6 +40,9 @@ from codesign.tvm_build import build_executable
 from codesign.tvm_output import quiet_tvm
 
 CALIBRATION_METHODS = ("max", "percentile", "entropy", "mse", "mean_max")
+# What a user may ask for: a method, or "auto", the one measured best on held-out calibration
+# samples (codesign.calibration_choice).
+CALIBRATION_CHOICES = (*CALIBRATION_METHODS, "auto")
 DEFAULT_CALIBRATION_METHOD = "max"  # measured on the real corpus against the others: README, "--calibration-method"
 SATURATING_OPS = ("relax.sigmoid", "relax.tanh", "relax.erf", "relax.nn.softmax")
 HISTOGRAM_BINS = 2048
@@ -118,7 +121,35 @@ def cached_tensor_ranges(
 ) -> TensorRanges:
     """tensor_ranges, read from the cache when the same model, bound inputs, graph changes (e.g.
     pruning: `graph_changes`), samples and method were calibrated before."""
-    key = cache.entry_key(
+    return cached_ranges_by_method(graph, imported, samples, (method,), graph_changes, percentile)[method]
+
+
+def cached_ranges_by_method(
+    graph: Graph,
+    imported: ImportedModel,
+    samples: list[dict[str, np.ndarray]],
+    methods: tuple[str, ...],
+    graph_changes: dict,
+    percentile: float = 99.99,
+) -> dict[str, TensorRanges]:
+    """cached_tensor_ranges of several methods; those not cached come from one float run."""
+    keys = {method: _ranges_key(imported, samples, method, graph_changes, percentile) for method in methods}
+    ranges = {}
+    for method, key in keys.items():
+        payload = cache.load(key)
+        if payload is not None:
+            ranges[method] = TensorRanges.from_json(payload)
+    missing = tuple(method for method in methods if method not in ranges)
+    if missing:
+        computed = ranges_by_method(graph, imported, samples, missing, percentile)
+        for method in missing:
+            cache.store(keys[method], computed[method].to_json())
+        ranges.update(computed)
+    return ranges
+
+
+def _ranges_key(imported: ImportedModel, samples, method: str, graph_changes: dict, percentile: float) -> str:
+    return cache.entry_key(
         "ranges",
         {
             "model": imported.sha256,
@@ -130,12 +161,6 @@ def cached_tensor_ranges(
             "percentile": percentile,
         },
     )
-    payload = cache.load(key)
-    if payload is not None:
-        return TensorRanges.from_json(payload)
-    ranges = tensor_ranges(graph, imported, samples, method, percentile)
-    cache.store(key, ranges.to_json())
-    return ranges
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -165,15 +190,27 @@ def tensor_ranges(
     from a histogram of |x|; "mean_max" averages the samples' max |x| (integer tensors, such as
     shape computations, keep max |x| under every method).
     """
-    check_method(method, percentile)
+    return ranges_by_method(graph, imported, samples, (method,), percentile)[method]
+
+
+def ranges_by_method(
+    graph: Graph,
+    imported: ImportedModel,
+    samples: list[dict[str, np.ndarray]],
+    methods: tuple[str, ...],
+    percentile: float = 99.99,
+) -> dict[str, TensorRanges]:
+    """tensor_ranges for each of `methods`, from the same single float run."""
+    for method in methods:
+        check_method(method, percentile)
     taps = [n.name for n in graph.nodes.values() if n.shape is not None]
     floats = [n for n in taps if graph.nodes[n].dtype.startswith("float")]
-    clipped = floats if method in ("percentile", "entropy", "mse") else []
-    sample_maxima = {name: [] for name in floats if takes_mean_max(graph.nodes[name])} if method == "mean_max" else {}
+    clipping = [method for method in methods if method in ("percentile", "entropy", "mse")]
+    histograms = {name: AbsHistogram() for name in floats} if clipping else {}
+    sample_maxima = {name: [] for name in floats if takes_mean_max(graph.nodes[name])} if "mean_max" in methods else {}
     absmax = dict.fromkeys(taps, 0.0)
     axes = {n: channel_axis(graph.nodes[n].shape) for n in floats}
     channel_absmax = {n: 0.0 for n in floats if axes[n] is not None and not one_value_per_channel(graph.nodes[n])}
-    histograms = {name: AbsHistogram() for name in clipped}
     skip = len(graph.outputs)
     progress.stage("calibrate", len(samples))
     for outputs in float_runs(graph, imported, samples, taps):
@@ -191,14 +228,24 @@ def tensor_ranges(
             if name in sample_maxima:
                 sample_maxima[name].append(float(magnitude.max(initial=0.0)))
         progress.advance()
-    for name, histogram in histograms.items():
-        absmax[name] = histogram.threshold(method, percentile)
-    for name, maxima in sample_maxima.items():
-        absmax[name] = float(np.mean(maxima))
-    channel_absmax = {
+    return {
+        method: _method_ranges(method, absmax, channel_absmax, histograms, sample_maxima, percentile)
+        for method in methods
+    }
+
+
+def _method_ranges(method, absmax, channel_absmax, histograms, sample_maxima, percentile) -> TensorRanges:
+    absmax = dict(absmax)
+    if method in ("percentile", "entropy", "mse"):
+        for name, histogram in histograms.items():
+            absmax[name] = histogram.threshold(method, percentile)
+    if method == "mean_max":
+        for name, maxima in sample_maxima.items():
+            absmax[name] = float(np.mean(maxima))
+    channels = {
         name: np.minimum(np.asarray(ranges, dtype=np.float64), absmax[name]) for name, ranges in channel_absmax.items()
     }
-    return TensorRanges(absmax, channel_absmax)
+    return TensorRanges(absmax, channels)
 
 
 def takes_mean_max(node: Node) -> bool:
@@ -223,6 +270,11 @@ def saturates(node: Node) -> bool:
         return True
     bounds = node.layer.clamp if node.op == "gemm" else node.bounds if node.op == "clamp" else None
     return bounds is not None and all(math.isfinite(bound) for bound in bounds)
+
+
+def check_method_choice(method: str) -> None:
+    if method not in CALIBRATION_CHOICES:
+        raise UsageError(f"unknown calibration method '{method}' (allowed: {', '.join(CALIBRATION_CHOICES)})")
 
 
 def check_method(method: str, percentile: float) -> None:

@@ -115,7 +115,8 @@ def compile_command(
         typer.Option(
             "--calibration-method",
             help="Activation ranges: max (the default), mean_max (the mean of each sample's max |x|), "
-            "percentile (99.99), entropy (KL) or mse (least squared error). Overrides a --design's.",
+            "percentile (99.99), entropy (KL), mse (least squared error), or auto: each calibrates on 3/4 of "
+            "the samples and the one closest to the float model on the rest is used. Overrides a --design's.",
         ),
     ] = None,
     bias_correction: Annotated[

@@ -49,7 +49,7 @@ class CompressionConfig:
     float_layers: tuple[str, ...] = ()
     prune_method: str = "reconstruct"  # one of PRUNE_METHODS (see codesign.pruning)
     unfold: tuple[str, ...] | None = None  # None: by modelled cost on the hardware compiled for
-    # How activation ranges are calibrated (codesign.calibration.CALIBRATION_METHODS); None: the
+    # How activation ranges are calibrated (codesign.calibration.CALIBRATION_CHOICES); None: the
     # default. Kept here so a tuned design compiles with the method it was evaluated with.
     calibration_method: str | None = None
 
@@ -155,11 +155,11 @@ def compression_problems(
     weight_bits, prune, schedule, float_layers, prune_method="reconstruct", unfold=None, calibration_method=None
 ) -> list[str]:
     """What is wrong with these choices, each naming its field and value ([] if nothing)."""
-    from codesign.calibration import CALIBRATION_METHODS
+    from codesign.calibration import CALIBRATION_CHOICES
 
     problems = []
-    if calibration_method is not None and calibration_method not in CALIBRATION_METHODS:
-        allowed = ", ".join(CALIBRATION_METHODS)
+    if calibration_method is not None and calibration_method not in CALIBRATION_CHOICES:
+        allowed = ", ".join(CALIBRATION_CHOICES)
         problems.append(f"calibration_method = {_shown(calibration_method)} (expected one of {allowed})")
     for field, table, check in (("weight_bits", weight_bits, _bits_problem), ("prune", prune, _prune_problem)):
         if not isinstance(table, dict):

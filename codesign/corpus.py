@@ -33,6 +33,7 @@ import numpy as np
 
 from codesign import toml as tomllib
 from codesign.errors import UsageError
+from codesign.metrics import cosine
 
 WORDS = (
     "invoice total amount date customer order number street city station report energy tensor "
@@ -348,12 +349,6 @@ class ModelCheck:
     latency_ms: float = 0.0
     compile_seconds: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    return float(a @ b / norms) if norms else float(np.array_equal(a, b))
 
 
 EVAL_FIRST_SEED = 10_000  # evaluation inputs' seeds; calibration's stay below

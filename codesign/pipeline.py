@@ -3,7 +3,8 @@
 import_onnx     ONNX file                  -> ImportedModel   (codesign.importer; ONNX passes in
                                                                codesign.onnx_passes)
 extract_graph   ImportedModel              -> Graph           (codesign.graph)
-tensor_ranges   Graph + calibration inputs -> ranges          (codesign.calibration)
+tensor_ranges   Graph + calibration inputs -> ranges          (codesign.calibration; the method chosen by
+                                                               codesign.calibration_choice under "auto")
 quantize_graph  Graph + ranges + hardware  -> QuantizedGraph  (codesign.quantize)
 correct_biases  QuantizedGraph + inputs    -> QuantizedGraph  (codesign.bias_correction)
 lower_to_relax  QuantizedGraph + hardware  -> LoweredModel    (codesign.lowering)
@@ -25,7 +26,14 @@ import tvm
 
 from codesign import progress
 from codesign.bias_correction import cached_correct_biases
-from codesign.calibration import DEFAULT_CALIBRATION_METHOD, cached_tensor_ranges, load_samples, random_samples
+from codesign.calibration import (
+    DEFAULT_CALIBRATION_METHOD,
+    cached_tensor_ranges,
+    check_method_choice,
+    load_samples,
+    random_samples,
+)
+from codesign.calibration_choice import AUTO, FEWEST_AUTO_SAMPLES, choose_calibration_method
 from codesign.compression import CompressionConfig, resolve_compression
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
@@ -80,6 +88,7 @@ def quantize_model(
 ) -> tuple[Graph, QuantizedGraph, dict]:
     compression = compression or CompressionConfig()
     calibration_method = compression.calibration_method or DEFAULT_CALIBRATION_METHOD
+    check_method_choice(calibration_method)
     graph = extract_graph(imported)
     sample_count = (
         calibration_samples if calibration is not None else min(calibration_samples, RANDOM_CALIBRATION_SAMPLES)
@@ -96,21 +105,42 @@ def quantize_model(
     else:
         samples = load_samples(calibration, imported.inputs, calibration_samples)
         calibration_info = {"source": str(calibration), "samples": len(samples)}
-    calibration_info["method"] = calibration_method
     if not samples:
         raise ModelError(f"{calibration}: no calibration samples")
     graph = prune_graph(graph, compression, imported, samples, warn)
     pruning = {"prune": compression.prune, "prune_method": compression.prune_method}
-    ranges = cached_tensor_ranges(graph, imported, samples, calibration_method, pruning)
     # Random inputs say nothing of the model's own data: no bias is corrected on them.
     bias_correction = bias_correction and calibration is not None
     config = QuantConfig.for_hardware(
         hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold, bias_correction
     )
+    if calibration_method == AUTO and not measure_biases:
+        calibration_method = DEFAULT_CALIBRATION_METHOD  # plans only: their cost does not depend on the ranges
+    elif calibration_method == AUTO:
+        calibration_method = _chosen_method(
+            graph, imported, hw, samples, config, pruning, compression, calibration_info, warn
+        )
+    calibration_info["method"] = calibration_method
+    ranges = cached_tensor_ranges(graph, imported, samples, calibration_method, pruning)
     qgraph = quantize_graph(graph, ranges, config)
     corrected = cached_correct_biases(qgraph, graph, imported, samples) if bias_correction and measure_biases else []
     calibration_info["bias_corrected_layers"] = len(corrected)
     return graph, qgraph, calibration_info
+
+
+def _chosen_method(graph, imported, hw, samples, config, pruning, compression, calibration_info, warn) -> str:
+    """`--calibration-method auto`: the method measured best on held-out calibration samples
+    (codesign.calibration_choice), or the default where there is nothing to hold out."""
+    if calibration_info["source"] == "random" or len(samples) < FEWEST_AUTO_SAMPLES:
+        warn(
+            f"note: calibration method auto needs at least {FEWEST_AUTO_SAMPLES} calibration samples of the "
+            f"model's own data; using {DEFAULT_CALIBRATION_METHOD}"
+        )
+        return DEFAULT_CALIBRATION_METHOD
+    choice = choose_calibration_method(graph, imported, hw, samples, config, pruning, compression)
+    warn(f"note: {choice.summary()}")
+    calibration_info["auto"] = {"held_out_samples": choice.held_out_samples, "held_out_cosine": choice.held_out_cosine}
+    return choice.method
 
 
 def memory_limit() -> int:

@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--hw", default="vta_default")
     parser.add_argument("--calibration-samples", type=int, default=16)
     parser.add_argument("--eval-samples", type=int, default=16)
-    parser.add_argument("--calibration-method", help="max (default), mean_max, percentile, entropy or mse")
+    parser.add_argument("--calibration-method", help="max (default), mean_max, percentile, entropy, mse or auto")
     parser.add_argument("--no-bias-correction", dest="bias_correction", action="store_false")
     parser.add_argument("--only", help="comma-separated model names (default: every model)")
     parser.add_argument("--calibration-sets", type=int, default=1, help="disjoint calibration sets per model")

@@ -30,6 +30,7 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.tvm_output",
             "codesign.target",
             "codesign.tvm_build",
+            "codesign.metrics",
         ],
     ),
     (
@@ -71,6 +72,7 @@ STAGES: list[tuple[str, list[str]]] = [
             "codesign.manifest",
             "codesign.deploy",
             "codesign.explain",
+            "codesign.calibration_choice",
         ],
     ),
     ("simulate", ["codesign.simulator*"]),

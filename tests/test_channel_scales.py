@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from codesign.calibration import TensorRanges, tensor_ranges
-from codesign.corpus import cosine
 from codesign.hardware import load_hardware
+from codesign.metrics import cosine
 from codesign.packed_layout import plan_layouts
 from codesign.pipeline import compile_model
 from codesign.quantize import (

@@ -7,9 +7,9 @@ from conftest import TEST_MODELS, sample_inputs
 
 from codesign.calibration import float_outputs
 from codesign.cli import main
-from codesign.corpus import cosine
 from codesign.explain import quantization_errors
 from codesign.hardware import load_hardware
+from codesign.metrics import cosine
 from codesign.pipeline import compile_model
 from codesign.reference import run_reference
 

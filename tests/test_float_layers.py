@@ -11,9 +11,9 @@ from conftest import TEST_MODELS
 
 from codesign.cli import main
 from codesign.compression import CompressionConfig
-from codesign.corpus import cosine
 from codesign.deploy import load, write_module
 from codesign.hardware import load_hardware
+from codesign.metrics import cosine
 from codesign.pipeline import compile_model
 from codesign.simulator.simulate import simulate_plans
 

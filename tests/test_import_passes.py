@@ -20,11 +20,11 @@ from tvm import relax
 from codesign.calibration import float_outputs
 from codesign.cli import main
 from codesign.console_tables import placement_summary
-from codesign.corpus import cosine
 from codesign.graph import extract_graph
 from codesign.hardware import load_hardware
 from codesign.importer import import_onnx
 from codesign.lowering import lower_to_relax
+from codesign.metrics import cosine
 from codesign.pipeline import compile_model, quantize_model
 from codesign.reference import run_reference
 

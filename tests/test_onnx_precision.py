@@ -11,8 +11,8 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from codesign.corpus import cosine
 from codesign.hardware import load_hardware
+from codesign.metrics import cosine
 from codesign.onnx_passes.precision import widen_half_precision
 from codesign.pipeline import compile_model, import_model
 

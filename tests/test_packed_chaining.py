@@ -24,8 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
 from codesign import lowering
-from codesign.corpus import cosine
 from codesign.hardware import load_hardware
+from codesign.metrics import cosine
 from codesign.packed_layout import Layouts
 from codesign.pipeline import compile_model
 from codesign.reference import run_reference

@@ -17,8 +17,8 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from codesign.corpus import cosine
 from codesign.hardware import load_hardware
+from codesign.metrics import cosine
 from codesign.pipeline import compile_model
 from codesign.reference import run_reference
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from codesign import toml as tomllib
-from codesign.calibration import CALIBRATION_METHODS
+from codesign.calibration import CALIBRATION_CHOICES
 from codesign.compression import CompressionConfig
 from codesign.design import Design
 from codesign.errors import UsageError
@@ -307,8 +307,8 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
     if activation_bits != [8]:
         problems.append(f"'compression.activation_bits' = {activation_bits!r}: only 8-bit activations are supported")
     calibration_method = compression.pop("calibration_method", None)
-    if calibration_method is not None and calibration_method not in CALIBRATION_METHODS:
-        allowed = ", ".join(CALIBRATION_METHODS)
+    if calibration_method is not None and calibration_method not in CALIBRATION_CHOICES:
+        allowed = ", ".join(CALIBRATION_CHOICES)
         problems.append(f"'compression.calibration_method' = {calibration_method!r} (expected one of {allowed})")
     for name, value in compression.items():
         if name not in ("weight_bits", "prune"):
