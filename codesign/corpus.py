@@ -261,8 +261,9 @@ def page_unit_input(shape, rng) -> np.ndarray:
 
 
 def gray_text_line_input(shape, rng) -> np.ndarray:
-    """A grey text line scaled to [0, 1], (1, 1, H, W) (ddddocr's recogniser)."""
-    return (render_text_line(shape[2], shape[3], rng).mean(axis=2) / 255.0)[None, None].astype(np.float32)
+    """An upright grey text line scaled to [0, 1], (1, 1, H, W) (ddddocr's recogniser)."""
+    image = render_text_line(shape[2], shape[3], rng, upside_down=False)
+    return (image.mean(axis=2) / 255.0)[None, None].astype(np.float32)
 
 
 def voiced_audio(shape, rng) -> np.ndarray:
