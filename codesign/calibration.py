@@ -42,7 +42,8 @@ from codesign.tvm_output import quiet_tvm
 CALIBRATION_METHODS = ("max", "percentile", "entropy", "mse", "mean_max")
 # What a user may ask for: a method, or "auto", the one measured best on held-out calibration
 # samples (codesign.calibration_choice).
-CALIBRATION_CHOICES = (*CALIBRATION_METHODS, "auto")
+AUTO_METHOD = "auto"
+CALIBRATION_CHOICES = (*CALIBRATION_METHODS, AUTO_METHOD)
 DEFAULT_CALIBRATION_METHOD = "max"  # measured on the real corpus against the others: README, "--calibration-method"
 SATURATING_OPS = ("relax.sigmoid", "relax.tanh", "relax.erf", "relax.nn.softmax")
 HISTOGRAM_BINS = 2048

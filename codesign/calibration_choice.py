@@ -39,7 +39,6 @@ from codesign.target import target
 from codesign.tvm_build import build_executable
 from codesign.tvm_output import quiet_tvm
 
-AUTO = "auto"
 AUTO_CANDIDATES = ("max", "mean_max", "percentile", "mse")  # the default first
 AUTO_MARGIN = 1e-3  # in held-out cosine, what a candidate must gain over the default
 FEWEST_AUTO_SAMPLES = 4  # one held out for every three calibrating, at least one of each

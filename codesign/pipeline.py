@@ -27,13 +27,14 @@ import tvm
 from codesign import progress
 from codesign.bias_correction import cached_correct_biases
 from codesign.calibration import (
+    AUTO_METHOD,
     DEFAULT_CALIBRATION_METHOD,
     cached_tensor_ranges,
     check_method_choice,
     load_samples,
     random_samples,
 )
-from codesign.calibration_choice import AUTO, FEWEST_AUTO_SAMPLES, choose_calibration_method
+from codesign.calibration_choice import FEWEST_AUTO_SAMPLES, choose_calibration_method
 from codesign.compression import CompressionConfig, resolve_compression
 from codesign.errors import ModelError, UsageError
 from codesign.graph import Graph, extract_graph
@@ -114,9 +115,9 @@ def quantize_model(
     config = QuantConfig.for_hardware(
         hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold, bias_correction
     )
-    if calibration_method == AUTO and not measure_biases:
+    if calibration_method == AUTO_METHOD and not measure_biases:
         calibration_method = DEFAULT_CALIBRATION_METHOD  # plans only: their cost does not depend on the ranges
-    elif calibration_method == AUTO:
+    elif calibration_method == AUTO_METHOD:
         calibration_method = _chosen_method(
             graph, imported, hw, samples, config, pruning, compression, calibration_info, warn
         )
