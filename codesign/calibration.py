@@ -43,6 +43,7 @@ CALIBRATION_METHODS = ("max", "percentile", "entropy", "mse", "mean_max")
 # What a user may ask for: a method, or "auto", the one measured best on held-out calibration
 # samples (codesign.calibration_choice).
 AUTO_METHOD = "auto"
+CLIPPING_METHODS = ("percentile", "entropy", "mse")  # thresholds read from a histogram of |x|
 CALIBRATION_CHOICES = (*CALIBRATION_METHODS, AUTO_METHOD)
 DEFAULT_CALIBRATION_METHOD = "max"  # measured on the real corpus against the others: README, "--calibration-method"
 SATURATING_OPS = ("relax.sigmoid", "relax.tanh", "relax.erf", "relax.nn.softmax")
@@ -206,7 +207,7 @@ def ranges_by_method(
         check_method(method, percentile)
     taps = [n.name for n in graph.nodes.values() if n.shape is not None]
     floats = [n for n in taps if graph.nodes[n].dtype.startswith("float")]
-    clipping = [method for method in methods if method in ("percentile", "entropy", "mse")]
+    clipping = any(method in CLIPPING_METHODS for method in methods)
     histograms = {name: AbsHistogram() for name in floats} if clipping else {}
     sample_maxima = {name: [] for name in floats if takes_mean_max(graph.nodes[name])} if "mean_max" in methods else {}
     absmax = dict.fromkeys(taps, 0.0)
@@ -237,7 +238,7 @@ def ranges_by_method(
 
 def _method_ranges(method, absmax, channel_absmax, histograms, sample_maxima, percentile) -> TensorRanges:
     absmax = dict(absmax)
-    if method in ("percentile", "entropy", "mse"):
+    if method in CLIPPING_METHODS:
         for name, histogram in histograms.items():
             absmax[name] = histogram.threshold(method, percentile)
     if method == "mean_max":
