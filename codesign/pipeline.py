@@ -116,7 +116,7 @@ def quantize_model(
         hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold, bias_correction
     )
     if calibration_method == AUTO_METHOD and not measure_biases:
-        calibration_method = DEFAULT_CALIBRATION_METHOD  # plans only: their cost does not depend on the ranges
+        calibration_method = DEFAULT_CALIBRATION_METHOD  # plans only: auto is measured when a module is built
     elif calibration_method == AUTO_METHOD:
         calibration_method = _chosen_method(
             graph, imported, hw, samples, config, pruning, compression, calibration_info, warn
