@@ -92,8 +92,11 @@ def extract_graph(imported: ImportedModel) -> Graph:
     nodes: dict[str, Node] = {}
     alias: dict[str, str] = {}
     tuples: dict[str, relax.Tuple] = {}
-    for param in func.params:
-        nodes[param.name] = Node(param.name, [], static_shape(param.ty), str(param.ty.dtype), "input")
+    for param, spec in zip(func.params, imported.inputs, strict=True):
+        # Named as the ONNX model names it: Relax spells 'x.1' as 'x_1'.
+        nodes[spec.name] = Node(spec.name, [], static_shape(param.ty), str(param.ty.dtype), "input")
+        if param.name != spec.name:
+            alias[param.name] = spec.name
     for block in func.body.blocks:
         for binding in block.bindings:
             if not isinstance(binding, relax.VarBinding):
@@ -110,7 +113,7 @@ def extract_graph(imported: ImportedModel) -> Graph:
     if isinstance(body, relax.Var) and body.name in tuples:
         body = tuples[body.name]
     outputs = _output_names(body, alias, imported.source)
-    graph = Graph(nodes, [p.name for p in func.params], outputs)
+    graph = Graph(nodes, [spec.name for spec in imported.inputs], outputs)
     for node in list(graph.nodes.values()):
         _lift_gemm(node, graph)
     simplify(graph)

@@ -131,12 +131,111 @@ def test_if_on_a_frozen_scalar_input_and_two_outputs(tmp_path):
     assert imported.frozen_inputs["sr"].dtype == np.int64
 
 
-def test_if_without_frozen_input_is_one_line(tmp_path, capsys):
-    path = _vad_like(tmp_path)
+def _cascade(tmp_path, verified_shape=(1, 1)):
+    """openWakeWord's "hey jarvis": a score, and a verifier network that runs (If) when it passes 0.5;
+    the input is named 'x.1', which Relax spells 'x_1'."""
+    verifier = [
+        helper.make_node("MatMul", ["x.1", "w2"], ["logit2"]),
+        helper.make_node("Sigmoid", ["logit2"], ["p2"]),
+    ]
+    if verified_shape != (1, 1):
+        verifier.append(helper.make_node("Reshape", ["p2", "flat"], ["p2_flat"]))
+    then_out = "p2" if verified_shape == (1, 1) else "p2_flat"
+    then_branch = helper.make_graph(
+        verifier, "verify", [], [tensor(then_out, list(verified_shape))], [weight("w2", 4, 1), const("flat", [1])]
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", ["p1"], ["kept"])], "keep", [], [tensor("kept", [1, 1])]
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x.1", "w1"], ["logit1"]),
+        helper.make_node("Sigmoid", ["logit1"], ["p1"]),
+        helper.make_node("GreaterOrEqual", ["p1", "half"], ["passed"]),
+        helper.make_node("If", ["passed"], ["score"], then_branch=then_branch, else_branch=else_branch, name="cascade"),
+    ]
+    inits = [numpy_helper.from_array(np.ones((4, 1), np.float32), "w1"), const("half", 0.5, np.float32)]
+    return save(tmp_path / "cascade.onnx", nodes, [tensor("x.1", [1, 4])], [tensor("score", [1, 1])], inits, opset=16)
+
+
+def test_if_deciding_on_the_data_computes_both_branches(tmp_path, capsys):
+    path = _cascade(tmp_path)
+    imported = import_onnx(path)
+    assert any("If 'cascade' decides on the data" in note for note in imported.notes)
+    graph = extract_graph(imported)
+    session = ort.InferenceSession(str(path))
+    for sign in (1.0, -1.0):  # the score passes 0.5 (the verifier's score) or not (the first one's)
+        sample = {"x.1": (sign * np.abs(RNG.standard_normal((1, 4)))).astype(np.float32)}
+        ours = next(float_outputs(graph, imported, [sample]))[0]
+        np.testing.assert_allclose(ours, session.run(None, sample)[0], rtol=1e-5)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, **{"x.1": RNG.standard_normal((8, 1, 4)).astype(np.float32)})
+    argv = ["compile", str(path), "--hw", "vta_default", "--calibration", str(calibration), "-o", str(tmp_path / "o")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "If 'cascade' decides on the data" in capsys.readouterr().err
+
+
+def test_if_whose_branches_differ_in_shape_is_one_line(tmp_path, capsys):
+    path = _cascade(tmp_path, verified_shape=(1,))
     code = main(["compile", str(path), "--hw", "vta_default", "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
-    assert "If (condition not constant) x1" in err[0] and "--input-value" in err[0]
+    assert "If (condition not constant) x1 (first: 'cascade')" in err[0] and "--input-value" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_if_on_an_unfrozen_scalar_input_selects_by_its_value(tmp_path):
+    path = _vad_like(tmp_path)
+    imported = import_onnx(path)
+    graph = extract_graph(imported)
+    session = ort.InferenceSession(str(path))
+    for rate in (16000, 8000):
+        sample = {"x": RNG.standard_normal((1, 4)).astype(np.float32), "state": np.zeros((1, 4), np.float32)}
+        sample["sr"] = np.array(rate, np.int64)
+        for ours, theirs in zip(next(float_outputs(graph, imported, [sample])), session.run(None, sample)):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def _clipped_leaky(tmp_path, widening: bool):
+    """tf2onnx's clipped LeakyReLU (openWakeWord's speech embedding): Max against a (1, 1, 1, 1)
+    constant; optionally a Min whose constant has more axes than its tensor (broadcasting widens it)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("LeakyRelu", ["c1"], ["l1"], alpha=0.2),
+        helper.make_node("Max", ["l1", "floor"], ["m1"]),
+        helper.make_node("Conv", ["m1", "w2"], ["c2"]),
+        helper.make_node("Min", ["ceiling", "c2"], ["y"]),
+    ]
+    inits = [
+        weight("w1", 16, 3, 3, 3),
+        weight("w2", 16, 16, 1, 1),
+        const("floor", np.full((1, 1, 1, 1), -0.4), np.float32),
+        const("ceiling", 0.5, np.float32),
+    ]
+    outputs = [tensor("y", [1, 16, 8, 8])]
+    if widening:
+        nodes += [
+            helper.make_node("ReduceMean", ["y"], ["pooled"], axes=[2, 3], keepdims=0),
+            helper.make_node("Min", ["pooled", "wide"], ["v"]),
+        ]
+        inits.append(const("wide", np.full((1, 1, 1), 0.1), np.float32))
+        outputs.append(tensor("v", [1, 1, 16]))
+    return save(tmp_path / f"clipped_{widening}.onnx", nodes, [tensor("x", [1, 3, 8, 8])], outputs, inits)
+
+
+def test_max_and_min_with_a_constant_become_clip(tmp_path):
+    imported = float_import_matches_onnxruntime(_clipped_leaky(tmp_path, widening=True), {})
+    assert any("2 Max / Min with a constant -> Clip" in note for note in imported.notes)
+    ops = [node.op for node in extract_graph(imported).nodes.values()]
+    assert ops.count("relax.stack") == 1 and ops.index("relax.stack") > ops.index("relax.mean")
+    path = _clipped_leaky(tmp_path, widening=False)
+    result = compile_model(path, load_hardware("vta_default"), warn=lambda m: None)
+    integer_ops = {"input", "quantize", "conv2d", "lut", "clamp", "dequantize"}
+    assert {node.op for node in result.qgraph.nodes.values()} <= integer_ops  # nothing in float
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(ours, run_reference(result.qgraph, {"x": x})[0])
+    assert cosine(ours, ort.InferenceSession(str(path)).run(None, {"x": x})[0]) > 0.99
 
 
 @pytest.mark.parametrize(
