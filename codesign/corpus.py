@@ -15,8 +15,10 @@ Each model entry says where the file came from and how to feed it:
     inputs = { x = "text_line" } # a generator per input (INPUT_KINDS)
     classifier = true            # compare top-1 as well as cosine
     sequence = true              # a recogniser: top-1 of every step (the last axis holds classes)
-    data = "speech_16k.npz"      # recordings for "speech" inputs (optional)
+    data = "speech_16k.npz"      # recordings for "speech" inputs, or arrays for "frames" inputs
     frame_context = 64           # "speech" rows repeat this many samples of the row before (silero)
+    audio_scale = 1.0            # "speech" sample values: int16 units times this (default 1 / 32768)
+    frames = "mel"               # "frames" inputs: consecutive rows of this array of `data`
     stream = { state = "stateN" }  # state inputs fed from these outputs of earlier calls, as a
     stream_calls = 8             #   streaming user does: the calls before the sample, on its audio
 
@@ -57,8 +59,10 @@ class CorpusModel:
     inputs: dict[str, str]
     classifier: bool = False
     sequence: bool = False  # top-1 per step along the output's last axis (a text recogniser's slots)
-    data: Path | None = None  # recordings the "speech" inputs cut windows from (.npz with 'audio')
+    data: Path | None = None  # recordings the "speech" inputs cut windows from (.npz with 'audio'), or frames
     frame_context: int = 0  # samples each row of a "speech" input repeats from the row before
+    audio_scale: float = 1 / 32768  # "speech" values per int16 unit: [-1, 1] by default
+    frames: str = ""  # the array of `data` "frames" inputs take consecutive rows of
     stream: dict[str, str] = dataclasses.field(default_factory=dict)  # state input -> output feeding it
     stream_calls: int = 0
 
@@ -71,8 +75,11 @@ class CorpusModel:
         samples, speech = {}, {}
         for name, kind in self.inputs.items():
             if kind == "speech":
-                speech[name] = speech_calls(self.input_shapes[name], rng, self.data, self.frame_context, calls + 1)
+                shape = self.input_shapes[name]
+                speech[name] = speech_calls(shape, rng, self.data, self.frame_context, calls + 1, self.audio_scale)
                 samples[name] = speech[name][-1]
+            elif kind == "frames":
+                samples[name] = frames_input(self.input_shapes[name], rng, self.data, self.frames)
             else:
                 samples[name] = INPUT_KINDS[kind](self.input_shapes[name], rng)
         if calls:
@@ -125,7 +132,7 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
         raise UsageError(f"{folder}: no corpus.toml") from err
     models = []
     for entry in doc.get("model", []):
-        unknown = {kind for kind in entry.get("inputs", {}).values() if kind not in (*INPUT_KINDS, "speech")}
+        unknown = {kind for kind in entry.get("inputs", {}).values() if kind not in (*INPUT_KINDS, *DATA_KINDS)}
         if unknown:
             raise UsageError(f"{path}: model '{entry.get('name')}': unknown input kind {', '.join(sorted(unknown))}")
         models.append(
@@ -142,6 +149,8 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
                 sequence=bool(entry.get("sequence", False)),
                 data=folder / entry["data"] if "data" in entry else None,
                 frame_context=int(entry.get("frame_context", 0)),
+                audio_scale=float(entry.get("audio_scale", 1 / 32768)),
+                frames=str(entry.get("frames", "")),
                 stream=dict(entry.get("stream", {})),
                 stream_calls=int(entry.get("stream_calls", 0)),
             )
@@ -281,18 +290,28 @@ def voiced_audio(shape, rng) -> np.ndarray:
     return (0.2 * voice * envelope + noise).reshape(shape).astype(np.float32)
 
 
-def speech_calls(shape, rng, recordings: Path, context: int, calls: int) -> list[np.ndarray]:
-    """`calls` consecutive inputs of real speech (with the pauses between utterances), scaled to
-    [-1, 1], from a random place. Each row of an input holds width - context new samples after
-    the last `context` samples of the row before (how silero's wrapper frames audio)."""
+def speech_calls(shape, rng, recordings: Path, context: int, calls: int, scale: float = 1 / 32768) -> list[np.ndarray]:
+    """`calls` consecutive inputs of real speech (with the pauses between utterances), int16
+    values times `scale` ([-1, 1] by default), from a random place. Each row of an input holds
+    width - context new samples after the last `context` samples of the row before (how silero's
+    wrapper frames audio)."""
     audio = np.load(recordings)["audio"]
     width = shape[-1]
     hop = width - context
     rows = int(np.prod(shape[:-1]))
     first = int(rng.integers(context, audio.size - hop * rows * calls - width))
     starts = first - context + hop * np.arange(rows * calls)
-    frames = np.stack([audio[start : start + width] for start in starts]) / 32768.0
+    frames = np.stack([audio[start : start + width] for start in starts]) * scale
     return [chunk.reshape(shape).astype(np.float32) for chunk in np.split(frames, calls)]
+
+
+def frames_input(shape, rng, data: Path, key: str) -> np.ndarray:
+    """shape[1] consecutive rows of the array `key` of `data` (features a front end computed from
+    real audio, such as openWakeWord's mel frames or speech embeddings), from a random place."""
+    rows = np.load(data)[key]
+    count = shape[1]
+    start = int(rng.integers(0, rows.shape[0] - count + 1))
+    return rows[start : start + count].reshape(shape).astype(np.float32)
 
 
 def zeros_input(shape, rng) -> np.ndarray:
@@ -316,6 +335,7 @@ def random_input(shape, rng) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
 
 
+DATA_KINDS = ("speech", "frames")  # inputs read from the entry's `data` file
 INPUT_KINDS = {
     "text_line": text_line_input,
     "upright_text_line": upright_text_line_input,

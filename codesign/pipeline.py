@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from codesign.hardware import HardwareSpec
 from codesign.importer import ImportedModel, import_onnx
 from codesign.lowering import LoweredModel, lower_to_relax
 from codesign.pruning import prune_graph
-from codesign.quantize import QuantConfig, QuantizedGraph, quantize_graph
+from codesign.quantize import QuantConfig, QuantizedGraph, layers_before_logarithm, quantize_graph
 from codesign.target import target
 from codesign.tvm_build import build_executable
 from codesign.tvm_output import quiet_tvm
@@ -112,8 +113,9 @@ def quantize_model(
     pruning = {"prune": compression.prune, "prune_method": compression.prune_method}
     # Random inputs say nothing of the model's own data: no bias is corrected on them.
     bias_correction = bias_correction and calibration is not None
+    float_layers = (*compression.float_layers, *_kept_float_before_logarithm(graph, compression, warn))
     config = QuantConfig.for_hardware(
-        hw, weight_bits, compression.weight_bits, compression.float_layers, compression.unfold, bias_correction
+        hw, weight_bits, compression.weight_bits, float_layers, compression.unfold, bias_correction
     )
     if calibration_method == AUTO_METHOD and not measure_biases:
         calibration_method = DEFAULT_CALIBRATION_METHOD  # plans only: auto is measured when a module is built
@@ -127,6 +129,18 @@ def quantize_model(
     corrected = cached_correct_biases(qgraph, graph, imported, samples) if bias_correction and measure_biases else []
     calibration_info["bias_corrected_layers"] = len(corrected)
     return graph, qgraph, calibration_info
+
+
+def _kept_float_before_logarithm(graph: Graph, compression: CompressionConfig, warn) -> list[str]:
+    """The layers quantize.layers_before_logarithm keeps in float, with a note naming them."""
+    named = compression.float_layers
+    layers = [name for name in layers_before_logarithm(graph) if not any(fnmatchcase(name, p) for p in named)]
+    if layers:
+        warn(
+            f"note: {', '.join(layers)} stay in float on the host: a logarithm reads their output, and int8 "
+            "cannot carry the range it expands (list them in --float-layers to silence this note)"
+        )
+    return layers
 
 
 def _chosen_method(graph, imported, hw, samples, config, pruning, compression, calibration_info, warn) -> str:

@@ -827,5 +827,35 @@ def _scalar_constants(node: Node) -> list[bool]:
     return flags
 
 
+# Ops a value passes through on its way to a logarithm keeping its dynamic range (a spectrum's
+# power, summed into mel bands, clamped away from zero), and the layouts between them.
+RANGE_CARRYING_OPS = {
+    "clamp", "relax.clip", "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power",
+    "relax.square", "relax.sqrt", "relax.abs", "relax.maximum", "relax.minimum", "relax.reshape",
+    "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.strided_slice",
+    "relax.concat", "relax.split", "TupleGetItem",
+}  # fmt: skip
+
+
+def layers_before_logarithm(graph: Graph) -> list[str]:
+    """GEMM layers whose output reaches a logarithm through RANGE_CARRYING_OPS (and other such
+    layers): a log-mel front end's STFT convs and mel filterbank. A log expands the small values
+    int8 rounds away (a spectrum spans 80 dB and more, int8 42 dB), so they stay in float."""
+    layers, seen = [], set()
+    pending = [i for node in graph.nodes.values() if node.op == "relax.log" for i in node.inputs]
+    while pending:
+        name = pending.pop()
+        node = graph.nodes.get(name)
+        if name in seen or node is None:
+            continue
+        seen.add(name)
+        if node.op == "gemm":
+            layers.append(name)
+            pending.append(node.inputs[0])
+        elif node.op in RANGE_CARRYING_OPS:
+            pending.extend(node.inputs)
+    return sorted(layers)
+
+
 def quantize_graph(graph: Graph, ranges: TensorRanges, config: QuantConfig) -> QuantizedGraph:
     return _Quantizer(graph, ranges, config).run()

