@@ -42,7 +42,15 @@ UNARY_OPS = {
 }
 RESHAPES = ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims")
 POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
-OTHER_OPS = ("relax.permute_dims", "relax.mean", "relax.sum", "relax.concat", "relax.power", "relax.nn.softmax")
+OTHER_OPS = (
+    "relax.permute_dims",
+    "relax.mean",
+    "relax.sum",
+    "relax.concat",
+    "relax.power",
+    "relax.nn.softmax",
+    "relax.nn.prelu",
+)
 DATA_OPS = ("relax.strided_slice", "relax.take", "relax.image.resize2d")
 NUMPY_OPS = frozenset([*BINARY_OPS, *UNARY_OPS, *RESHAPES, *POOLS, *OTHER_OPS, *DATA_OPS])
 
@@ -144,6 +152,8 @@ def run_node(node: Node, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "relax.power":
         base, exponent = (_with_rank(operand, len(node.shape)) for operand in operands[:2])
         return np.power(base, exponent).astype(np.float32, copy=False)
+    if node.op == "relax.nn.prelu":
+        return _prelu(node, operands[0])
     if node.op == "relax.nn.softmax":
         axis = _shifted_axis(int(attrs.axis), operands[0].ndim)
         exps = np.exp(operands[0] - operands[0].max(axis=axis, keepdims=True))
@@ -163,6 +173,15 @@ def run_node(node: Node, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "relax.nn.adaptive_avg_pool2d":
         return operands[0].mean(axis=(3, 4), keepdims=True, dtype=np.float32)
     return _pool(node, operands[0])
+
+
+def _prelu(node: Node, x: np.ndarray) -> np.ndarray:
+    """x where x >= 0, else x times the slope of its channel along attrs.axis (one slope: all)."""
+    slope = node.arg_slots[1][1].value.numpy().astype(np.float32)
+    shape = [1] * x.ndim
+    if slope.size > 1:
+        shape[_shifted_axis(int(node.call.attrs.axis), x.ndim)] = slope.size
+    return np.where(x >= 0, x, x * slope.reshape(shape))
 
 
 def _operand(slot, args: list[np.ndarray], count: int):

@@ -3,8 +3,9 @@
 Binds the user's input shapes (and freezes inputs given a value), runs the ONNX passes of
 `codesign.onnx_passes` (dequantize onnxruntime-quantized ops, fold shape subgraphs and
 constant `If`s, inline both branches of the other `If`s, turn Max / Min with a constant into
-Clip, make auto_pad explicit, unroll LSTM/GRU, turn 1-D convs and ConvTranspose into 2-D
-convs), then imports through `tvm.relax.frontend.onnx` and folds constants.
+Clip and batch norms after no conv into Mul + Add, make auto_pad explicit, unroll LSTM/GRU,
+turn 1-D convs and ConvTranspose into 2-D convs), then imports through
+`tvm.relax.frontend.onnx` and folds constants.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_conver
 
 from codesign.errors import ModelError, UsageError
 from codesign.onnx_file import load_onnx
+from codesign.onnx_passes.batch_norm import batch_norms_to_affine
 from codesign.onnx_passes.branches import select_branches
 from codesign.onnx_passes.clip import bounds_to_clip
 from codesign.onnx_passes.conv import rewrite_convs
@@ -244,7 +246,7 @@ def prepare_static_graph(
         notes = dequantize_model(model, emulate_dynamic_quantization)
         model = fold_constants(model, source)
         notes += select_branches(model)
-        notes += bounds_to_clip(model)
+        notes += bounds_to_clip(model) + batch_norms_to_affine(model)
         make_padding_explicit(model)
         rewritten = expand_recurrent(model) + rewrite_convs(model)
         if rewritten:

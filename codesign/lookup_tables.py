@@ -54,6 +54,7 @@ ELEMENTWISE_OPS = {
     "relax.nn.gelu_tanh",
     "relax.nn.silu",
     "relax.nn.leakyrelu",
+    "relax.nn.prelu",
     "relax.nn.softplus",
 }
 
@@ -78,17 +79,50 @@ def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dic
     else (channels, 256) with one row per channel."""
     if not chains:
         return {}
-    rows = {name: table_rows(scales[root], scales[name]) for name, (root, _) in chains.items()}
+    channels = {name: chain_channels(graph, steps) for name, (_, steps) in chains.items()}
+    rows = {name: max(table_rows(scales[root], scales[name]), channels[name]) for name, (root, _) in chains.items()}
     inputs = {name: _root_values(scales[root], rows[name]) for name, (root, _) in chains.items()}
+    # A chain with channel constants sees its rows as the channels of one (1, C, 1, 256) map.
+    inputs = {name: values.reshape(1, -1, 1, 256) if channels[name] > 1 else values for name, values in inputs.items()}
     in_numpy = {name for name, (_, steps) in chains.items() if all(supports_node(graph.nodes[s]) for s in steps)}
     results = {name: _numpy_chain(graph, *chains[name], name, inputs[name]) for name in in_numpy}
     rest = {name: chain for name, chain in chains.items() if name not in in_numpy}
     results.update(_compiled_chains(graph, rest, inputs))
     tables = {}
     for name in chains:
-        table = quantize_float32(results[name], scales[name])
+        table = quantize_float32(results[name].reshape(rows[name], 256), scales[name])
         tables[name] = table[0] if rows[name] == 1 else table
     return tables
+
+
+def chain_channels(graph: Graph, steps: list[str]) -> int:
+    """The channel count when a step of the chain takes a constant with one value per channel
+    (a PReLU slope, a batch norm's affine): its table then has a row per channel; else 1."""
+    counts = {channel_constant_count(graph.nodes[step]) for step in steps}
+    return max(counts, default=1)
+
+
+def channel_constant_count(node) -> int:
+    """C when one of the node's constants holds one value per channel of its (N, C, H, W) output
+    (broadcast along axis 1 only: (C, 1, 1), (1, C, 1, 1), or a PReLU's (C,) along axis 1); 1
+    when every constant holds one value; 0 when a constant is neither."""
+    count = 1
+    for kind, value in node.arg_slots:
+        if kind != "expr" or not hasattr(getattr(value, "value", None), "numpy"):
+            continue
+        constant = value.value.numpy()
+        if constant.size == 1:
+            continue
+        shape, rank = node.shape, len(node.shape or ())
+        if node.op == "relax.nn.prelu" and constant.ndim == 1 and rank == 4 and int(node.call.attrs.axis) % 4 == 1:
+            per_channel = constant.size == shape[1]
+        else:
+            padded = (1,) * (4 - constant.ndim) + constant.shape if rank == 4 and constant.ndim <= 4 else ()
+            per_channel = len(padded) == 4 and padded[1] == shape[1] and padded[0] == padded[2] == padded[3] == 1
+        if not per_channel:
+            return 0
+        count = shape[1]
+    return count
 
 
 def _root_values(scale: float | np.ndarray, rows: int) -> np.ndarray:
@@ -98,8 +132,9 @@ def _root_values(scale: float | np.ndarray, rows: int) -> np.ndarray:
 
 
 def _numpy_chain(graph: Graph, root: str, steps: list[str], output: str, values: np.ndarray) -> np.ndarray:
-    """A chain's outputs for `values` (rows, 256), with every value as one sample of float_numpy."""
-    results = {root: values.reshape(-1, 1)}
+    """A chain's outputs for `values` (rows, 256), with every value as one sample of float_numpy
+    (or a (1, C, 1, 256) map, one sample, where the chain has channel constants)."""
+    results = {root: values[None] if values.ndim == 4 else values.reshape(-1, 1)}
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         for step in steps:
             node = graph.nodes[step]

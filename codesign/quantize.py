@@ -45,7 +45,7 @@ from codesign.calibration import TensorRanges
 from codesign.errors import HardwareError, ModelError
 from codesign.graph import FLOAT_MAX, FLOAT_MIN, Graph, Node, channel_shaped, remove_dead
 from codesign.host_work import host_seconds, node_work
-from codesign.lookup_tables import ELEMENTWISE_OPS, tabulate
+from codesign.lookup_tables import ELEMENTWISE_OPS, channel_constant_count, tabulate
 from codesign.plan import ACTIVATION_FRACTION_BITS, AluActivation, layer_alu_ops
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.narrow_groups import accelerator_seconds, is_narrow, super_grouped
@@ -336,7 +336,7 @@ class _Quantizer:
         such nodes), or None."""
         if node.op not in ELEMENTWISE_OPS or node.dtype != "float32" or not node.inputs:
             return None
-        if not all(_scalar_constants(node)):
+        if channel_constant_count(node) == 0:
             return None
         roots = {self.lut_roots.get(i, i if self.nodes[i].dtype == "int8" else None) for i in node.inputs}
         if len(roots) != 1 or None in roots:
@@ -816,15 +816,6 @@ def _channel_requantizable(node: Node) -> bool:
     bounds whatever the scale (none, or ReLU)."""
     low, high = node.layer.clamp
     return node.layer.kind == "conv2d" and (not np.isfinite(low) or low == 0) and not np.isfinite(high)
-
-
-def _scalar_constants(node: Node) -> list[bool]:
-    """For each constant tensor argument of a graph node: does it hold a single value?"""
-    flags = []
-    for kind, value in node.arg_slots:
-        if kind == "expr" and hasattr(value, "value") and hasattr(value.value, "numpy"):
-            flags.append(value.value.numpy().size == 1)
-    return flags
 
 
 # Ops a value passes through on its way to a logarithm keeping its dynamic range (a spectrum's

@@ -333,3 +333,37 @@ def test_hardswish_and_leaky_relu_stay_tables_without_multiplier_or_gain(compile
     assert tables["conv2d_0"] == "relax.multiply" and tables["conv2d_2"] == "relax.nn.leakyrelu"
     assert not any("activation" in n.params for n in qgraph.gemm_nodes())
     assert qgraph.nodes["conv2d_6"].source.layer.clamp == (0.0, 1.0)  # HardSigmoid still folds
+
+
+@pytest.mark.parametrize("slope_shape", [(CHANNELS, 1, 1), (1,)], ids=["slope per channel", "one slope"])
+def test_prelu_and_a_batch_norm_after_it_are_one_table_per_channel(tmp_path, slope_shape):
+    """conv -> PReLU -> BatchNormalization (Keras puts one after the activation) -> conv: the
+    PReLU and the batch norm (as Mul + Add by channel constants) are one int8 table, a row per
+    channel, each row the quantized float function of its channel."""
+    slope = (np.abs(RNG.standard_normal(slope_shape)) * 0.3).astype(np.float32)
+    gamma, var = (np.abs(RNG.standard_normal(CHANNELS)).astype(np.float32) + 0.5 for _ in range(2))
+    beta, mean = (RNG.standard_normal(CHANNELS).astype(np.float32) for _ in range(2))
+    first, w0 = _conv("w0", "x", "c0")
+    last, w1 = _conv("w1", "n0", "y")
+    nodes = [
+        first,
+        helper.make_node("PRelu", ["c0", "slope"], ["p0"]),
+        helper.make_node("BatchNormalization", ["p0", "gamma", "beta", "mean", "var"], ["n0"], epsilon=1e-3),
+        last,
+    ]
+    constants = {"slope": slope, "gamma": gamma, "beta": beta, "mean": mean, "var": var}
+    inits = [w0, w1, *(numpy_helper.from_array(value, name) for name, value in constants.items())]
+    path, result = compile_block(tmp_path, "prelu_bn", nodes, inits, (1, CHANNELS, 8, 8))
+    assert any("BatchNormalization after no conv -> Mul + Add" in note for note in result.imported.notes)
+    ops = [n.op for n in result.qgraph.nodes.values()]
+    assert ops == ["input", "quantize", "conv2d", "lut", "conv2d", "dequantize"]
+    (table,) = [n for n in result.qgraph.nodes.values() if n.op == "lut"]
+    assert table.params["table"].shape == (CHANNELS, 256)
+    x_scale = np.asarray(result.qgraph.nodes[table.inputs[0]].scale, dtype=np.float32).reshape(-1, 1)
+    x = np.arange(-128, 128).astype(np.float32) * x_scale
+    per_channel = (CHANNELS, 1)
+    prelu = np.where(x >= 0, x, x * np.broadcast_to(slope.reshape(-1, 1), per_channel))
+    normed = (prelu - mean.reshape(per_channel)) / np.sqrt(var.reshape(per_channel) + 1e-3)
+    expected = quantize_float32(normed * gamma.reshape(per_channel) + beta.reshape(per_channel), table.scale)
+    assert np.abs(table.params["table"].astype(int) - expected.astype(int)).max() <= 1  # float rounding
+    assert_exact_and_close(path, result, first_seed=300)

@@ -24,8 +24,9 @@ def many_ops_model(path) -> None:
     """Every kind of node float_numpy runs: grouped, strided and dilated convs, max pools (ceil
     mode), average pools with and without the padding counted, broadcasting adds and multiplies
     of tensors of different ranks, concat, transpose, means, reshapes, matmuls with a constant
-    and of two tensors, the unary activations, softmax, slices, a nearest upsampling, a batch
-    norm of its own (no conv before it), a split and a gather."""
+    and of two tensors, the unary activations, PReLU, softmax, slices, a nearest upsampling, a
+    batch norm after a conv that other nodes also read (the one after no conv is a Mul and an
+    Add by then), a split and a gather."""
     rng = np.random.default_rng(3)
     weights = [
         _const("w_grouped", rng.standard_normal((6, 2, 3, 3))),
@@ -61,7 +62,8 @@ def many_ops_model(path) -> None:
         helper.make_node("Transpose", ["rows"], ["columns"], perm=[0, 2, 1]),
         helper.make_node("MatMul", ["columns", "rows"], ["gram"]),
         helper.make_node("MatMul", ["rows", "w_dense"], ["dense"]),
-        helper.make_node("GlobalAveragePool", ["d"], ["global"]),
+        helper.make_node("BatchNormalization", ["d", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["d_normed"]),
+        helper.make_node("GlobalAveragePool", ["d_normed"], ["global"]),
         helper.make_node("Flatten", ["global"], ["flat"]),
         helper.make_node("Div", ["flat", "flat_norm"], ["scaled"]),
         helper.make_node("ReduceSum", ["dense", "sum_axes"], ["dense_sum"], keepdims=0),
@@ -69,7 +71,8 @@ def many_ops_model(path) -> None:
         helper.make_node("Sqrt", ["squared"], ["root"]),
         helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
         helper.make_node("Slice", ["diff", "starts", "ends", "axes", "steps"], ["sliced"]),
-        helper.make_node("Exp", ["sliced"], ["sliced_exp"]),
+        helper.make_node("PRelu", ["sliced", "slopes"], ["sliced_prelu"]),
+        helper.make_node("Exp", ["sliced_prelu"], ["sliced_exp"]),
         helper.make_node("Resize", ["mixed_relu", "", "upsample_scales"], ["upsampled"], **nearest_floor),
         helper.make_node("BatchNormalization", ["upsampled", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["normed"]),
         helper.make_node("Split", ["normed", "split_sizes"], ["normed_head", "normed_tail"], axis=1),
@@ -82,6 +85,7 @@ def many_ops_model(path) -> None:
     slice_args = {"starts": [1, -4], "ends": [10, 100], "axes": [1, 3], "steps": [2, 1]}
     weights += [numpy_helper.from_array(np.array(v, dtype=np.int64), k) for k, v in slice_args.items()]
     weights.append(_const("two", 2.0))
+    weights.append(_const("slopes", rng.uniform(0.1, 0.3, (5, 1, 1))))
     weights += [_const("flat_norm", [3.0]), numpy_helper.from_array(np.array([1], dtype=np.int64), "sum_axes")]
     graph = helper.make_graph(
         nodes,
@@ -118,6 +122,7 @@ def test_numpy_run_equals_the_tvm_float_build_on_every_tensor(many_ops):
     assert {"relax.permute_dims", "relax.sigmoid", "relax.tanh", "relax.sum", "relax.divide"} <= ops
     assert {"relax.power", "relax.sqrt", "relax.nn.softmax", "relax.strided_slice", "relax.exp"} <= ops
     assert {"relax.image.resize2d", "relax.nn.batch_norm", "TupleGetItem", "relax.split", "relax.take"} <= ops
+    assert "relax.nn.prelu" in ops
     taps = [name for name, node in graph.nodes.items() if node.shape is not None]
     samples = random_samples(imported.inputs, 5, seed=4)
     ours = list(float_runs(graph, imported, samples, taps))
