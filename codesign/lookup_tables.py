@@ -82,15 +82,17 @@ def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dic
     channels = {name: chain_channels(graph, steps) for name, (_, steps) in chains.items()}
     rows = {name: max(table_rows(scales[root], scales[name]), channels[name]) for name, (root, _) in chains.items()}
     inputs = {name: _root_values(scales[root], rows[name]) for name, (root, _) in chains.items()}
-    # A chain with channel constants sees its rows as the channels of one (1, C, 1, 256) map.
-    inputs = {name: values.reshape(1, -1, 1, 256) if channels[name] > 1 else values for name, values in inputs.items()}
+    # A chain with channel constants sees its rows as the channels (axis 1) of one tensor.
+    ranks = {name: len(graph.nodes[name].shape) for name in chains}
+    inputs = {name: _channel_map(inputs[name], ranks[name]) if channels[name] > 1 else inputs[name] for name in chains}
     in_numpy = {name for name, (_, steps) in chains.items() if all(supports_node(graph.nodes[s]) for s in steps)}
     results = {name: _numpy_chain(graph, *chains[name], name, inputs[name]) for name in in_numpy}
     rest = {name: chain for name, chain in chains.items() if name not in in_numpy}
     results.update(_compiled_chains(graph, rest, inputs))
     tables = {}
     for name in chains:
-        table = quantize_float32(results[name].reshape(rows[name], 256), scales[name])
+        values = _channel_rows(results[name], ranks[name]) if channels[name] > 1 else results[name]
+        table = quantize_float32(values.reshape(rows[name], 256), scales[name])
         tables[name] = table[0] if rows[name] == 1 else table
     return tables
 
@@ -103,26 +105,41 @@ def chain_channels(graph: Graph, steps: list[str]) -> int:
 
 
 def channel_constant_count(node) -> int:
-    """C when one of the node's constants holds one value per channel of its (N, C, H, W) output
-    (broadcast along axis 1 only: (C, 1, 1), (1, C, 1, 1), or a PReLU's (C,) along axis 1); 1
-    when every constant holds one value; 0 when a constant is neither."""
-    count = 1
+    """C when one of the node's constants holds one value per channel (axis 1) of its output
+    (broadcast along axis 1 only: (C, 1, 1) or (1, C, 1, 1) on N, C, H, W; (1, C, 1) on N, C, T; a
+    PReLU's (C,) along axis 1); 1 when every constant holds one value; 0 when a constant is neither."""
+    count, shape = 1, node.shape or ()
     for kind, value in node.arg_slots:
         if kind != "expr" or not hasattr(getattr(value, "value", None), "numpy"):
             continue
         constant = value.value.numpy()
         if constant.size == 1:
             continue
-        shape, rank = node.shape, len(node.shape or ())
-        if node.op == "relax.nn.prelu" and constant.ndim == 1 and rank == 4 and int(node.call.attrs.axis) % 4 == 1:
-            per_channel = constant.size == shape[1]
+        if len(shape) < 2 or constant.ndim > len(shape):
+            return 0
+        if node.op == "relax.nn.prelu":
+            per_channel = constant.ndim == 1 and int(node.call.attrs.axis) % len(shape) == 1
         else:
-            padded = (1,) * (4 - constant.ndim) + constant.shape if rank == 4 and constant.ndim <= 4 else ()
-            per_channel = len(padded) == 4 and padded[1] == shape[1] and padded[0] == padded[2] == padded[3] == 1
-        if not per_channel:
+            padded = (1,) * (len(shape) - constant.ndim) + constant.shape
+            per_channel = all(size == 1 for axis, size in enumerate(padded) if axis != 1)
+        if not per_channel or constant.size != shape[1]:
             return 0
         count = shape[1]
     return count
+
+
+def _channel_map(rows: np.ndarray, rank: int) -> np.ndarray:
+    """(C, 256) values as one tensor of `rank` axes with the channels on axis 1: (1, C, 1.., 256),
+    or (256, C) for rank 2."""
+    if rank == 2:
+        return np.ascontiguousarray(rows.T)
+    return rows.reshape(1, rows.shape[0], *([1] * (rank - 3)), 256)
+
+
+def _channel_rows(values: np.ndarray, rank: int) -> np.ndarray:
+    """_channel_map undone: (C, 256)."""
+    values = values.reshape(values.shape[-2:]) if rank == 2 else values
+    return values.T if rank == 2 else values.reshape(-1, 256)
 
 
 def _root_values(scale: float | np.ndarray, rows: int) -> np.ndarray:
@@ -133,8 +150,8 @@ def _root_values(scale: float | np.ndarray, rows: int) -> np.ndarray:
 
 def _numpy_chain(graph: Graph, root: str, steps: list[str], output: str, values: np.ndarray) -> np.ndarray:
     """A chain's outputs for `values` (rows, 256), with every value as one sample of float_numpy
-    (or a (1, C, 1, 256) map, one sample, where the chain has channel constants)."""
-    results = {root: values[None] if values.ndim == 4 else values.reshape(-1, 1)}
+    (or one sample holding the channel map, where the chain has channel constants)."""
+    results = {root: values[None] if values.ndim == len(graph.nodes[output].shape) else values.reshape(-1, 1)}
     with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
         for step in steps:
             node = graph.nodes[step]

@@ -498,8 +498,8 @@ def _lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
 
 
 def _channel_lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
-    axis = channel_axis(tuple(x.shape))
-    return te.compute(x.shape, lambda *i: table[i[axis], x(*i).astype("int32") + 128], name="lookup_table")
+    """A table with a row per channel: channel scales and channel constants are both on axis 1."""
+    return te.compute(x.shape, lambda *i: table[i[1], x(*i).astype("int32") + 128], name="lookup_table")
 
 
 def _blocked_channel_lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:

@@ -77,6 +77,7 @@ INT8_PASSTHROUGH_OPS = {
     "relax.nn.max_pool2d",
     "relax.split",  # its parts (TupleGetItem) keep the scale: YOLOv8's C2f blocks split a conv's output
     "TupleGetItem",
+    "relax.max",  # a reduction: rounding is monotone, so the max of int8 values is the int8 of the max
 }
 
 
@@ -348,6 +349,15 @@ class _Quantizer:
             return None  # a clamp of an int8 tensor is an integer clamp
         return root if self.wants_int8(node.name) else None
 
+    def max_reduces(self, name: str) -> bool:
+        """Is this node a max over axes that keeps few of its input's values (magika's max over
+        time after a GELU), not the model's output? A table before it then costs one rounding of
+        the values the max keeps, and spares the float function on every element it reads."""
+        node = self.graph.nodes[name]
+        if node.op != "relax.max" or "<output>" in self.users[name] or node.shape is None:
+            return False
+        return math.prod(node.shape) * 4 <= math.prod(self.graph.nodes[node.inputs[0]].shape)
+
     def wants_int8(self, name: str) -> bool:
         """Does an int8 result here pay off: is it consumed, directly or through data movement and
         elementwise steps, by a GEMM? If only float ops (or the model's output) read it, producing
@@ -362,7 +372,7 @@ class _Quantizer:
         if user == "<output>":
             return False
         op = self.graph.nodes[user].op
-        if op == "gemm":
+        if op == "gemm" or self.max_reduces(user):
             return True
         transparent = op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat")
         transparent = transparent or moves_int8(self.graph.nodes[user], self.graph)
@@ -600,7 +610,7 @@ class _Quantizer:
             return self.fuse_activation(node, root) or self.lower_lut(node, root)
         int8_inputs = all(self.nodes[i].dtype == "int8" for i in node.inputs)
         moves_data = moves_int8(node, self.graph)
-        if moves_data and len(node.inputs) == 1 and int8_inputs:
+        if moves_data and len(node.inputs) == 1 and int8_inputs and not _mixes_channel_scales(node, self.nodes):
             producer = self.nodes[node.inputs[0]]
             return QNode(node.name, "passthrough", node.inputs, node.shape, "int8", producer.scale, source=node)
         if node.op == "clamp" and int8_inputs:
@@ -795,6 +805,15 @@ NEAREST_REPEAT_MODES = {
 def moves_int8(node: Node, graph: Graph) -> bool:
     """Does the op only move its input's values (so it runs on int8 data at the input's scale)?"""
     return node.op in INT8_PASSTHROUGH_OPS or is_nearest_upsample(node, graph)
+
+
+def _mixes_channel_scales(node: Node, nodes: dict[str, QNode]) -> bool:
+    """Would a max reduction compare int8 values of channels at different scales?"""
+    scale = nodes[node.inputs[0]].scale
+    if node.op != "relax.max" or np.ndim(scale) == 0:
+        return False
+    axes = node.call.attrs.axis
+    return axes is None or 1 in {int(axis) % len(nodes[node.inputs[0]].shape) for axis in axes}
 
 
 def is_nearest_upsample(node: Node, graph: Graph) -> bool:

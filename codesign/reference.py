@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from codesign.graph import channel_shaped, split_points
+from codesign.graph import split_points
 from codesign.quantize import QNode, QuantizedGraph
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -139,6 +139,10 @@ def passthrough(node: QNode, x: np.ndarray) -> np.ndarray:
         return split(x, node.source.call.attrs)
     if op == "TupleGetItem":
         return x[node.source.call.index]
+    if op == "relax.max":  # a reduction (quantize.INT8_PASSTHROUGH_OPS)
+        attrs = node.source.call.attrs
+        axes = None if attrs.axis is None else tuple(int(axis) for axis in attrs.axis)
+        return np.max(x, axis=axes, keepdims=bool(attrs.keepdims))
     if op == "relax.image.resize2d":  # nearest, whole factors (quantize.is_nearest_upsample)
         factor_h, factor_w = node.shape[2] // x.shape[2], node.shape[3] // x.shape[3]
         return x.repeat(factor_h, axis=2).repeat(factor_w, axis=3)
@@ -188,7 +192,7 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
         index = args[0].astype(np.int32) + 128
         if p["table"].ndim == 1:
             return p["table"][index]
-        channel = channel_shaped(np.arange(p["table"].shape[0]), index.shape)
+        channel = np.arange(p["table"].shape[0]).reshape(-1, *[1] * (index.ndim - 2))  # rows on axis 1
         return p["table"][channel, index]
     if node.op == "passthrough" or (node.op == "float" and node.source.op in DATA_MOVEMENT_OPS):
         return passthrough(node, args[0])

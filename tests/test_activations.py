@@ -367,3 +367,62 @@ def test_prelu_and_a_batch_norm_after_it_are_one_table_per_channel(tmp_path, slo
     expected = quantize_float32(normed * gamma.reshape(per_channel) + beta.reshape(per_channel), table.scale)
     assert np.abs(table.params["table"].astype(int) - expected.astype(int)).max() <= 1  # float rounding
     assert_exact_and_close(path, result, first_seed=300)
+
+
+@pytest.mark.parametrize("normalised", [False, True], ids=["dense after the max", "float normalisation after it"])
+def test_gelu_before_a_max_over_time_is_a_table_per_channel(tmp_path, normalised):
+    """magika (tf2onnx): conv1d -> GELU (tanh form, spelled out) -> a per-channel (1, C, 1)
+    scale -> max over time -> (a normalisation in float) -> dense. GELU and scale are one table
+    with a row per channel, the max runs on int8 (rounding is monotone), also when float ops read
+    it; the module equals the integer program (which runs integer programs only) and tracks
+    onnxruntime."""
+    length = 32
+    gain = np.abs(RNG.standard_normal((1, CHANNELS, 1))).astype(np.float32) + 0.2
+    weight = (RNG.standard_normal((CHANNELS, CHANNELS, 3)) * 0.2).astype(np.float32)
+    dense = (RNG.standard_normal((CHANNELS, 4)) * 0.3).astype(np.float32)
+    constants = {"weight": weight, "gain": gain, "dense": dense, "half": 0.5, "one": 1.0, "cube": 0.044715}
+    constants.update(three=3.0, root=np.sqrt(2 / np.pi), eps=1e-3)
+    nodes = [
+        helper.make_node("Conv", ["x", "weight"], ["b"], pads=[1, 1]),
+        helper.make_node("Pow", ["b", "three"], ["b3"]),
+        helper.make_node("Mul", ["b3", "cube"], ["b3s"]),
+        helper.make_node("Add", ["b", "b3s"], ["inner"]),
+        helper.make_node("Mul", ["inner", "root"], ["scaled"]),
+        helper.make_node("Tanh", ["scaled"], ["t"]),
+        helper.make_node("Add", ["t", "one"], ["t1"]),
+        helper.make_node("Mul", ["b", "t1"], ["bt"]),
+        helper.make_node("Mul", ["bt", "half"], ["gelu"]),
+        helper.make_node("Mul", ["gelu", "gain"], ["gained"]),
+        helper.make_node("ReduceMax", ["gained"], ["pooled"], axes=[2], keepdims=0),
+    ]
+    if normalised:
+        nodes += [
+            helper.make_node("ReduceMean", ["pooled"], ["mean"], axes=[1], keepdims=1),
+            helper.make_node("Sub", ["pooled", "mean"], ["centred"]),
+            helper.make_node("Mul", ["centred", "centred"], ["squares"]),
+            helper.make_node("ReduceMean", ["squares"], ["var"], axes=[1], keepdims=1),
+            helper.make_node("Add", ["var", "eps"], ["var_eps"]),
+            helper.make_node("Sqrt", ["var_eps"], ["std"]),
+            helper.make_node("Div", ["centred", "std"], ["normed"]),
+        ]
+    nodes.append(helper.make_node("MatMul", ["normed" if normalised else "pooled", "dense"], ["y"]))
+    inits = [numpy_helper.from_array(np.asarray(value, np.float32), name) for name, value in constants.items()]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, length])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    path = tmp_path / "max_over_time.onnx"
+    graph = helper.make_graph(nodes, "max_over_time", [x], [y], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    np.save(tmp_path / "calib.npy", RNG.standard_normal((8, 1, CHANNELS, length)).astype(np.float32))
+    result = compile_model(path, load_hardware("vta_default"), calibration=tmp_path / "calib.npy", warn=lambda m: None)
+    (table,) = [node for node in result.qgraph.nodes.values() if node.op == "lut"]
+    assert table.params["table"].shape == (CHANNELS, 256)
+    readers = [node for node in result.qgraph.nodes.values() if table.name in node.inputs]
+    assert [(node.op, node.source.op) for node in readers] == [("passthrough", "relax.max")]
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    session = ort.InferenceSession(str(path))
+    for seed in range(400, 404):
+        sample = np.random.default_rng(seed).standard_normal((1, CHANNELS, length)).astype(np.float32)
+        ours = vm["main"](tvm.runtime.tensor(sample)).numpy()
+        if not normalised:
+            assert np.array_equal(ours, run_reference(result.qgraph, {"x": sample})[0])
+        assert cosine(ours, session.run(None, {"x": sample})[0]) > 0.98
