@@ -138,8 +138,7 @@ def _channel_map(rows: np.ndarray, rank: int) -> np.ndarray:
 
 def _channel_rows(values: np.ndarray, rank: int) -> np.ndarray:
     """_channel_map undone: (C, 256)."""
-    values = values.reshape(values.shape[-2:]) if rank == 2 else values
-    return values.T if rank == 2 else values.reshape(-1, 256)
+    return values.reshape(-1, values.shape[-1]).T if rank == 2 else values.reshape(-1, 256)
 
 
 def _root_values(scale: float | np.ndarray, rows: int) -> np.ndarray:
