@@ -21,18 +21,19 @@ FOLDED_BY = {"Conv", "ConvTranspose"}  # producers whose weights take a batch no
 def batch_norms_to_affine(model: onnx.ModelProto) -> list[str]:
     """In place; returns a note when any batch norm was rewritten."""
     graph = model.graph
-    norms = [node for node in graph.node if node.op_type == "BatchNormalization" and len(node.output) == 1]
-    if not norms:
-        return []
     producers = {output: node.op_type for node in graph.node for output in node.output}
+    norms = [node for node in graph.node if node.op_type == "BatchNormalization" and len(node.output) == 1]
+    norms = [node for node in norms if producers.get(node.input[0]) not in FOLDED_BY]
+    if not norms:  # the common case (a batch norm after each conv): no shape inference
+        return []
     constants = constant_arrays(graph)
     shapes = static_shapes(model)
     taken = names_in_use(graph)
-    rewritten, initializers = [], []
+    replacements, initializers = {}, []
     for node in norms:
         params = [constants.get(name) for name in node.input[1:5]]
         rank = len(shapes.get(node.input[0]) or ())
-        if producers.get(node.input[0]) in FOLDED_BY or any(p is None for p in params) or rank < 2:
+        if any(p is None for p in params) or rank < 2:
             continue
         gamma, beta, mean, var = (p.astype(np.float64) for p in params)
         epsilon = next((attr.f for attr in node.attribute if attr.name == "epsilon"), 1e-5)
@@ -43,17 +44,12 @@ def batch_norms_to_affine(model: onnx.ModelProto) -> list[str]:
             initializers.append(numpy_helper.from_array(values.reshape(channel_shape).astype(np.float32), name))
         multiply = helper.make_node("Mul", [node.input[0], names[0]], [names[2]], name=f"{names[2]}_mul")
         add = helper.make_node("Add", [names[2], names[1]], [node.output[0]], name=node.name)
-        _replace(graph, node, [multiply, add])
-        rewritten.append(node.name or node.output[0])
-    add_initializers(model, initializers)
-    if not rewritten:
+        replacements[node.output[0]] = [multiply, add]
+    if not replacements:
         return []
-    return [f"{len(rewritten)} BatchNormalization after no conv -> Mul + Add per channel (first: '{rewritten[0]}')"]
-
-
-def _replace(graph: onnx.GraphProto, node: onnx.NodeProto, replacement: list[onnx.NodeProto]) -> None:
-    nodes = list(graph.node)
-    index = next(i for i, other in enumerate(nodes) if other.output[0] == node.output[0])
-    nodes[index : index + 1] = replacement
+    nodes = [new for node in graph.node for new in replacements.get(node.output[0] if node.output else "", [node])]
     del graph.node[:]
     graph.node.extend(nodes)
+    add_initializers(model, initializers)
+    first = next(iter(replacements.values()))[1].name or next(iter(replacements))
+    return [f"{len(replacements)} BatchNormalization after no conv -> Mul + Add per channel (first: '{first}')"]
