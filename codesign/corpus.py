@@ -65,6 +65,7 @@ class CorpusModel:
     frames: str = ""  # the array of `data` "frames" inputs take consecutive rows of
     stream: dict[str, str] = dataclasses.field(default_factory=dict)  # state input -> output feeding it
     stream_calls: int = 0
+    constant_weights: bool = False  # test data whose weights are constants: its int8 cosine means nothing
 
     def sample(self, seed: int) -> dict[str, np.ndarray]:
         """One realistic input per model input (frozen inputs excluded). With `stream`, the
@@ -153,6 +154,7 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
                 frames=str(entry.get("frames", "")),
                 stream=dict(entry.get("stream", {})),
                 stream_calls=int(entry.get("stream_calls", 0)),
+                constant_weights=bool(entry.get("constant_weights", False)),
             )
         )
     return models
@@ -370,6 +372,7 @@ class ModelCheck:
     latency_ms: float = 0.0
     compile_seconds: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
+    constant_weights: bool = False
 
 
 EVAL_FIRST_SEED = 10_000  # evaluation inputs' seeds; calibration's stay below
@@ -451,6 +454,7 @@ def check_model(
         latency_ms=1e3 * summary["latency_seconds"],
         compile_seconds=seconds,
         notes=notes,
+        constant_weights=model.constant_weights,
     )
 
 

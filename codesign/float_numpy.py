@@ -350,11 +350,11 @@ def _pool(node: Node, x: np.ndarray) -> np.ndarray:
     for tap in taps:
         np.maximum(y, tap, out=y) if maximum else np.add(y, tap, out=y)
     if not maximum:
-        y /= _window_counts(attrs, height, width, (kernel_h, kernel_w), (out_h, out_w))
+        y /= window_counts(attrs, height, width, (kernel_h, kernel_w), (out_h, out_w))
     return y.reshape(samples, batch, channels, out_h, out_w)
 
 
-def _window_counts(attrs, height: int, width: int, kernel, out_shape) -> np.ndarray | np.float32:
+def window_counts(attrs, height: int, width: int, kernel, out_shape) -> np.ndarray | np.float32:
     """avg_pool2d's divisors: the window's size with count_include_pad, else the input cells it covers."""
     if attrs.count_include_pad:
         return np.float32(kernel[0] * kernel[1])

@@ -53,7 +53,7 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
         return 2.0 * out * reduction, moved
     if op in FREE_OPS or op == "TupleGetItem" or (op == "split" and _splits_into_views(node, inputs[0].shape)):
         return 0.0, 0.0
-    if op == "max_pool2d":
+    if op == "max_pool2d" or node.op == "avg_pool2d":
         window = math.prod(int(k) for k in node.source.call.attrs.pool_size)
         return float(out * window), moved
     return float(max(out, sum(_elements(i.shape) for i in inputs)) * _ops_per_element(node, op)), moved

@@ -3,7 +3,7 @@
 Binds the user's input shapes (and freezes inputs given a value), runs the ONNX passes of
 `codesign.onnx_passes` (dequantize onnxruntime-quantized ops, fold shape subgraphs and
 constant `If`s, inline both branches of the other `If`s, turn Max / Min with a constant into
-Clip and batch norms after no conv into Mul + Add, make auto_pad explicit, unroll LSTM/GRU,
+Clip, batch norms after no conv into Mul + Add and Sum into Adds, make auto_pad explicit, unroll LSTM/GRU,
 turn 1-D convs and ConvTranspose into 2-D convs), then imports through
 `tvm.relax.frontend.onnx` and folds constants.
 """
@@ -36,6 +36,7 @@ from codesign.onnx_passes.fold import fold_constants
 from codesign.onnx_passes.precision import widen_half_precision
 from codesign.onnx_passes.quantized import dequantize_model
 from codesign.onnx_passes.rnn import expand_recurrent
+from codesign.onnx_passes.variadic import sums_to_adds
 from codesign.tvm_output import quiet_tvm
 
 
@@ -246,7 +247,7 @@ def prepare_static_graph(
         notes = dequantize_model(model, emulate_dynamic_quantization)
         model = fold_constants(model, source)
         notes += select_branches(model)
-        notes += bounds_to_clip(model) + batch_norms_to_affine(model)
+        notes += bounds_to_clip(model) + batch_norms_to_affine(model) + sums_to_adds(model)
         make_padding_explicit(model)
         rewritten = expand_recurrent(model) + rewrite_convs(model)
         if rewritten:

@@ -273,6 +273,10 @@ class _Lowerer:
             return self.bb.emit_te(lambda x: _clamp_te(x, p["lo"], p["hi"]), args[0], primfunc_name_hint="clamp")
         if node.op == "im2col":
             return self.bb.emit_te(lambda x: _im2col_te(x, p, node.shape), args[0], primfunc_name_hint="im2col")
+        if node.op == "avg_pool2d":
+            multiplier = relax.const(p["multiplier"])
+            pool = functools.partial(_avg_pool_te, p=p)
+            return self.bb.emit_te(pool, args[0], multiplier, primfunc_name_hint="int_avg_pool")
         if node.op == "lut":
             table = relax.const(p["table"])
             lookup = _lut_te if p["table"].ndim == 1 else _channel_lut_te
@@ -619,6 +623,24 @@ def _mean_te(inputs, p: dict) -> te.Tensor:
         return rescale_expr(total(*index), value["multiplier"], value["shift"], INT8_MIN, INT8_MAX)
 
     return te.compute(shape, element, name="int_mean")
+
+
+def _avg_pool_te(x: te.Tensor, multiplier: te.Tensor, p: dict) -> te.Tensor:
+    """codesign.reference.avg_pool2d in TE."""
+    from tvm import topi
+
+    (kh, kw), (sh, sw), (top, left, bottom, right) = p["kernel"], p["strides"], p["padding"]
+    rows, channels = int(multiplier.shape[1]), int(multiplier.shape[0])
+    padded = topi.nn.pad(topi.cast(x, "int64"), [0, 0, top, left], [0, 0, bottom, right])
+    r, c = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="c")
+    shape = (int(x.shape[0]), int(x.shape[1]), rows, int(multiplier.shape[2]))
+    total = te.compute(shape, lambda n, k, h, w: te.sum(padded[n, k, h * sh + r, w * sw + c], axis=[r, c]))
+
+    def element(n, k, h, w):
+        m = multiplier[k if channels > 1 else 0, h, w]
+        return rescale_expr(total[n, k, h, w], m, p["shift"], INT8_MIN, INT8_MAX)
+
+    return te.compute(shape, element, name="int_avg_pool")
 
 
 RESCALING_TE = {"add": _add_te, "multiply": _multiply_te, "mean": _mean_te}

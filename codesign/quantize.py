@@ -43,6 +43,7 @@ import numpy as np
 from codesign.alu_activations import HardSwish, chain_activation
 from codesign.calibration import TensorRanges
 from codesign.errors import HardwareError, ModelError
+from codesign.float_numpy import window_counts
 from codesign.graph import FLOAT_MAX, FLOAT_MIN, Graph, Node, channel_shaped, remove_dead
 from codesign.host_work import host_seconds, node_work
 from codesign.lookup_tables import ELEMENTWISE_OPS, channel_constant_count, tabulate
@@ -154,6 +155,8 @@ class QNode:
     multiply   multiplier, shift (of a * b, broadcasting)
     concat     axis, multipliers (one per input), shift
     mean       axes, keepdims, multiplier, shift
+    avg_pool2d kernel, strides, padding (t,l,b,r), multiplier (C or 1, OH, OW) int64, shift: window
+               sums, each output's multiplier folding in its divisor and its channel's scales
                add, multiply and mean hold int64 arrays (C,) instead of integers where an
                input or the output has channel scales: channel c's multipliers and shift
     clamp      lo, hi
@@ -374,7 +377,7 @@ class _Quantizer:
         op = self.graph.nodes[user].op
         if op == "gemm" or self.max_reduces(user):
             return True
-        transparent = op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat")
+        transparent = op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat", "relax.nn.avg_pool2d")
         transparent = transparent or moves_int8(self.graph.nodes[user], self.graph)
         return transparent and self.wants_int8(user)
 
@@ -541,6 +544,8 @@ class _Quantizer:
             return True if chained or self.rescales_channels(node, producer) else None
         if node.op == "relax.mean":
             return True if self.rescales_channels(node, producer) else None
+        if node.op == "relax.nn.avg_pool2d" and integer_pool(node):
+            return True
         if moves_int8(node, self.graph) or node.op == "relax.concat":
             return None
         return False  # a float op, read through a dequantize
@@ -626,6 +631,8 @@ class _Quantizer:
             return self.lower_multiply(node)
         if node.op == "relax.mean" and len(node.inputs) == 1 and int8_inputs:
             return self.lower_mean(node)
+        if node.op == "relax.nn.avg_pool2d" and int8_inputs and integer_pool(node) and self.wants_int8(node.name):
+            return self.lower_avg_pool(node)
         return self.lower_float(node)
 
     def lower_float(self, node: Node) -> QNode:
@@ -793,6 +800,38 @@ class _Quantizer:
         params = {"axes": axes, "keepdims": bool(attrs.keepdims)}
         params.update(self.requantization(in_scale / (count * out_scale), shift_only=False))
         return QNode(node.name, "mean", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
+
+    def lower_avg_pool(self, node: Node) -> QNode:
+        """Window sums in integers, each output requantized by its own multiplier: the divisor
+        (the window's cells inside the input, without count_include_pad) and the channel scales
+        fold into it, so DenseNet's transitions and Inception's pool branches stay int8."""
+        attrs = node.call.attrs
+        in_shape = self.nodes[node.inputs[0]].shape
+        kernel = tuple(int(k) for k in attrs.pool_size)
+        counts = window_counts(attrs, in_shape[2], in_shape[3], kernel, node.shape[2:])
+        out_scale = self.output_scale(node.name)
+        channel_factor = np.asarray(self.nodes[node.inputs[0]].scale, dtype=np.float64) / out_scale
+        ratios = channel_factor.reshape(-1, 1, 1) / np.broadcast_to(counts, node.shape[2:])
+        multipliers, shifts = fixed_point(ratios.ravel(), HOST_MULTIPLIER_BITS, shift_only=False)
+        shift = int(shifts.max())
+        multipliers = (multipliers.astype(np.int64) << (shift - shifts)).reshape(ratios.shape)
+        params = {
+            "kernel": kernel,
+            "strides": tuple(int(s) for s in attrs.strides),
+            "padding": tuple(int(p) for p in attrs.padding),
+            "multiplier": multipliers,
+            "shift": shift,
+        }
+        return QNode(node.name, "avg_pool2d", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
+
+
+def integer_pool(node: Node) -> bool:
+    """An average pool the integer program runs: NCHW, no dilation, no ceil mode (whose extra
+    windows PyTorch and ONNX divide differently)."""
+    attrs = node.call.attrs
+    if attrs.layout != "NCHW" or getattr(attrs, "out_layout", "NCHW") != "NCHW" or attrs.ceil_mode:
+        return False
+    return node.shape is not None and len(node.shape) == 4 and all(int(d) == 1 for d in attrs.dilation)
 
 
 NEAREST_REPEAT_MODES = {

