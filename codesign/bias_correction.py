@@ -30,7 +30,7 @@ from codesign.calibration import array_digest, float_runs, samples_digest
 from codesign.graph import Graph
 from codesign.importer import ImportedModel
 from codesign.quantize import QNode, QuantizedGraph
-from codesign.reference import DATA_MOVEMENT_OPS, accumulate, evaluate, gemm_channel_axis, gemm_output
+from codesign.reference import DATA_MOVEMENT_OPS, accumulate, evaluate, gemm_channel_axis, layer_output
 
 # Calibration samples the correction measures on: the means settle with few, and each costs a
 # run of the integer program in numpy.
@@ -112,7 +112,7 @@ def correct_biases(qgraph: QuantizedGraph, graph: Graph, imported: ImportedModel
             _correct(node, np.stack(accs), float_inputs[graph.nodes[node.name].inputs[0]], qgraph, graph)
             corrected.append(node.name)
             progress.advance()
-            value = [gemm_output(acc, node.params, gemm_channel_axis(node)) for acc in accs]
+            value = [layer_output(node, acc) for acc in accs]
         else:
             value = _evaluate(node, args)
         if value is not None:

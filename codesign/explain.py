@@ -32,10 +32,11 @@ class TensorError:
 def quantization_errors(result, samples: list[dict[str, np.ndarray]]) -> list[TensorError]:
     """Per-tensor error of a CompileResult's integer program on `samples`, worst cosine first."""
     qgraph, graph = result.qgraph, result.graph
+    float_names = {name: node.float_name or name for name, node in qgraph.nodes.items()}
     taps = [
         name
         for name, node in qgraph.nodes.items()
-        if node.op != "input" and name in graph.nodes and graph.nodes[name].shape is not None
+        if node.op != "input" and float_names[name] in graph.nodes and graph.nodes[float_names[name]].shape is not None
     ]
     lowered = lower_to_relax(qgraph, result.imported, result.hw, result.compression, taps)
     with quiet_tvm():
@@ -45,7 +46,7 @@ def quantization_errors(result, samples: list[dict[str, np.ndarray]]) -> list[Te
     float_skip = len(graph.outputs)
     dot = dict.fromkeys(taps, 0.0)
     int8_norm, float_norm, diff_norm = (dict.fromkeys(taps, 0.0) for _ in range(3))
-    float_values_per_sample = float_runs(graph, result.imported, samples, taps)
+    float_values_per_sample = float_runs(graph, result.imported, samples, [float_names[name] for name in taps])
     for sample, float_values in zip(samples, float_values_per_sample):
         values = vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names])
         for name, quantized, reference in zip(taps, list(values)[skip:], float_values[float_skip:]):

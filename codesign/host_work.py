@@ -46,7 +46,7 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
         else node.op
     )
     if node.op == "conv2d":
-        return 2.0 * out * node.params["weight"][0].size, moved
+        return _host_conv_ops(node, out), moved
     if node.op == "float" and node.source.op == "gemm":  # a layer kept in float (--float-layers)
         weight = node.source.layer.weight
         reduction = weight[0].size if node.source.layer.kind == "conv2d" else inputs[0].shape[-1]
@@ -57,6 +57,11 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
         window = math.prod(int(k) for k in node.source.call.attrs.pool_size)
         return float(out * window), moved
     return float(max(out, sum(_elements(i.shape) for i in inputs)) * _ops_per_element(node, op)), moved
+
+
+def _host_conv_ops(node, out: int) -> float:
+    """Two per MAC, and one per output for a merged table's lookup."""
+    return 2.0 * out * node.params["weight"][0].size + (out if "table" in node.params else 0)
 
 
 def _splits_into_views(node, in_shape) -> bool:
@@ -85,7 +90,9 @@ def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
     read = sum(_elements(layouts.packed_shape(i.shape)) for i in inputs)
     unpacked = 2.0 * _elements(node.shape) if layouts.writes_nchw(node) else 0.0
     if node.op == "conv2d":
-        ops = 2.0 * out * node.params["weight"][0].size
+        ops = _host_conv_ops(node, out)
+    elif node.op == "avg_pool2d":
+        ops = float(out * math.prod(node.params["kernel"]))
     else:
         ops = float(max(out, read) * _ops_per_element(node, node.op))
     return ops, read + out + unpacked

@@ -258,6 +258,7 @@ class _Lowerer:
         if node.op == "conv2d":
             weight = self.host_weight(node)
             consts = [relax.const(p[key]) for key in channel_param_names(p.get("activation"))]
+            consts += [relax.const(p["table"])] if "table" in p else []
             return self.bb.emit_te(
                 lambda x, w, *c: _host_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node=node),
                 args[0],
@@ -337,11 +338,20 @@ class _Lowerer:
             return self.bb.emit_te(_blocked_channel_lut_te, args[0], table, primfunc_name_hint="lookup_table")
         if node.op == "mean":  # over rows and columns: axes 3 and 4 of the blocked layout
             return self.emit_rescaling(node, args, {**p, "axes": (3, 4)})
+        if node.op == "concat":  # of whole blocks: along axis 2 of the blocked layout
+            return self.bb.emit_te(lambda *xs: _concat_te(xs, {**p, "axis": 2}), *args, primfunc_name_hint="int_concat")
+        if node.op == "avg_pool2d":
+            multiplier = p["multiplier"] if len(p["multiplier"]) == 1 else _blocked_rows(p["multiplier"], block)
+            pool = functools.partial(_avg_pool_te, p=p)
+            return self.bb.emit_te(pool, args[0], relax.const(multiplier), primfunc_name_hint="int_avg_pool")
         if node.op == "conv2d":  # depthwise, on the host
             weight = self.host_weight(node)
             keys = channel_param_names(p.get("activation"))
             channel = [np.broadcast_to(p[key], (node.shape[1],)) for key in keys]
             consts = [relax.const(_blocked_rows(values, block)) for values in channel]
+            if "table" in p:
+                table = p["table"] if p["table"].ndim == 1 else _blocked_rows(p["table"], block)
+                consts.append(relax.const(table))
             return self.bb.emit_te(
                 lambda x, w, *c: _blocked_depthwise_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node=node),
                 args[0],
@@ -553,9 +563,20 @@ def _blocked_depthwise_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.T
 
     def requantized(g, n, c, y, xx, r, i):
         values = {name: param[c * bi + i] for name, param in zip(names, channel)}
-        return requantize_expr(acc[g, n, c, y, xx, r, i], values, p["lo"], p["hi"], p.get("activation"))
+        value = requantize_expr(acc[g, n, c, y, xx, r, i], values, p["lo"], p["hi"], p.get("activation"))
+        return _looked_up(value, channel[len(names) :], c * bi + i)
 
     return te.compute(out_shape, requantized, name="host_conv2d")
+
+
+def _looked_up(value: tirx.PrimExpr, table: tuple[te.Tensor, ...], channel) -> tirx.PrimExpr:
+    """A host conv's int8 result through its merged table (one row per channel or one for all),
+    or as it is without one."""
+    if not table:
+        return value
+    (table,) = table
+    index = value.astype("int32") + 128
+    return table[index] if len(table.shape) == 1 else table[channel, index]
 
 
 def _add_te(inputs, p: dict) -> te.Tensor:
@@ -626,19 +647,30 @@ def _mean_te(inputs, p: dict) -> te.Tensor:
 
 
 def _avg_pool_te(x: te.Tensor, multiplier: te.Tensor, p: dict) -> te.Tensor:
-    """codesign.reference.avg_pool2d in TE."""
+    """codesign.reference.avg_pool2d in TE, on NCHW or blocked (1, N/b, C/bi, H, W, b, bi) data."""
     from tvm import topi
 
     (kh, kw), (sh, sw), (top, left, bottom, right) = p["kernel"], p["strides"], p["padding"]
-    rows, channels = int(multiplier.shape[1]), int(multiplier.shape[0])
-    padded = topi.nn.pad(topi.cast(x, "int64"), [0, 0, top, left], [0, 0, bottom, right])
+    blocked = len(x.shape) == 7
+    row_axis = 3 if blocked else 2
+    before, after = [0] * len(x.shape), [0] * len(x.shape)
+    before[row_axis : row_axis + 2], after[row_axis : row_axis + 2] = (top, left), (bottom, right)
+    padded = topi.nn.pad(topi.cast(x, "int64"), before, after)
+    shape = [int(d) for d in x.shape]
+    shape[row_axis : row_axis + 2] = (int(d) for d in multiplier.shape[1:])
     r, c = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="c")
-    shape = (int(x.shape[0]), int(x.shape[1]), rows, int(multiplier.shape[2]))
-    total = te.compute(shape, lambda n, k, h, w: te.sum(padded[n, k, h * sh + r, w * sw + c], axis=[r, c]))
 
-    def element(n, k, h, w):
-        m = multiplier[k if channels > 1 else 0, h, w]
-        return rescale_expr(total[n, k, h, w], m, p["shift"], INT8_MIN, INT8_MAX)
+    def window_sum(*index):
+        tap = list(index)
+        tap[row_axis : row_axis + 2] = (index[row_axis] * sh + r, index[row_axis + 1] * sw + c)
+        return te.sum(padded[tuple(tap)], axis=[r, c])
+
+    total = te.compute(shape, window_sum)
+
+    def element(*index):
+        channel = (index[2] * shape[6] + index[6] if blocked else index[1]) if int(multiplier.shape[0]) > 1 else 0
+        m = multiplier[channel, index[row_axis], index[row_axis + 1]]
+        return rescale_expr(total(*index), m, p["shift"], INT8_MIN, INT8_MAX)
 
     return te.compute(shape, element, name="int_avg_pool")
 
@@ -711,6 +743,7 @@ def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: 
 
     def requantized(b, oc, y, xx):
         values = {name: param[oc] for name, param in zip(names, channel)}
-        return requantize_expr(acc[b, oc, y, xx], values, p["lo"], p["hi"], p.get("activation"))
+        value = requantize_expr(acc[b, oc, y, xx], values, p["lo"], p["hi"], p.get("activation"))
+        return _looked_up(value, channel[len(names) :], oc)
 
     return te.compute(node.shape, requantized, name="host_conv2d")

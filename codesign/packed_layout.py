@@ -7,9 +7,11 @@ precision-scalable core reads the same bo-wide blocks, two per fused element: `i
 a grouped conv whose groups fall on whole blocks, depthwise convs the core runs as super-groups
 of bi channels included, reads them as runs of blocks: `groups_fill_blocks`). Elementwise int8 host ops
 (lookup tables, clamps, residual adds, squeeze-and-excitation gates) run on blocked tensors
-just as well, and so do the ops that work on each channel alone: depthwise convs on the host and
-global average pools. So a chain conv -> HardSwish -> conv, a residual block, or a MobileNet
-block (conv -> depthwise conv -> SE -> conv) stays blocked throughout. The host converts only
+just as well, and so do the ops that work on each channel alone: depthwise convs on the host,
+average pools and global ones; and concatenations along the channels whose parts fill whole
+blocks (DenseNet's growth of 32 channels, YOLO's and PP-OCR's necks). So a chain conv ->
+HardSwish -> conv, a residual block, or a MobileNet block (conv -> depthwise conv -> SE -> conv)
+stays blocked throughout. The host converts only
 where a consumer needs NCHW: model outputs, taps, and every other op.
 
 The blocks zero-fill channels (and batch rows) up to whole blocks. What the padded channels
@@ -80,12 +82,17 @@ def groups_fill_blocks(node, qgraph, core) -> bool:
     return group_inputs % core.block_in == 0 and group_outputs % core.block_out == 0
 
 
-def runs_on_blocks(node, qgraph) -> bool:
+def runs_on_blocks(node, qgraph, block: int) -> bool:
     """An int8 host op on 4-D tensors that may run on blocked ones: each output channel (and
-    batch row) computed from the same channel (and row) of its inputs only."""
+    batch row) computed from the same channel (and row) of its inputs only, or a concatenation
+    of whole blocks along the channels."""
     if node.shape is None or len(node.shape) != 4 or node.dtype != "int8":
         return False
     shapes = [qgraph.nodes[i].shape for i in node.inputs]
+    if node.op == "concat":
+        return node.params["axis"] % 4 == 1 and all(_whole_blocks(shape, node.shape, block) for shape in shapes)
+    if node.op == "avg_pool2d":
+        return True
     if node.op in ELEMENTWISE_OPS:
         return shapes == [node.shape]
     if node.op in BROADCASTING_OPS:
@@ -93,6 +100,11 @@ def runs_on_blocks(node, qgraph) -> bool:
     if node.op == "mean":
         return node.params["keepdims"] and tuple(node.params["axes"]) == (2, 3)
     return node.op == "conv2d" and node.placement == "host" and is_depthwise(node, shapes[0])
+
+
+def _whole_blocks(shape, out_shape, block: int) -> bool:
+    """A concatenated input that fills whole channel blocks (no padded channel between parts)."""
+    return shape is not None and len(shape) == 4 and shape[0] == out_shape[0] and shape[1] % block == 0
 
 
 def _broadcasts_spatially(shape, out_shape) -> bool:
@@ -115,7 +127,7 @@ def plan_layouts(qgraph, hw, boundaries=()) -> Layouts:
     # blocked values only.
     candidates = set(chained)
     for node in qgraph.nodes.values():
-        if runs_on_blocks(node, qgraph) and all(i in candidates for i in node.inputs):
+        if runs_on_blocks(node, qgraph, hw.block_in) and all(i in candidates for i in node.inputs):
             candidates.add(node.name)
     # Backward: a host op runs blocked only when some consumer reads it blocked.
     consumers = _consumers(qgraph)

@@ -144,7 +144,8 @@ class QNode:
     quantize   inv_scale                         int8 = clamp(floor(x * inv_scale + 0.5))
     dequantize scale (scalar or (1, C, 1, 1))    float = int8 * scale
     conv2d     weight (O,I/g,KH,KW) int8, bias/multiplier/shift (O,) int32, lo, hi,
-               strides, padding (t,l,b,r), groups
+               strides, padding (t,l,b,r), groups; a host conv may hold the `table` of the
+               lookup that read it alone, applied to its int8 result (merge_tables_into_host_convs)
     matmul     weight (K,N) int8 or None (second operand is a tensor), bias/multiplier/shift
                (N,) int32, lo, hi
                both may hold a fused `activation` (codesign.plan.AluActivation) and its
@@ -172,6 +173,9 @@ class QNode:
     placement: str = "host"  # "accel": runs on the GEMM core
     params: dict = dataclasses.field(default_factory=dict)
     source: Node | None = None
+    # The float graph's tensor this value stands for where that is not `name`'s: an activation
+    # fused into the GEMM or host conv before it.
+    float_name: str | None = None
 
 
 @dataclasses.dataclass
@@ -333,6 +337,7 @@ class _Quantizer:
         outputs = self.drop_fused_names(outputs)
         qgraph = QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config, self.acc_scales)
         remove_dead(qgraph)  # e.g. the intermediate steps of a tabulated chain
+        merge_tables_into_host_convs(qgraph)
         return qgraph
 
     def lut_root(self, node: Node) -> str | None:
@@ -403,6 +408,7 @@ class _Quantizer:
             return None
         gemm.params.update(params)
         gemm.scale = out_scale
+        gemm.float_name = node.name
         self.fused[node.name] = root
         return gemm
 
@@ -823,6 +829,31 @@ class _Quantizer:
             "shift": shift,
         }
         return QNode(node.name, "avg_pool2d", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
+
+
+def merge_tables_into_host_convs(qgraph: QuantizedGraph) -> None:
+    """A lookup table that alone reads a host conv's result becomes part of that conv: the conv
+    looks each int8 result up as it writes it, and the table's pass over memory is gone (the
+    values are the same). PP-OCR's and PicoDet's depthwise convs, each followed by its
+    HardSwish, are the host's largest work on vta_default."""
+    readers: dict[str, list[str]] = {name: [] for name in qgraph.nodes}
+    for node in qgraph.nodes.values():
+        for producer in node.inputs:
+            readers[producer].append(node.name)
+    merged: dict[str, str] = {}
+    for table in [node for node in qgraph.nodes.values() if node.op == "lut"]:
+        conv = qgraph.nodes[table.inputs[0]]
+        if conv.op != "conv2d" or conv.placement != "host" or "table" in conv.params:
+            continue
+        if readers[conv.name] != [table.name] or conv.name in qgraph.outputs:
+            continue
+        conv.params["table"] = table.params["table"]
+        conv.scale, conv.float_name = table.scale, table.float_name or table.name
+        merged[table.name] = conv.name
+    qgraph.nodes = {name: node for name, node in qgraph.nodes.items() if name not in merged}
+    for node in qgraph.nodes.values():
+        node.inputs = [merged.get(i, i) for i in node.inputs]
+    qgraph.outputs = [merged.get(o, o) for o in qgraph.outputs]
 
 
 def integer_pool(node: Node) -> bool:

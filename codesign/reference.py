@@ -121,6 +121,21 @@ def max_pool2d(x: np.ndarray, attrs, out_shape) -> np.ndarray:
     return out
 
 
+def layer_output(node: QNode, acc: np.ndarray) -> np.ndarray:
+    """A GEMM layer's int8 result from its accumulators, through its merged table if it has one."""
+    output = gemm_output(acc, node.params, gemm_channel_axis(node))
+    return lookup(node.params["table"], output) if "table" in node.params else output
+
+
+def lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """table[x + 128], or table[c, x + 128] with one row per channel (axis 1)."""
+    index = x.astype(np.int32) + 128
+    if table.ndim == 1:
+        return table[index]
+    channel = np.arange(table.shape[0]).reshape(-1, *[1] * (index.ndim - 2))
+    return table[channel, index]
+
+
 def avg_pool2d(x: np.ndarray, p: dict) -> np.ndarray:
     """Window sums over the zero-padded input, times each output's multiplier, shifted."""
     (kh, kw), (sh, sw), (top, left, bottom, right) = p["kernel"], p["strides"], p["padding"]
@@ -184,7 +199,7 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "dequantize":
         return args[0].astype(np.float32) * p["scale"]
     if node.op in ("conv2d", "matmul"):
-        return gemm_output(accumulate(node, args), p, gemm_channel_axis(node))
+        return layer_output(node, accumulate(node, args))
     if node.op == "add":
         a, b = (x.astype(np.int64) for x in args)
         total = a * _per_channel(p["multiplier_a"], a.ndim, 1) + b * _per_channel(p["multiplier_b"], b.ndim, 1)
@@ -205,11 +220,7 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     if node.op == "clamp":
         return np.clip(args[0], p["lo"], p["hi"]).astype(np.int8)
     if node.op == "lut":
-        index = args[0].astype(np.int32) + 128
-        if p["table"].ndim == 1:
-            return p["table"][index]
-        channel = np.arange(p["table"].shape[0]).reshape(-1, *[1] * (index.ndim - 2))  # rows on axis 1
-        return p["table"][channel, index]
+        return lookup(p["table"], args[0])
     if node.op == "passthrough" or (node.op == "float" and node.source.op in DATA_MOVEMENT_OPS):
         return passthrough(node, args[0])
     raise NotImplementedError(f"reference does not evaluate {node.op} ({node.source.op if node.source else ''})")

@@ -50,8 +50,8 @@ def schedule_reduction_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         return None
     try:
         _block_registers(sch, block, rows, cols, reduction)
-    except tvm.error.TVMError:  # a shape the schedule cannot take: the naive kernel still works
-        return None
+    except (s_tir.ScheduleError, tvm.error.InternalError):
+        return None  # a shape the schedule cannot take (basic-pitch's 10,961 outputs): the naive kernel works
     return sch.mod["main"]
 
 

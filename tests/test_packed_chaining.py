@@ -1,5 +1,6 @@
 """Packed chaining: between accelerated layers, activations stay in the accelerator's blocked
-layout through lookup tables, clamps, residual adds, SE gates and depthwise convs; the module
+layout through lookup tables, clamps, residual adds, SE gates, depthwise convs, average pools
+and concatenations of whole blocks; the module
 converts layouts only at its boundaries (model inputs and outputs, ops that need NCHW).
 
 Each model below names the tensors the host must convert: the ONNX tensors packed for an
@@ -169,7 +170,32 @@ def grouped_block(batch) -> ChainModel:
     return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x"], unpacked=["y"])
 
 
+def dense_block(batch) -> ChainModel:
+    """DenseNet's pattern: conv -> concatenation of its input and output (32 + 16 channels: whole
+    blocks) -> 2x2 average pool -> conv, blocked from end to end."""
+    b = Builder(9)
+    b.conv("x", "c0", 3, 32)
+    b.conv(b.op("Relu", ["c0"], "r0"), "c1", 32, 16)
+    b.op("Concat", ["r0", b.op("Relu", ["c1"], "r1")], "cat", axis=1)
+    b.op("AveragePool", ["cat"], "pooled", kernel_shape=[2, 2], strides=[2, 2])
+    b.conv("pooled", "y", 48, 20, kernel=1)
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x"], unpacked=["y"])
+
+
+def narrow_concat(batch) -> ChainModel:
+    """As dense_block with 8 new channels: a part that does not fill its block would leave padding
+    between the concatenation's channels, so it concatenates NCHW, and its pool with it."""
+    b = Builder(10)
+    b.conv("x", "c0", 3, 32)
+    b.conv(b.op("Relu", ["c0"], "r0"), "c1", 32, 8)
+    b.op("Concat", ["r0", b.op("Relu", ["c1"], "r1")], "cat", axis=1)
+    b.op("AveragePool", ["cat"], "pooled", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    b.conv("pooled", "y", 40, 20, kernel=1)
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x", "pooled"], unpacked=["r0", "r1", "y"])
+
+
 MODELS = [conv_conv, conv_hardswish_conv, residual_block, output_and_chain, global_pool, mobilenet_block, wide_chain]
+MODELS += [dense_block, narrow_concat]
 SLOW_HOST_VTA = load_hardware("vta_default").with_changes(name="vta_slow_host", host_ops_per_cycle=0.25)
 HARDWARE = {
     "vta_default": lambda: load_hardware("vta_default"),
@@ -183,7 +209,7 @@ HARDWARE = {
 # layers before them write, two per fused 32-lane element (HardwareSpec.input_gather).
 CASES = (
     [(model, "vta_default", 1, 8) for model in MODELS]
-    + [(model, "batched_4x16x16", 2, 8) for model in (residual_block, mobilenet_block)]
+    + [(model, "batched_4x16x16", 2, 8) for model in (residual_block, mobilenet_block, dense_block)]
     + [(model, "scalable", 1, 4) for model in (conv_hardswish_conv, residual_block, mobilenet_block, wide_chain)]
     + [(model, "vta_slow_host", 1, 8) for model in (mobilenet_block, grouped_block)]
     + [(grouped_block, "batched_4x16x16", 2, 8)]
@@ -305,3 +331,18 @@ def test_cores_with_other_output_blocks_convert_every_layer(tmp_path):
     assert counts["pack_activation"] == counts["unpack_output"] == layers
     x = np.random.default_rng(5).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     assert np.array_equal(run_module(result.executable, x)[0], run_reference(result.qgraph, {"x": x})[0])
+
+
+def test_tables_after_host_depthwise_convs_merge_into_them(tmp_path):
+    """mobilenet_block on vta_default: the depthwise conv runs on the host, and the HardSwish
+    table that alone reads it becomes part of it (one lookup per output, no pass of its own);
+    the table after the core's conv stays a table. The module equals the integer program (above)."""
+    result = compile_chain(tmp_path, mobilenet_block(1), HARDWARE["vta_default"]())
+    nodes = result.qgraph.nodes
+    (depthwise,) = [n for n in nodes.values() if n.op == "conv2d" and n.placement == "host"]
+    assert depthwise.params["table"].shape == (24, 256)  # per channel: the channels span decades
+    assert depthwise.float_name == "multiply_3"  # the float graph's HardSwish output
+    assert [nodes[n.inputs[0]].placement for n in nodes.values() if n.op == "lut"] == ["accel"]
+    (plan,) = [p for p in result.lowered.plans if p.name == depthwise.name]
+    outputs = math.ceil(24 / 16) * 16 * SIZE * SIZE  # blocked: 24 channels in two blocks of 16
+    assert plan.host_ops == 2 * outputs * 9 + outputs
