@@ -913,7 +913,7 @@ RANGE_CARRYING_OPS = {
     "clamp", "relax.clip", "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power",
     "relax.square", "relax.sqrt", "relax.abs", "relax.maximum", "relax.minimum", "relax.reshape",
     "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten", "relax.strided_slice",
-    "relax.concat", "relax.split", "TupleGetItem",
+    "relax.concat", "relax.split", "TupleGetItem", "relax.sum", "relax.mean",
 }  # fmt: skip
 
 
