@@ -54,14 +54,18 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
     if op in FREE_OPS or op == "TupleGetItem" or (op == "split" and _splits_into_views(node, inputs[0].shape)):
         return 0.0, 0.0
     if op == "max_pool2d" or node.op == "avg_pool2d":
-        window = math.prod(int(k) for k in node.source.call.attrs.pool_size)
-        return float(out * window), moved
+        return float(out * _pool_window(node)), moved
     return float(max(out, sum(_elements(i.shape) for i in inputs)) * _ops_per_element(node, op)), moved
 
 
 def _host_conv_ops(node, out: int) -> float:
     """Two per MAC, and one per output for a merged table's lookup."""
     return 2.0 * out * node.params["weight"][0].size + (out if "table" in node.params else 0)
+
+
+def _pool_window(node) -> int:
+    """The cells a max or average pool reads per output."""
+    return math.prod(int(k) for k in node.source.call.attrs.pool_size)
 
 
 def _splits_into_views(node, in_shape) -> bool:
@@ -92,7 +96,7 @@ def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
     if node.op == "conv2d":
         ops = _host_conv_ops(node, out)
     elif node.op == "avg_pool2d":
-        ops = float(out * math.prod(node.params["kernel"]))
+        ops = float(out * _pool_window(node))
     else:
         ops = float(max(out, read) * _ops_per_element(node, node.op))
     return ops, read + out + unpacked

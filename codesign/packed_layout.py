@@ -130,7 +130,7 @@ def plan_layouts(qgraph, hw, boundaries=()) -> Layouts:
         if runs_on_blocks(node, qgraph, hw.block_in) and all(i in candidates for i in node.inputs):
             candidates.add(node.name)
     # Backward: a host op runs blocked only when some consumer reads it blocked.
-    consumers = _consumers(qgraph)
+    consumers = qgraph.consumers()
     packed = set(chained)
     for node in reversed(list(qgraph.nodes.values())):
         if node.name in candidates - chained and any(c in packed for c in consumers[node.name]):
@@ -138,11 +138,3 @@ def plan_layouts(qgraph, hw, boundaries=()) -> Layouts:
     nchw_readers = set(qgraph.outputs) | set(boundaries)
     unpacked = {name for name in packed if name in nchw_readers or any(c not in packed for c in consumers[name])}
     return Layouts(frozenset(packed), frozenset(unpacked), hw.batch, hw.block_in)
-
-
-def _consumers(qgraph) -> dict[str, list[str]]:
-    users: dict[str, list[str]] = {name: [] for name in qgraph.nodes}
-    for node in qgraph.nodes.values():
-        for producer in node.inputs:
-            users[producer].append(node.name)
-    return users

@@ -190,6 +190,14 @@ class QuantizedGraph:
     def gemm_nodes(self) -> list[QNode]:
         return [n for n in self.nodes.values() if n.op in ("conv2d", "matmul")]
 
+    def consumers(self) -> dict[str, list[str]]:
+        """Each node's readers (the model's outputs not among them)."""
+        users: dict[str, list[str]] = {name: [] for name in self.nodes}
+        for node in self.nodes.values():
+            for producer in node.inputs:
+                users[producer].append(node.name)
+        return users
+
 
 # ---- scales and fixed-point multipliers -----------------------------------------------------
 
@@ -836,10 +844,7 @@ def merge_tables_into_host_convs(qgraph: QuantizedGraph) -> None:
     looks each int8 result up as it writes it, and the table's pass over memory is gone (the
     values are the same). PP-OCR's and PicoDet's depthwise convs, each followed by its
     HardSwish, are the host's largest work on vta_default."""
-    readers: dict[str, list[str]] = {name: [] for name in qgraph.nodes}
-    for node in qgraph.nodes.values():
-        for producer in node.inputs:
-            readers[producer].append(node.name)
+    readers = qgraph.consumers()
     merged: dict[str, str] = {}
     for table in [node for node in qgraph.nodes.values() if node.op == "lut"]:
         conv = qgraph.nodes[table.inputs[0]]
