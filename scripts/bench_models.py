@@ -8,7 +8,8 @@ simulate (analytic model), and print one table: compiled or the blocking error, 
 accelerator, the host's share of modelled latency, the modelled latency, compile time.
 
     python scripts/bench_models.py                       # tests/models/real
-    python scripts/bench_models.py --fetch               # also the larger models, downloaded once
+    python scripts/bench_models.py --fetch               # also the larger models, downloaded once,
+                                                         # and the model zoo graphs onnx ships (ZOO)
     python scripts/bench_models.py FOLDER --hw edge_1x8x8 --json out.json
     python scripts/bench_models.py --fetch --only silero_vad_lstm --calibration-sets 5
 
