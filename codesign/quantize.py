@@ -853,7 +853,7 @@ def merge_tables_into_host_convs(qgraph: QuantizedGraph) -> None:
         if readers[conv.name] != [table.name] or conv.name in qgraph.outputs:
             continue
         conv.params["table"] = table.params["table"]
-        conv.scale, conv.float_name = table.scale, table.float_name or table.name
+        conv.scale, conv.float_name = table.scale, table.name
         merged[table.name] = conv.name
     qgraph.nodes = {name: node for name, node in qgraph.nodes.items() if name not in merged}
     for node in qgraph.nodes.values():

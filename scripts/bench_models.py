@@ -160,8 +160,8 @@ def fetch_larger_models(folder: Path) -> Path:
 # models: the graphs as exported, opset 9, each large weight a ConstantOfShape of 0.02). They
 # test import, placement and the modelled latency; with constant weights every channel of a layer
 # is the same, the logits tie and the softmax picks among them by rounding noise (ResNet-50's
-# float import against onnxruntime: cosine 0.34 on one input, 1.0 on another), so neither
-# cosine says anything.
+# float import against onnxruntime: cosine 0.34 over the benchmark's 16 inputs, 1.0 on a single
+# other one), so neither cosine says anything.
 ZOO = ("squeezenet", "resnet50", "inception_v1", "inception_v2", "shufflenet", "densenet121")
 ZOO_ENTRY = (
     'name = "zoo_{name}"\nexporter = "caffe2 (ONNX model zoo, light: weights constant)"\n'
