@@ -10,9 +10,16 @@ The keys of weight_bits and prune are layer names or glob patterns over them: a 
 value of the last key that matches it (resolve_compression, once the model's layers are known).
 
 `float_layers` keeps the matching layers (glob patterns over layer names) in float on the host.
-`unfold` lists the narrow-input convs compiled as im2col + a 1x1 conv (schedules.narrow_inputs);
-without it, each is unfolded where the cost model prices that faster on the hardware compiled
-for. A tuned design lists the ones its compression profile unfolded, so it compiles as evaluated.
+
+Three lists pin placements that are otherwise decided by modelled cost on the hardware compiled
+for (each None: decided so):
+- `unfold`: the narrow-input convs compiled as im2col + a 1x1 conv (schedules.narrow_inputs);
+- `host_convs`: the grouped convs run on the host CPU in int8 (the other narrow-group convs run
+  on the core as super-groups: `quantize.conv_on_accel`);
+- `alu_activations`: the GEMM layers whose activation (HardSwish, LeakyReLU) runs in their ALU
+  program rather than as a host table (`quantize.fuse_activation`).
+A tuned design lists the ones its compression profile chose on the space's base hardware, so it
+compiles, whatever its own hardware, to the integer program that was evaluated.
 
 Pruning removes that fraction of a layer's output channels from the graph, and the matching
 inputs of the layers reading them (codesign.pruning); `prune_method` chooses how: "reconstruct"
@@ -48,7 +55,10 @@ class CompressionConfig:
     # Layers kept in float on the host (glob patterns over layer names: 'conv2d_3', 'conv2d_1*').
     float_layers: tuple[str, ...] = ()
     prune_method: str = "reconstruct"  # one of PRUNE_METHODS (see codesign.pruning)
-    unfold: tuple[str, ...] | None = None  # None: by modelled cost on the hardware compiled for
+    # Pinned placements (see the module's docstring); None: by modelled cost on the hardware compiled for
+    unfold: tuple[str, ...] | None = None
+    host_convs: tuple[str, ...] | None = None
+    alu_activations: tuple[str, ...] | None = None
     # How activation ranges are calibrated (codesign.calibration.CALIBRATION_CHOICES); None: the
     # default. Kept here so a tuned design compiles with the method it was evaluated with.
     calibration_method: str | None = None
@@ -63,8 +73,9 @@ class CompressionConfig:
             doc["float_layers"] = list(self.float_layers)
         if self.prune_method != PRUNE_METHODS[0]:
             doc["prune_method"] = self.prune_method
-        if self.unfold is not None:
-            doc["unfold"] = sorted(self.unfold)
+        for field in PLACEMENT_FIELDS:
+            if getattr(self, field) is not None:
+                doc[field] = sorted(getattr(self, field))
         if self.calibration_method is not None:
             doc["calibration_method"] = self.calibration_method
         return doc
@@ -75,6 +86,14 @@ class CompressionConfig:
     def with_float_layers(self, patterns) -> CompressionConfig:
         """These choices with more layer patterns kept in float."""
         return dataclasses.replace(self, float_layers=(*self.float_layers, *(patterns or ())))
+
+    def placements(self) -> dict[str, tuple[str, ...] | None]:
+        """The pinned placements, by field."""
+        return {field: getattr(self, field) for field in PLACEMENT_FIELDS}
+
+    def with_placements(self, placements: dict) -> CompressionConfig:
+        """These choices with placements pinned ({field: layer names}, as `placements` gives)."""
+        return dataclasses.replace(self, **{f: None if v is None else tuple(sorted(v)) for f, v in placements.items()})
 
     def kept_channels(self, layer: str, channels: int) -> int:
         return channels - math.floor(self.prune.get(layer, 0.0) * channels)
@@ -124,9 +143,11 @@ def validate_compression(config: CompressionConfig, graph: Graph, source: str = 
     ]
     problems += [p for k, v in config.weight_bits.items() if (p := _bits_problem(k, v))]
     problems += [p for k, v in config.prune.items() if (p := _prune_problem(k, v))]
-    problems += [f"unfold: '{name}' is not a conv with one group and a kernel wider than 1x1" for name in
-                 sorted(set(config.unfold or ()) & layers) if not _unfoldable(graph.nodes[name].layer)]  # fmt: skip
-    problems += [f"unfold: unknown layer '{name}'" for name in sorted(set(config.unfold or ()) - layers)]
+    for field, (fits, expected) in PLACEMENT_CHECKS.items():
+        named = set(getattr(config, field) or ())
+        problems += [f"{field}: '{name}' is not {expected}" for name in
+                     sorted(named & layers) if not fits(graph.nodes[name].layer)]  # fmt: skip
+        problems += [f"{field}: unknown layer '{name}'" for name in sorted(named - layers)]
     names = [n for n, node in graph.nodes.items() if node.op != "input"]
     problems += [
         f"float layer pattern '{p}' matches no layer"
@@ -146,13 +167,28 @@ def _unfoldable(layer) -> bool:
     return layer.kind == "conv2d" and layer.groups == 1 and math.prod(layer.weight.shape[2:]) > 1
 
 
+def _grouped_conv(layer) -> bool:
+    return layer.kind == "conv2d" and layer.groups > 1
+
+
+def _weighted_gemm(layer) -> bool:
+    return layer.weight is not None
+
+
 SCHEDULES = ("rule", "auto")
 PRUNE_METHODS = ("reconstruct", "magnitude")
-FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method", "unfold", "calibration_method")
+PLACEMENT_FIELDS = ("unfold", "host_convs", "alu_activations")
+# Pinned placement field -> (which layers it may name, what the message says they must be)
+PLACEMENT_CHECKS = {
+    "unfold": (_unfoldable, "a conv with one group and a kernel wider than 1x1"),
+    "host_convs": (_grouped_conv, "a grouped conv"),
+    "alu_activations": (_weighted_gemm, "a conv or dense layer with weights"),
+}
+FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method", *PLACEMENT_FIELDS, "calibration_method")
 
 
 def compression_problems(
-    weight_bits, prune, schedule, float_layers, prune_method="reconstruct", unfold=None, calibration_method=None
+    weight_bits, prune, schedule, float_layers, prune_method="reconstruct", placements=None, calibration_method=None
 ) -> list[str]:
     """What is wrong with these choices, each naming its field and value ([] if nothing)."""
     from codesign.calibration import CALIBRATION_CHOICES
@@ -172,15 +208,21 @@ def compression_problems(
         problems.append(f"float_layers = {_shown(float_layers)} (expected a list of layer name patterns)")
     if prune_method not in PRUNE_METHODS:
         problems.append(f'prune_method = {_shown(prune_method)} (expected "reconstruct" or "magnitude")')
-    if unfold is not None and not (isinstance(unfold, (list, tuple)) and all(isinstance(n, str) for n in unfold)):
-        problems.append(f"unfold = {_shown(unfold)} (expected a list of layer names)")
+    for field, names in (placements or {}).items():
+        if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
+            problems.append(f"{field} = {_shown(names)} (expected a list of layer names)")
     return problems
 
 
 def check_compression(config: CompressionConfig, source: str = "compression") -> None:
     """Type-check choices built in code (a file's are checked as it is read)."""
     problems = compression_problems(
-        config.weight_bits, config.prune, config.schedule, list(config.float_layers), config.prune_method, config.unfold
+        config.weight_bits,
+        config.prune,
+        config.schedule,
+        list(config.float_layers),
+        config.prune_method,
+        config.placements(),
     )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
@@ -195,18 +237,19 @@ def compression_from_dict(doc, source: str = "compression") -> CompressionConfig
         raise UsageError(f"{source}: expected {', '.join(sorted(FIELDS))} (unknown: {sorted(unknown)})")
     weight_bits, prune = doc.get("weight_bits", {}), doc.get("prune", {})
     schedule, float_layers = doc.get("schedule", "rule"), doc.get("float_layers", [])
-    prune_method, unfold = doc.get("prune_method", PRUNE_METHODS[0]), doc.get("unfold")
+    prune_method = doc.get("prune_method", PRUNE_METHODS[0])
+    placements = {field: doc.get(field) for field in PLACEMENT_FIELDS}
     calibration_method = doc.get("calibration_method")
     problems = compression_problems(
-        weight_bits, prune, schedule, float_layers, prune_method, unfold, calibration_method
+        weight_bits, prune, schedule, float_layers, prune_method, placements, calibration_method
     )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
     prune = {k: float(v) for k, v in prune.items()}
-    unfold = None if unfold is None else tuple(sorted(unfold))
-    return CompressionConfig(
-        dict(weight_bits), prune, schedule, tuple(float_layers), prune_method, unfold, calibration_method
+    config = CompressionConfig(
+        dict(weight_bits), prune, schedule, tuple(float_layers), prune_method, calibration_method=calibration_method
     )
+    return config.with_placements(placements)
 
 
 def load_compression(path: str | Path) -> CompressionConfig:

@@ -93,7 +93,10 @@ class QuantConfig:
     # Weighted GEMM layers get their biases corrected on the calibration data (codesign.bias_correction),
     # so each adds a bias in its ALU program: params["bias_corrected"], set before any pricing.
     bias_correction: bool = True
-    unfold: tuple[str, ...] | None = None  # narrow-input convs to unfold; None: where the cost model says
+    # Pinned placements (codesign.compression): None where the cost model decides
+    unfold: tuple[str, ...] | None = None  # narrow-input convs to unfold
+    host_convs: tuple[str, ...] | None = None  # grouped convs on the host
+    alu_activations: tuple[str, ...] | None = None  # GEMMs computing their activation in the ALU
     # The description narrow-group convs are priced on, to place them (None: they stay on the host).
     hardware: object = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -104,10 +107,11 @@ class QuantConfig:
         weight_bits: int | None = None,
         layer_weight_bits=None,
         float_layers=(),
-        unfold=None,
+        placements=None,
         bias_correction: bool = True,
     ) -> QuantConfig:
-        """Quantization the core can execute; weights may be narrower than its weight width."""
+        """Quantization the core can execute; weights may be narrower than its weight width.
+        `placements`: {"unfold" | "host_convs" | "alu_activations": layer names or None}."""
         for name, bits in {"all layers": weight_bits, **(layer_weight_bits or {})}.items():
             if bits is not None and bits > hw.weight_bits:
                 raise HardwareError(
@@ -120,7 +124,7 @@ class QuantConfig:
             layer_weight_bits=dict(layer_weight_bits or {}),
             block_in=hw.block_in,
             float_layers=tuple(float_layers),
-            unfold=None if unfold is None else tuple(unfold),
+            **{field: None if names is None else tuple(names) for field, names in (placements or {}).items()},
             bias_correction=bias_correction,
             hardware=hw,
         )
@@ -186,6 +190,9 @@ class QuantizedGraph:
     config: QuantConfig
     # GEMM layer -> the real value of one unit of its accumulator, per output channel
     acc_scales: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # The placements quantization chose, as CompressionConfig pins them (a lowering fallback
+    # moving a layer to the host afterwards is not among them: it changes no arithmetic).
+    placements: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def gemm_nodes(self) -> list[QNode]:
         return [n for n in self.nodes.values() if n.op in ("conv2d", "matmul")]
@@ -346,6 +353,7 @@ class _Quantizer:
         qgraph = QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config, self.acc_scales)
         remove_dead(qgraph)  # e.g. the intermediate steps of a tabulated chain
         merge_tables_into_host_convs(qgraph)
+        qgraph.placements = chosen_placements(qgraph)
         return qgraph
 
     def lut_root(self, node: Node) -> str | None:
@@ -412,7 +420,7 @@ class _Quantizer:
             return None
         out_scale = self.output_scale(node.name)
         params = self.activation_params(form, self.acc_scales[root], out_scale)
-        if not self.alu_is_faster(gemm, params, QNode(node.name, "lut", [root], node.shape, "int8", out_scale)):
+        if not self.fuses(gemm, params, QNode(node.name, "lut", [root], node.shape, "int8", out_scale)):
             return None
         gemm.params.update(params)
         gemm.scale = out_scale
@@ -438,6 +446,13 @@ class _Quantizer:
             return None
         form = chain_activation(self.graph, root, chain)
         return None if form is None or self.activation_continues(node, root, chain) else form
+
+    def fuses(self, gemm: QNode, fused_params: dict, table: QNode) -> bool:
+        """Does the activation go into the GEMM's ALU program? Where the ALU is faster; if the
+        compression lists GEMMs (a tuned design's, as its profile was), those and no others."""
+        if self.config.alu_activations is not None:
+            return gemm.name in self.config.alu_activations
+        return self.alu_is_faster(gemm, fused_params, table)
 
     def alu_is_faster(self, gemm: QNode, fused_params: dict, table: QNode) -> bool:
         """Does the activation cost the core less time than the host's table would? Both priced
@@ -732,7 +747,11 @@ class _Quantizer:
         are block_in / channels_per_group times the layer's; the host does 2 ops per real MAC.
         So depthwise convs stay on vta_default's host (100 MHz core; ppocr_cls's 200-channel 5x5
         one: 0.83 ms on the core + 0.12 ms packing against 0.74 ms) and go to faster or wider
-        cores (wide_1x32x32: 0.14 + 0.12 ms); groups of 4 channels go to vta_default's core."""
+        cores (wide_1x32x32: 0.14 + 0.12 ms); groups of 4 channels go to vta_default's core.
+        If the compression lists host convs (a tuned design's, as its profile was), those and
+        no others run on the host."""
+        if self.config.host_convs is not None:
+            return qnode.name not in self.config.host_convs
         p = qnode.params
         in_shape = self.nodes[qnode.inputs[0]].shape
         shape = ConvShape.conv2d(in_shape, p["weight"].shape, p["groups"], p["strides"], p["padding"], p["dilation"])
@@ -944,3 +963,13 @@ def layers_before_logarithm(graph: Graph) -> list[str]:
 
 def quantize_graph(graph: Graph, ranges: TensorRanges, config: QuantConfig) -> QuantizedGraph:
     return _Quantizer(graph, ranges, config).run()
+
+
+def chosen_placements(qgraph: QuantizedGraph) -> dict[str, tuple[str, ...]]:
+    """The placements of a quantized graph, by CompressionConfig's field."""
+    gemms = qgraph.gemm_nodes()
+    return {
+        "unfold": tuple(sorted(n.name for n in gemms if qgraph.nodes[n.inputs[0]].op == "im2col")),
+        "host_convs": tuple(sorted(n.name for n in gemms if n.op == "conv2d" and n.placement == "host")),
+        "alu_activations": tuple(sorted(n.name for n in gemms if "activation" in n.params)),
+    }

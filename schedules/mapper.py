@@ -69,6 +69,11 @@ class Layer:
 _Core = dataclasses.make_dataclass("_Core", [(name, int) for name in CORE_FIELDS], bases=(CoreGeometry,), frozen=True)
 
 
+def core_key(design) -> tuple:
+    """A design's core geometry (its CORE_FIELDS) as a plain, picklable tuple."""
+    return tuple(getattr(design, f) for f in CORE_FIELDS)
+
+
 def core_of(design, weight_bits: int | None = None):
     return _Core(*(getattr(design, f) for f in CORE_FIELDS)).for_layer_weights(weight_bits)
 

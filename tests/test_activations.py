@@ -16,6 +16,7 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
+from codesign.compression import CompressionConfig
 from codesign.hardware import load_hardware
 from codesign.lookup_tables import quantize_float32
 from codesign.metrics import cosine
@@ -426,3 +427,20 @@ def test_gelu_before_a_max_over_time_is_a_table_per_channel(tmp_path, normalised
         if not normalised:
             assert np.array_equal(ours, run_reference(result.qgraph, {"x": sample})[0])
         assert cosine(ours, session.run(None, {"x": sample})[0]) > 0.98
+
+
+def test_listed_alu_activations_override_the_cost_model(compiled):
+    """A tuned design lists the GEMMs whose activation its profile fused: on a host modelled
+    faster (where no activation fuses) the listed one still does, and an empty list fuses none
+    on vta_default (where HardSwish and LeakyReLU do); the placements are what quantization
+    reports."""
+    path, result = compiled
+    fast_host = load_hardware("vta_default").with_changes(host_op_overhead_us=0.0, host_bytes_per_cycle=8.0)
+    cases = [(fast_host, ("conv2d_2",), ("conv2d_2",)), (load_hardware("vta_default"), (), ())]
+    for hw, listed, fused in cases:
+        compression = CompressionConfig(alu_activations=listed)
+        _, qgraph, _ = quantize_model(result.imported, hw, path.parent / "calib.npy", warn=lambda m: None,
+                                      compression=compression)  # fmt: skip
+        assert tuple(n.name for n in qgraph.gemm_nodes() if "activation" in n.params) == fused, hw.name
+        assert qgraph.placements["alu_activations"] == fused
+    assert result.qgraph.placements["alu_activations"] == ("conv2d_0", "conv2d_2")  # unlisted: by the cost model

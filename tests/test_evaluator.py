@@ -67,9 +67,10 @@ def test_profiles_are_compiled_from_the_model_imported_once(serial, monkeypatch)
     compression = load_space(SPACE).compression({"comp.all.weight_bits": 4, "comp.all.prune": 0.25}, evaluator.layers)
     profile = evaluator.measure_profile(compression, False)
     assert 0 < profile.accuracy <= 100
-    assert [layer.weight_bits for layer in profile.layers] == [4, 4, 4]
-    assert all(plan.kernel is None for plan in profile.plans)  # plans kept, kernels dropped
-    assert [plan.name for plan in profile.plans if plan.placement == "accel"] == evaluator.layers
+    base = evaluator.space.base
+    assert [layer.weight_bits for layer in profile.layers(base)] == [4, 4, 4]
+    assert all(plan.kernel is None for plan in profile.plans(base))  # plans kept, kernels dropped
+    assert [plan.name for plan in profile.plans(base) if plan.placement == "accel"] == evaluator.layers
 
 
 def test_front_after_close_measures_what_the_executor_did_not(spec, tmp_path):

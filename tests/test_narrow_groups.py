@@ -13,7 +13,10 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
+from codesign.compression import CompressionConfig, compression_from_dict, validate_compression
 from codesign.console_tables import placement_summary
+from codesign.errors import UsageError
+from codesign.graph import extract_graph
 from codesign.hardware import load_hardware
 from codesign.lowering import plan_layers
 from codesign.pipeline import compile_model, import_model, quantize_model
@@ -232,3 +235,32 @@ def test_mac_share_counts_real_macs(tmp_path):
     packed = super_grouped(gemms[1].layer_shape, SLOW_HOST.block_in)
     assert depthwise.counters["gemm_counter"] * SLOW_HOST.macs_per_cycle >= packed.macs >= 16 * depthwise_macs
     assert report.totals()["macs"] == dense_macs + depthwise_macs
+
+
+def test_listed_host_convs_override_the_cost_model(tmp_path):
+    """A tuned design lists the grouped convs its profile put on the host: PP-OCR's 5x5
+    depthwise conv goes to the host on vta_default and to the core on wide_1x32x32 by modelled
+    cost (test_placement_follows_the_modelled_costs); listed, it stays on the host of either, and
+    an empty list puts it on the core of either. Quantization reports what it placed."""
+    layer = PLACED["ppocr_depthwise5x5"]
+    shape = (1, layer[0], *layer[5])
+    imported = import_model(conv_layer_model(tmp_path / "dw.onnx", *layer), {"x": shape})
+    calibration = calibration_file(tmp_path, shape)
+    wide = load_hardware("wide_1x32x32")
+    cases = [(VTA, None, "host"), (wide, None, "accel"), (wide, ("conv2d_0",), "host"), (VTA, (), "accel")]
+    for hw, listed, placement in cases:
+        compression = CompressionConfig(host_convs=listed)
+        _, qgraph, _ = quantize_model(imported, hw, calibration, warn=lambda _: None, compression=compression)
+        assert qgraph.nodes["conv2d_0"].placement == placement, (hw.name, listed)
+        assert qgraph.placements["host_convs"] == (("conv2d_0",) if placement == "host" else ())
+
+
+def test_a_bad_placement_list_is_named(tmp_path):
+    graph = extract_graph(import_model(conv_layer_model(tmp_path / "dw.onnx", *LAYERS["depthwise3x3"])))
+    with pytest.raises(UsageError, match=r"host_convs = \"conv2d_0\" \(expected a list of layer names\)"):
+        compression_from_dict({"host_convs": "conv2d_0"})
+    with pytest.raises(UsageError, match="alu_activations: unknown layer 'conv9'"):
+        validate_compression(CompressionConfig(alu_activations=("conv9",)), graph)
+    dense = extract_graph(import_model(conv_layer_model(tmp_path / "dense.onnx", 16, 1, 16, 3, 1, (8, 8))))
+    with pytest.raises(UsageError, match="host_convs: 'conv2d_0' is not a grouped conv"):
+        validate_compression(CompressionConfig(host_convs=("conv2d_0",)), dense)

@@ -13,7 +13,7 @@ import numpy as np
 
 from codesign.hardware import area_mm2
 from codesign.schedules.cost_model import estimate, reset_elements, vta_counters
-from codesign.schedules.mapper import CORE_FIELDS, Layer, core_of, design_arrays, map_layers
+from codesign.schedules.mapper import Layer, core_key, core_of, design_arrays, map_layers
 from codesign.simulator.energy import layer_energy_pj
 
 
@@ -26,20 +26,26 @@ def evaluate_designs(layers: list[Layer], designs: list, schedule: str = "rule")
     for indices in _core_groups(designs):
         group = design_arrays([designs[i] for i in indices])
         layer_cycles, layer_energy = _layer_costs(layers, designs[indices[0]], group, schedule)
-        result["cycles"][indices] = layer_cycles.sum(axis=0)
+        result["cycles"][indices] = _sum_in_order(layer_cycles)
         # Each layer's seconds, then their sum: the simulator's order, so that a design's latency
         # is its simulation's to the last bit.
-        result["seconds"][indices] = (layer_cycles / (group.clock_mhz * 1e6)).sum(axis=0)
-        result["energy_pj"][indices] = layer_energy.sum(axis=0)
+        result["seconds"][indices] = _sum_in_order(layer_cycles / (group.clock_mhz * 1e6))
+        result["energy_pj"][indices] = _sum_in_order(layer_energy)
         result["area_mm2"][indices] = area_mm2(group)["total"]
     return result
+
+
+def _sum_in_order(rows: np.ndarray) -> np.ndarray:
+    """The sum of the rows (layers) one after the other, as the simulator adds them: numpy's
+    own sum adds a contiguous run pairwise, which rounds differently from 9 layers on."""
+    return rows.cumsum(axis=0)[-1] if len(rows) else np.zeros(rows.shape[1:])
 
 
 def _core_groups(designs: list) -> list[np.ndarray]:
     """Indices of the designs that share a core shape (and so the candidate tilings)."""
     groups: dict[tuple, list[int]] = {}
     for index, design in enumerate(designs):
-        groups.setdefault(tuple(getattr(design, f) for f in CORE_FIELDS), []).append(index)
+        groups.setdefault(core_key(design), []).append(index)
     return [np.array(indices) for indices in groups.values()]
 
 

@@ -93,5 +93,5 @@ class BatchEvaluator:
             "reason": reason,
             "objectives": {name: metrics[name] for name in self.space.objectives},
             "metrics": metrics,
-            "unfold": profile.unfolded,  # for the design's compression (CompressionProfile.unfolded)
+            "placements": profile.placements,  # pinned in the design's compression
         }

@@ -196,6 +196,6 @@ class BilevelSearch:
         for position in profile_front(plan.space, configs, results):
             config, index = configs[position], next_index + len(records)
             result = {**results[position], "seconds": results[position]["seconds"] * len(configs)}  # the sweep's
-            design = design_document(plan.space, config, layers, index, result.get("unfold"))
+            design = design_document(plan.space, config, layers, index, result.get("placements"))
             records.append(result_record(index, batch, config, result, seed, self.name, design))
         return records

@@ -84,7 +84,8 @@ class Evaluator:
     def measure_profile(self, compression: CompressionConfig, multiplier: bool) -> CompressionProfile:
         """Build the profile and measure its accuracy (not cached: `profile` is)."""
         result = self.builder.build(compression, multiplier)
-        return CompressionProfile.from_compiled(result, self.accuracy.measure(result.executable))
+        accuracy = self.accuracy.measure(result.executable)
+        return CompressionProfile.from_compiled(result, accuracy, self.space.core_variants())
 
     def measure_profiles(self, requests: dict) -> dict[ProfileKey, CompressionProfile]:
         """{key: (compression, multiplier)} -> {key: profile}, one after the other."""

@@ -231,13 +231,13 @@ def _compression_part(config: dict) -> dict:
 
 
 def simulate_design(profile: CompressionProfile, hw: HardwareSpec, schedule: str) -> SimulationReport:
-    """A design simulated layer by layer from its compression profile's plans (tiled under the
+    """A design simulated layer by layer from its compression profile's plans for its core (tiled under the
     space's `schedule` mode)."""
-    return simulate_plans(plans_for_design(profile.plans, hw), hw, cycle_model(schedule))
+    return simulate_plans(plans_for_design(profile.plans(hw), hw), hw, cycle_model(schedule))
 
 
 def plans_for_design(plans: list[LayerPlan], hw: HardwareSpec) -> list[LayerPlan]:
-    """A profile's plans (lowered for the space's base hardware) as lowering for `hw` writes them:
+    """A profile's plans for `hw`'s core geometry (CompressionProfile.plans) as lowering for `hw` writes them:
     every offloaded layer tiled for `hw`, kernels left for the simulator to schedule."""
     return [dataclasses.replace(plan, tiling=_tiling_for(plan, hw), kernel=None) for plan in plans]
 

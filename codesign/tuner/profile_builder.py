@@ -1,10 +1,17 @@
 """The profile builder: compiles one compression profile, reusing the model imported once.
 
 A compression profile is what a compression choice (and whether the ALU has a multiplier, which
-changes the requantization) fixes whatever the rest of the hardware: the measured accuracy, the
-work of every layer, and the layer plans lowering wrote. Profiles are built on the space's base
-hardware with that multiplier choice; the cost model and the front re-tile their layers for each
-design.
+changes the requantization) fixes whatever the rest of the hardware: the measured accuracy and
+the integer program, with its placements. Profiles are compiled on the space's base hardware
+with that multiplier choice; the placements quantization chose there are pinned in every design
+evaluated with the profile (`CompressionProfile.placements`), so each design's module computes
+exactly what was measured.
+
+What a core's geometry (batch, blocks, precision-scalable lanes: `schedules.mapper.core_key`)
+changes is planned for each geometry the space reaches: the shapes the core runs (a narrow-group
+conv's super-groups of block_in channels) and the host's work (which values stay blocked, the
+padded sizes of blocked host ops: `codesign.packed_layout`, `codesign.host_work`). The cost model
+and the front tile those plans for each design.
 """
 
 from __future__ import annotations
@@ -14,35 +21,66 @@ from pathlib import Path
 
 from codesign.compression import CompressionConfig
 from codesign.hardware import HardwareSpec
+from codesign.host_work import node_work
 from codesign.importer import ImportedModel
+from codesign.packed_layout import plan_layouts
 from codesign.pipeline import CompileResult, compile_model
 from codesign.plan import LayerPlan
-from codesign.schedules.mapper import Layer
+from codesign.quantize import QuantizedGraph, gemm_shape, kernel_shape
+from codesign.schedules.mapper import Layer, core_key
 
 
 @dataclasses.dataclass
 class CompressionProfile:
-    """What a compression choice fixes, whatever the hardware: accuracy and the layers' work."""
+    """What a compression choice fixes, whatever the hardware: accuracy and the integer program."""
 
     accuracy: float
-    layers: list[Layer]  # the offloaded layers, as the cost model prices them
-    host_work: list[tuple[float, float]]  # (ops, bytes) of every host op
-    plans: list[LayerPlan] = dataclasses.field(default_factory=list)  # lowering's plans, without kernels
-    # The narrow-input convs the profile unfolded (decided on the base hardware): a design
-    # evaluated with this profile lists them in its compression, so it compiles as evaluated.
-    unfolded: tuple[str, ...] = ()
+    # Lowering's plans (without kernels) for each core geometry of the space (`core_key`)
+    plans_by_core: dict
+    # The placements quantization chose on the base hardware (CompressionConfig's pinned
+    # fields): a design evaluated with this profile lists them, so it compiles as evaluated.
+    placements: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_compiled(cls, result: CompileResult, accuracy: float) -> CompressionProfile:
-        plans = result.lowered.plans
-        layers = [
-            Layer(plan.shape, tuple(plan.alu_ops), plan.weight_bits) for plan in plans if plan.placement == "accel"
-        ]
-        host_work = [(plan.host_ops, plan.host_bytes) for plan in plans]
-        # Kernels are TIR (large, not picklable to the tuner's main process); the front re-tiles anyway.
-        qgraph = result.qgraph
-        unfolded = tuple(sorted(n.name for n in qgraph.gemm_nodes() if qgraph.nodes[n.inputs[0]].op == "im2col"))
-        return cls(accuracy, layers, host_work, [dataclasses.replace(plan, kernel=None) for plan in plans], unfolded)
+    def from_compiled(cls, result: CompileResult, accuracy: float, cores=()) -> CompressionProfile:
+        """`cores`: hardware of the other core geometries to plan for (the compiled one's always is)."""
+        base_plans = [dataclasses.replace(plan, kernel=None) for plan in result.lowered.plans]
+        plans_by_core = {core_key(result.hw): base_plans}
+        for hw in cores:
+            plans_by_core.setdefault(core_key(hw), plans_on_core(base_plans, result.qgraph, hw))
+        return cls(accuracy, plans_by_core, dict(result.qgraph.placements))
+
+    def plans(self, hw) -> list[LayerPlan]:
+        """The plans for `hw`'s core geometry, untiled where it differs from the base's."""
+        try:
+            return self.plans_by_core[core_key(hw)]
+        except KeyError:
+            geometry = f"batch {hw.batch}, blocks {hw.block_in}x{hw.block_out}"
+            raise KeyError(f"{hw.name} ({geometry}): not a core geometry of the profile's space") from None
+
+    def layers(self, hw) -> list[Layer]:
+        """The offloaded layers, as the cost model prices them on `hw`."""
+        return [Layer(p.shape, tuple(p.alu_ops), p.weight_bits) for p in self.plans(hw) if p.placement == "accel"]
+
+    def host_work(self, hw) -> list[tuple[float, float]]:
+        """(ops, bytes) of every node on `hw`'s host."""
+        return [(plan.host_ops, plan.host_bytes) for plan in self.plans(hw)]
+
+
+def plans_on_core(plans: list[LayerPlan], qgraph: QuantizedGraph, hw) -> list[LayerPlan]:
+    """The plans lowering writes for `hw` with the placements of `plans` (untiled): the core's
+    shape of each offloaded layer and every node's host work on `hw`'s blocked layout."""
+    layouts = plan_layouts(qgraph, hw)
+    on_core = []
+    for plan in plans:
+        node = qgraph.nodes[plan.name]
+        ops, nbytes = node_work(node, qgraph, layouts)
+        changes = {"host_ops": ops, "host_bytes": nbytes}
+        if plan.placement == "accel":
+            shape, layer_shape = kernel_shape(node, qgraph, hw), gemm_shape(node, qgraph)
+            changes.update(shape=shape, layer_shape=layer_shape if layer_shape != shape else None, tiling=None)
+        on_core.append(dataclasses.replace(plan, **changes))
+    return on_core
 
 
 ProfileKey = tuple[str, bool]  # (compression key, ALU multiplier)

@@ -46,6 +46,7 @@ from codesign.errors import UsageError
 from codesign.files import reading
 from codesign.hardware import FIELDS as HARDWARE_FIELDS
 from codesign.hardware import HardwareSpec, load_hardware
+from codesign.schedules.mapper import core_key
 
 # Search knob -> (HardwareSpec field, multiplier from the knob's unit)
 HARDWARE_KNOBS = {
@@ -61,6 +62,7 @@ HARDWARE_KNOBS = {
     "alu_multiplier": ("alu_has_multiplier", 1),
     "precision_scalable": ("precision_scalable", 1),
 }
+CORE_KNOBS = ("batch", "block_in", "block_out", "precision_scalable")  # the core geometry's (core_key)
 OBJECTIVES = {"latency": "min", "energy": "min", "edp": "min", "area": "min", "accuracy": "max"}
 # Constraint -> the metric it limits
 CONSTRAINT_METRICS = {
@@ -148,6 +150,22 @@ class SearchSpace:
             if f"hw.{knob}" in config:
                 values[field] = _hardware_value(self.base, field, config[f"hw.{knob}"], unit)
         return self.base.with_changes(name=name, **values)
+
+    def core_variants(self) -> list[HardwareSpec]:
+        """One hardware per core geometry the space reaches (`schedules.mapper.core_key`: batch,
+        blocks, precision-scalable lanes), the base's other fields; unvalidated, as other
+        knobs may be what makes a geometry valid."""
+        knobs = {knob: self.knobs.get(f"hw.{knob}", [None]) for knob in CORE_KNOBS}
+        variants = {}
+        for values in itertools.product(*knobs.values()):
+            changes = {
+                HARDWARE_KNOBS[knob][0]: _hardware_value(self.base, HARDWARE_KNOBS[knob][0], value, 1)
+                for knob, value in zip(knobs, values)
+                if value is not None
+            }
+            hw = dataclasses.replace(self.base, **changes)
+            variants.setdefault(core_key(hw), hw)
+        return list(variants.values())
 
     def design(self, config: dict, layers: list[str], name: str = "tuned") -> Design:
         """What a configuration means for a model with these GEMM layers: hardware, compression

@@ -53,7 +53,7 @@ def run_tuning(
         configs = strategy.propose(space, prior, count, np.random.default_rng([seed, batch]))
         tasks = [(first + slot, config) for slot, config in enumerate(configs) if first + slot not in done]
         for index, config, result in executor.run(tasks):
-            design = None if layers is None else design_document(space, config, layers, index, result.get("unfold"))
+            design = None if layers is None else design_document(space, config, layers, index, result.get("placements"))
             record = result_record(index, batch, config, result, seed, strategy.name, design)
             database.append(record)
             history.append(record)
@@ -98,15 +98,15 @@ def best_per_objective(space: SearchSpace, records: list[Record]) -> dict[str, R
     return best
 
 
-def design_document(space: SearchSpace, config: dict, layers: list[str], index: int, unfold=None) -> dict | None:
-    """A configuration's Design as a record holds it, with the narrow-input convs its profile
-    unfolded (`unfold`, when known); None if its hardware is invalid."""
+def design_document(space: SearchSpace, config: dict, layers: list[str], index: int, placements=None) -> dict | None:
+    """A configuration's Design as a record holds it, with the placements its profile chose
+    pinned (`placements`, when known: CompressionProfile.placements); None if its hardware is invalid."""
     try:
         design = space.design(config, layers, name=f"eval_{index}")
     except HardwareError:
         return None
-    if unfold is not None:
-        design = dataclasses.replace(design, compression=dataclasses.replace(design.compression, unfold=tuple(unfold)))
+    if placements is not None:
+        design = dataclasses.replace(design, compression=design.compression.with_placements(placements))
     return design.to_dict()
 
 

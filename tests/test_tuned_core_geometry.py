@@ -1,0 +1,119 @@
+"""Tuned designs whose cores differ in geometry simulate, as compiled modules, to what the tuner
+recorded: the host's work and the core's shapes are planned for each design's own batch and
+blocks, and the placements chosen on the space's base hardware are pinned in every design.
+
+mobilenetv2_mini has host ops on blocked tensors (depthwise convs on the host, a residual add of
+24 channels: padded to 32 on 16- and 32-wide blocks) and narrow-group convs whose placement is
+decided by modelled cost. A seeded `codesign tune` over batch, blocks, int4 weights and the ALU
+multiplier records designs; designs of as many core geometries as it reached are compiled with
+`codesign compile --design` and simulated with `codesign simulate`. Latency, host seconds,
+energy and area equal the records bit for bit, and the host seconds differ between geometries
+(a profile priced by its base hardware's host work alone would record one value for them all).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codesign.cli import main
+from codesign.deploy import read_manifest
+from codesign.design import Design
+from codesign.tuner.database import Database
+from codesign.tuner.front import cycle_model
+from codesign.tuner.run_files import DATABASE_FILE, SETTINGS_FILE
+from codesign.tuner.tune import design_file_name
+
+MODEL = Path(__file__).parent / "models" / "mobilenetv2_mini.onnx"
+SHAPE = ["--input-shape", "input=1,3,32,32"]
+SPACE = """
+objectives = ["latency", "energy", "accuracy"]
+[hardware]
+base = "vta_default"
+batch = [1, 2]
+block_in = [8, 16, 32]
+block_out = [8, 16, 32]
+alu_multiplier = [true, false]
+[compression]
+weight_bits = [8, 4]
+[schedule]
+mode = "auto"
+"""
+GEOMETRIES = 5  # designs compiled, each of another core geometry
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory, its data) of a finished `codesign tune`."""
+    folder = tmp_path_factory.mktemp("tune_geometry")
+    rng = np.random.default_rng(0)
+    data = folder / "data.npz"
+    np.savez(data, input=rng.standard_normal((24, 3, 32, 32)).astype(np.float32), labels=rng.integers(0, 10, 24))
+    space = folder / "space.toml"
+    space.write_text(SPACE)
+    out = folder / "run"
+    argv = ["tune", str(MODEL), "--space", str(space), "--data", str(data), "-o", str(out), *SHAPE]
+    argv += ["--budget", "16", "--batch-size", "8", "--strategy", "random", "--seed", "3"]
+    assert main(argv) == 0
+    return out, data
+
+
+def geometry(design: dict) -> tuple:
+    gemm = design["hardware"]["gemm"]
+    return gemm["batch"], gemm["block_in"], gemm["block_out"]
+
+
+@pytest.fixture(scope="module")
+def compiled(run, tmp_path_factory) -> list[tuple]:
+    """(record, design, manifest, `simulate --json`) of feasible designs of distinct geometries."""
+    run, data = run
+    records = [r for r in Database(run / DATABASE_FILE).load() if r.feasible]
+    by_geometry = {}
+    for record in records:
+        by_geometry.setdefault(geometry(record.design), record)
+    settings = json.loads((run / SETTINGS_FILE).read_text())
+    modules = tmp_path_factory.mktemp("geometry_modules")
+    results = []
+    for record in list(by_geometry.values())[:GEOMETRIES]:
+        design_file, module = run / design_file_name(record.index), modules / f"eval_{record.index}"
+        argv = ["compile", str(MODEL), "--design", str(design_file), *SHAPE, "-o", str(module), "--quiet"]
+        argv += ["--calibration", str(data), "--calibration-samples", str(settings["calibration_samples"])]
+        assert main(argv) == 0
+        design = Design.load(design_file)
+        sim = modules / f"eval_{record.index}.json"
+        assert main(["simulate", str(module), "--model", cycle_model(design.schedule), "--json", str(sim)]) == 0
+        results.append((record, design, read_manifest(module), json.loads(sim.read_text())))
+    return results
+
+
+def test_designs_of_several_geometries_pin_the_base_placements(compiled):
+    assert len(compiled) == GEOMETRIES
+    placements = {json.dumps(design.compression.placements()) for _, design, _, _ in compiled}
+    assert len(placements) == 1  # every profile was compiled on the base: one choice for all
+    host_convs = compiled[0][1].compression.host_convs
+    assert host_convs, "the space's base places some depthwise conv on the host"
+    for record, design, manifest, _ in compiled:
+        placed = {layer["name"]: layer["placement"] for layer in manifest["layers"]}
+        assert all(placed[name] == "host" for name in host_convs), f"evaluation {record.index}"
+        assert manifest["compression"] == design.compression.to_dict()
+
+
+def test_each_module_simulates_to_its_record_exactly(compiled):
+    for record, _, _, simulation in compiled:
+        totals = simulation["totals"]
+        simulated = {
+            "latency": totals["latency_seconds"],
+            "accelerator_seconds": totals["accelerator_seconds"],
+            "host_seconds": totals["host_seconds"],
+            "energy": totals["energy_joules"],
+            "area": totals["area_mm2"],
+        }
+        assert simulated == {key: record.metrics[key] for key in simulated}, f"evaluation {record.index}"
+
+
+def test_the_host_work_depends_on_the_geometry(compiled):
+    host_seconds = {geometry(record.design): record.metrics["host_seconds"] for record, _, _, _ in compiled}
+    assert len(set(host_seconds.values())) > 1, host_seconds
