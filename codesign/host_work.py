@@ -95,7 +95,7 @@ def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
     unpacked = 2.0 * _elements(node.shape) if layouts.writes_nchw(node) else 0.0
     if node.op == "conv2d":
         ops = _host_conv_ops(node, out)
-    elif node.op == "avg_pool2d":
+    elif node.op == "avg_pool2d" or (node.op == "passthrough" and node.source.op == "relax.nn.max_pool2d"):
         ops = float(out * _pool_window(node))
     else:
         ops = float(max(out, read) * _ops_per_element(node, node.op))

@@ -359,6 +359,10 @@ class _Lowerer:
                 *consts,
                 primfunc_name_hint="host_conv2d",
             )
+        if node.op == "passthrough":  # a max pool or a nearest upsampling, on axes 3 and 4
+            spatial = _blocked_max_pool_te if node.source.op == "relax.nn.max_pool2d" else _blocked_upsample_te
+            te_func = functools.partial(spatial, attrs=node.source.call.attrs, out_hw=tuple(node.shape[2:]))
+            return self.bb.emit_te(te_func, args[0], primfunc_name_hint="blocked_" + node.source.op.rsplit(".", 1)[-1])
         return self.emit(node, args)  # lut by one table, clamp, add, multiply: the same TE on any shape
 
     def emit_rescaling(self, node: QNode, args: list[relax.Expr], p: dict) -> relax.Expr:
@@ -524,6 +528,33 @@ def _blocked_channel_lut_te(x: te.Tensor, table: te.Tensor) -> te.Tensor:
         return table[c * block + i, x[g, n, c, y, xx, b, i].astype("int32") + 128]
 
     return te.compute(x.shape, lookup, name="lookup_table")
+
+
+def _blocked_max_pool_te(x: te.Tensor, attrs, out_hw: tuple[int, int]) -> te.Tensor:
+    """codesign.reference.max_pool2d on blocked (1, N/b, C/bi, H, W, b, bi) data: -128 outside
+    the input (ceil mode's extra rows and columns too)."""
+    (kh, kw), (sh, sw), (dh, dw) = ((int(v) for v in pair) for pair in (attrs.pool_size, attrs.strides, attrs.dilation))
+    top, left = int(attrs.padding[0]), int(attrs.padding[1])
+    h, w = int(x.shape[3]), int(x.shape[4])
+    out_shape = (*(int(d) for d in x.shape[:3]), *out_hw, int(x.shape[5]), int(x.shape[6]))
+    r, c = te.reduce_axis((0, kh), name="r"), te.reduce_axis((0, kw), name="c")
+
+    def window_max(g, n, k, y, xx, b, i):
+        row, col = y * sh + r * dh - top, xx * sw + c * dw - left
+        inside = tirx.all(row >= 0, row < h, col >= 0, col < w)
+        value = tirx.if_then_else(inside, x[g, n, k, row, col, b, i], tirx.const(INT8_MIN, "int8"))
+        return te.max(value, axis=[r, c])
+
+    return te.compute(out_shape, window_max, name="blocked_max_pool")
+
+
+def _blocked_upsample_te(x: te.Tensor, attrs, out_hw: tuple[int, int]) -> te.Tensor:
+    """Nearest upsampling by whole factors on blocked data: each element repeated."""
+    factor_h, factor_w = out_hw[0] // int(x.shape[3]), out_hw[1] // int(x.shape[4])
+    out_shape = (*(int(d) for d in x.shape[:3]), *out_hw, int(x.shape[5]), int(x.shape[6]))
+    return te.compute(
+        out_shape, lambda g, n, k, y, xx, b, i: x[g, n, k, y // factor_h, xx // factor_w, b, i], name="blocked_upsample"
+    )
 
 
 def _blocked_rows(values: np.ndarray, block: int) -> np.ndarray:

@@ -8,11 +8,11 @@ a grouped conv whose groups fall on whole blocks, depthwise convs the core runs 
 of bi channels included, reads them as runs of blocks: `groups_fill_blocks`). Elementwise int8 host ops
 (lookup tables, clamps, residual adds, squeeze-and-excitation gates) run on blocked tensors
 just as well, and so do the ops that work on each channel alone: depthwise convs on the host,
-average pools and global ones; and concatenations along the channels whose parts fill whole
-blocks (DenseNet's growth of 32 channels, YOLO's and PP-OCR's necks). So a chain conv ->
-HardSwish -> conv, a residual block, or a MobileNet block (conv -> depthwise conv -> SE -> conv)
-stays blocked throughout. The host converts only
-where a consumer needs NCHW: model outputs, taps, and every other op.
+average pools and global ones, max pools and nearest upsampling; and concatenations along the
+channels whose parts fill whole blocks (DenseNet's growth of 32 channels, YOLO's and PP-OCR's
+necks). So a chain conv -> HardSwish -> conv, a residual block, a MobileNet block (conv ->
+depthwise conv -> SE -> conv) or a feature pyramid's neck stays blocked throughout. The host
+converts only where a consumer needs NCHW: model outputs, taps, and every other op.
 
 The blocks zero-fill channels (and batch rows) up to whole blocks. What the padded channels
 hold after a kernel or a host op is not zero in general (clamp(0), a table's entry for 0, ...),
@@ -29,6 +29,9 @@ import dataclasses
 import math
 
 ELEMENTWISE_OPS = ("lut", "clamp")
+# int8 data movement within each channel: max pools and nearest upsampling by whole factors (the
+# only resize quantize passes through).
+SPATIAL_PASSTHROUGH_OPS = ("relax.nn.max_pool2d", "relax.image.resize2d")
 BROADCASTING_OPS = ("add", "multiply")
 
 
@@ -91,7 +94,7 @@ def runs_on_blocks(node, qgraph, block: int) -> bool:
     shapes = [qgraph.nodes[i].shape for i in node.inputs]
     if node.op == "concat":
         return node.params["axis"] % 4 == 1 and all(_whole_blocks(shape, node.shape, block) for shape in shapes)
-    if node.op == "avg_pool2d":
+    if node.op == "avg_pool2d" or (node.op == "passthrough" and node.source.op in SPATIAL_PASSTHROUGH_OPS):
         return True
     if node.op in ELEMENTWISE_OPS:
         return shapes == [node.shape]

@@ -1,6 +1,6 @@
 """Packed chaining: between accelerated layers, activations stay in the accelerator's blocked
-layout through lookup tables, clamps, residual adds, SE gates, depthwise convs, average pools
-and concatenations of whole blocks; the module
+layout through lookup tables, clamps, residual adds, SE gates, depthwise convs, average and max
+pools, nearest upsampling and concatenations of whole blocks; the module
 converts layouts only at its boundaries (model inputs and outputs, ops that need NCHW).
 
 Each model below names the tensors the host must convert: the ONNX tensors packed for an
@@ -194,8 +194,26 @@ def narrow_concat(batch) -> ChainModel:
     return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x", "pooled"], unpacked=["r0", "r1", "y"])
 
 
+def pyramid_neck(batch) -> ChainModel:
+    """YOLO's SPPF and neck: conv -> two chained 5x5 max pools -> concatenation of the three ->
+    conv -> 3x3 stride-2 max pool -> conv -> nearest 2x upsampling -> conv, blocked throughout."""
+    b = Builder(11)
+    b.conv("x", "c0", 3, 16)
+    b.op("Relu", ["c0"], "r0")
+    b.op("MaxPool", ["r0"], "m1", kernel_shape=[5, 5], pads=[2, 2, 2, 2])
+    b.op("MaxPool", ["m1"], "m2", kernel_shape=[5, 5], pads=[2, 2, 2, 2])
+    b.op("Concat", ["r0", "m1", "m2"], "spp", axis=1)
+    b.conv("spp", "c1", 48, 32, kernel=1)
+    b.op("MaxPool", [b.op("Relu", ["c1"], "r1")], "down", kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])
+    b.conv("down", "c2", 32, 16)
+    b.inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    b.op("Resize", [b.op("Relu", ["c2"], "r2"), "", "scales"], "up", mode="nearest")
+    b.conv("up", "y", 16, 20, kernel=1)
+    return ChainModel(b.model([batch, 3, SIZE, SIZE], ["y"]), packed=["x"], unpacked=["y"])
+
+
 MODELS = [conv_conv, conv_hardswish_conv, residual_block, output_and_chain, global_pool, mobilenet_block, wide_chain]
-MODELS += [dense_block, narrow_concat]
+MODELS += [dense_block, narrow_concat, pyramid_neck]
 SLOW_HOST_VTA = load_hardware("vta_default").with_changes(name="vta_slow_host", host_ops_per_cycle=0.25)
 HARDWARE = {
     "vta_default": lambda: load_hardware("vta_default"),
@@ -209,7 +227,7 @@ HARDWARE = {
 # layers before them write, two per fused 32-lane element (HardwareSpec.input_gather).
 CASES = (
     [(model, "vta_default", 1, 8) for model in MODELS]
-    + [(model, "batched_4x16x16", 2, 8) for model in (residual_block, mobilenet_block, dense_block)]
+    + [(model, "batched_4x16x16", 2, 8) for model in (residual_block, mobilenet_block, dense_block, pyramid_neck)]
     + [(model, "scalable", 1, 4) for model in (conv_hardswish_conv, residual_block, mobilenet_block, wide_chain)]
     + [(model, "vta_slow_host", 1, 8) for model in (mobilenet_block, grouped_block)]
     + [(grouped_block, "batched_4x16x16", 2, 8)]
