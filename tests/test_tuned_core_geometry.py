@@ -6,9 +6,11 @@ mobilenetv2_mini has host ops on blocked tensors (depthwise convs on the host, a
 24 channels: padded to 32 on 16- and 32-wide blocks) and narrow-group convs whose placement is
 decided by modelled cost. A seeded `codesign tune` over batch, blocks, int4 weights and the ALU
 multiplier records designs; designs of as many core geometries as it reached are compiled with
-`codesign compile --design` and simulated with `codesign simulate`. Latency, host seconds,
-energy and area equal the records bit for bit, and the host seconds differ between geometries
-(a profile priced by its base hardware's host work alone would record one value for them all).
+`codesign compile --design` and simulated with `codesign simulate`, and so are the best designs
+the report draws. Latency, host seconds, energy and area equal the records bit for bit, the
+report's per-layer simulations equal the modules', and the host seconds differ between
+geometries (a profile priced by its base hardware's host work alone would record one value for
+them all).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from codesign.cli import main
 from codesign.deploy import read_manifest
 from codesign.design import Design
 from codesign.tuner.database import Database
-from codesign.tuner.front import cycle_model
+from codesign.tuner.front import FRONT_DIR, cycle_model
 from codesign.tuner.run_files import DATABASE_FILE, SETTINGS_FILE
 from codesign.tuner.tune import design_file_name
 
@@ -67,42 +69,46 @@ def geometry(design: dict) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def compiled(run, tmp_path_factory) -> list[tuple]:
-    """(record, design, manifest, `simulate --json`) of feasible designs of distinct geometries."""
+def compiled(run, tmp_path_factory) -> dict[int, tuple]:
+    """Evaluation -> (record, design, manifest, `simulate --json`) of feasible designs of
+    distinct geometries and of the best designs the report draws (RUN/front/)."""
     run, data = run
-    records = [r for r in Database(run / DATABASE_FILE).load() if r.feasible]
+    records = {r.index: r for r in Database(run / DATABASE_FILE).load()}
     by_geometry = {}
-    for record in records:
-        by_geometry.setdefault(geometry(record.design), record)
-    settings = json.loads((run / SETTINGS_FILE).read_text())
+    for record in records.values():
+        if record.feasible:
+            by_geometry.setdefault(geometry(record.design), record.index)
+    best = [json.loads(path.read_text())["index"] for path in (run / FRONT_DIR).glob("eval_*.json")]
+    chosen = sorted({*list(by_geometry.values())[:GEOMETRIES], *best})
+    samples = json.loads((run / SETTINGS_FILE).read_text())["calibration_samples"]
     modules = tmp_path_factory.mktemp("geometry_modules")
-    results = []
-    for record in list(by_geometry.values())[:GEOMETRIES]:
-        design_file, module = run / design_file_name(record.index), modules / f"eval_{record.index}"
+    results = {}
+    for index in chosen:
+        design_file, module = run / design_file_name(index), modules / f"eval_{index}"
         argv = ["compile", str(MODEL), "--design", str(design_file), *SHAPE, "-o", str(module), "--quiet"]
-        argv += ["--calibration", str(data), "--calibration-samples", str(settings["calibration_samples"])]
+        argv += ["--calibration", str(data), "--calibration-samples", str(samples)]
         assert main(argv) == 0
         design = Design.load(design_file)
-        sim = modules / f"eval_{record.index}.json"
+        sim = modules / f"eval_{index}.json"
         assert main(["simulate", str(module), "--model", cycle_model(design.schedule), "--json", str(sim)]) == 0
-        results.append((record, design, read_manifest(module), json.loads(sim.read_text())))
+        results[index] = (records[index], design, read_manifest(module), json.loads(sim.read_text()))
     return results
 
 
 def test_designs_of_several_geometries_pin_the_base_placements(compiled):
-    assert len(compiled) == GEOMETRIES
-    placements = {json.dumps(design.compression.placements()) for _, design, _, _ in compiled}
+    assert len({geometry(record.design) for record, _, _, _ in compiled.values()}) >= GEOMETRIES
+    placements = {json.dumps(design.compression.placements()) for _, design, _, _ in compiled.values()}
     assert len(placements) == 1  # every profile was compiled on the base: one choice for all
-    host_convs = compiled[0][1].compression.host_convs
+    host_convs = next(iter(compiled.values()))[1].compression.host_convs
     assert host_convs, "the space's base places some depthwise conv on the host"
-    for record, design, manifest, _ in compiled:
+    for record, design, manifest, _ in compiled.values():
         placed = {layer["name"]: layer["placement"] for layer in manifest["layers"]}
         assert all(placed[name] == "host" for name in host_convs), f"evaluation {record.index}"
         assert manifest["compression"] == design.compression.to_dict()
 
 
 def test_each_module_simulates_to_its_record_exactly(compiled):
-    for record, _, _, simulation in compiled:
+    for record, _, _, simulation in compiled.values():
         totals = simulation["totals"]
         simulated = {
             "latency": totals["latency_seconds"],
@@ -115,5 +121,15 @@ def test_each_module_simulates_to_its_record_exactly(compiled):
 
 
 def test_the_host_work_depends_on_the_geometry(compiled):
-    host_seconds = {geometry(record.design): record.metrics["host_seconds"] for record, _, _, _ in compiled}
+    host_seconds = {geometry(record.design): record.metrics["host_seconds"] for record, _, _, _ in compiled.values()}
     assert len(set(host_seconds.values())) > 1, host_seconds
+
+
+def test_the_report_simulates_the_best_designs_as_their_modules(run, compiled):
+    """The report's per-layer simulations (RUN/front/, from the profiles' plans for each
+    design's geometry) are the modules', layer for layer."""
+    front_files = sorted((run[0] / FRONT_DIR).glob("eval_*.json"))
+    assert front_files
+    for path in front_files:
+        persisted = json.loads(path.read_text())
+        assert persisted["simulation"] == compiled[persisted["index"]][3], path.name
