@@ -19,6 +19,7 @@ import pytest
 from codesign.demo import MNIST_MODEL
 from codesign.errors import UsageError
 from codesign.importer import import_onnx
+from codesign.schedules.mapper import core_key
 from codesign.tuner.database import Database, Record
 from codesign.tuner.evaluator import gemm_layer_names, prunable_layer_names
 from codesign.tuner.executors import EvaluatorSpec, ProcessExecutor, RayExecutor, SerialExecutor
@@ -83,6 +84,16 @@ def test_space_maps_configs_to_hardware_and_compression():
     compression = space.compression(config, ["conv2d_0", "matmul_0"])
     assert compression.prune == {"conv2d_0": 0.25, "matmul_0": 0.25}
     assert len(list(space.enumerate())) == space.size()
+
+
+def test_the_core_geometries_of_a_space_are_those_its_designs_reach():
+    """One hardware per (batch, blocks, precision-scalable lanes) among every design of the space:
+    the geometries a profile is planned for (CompressionProfile.plans)."""
+    space = load_space(SPACE)
+    reached = {core_key(space.hardware(config)) for config in space.enumerate()}
+    variants = space.core_variants()
+    assert {core_key(hw) for hw in variants} == reached and len(variants) == len(reached) == 4
+    assert all(hw.wgt_buffer_bytes == space.base.wgt_buffer_bytes for hw in variants)  # the rest: the base's
 
 
 @pytest.mark.parametrize(
