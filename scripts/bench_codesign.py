@@ -86,7 +86,9 @@ HARDWARE = {
 }
 if "precision_scalable" in HARDWARE_KNOBS:  # the precision-scalable GEMM core, where it exists
     HARDWARE["precision_scalable"] = [False, True]
-COMPRESSION = {"weight_bits": [8, 4], "prune": [0.0, 0.25, 0.5]}
+# grouped_convs: the depthwise convs where the base's modelled cost puts them, or all on the core
+# (dropped for a model without grouped convs). The first choice of each is the int8 model's.
+COMPRESSION = {"weight_bits": [8, 4], "prune": [0.0, 0.25, 0.5], "grouped_convs": ["cost", "core"]}
 GROUPS = {"convs": ["conv2d_*"], "classifier": ["matmul_*"]}
 
 
@@ -136,7 +138,7 @@ def joint(space, executor, layers, budget, seed, folder, objective) -> list:
 
 
 def sequential(space, executor, layers, budget, seed, folder, objective) -> list:
-    int8 = {name: (8 if name.endswith("weight_bits") else 0.0) for name in space.knobs if name.startswith("comp.")}
+    int8 = {name: choices[0] for name, choices in space.knobs.items() if name.startswith("comp.")}
     int8_space = restricted(space, int8)
     hardware_budget = plan_bilevel(int8_space, layers).outer.size()  # the int8 profiles: 2 multiplier choices
     hardware_first = search(int8_space, executor, layers, hardware_budget, seed, folder, f"{objective}-seq-hw-{seed}")
@@ -184,7 +186,7 @@ def run_case(case: ModelCase, seeds: int, folder: Path, with_ceiling: bool = Fal
     results: dict = {"float_accuracy": evaluator.float_accuracy(), "budget": case.budget}
     start = time.perf_counter()
     for objective in OBJECTIVES:
-        space = space_for(objective).for_layers(evaluator.layers, evaluator.prunable)  # as codesign tune has it
+        space = space_for(objective).for_layers(evaluator.layers, evaluator.prunable, evaluator.grouped_convs)
         evaluator.batches.space = space  # the objectives the batch evaluator reports
         per_seed = {"joint": [], "sequential": [], "joint_accuracy": [], "sequential_accuracy": []}
         results[objective] = per_seed

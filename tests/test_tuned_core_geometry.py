@@ -4,8 +4,9 @@ blocks, and the placements chosen on the space's base hardware are pinned in eve
 
 mobilenetv2_mini has host ops on blocked tensors (depthwise convs on the host, a residual add of
 24 channels: padded to 32 on 16- and 32-wide blocks) and narrow-group convs whose placement is
-decided by modelled cost. A seeded `codesign tune` over batch, blocks, int4 weights and the ALU
-multiplier records designs; designs of as many core geometries as it reached are compiled with
+decided by modelled cost. A seeded `codesign tune` over batch, blocks, int4 weights, the ALU
+multiplier and where the depthwise convs run (`grouped_convs`: by the base's cost, or on the
+core) records designs; designs of as many core geometries as it reached are compiled with
 `codesign compile --design` and simulated with `codesign simulate`, and so are the best designs
 the report draws. Latency, host seconds, energy and area equal the records bit for bit, the
 report's per-layer simulations equal the modules', and the host seconds differ between
@@ -41,10 +42,12 @@ block_out = [8, 16, 32]
 alu_multiplier = [true, false]
 [compression]
 weight_bits = [8, 4]
+grouped_convs = ["cost", "core"]
 [schedule]
 mode = "auto"
 """
 GEOMETRIES = 5  # designs compiled, each of another core geometry
+GROUPED = {"conv2d_2", "conv2d_5", "conv2d_8"}  # the depthwise convs
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,8 @@ def geometry(design: dict) -> tuple:
 @pytest.fixture(scope="module")
 def compiled(run, tmp_path_factory) -> dict[int, tuple]:
     """Evaluation -> (record, design, manifest, `simulate --json`) of feasible designs of
-    distinct geometries and of the best designs the report draws (RUN/front/)."""
+    distinct geometries, of the best designs the report draws (RUN/front/) and of one with
+    every depthwise conv on the core."""
     run, data = run
     records = {r.index: r for r in Database(run / DATABASE_FILE).load()}
     by_geometry = {}
@@ -79,7 +83,8 @@ def compiled(run, tmp_path_factory) -> dict[int, tuple]:
         if record.feasible:
             by_geometry.setdefault(geometry(record.design), record.index)
     best = [json.loads(path.read_text())["index"] for path in (run / FRONT_DIR).glob("eval_*.json")]
-    chosen = sorted({*list(by_geometry.values())[:GEOMETRIES], *best})
+    on_core = next(r.index for r in records.values() if r.feasible and r.config["comp.grouped_convs"] == "core")
+    chosen = sorted({*list(by_geometry.values())[:GEOMETRIES], *best, on_core})
     samples = json.loads((run / SETTINGS_FILE).read_text())["calibration_samples"]
     modules = tmp_path_factory.mktemp("geometry_modules")
     results = {}
@@ -96,15 +101,19 @@ def compiled(run, tmp_path_factory) -> dict[int, tuple]:
 
 
 def test_designs_of_several_geometries_pin_the_base_placements(compiled):
+    """Placed by cost, the depthwise convs go where the base puts them (its host) whatever the
+    design's geometry; with grouped_convs = "core", every one goes to the core."""
     assert len({geometry(record.design) for record, _, _, _ in compiled.values()}) >= GEOMETRIES
-    placements = {json.dumps(design.compression.placements()) for _, design, _, _ in compiled.values()}
-    assert len(placements) == 1  # every profile was compiled on the base: one choice for all
-    host_convs = next(iter(compiled.values()))[1].compression.host_convs
-    assert host_convs, "the space's base places some depthwise conv on the host"
+    by_knob = {"cost": set(), "core": set()}
     for record, design, manifest, _ in compiled.values():
+        host_convs = design.compression.host_convs
+        by_knob[record.config["comp.grouped_convs"]].add(host_convs)
         placed = {layer["name"]: layer["placement"] for layer in manifest["layers"]}
-        assert all(placed[name] == "host" for name in host_convs), f"evaluation {record.index}"
+        grouped = [name for name in placed if name in GROUPED]
+        assert [placed[name] for name in grouped] == ["host" if name in host_convs else "accel" for name in grouped]
         assert manifest["compression"] == design.compression.to_dict()
+    assert len(by_knob["cost"]) == 1 and next(iter(by_knob["cost"])), "the base places them on its host"
+    assert by_knob["core"] == {()}
 
 
 def test_each_module_simulates_to_its_record_exactly(compiled):

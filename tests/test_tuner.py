@@ -96,6 +96,18 @@ def test_the_core_geometries_of_a_space_are_those_its_designs_reach():
     assert all(hw.wgt_buffer_bytes == space.base.wgt_buffer_bytes for hw in variants)  # the rest: the base's
 
 
+def test_the_grouped_convs_knob_pins_every_grouped_conv_on_the_core_or_leaves_it_to_cost():
+    doc = {"hardware": {"block_in": [8, 16]}, "compression": {"grouped_convs": ["cost", "core"]}}
+    space = space_from_dict(doc)
+    assert space.knobs["comp.grouped_convs"] == ["cost", "core"]
+    assert space.compression({"comp.grouped_convs": "cost"}, ["conv2d_0"]).host_convs is None  # by cost
+    assert space.compression({"comp.grouped_convs": "core"}, ["conv2d_0"]).host_convs == ()  # none on the host
+    assert "comp.grouped_convs" in space.for_layers(["conv2d_0"], None, ["conv2d_0"]).knobs
+    assert "comp.grouped_convs" not in space.for_layers(["conv2d_0"], None, []).knobs  # it would change nothing
+    with pytest.raises(UsageError, match=r"'compression.grouped_convs' = \['host'\]: choices must be"):
+        space_from_dict({**doc, "compression": {"grouped_convs": ["host"]}})
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [

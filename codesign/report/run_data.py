@@ -89,11 +89,12 @@ def _space_of_run(run_dir: Path, settings: dict) -> SearchSpace:
     space = load_space(run_dir / SPACE_FILE)
     layers = settings.get("layers")
     prunable = settings.get("prunable_layers")  # absent in runs before it was recorded: every layer
+    grouped_convs = settings.get("grouped_convs")  # absent in runs before it was recorded: knob kept
     if space.per_layer_choices is None:
-        return space.for_layers([], prunable)
+        return space.for_layers([], prunable, grouped_convs)
     if not (isinstance(layers, list) and all(isinstance(name, str) for name in layers)):
         raise UsageError(f"{run_dir / SETTINGS_FILE}: 'layers' (the layer names a per-layer space needs) is missing")
-    return space.for_layers(layers, prunable)
+    return space.for_layers(layers, prunable, grouped_convs)
 
 
 def _read_settings(path: Path) -> dict:
@@ -124,4 +125,5 @@ SETTINGS_TYPES = {
     "strategy": str,
     "layers": list,
     "prunable_layers": list,
+    "grouped_convs": list,
 }

@@ -56,7 +56,8 @@ class Evaluator:
         self.imported = import_onnx(model, input_shapes, input_values)
         self.layers = gemm_layer_names(self.imported)
         self.prunable = prunable_layer_names(self.imported)
-        self.space = space = space.for_layers(self.layers, self.prunable)
+        self.grouped_convs = grouped_conv_names(self.imported)
+        self.space = space = space.for_layers(self.layers, self.prunable, self.grouped_convs)
         self.data = load_eval_data(data, self.imported.inputs, eval_samples)
         workdir = workdir if workdir is not None and Path(workdir).is_dir() else None
         self._workdir = tempfile.TemporaryDirectory(prefix="codesign-eval-", dir=workdir)
@@ -106,6 +107,11 @@ def gemm_layer_names(model, input_shapes: dict | None = None, input_values: dict
     """Names of a model's GEMM layers (what compression configs refer to)."""
     imported = model if isinstance(model, ImportedModel) else import_onnx(model, input_shapes, input_values)
     return [n.name for n in extract_graph(imported).gemm_nodes()]
+
+
+def grouped_conv_names(imported: ImportedModel) -> list[str]:
+    """The convs with more than one group (what a space's grouped_convs knob places)."""
+    return [n.name for n in extract_graph(imported).gemm_nodes() if n.layer.kind == "conv2d" and n.layer.groups > 1]
 
 
 def prunable_layer_names(imported: ImportedModel) -> list[str]:

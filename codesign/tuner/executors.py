@@ -128,16 +128,17 @@ def _start_worker(spec: EvaluatorSpec) -> None:
     _WORKER = spec.build()
 
 
-def _worker_facts() -> tuple[list[str], list[str], float]:
+def _worker_facts() -> tuple[list[str], list[str], list[str], float]:
     """What the tuner process needs from a worker's evaluator: the GEMM layer names, the prunable
-    ones, the float accuracy."""
-    return _WORKER.layers, _WORKER.prunable, _WORKER.float_accuracy()
+    ones, the grouped convs, the float accuracy."""
+    return _WORKER.layers, _WORKER.prunable, _WORKER.grouped_convs, _WORKER.float_accuracy()
 
 
 def _batch_evaluator(spec: EvaluatorSpec, facts: tuple, measure) -> BatchEvaluator:
     """The tuner process's batch evaluator, from a worker's facts (`_worker_facts`)."""
-    layers, prunable, float_accuracy = facts
-    return BatchEvaluator(load_space(spec.space).for_layers(layers, prunable), layers, float_accuracy, measure)
+    layers, prunable, grouped_convs, float_accuracy = facts
+    space = load_space(spec.space).for_layers(layers, prunable, grouped_convs)
+    return BatchEvaluator(space, layers, float_accuracy, measure)
 
 
 def _measure_profile(compression, multiplier: bool):
@@ -188,7 +189,8 @@ class RayExecutor(_BatchExecutor):
                 self.evaluator = spec.build()
 
             def facts(self):
-                return self.evaluator.layers, self.evaluator.prunable, self.evaluator.float_accuracy()
+                evaluator = self.evaluator
+                return evaluator.layers, evaluator.prunable, evaluator.grouped_convs, evaluator.float_accuracy()
 
             def measure_profile(self, compression, multiplier):
                 return self.evaluator.measure_profile(compression, multiplier)

@@ -67,7 +67,8 @@ SEQUENTIAL_FILE = "sequential.json"
 MAX_ENUMERATED_HARDWARE = 20_000  # hardware combinations the sequential flow enumerates; above, it samples
 SAMPLED_HARDWARE = 20_000
 SEQUENTIAL_SEED = 0
-BASELINE_COMPRESSION = {"weight_bits": 8, "prune": 0.0}  # per comp.<group>.<knob>: int8, nothing pruned
+# Per comp.<group>.<knob> (comp.grouped_convs: placed by cost): int8, nothing pruned
+BASELINE_COMPRESSION = {"weight_bits": 8, "prune": 0.0, "grouped_convs": "cost"}
 
 
 def cycle_model(schedule: str) -> str:

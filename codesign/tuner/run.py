@@ -42,7 +42,7 @@ from codesign.onnx_file import parse_input_shapes, parse_input_values
 from codesign.tuner.bilevel import BilevelSearch, outer_records, plan_bilevel
 from codesign.tuner.database import Database
 from codesign.tuner.eval_data import load_eval_data
-from codesign.tuner.evaluator import gemm_layer_names, prunable_layer_names
+from codesign.tuner.evaluator import gemm_layer_names, grouped_conv_names, prunable_layer_names
 from codesign.tuner.executors import EvaluatorSpec, make_executor
 from codesign.tuner.run_files import DATABASE_FILE, LOCK_FILE, RUN_FILE, SETTINGS_FILE, SPACE_FILE, TEMP_DIR
 from codesign.tuner.space import load_space
@@ -202,8 +202,8 @@ def _tune_in_locked_directory(
     check_run_directory(out, resume, holding_lock=True)  # another tune may have started a run there
     if resume:
         check_identity(out, identity, options.model, options.data, options.space_path, options.calibration)
-    layers, prunable = _check_model_and_data(options)
-    space = space.for_layers(layers, prunable)
+    layers, prunable, grouped_convs = _check_model_and_data(options)
+    space = space.for_layers(layers, prunable, grouped_convs)
     if not resume:
         run_dir.write(RUN_FILE, _json_text({"format": RUN_FORMAT, **identity}))
     if not resume or not (out / SPACE_FILE).exists():  # the same space: checked by its sha256
@@ -211,7 +211,7 @@ def _tune_in_locked_directory(
     spec = _evaluator_spec(options, run_dir)
     started = time.perf_counter()
     earlier_seconds = _read_json(out / SETTINGS_FILE).get("wall_seconds", 0.0) if resume else 0.0
-    settings = _settings(options, spec, layers, prunable)
+    settings = _settings(options, spec, layers, prunable, grouped_convs)
     # Written first, so the report of an interrupted run still knows the model and data.
     run_dir.write(SETTINGS_FILE, _json_text(settings))
     console.print(f"Preparing the evaluator (model, data, float accuracy) for {Path(options.model).name} ...")
@@ -231,14 +231,14 @@ def _tune_in_locked_directory(
     return records
 
 
-def _check_model_and_data(options: _RunOptions) -> tuple[list[str], list[str]]:
+def _check_model_and_data(options: _RunOptions) -> tuple[list[str], list[str], list[str]]:
     """The model and the data, checked here (workers would fail far less clearly); the model's
-    GEMM layers, and those whose prune ratio can act."""
+    GEMM layers, those whose prune ratio can act, and its grouped convs."""
     imported = import_onnx(options.model, dict(options.shapes) or None, options.values_json() or None)
     load_eval_data(options.data, imported.inputs, options.eval_samples)
     if options.calibration is not None:
         load_eval_data(options.calibration, imported.inputs, 1)
-    return gemm_layer_names(imported), prunable_layer_names(imported)
+    return gemm_layer_names(imported), prunable_layer_names(imported), grouped_conv_names(imported)
 
 
 def _evaluator_spec(options: _RunOptions, run_dir: RunDirectory) -> EvaluatorSpec:
@@ -254,12 +254,15 @@ def _evaluator_spec(options: _RunOptions, run_dir: RunDirectory) -> EvaluatorSpe
     )
 
 
-def _settings(options: _RunOptions, spec: EvaluatorSpec, layers: list[str], prunable: list[str]) -> dict:
+def _settings(
+    options: _RunOptions, spec: EvaluatorSpec, layers: list[str], prunable: list[str], grouped_convs: list[str]
+) -> dict:
     """settings.json: how the run was made (the report reads it); wall_seconds added at the end."""
     return {
         "model": spec.model,
         "layers": layers,  # the model's GEMM layers: a per-layer space's knobs name them
         "prunable_layers": prunable,  # those whose pruning acts (a per-layer space gives only them a prune knob)
+        "grouped_convs": grouped_convs,  # none: a space's grouped_convs knob is dropped
         "space": spec.space,
         "data": spec.data,
         "input_shapes": options.shapes_json(),

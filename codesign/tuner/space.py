@@ -13,6 +13,8 @@ and constraints. A configuration is a dict knob -> chosen value.
     prune = [0.0, 0.25, 0.5]      # fraction of output channels, per layer group
     activation_bits = [8]
     calibration_method = "mean_max"   # optional, not searched: how every profile calibrates (default max)
+    grouped_convs = ["cost", "core"]  # where narrow-group (depthwise) convs run: by modelled cost on
+                                      # the base hardware, or every one on the core
     [compression.groups]          # optional; default: one group "all" = ["*"]
     early = ["conv2d_0"]
     rest = ["*"]                  # patterns (fnmatch) over layer names; first match wins
@@ -62,6 +64,8 @@ HARDWARE_KNOBS = {
     "alu_multiplier": ("alu_has_multiplier", 1),
     "precision_scalable": ("precision_scalable", 1),
 }
+GROUPED_CONVS_KNOB = "comp.grouped_convs"
+GROUPED_CONV_PLACEMENTS = ("cost", "core")
 CORE_KNOBS = ("batch", "block_in", "block_out", "precision_scalable")  # the core geometry's (core_key)
 OBJECTIVES = {"latency": "min", "energy": "min", "edp": "min", "area": "min", "accuracy": "max"}
 # Constraint -> the metric it limits
@@ -123,13 +127,19 @@ class SearchSpace:
     def key(config: dict) -> str:
         return repr(sorted(config.items()))
 
-    def for_layers(self, layers: list[str], prunable: list[str] | None = None) -> SearchSpace:
+    def for_layers(
+        self, layers: list[str], prunable: list[str] | None = None, grouped_convs: list[str] | None = None
+    ) -> SearchSpace:
         """The space for a model with these GEMM layers: a per-layer space gets one group and one
         set of compression knobs per layer (a prune knob only on the `prunable` layers, when
         given: codesign.pruning.prunable_layers); any other space keeps its knobs. Either way
-        prune ratios then reach only the prunable layers."""
+        prune ratios then reach only the prunable layers. When `grouped_convs` (the model's grouped
+        convs) is empty, the grouped_convs knob, which would change nothing, is dropped."""
         if prunable is not None:
             self = dataclasses.replace(self, prunable=tuple(prunable))
+        if grouped_convs is not None and not grouped_convs and GROUPED_CONVS_KNOB in self.knobs:
+            knobs = {name: choices for name, choices in self.knobs.items() if name != GROUPED_CONVS_KNOB}
+            self = dataclasses.replace(self, knobs=knobs)
         if self.per_layer_choices is None:
             return self
         knobs = dict(self.knobs)
@@ -182,7 +192,14 @@ class SearchSpace:
                 weight_bits[layer] = bits
             if ratio and (self.prunable is None or layer in self.prunable):
                 prune[layer] = ratio
-        return CompressionConfig(weight_bits, prune, self.schedule_mode, calibration_method=self.calibration_method)
+        host_convs = () if config.get(GROUPED_CONVS_KNOB) == "core" else None  # None: by cost on the base
+        return CompressionConfig(
+            weight_bits,
+            prune,
+            self.schedule_mode,
+            host_convs=host_convs,
+            calibration_method=self.calibration_method,
+        )
 
     def group_of(self, layer: str) -> str:
         for group, patterns in self.groups.items():
@@ -328,11 +345,17 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
     if calibration_method is not None and calibration_method not in CALIBRATION_CHOICES:
         allowed = ", ".join(CALIBRATION_CHOICES)
         problems.append(f"'compression.calibration_method' = {calibration_method!r} (expected one of {allowed})")
+    grouped_convs = compression.pop("grouped_convs", None)
+    if grouped_convs is not None:
+        choices = _choices("compression.grouped_convs", grouped_convs, problems)
+        if not set(choices) <= set(GROUPED_CONV_PLACEMENTS):
+            problems.append(f'\'compression.grouped_convs\' = {choices!r}: choices must be "cost" or "core"')
+        knobs[GROUPED_CONVS_KNOB] = choices
     for name, value in compression.items():
         if name not in ("weight_bits", "prune"):
             problems.append(
-                f"unknown compression knob 'compression.{name}' "
-                "(knobs: weight_bits, prune, activation_bits, calibration_method, per_layer, groups)"
+                f"unknown compression knob 'compression.{name}' (knobs: weight_bits, prune, grouped_convs, "
+                "activation_bits, calibration_method, per_layer, groups)"
             )
             continue
         choices = _choices(f"compression.{name}", value, problems)
