@@ -7,8 +7,9 @@ one objective it is compared on (latency, then EDP, in separate runs):
 
 - joint: `BilevelSearch` over compression and hardware together: XGBoost proposes the
   compression profiles, every hardware design of each is costed;
-- sequential: hardware first, for the int8 model (every hardware design costed for the int8
-  profiles, with and without the ALU multiplier: 2 accuracy evaluations), the best one fixed;
+- sequential: hardware first, for the int8 model (every hardware design, with its mapping:
+  where the depthwise convs run, costed for the int8 profiles, with and without the ALU
+  multiplier: 2 accuracy evaluations), the best one fixed;
   then the compression for that hardware, by the same bilevel search over compression only,
   with the rest of the budget.
 
@@ -65,7 +66,7 @@ from codesign.tuner.bilevel import BilevelSearch, anchors, plan_bilevel  # noqa:
 from codesign.tuner.database import Database  # noqa: E402
 from codesign.tuner.evaluator import Evaluator  # noqa: E402
 from codesign.tuner.executors import SerialExecutor  # noqa: E402
-from codesign.tuner.space import HARDWARE_KNOBS, space_from_dict  # noqa: E402
+from codesign.tuner.space import HARDWARE_KNOBS, is_design_knob, space_from_dict  # noqa: E402
 
 console = Console()
 REAL_MODELS = ROOT / "tests" / "models" / "real"
@@ -86,9 +87,11 @@ HARDWARE = {
 }
 if "precision_scalable" in HARDWARE_KNOBS:  # the precision-scalable GEMM core, where it exists
     HARDWARE["precision_scalable"] = [False, True]
-# grouped_convs: the depthwise convs where the base's modelled cost puts them, or all on the core
-# (dropped for a model without grouped convs). The first choice of each is the int8 model's.
-COMPRESSION = {"weight_bits": [8, 4], "prune": [0.0, 0.25, 0.5], "grouped_convs": ["cost", "core"]}
+# The first choice of each is the int8 model's.
+COMPRESSION = {"weight_bits": [8, 4], "prune": [0.0, 0.25, 0.5]}
+# Where the depthwise convs run (where the base's modelled cost puts them, or all on the core): a
+# mapping knob, swept with the hardware by both searches (dropped for a model without grouped convs).
+SCHEDULE = {"mode": "auto", "grouped_convs": ["cost", "core"]}
 GROUPS = {"convs": ["conv2d_*"], "classifier": ["matmul_*"]}
 
 
@@ -109,7 +112,7 @@ def space_for(objective: str):
             "objectives": [objective],
             "hardware": {"base": "vta_default", **HARDWARE},
             "compression": {**COMPRESSION, "groups": GROUPS},
-            "schedule": {"mode": "auto"},
+            "schedule": SCHEDULE,
             "constraints": {"area_mm2_max": round(area, 4), "accuracy_drop_max": 1.0},
         },
         f"co-design space ({objective})",
@@ -143,7 +146,7 @@ def sequential(space, executor, layers, budget, seed, folder, objective) -> list
     hardware_budget = plan_bilevel(int8_space, layers).outer.size()  # the int8 profiles: 2 multiplier choices
     hardware_first = search(int8_space, executor, layers, hardware_budget, seed, folder, f"{objective}-seq-hw-{seed}")
     chosen = best(hardware_first, objective)
-    fixed = {name: value for name, value in chosen.config.items() if name.startswith("hw.")}
+    fixed = {name: value for name, value in chosen.config.items() if is_design_knob(name)}
     rest = budget - hardware_budget
     name = f"{objective}-seq-comp-{seed}"
     compression = search(restricted(space, fixed), executor, layers, rest, seed, folder, name)
@@ -164,7 +167,7 @@ def ceiling(space, executor, layers, objective: str) -> dict:
         for _, config, result in executor.run(list(enumerate(configs))):
             if not result["feasible"]:
                 continue
-            hardware_key = json.dumps({k: v for k, v in config.items() if k.startswith("hw.")}, sort_keys=True)
+            hardware_key = json.dumps({k: v for k, v in config.items() if is_design_knob(k)}, sort_keys=True)
             value = result["metrics"][objective]
             values[profile_key, hardware_key] = value
             if profile_key in int8_keys:

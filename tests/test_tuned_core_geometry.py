@@ -5,17 +5,20 @@ blocks, and the placements chosen on the space's base hardware are pinned in eve
 mobilenetv2_mini has host ops on blocked tensors (depthwise convs on the host, a residual add of
 24 channels: padded to 32 on 16- and 32-wide blocks) and narrow-group convs whose placement is
 decided by modelled cost. A seeded `codesign tune` over batch, blocks, int4 weights, the ALU
-multiplier and where the depthwise convs run (`grouped_convs`: by the base's cost, or on the
-core) records designs; designs of as many core geometries as it reached are compiled with
+multiplier and where the depthwise convs run (`sched.grouped_convs`: by the base's cost, or on
+the core; swept with the hardware, as it changes no integer) records designs; designs of as
+many core geometries as it reached are compiled with
 `codesign compile --design` and simulated with `codesign simulate`, and so are the best designs
 the report draws. Latency, host seconds, energy and area equal the records bit for bit, the
 report's per-layer simulations equal the modules', and the host seconds differ between
 geometries (a profile priced by its base hardware's host work alone would record one value for
-them all).
+them all). And the two placements compute the same outputs, which is why the tuner measures
+one profile for both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import numpy as np
 import pytest
 
 from codesign.cli import main
-from codesign.deploy import read_manifest
+from codesign.deploy import load, read_manifest
 from codesign.design import Design
 from codesign.tuner.database import Database
 from codesign.tuner.front import FRONT_DIR, cycle_model
@@ -42,9 +45,9 @@ block_out = [8, 16, 32]
 alu_multiplier = [true, false]
 [compression]
 weight_bits = [8, 4]
-grouped_convs = ["cost", "core"]
 [schedule]
 mode = "auto"
+grouped_convs = ["cost", "core"]
 """
 GEOMETRIES = 5  # designs compiled, each of another core geometry
 GROUPED = {"conv2d_2", "conv2d_5", "conv2d_8"}  # the depthwise convs
@@ -83,7 +86,7 @@ def compiled(run, tmp_path_factory) -> dict[int, tuple]:
         if record.feasible:
             by_geometry.setdefault(geometry(record.design), record.index)
     best = [json.loads(path.read_text())["index"] for path in (run / FRONT_DIR).glob("eval_*.json")]
-    on_core = next(r.index for r in records.values() if r.feasible and r.config["comp.grouped_convs"] == "core")
+    on_core = next(r.index for r in records.values() if r.feasible and r.config["sched.grouped_convs"] == "core")
     chosen = sorted({*list(by_geometry.values())[:GEOMETRIES], *best, on_core})
     samples = json.loads((run / SETTINGS_FILE).read_text())["calibration_samples"]
     modules = tmp_path_factory.mktemp("geometry_modules")
@@ -107,7 +110,7 @@ def test_designs_of_several_geometries_pin_the_base_placements(compiled):
     by_knob = {"cost": set(), "core": set()}
     for record, design, manifest, _ in compiled.values():
         host_convs = design.compression.host_convs
-        by_knob[record.config["comp.grouped_convs"]].add(host_convs)
+        by_knob[record.config["sched.grouped_convs"]].add(host_convs)
         placed = {layer["name"]: layer["placement"] for layer in manifest["layers"]}
         grouped = [name for name in placed if name in GROUPED]
         assert [placed[name] for name in grouped] == ["host" if name in host_convs else "accel" for name in grouped]
@@ -142,3 +145,29 @@ def test_the_report_simulates_the_best_designs_as_their_modules(run, compiled):
     for path in front_files:
         persisted = json.loads(path.read_text())
         assert persisted["simulation"] == compiled[persisted["index"]][3], path.name
+
+
+def test_where_the_grouped_convs_run_changes_no_output(run, compiled, tmp_path):
+    """A design with every depthwise conv on the core, and the same design with them on the
+    host where the base puts them, compute the same outputs: the tuner measures one profile's
+    accuracy for both placements (tuner.profile_builder)."""
+    run_dir, data = run
+    values = list(compiled.values())
+    _, on_core, _, _ = next(v for v in values if v[0].config["sched.grouped_convs"] == "core")
+    host_convs = next(v[1].compression.host_convs for v in values if v[0].config["sched.grouped_convs"] == "cost")
+    on_host = Design(on_core.hardware, dataclasses.replace(on_core.compression, host_convs=host_convs))
+    samples = json.loads((run_dir / SETTINGS_FILE).read_text())["calibration_samples"]
+    inputs = np.load(data)["input"][:4]
+    outputs = {}
+    for name, design in (("core", on_core), ("host", on_host)):
+        design_file, module = tmp_path / f"{name}.json", tmp_path / name
+        design.save(design_file)
+        argv = ["compile", str(MODEL), "--design", str(design_file), *SHAPE, "-o", str(module), "--quiet"]
+        assert main([*argv, "--calibration", str(data), "--calibration-samples", str(samples)]) == 0
+        placed = {layer["name"]: layer["placement"] for layer in read_manifest(module)["layers"]}
+        on_the_host = host_convs if name == "host" else ()
+        assert {conv: placed[conv] for conv in GROUPED} == {c: "host" if c in on_the_host else "accel" for c in GROUPED}
+        deployed = load(module)
+        outputs[name] = [deployed.run(inputs[i : i + 1])[0] for i in range(len(inputs))]
+    for core_output, host_output in zip(outputs["core"], outputs["host"]):
+        np.testing.assert_array_equal(core_output, host_output)

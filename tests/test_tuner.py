@@ -20,6 +20,7 @@ from codesign.demo import MNIST_MODEL
 from codesign.errors import UsageError
 from codesign.importer import import_onnx
 from codesign.schedules.mapper import core_key
+from codesign.tuner.bilevel import plan_bilevel
 from codesign.tuner.database import Database, Record
 from codesign.tuner.evaluator import gemm_layer_names, prunable_layer_names
 from codesign.tuner.executors import EvaluatorSpec, ProcessExecutor, RayExecutor, SerialExecutor
@@ -96,16 +97,26 @@ def test_the_core_geometries_of_a_space_are_those_its_designs_reach():
     assert all(hw.wgt_buffer_bytes == space.base.wgt_buffer_bytes for hw in variants)  # the rest: the base's
 
 
-def test_the_grouped_convs_knob_pins_every_grouped_conv_on_the_core_or_leaves_it_to_cost():
-    doc = {"hardware": {"block_in": [8, 16]}, "compression": {"grouped_convs": ["cost", "core"]}}
+def test_the_grouped_convs_knob_is_a_mapping_knob_swept_with_the_hardware():
+    """sched.grouped_convs places every grouped conv on the core or leaves it to cost; it changes
+    the design, not the compression profile (both placements compute the same integers), so the
+    bilevel search sweeps it with the hardware and measures no profile for it."""
+    doc = {"hardware": {"block_in": [8, 16]}, "schedule": {"grouped_convs": ["cost", "core"]}}
     space = space_from_dict(doc)
-    assert space.knobs["comp.grouped_convs"] == ["cost", "core"]
-    assert space.compression({"comp.grouped_convs": "cost"}, ["conv2d_0"]).host_convs is None  # by cost
-    assert space.compression({"comp.grouped_convs": "core"}, ["conv2d_0"]).host_convs == ()  # none on the host
-    assert "comp.grouped_convs" in space.for_layers(["conv2d_0"], None, ["conv2d_0"]).knobs
-    assert "comp.grouped_convs" not in space.for_layers(["conv2d_0"], None, []).knobs  # it would change nothing
-    with pytest.raises(UsageError, match=r"'compression.grouped_convs' = \['host'\]: choices must be"):
-        space_from_dict({**doc, "compression": {"grouped_convs": ["host"]}})
+    assert space.knobs["sched.grouped_convs"] == ["cost", "core"]
+    cost, core = ({"hw.block_in": 16, "sched.grouped_convs": choice} for choice in ("cost", "core"))
+    assert space.compression(cost, ["conv2d_0"]) == space.compression(core, ["conv2d_0"])  # one profile
+    assert space.design(cost, ["conv2d_0"]).compression.host_convs is None  # by cost
+    assert space.design(core, ["conv2d_0"]).compression.host_convs == ()  # none on the host
+    plan = plan_bilevel(space, ["conv2d_0"])
+    assert "sched.grouped_convs" not in plan.outer.knobs
+    assert {config["sched.grouped_convs"] for config in plan.inner} == {"cost", "core"}
+    assert "sched.grouped_convs" in space.for_layers(["conv2d_0"], None, ["conv2d_0"]).knobs
+    assert "sched.grouped_convs" not in space.for_layers(["conv2d_0"], None, []).knobs  # it would change nothing
+    with pytest.raises(UsageError, match=r"'schedule.grouped_convs' = \['host'\]: choices must be"):
+        space_from_dict({**doc, "schedule": {"grouped_convs": ["host"]}})
+    with pytest.raises(UsageError, match=r"unknown compression knob 'compression.grouped_convs'.*\[schedule\] knob"):
+        space_from_dict({**doc, "compression": {"grouped_convs": ["cost"]}})
 
 
 @pytest.mark.parametrize(

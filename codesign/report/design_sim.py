@@ -23,6 +23,7 @@ from codesign.report.run_data import RunData
 from codesign.simulator.simulate import SimulationReport, simulate_plans
 from codesign.tuner.database import Record
 from codesign.tuner.front import cycle_model, read_front_simulation, read_sequential, simulation_from_dict
+from codesign.tuner.tune import record_design
 
 DEFAULT_CALIBRATION_SAMPLES = 64  # what the tuner's evaluator calibrates on
 
@@ -141,7 +142,7 @@ def _simulate_again(run: RunData, records: list[Record]) -> tuple[dict[int, Simu
     try:
         for record in records:
             hw = run.space.hardware(record.config, name=f"eval_{record.index}")
-            compression = run.space.compression(record.config, run.layer_names)
+            compression = record_design(run.space, record, run.layer_names).compression  # placements pinned
             plans = plan_model(
                 model, hw, run.input_shapes, data, samples, lambda m: None, compression, run.input_values
             )

@@ -9,7 +9,7 @@ from codesign.hardware import HardwareSpec
 from codesign.report.design_sim import DEFAULT_CALIBRATION_SAMPLES, Counterpart, SimulatedDesign
 from codesign.report.run_data import RunData
 from codesign.tuner.database import Record
-from codesign.tuner.space import OBJECTIVES
+from codesign.tuner.space import OBJECTIVES, is_design_knob
 from codesign.units import axis_title, format_objective, objective_unit
 
 # Metric -> CSV column (SI units, as the database holds them).
@@ -267,7 +267,7 @@ def counterpart_hardware(run: RunData, c: Counterpart) -> tuple[list[str], list[
     """The hardware knobs side by side (a difference marked), and what they give: peak, bandwidth, ridge."""
     header = ["hardware", "joint", "sequential", ""]
     rows = []
-    for knob in (k for k in run.space.knobs if k.startswith("hw.")):
+    for knob in (k for k in run.space.knobs if is_design_knob(k)):
         joint, sequential = format_knob(c.joint.config[knob]), format_knob(c.config[knob])
         rows.append([knob, joint, sequential, "differs" if joint != sequential else ""])
     for name, value_of in DERIVED_HARDWARE.items():

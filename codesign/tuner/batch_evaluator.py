@@ -31,7 +31,8 @@ class _Group:
 
     request: tuple[CompressionConfig, bool]  # what measures the profile: (compression, ALU multiplier)
     positions: list[int] = dataclasses.field(default_factory=list)  # in the batch
-    designs: list[HardwareSpec] = dataclasses.field(default_factory=list)
+    # (hardware, grouped-conv placement: SearchSpace.grouped_convs) per configuration
+    designs: list[tuple[HardwareSpec, str]] = dataclasses.field(default_factory=list)
 
 
 class BatchEvaluator:
@@ -61,8 +62,8 @@ class BatchEvaluator:
         self.measure_missing({key: group.request for key, group in groups.items()})
         costs = self.cost_model.cost([(self.profiles[key], group.designs) for key, group in groups.items()])
         for (key, group), group_costs in zip(groups.items(), costs):
-            for position, design_costs in zip(group.positions, group_costs):
-                results[position] = self._result(design_costs, self.profiles[key])
+            for position, design_costs, (_, grouped_convs) in zip(group.positions, group_costs, group.designs):
+                results[position] = self._result(design_costs, self.profiles[key], grouped_convs)
         elapsed = (time.perf_counter() - start) / max(len(configs), 1)
         for result in results:
             result["seconds"] = elapsed
@@ -82,10 +83,10 @@ class BatchEvaluator:
             key = profile_key(compression, hw.alu_has_multiplier)
             group = groups.setdefault(key, _Group((compression, hw.alu_has_multiplier)))
             group.positions.append(position)
-            group.designs.append(hw)
+            group.designs.append((hw, self.space.grouped_convs(config)))
         return groups
 
-    def _result(self, costs: dict, profile) -> dict:
+    def _result(self, costs: dict, profile: CompressionProfile, grouped_convs: str) -> dict:
         metrics = {**costs, "accuracy": profile.accuracy, "float_accuracy": self.float_accuracy}
         reason = violation(metrics, self.space.constraints)
         return {
@@ -93,5 +94,5 @@ class BatchEvaluator:
             "reason": reason,
             "objectives": {name: metrics[name] for name in self.space.objectives},
             "metrics": metrics,
-            "placements": profile.placements,  # pinned in the design's compression
+            "placements": profile.placements[grouped_convs],  # pinned in the design's compression
         }

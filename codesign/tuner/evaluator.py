@@ -3,7 +3,8 @@
 A thin composition of parts with one job each:
 
 - `eval_data`: the labelled evaluation data, read and checked;
-- `profile_builder`: compiles one compression profile (the model is imported once, here);
+- `profile_builder`: compiles one compression profile (the model is imported once, here), and
+  plans its variant with every grouped conv on the core when the space searches that;
 - `accuracy`: runs a built profile on the evaluation data;
 - `cost_model`: latency, energy and area of many designs at once (the vectorised design sweep);
 - `constraints`: the space's constraint checks;
@@ -86,7 +87,8 @@ class Evaluator:
         """Build the profile and measure its accuracy (not cached: `profile` is)."""
         result = self.builder.build(compression, multiplier)
         accuracy = self.accuracy.measure(result.executable)
-        return CompressionProfile.from_compiled(result, accuracy, self.space.core_variants())
+        all_on_core = self.builder.plan_all_on_core(result) if "core" in self.space.grouped_conv_choices() else None
+        return CompressionProfile.from_compiled(result, accuracy, self.space.core_variants(), all_on_core)
 
     def measure_profiles(self, requests: dict) -> dict[ProfileKey, CompressionProfile]:
         """{key: (compression, multiplier)} -> {key: profile}, one after the other."""

@@ -16,8 +16,9 @@ for the objective, hardware first and compression second, each step keeping the 
 design for the objective (ties: the first in the order below):
 
 1. hardware: the space's baseline compression (every comp.* knob at 8 bits / pruning 0.0, whether
-   or not the space lists those choices) on every combination of the space's hw.* knobs (the ALU
-   multiplier's settings included when it is searched), enumerated in the space's order when
+   or not the space lists those choices) on every combination of the space's hw.* and sched.*
+   knobs (the hardware and its mapping; the ALU multiplier's settings included when it is
+   searched), enumerated in the space's order when
    there are at most MAX_ENUMERATED_HARDWARE of them, else SAMPLED_HARDWARE combinations drawn
    with a generator seeded with SEQUENTIAL_SEED; then the hardware of the run's records of that
    compression, so the step is never worse than a baseline design the run evaluated. All are
@@ -58,7 +59,7 @@ from codesign.schedules.mapper import select_tiling
 from codesign.simulator.simulate import LayerResult, SimulationReport, simulate_plans
 from codesign.tuner.database import Record
 from codesign.tuner.profile_builder import CompressionProfile, profile_key
-from codesign.tuner.space import OBJECTIVES, SearchSpace
+from codesign.tuner.space import OBJECTIVES, SearchSpace, is_design_knob
 from codesign.tuner.tune import best_per_objective
 
 FRONT_DIR = "front"
@@ -67,8 +68,8 @@ SEQUENTIAL_FILE = "sequential.json"
 MAX_ENUMERATED_HARDWARE = 20_000  # hardware combinations the sequential flow enumerates; above, it samples
 SAMPLED_HARDWARE = 20_000
 SEQUENTIAL_SEED = 0
-# Per comp.<group>.<knob> (comp.grouped_convs: placed by cost): int8, nothing pruned
-BASELINE_COMPRESSION = {"weight_bits": 8, "prune": 0.0, "grouped_convs": "cost"}
+# Per comp.<group>.<knob>: int8, nothing pruned
+BASELINE_COMPRESSION = {"weight_bits": 8, "prune": 0.0}
 
 
 def cycle_model(schedule: str) -> str:
@@ -91,7 +92,8 @@ def write_front(run_dir: str | Path, space: SearchSpace, records: list[Record], 
     best = {record.index: record for record in best_per_objective(space, records).values()}
     for index, record in best.items():
         hw = space.hardware(record.config, name=f"eval_{index}")
-        simulation = simulate_design(evaluator.profile(record.config, hw.alu_has_multiplier), hw, space.schedule_mode)
+        profile = evaluator.profile(record.config, hw.alu_has_multiplier)
+        simulation = simulate_design(profile, hw, space.schedule_mode, space.grouped_convs(record.config))
         document = {"index": index, "config": record.config, "simulation": simulation.to_dict()}
         written.append(_write_json(front_file(run_dir, index), document))
     return written
@@ -136,9 +138,10 @@ def _hardware_step_designs(space: SearchSpace, records: list[Record], hardware: 
 
 
 def hardware_combinations(space: SearchSpace) -> tuple[list[dict], bool]:
-    """The space's hw.* knob combinations (in its order), or a seeded sample of them when there
-    are more than MAX_ENUMERATED_HARDWARE; and whether they are sampled."""
-    knobs = {name: choices for name, choices in space.knobs.items() if name.startswith("hw.")}
+    """The space's hardware and mapping knob combinations (hw.*, sched.*: in its order), or a
+    seeded sample of them when there are more than MAX_ENUMERATED_HARDWARE; and whether they
+    are sampled."""
+    knobs = {name: choices for name, choices in space.knobs.items() if is_design_knob(name)}
     if math.prod(len(choices) for choices in knobs.values()) <= MAX_ENUMERATED_HARDWARE:
         return [dict(zip(knobs, values)) for values in itertools.product(*knobs.values())], False
     rng = np.random.default_rng(SEQUENTIAL_SEED)
@@ -180,7 +183,8 @@ def _compression_step(
     position = _best_position(objective, designs, results)  # step 1's design is feasible: never None
     config = designs[position]
     hw = space.hardware(config, name=f"sequential_{objective}")
-    simulation = simulate_design(evaluator.profile(config, hw.alu_has_multiplier), hw, space.schedule_mode)
+    profile = evaluator.profile(config, hw.alu_has_multiplier)
+    simulation = simulate_design(profile, hw, space.schedule_mode, space.grouped_convs(config))
     design_key = _design_key(space, config, evaluator.layers)
     evaluation = next((r.index for r in records if _design_key(space, r.config, evaluator.layers) == design_key), None)
     return {
@@ -224,17 +228,19 @@ def _design_key(space: SearchSpace, config: dict, layers: list[str]) -> tuple[st
 
 
 def _hardware_part(config: dict) -> dict:
-    return {name: value for name, value in config.items() if name.startswith("hw.")}
+    return {name: value for name, value in config.items() if is_design_knob(name)}
 
 
 def _compression_part(config: dict) -> dict:
     return {name: value for name, value in config.items() if name.startswith("comp.")}
 
 
-def simulate_design(profile: CompressionProfile, hw: HardwareSpec, schedule: str) -> SimulationReport:
-    """A design simulated layer by layer from its compression profile's plans for its core (tiled under the
-    space's `schedule` mode)."""
-    return simulate_plans(plans_for_design(profile.plans(hw), hw), hw, cycle_model(schedule))
+def simulate_design(
+    profile: CompressionProfile, hw: HardwareSpec, schedule: str, grouped_convs: str = "cost"
+) -> SimulationReport:
+    """A design simulated layer by layer from its compression profile's plans for its core and
+    grouped-conv placement (tiled under the space's `schedule` mode)."""
+    return simulate_plans(plans_for_design(profile.plans(hw, grouped_convs), hw), hw, cycle_model(schedule))
 
 
 def plans_for_design(plans: list[LayerPlan], hw: HardwareSpec) -> list[LayerPlan]:

@@ -13,8 +13,6 @@ and constraints. A configuration is a dict knob -> chosen value.
     prune = [0.0, 0.25, 0.5]      # fraction of output channels, per layer group
     activation_bits = [8]
     calibration_method = "mean_max"   # optional, not searched: how every profile calibrates (default max)
-    grouped_convs = ["cost", "core"]  # where narrow-group (depthwise) convs run: by modelled cost on
-                                      # the base hardware, or every one on the core
     [compression.groups]          # optional; default: one group "all" = ["*"]
     early = ["conv2d_0"]
     rest = ["*"]                  # patterns (fnmatch) over layer names; first match wins
@@ -23,6 +21,10 @@ and constraints. A configuration is a dict knob -> chosen value.
 
     [schedule]
     mode = "auto"                 # auto: each layer's fastest tiling (schedules.mapper); rule: the tile rule
+    grouped_convs = ["cost", "core"]  # where narrow-group (depthwise) convs run: where the base
+                                      # hardware's modelled cost puts them, or every one on the core.
+                                      # A mapping knob (sched.grouped_convs): both compute the same
+                                      # integers, so it is swept with the hardware, not measured
 
     objectives = ["latency", "energy", "area", "accuracy"]
     [constraints]
@@ -64,8 +66,9 @@ HARDWARE_KNOBS = {
     "alu_multiplier": ("alu_has_multiplier", 1),
     "precision_scalable": ("precision_scalable", 1),
 }
-GROUPED_CONVS_KNOB = "comp.grouped_convs"
+GROUPED_CONVS_KNOB = "sched.grouped_convs"
 GROUPED_CONV_PLACEMENTS = ("cost", "core")
+DESIGN_KNOB_PREFIXES = ("hw.", "sched.")  # the hardware and its mapping: what a profile is costed on
 CORE_KNOBS = ("batch", "block_in", "block_out", "precision_scalable")  # the core geometry's (core_key)
 OBJECTIVES = {"latency": "min", "energy": "min", "edp": "min", "area": "min", "accuracy": "max"}
 # Constraint -> the metric it limits
@@ -78,10 +81,15 @@ CONSTRAINT_METRICS = {
 CONSTRAINTS = set(CONSTRAINT_METRICS)
 
 
+def is_design_knob(name: str) -> bool:
+    """A knob of the hardware or its mapping (not of the compression profile)."""
+    return name.startswith(DESIGN_KNOB_PREFIXES)
+
+
 @dataclasses.dataclass
 class SearchSpace:
     base: HardwareSpec
-    knobs: dict[str, list]  # knob name ("hw.block_in", "comp.all.prune", ...) -> choices
+    knobs: dict[str, list]  # knob name ("hw.block_in", "comp.all.prune", "sched.grouped_convs", ...) -> choices
     groups: dict[str, list[str]]  # compression group -> layer name patterns
     schedule_mode: str
     objectives: list[str]
@@ -180,7 +188,10 @@ class SearchSpace:
     def design(self, config: dict, layers: list[str], name: str = "tuned") -> Design:
         """What a configuration means for a model with these GEMM layers: hardware, compression
         and schedule, as one validated Design."""
-        return Design(self.hardware(config, name), self.compression(config, layers))
+        compression = self.compression(config, layers)
+        if self.grouped_convs(config) == "core":
+            compression = dataclasses.replace(compression, host_convs=())
+        return Design(self.hardware(config, name), compression)
 
     def compression(self, config: dict, layers: list[str]) -> CompressionConfig:
         weight_bits, prune = {}, {}
@@ -192,14 +203,17 @@ class SearchSpace:
                 weight_bits[layer] = bits
             if ratio and (self.prunable is None or layer in self.prunable):
                 prune[layer] = ratio
-        host_convs = () if config.get(GROUPED_CONVS_KNOB) == "core" else None  # None: by cost on the base
-        return CompressionConfig(
-            weight_bits,
-            prune,
-            self.schedule_mode,
-            host_convs=host_convs,
-            calibration_method=self.calibration_method,
-        )
+        return CompressionConfig(weight_bits, prune, self.schedule_mode, calibration_method=self.calibration_method)
+
+    def grouped_conv_choices(self) -> list[str]:
+        """The grouped-conv placements the space's designs take ("cost" alone without the knob)."""
+        return self.knobs.get(GROUPED_CONVS_KNOB, [GROUPED_CONV_PLACEMENTS[0]])
+
+    @staticmethod
+    def grouped_convs(config: dict) -> str:
+        """Where the configuration runs its grouped convs: "cost" (where the base hardware's
+        modelled cost puts each) or "core" (every one on the core)."""
+        return config.get(GROUPED_CONVS_KNOB, GROUPED_CONV_PLACEMENTS[0])
 
     def group_of(self, layer: str) -> str:
         for group, patterns in self.groups.items():
@@ -345,17 +359,11 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
     if calibration_method is not None and calibration_method not in CALIBRATION_CHOICES:
         allowed = ", ".join(CALIBRATION_CHOICES)
         problems.append(f"'compression.calibration_method' = {calibration_method!r} (expected one of {allowed})")
-    grouped_convs = compression.pop("grouped_convs", None)
-    if grouped_convs is not None:
-        choices = _choices("compression.grouped_convs", grouped_convs, problems)
-        if not set(choices) <= set(GROUPED_CONV_PLACEMENTS):
-            problems.append(f'\'compression.grouped_convs\' = {choices!r}: choices must be "cost" or "core"')
-        knobs[GROUPED_CONVS_KNOB] = choices
     for name, value in compression.items():
         if name not in ("weight_bits", "prune"):
             problems.append(
-                f"unknown compression knob 'compression.{name}' (knobs: weight_bits, prune, grouped_convs, "
-                "activation_bits, calibration_method, per_layer, groups)"
+                f"unknown compression knob 'compression.{name}' (knobs: weight_bits, prune, "
+                "activation_bits, calibration_method, per_layer, groups; grouped_convs is a [schedule] knob)"
             )
             continue
         choices = _choices(f"compression.{name}", value, problems)
@@ -371,10 +379,19 @@ def space_from_dict(doc: dict, source: str = "<space>") -> SearchSpace:
     else:
         knobs.update({f"comp.{g}.{name}": choices for name, choices in compression_choices.items() for g in groups})
     schedule = _table(doc, "schedule", problems)
-    problems += [f"unknown schedule key 'schedule.{k}' (keys: mode)" for k in schedule if k != "mode"]
+    problems += [
+        f"unknown schedule key 'schedule.{k}' (keys: mode, grouped_convs)"
+        for k in schedule
+        if k not in ("mode", "grouped_convs")
+    ]
     mode = schedule.get("mode", "auto")
     if mode not in ("auto", "rule"):
         problems.append(f"'schedule.mode' = {mode!r} (expected auto or rule)")
+    if "grouped_convs" in schedule:
+        choices = _choices("schedule.grouped_convs", schedule["grouped_convs"], problems)
+        if not set(choices) <= set(GROUPED_CONV_PLACEMENTS):
+            problems.append(f'\'schedule.grouped_convs\' = {choices!r}: choices must be "cost" or "core"')
+        knobs[GROUPED_CONVS_KNOB] = choices
     objectives = _objectives(doc.get("objectives", ["latency", "energy", "area", "accuracy"]), problems)
     constraints = _constraints(_table(doc, "constraints", problems), problems)
     if not knobs and not (per_layer and compression_choices) and not problems:
