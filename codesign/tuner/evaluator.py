@@ -19,7 +19,9 @@ energy and area come from the simulator with the schedule of every layer tuned f
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +87,12 @@ class Evaluator:
 
     def measure_profile(self, compression: CompressionConfig, multiplier: bool) -> CompressionProfile:
         """Build the profile and measure its accuracy (not cached: `profile` is)."""
+        start = time.perf_counter()
         result = self.builder.build(compression, multiplier)
         accuracy = self.accuracy.measure(result.executable)
         all_on_core = self.builder.plan_all_on_core(result) if "core" in self.space.grouped_conv_choices() else None
-        return CompressionProfile.from_compiled(result, accuracy, self.space.core_variants(), all_on_core)
+        profile = CompressionProfile.from_compiled(result, accuracy, self.space.core_variants(), all_on_core)
+        return dataclasses.replace(profile, seconds=time.perf_counter() - start)
 
     def measure_profiles(self, requests: dict) -> dict[ProfileKey, CompressionProfile]:
         """{key: (compression, multiplier)} -> {key: profile}, one after the other."""

@@ -49,6 +49,7 @@ class CompressionProfile:
     # Per grouped-conv placement ("cost", "core"), the placements of its program
     # (CompressionConfig's pinned fields): a design lists them, so it compiles as evaluated.
     placements: dict[str, dict[str, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0  # the wall time its measurement took (build, accuracy run, variants planned)
 
     @classmethod
     def from_compiled(
