@@ -236,13 +236,24 @@ def _slice_ints(slot) -> list[int]:
 
 
 def _strided_slice(node: Node, x: np.ndarray) -> np.ndarray:
+    """Relax's strided_slice with positive steps, on a batch of samples."""
+    return strided_slice(node, x, samples_axis=True)
+
+
+def strided_slice(node: Node, x: np.ndarray, samples_axis: bool = False) -> np.ndarray:
     """Relax's strided_slice with positive steps: numpy's slicing rules (negative bounds count
-    from the end, bounds beyond the axis clip to it)."""
+    from the end, bounds beyond the axis clip to it); `samples_axis`: x has a leading axis of
+    samples before the node's axes."""
     axes, begins, ends, steps = (_slice_ints(slot) for slot in node.arg_slots[1:5])
     index = [slice(None)] * x.ndim
     for axis, begin, end, step in zip(axes, begins, ends, steps, strict=True):
-        index[_shifted_axis(axis, x.ndim)] = slice(begin, end, step)
+        index[_shifted_axis(axis, x.ndim) if samples_axis else axis % x.ndim] = slice(begin, end, step)
     return x[tuple(index)]
+
+
+def is_static_slice(node: Node) -> bool:
+    """A strided_slice with constant bounds and positive steps (what `strided_slice` runs)."""
+    return node.op == "relax.strided_slice" and supports_node(node)
 
 
 def _shifted_axis(axis: int, ndim_with_samples: int) -> int:

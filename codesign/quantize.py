@@ -43,7 +43,7 @@ import numpy as np
 from codesign.alu_activations import HardSwish, chain_activation
 from codesign.calibration import TensorRanges
 from codesign.errors import HardwareError, ModelError
-from codesign.float_numpy import window_counts
+from codesign.float_numpy import is_static_slice, window_counts
 from codesign.graph import FLOAT_MAX, FLOAT_MIN, Graph, Node, channel_shaped, remove_dead
 from codesign.host_work import host_seconds, node_work
 from codesign.lookup_tables import ELEMENTWISE_OPS, channel_constant_count, tabulate
@@ -642,6 +642,8 @@ class _Quantizer:
         root = self.lut_root(node)
         if root is not None:
             return self.fuse_activation(node, root) or self.lower_lut(node, root)
+        if self.quantizes_inputs_first(node):
+            return self.lower_entering_move(node)
         int8_inputs = all(self.nodes[i].dtype == "int8" for i in node.inputs)
         moves_data = moves_int8(node, self.graph)
         if moves_data and len(node.inputs) == 1 and int8_inputs and not _mixes_channel_scales(node, self.nodes):
@@ -663,6 +665,31 @@ class _Quantizer:
         if node.op == "relax.nn.avg_pool2d" and int8_inputs and integer_pool(node) and self.wants_int8(node.name):
             return self.lower_avg_pool(node)
         return self.lower_float(node)
+
+    def quantizes_inputs_first(self, node: Node) -> bool:
+        """Does this op only move values of the model's float inputs (and int8 tensors) on their
+        way to int8 readers (YOLOX's Focus stem: four strided slices of the image and their
+        concat; an input's layout transpose)? Then the inputs are quantized where they enter,
+        and the op moves int8 values, a quarter of the bytes, instead of floats quantized after it."""
+        moves = moves_int8(node, self.graph) or is_static_slice(node)
+        if not node.inputs or not (moves or node.op == "relax.concat"):
+            return False
+        entering = [i for i in node.inputs if self.nodes[i].op == "input" and self.nodes[i].dtype == "float32"]
+        others_int8 = all(self.nodes[i].dtype == "int8" for i in node.inputs if i not in entering)
+        return bool(entering) and others_int8 and self.wants_int8(node.name)
+
+    def lower_entering_move(self, node: Node) -> QNode:
+        """The op of `quantizes_inputs_first` on its inputs quantized: a concat rescaled as any, a
+        single input's move (a strided slice too: it keeps values as they are) at its scale.
+        Slices elsewhere stay float: in int8 they would make the elementwise steps after them
+        int8 too (an STFT's real and imaginary parts, squared, lose their range)."""
+        inputs = [self.as_int8(i) for i in node.inputs]
+        if node.op == "relax.concat":
+            qnode = self.lower_concat(dataclasses.replace(node, inputs=inputs))
+            qnode.source = node
+            return qnode
+        scale = self.nodes[inputs[0]].scale
+        return QNode(node.name, "passthrough", inputs, node.shape, "int8", scale, source=node)
 
     def lower_float(self, node: Node) -> QNode:
         inputs = [self.as_float(i) for i in node.inputs]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from codesign.float_numpy import strided_slice
 from codesign.graph import split_points
 from codesign.quantize import QNode, QuantizedGraph
 
@@ -172,6 +173,8 @@ def passthrough(node: QNode, x: np.ndarray) -> np.ndarray:
         attrs = node.source.call.attrs
         axes = None if attrs.axis is None else tuple(int(axis) for axis in attrs.axis)
         return np.max(x, axis=axes, keepdims=bool(attrs.keepdims))
+    if op == "relax.strided_slice":  # constant bounds, positive steps (float_numpy.is_static_slice)
+        return strided_slice(node.source, x)
     if op == "relax.image.resize2d":  # nearest, whole factors (quantize.is_nearest_upsample)
         factor_h, factor_w = node.shape[2] // x.shape[2], node.shape[3] // x.shape[3]
         return x.repeat(factor_h, axis=2).repeat(factor_w, axis=3)
