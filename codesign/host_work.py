@@ -90,6 +90,8 @@ def _conversion_bytes(node, inputs, layouts: Layouts) -> float:
 def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
     """An int8 host op on blocked tensors, as on NCHW ones but at their padded sizes, plus
     unpacking its output where a consumer needs NCHW."""
+    if node.op == "passthrough" and node.source.op in ("relax.split", "TupleGetItem"):
+        return _blocked_split_work(node, inputs, layouts)
     out = _elements(layouts.packed_shape(node.shape))
     read = sum(_elements(layouts.packed_shape(i.shape)) for i in inputs)
     unpacked = 2.0 * _elements(node.shape) if layouts.writes_nchw(node) else 0.0
@@ -100,6 +102,17 @@ def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
     else:
         ops = float(max(out, read) * _ops_per_element(node, node.op))
     return ops, read + out + unpacked
+
+
+def _blocked_split_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
+    """A split of whole channel blocks cuts contiguous runs of the blocked layout when it has
+    one row block (free, as a split into views is on NCHW tensors), else it copies them; a part
+    is free, plus its unpacking where a consumer needs NCHW."""
+    if node.source.op == "TupleGetItem":
+        return 0.0, 2.0 * _elements(node.shape) if layouts.writes_nchw(node) else 0.0
+    blocked = _elements(layouts.packed_shape(inputs[0].shape))
+    row_blocks = layouts.packed_shape(inputs[0].shape)[1]
+    return (0.0, 0.0) if row_blocks == 1 else (float(blocked), 2.0 * blocked)
 
 
 def host_seconds(ops: float, nbytes: float, hw) -> float:

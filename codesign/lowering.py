@@ -22,7 +22,7 @@ from codesign import progress
 from codesign.compression import CompressionConfig
 from codesign.emit import emit_float_node, emit_host_call, module_without_main
 from codesign.errors import HardwareError
-from codesign.graph import channel_axis
+from codesign.graph import channel_axis, split_points
 from codesign.host_work import node_work
 from codesign.importer import ImportedModel
 from codesign.packed_layout import plan_layouts
@@ -359,6 +359,10 @@ class _Lowerer:
                 *consts,
                 primfunc_name_hint="host_conv2d",
             )
+        if node.op == "passthrough" and node.source.op == "relax.split":  # whole blocks: along axis 2
+            return self.bb.emit(blocked_split(args[0], node.source.call.attrs, block))
+        if node.op == "passthrough" and node.source.op == "TupleGetItem":
+            return self.bb.emit(relax.TupleGetItem(args[0], node.source.call.index))
         if node.op == "passthrough":  # a max pool or a nearest upsampling, on axes 3 and 4
             spatial = _blocked_max_pool_te if node.source.op == "relax.nn.max_pool2d" else _blocked_upsample_te
             te_func = functools.partial(spatial, attrs=node.source.call.attrs, out_hw=tuple(node.shape[2:]))
@@ -713,6 +717,14 @@ RESCALING_OPS = {
     "multiply": ("multiplier", "shift"),
     "mean": ("multiplier", "shift"),
 }
+
+
+def blocked_split(x: relax.Expr, attrs, block: int) -> relax.Expr:
+    """relax.split of NCHW channels (`attrs`) on the blocked layout: the same parts, along its
+    axis 2 of channel blocks (packed_layout.splits_whole_blocks)."""
+    points = split_points(attrs)
+    sections = points if isinstance(points, int) else [point // block for point in points]
+    return relax.op.split(x, sections, axis=2)
 
 
 def _unpacked_te(weight: te.Tensor, shape: tuple[int, ...]) -> te.Tensor:

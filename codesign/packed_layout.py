@@ -8,9 +8,9 @@ a grouped conv whose groups fall on whole blocks, depthwise convs the core runs 
 of bi channels included, reads them as runs of blocks: `groups_fill_blocks`). Elementwise int8 host ops
 (lookup tables, clamps, residual adds, squeeze-and-excitation gates) run on blocked tensors
 just as well, and so do the ops that work on each channel alone: depthwise convs on the host,
-average pools and global ones, max pools and nearest upsampling; and concatenations along the
-channels whose parts fill whole blocks (DenseNet's growth of 32 channels, YOLO's and PP-OCR's
-necks). So a chain conv -> HardSwish -> conv, a residual block, a MobileNet block (conv ->
+average pools and global ones, max pools and nearest upsampling; and concatenations and splits
+along the channels whose parts fill whole blocks (DenseNet's growth of 32 channels, YOLO's and
+PP-OCR's necks, YOLOv8's C2f blocks). So a chain conv -> HardSwish -> conv, a residual block, a MobileNet block (conv ->
 depthwise conv -> SE -> conv) or a feature pyramid's neck stays blocked throughout. The host
 converts only where a consumer needs NCHW: model outputs, taps, and every other op.
 
@@ -88,7 +88,11 @@ def groups_fill_blocks(node, qgraph, core) -> bool:
 def runs_on_blocks(node, qgraph, block: int) -> bool:
     """An int8 host op on 4-D tensors that may run on blocked ones: each output channel (and
     batch row) computed from the same channel (and row) of its inputs only, or a concatenation
-    of whole blocks along the channels."""
+    or split of whole blocks along the channels (and a split's parts)."""
+    if node.op == "passthrough" and node.source.op == "relax.split":
+        return splits_whole_blocks(node, qgraph, block)
+    if node.op == "passthrough" and node.source.op == "TupleGetItem":
+        return qgraph.nodes[node.inputs[0]].op == "passthrough"  # a part of an int8 split
     if node.shape is None or len(node.shape) != 4 or node.dtype != "int8":
         return False
     shapes = [qgraph.nodes[i].shape for i in node.inputs]
@@ -105,6 +109,20 @@ def runs_on_blocks(node, qgraph, block: int) -> bool:
     return node.op == "conv2d" and node.placement == "host" and is_depthwise(node, shapes[0])
 
 
+def splits_whole_blocks(node, qgraph, block: int) -> bool:
+    """A split of a 4-D int8 tensor along the channels into parts of whole blocks (YOLOv8's C2f
+    blocks split a conv's 2 x 16 channels or more in two)."""
+    in_shape = qgraph.nodes[node.inputs[0]].shape
+    attrs = node.source.call.attrs
+    if in_shape is None or len(in_shape) != 4 or int(attrs.axis) % 4 != 1:
+        return False
+    try:  # indices (graph.split_points, without importing TVM here)
+        return all(int(point) % block == 0 for point in attrs.indices_or_sections)
+    except TypeError:  # a count of equal parts
+        parts = int(attrs.indices_or_sections)
+        return in_shape[1] % parts == 0 and (in_shape[1] // parts) % block == 0
+
+
 def _whole_blocks(shape, out_shape, block: int) -> bool:
     """A concatenated input that fills whole channel blocks (no padded channel between parts)."""
     return shape is not None and len(shape) == 4 and shape[0] == out_shape[0] and shape[1] % block == 0
@@ -115,6 +133,10 @@ def _broadcasts_spatially(shape, out_shape) -> bool:
     if shape is None or len(shape) != 4 or shape[:2] != out_shape[:2]:
         return False
     return all(size in (1, out) for size, out in zip(shape[2:], out_shape[2:]))
+
+
+def _is_split(node) -> bool:
+    return node.op == "passthrough" and node.source.op == "relax.split"
 
 
 def is_depthwise(node, in_shape) -> bool:
@@ -138,6 +160,8 @@ def plan_layouts(qgraph, hw, boundaries=()) -> Layouts:
     for node in reversed(list(qgraph.nodes.values())):
         if node.name in candidates - chained and any(c in packed for c in consumers[node.name]):
             packed.add(node.name)
+    # A blocked split's tuple is never unpacked: every part is blocked (and unpacked if need be).
+    packed |= {c for name in packed if _is_split(qgraph.nodes[name]) for c in consumers[name]}
     nchw_readers = set(qgraph.outputs) | set(boundaries)
     unpacked = {name for name in packed if name in nchw_readers or any(c not in packed for c in consumers[name])}
     return Layouts(frozenset(packed), frozenset(unpacked), hw.batch, hw.block_in)
