@@ -93,6 +93,8 @@ def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
     if node.op == "passthrough" and node.source.op in ("relax.split", "TupleGetItem"):
         return _blocked_split_work(node, inputs, layouts)
     out = _elements(layouts.packed_shape(node.shape))
+    if node.op == "im2col":  # reads its NCHW input, writes the blocks (packed_layout.writes_blocks)
+        return float(out), _elements(inputs[0].shape) + out
     read = sum(_elements(layouts.packed_shape(i.shape)) for i in inputs)
     unpacked = 2.0 * _elements(node.shape) if layouts.writes_nchw(node) else 0.0
     if node.op == "conv2d":

@@ -331,8 +331,11 @@ class _Lowerer:
             source = node.inputs[0]
             data = blocked[source] if source in blocked else self.emit_pack(values[source])
             return self.emit_chained_kernel(node, data)
-        args = [blocked[i] for i in node.inputs]
         p, block = node.params, self.layouts.block
+        if node.op == "im2col":  # reads NCHW, writes the blocks (packed_layout.writes_blocks)
+            unfold = functools.partial(_blocked_im2col_te, p=p, out_shape=tuple(node.shape), hw=self.hw)
+            return self.bb.emit_te(unfold, values[node.inputs[0]], primfunc_name_hint="im2col")
+        args = [blocked[i] for i in node.inputs]
         if node.op == "lut" and p["table"].ndim == 2:
             table = relax.const(_blocked_rows(p["table"], block))
             return self.bb.emit_te(_blocked_channel_lut_te, args[0], table, primfunc_name_hint="lookup_table")
@@ -744,6 +747,25 @@ def _zero_padded_channels_te(x: te.Tensor, channels: int) -> te.Tensor:
 
 def _im2col_te(x: te.Tensor, p: dict, out_shape: tuple[int, ...]) -> te.Tensor:
     """A narrow-input conv's input unfolded (schedules.narrow_inputs; codesign.reference.im2col)."""
+    return te.compute(out_shape, _im2col_tap(x, p), name="im2col")
+
+
+def _blocked_im2col_te(x: te.Tensor, p: dict, out_shape: tuple[int, ...], hw) -> te.Tensor:
+    """The unfolded input written in the blocks its conv reads (what pack_activation_te would
+    make of _im2col_te's result, without the NCHW pass: packed_layout.writes_blocks)."""
+    n, c, h, w = out_shape
+    block, tap = hw.input_block, _im2col_tap(x, p)
+
+    def blocked(_g, no, co, y, xx, b, i):
+        row, chan = no * hw.batch + b, co * block + i
+        return tirx.if_then_else(tirx.all(row < n, chan < c), tap(row, chan, y, xx), tirx.const(0, "int8"))
+
+    shape = (1, -(-n // hw.batch), -(-c // block), h, w, hw.batch, block)
+    return te.compute(shape, blocked, name="im2col_blocked")
+
+
+def _im2col_tap(x: te.Tensor, p: dict):
+    """(row, unfolded channel, y, x) -> the int8 value im2col puts there."""
     (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["strides"], p["dilation"]
     top, left = p["padding"][:2]
     h, w = (int(d) for d in x.shape[2:])
@@ -755,7 +777,7 @@ def _im2col_te(x: te.Tensor, p: dict, out_shape: tuple[int, ...]) -> te.Tensor:
         safe_row, safe_col = tirx.max(tirx.min(row, h - 1), 0), tirx.max(tirx.min(col, w - 1), 0)
         return tirx.if_then_else(inside, x[b, c, safe_row, safe_col], tirx.const(0, "int8"))
 
-    return te.compute(out_shape, tap, name="im2col")
+    return tap
 
 
 def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode):

@@ -10,8 +10,10 @@ of bi channels included, reads them as runs of blocks: `groups_fill_blocks`). El
 just as well, and so do the ops that work on each channel alone: depthwise convs on the host,
 average pools and global ones, max pools and nearest upsampling; and concatenations and splits
 along the channels whose parts fill whole blocks (DenseNet's growth of 32 channels, YOLO's and
-PP-OCR's necks, YOLOv8's C2f blocks). So a chain conv -> HardSwish -> conv, a residual block, a MobileNet block (conv ->
-depthwise conv -> SE -> conv) or a feature pyramid's neck stays blocked throughout. The host
+PP-OCR's necks, YOLOv8's C2f blocks). An im2col (a narrow-input conv's unfolded input) reads
+NCHW and writes the blocks its conv reads (`writes_blocks`). So a chain conv -> HardSwish ->
+conv, a residual block, a MobileNet block (conv -> depthwise conv -> SE -> conv) or a feature
+pyramid's neck stays blocked throughout. The host
 converts only where a consumer needs NCHW: model outputs, taps, and every other op.
 
 The blocks zero-fill channels (and batch rows) up to whole blocks. What the padded channels
@@ -109,6 +111,13 @@ def runs_on_blocks(node, qgraph, block: int) -> bool:
     return node.op == "conv2d" and node.placement == "host" and is_depthwise(node, shapes[0])
 
 
+def writes_blocks(node) -> bool:
+    """A host op that reads NCHW and can write the blocked layout as it computes: im2col, the
+    unfolded input of a narrow-input conv (schedules.narrow_inputs), read by that conv alone;
+    blocked when the conv chains, it spares the conv's packing pass."""
+    return node.op == "im2col"
+
+
 def splits_whole_blocks(node, qgraph, block: int) -> bool:
     """A split of a 4-D int8 tensor along the channels into parts of whole blocks (YOLOv8's C2f
     blocks split a conv's 2 x 16 channels or more in two)."""
@@ -153,6 +162,8 @@ def plan_layouts(qgraph, hw, boundaries=()) -> Layouts:
     candidates = set(chained)
     for node in qgraph.nodes.values():
         if runs_on_blocks(node, qgraph, hw.block_in) and all(i in candidates for i in node.inputs):
+            candidates.add(node.name)
+        elif writes_blocks(node):
             candidates.add(node.name)
     # Backward: a host op runs blocked only when some consumer reads it blocked.
     consumers = qgraph.consumers()
