@@ -114,7 +114,8 @@ def runs_on_blocks(node, qgraph, block: int) -> bool:
 def writes_blocks(node) -> bool:
     """A host op that reads NCHW and can write the blocked layout as it computes: im2col, the
     unfolded input of a narrow-input conv (schedules.narrow_inputs), read by that conv alone;
-    blocked when the conv chains, it spares the conv's packing pass."""
+    blocked when the conv chains and its own input is NCHW (a model input), it spares the
+    conv's packing pass."""
     return node.op == "im2col"
 
 
@@ -163,8 +164,8 @@ def plan_layouts(qgraph, hw, boundaries=()) -> Layouts:
     for node in qgraph.nodes.values():
         if runs_on_blocks(node, qgraph, hw.block_in) and all(i in candidates for i in node.inputs):
             candidates.add(node.name)
-        elif writes_blocks(node):
-            candidates.add(node.name)
+        elif writes_blocks(node) and not any(i in candidates for i in node.inputs):
+            candidates.add(node.name)  # it reads NCHW: an input that could be blocked is not read so
     # Backward: a host op runs blocked only when some consumer reads it blocked.
     consumers = qgraph.consumers()
     packed = set(chained)

@@ -9,7 +9,7 @@ input channel c, zero where the tap falls in the padding), and the conv a 1x1 co
 weight reshaped to (O, C*KH*KW, 1, 1): the same sums of the same products, so the integers are
 the conv's. The core then pads C*KH*KW to whole blocks once (25 -> 32 lanes for mnist-8's, 147
 -> 160 for ResNet-18's), at the price of the host writing the unfolded input (KH*KW/stride^2
-times the input) and packing it for the core.
+times the input), in the blocks the core reads where the layers chain.
 
 Whether that pays is a question of modelled cost (`unfolding_pays`); quantization decides it
 per layer, as it places narrow-group convs (schedules.narrow_groups).
@@ -45,8 +45,11 @@ def unfolded(shape: ConvShape) -> ConvShape:
 def unfolding_pays(shape: ConvShape, hw, alu_ops=(), weight_bits: int | None = None) -> bool:
     """Is the unfolded conv modelled faster? The core's time for each (analytic cost model under
     the tile rule's tiling, as `accelerator_seconds`), the unfolded one plus the host's extra
-    work: writing the im2col tensor (one op and two bytes per element: read, write) and packing
-    it for the core instead of the input (two bytes per element each)."""
+    work: the im2col (one op per element), which on a core whose blocks chain writes the blocks
+    the conv reads (packed_layout.writes_blocks: reading the input and writing the columns
+    instead of packing the input, two bytes per element of it), else writes NCHW columns that
+    are packed in turn (two bytes per element, and two more for packing the columns instead of
+    the input)."""
     core = hw.for_layer_weights(weight_bits)
     if not is_narrow_input(shape, core.block_in):
         return False
@@ -58,7 +61,9 @@ def unfolding_pays(shape: ConvShape, hw, alu_ops=(), weight_bits: int | None = N
         return False
     columns = flat.batch * flat.in_channels * flat.in_h * flat.in_w
     inputs = shape.batch * shape.in_channels * shape.in_h * shape.in_w
-    extra_host = host_seconds(columns, 2.0 * columns + 2.0 * max(columns - inputs, 0), hw)
+    chains = core.input_block == core.block_out == hw.block_out
+    extra_bytes = columns - inputs if chains else 2.0 * columns + 2.0 * (columns - inputs)
+    extra_host = host_seconds(columns, max(extra_bytes, 0), hw)
     return unfolded_seconds + extra_host < direct_seconds
 
 

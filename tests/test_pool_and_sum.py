@@ -17,7 +17,8 @@ from codesign.metrics import cosine
 from codesign.pipeline import compile_model
 from codesign.reference import avg_pool2d, run_reference
 
-INTEGER_OPS = {"input", "quantize", "conv2d", "lut", "clamp", "add", "avg_pool2d", "dequantize", "passthrough"}
+INTEGER_OPS = {"input", "quantize", "im2col", "conv2d", "lut", "clamp", "add", "avg_pool2d", "dequantize"}
+INTEGER_OPS |= {"passthrough"}
 
 
 def _pooled_block(tmp_path, count_include_pad: int):
