@@ -72,7 +72,7 @@ def _program_digest(qgraph: QuantizedGraph, graph: Graph) -> str:
     digest = hashlib.sha256()
     for node in qgraph.nodes.values():
         digest.update(repr((node.name, node.op, node.inputs, node.shape, node.dtype, node.placement)).encode())
-        for name, value in [("scale", node.scale), *node.params.items()]:
+        for name, value in [("scale", node.scale), ("zero_point", node.zero_point), *node.params.items()]:
             digest.update(name.encode() + _value_bytes(value))
     for node in graph.gemm_nodes():
         for array in (node.layer.weight, node.layer.bias):

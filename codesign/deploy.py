@@ -91,12 +91,19 @@ def quantization_summary(result: CompileResult) -> dict:
             channel = {key: p[key].tolist() for key in activation.channel_params}
             layers[node.name]["activation"] = {**dataclasses.asdict(activation), **channel}
     return {
-        "scheme": "symmetric int8 activations per tensor (per channel before grouped convs and lookup tables),"
+        "scheme": "int8 activations per tensor (per channel before grouped convs and lookup tables), symmetric"
+        " but for one-sided lookup tables read by unpadded GEMMs (a zero point, folded into the readers' bias),"
         " weights per output channel, int32 bias",
         "config": qgraph.config.to_dict(),
         "calibration": result.calibration,
         "requantization": "clamp(((acc + bias) * multiplier + ((1 << shift) >> 1)) >> shift, lo, hi)",
         "tensor_scales": tensors,
+        # real = (int8 - zero_point) * scale; only one-sided tables read by unpadded GEMMs have one
+        "tensor_zero_points": {
+            n.name: _scale_json(n.zero_point)
+            for n in qgraph.nodes.values()
+            if n.dtype == "int8" and np.any(n.zero_point)
+        },
         "layers": layers,
     }
 

@@ -59,12 +59,14 @@ ELEMENTWISE_OPS = {
 }
 
 
-def quantize_float32(values: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
-    """The integer program's quantize: clamp(floor(x * (1 / scale) + 0.5)) in float32; channel
-    scales (an array) apply to the rows of `values`."""
+def quantize_float32(values: np.ndarray, scale: float | np.ndarray, zero_point: int | np.ndarray = 0) -> np.ndarray:
+    """The integer program's quantize: clamp(floor(x * (1 / scale) + 0.5) + zero_point) in
+    float32; channel scales and zero points (arrays) apply to the rows of `values`."""
     inv_scale = (1.0 / np.asarray(scale, dtype=np.float64)).astype(np.float32)
     inv_scale = inv_scale.reshape(-1, 1) if inv_scale.ndim else inv_scale
-    scaled = np.floor(values.astype(np.float32) * inv_scale + np.float32(0.5))
+    offset = np.asarray(zero_point, dtype=np.float32)
+    offset = offset.reshape(-1, 1) if offset.ndim else offset
+    scaled = np.floor(values.astype(np.float32) * inv_scale + np.float32(0.5)) + offset
     return np.clip(scaled, -128, 127).astype(np.int8)
 
 
@@ -73,15 +75,31 @@ def table_rows(*scales: float | np.ndarray) -> int:
     return max(np.size(scale) for scale in scales)
 
 
-def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dict[str, float | np.ndarray]) -> dict:
+def tabulate(
+    graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dict[str, float | np.ndarray], zero_points=None
+) -> dict:
     """{output node: int8 table} for chains {output: (root, [graph nodes root -> output])}. `scales`
-    holds the int8 scale of every root and output; the table is (256,) when both are per tensor,
-    else (channels, 256) with one row per channel."""
+    holds the int8 scale of every root and output, `zero_points` an output's zero point where it
+    has one; the table is (256,) when both are per tensor, else (channels, 256) with one row per
+    channel."""
+    zero_points = zero_points or {}
+    values = tabulated_values(graph, chains, {name: scales[root] for name, (root, _) in chains.items()}, scales)
+    tables = {}
+    for name, rows in values.items():
+        table = quantize_float32(rows, scales[name], zero_points.get(name, 0))
+        tables[name] = table[0] if len(table) == 1 else table
+    return tables
+
+
+def tabulated_values(graph: Graph, chains: dict, root_scales: dict, out_scales: dict) -> dict[str, np.ndarray]:
+    """{output node: (rows, 256) float values of the chain at the root's 256 int8 values}: one
+    row, or one per channel where the root's or the output's scales or the chain's constants are
+    per channel."""
     if not chains:
         return {}
     channels = {name: chain_channels(graph, steps) for name, (_, steps) in chains.items()}
-    rows = {name: max(table_rows(scales[root], scales[name]), channels[name]) for name, (root, _) in chains.items()}
-    inputs = {name: _root_values(scales[root], rows[name]) for name, (root, _) in chains.items()}
+    rows = {name: max(table_rows(root_scales[name], out_scales[name]), channels[name]) for name in chains}
+    inputs = {name: _root_values(root_scales[name], rows[name]) for name in chains}
     # A chain with channel constants sees its rows as the channels (axis 1) of one tensor.
     ranks = {name: len(graph.nodes[name].shape) for name in chains}
     inputs = {name: _channel_map(inputs[name], ranks[name]) if channels[name] > 1 else inputs[name] for name in chains}
@@ -89,12 +107,11 @@ def tabulate(graph: Graph, chains: dict[str, tuple[str, list[str]]], scales: dic
     results = {name: _numpy_chain(graph, *chains[name], name, inputs[name]) for name in in_numpy}
     rest = {name: chain for name, chain in chains.items() if name not in in_numpy}
     results.update(_compiled_chains(graph, rest, inputs))
-    tables = {}
+    values = {}
     for name in chains:
-        values = _channel_rows(results[name], ranks[name]) if channels[name] > 1 else results[name]
-        table = quantize_float32(values.reshape(rows[name], 256), scales[name])
-        tables[name] = table[0] if rows[name] == 1 else table
-    return tables
+        result = _channel_rows(results[name], ranks[name]) if channels[name] > 1 else results[name]
+        values[name] = result.reshape(rows[name], 256)
+    return values
 
 
 def chain_channels(graph: Graph, steps: list[str]) -> int:

@@ -205,10 +205,17 @@ class _Lowerer:
         node = self.qgraph.nodes[name]
         if node.dtype != "int8":
             return values[name]
-        return self.emit_dequantize(values[name], np.asarray(node.scale, dtype=np.float32), "tap")
+        return self.emit_dequantize(values[name], np.asarray(node.scale, dtype=np.float32), "tap", node.zero_point)
 
-    def emit_dequantize(self, x: relax.Expr, scale: np.ndarray, hint: str = "dequantize") -> relax.Expr:
-        """int8 -> float32 by one scale, or by a scale per channel (axis 1)."""
+    def emit_dequantize(
+        self, x: relax.Expr, scale: np.ndarray, hint: str = "dequantize", zero_point: int | np.ndarray = 0
+    ) -> relax.Expr:
+        """int8 -> float32 by one scale, or by a scale per channel (axis 1); less a zero point
+        where the tensor has one (one, or one per channel)."""
+        if np.any(zero_point):
+            zero_points = np.broadcast_to(np.asarray(zero_point, dtype=np.int32).reshape(-1), (scale.size,))
+            operands = [relax.const(scale.reshape(-1).astype(np.float32)), relax.const(zero_points.copy())]
+            return self.bb.emit_te(_dequantize_offset_te, x, *operands, primfunc_name_hint=hint)
         if scale.size == 1:
             # The scale as an operand, not a literal: a tuner's profiles, whose output scales
             # differ, then share one compiled kernel.
@@ -252,7 +259,9 @@ class _Lowerer:
                 lambda x: _quantize_te(x, float(p["inv_scale"])), args[0], primfunc_name_hint="quantize"
             )
         if node.op == "dequantize":
-            return self.emit_dequantize(args[0], np.asarray(p["scale"], dtype=np.float32))
+            return self.emit_dequantize(
+                args[0], np.asarray(p["scale"], dtype=np.float32), zero_point=p.get("zero_point", 0)
+            )
         if node.op in ("conv2d", "matmul") and node.placement == "accel":
             return self.emit_accelerated(node, args)
         if node.op == "conv2d":
@@ -505,6 +514,20 @@ def _quantize_te(x: te.Tensor, inv_scale: float) -> te.Tensor:
 
 def _dequantize_te(x: te.Tensor, scale: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, lambda *i: x(*i).astype("float32") * scale[0], name="dequantize")
+
+
+def _dequantize_offset_te(x: te.Tensor, scales: te.Tensor, zero_points: te.Tensor) -> te.Tensor:
+    """(x - zero point) * scale: one of each, or one per channel (axis 1)."""
+    axis = channel_axis(tuple(x.shape)) if int(scales.shape[0]) > 1 else None
+
+    def channel(i):
+        return 0 if axis is None else i[axis]
+
+    return te.compute(
+        x.shape,
+        lambda *i: (x(*i).astype("int32") - zero_points[channel(i)]).astype("float32") * scales[channel(i)],
+        name="dequantize",
+    )
 
 
 def _dequantize_channels_te(x: te.Tensor, scales: te.Tensor) -> te.Tensor:

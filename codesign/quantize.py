@@ -43,10 +43,10 @@ import numpy as np
 from codesign.alu_activations import HardSwish, chain_activation
 from codesign.calibration import TensorRanges
 from codesign.errors import HardwareError, ModelError
-from codesign.float_numpy import is_static_slice, window_counts
+from codesign.float_numpy import is_static_slice, supports_node, window_counts
 from codesign.graph import FLOAT_MAX, FLOAT_MIN, Graph, Node, channel_shaped, remove_dead
 from codesign.host_work import host_seconds, node_work
-from codesign.lookup_tables import ELEMENTWISE_OPS, channel_constant_count, tabulate
+from codesign.lookup_tables import ELEMENTWISE_OPS, channel_constant_count, tabulate, tabulated_values
 from codesign.plan import ACTIVATION_FRACTION_BITS, AluActivation, layer_alu_ops
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.narrow_groups import accelerator_seconds, is_narrow, super_grouped
@@ -69,6 +69,11 @@ CHANNEL_SCALE_FLOOR = 1 / 256
 # rec 0.981 / 0.982, YOLOX 0.998 / 0.998, and PP-OCR's classifier on a shift-only ALU 99.75 %
 # top-1 on 400 rendered lines at both (before per-channel adds, 0.75 cost it half a point).
 MIXED_CHANNEL_MIGRATION = 0.75
+# A table is one-sided where its values reach below zero by at most this share of their reach
+# above it (HardSwish: 0.375 below, several units above). A symmetric int8 scale leaves such a
+# tensor half of its codes; a zero point gives it all 256 at (at least) 1.5x finer steps
+# (README, "Zero points on one-sided activations": PP-OCRv4 det's int8 cosine 0.9854 -> 0.9904).
+ONE_SIDED_REACH = 1 / 3
 INT8_PASSTHROUGH_OPS = {
     "relax.reshape",
     "relax.permute_dims",
@@ -97,6 +102,7 @@ class QuantConfig:
     unfold: tuple[str, ...] | None = None  # narrow-input convs to unfold
     host_convs: tuple[str, ...] | None = None  # grouped convs on the host
     alu_activations: tuple[str, ...] | None = None  # GEMMs computing their activation in the ALU
+    offset_tables: bool = True  # one-sided tables read by unpadded GEMMs get a zero point
     # The description narrow-group convs are priced on, to place them (None: they stay on the host).
     hardware: object = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -146,7 +152,8 @@ class QNode:
     """One step of the integer program. `params` holds op-specific numpy arrays and ints:
 
     quantize   inv_scale                         int8 = clamp(floor(x * inv_scale + 0.5))
-    dequantize scale (scalar or (1, C, 1, 1))    float = int8 * scale
+    dequantize scale (scalar or (1, C, 1, 1)),   float = (int8 - zero_point) * scale
+               zero_point where the input has one (the same shape)
     conv2d     weight (O,I/g,KH,KW) int8, bias/multiplier/shift (O,) int32, lo, hi,
                strides, padding (t,l,b,r), groups; a host conv may hold the `table` of the
                lookup that read it alone, applied to its int8 result (merge_tables_into_host_convs)
@@ -155,7 +162,8 @@ class QNode:
                both may hold a fused `activation` (codesign.plan.AluActivation) and its
                per-channel parameters (gate_bias/gate_multiplier/gate_shift for HardSwish)
     lut        table (256,) int8: y = table[x + 128], an elementwise float chain tabulated;
-               (C, 256) when input or output has channel scales: y = table[c, x + 128]
+               (C, 256) when input or output has channel scales: y = table[c, x + 128];
+               a one-sided table's result has a zero point (QNode.zero_point)
     add        multiplier_a, multiplier_b, shift, lo, hi
     multiply   multiplier, shift (of a * b, broadcasting)
     concat     axis, multipliers (one per input), shift
@@ -180,6 +188,9 @@ class QNode:
     # The float graph's tensor this value stands for where that is not `name`'s: an activation
     # fused into the GEMM or host conv before it.
     float_name: str | None = None
+    # real = (int8 - zero_point) * scale: nonzero only for one-sided tables (`_Quantizer.offset`),
+    # an array where the scale is one
+    zero_point: int | np.ndarray = 0
 
 
 @dataclasses.dataclass
@@ -249,6 +260,17 @@ def input_channel_scales(in_scales: np.ndarray, weight: np.ndarray, groups: int)
     group = np.arange(out_channels) // (out_channels // groups)
     channel = group[:, None] * group_inputs + np.arange(group_inputs)[None, :]
     return in_scales[channel][:, :, None, None]
+
+
+def zero_point_sums(weight: np.ndarray, zero_point: int | np.ndarray, layer) -> np.ndarray:
+    """Per output channel, the sum of the weights times their input's zero point: what the
+    accumulator holds beyond the real values' sum, so the bias takes it away."""
+    weight = weight.astype(np.int64)
+    if layer.kind != "conv2d":  # a matmul's (K, N) weight; its input has one zero point
+        return int(zero_point) * weight.sum(axis=0)
+    if np.ndim(zero_point):
+        zero_point = input_channel_scales(np.asarray(zero_point, dtype=np.int64), weight, layer.groups)
+    return (weight * zero_point).sum(axis=(1, 2, 3))
 
 
 def weight_scales(weight: np.ndarray, channel_axis: int, config: QuantConfig) -> np.ndarray:
@@ -418,12 +440,16 @@ class _Quantizer:
         form = self.alu_activation(node, root) if self.takes_activation(gemm) else None
         if form is None:
             return None
-        out_scale = self.output_scale(node.name)
-        params = self.activation_params(form, self.acc_scales[root], out_scale)
-        if not self.fuses(gemm, params, QNode(node.name, "lut", [root], node.shape, "int8", out_scale)):
+        out_scale, zero_point = self.output_scale(node.name), 0
+        offset = self.offset(node, root, out_scale)
+        if offset is not None:
+            out_scale, zero_point = offset
+        params = self.activation_params(form, self.acc_scales[root], out_scale, zero_point)
+        table = QNode(node.name, "lut", [root], node.shape, "int8", out_scale, zero_point=zero_point)
+        if not self.fuses(gemm, params, table):
             return None
         gemm.params.update(params)
-        gemm.scale = out_scale
+        gemm.scale, gemm.zero_point = out_scale, zero_point
         gemm.float_name = node.name
         self.fused[node.name] = root
         return gemm
@@ -480,11 +506,14 @@ class _Quantizer:
             return False
         return chain_activation(self.graph, root, [*chain, readers[0]]) is not None
 
-    def activation_params(self, form, acc_scale: np.ndarray, out_scale) -> dict:
+    def activation_params(self, form, acc_scale: np.ndarray, out_scale, zero_point=0) -> dict:
         """Requantization params computing the activation `form` (codesign.alu_activations) of the
-        accumulator, of real scale `acc_scale` with its bias, at an int8 output of `out_scale`.
-        The activation's result has the real scale c * acc_scale / one. Its multipliers have at
-        most 16 bits, so that x * gate * multiplier stays within int64."""
+        accumulator, of real scale `acc_scale` with its bias, at an int8 output of `out_scale`
+        and `zero_point`. The activation's result has the real scale c * acc_scale / one. Its
+        multipliers have at most 16 bits, so that x * gate * multiplier stays within int64. The
+        zero point joins the offset added before the requantization, as zero_point * 2**shift /
+        multiplier rounded: the output's zero point is then within half a rescaling factor (far
+        below one int8 step) of the integer its readers take out."""
         bits = min(self.config.multiplier_bits, 16)
         if isinstance(form, HardSwish):
             activation = AluActivation("hardswish")
@@ -493,6 +522,7 @@ class _Quantizer:
         multiplier, shift = fixed_point(form.c * acc_scale / (activation.one * out_scale), bits, False)
         params = {"activation": activation, "multiplier": multiplier, "shift": shift, "lo": INT8_MIN, "hi": INT8_MAX}
         offset = np.round(form.d * activation.one / (form.c * acc_scale))  # d in the result's units
+        offset = offset + np.round(zero_point * 2.0**shift / multiplier)
         params["offset"] = np.clip(offset, -(2**31), 2**31 - 1).astype(np.int32)
         if isinstance(form, HardSwish):  # gate = clamp(a * real + b, 0, 1) in steps of 1 / one
             gate_bias = np.round(form.b / (form.a * acc_scale))
@@ -502,14 +532,60 @@ class _Quantizer:
         return params
 
     def lower_lut(self, node: Node, root: str) -> QNode:
+        qnode = QNode(node.name, "lut", [root], node.shape, "int8", self.output_scale(node.name), source=node)
+        offset = self.offset(node, root, qnode.scale)
+        if offset is not None:
+            qnode.scale, qnode.zero_point = offset
         self.lut_roots[node.name] = root
-        return QNode(node.name, "lut", [root], node.shape, "int8", self.output_scale(node.name), source=node)
+        return qnode
+
+    def offset(self, node: Node, root: str, scale) -> tuple | None:
+        """The finer scale and zero point of a one-sided table (ONE_SIDED_REACH), per channel where
+        `scale` is, or None. Only where every reader is a GEMM that takes the zero point into its
+        bias (`reads_zero_point`): the same integers wherever the reader runs."""
+        if not self.config.offset_tables or not all(
+            self.reads_zero_point(user, node.name) for user in self.users[node.name]
+        ):
+            return None
+        self.lut_roots[node.name] = root
+        chain = self.lut_chain(node.name)
+        del self.lut_roots[node.name]
+        if not all(supports_node(self.graph.nodes[step]) for step in chain):
+            return None  # its values would need a compiled function here
+        values = tabulated_values(
+            self.graph, {node.name: (root, chain)}, {node.name: self.nodes[root].scale}, {node.name: scale}
+        )
+        with np.errstate(invalid="ignore"):
+            low = np.min(np.where(np.isnan(values[node.name]), np.inf, values[node.name]), axis=1)
+        reach_below = np.maximum(-low, 0.0) if np.ndim(scale) else np.maximum(-low.min(), 0.0)
+        reach_above = INT8_MAX * np.asarray(scale, dtype=np.float64)
+        finer = np.asarray(activation_scale((reach_above + reach_below) / 2, self.config), dtype=np.float64)
+        one_sided = (reach_below <= ONE_SIDED_REACH * reach_above) & (finer < scale)
+        if not np.any(one_sided):
+            return None
+        new_scale = np.where(one_sided, finer, scale)
+        zero_point = np.where(one_sided, INT8_MIN + np.ceil(reach_below / new_scale), 0).astype(np.int32)
+        if np.ndim(scale) == 0:
+            return float(new_scale), int(zero_point)
+        return new_scale, zero_point
+
+    def reads_zero_point(self, user: str, producer: str) -> bool:
+        """Does this reader take a zero point in its bias: an integer GEMM with constant weights
+        reading `producer` as its data, without padding (a pad would insert real zeros)?"""
+        node = self.graph.nodes.get(user)  # None: the model's output
+        if node is None or node.op != "gemm" or self.config.keeps_float(user):
+            return False
+        layer = node.layer
+        if node.inputs[0] != producer or producer in node.inputs[1:] or layer.weight is None:
+            return False
+        return not any(int(p) for p in layer.padding)
 
     def fill_lookup_tables(self) -> None:
         luts = [n for n in self.nodes.values() if n.op == "lut"]
         chains = {n.name: (n.inputs[0], self.lut_chain(n.name)) for n in luts}
         scales = {name: self.nodes[name].scale for name in {*chains, *(root for root, _ in chains.values())}}
-        for name, table in tabulate(self.graph, chains, scales).items():
+        zero_points = {name: self.nodes[name].zero_point for name in chains}
+        for name, table in tabulate(self.graph, chains, scales, zero_points).items():
             self.nodes[name].params["table"] = table
 
     def lut_chain(self, name: str) -> list[str]:
@@ -628,7 +704,11 @@ class _Quantizer:
             dname = f"{name}.dequantize"
             scale = np.asarray(node.scale, dtype=np.float32)
             scale = channel_shaped(scale, node.shape) if scale.ndim else scale[()]
-            self.nodes[dname] = QNode(dname, "dequantize", [name], node.shape, "float32", params={"scale": scale})
+            params = {"scale": scale}
+            if np.any(node.zero_point):
+                zero_point = np.asarray(node.zero_point, dtype=np.int32)
+                params["zero_point"] = channel_shaped(zero_point, node.shape) if zero_point.ndim else zero_point[()]
+            self.nodes[dname] = QNode(dname, "dequantize", [name], node.shape, "float32", params=params)
             self.converted[key] = dname
         return self.converted[key]
 
@@ -719,7 +799,10 @@ class _Quantizer:
             weight = None
         acc_scale = input_factor * w_scales * layer.out_scale
         bias = np.zeros(acc_scale.size) if layer.bias is None else layer.bias.astype(np.float64)
-        bias_q = np.clip(np.round(bias / acc_scale), -(2**31), 2**31 - 1).astype(np.int32)
+        bias_q = np.round(bias / acc_scale)
+        if np.any(self.nodes[inputs[0]].zero_point):
+            bias_q = bias_q - zero_point_sums(weight, self.nodes[inputs[0]].zero_point, layer)
+        bias_q = np.clip(bias_q, -(2**31), 2**31 - 1).astype(np.int32)
         self.acc_scales[node.name] = np.broadcast_to(acc_scale, bias_q.shape)
         multiplier, shift = fixed_point(acc_scale / out_scale, config.multiplier_bits, config.shift_only)
         lo, hi = clamp_range(layer.clamp, float(np.max(out_scale)))  # channel-independent when scales vary
@@ -761,6 +844,11 @@ class _Quantizer:
         im2col = {"kernel": kernel, "strides": p["strides"], "padding": p["padding"], "dilation": p["dilation"]}
         shape = (source.shape[0], channels, *qnode.shape[2:])
         self.nodes[name] = QNode(name, "im2col", [source.name], shape, "int8", scale, params=im2col)
+        if np.any(source.zero_point):  # an unpadded unfolding moves values only
+            zero_point = source.zero_point
+            self.nodes[name].zero_point = (
+                zero_point if np.ndim(zero_point) == 0 else np.repeat(zero_point, math.prod(kernel))
+            )
         qnode.inputs = [name, *qnode.inputs[1:]]
         p.update(weight=unfolded_weight(p["weight"]), strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1))
 
@@ -899,7 +987,7 @@ def merge_tables_into_host_convs(qgraph: QuantizedGraph) -> None:
         if readers[conv.name] != [table.name] or conv.name in qgraph.outputs:
             continue
         conv.params["table"] = table.params["table"]
-        conv.scale, conv.float_name = table.scale, table.name
+        conv.scale, conv.zero_point, conv.float_name = table.scale, table.zero_point, table.name
         merged[table.name] = conv.name
     qgraph.nodes = {name: node for name, node in qgraph.nodes.items() if name not in merged}
     for node in qgraph.nodes.values():

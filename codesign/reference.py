@@ -200,7 +200,7 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
         scaled = args[0].astype(np.float32) * p["inv_scale"] + np.float32(0.5)
         return np.clip(np.floor(scaled), INT8_MIN, INT8_MAX).astype(np.int8)
     if node.op == "dequantize":
-        return args[0].astype(np.float32) * p["scale"]
+        return (args[0].astype(np.int32) - p.get("zero_point", 0)).astype(np.float32) * p["scale"]
     if node.op in ("conv2d", "matmul"):
         return layer_output(node, accumulate(node, args))
     if node.op == "add":

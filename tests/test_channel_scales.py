@@ -166,8 +166,17 @@ def test_a_tensor_read_by_a_dense_conv_gets_a_balanced_share_of_its_channel_spre
     channel_absmax = np.abs(values).max(axis=(0, 2, 3))
     absmax = channel_absmax.max()
     expected = absmax * (channel_absmax / absmax) ** MIXED_CHANNEL_MIGRATION / INT8_MAX
-    expected = np.maximum(expected, absmax / INT8_MAX * CHANNEL_SCALE_FLOOR)
-    np.testing.assert_allclose(lut.scale, expected, rtol=1e-5)
+    symmetric = np.maximum(expected, absmax / INT8_MAX * CHANNEL_SCALE_FLOOR)
+    # A one-sided channel (HardSwish's lowest value on the table's 256 inputs at most a third of
+    # its top) gets a zero point and a scale spanning both sides with all 256 codes.
+    x = np.arange(-128, 128)[None, :] * np.broadcast_to(nodes[lut.inputs[0]].scale, symmetric.shape)[:, None]
+    reach_below = np.maximum(-(x * np.clip(x / 6 + 0.5, 0, 1)).min(axis=1), 0)
+    one_sided = reach_below <= INT8_MAX * symmetric / 3
+    assert one_sided.any()
+    np.testing.assert_allclose(
+        lut.scale, np.where(one_sided, (INT8_MAX * symmetric + reach_below) / 254, symmetric), rtol=1e-5
+    )
+    np.testing.assert_array_equal(lut.zero_point != 0, one_sided)
 
 
 def pointwise_stem(path):
