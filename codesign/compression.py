@@ -11,13 +11,15 @@ value of the last key that matches it (resolve_compression, once the model's lay
 
 `float_layers` keeps the matching layers (glob patterns over layer names) in float on the host.
 
-Three lists pin placements that are otherwise decided by modelled cost on the hardware compiled
+Four lists pin placements that are otherwise decided by modelled cost on the hardware compiled
 for (each None: decided so):
 - `unfold`: the narrow-input convs compiled as im2col + a 1x1 conv (schedules.narrow_inputs);
 - `host_convs`: the grouped convs run on the host CPU in int8 (the other narrow-group convs run
   on the core as super-groups: `quantize.conv_on_accel`);
 - `alu_activations`: the GEMM layers whose activation (HardSwish, LeakyReLU) runs in their ALU
-  program rather than as a host table (`quantize.fuse_activation`).
+  program rather than as a host table (`quantize.fuse_activation`);
+- `zero_point_pads`: the padded grouped convs whose one-sided input gets a zero point, which
+  they pad with (by default those on the host, where it costs nothing: `quantize.quantize_graph`).
 A tuned design lists the ones its compression profile chose on the space's base hardware, so it
 compiles, whatever its own hardware, to the integer program that was evaluated.
 
@@ -59,6 +61,7 @@ class CompressionConfig:
     unfold: tuple[str, ...] | None = None
     host_convs: tuple[str, ...] | None = None
     alu_activations: tuple[str, ...] | None = None
+    zero_point_pads: tuple[str, ...] | None = None
     # How activation ranges are calibrated (codesign.calibration.CALIBRATION_CHOICES); None: the
     # default. Kept here so a tuned design compiles with the method it was evaluated with.
     calibration_method: str | None = None
@@ -177,12 +180,13 @@ def _weighted_gemm(layer) -> bool:
 
 SCHEDULES = ("rule", "auto")
 PRUNE_METHODS = ("reconstruct", "magnitude")
-PLACEMENT_FIELDS = ("unfold", "host_convs", "alu_activations")
+PLACEMENT_FIELDS = ("unfold", "host_convs", "alu_activations", "zero_point_pads")
 # Pinned placement field -> (which layers it may name, what the message says they must be)
 PLACEMENT_CHECKS = {
     "unfold": (_unfoldable, "a conv with one group and a kernel wider than 1x1"),
     "host_convs": (_grouped_conv, "a grouped conv"),
     "alu_activations": (_weighted_gemm, "a conv or dense layer with weights"),
+    "zero_point_pads": (_grouped_conv, "a grouped conv"),
 }
 FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method", *PLACEMENT_FIELDS, "calibration_method")
 

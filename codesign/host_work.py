@@ -83,6 +83,10 @@ def _conversion_bytes(node, inputs, layouts: Layouts) -> float:
     """Packing the inputs and unpacking the output an accelerated layer converts: read and
     write each once."""
     packed_inputs = sum(_elements(i.shape) for i in inputs if not layouts.reads_packed(node, i.name))
+    if "pad_value" in node.params:  # a pass pads it with its zero point first (quantize.prepadded)
+        n, c, h, w = inputs[0].shape
+        top, left, bottom, right = node.params["padding"]
+        packed_inputs += n * c * (h + top + bottom) * (w + left + right)
     unpacked_output = _elements(node.shape) if layouts.writes_nchw(node) else 0
     return 2.0 * (packed_inputs + unpacked_output)
 

@@ -268,10 +268,12 @@ class _Lowerer:
             weight = self.host_weight(node)
             consts = [relax.const(p[key]) for key in channel_param_names(p.get("activation"))]
             consts += [relax.const(p["table"])] if "table" in p else []
+            pad = self.pad_value_const(node)
             return self.bb.emit_te(
-                lambda x, w, *c: _host_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node=node),
+                lambda x, w, z, *c: _host_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node=node, pad=z),
                 args[0],
                 self.host_weight_const(weight, node),
+                pad,
                 *consts,
                 primfunc_name_hint="host_conv2d",
             )
@@ -304,7 +306,11 @@ class _Lowerer:
         bb, hw, p = self.bb, self.hw.for_layer_weights(self.weight_bits(node)), node.params
         shape = self.kernels[node.name][1].shape
         grouped = node.op == "conv2d" and p["groups"] > 1
-        data = self.grouped_input(args[0], shape) if grouped else self.group_major_input(args[0], shape)
+        data = args[0]
+        if "pad_value" in p:  # the core's loads pad with zeros; this padding holds the zero point
+            pad = self.pad_value_const(node)
+            data = bb.emit_te(lambda x, z: _padded_te(x, z, p["padding"]), data, pad, primfunc_name_hint="pad")
+        data = self.grouped_input(data, shape) if grouped else self.group_major_input(data, shape)
         packed_data = bb.emit_te(lambda x: pack_activation_te(x, hw), data, primfunc_name_hint="pack_activation")
         packed_out = self.emit_kernel(node, packed_data, args)
         out = bb.emit_te(
@@ -364,10 +370,14 @@ class _Lowerer:
             if "table" in p:
                 table = p["table"] if p["table"].ndim == 1 else _blocked_rows(p["table"], block)
                 consts.append(relax.const(table))
+            pad = self.pad_value_const(node, block)
             return self.bb.emit_te(
-                lambda x, w, *c: _blocked_depthwise_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node=node),
+                lambda x, w, z, *c: _blocked_depthwise_conv2d_te(
+                    x, _unpacked_te(w, weight.shape), *c, node=node, pad=z
+                ),
                 args[0],
                 self.host_weight_const(weight, node),
+                pad,
                 *consts,
                 primfunc_name_hint="host_conv2d",
             )
@@ -394,6 +404,13 @@ class _Lowerer:
             return compute(tensors[:count], {**p, **dict(zip(keys, tensors[count:]))})
 
         return self.bb.emit_te(te_func, *args, *consts, primfunc_name_hint=f"int_{node.op}")
+
+    def pad_value_const(self, node: QNode, block: int | None = None) -> relax.Expr:
+        """A conv's padding value per input channel (on blocked data: rows up to whole blocks):
+        its input's zero point, else 0."""
+        channels = self.qgraph.nodes[node.inputs[0]].shape[1]
+        values = np.broadcast_to(np.asarray(node.params.get("pad_value", 0), dtype=np.int8), (channels,))
+        return relax.const(_blocked_rows(values, block) if block else values.copy())
 
     def host_weight(self, node: QNode) -> np.ndarray:
         """A host conv's int8 weights as its TE reads them: a blocked depthwise conv's as
@@ -594,7 +611,9 @@ def _blocked_rows(values: np.ndarray, block: int) -> np.ndarray:
     return np.concatenate([values, np.zeros((rows - values.shape[0], *values.shape[1:]), values.dtype)])
 
 
-def _blocked_depthwise_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode) -> te.Tensor:
+def _blocked_depthwise_conv2d_te(
+    x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode, pad: te.Tensor
+) -> te.Tensor:
     """A depthwise conv on blocked (1, N/b, C/bi, H, W, b, bi) int8 data, weights (C, KH, KW):
     `_host_conv2d_te` with channel c * bi + i reading its own input channel."""
     p = node.params
@@ -606,7 +625,7 @@ def _blocked_depthwise_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.T
 
     def padded(g, n, c, y, xx, r, i):
         inside = tirx.all(y >= top, y < h + top, xx >= left, xx < wd + left)
-        return tirx.if_then_else(inside, x[g, n, c, y - top, xx - left, r, i], tirx.const(0, "int8"))
+        return tirx.if_then_else(inside, x[g, n, c, y - top, xx - left, r, i], pad[c * bi + i])
 
     xpad = te.compute((1, nb, cb, h + top + bottom, wd + left + right, b, bi), padded, name="pad")
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
@@ -628,6 +647,18 @@ def _blocked_depthwise_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.T
         return _looked_up(value, channel[len(names) :], c * bi + i)
 
     return te.compute(out_shape, requantized, name="host_conv2d")
+
+
+def _padded_te(x: te.Tensor, pad: te.Tensor, padding) -> te.Tensor:
+    """(N, C, H, W) int8 padded by (top, left, bottom, right) with `pad[c]` in channel c."""
+    n, c, h, w = (int(d) for d in x.shape)
+    top, left, bottom, right = (int(v) for v in padding)
+
+    def value(b, ch, y, xx):
+        inside = tirx.all(y >= top, y < h + top, xx >= left, xx < w + left)
+        return tirx.if_then_else(inside, x[b, ch, y - top, xx - left], pad[ch])
+
+    return te.compute((n, c, h + top + bottom, w + left + right), value, name="pad")
 
 
 def _looked_up(value: tirx.PrimExpr, table: tuple[te.Tensor, ...], channel) -> tirx.PrimExpr:
@@ -803,7 +834,7 @@ def _im2col_tap(x: te.Tensor, p: dict):
     return tap
 
 
-def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode):
+def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode, pad: te.Tensor):
     """Grouped / depthwise / dilated conv in integers on the host."""
     p = node.params
     o, cg, kh, kw = (int(d) for d in weight.shape)
@@ -814,7 +845,7 @@ def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: 
 
     def padded(b, ch, y, xx):
         inside = tirx.all(y >= top, y < h + top, xx >= left, xx < wd + left)
-        return tirx.if_then_else(inside, x[b, ch, y - top, xx - left], tirx.const(0, "int8"))
+        return tirx.if_then_else(inside, x[b, ch, y - top, xx - left], pad[ch])
 
     xpad = te.compute((n, c, h + top + bottom, wd + left + right), padded, name="pad")
     rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")

@@ -102,6 +102,7 @@ class QuantConfig:
     unfold: tuple[str, ...] | None = None  # narrow-input convs to unfold
     host_convs: tuple[str, ...] | None = None  # grouped convs on the host
     alu_activations: tuple[str, ...] | None = None  # GEMMs computing their activation in the ALU
+    zero_point_pads: tuple[str, ...] | None = None  # padded grouped convs reading a zero point
     offset_tables: bool = True  # one-sided tables read by unpadded GEMMs get a zero point
     # The description narrow-group convs are priced on, to place them (None: they stay on the host).
     hardware: object = dataclasses.field(default=None, compare=False, repr=False)
@@ -117,7 +118,7 @@ class QuantConfig:
         bias_correction: bool = True,
     ) -> QuantConfig:
         """Quantization the core can execute; weights may be narrower than its weight width.
-        `placements`: {"unfold" | "host_convs" | "alu_activations": layer names or None}."""
+        `placements`: {"unfold" | "host_convs" | "alu_activations" | "zero_point_pads": layer names or None}."""
         for name, bits in {"all layers": weight_bits, **(layer_weight_bits or {})}.items():
             if bits is not None and bits > hw.weight_bits:
                 raise HardwareError(
@@ -233,9 +234,26 @@ def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
 
 
 def kernel_shape(node: QNode, qgraph: QuantizedGraph, hw) -> ConvShape:
-    """The geometry the core runs for an offloaded layer: a narrow-group conv's super-groups."""
+    """The geometry the core runs for an offloaded layer: a narrow-group conv's super-groups,
+    on an input the host padded with its zero point where it has one (`prepadded`)."""
     shape = gemm_shape(node, qgraph)
-    return super_grouped(shape, hw.block_in) if node.op == "conv2d" else shape
+    if node.op != "conv2d":
+        return shape
+    return super_grouped(prepadded(shape) if "pad_value" in node.params else shape, hw.block_in)
+
+
+def prepadded(shape: ConvShape) -> ConvShape:
+    """The conv on its input padded beforehand: the core's loads pad with zeros, a zero point's
+    padding must hold the zero point."""
+    return dataclasses.replace(
+        shape,
+        in_h=shape.in_h + shape.pad_top + shape.pad_bottom,
+        in_w=shape.in_w + shape.pad_left + shape.pad_right,
+        pad_top=0,
+        pad_left=0,
+        pad_bottom=0,
+        pad_right=0,
+    )
 
 
 def activation_scale(absmax: float | np.ndarray, config: QuantConfig) -> float | np.ndarray:
@@ -571,14 +589,21 @@ class _Quantizer:
 
     def reads_zero_point(self, user: str, producer: str) -> bool:
         """Does this reader take a zero point in its bias: an integer GEMM with constant weights
-        reading `producer` as its data, without padding (a pad would insert real zeros)?"""
+        reading `producer` as its data, without padding (a pad would insert real zeros), or a
+        padded grouped conv (PP-OCR's depthwise ones) of `zero_point_pads` (None: any), which
+        pads with the zero point instead: in its own loop on the host, in a pass before the
+        packing for the core, whose loads pad with zeros. Dense convs chain on the core (no
+        packing pass), so they keep symmetric inputs."""
         node = self.graph.nodes.get(user)  # None: the model's output
         if node is None or node.op != "gemm" or self.config.keeps_float(user):
             return False
         layer = node.layer
         if node.inputs[0] != producer or producer in node.inputs[1:] or layer.weight is None:
             return False
-        return not any(int(p) for p in layer.padding)
+        if not any(int(p) for p in layer.padding):
+            return True
+        pinned = self.config.zero_point_pads
+        return layer.kind == "conv2d" and layer.groups > 1 and (pinned is None or user in pinned)
 
     def fill_lookup_tables(self) -> None:
         luts = [n for n in self.nodes.values() if n.op == "lut"]
@@ -811,6 +836,8 @@ class _Quantizer:
             params["bias_corrected"] = True
         if layer.kind == "conv2d":
             params.update(strides=layer.strides, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
+            if any(int(p) for p in layer.padding) and np.any(self.nodes[inputs[0]].zero_point):
+                params["pad_value"] = self.nodes[inputs[0]].zero_point
         qnode = QNode(node.name, layer.kind, inputs, node.shape, "int8", out_scale, "accel", params, node)
         if layer.kind == "conv2d" and not self.conv_on_accel(qnode):
             qnode.placement = "host"
@@ -876,8 +903,10 @@ class _Quantizer:
         if hw is None:
             return False
         alu_ops = layer_alu_ops(p)
+        if self.config.zero_point_pads is None:  # priced as it runs without one (quantize_graph)
+            qnode = dataclasses.replace(qnode, params={k: v for k, v in p.items() if k != "pad_value"})
         try:
-            core = accelerator_seconds(super_grouped(shape, hw.block_in), hw, alu_ops, self.config.bits_for(qnode.name))
+            core = accelerator_seconds(kernel_shape(qnode, self, hw), hw, alu_ops, self.config.bits_for(qnode.name))
         except TilingError:
             return False
         packing = host_seconds(*node_work(qnode, self), hw)
@@ -1077,7 +1106,18 @@ def layers_before_logarithm(graph: Graph) -> list[str]:
 
 
 def quantize_graph(graph: Graph, ranges: TensorRanges, config: QuantConfig) -> QuantizedGraph:
-    return _Quantizer(graph, ranges, config).run()
+    """The integer program. Unless pinned, the padded grouped convs that pad with a zero point
+    are those on the host: for the core, the pad costs a host pass and the conv's chaining on the
+    blocked layout (`prepadded`). So the first pass places them as they run without one, and
+    where any landed on the core, the graph is quantized again with the host's pinned."""
+    qgraph = _Quantizer(graph, ranges, config).run()
+    if config.zero_point_pads is not None:
+        return qgraph
+    padding = [n for n in qgraph.gemm_nodes() if "pad_value" in n.params]
+    on_host = tuple(sorted(n.name for n in padding if n.placement == "host"))
+    if len(on_host) == len(padding):
+        return qgraph
+    return _Quantizer(graph, ranges, dataclasses.replace(config, zero_point_pads=on_host)).run()
 
 
 def chosen_placements(qgraph: QuantizedGraph) -> dict[str, tuple[str, ...]]:
@@ -1087,4 +1127,5 @@ def chosen_placements(qgraph: QuantizedGraph) -> dict[str, tuple[str, ...]]:
         "unfold": tuple(sorted(n.name for n in gemms if qgraph.nodes[n.inputs[0]].op == "im2col")),
         "host_convs": tuple(sorted(n.name for n in gemms if n.op == "conv2d" and n.placement == "host")),
         "alu_activations": tuple(sorted(n.name for n in gemms if "activation" in n.params)),
+        "zero_point_pads": tuple(sorted(n.name for n in gemms if "pad_value" in n.params)),
     }

@@ -55,8 +55,11 @@ def gemm_output(acc: np.ndarray, p: dict, channel_axis: int) -> np.ndarray:
     return rescale(value, p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis).astype(np.int8)
 
 
-def conv2d_accumulate(x: np.ndarray, w: np.ndarray, strides, padding, groups: int, dilation=(1, 1)) -> np.ndarray:
-    """int8 NCHW x int8 OIHW -> int64 NCHW accumulators.
+def conv2d_accumulate(
+    x: np.ndarray, w: np.ndarray, strides, padding, groups: int, dilation=(1, 1), pad_value=0
+) -> np.ndarray:
+    """int8 NCHW x int8 OIHW -> int64 NCHW accumulators; the padding holds `pad_value` (the
+    input's zero point: an int or one per channel).
 
     Summed in float64 (BLAS), which is exact: every partial sum is an integer far below 2**53
     (|int8 x int8| <= 2**14, so 2**39 products would be needed to reach it)."""
@@ -64,6 +67,11 @@ def conv2d_accumulate(x: np.ndarray, w: np.ndarray, strides, padding, groups: in
     o, cg, kh, kw = w.shape
     top, left, bottom, right = padding
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    if np.any(pad_value):
+        inside = np.zeros(xp.shape[2:], dtype=bool)
+        inside[top : top + h, left : left + wd] = True
+        values = np.broadcast_to(np.asarray(pad_value, dtype=np.float64).reshape(1, -1, 1, 1), (1, xp.shape[1], 1, 1))
+        xp = np.where(inside, xp, values)
     out_h = (h + top + bottom - (kh - 1) * dilation[0] - 1) // strides[0] + 1
     out_w = (wd + left + right - (kw - 1) * dilation[1] - 1) // strides[1] + 1
     og = o // groups
@@ -189,7 +197,9 @@ def accumulate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     """A GEMM layer's int64 accumulators, before its bias."""
     p = node.params
     if node.op == "conv2d":
-        return conv2d_accumulate(args[0], p["weight"], p["strides"], p["padding"], p["groups"], p["dilation"])
+        return conv2d_accumulate(
+            args[0], p["weight"], p["strides"], p["padding"], p["groups"], p["dilation"], p.get("pad_value", 0)
+        )
     b = p["weight"] if p["weight"] is not None else args[1]
     return np.matmul(args[0].astype(np.float64), b.astype(np.float64)).astype(np.int64)  # exact: see conv2d_accumulate
 

@@ -303,11 +303,15 @@ def test_relu6_folds_and_hardswish_joins_the_conv_program(tmp_path):
     assert np.shape(hardswish.scale) == (CHANNELS,)  # its reader, a depthwise conv, takes channel scales
     assert "lut" not in [n.op for n in nodes.values()]
     # + 0.1 after the activation: one more vector ADD, of an offset that the requantization
-    # (multiplier / 2**shift, to the output's scale) takes to 0.1.
+    # (multiplier / 2**shift, to the output's scale) takes to 0.1, plus the zero point the
+    # one-sided result gets for the depthwise conv, which pads with it (real = (q - z) * scale).
     plans = {p.name: p for p in result.lowered.plans}
     assert [op.opcode for op in plans["conv2d_1"].alu_ops] == [*bias_add(hardswish), *HARDSWISH, "ADD", *REQUANT]
     p = hardswish.params
-    assert np.allclose(p["offset"] * p["multiplier"] / 2.0 ** p["shift"] * hardswish.scale, 0.1, rtol=0.01)
+    assert np.all(hardswish.zero_point < 0)
+    np.testing.assert_array_equal(nodes["conv2d_2"].params["pad_value"], hardswish.zero_point)
+    real_offset = (p["offset"] * p["multiplier"] / 2.0 ** p["shift"] - hardswish.zero_point) * hardswish.scale
+    assert np.allclose(real_offset, 0.1, rtol=0.01)
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
     x = np.random.default_rng(8).standard_normal((1, CHANNELS, 8, 8)).astype(np.float32)
     ours = vm["main"](tvm.runtime.tensor(x)).numpy()

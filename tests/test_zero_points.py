@@ -2,7 +2,8 @@
 units above it, so a symmetric int8 scale leaves it half of its codes. Where every reader is a
 GEMM that takes a zero point into its bias (an unpadded conv or a matmul with constant weights),
 the table gets a zero point and a scale spanning both sides with all 256 codes; a padded reader
-(its pad would insert real zeros) or a two-sided function keeps the symmetric scale. The module
+(its pad would insert real zeros; a narrow-group conv's, PP-OCR's depthwise convs, pads with the
+zero point instead) or a two-sided function keeps the symmetric scale. The module
 stays equal to the numpy integer program, and gets closer to onnxruntime than without.
 """
 
@@ -19,6 +20,7 @@ from tvm import relax
 
 from codesign import float_numpy
 from codesign.calibration import tensor_ranges
+from codesign.compression import CompressionConfig
 from codesign.deploy import quantization_summary
 from codesign.explain import quantization_errors
 from codesign.graph import channel_shaped
@@ -62,22 +64,34 @@ def branches_model(path):
         helper.make_node("Mul", ["c4", "g4"], ["a4"]),
         helper.make_node("Conv", ["a4", "p4"], ["y4"]),
     ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, 8, 8])
-    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, CHANNELS, 8, 8]) for i in range(5)]
-    graph = helper.make_graph(nodes, "branches", [x], outputs, inits)
+    return saved(path, "branches", nodes, inits, size=8, outputs=[f"y{i}" for i in range(5)])
+
+
+def saved(path, name: str, nodes, inits, size: int, outputs) -> str:
+    """The graph of x (1, 16, size, size) -> `outputs` of the same shape, saved at `path`."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, size, size])
+    ys = [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, CHANNELS, size, size]) for y in outputs]
+    graph = helper.make_graph(nodes, name, [x], ys, inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
     return path
+
+
+def calibration_file(folder, seed: int, size: int) -> tuple:
+    """16 calibration inputs saved in `folder`: (the file, the inputs as feeds)."""
+    samples = (np.random.default_rng(seed).standard_normal((16, 1, CHANNELS, size, size)) * 2).astype(np.float32)
+    np.save(folder / "calibration.npy", samples)
+    return folder / "calibration.npy", [{"x": sample} for sample in samples]
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     folder = tmp_path_factory.mktemp("zero_points")
     path = branches_model(folder / "branches.onnx")
-    samples = (np.random.default_rng(5).standard_normal((16, 1, CHANNELS, 8, 8)) * 2).astype(np.float32)
-    np.save(folder / "calibration.npy", samples)
-    hw = load_hardware("vta_default")
-    result = compile_model(path, hw, calibration=folder / "calibration.npy", warn=print, bias_correction=False)
-    return path, result, [{"x": sample} for sample in samples]
+    calibration, samples = calibration_file(folder, 5, 8)
+    result = compile_model(
+        path, load_hardware("vta_default"), calibration=calibration, warn=print, bias_correction=False
+    )
+    return path, result, samples
 
 
 def activation_inputs(result) -> list:
@@ -108,7 +122,7 @@ def test_only_one_sided_tables_read_by_unpadded_gemms_get_a_zero_point(compiled)
 
 def run_module(result, x):
     outputs = relax.VirtualMachine(result.executable, tvm.cpu())["main"](tvm.runtime.tensor(x))
-    return [o.numpy() for o in outputs]
+    return [o.numpy() for o in outputs] if len(result.qgraph.outputs) > 1 else [outputs.numpy()]
 
 
 def test_the_module_equals_the_integer_program(compiled):
@@ -160,3 +174,111 @@ def test_explain_reads_zero_points(compiled):
     alu, padded_read, _, host_conv, silu = activation_inputs(result)
     for node in (alu, host_conv, silu, padded_read):
         assert errors[node.name].cosine > 0.999
+
+
+def depthwise_reader_model(path):
+    """x (1, 16, 10, 10) -> 1x1 conv -> HardSwish -> padded 3x3 depthwise conv -> 1x1 conv (y):
+    PP-OCR's blocks, whose depthwise convs read HardSwish's one-sided values."""
+    rng = np.random.default_rng(23)
+
+    def weight(name, shape, gain):
+        return numpy_helper.from_array((rng.standard_normal(shape) * gain).astype(np.float32), name)
+
+    inits = [weight("s", (CHANNELS, CHANNELS, 1, 1), 0.3), weight("dw", (CHANNELS, 1, 3, 3), 0.5)]
+    inits += [weight("p", (CHANNELS, CHANNELS, 1, 1), 0.3)]
+    nodes = [
+        helper.make_node("Conv", ["x", "s"], ["c"]),
+        helper.make_node("HardSwish", ["c"], ["a"]),
+        helper.make_node("Conv", ["a", "dw"], ["d"], group=CHANNELS, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["d", "p"], ["y"]),
+    ]
+    return saved(path, "depthwise_reader", nodes, inits, size=10, outputs=["y"])
+
+
+@pytest.fixture(scope="module")
+def depthwise_placements(tmp_path_factory):
+    """The model compiled for vta_default with its depthwise conv on the host and on the core."""
+    folder = tmp_path_factory.mktemp("padded_reader")
+    path = depthwise_reader_model(folder / "depthwise_reader.onnx")
+    calibration, samples = calibration_file(folder, 9, 10)
+    hw = load_hardware("vta_default")
+
+    def compiled_with(compression):
+        return compile_model(path, hw, calibration=calibration, warn=print, compression=compression)
+
+    results = {"host": compiled_with(CompressionConfig())}
+    pinned = results["host"].qgraph.placements["zero_point_pads"]
+    # As a tuned design with the host's program compiles for a core that runs its grouped convs
+    results["core"] = compiled_with(CompressionConfig(host_convs=(), zero_point_pads=pinned))
+    results["core, unpinned"] = compiled_with(CompressionConfig(host_convs=()))
+    return results, samples
+
+
+def depthwise_node(result):
+    return next(n for n in result.qgraph.nodes.values() if n.op == "conv2d" and n.params["groups"] > 1)
+
+
+def test_a_padded_depthwise_reader_pads_with_the_zero_point(depthwise_placements):
+    """The HardSwish read by the padded depthwise conv gets a zero point; the conv pads with it,
+    on the host in its own loop and, where a design pins it, for the core in a pass before the
+    packing (the core's loads pad with zeros). Both placements compute the same integers, equal
+    to the numpy program's."""
+    results, _ = depthwise_placements
+    host, core = depthwise_node(results["host"]), depthwise_node(results["core"])
+    assert (host.placement, core.placement) == ("host", "accel")
+    assert results["host"].qgraph.placements["zero_point_pads"] == (host.name,)
+    activation = results["host"].qgraph.nodes[host.inputs[0]]
+    assert np.any(activation.zero_point)
+    np.testing.assert_array_equal(host.params["pad_value"], activation.zero_point)
+    np.testing.assert_array_equal(core.params["pad_value"], activation.zero_point)
+    for seed in range(3):
+        x = (np.random.default_rng(300 + seed).standard_normal((1, CHANNELS, 10, 10)) * 2).astype(np.float32)
+        on_host, on_core = run_module(results["host"], x), run_module(results["core"], x)
+        np.testing.assert_array_equal(on_host[0], on_core[0])
+        np.testing.assert_array_equal(on_host[0], run_reference(results["host"].qgraph, {"x": x})[0])
+        host_values, core_values = real_values(results["host"].qgraph, x), real_values(results["core"].qgraph, x)
+        for name, value in host_values.items():
+            np.testing.assert_array_equal(value, core_values[name])
+
+
+def test_a_zero_point_pad_holds_real_zeros(depthwise_placements):
+    """Against the float graph, on inputs other than the calibration's: the HardSwish tensor is
+    closer with its zero point than with a symmetric scale, and the depthwise conv's border
+    pixels (where the padding enters; a pad of int8 zeros would add -zero_point x scale there)
+    are as close as its interior."""
+    results, samples = depthwise_placements
+    result = results["host"]
+    ranges = tensor_ranges(result.graph, result.imported, samples)
+    symmetric = quantize_graph(result.graph, ranges, dataclasses.replace(result.qgraph.config, offset_tables=False))
+    conv = depthwise_node(result)
+    producer = result.qgraph.nodes[conv.inputs[0]]
+    activation, name = producer.float_name or producer.name, conv.float_name or conv.name
+    inputs = (np.random.default_rng(17).standard_normal((8, 1, CHANNELS, 10, 10)) * 2).astype(np.float32)
+    floats = float_numpy.run_graph(result.graph, [{"x": x} for x in inputs])
+    errors = {}
+    for qgraph, key in ((result.qgraph, "zero points"), (symmetric, "symmetric")):
+        runs = [real_values(qgraph, x) for x in inputs]
+        errors[key] = 1 - cosine(np.concatenate([run[activation] for run in runs]), floats[activation])
+    assert errors["zero points"] < 0.85 * errors["symmetric"], errors
+    ours = np.concatenate([real_values(result.qgraph, x)[name] for x in inputs])
+    border = np.ones(ours.shape[2:], dtype=bool)
+    border[1:-1, 1:-1] = False
+    border_error, interior_error = (1 - cosine(ours[..., part], floats[name][..., part]) for part in (border, ~border))
+    assert border_error < 2 * interior_error, (border_error, interior_error)
+
+
+def test_unpinned_a_core_conv_keeps_a_symmetric_input(depthwise_placements):
+    """Left to the compiler, a depthwise conv on the core reads a symmetric input: the pad pass
+    would cost host time and the conv's chaining on the blocked layout. Pinned (a design's
+    program), the pass is in the plan: the core runs the conv unpadded on the padded input, and
+    the host's work for the layer counts the padded copy."""
+    results, _ = depthwise_placements
+    unpinned, pinned = depthwise_node(results["core, unpinned"]), depthwise_node(results["core"])
+    assert unpinned.placement == "accel" and "pad_value" not in unpinned.params
+    assert not np.any(results["core, unpinned"].qgraph.nodes[unpinned.inputs[0]].zero_point)
+    plans = {name: {p.name: p for p in results[name].lowered.plans} for name in ("core", "core, unpinned")}
+    padded_plan, plain_plan = plans["core"][pinned.name], plans["core, unpinned"][unpinned.name]
+    assert (plain_plan.shape.in_h, plain_plan.shape.pad_top) == (10, 1)
+    assert (padded_plan.shape.in_h, padded_plan.shape.in_w, padded_plan.shape.pad_top) == (12, 12, 0)
+    assert padded_plan.shape.out_h == plain_plan.shape.out_h
+    assert padded_plan.host_bytes - plain_plan.host_bytes >= 2 * CHANNELS * 12 * 12
