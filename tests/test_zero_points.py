@@ -282,3 +282,26 @@ def test_unpinned_a_core_conv_keeps_a_symmetric_input(depthwise_placements):
     assert (padded_plan.shape.in_h, padded_plan.shape.in_w, padded_plan.shape.pad_top) == (12, 12, 0)
     assert padded_plan.shape.out_h == plain_plan.shape.out_h
     assert padded_plan.host_bytes - plain_plan.host_bytes >= 2 * CHANNELS * 12 * 12
+
+
+@pytest.mark.parametrize("grouped_convs", [["cost"], ["cost", "core"]])
+def test_a_space_that_moves_grouped_convs_to_the_core_measures_them_symmetric(tmp_path, grouped_convs):
+    """The tuner measures one profile for both placements of the grouped convs, so they must
+    compute the same integers: where the space sweeps them onto the core, its profiles pin no
+    zero-point pads (on the core each would cost a host pass); else the base's host convs keep
+    theirs, and every design pins them."""
+    from codesign.tuner.evaluator import Evaluator
+    from codesign.tuner.space import space_from_dict
+
+    path = depthwise_reader_model(tmp_path / "depthwise_reader.onnx")
+    _, samples = calibration_file(tmp_path, 9, 10)
+    np.savez(tmp_path / "data.npz", x=np.concatenate([s["x"] for s in samples]))
+    doc = {"objectives": ["latency", "accuracy"], "hardware": {"base": "vta_default"}}
+    doc["schedule"] = {"grouped_convs": grouped_convs}
+    evaluator = Evaluator(path, space_from_dict(doc), tmp_path / "data.npz", calibration_samples=16)
+    try:
+        profile = evaluator.measure_profile(CompressionConfig(), True)
+    finally:
+        evaluator.close()
+    expected = () if "core" in grouped_convs else ("conv2d_1",)
+    assert {variant["zero_point_pads"] for variant in profile.placements.values()} == {expected}

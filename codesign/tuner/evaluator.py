@@ -88,6 +88,11 @@ class Evaluator:
     def measure_profile(self, compression: CompressionConfig, multiplier: bool) -> CompressionProfile:
         """Build the profile and measure its accuracy (not cached: `profile` is)."""
         start = time.perf_counter()
+        if "core" in self.space.grouped_conv_choices() and compression.zero_point_pads is None:
+            # Both placements must compute the measured integers, and on the core a zero point's
+            # pad costs a host pass (quantize.prepadded): such a space's padded grouped convs
+            # read symmetric inputs.
+            compression = dataclasses.replace(compression, zero_point_pads=())
         result = self.builder.build(compression, multiplier)
         accuracy = self.accuracy.measure(result.executable)
         all_on_core = self.builder.plan_all_on_core(result) if "core" in self.space.grouped_conv_choices() else None
