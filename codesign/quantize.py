@@ -103,7 +103,7 @@ class QuantConfig:
     host_convs: tuple[str, ...] | None = None  # grouped convs on the host
     alu_activations: tuple[str, ...] | None = None  # GEMMs computing their activation in the ALU
     zero_point_pads: tuple[str, ...] | None = None  # padded grouped convs reading a zero point
-    offset_tables: bool = True  # one-sided tables read by unpadded GEMMs get a zero point
+    offset_tables: bool = True  # one-sided tables read by unpadded GEMMs (or zero_point_pads) get a zero point
     # The description narrow-group convs are priced on, to place them (None: they stay on the host).
     hardware: object = dataclasses.field(default=None, compare=False, repr=False)
 
