@@ -838,16 +838,9 @@ def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: 
     """Grouped / depthwise / dilated conv in integers on the host."""
     p = node.params
     o, cg, kh, kw = (int(d) for d in weight.shape)
-    n, c, h, wd = (int(d) for d in x.shape)
-    top, left, bottom, right = p["padding"]
     (sh, sw), (dh, dw) = p["strides"], p["dilation"]
     og = o // p["groups"]
-
-    def padded(b, ch, y, xx):
-        inside = tirx.all(y >= top, y < h + top, xx >= left, xx < wd + left)
-        return tirx.if_then_else(inside, x[b, ch, y - top, xx - left], pad[ch])
-
-    xpad = te.compute((n, c, h + top + bottom, wd + left + right), padded, name="pad")
+    xpad = _padded_te(x, pad, p["padding"])
     rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     acc = te.compute(
         node.shape,
