@@ -386,6 +386,7 @@ def check_model(
     calibration_method: str | None = None,  # None: the default (codesign.pipeline.quantize_model)
     bias_correction: bool = True,
     calibration_seed: int = 0,
+    compression=None,  # CompressionConfig (a --compression file's choices); None: the defaults
 ) -> ModelCheck:
     """Compile with calibration on realistic inputs (seeds from `calibration_seed` on), run
     `eval_samples` other ones (seeds from EVAL_FIRST_SEED on), compare with onnxruntime (float)
@@ -417,7 +418,7 @@ def check_model(
                 model.path, hw, model.input_shapes, calibration, calibration_samples,
                 warn=notes.append, input_values=model.input_values,
                 calibration_method=calibration_method,
-                bias_correction=bias_correction,
+                bias_correction=bias_correction, compression=compression,
             )  # fmt: skip
         except CodesignError as err:
             return ModelCheck(model.name, False, str(err).splitlines()[0], notes=notes)

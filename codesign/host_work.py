@@ -81,14 +81,19 @@ def _ops_per_element(node, op: str) -> int:
 
 def _conversion_bytes(node, inputs, layouts: Layouts) -> float:
     """Packing the inputs and unpacking the output an accelerated layer converts: read and
-    write each once."""
+    write each once; and the pass that pads an input with its zero point (`quantize.prepadded`),
+    on the blocks where the layer reads them as they are: it reads them and writes the padded ones."""
     packed_inputs = sum(_elements(i.shape) for i in inputs if not layouts.reads_packed(node, i.name))
-    if "pad_value" in node.params:  # a pass pads it with its zero point first (quantize.prepadded)
-        n, c, h, w = inputs[0].shape
-        top, left, bottom, right = node.params["padding"]
-        packed_inputs += n * c * (h + top + bottom) * (w + left + right)
     unpacked_output = _elements(node.shape) if layouts.writes_nchw(node) else 0
-    return 2.0 * (packed_inputs + unpacked_output)
+    if "pad_value" not in node.params:
+        return 2.0 * (packed_inputs + unpacked_output)
+    n, c, h, w = inputs[0].shape
+    top, left, bottom, right = node.params["padding"]
+    padded = (n, c, h + top + bottom, w + left + right)
+    if layouts.reads_packed(node, inputs[0].name):
+        pad_pass = _elements(layouts.packed_shape(inputs[0].shape)) + _elements(layouts.packed_shape(padded))
+        return pad_pass + 2.0 * unpacked_output
+    return 2.0 * (packed_inputs + _elements(padded) + unpacked_output)
 
 
 def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:

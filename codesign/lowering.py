@@ -342,11 +342,16 @@ class _Lowerer:
     def emit_blocked(self, node: QNode, values: dict, blocked: dict) -> relax.Expr:
         """A node of `layouts.packed`, computed in the blocked layout from blocked inputs (a
         chained layer packs an NCHW input itself)."""
+        p, block = node.params, self.layouts.block
         if node.name in self.kernels:
             source = node.inputs[0]
             data = blocked[source] if source in blocked else self.emit_pack(values[source])
+            if "pad_value" in p:  # the core's loads pad with zeros; this padding holds the zero point
+                pad = self.pad_value_const(node, block)
+                data = self.bb.emit_te(
+                    lambda x, z: _blocked_padded_te(x, z, p["padding"]), data, pad, primfunc_name_hint="pad"
+                )
             return self.emit_chained_kernel(node, data)
-        p, block = node.params, self.layouts.block
         if node.op == "im2col":  # reads NCHW, writes the blocks (packed_layout.writes_blocks)
             unfold = functools.partial(_blocked_im2col_te, p=p, out_shape=tuple(node.shape), hw=self.hw)
             return self.bb.emit_te(unfold, values[node.inputs[0]], primfunc_name_hint="im2col")
@@ -611,23 +616,31 @@ def _blocked_rows(values: np.ndarray, block: int) -> np.ndarray:
     return np.concatenate([values, np.zeros((rows - values.shape[0], *values.shape[1:]), values.dtype)])
 
 
+def _blocked_padded_te(x: te.Tensor, pad: te.Tensor, padding) -> te.Tensor:
+    """Blocked (1, N/b, C/bi, H, W, b, bi) int8 padded by (top, left, bottom, right) with
+    `pad[c * bi + i]` in channel c * bi + i."""
+    _, nb, cb, h, wd, b, bi = (int(d) for d in x.shape)
+    top, left, bottom, right = (int(v) for v in padding)
+
+    def value(g, n, c, y, xx, r, i):
+        inside = tirx.all(y >= top, y < h + top, xx >= left, xx < wd + left)
+        return tirx.if_then_else(inside, x[g, n, c, y - top, xx - left, r, i], pad[c * bi + i])
+
+    return te.compute((1, nb, cb, h + top + bottom, wd + left + right, b, bi), value, name="pad")
+
+
 def _blocked_depthwise_conv2d_te(
     x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode, pad: te.Tensor
 ) -> te.Tensor:
     """A depthwise conv on blocked (1, N/b, C/bi, H, W, b, bi) int8 data, weights (C, KH, KW):
     `_host_conv2d_te` with channel c * bi + i reading its own input channel."""
     p = node.params
-    _, nb, cb, h, wd, b, bi = (int(d) for d in x.shape)
+    _, nb, cb, _, _, b, bi = (int(d) for d in x.shape)
     _, kh, kw = (int(d) for d in weight.shape)
-    top, left, bottom, right = p["padding"]
     (sh, sw), (dh, dw) = p["strides"], p["dilation"]
     out_shape = (1, nb, cb, node.shape[2], node.shape[3], b, bi)
 
-    def padded(g, n, c, y, xx, r, i):
-        inside = tirx.all(y >= top, y < h + top, xx >= left, xx < wd + left)
-        return tirx.if_then_else(inside, x[g, n, c, y - top, xx - left, r, i], pad[c * bi + i])
-
-    xpad = te.compute((1, nb, cb, h + top + bottom, wd + left + right, b, bi), padded, name="pad")
+    xpad = _blocked_padded_te(x, pad, p["padding"])
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     acc = te.compute(
         out_shape,

@@ -62,9 +62,10 @@ def chains_kernel(node, qgraph, hw) -> bool:
     """An accelerated layer whose blocked output can feed the next one as is: a conv on a core
     whose output blocks are the blocks its input is stored in (an int4 layer on a
     precision-scalable core reads those too, two per element: `input_gather`), with one group
-    or groups that fall on whole blocks (`groups_fill_blocks`), and its input padded by the core."""
-    if node.op != "conv2d" or node.placement != "accel" or "pad_value" in node.params:
-        return False  # an input padded with its zero point is padded by the host (quantize.prepadded)
+    or groups that fall on whole blocks (`groups_fill_blocks`). (An input padded with its zero
+    point is padded by a host pass first, on the blocks: `quantize.prepadded`.)"""
+    if node.op != "conv2d" or node.placement != "accel":
+        return False
     layer_core = hw.for_layer_weights(qgraph.config.bits_for(node.name))
     if not layer_core.input_block == layer_core.block_out == hw.block_out:
         return False

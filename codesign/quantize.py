@@ -1107,8 +1107,7 @@ def layers_before_logarithm(graph: Graph) -> list[str]:
 
 def quantize_graph(graph: Graph, ranges: TensorRanges, config: QuantConfig) -> QuantizedGraph:
     """The integer program. Unless pinned, the padded grouped convs that pad with a zero point
-    are those on the host: for the core, the pad costs a host pass and the conv's chaining on the
-    blocked layout (`prepadded`). So the first pass places them as they run without one, and
+    are those on the host: for the core, the pad costs a host pass (`prepadded`). So the first pass places them as they run without one, and
     where any landed on the core, the graph is quantized again with the host's pinned."""
     qgraph = _Quantizer(graph, ranges, config).run()
     if config.zero_point_pads is not None:

@@ -39,6 +39,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from codesign.compression import load_compression  # noqa: E402
 from codesign.corpus import check_model, load_corpus  # noqa: E402
 from codesign.files import write_bytes_atomic  # noqa: E402
 from codesign.hardware import load_hardware  # noqa: E402
@@ -284,11 +285,13 @@ def main() -> None:
     parser.add_argument("--no-bias-correction", dest="bias_correction", action="store_false")
     parser.add_argument("--only", help="comma-separated model names (default: every model)")
     parser.add_argument("--calibration-sets", type=int, default=1, help="disjoint calibration sets per model")
+    parser.add_argument("--compression", type=Path, help="choices as `codesign compile --compression` reads them")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     folders = list(args.folders) + ([fetch_larger_models(CACHE)] if args.fetch else [])
     hw = load_hardware(args.hw)
+    compression = load_compression(args.compression) if args.compression else None
     rows, spreads, documents = [], {}, []
     console = Console(width=220)
     for folder in folders:
@@ -299,7 +302,7 @@ def main() -> None:
             settings = (hw, args.calibration_samples, args.eval_samples, args.calibration_method, args.bias_correction)
             step = max(CALIBRATION_SEED_STEP, args.calibration_samples)
             seeds = [index * step for index in range(args.calibration_sets)]
-            checks = [check_model(model, *settings, calibration_seed=seed) for seed in seeds]
+            checks = [check_model(model, *settings, calibration_seed=seed, compression=compression) for seed in seeds]
             rows.append(checks[0])
             if args.calibration_sets > 1 and all(check.compiled for check in checks):
                 spreads[model.name] = [min(check.int8_cosine) for check in checks]
