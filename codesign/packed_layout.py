@@ -155,18 +155,25 @@ def is_depthwise(node, in_shape) -> bool:
     return node.params["groups"] == in_shape[1] == node.shape[1]
 
 
+def can_be_blocked(node, qgraph, hw, blocked_before: set[str]) -> bool:
+    """Can `node`'s value be blocked, given the values before it that can (`blocked_before`)?
+    A kernel that chains writes blocks, a host op computes them from blocked values only, and
+    an op that writes blocks from NCHW (`writes_blocks`) reads no value that could be blocked."""
+    if chains_kernel(node, qgraph, hw):
+        return True
+    if runs_on_blocks(node, qgraph, hw.block_in) and all(i in blocked_before for i in node.inputs):
+        return True
+    return writes_blocks(node) and not any(i in blocked_before for i in node.inputs)
+
+
 def plan_layouts(qgraph, hw, boundaries=()) -> Layouts:
     """The blocked values of the integer program. `boundaries` are node names read as NCHW
     beyond the model outputs (taps)."""
     chained = {n.name for n in qgraph.nodes.values() if chains_kernel(n, qgraph, hw)}
-    # Forward: a value can be blocked if a kernel writes it, or a host op computes it from
-    # blocked values only.
-    candidates = set(chained)
+    candidates = set()  # forward
     for node in qgraph.nodes.values():
-        if runs_on_blocks(node, qgraph, hw.block_in) and all(i in candidates for i in node.inputs):
+        if can_be_blocked(node, qgraph, hw, candidates):
             candidates.add(node.name)
-        elif writes_blocks(node) and not any(i in candidates for i in node.inputs):
-            candidates.add(node.name)  # it reads NCHW: an input that could be blocked is not read so
     # Backward: a host op runs blocked only when some consumer reads it blocked.
     consumers = qgraph.consumers()
     packed = set(chained)

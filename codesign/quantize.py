@@ -47,6 +47,7 @@ from codesign.float_numpy import is_static_slice, supports_node, window_counts
 from codesign.graph import FLOAT_MAX, FLOAT_MIN, Graph, Node, channel_shaped, remove_dead
 from codesign.host_work import host_seconds, node_work
 from codesign.lookup_tables import ELEMENTWISE_OPS, channel_constant_count, tabulate, tabulated_values
+from codesign.packed_layout import Layouts, can_be_blocked, chains_kernel
 from codesign.plan import ACTIVATION_FRACTION_BITS, AluActivation, layer_alu_ops
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.narrow_groups import accelerator_seconds, is_narrow, super_grouped
@@ -383,6 +384,8 @@ class _Quantizer:
         self.int8_wanted: dict[str, bool] = {}
         self.acc_scales: dict[str, np.ndarray] = {}  # GEMM -> real scale of its accumulator, per channel
         self.fused: dict[str, str] = {}  # activation fused into a GEMM -> the GEMM
+        self.blocked: set[str] = set()  # of the values lowered so far (`blocked_values`), those that can be blocked
+        self.blocked_checked = 0  # how many of `nodes` `blocked` has looked at
 
     def run(self) -> QuantizedGraph:
         for node in self.graph.nodes.values():
@@ -883,13 +886,14 @@ class _Quantizer:
         """Does a conv run on the core? Dense convs and groups of at least block_in channels do.
         Narrower groups (depthwise) run as block-diagonal super-groups (schedules.narrow_groups)
         where that is modelled faster than the host conv: the core's time (analytic cost model,
-        under the tile rule's tiling) plus the host's packing, against the host conv's time, both
-        priced by the description. Only channels_per_group x block_out of a super-group's
-        block_in x block_out lanes are useful (a depthwise conv's: 1/block_in), and its weights
-        are block_in / channels_per_group times the layer's; the host does 2 ops per real MAC.
+        under the tile rule's tiling) plus the host's packing unless the conv would chain
+        (`chained_layouts`), against the host conv's time, both priced by the description.
+        Only channels_per_group x block_out of a super-group's block_in x block_out lanes are
+        useful (a depthwise conv's: 1/block_in), and its weights are block_in /
+        channels_per_group times the layer's; the host does 2 ops per real MAC.
         So depthwise convs stay on vta_default's host (100 MHz core; ppocr_cls's 200-channel 5x5
-        one: 0.83 ms on the core + 0.12 ms packing against 0.74 ms) and go to faster or wider
-        cores (wide_1x32x32: 0.14 + 0.12 ms); groups of 4 channels go to vta_default's core.
+        one: 0.83 ms on the core against 0.74 ms) and go to faster or wider cores (wide_1x32x32:
+        0.14 ms); groups of 4 channels go to vta_default's core.
         If the compression lists host convs (a tuned design's, as its profile was), those and
         no others run on the host."""
         if self.config.host_convs is not None:
@@ -909,9 +913,26 @@ class _Quantizer:
             core = accelerator_seconds(kernel_shape(qnode, self, hw), hw, alu_ops, self.config.bits_for(qnode.name))
         except TilingError:
             return False
-        packing = host_seconds(*node_work(qnode, self), hw)
+        packing = host_seconds(*node_work(qnode, self, self.chained_layouts(qnode, hw)), hw)
         on_host = host_seconds(*node_work(dataclasses.replace(qnode, placement="host"), self), hw)
         return core + packing < on_host
+
+    def chained_layouts(self, qnode: QNode, hw) -> Layouts:
+        """The layouts a conv on the core would read and write: its blocked input as it is, if
+        that can be blocked and the conv chains (its output then stays blocked for its readers, as
+        a host conv's on blocked values would), else NCHW, packed and unpacked."""
+        if not chains_kernel(qnode, self, hw) or qnode.inputs[0] not in self.blocked_values(hw):
+            return Layouts()
+        producer = self.nodes[qnode.inputs[0]].name  # an activation fused into a GEMM is that GEMM
+        return Layouts(frozenset({qnode.name, producer}), frozenset(), hw.batch, hw.block_in)
+
+    def blocked_values(self, hw) -> set[str]:
+        """The values lowered so far that can be blocked (`packed_layout.can_be_blocked`)."""
+        for name in list(self.nodes)[self.blocked_checked :]:
+            if can_be_blocked(self.nodes[name], self, hw, self.blocked):
+                self.blocked.add(name)
+        self.blocked_checked = len(self.nodes)
+        return self.blocked
 
     def rescaling(self, node: Node, out_scale) -> tuple[list, int | np.ndarray]:
         """Multipliers (one per input) and a shift taking each int8 input to `out_scale`:
@@ -1107,8 +1128,9 @@ def layers_before_logarithm(graph: Graph) -> list[str]:
 
 def quantize_graph(graph: Graph, ranges: TensorRanges, config: QuantConfig) -> QuantizedGraph:
     """The integer program. Unless pinned, the padded grouped convs that pad with a zero point
-    are those on the host: for the core, the pad costs a host pass (`prepadded`). So the first pass places them as they run without one, and
-    where any landed on the core, the graph is quantized again with the host's pinned."""
+    are those on the host: for the core, the pad costs a host pass (`prepadded`). So the first
+    pass places them as they run without one, and where any landed on the core, the graph is
+    quantized again with the host's pinned."""
     qgraph = _Quantizer(graph, ranges, config).run()
     if config.zero_point_pads is not None:
         return qgraph

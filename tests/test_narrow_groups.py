@@ -148,18 +148,19 @@ def test_super_grouped_module_equals_the_reference_and_onnxruntime(layer, tmp_pa
         assert cosine > 0.995
 
 
-def modelled_seconds(qnode, shape: ConvShape, hw) -> tuple[float, float]:
+def modelled_seconds(qnode, shape: ConvShape, hw, chained: bool = False) -> tuple[float, float]:
     """(core, host) modelled seconds of a narrow-group conv, counted here: the core runs the
     super-grouped plan (the simulator's analytic model) after the host packs its input and
-    unpacks its output; the host conv does a multiply and an add per real MAC and reads and
-    writes its tensors once (int8)."""
+    unpacks its output (not `chained`: between blocked values, it reads and writes them as they
+    are); the host conv does a multiply and an add per real MAC and reads and writes its tensors
+    once (int8)."""
     in_bytes = math.prod((shape.batch, shape.groups * shape.in_channels, shape.in_h, shape.in_w))
     out_bytes = math.prod((shape.batch, shape.groups * shape.out_channels, shape.out_h, shape.out_w))
     packed = super_grouped(shape, hw.block_in)
     p = qnode.params
     alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
     tiling = select_tiling(packed, hw, alu_ops)
-    packing = 2.0 * (in_bytes + out_bytes)
+    packing = 0.0 if chained else 2.0 * (in_bytes + out_bytes)
     on_core = LayerPlan("core", "conv2d", "accel", packed, tiling, alu_ops=alu_ops, host_bytes=packing)
     on_host = LayerPlan("host", "conv2d", "host", shape, host_ops=2.0 * shape.macs, host_bytes=in_bytes + out_bytes)
     core_layer, host_layer = simulate_plans([on_core, on_host], hw, "analytic").layers
@@ -194,6 +195,70 @@ def test_placement_follows_the_modelled_costs(hw, tmp_path):
         placements.add(qnode.placement)
     if hw is VTA:
         assert placements == {"accel", "host"}  # both outcomes are exercised on one description
+
+
+def between_dense_convs_model(path, channels, groups, out_channels, kernel, stride, size, seed=0) -> str:
+    """x -> 1x1 Conv -> HardSwish -> the grouped conv -> Relu -> 1x1 Conv -> y: on the core,
+    the grouped conv would read and write blocked values (HardSwish is a host table on
+    vta_default, in the 1x1 conv's ALU program on wide_1x32x32)."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "w_in": rng.standard_normal((channels, channels, 1, 1)),
+        "w": rng.standard_normal((out_channels, channels // groups, kernel, kernel)),
+        "w_out": rng.standard_normal((channels, out_channels, 1, 1)),
+    }
+    pad = kernel // 2
+    nodes = [
+        helper.make_node("Conv", ["x", "w_in"], ["a"]),
+        helper.make_node("HardSwish", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w"], ["g"], strides=[stride] * 2, pads=[pad] * 4, group=groups),
+        helper.make_node("Relu", ["g"], ["s"]),
+        helper.make_node("Conv", ["s", "w_out"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "between_dense_convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, *size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("hw", [VTA, load_hardware("wide_1x32x32")], ids=lambda hw: hw.name)
+def test_a_grouped_conv_between_core_convs_is_priced_chained(hw, tmp_path):
+    """Between two dense convs on the core, a narrow-group conv on the core would chain (no
+    packing), as a host conv would run on the blocks: its placement compares the core's time
+    alone with the host's. On wide_1x32x32 that moves a layer the packing kept on the host,
+    and the whole program's modelled latency is the lower of the two placements'."""
+    moved = []
+    for name, layer in PLACED.items():
+        channels, groups, out_channels, kernel, stride, (height, width) = layer
+        shape = (1, channels, height, width)
+        path = between_dense_convs_model(tmp_path / f"{name}.onnx", *layer)
+        imported = import_model(path, {"x": shape})
+        calibration = calibration_file(tmp_path, shape)
+        _, qgraph, _ = quantize_model(imported, hw, calibration, warn=lambda _: None)
+        grouped = next(n for n in qgraph.nodes.values() if n.op == "conv2d" and n.params["groups"] > 1)
+        pad = kernel // 2
+        conv = ConvShape(
+            groups, 1, channels // groups, out_channels // groups, height, width, kernel, kernel, stride, stride,
+            pad, pad, pad, pad,
+        )  # fmt: skip
+        core, host = modelled_seconds(grouped, conv, hw, chained=True)
+        assert grouped.placement == ("accel" if core < host else "host"), (name, hw.name, core, host)
+        if core < host <= modelled_seconds(grouped, conv, hw)[0]:
+            moved.append(name)
+            latencies = {}
+            for listed in ((), (grouped.name,)):
+                compression = CompressionConfig(host_convs=listed)
+                _, pinned, _ = quantize_model(imported, hw, calibration, warn=lambda _: None, compression=compression)
+                plans = plan_layers(pinned, imported, hw)
+                latencies[listed] = simulate_plans(plans, hw, "analytic").totals()["latency_seconds"]
+            assert latencies[()] < latencies[(grouped.name,)], (name, latencies)
+    if hw.name == "wide_1x32x32":
+        assert moved
 
 
 def test_mac_share_counts_real_macs(tmp_path):
