@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import itertools
 import math
 
 import numpy as np
@@ -928,7 +929,7 @@ class _Quantizer:
 
     def blocked_values(self, hw) -> set[str]:
         """The values lowered so far that can be blocked (`packed_layout.can_be_blocked`)."""
-        for name in list(self.nodes)[self.blocked_checked :]:
+        for name in itertools.islice(self.nodes, self.blocked_checked, None):
             if can_be_blocked(self.nodes[name], self, hw, self.blocked):
                 self.blocked.add(name)
         self.blocked_checked = len(self.nodes)
