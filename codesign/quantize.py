@@ -595,9 +595,9 @@ class _Quantizer:
         """Does this reader take a zero point in its bias: an integer GEMM with constant weights
         reading `producer` as its data, without padding (a pad would insert real zeros), or a
         padded grouped conv (PP-OCR's depthwise ones) of `zero_point_pads` (None: any), which
-        pads with the zero point instead: in its own loop on the host, in a pass before the
-        packing for the core, whose loads pad with zeros. Dense convs chain on the core (no
-        packing pass), so they keep symmetric inputs."""
+        pads with the zero point instead: in its own loop on the host, in a host pass over the
+        blocks for the core, whose loads pad with zeros. Padded dense convs keep symmetric
+        inputs: on the core, where they run, that pass would cost host time."""
         node = self.graph.nodes.get(user)  # None: the model's output
         if node is None or node.op != "gemm" or self.config.keeps_float(user):
             return False
