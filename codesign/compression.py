@@ -11,15 +11,18 @@ value of the last key that matches it (resolve_compression, once the model's lay
 
 `float_layers` keeps the matching layers (glob patterns over layer names) in float on the host.
 
-Four lists pin placements that are otherwise decided by modelled cost on the hardware compiled
+Five lists pin placements that are otherwise decided by modelled cost on the hardware compiled
 for (each None: decided so):
 - `unfold`: the narrow-input convs compiled as im2col + a 1x1 conv (schedules.narrow_inputs);
 - `host_convs`: the grouped convs run on the host CPU in int8 (the other narrow-group convs run
-  on the core as super-groups: `quantize.conv_on_accel`);
+  on the core, as super-groups or row bands, whichever is modelled faster: `quantize.conv_mapping`);
+- `row_bands`: the depthwise convs on the core run as row bands (schedules.row_bands), the
+  others there as super-groups;
 - `alu_activations`: the GEMM layers whose activation (HardSwish, LeakyReLU) runs in their ALU
   program rather than as a host table (`quantize.fuse_activation`);
 - `zero_point_pads`: the padded grouped convs whose one-sided input gets a zero point, which
-  they pad with (by default those on the host, where it costs nothing: `quantize.quantize_graph`).
+  they pad with (by default those on the host and the core's row bands, where it costs nothing:
+  `quantize.quantize_graph`).
 A tuned design lists the ones its compression profile chose on the space's base hardware, so it
 compiles, whatever its own hardware, to the integer program that was evaluated.
 
@@ -60,6 +63,7 @@ class CompressionConfig:
     # Pinned placements (see the module's docstring); None: by modelled cost on the hardware compiled for
     unfold: tuple[str, ...] | None = None
     host_convs: tuple[str, ...] | None = None
+    row_bands: tuple[str, ...] | None = None
     alu_activations: tuple[str, ...] | None = None
     zero_point_pads: tuple[str, ...] | None = None
     # How activation ranges are calibrated (codesign.calibration.CALIBRATION_CHOICES); None: the
@@ -174,17 +178,23 @@ def _grouped_conv(layer) -> bool:
     return layer.kind == "conv2d" and layer.groups > 1
 
 
+def _depthwise_conv(layer) -> bool:
+    out_channels, group_inputs = layer.weight.shape[:2] if layer.weight is not None else (0, 0)
+    return _grouped_conv(layer) and group_inputs == 1 and out_channels == layer.groups
+
+
 def _weighted_gemm(layer) -> bool:
     return layer.weight is not None
 
 
 SCHEDULES = ("rule", "auto")
 PRUNE_METHODS = ("reconstruct", "magnitude")
-PLACEMENT_FIELDS = ("unfold", "host_convs", "alu_activations", "zero_point_pads")
+PLACEMENT_FIELDS = ("unfold", "host_convs", "row_bands", "alu_activations", "zero_point_pads")
 # Pinned placement field -> (which layers it may name, what the message says they must be)
 PLACEMENT_CHECKS = {
     "unfold": (_unfoldable, "a conv with one group and a kernel wider than 1x1"),
     "host_convs": (_grouped_conv, "a grouped conv"),
+    "row_bands": (_depthwise_conv, "a depthwise conv (one input and one output channel per group)"),
     "alu_activations": (_weighted_gemm, "a conv or dense layer with weights"),
     "zero_point_pads": (_grouped_conv, "a grouped conv"),
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 from codesign.packed_layout import Layouts
+from codesign.schedules.row_bands import band_input_width
 
 FREE_OPS = {"reshape", "flatten", "squeeze", "expand_dims"}
 # Arithmetic per output element of float host ops (exp, division and reductions count more).
@@ -85,6 +86,8 @@ def _conversion_bytes(node, inputs, layouts: Layouts) -> float:
     on the blocks where the layer reads them as they are: it reads them and writes the padded ones."""
     packed_inputs = sum(_elements(i.shape) for i in inputs if not layouts.reads_packed(node, i.name))
     unpacked_output = _elements(node.shape) if layouts.writes_nchw(node) else 0
+    if node.params.get("row_bands"):
+        return _row_band_bytes(node, inputs[0], layouts)
     if "pad_value" not in node.params:
         return 2.0 * (packed_inputs + unpacked_output)
     n, c, h, w = inputs[0].shape
@@ -94,6 +97,26 @@ def _conversion_bytes(node, inputs, layouts: Layouts) -> float:
         pad_pass = _elements(layouts.packed_shape(inputs[0].shape)) + _elements(layouts.packed_shape(padded))
         return pad_pass + 2.0 * unpacked_output
     return 2.0 * (packed_inputs + _elements(padded) + unpacked_output)
+
+
+def _row_band_bytes(node, source, layouts: Layouts) -> float:
+    """A depthwise conv on the core's row bands (schedules.row_bands, bands of the layout's
+    block): the host reads its input (NCHW, or the blocks where it reads them as they are) and
+    writes the rows padded and widened to whole bands, then reads the output bands and writes
+    them (NCHW, or the blocks where it is computed blocked, unpacked too where a reader needs NCHW)."""
+    pixels = layouts.block
+    n, c, h, _ = source.shape
+    top, _, bottom, _ = node.params["padding"]
+    out_n, out_c, out_h, out_w = node.shape
+    kernel_w, stride_w = node.params["weight"].shape[3], node.params["strides"][1]
+    out_bands = math.ceil(out_w / pixels)
+    rows_written = n * c * (h + top + bottom) * band_input_width(out_bands, kernel_w, stride_w, pixels)
+    bands_read = out_n * out_c * out_h * out_bands * pixels
+    blocked_in, blocked_out = layouts.reads_packed(node, source.name), node.name in layouts.packed
+    read = _elements(layouts.packed_shape(source.shape) if blocked_in else source.shape)
+    written = _elements(layouts.packed_shape(node.shape) if blocked_out else node.shape)
+    unpacked = 2.0 * _elements(node.shape) if blocked_out and layouts.writes_nchw(node) else 0.0
+    return float(read + rows_written + bands_read + written + unpacked)
 
 
 def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:

@@ -49,6 +49,7 @@ from codesign.schedules.packed_conv2d import (
     unpack_output_te,
     weight_image,
 )
+from codesign.schedules.row_bands import banded_weight
 from codesign.schedules.schedule_walk import walk_schedule
 from codesign.schedules.tile_geometry import TileGeometry, tile_geometry
 from codesign.schedules.tiling import TilingError, tile_footprint
@@ -168,10 +169,11 @@ class _Lowerer:
                 self.schedules_kernels,
             )
         except HardwareError:
-            super_grouped_conv = node.op == "conv2d" and shape != gemm_shape(node, self.qgraph)
-            if node.op != "conv2d" or (tuple(p["dilation"]) == (1, 1) and not super_grouped_conv):
+            narrow_groups = node.op == "conv2d" and shape != gemm_shape(node, self.qgraph)  # super-groups, row bands
+            if node.op != "conv2d" or (tuple(p["dilation"]) == (1, 1) and not narrow_groups):
                 raise
             node.placement = "host"
+            p.pop("row_bands", None)
 
     def weight_bits(self, node: QNode) -> int | None:
         """A GEMM layer's weight width; None for a matmul of two activations."""
@@ -305,6 +307,8 @@ class _Lowerer:
         called, the output unpacked."""
         bb, hw, p = self.bb, self.hw.for_layer_weights(self.weight_bits(node)), node.params
         shape = self.kernels[node.name][1].shape
+        if p.get("row_bands"):
+            return self.emit_row_bands(node, args[0])
         grouped = node.op == "conv2d" and p["groups"] > 1
         data = args[0]
         if "pad_value" in p:  # the core's loads pad with zeros; this padding holds the zero point
@@ -322,6 +326,27 @@ class _Lowerer:
             return self.grouped_output(out, node.shape)
         return bb.emit(relax.op.reshape(out, node.shape))
 
+    def emit_row_bands(self, node: QNode, data: relax.Expr, blocked_output: bool = False) -> relax.Expr:
+        """A depthwise conv on the core's row bands (schedules.row_bands). One host pass writes
+        the kernel's input from `data` (NCHW, or the layout's blocks): each row padded (with the
+        input's zero point where it has one) and widened to whole bands, the kernel's input
+        channels. One pass writes its output bands, cut back to the row's width, as NCHW or
+        (`blocked_output`) as the layout's blocks."""
+        bb, p = self.bb, node.params
+        hw = self.hw.for_layer_weights(self.weight_bits(node))
+        shape = self.kernels[node.name][1].shape
+        in_shape = tuple(self.qgraph.nodes[node.inputs[0]].shape)
+        block = self.layouts.block
+        read = functools.partial(
+            _row_band_input_te, in_shape=in_shape, padding=p["padding"], core=shape, hw=hw, block=block
+        )
+        packed_data = bb.emit_te(read, data, self.pad_value_const(node), primfunc_name_hint="row_bands")
+        packed_out = self.emit_kernel(node, packed_data, [])
+        write = functools.partial(
+            _row_band_output_te, out_shape=tuple(node.shape), core=shape, hw=hw, block=block if blocked_output else None
+        )
+        return bb.emit_te(write, packed_out, primfunc_name_hint="row_band_output")
+
     def emit_kernel(self, node: QNode, packed_data: relax.Expr, args: list[relax.Expr]) -> relax.Expr:
         """The accelerated layer on blocked data (blocked for the core as the layer uses it); its
         output blocked."""
@@ -331,7 +356,7 @@ class _Lowerer:
         kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"{ACCELERATED_PREFIX}{node.name}")
         packed_weight = self.packed_weight(node, shape, args, hw)
         channel = [
-            relax.const(pack_channel_params_numpy(self.channel_values(p[key], shape), hw))
+            relax.const(pack_channel_params_numpy(self.channel_values(p[key], shape, p.get("row_bands")), hw))
             for key in channel_param_names(p.get("activation"))
         ]
         out_shape = kernel_buffer_shapes(shape, hw)["out"]
@@ -343,6 +368,9 @@ class _Lowerer:
         """A node of `layouts.packed`, computed in the blocked layout from blocked inputs (a
         chained layer packs an NCHW input itself)."""
         p, block = node.params, self.layouts.block
+        if p.get("row_bands"):  # its own passes read and write the blocks (packed_layout.can_be_blocked)
+            source = node.inputs[0]
+            return self.emit_row_bands(node, blocked.get(source, values.get(source)), blocked_output=True)
         if node.name in self.kernels:
             source = node.inputs[0]
             data = blocked[source] if source in blocked else self.emit_pack(values[source])
@@ -479,8 +507,11 @@ class _Lowerer:
         return out
 
     @staticmethod
-    def channel_values(values: np.ndarray, shape: ConvShape) -> np.ndarray:
-        """Per-output-channel values as (G, O/G) for the kernel."""
+    def channel_values(values: np.ndarray, shape: ConvShape, row_bands: bool = False) -> np.ndarray:
+        """Per-output-channel values as (G, O/G) for the kernel (row bands: a channel's value
+        for each of its group's pixels)."""
+        if row_bands and np.ndim(values):
+            return np.repeat(np.reshape(values, (shape.groups, 1)), shape.out_channels, axis=1)
         if np.ndim(values) == 0 or np.size(values) == shape.out_channels:
             return np.broadcast_to(values, (shape.groups, shape.out_channels))
         padding = shape.groups * shape.out_channels - np.size(values)  # a last super-group's dropped outputs
@@ -490,7 +521,9 @@ class _Lowerer:
         """The kernel's weight operand: constant weights blocked as the module stores them (int4
         two per byte, `weight_image`), a matmul's run-time operand blocked on the host."""
         weight = node.params["weight"]
-        if weight is not None and node.op == "conv2d" and node.params["groups"] > 1:
+        if node.params.get("row_bands"):
+            blocked = pack_weight_numpy(banded_weight(weight, shape), hw)
+        elif weight is not None and node.op == "conv2d" and node.params["groups"] > 1:
             blocked = pack_weight_numpy(block_diagonal_weight(weight, shape), hw)
         elif weight is not None:
             oihw = weight if node.op == "conv2d" else weight.T[:, :, None, None]
@@ -660,6 +693,51 @@ def _blocked_depthwise_conv2d_te(
         return _looked_up(value, channel[len(names) :], c * bi + i)
 
     return te.compute(out_shape, requantized, name="host_conv2d")
+
+
+def _row_band_input_te(x: te.Tensor, pad: te.Tensor, in_shape, padding, core: ConvShape, hw, block: int) -> te.Tensor:
+    """A row-banded conv's packed kernel input (C, N/b, P/ib, padded rows, bands, b, ib): pixel
+    i of band wb of padded row y of channel c, from `x`: (N, C, H, W), or the layout's
+    (1, N/b, C/block, H, W, b, block) blocks. The padding and widening hold pad[c]."""
+    n, _, h, w = in_shape
+    top, left = int(padding[0]), int(padding[1])
+    pixels, lanes, batch = core.in_channels, hw.input_block, hw.batch
+    blocked = len(x.shape) == 7
+
+    def value(ch, row_block, lane_block, y, band, b, lane):
+        row, pixel = row_block * batch + b, lane_block * lanes + lane
+        col = band * pixels + pixel - left
+        if blocked:
+            inner = x[0, row // batch, ch // block, y - top, col, row % batch, ch % block]
+        else:
+            inner = x[row, ch, y - top, col]
+        inside = tirx.all(row < n, pixel < pixels, y >= top, y < h + top, col >= 0, col < w)
+        padded = tirx.if_then_else(tirx.all(row < n, pixel < pixels), pad[ch], tirx.const(0, "int8"))
+        return tirx.if_then_else(inside, inner, padded)
+
+    return te.compute(kernel_buffer_shapes(core, hw)["data"], value, name="row_bands")
+
+
+def _row_band_output_te(y: te.Tensor, out_shape, core: ConvShape, hw, block: int | None) -> te.Tensor:
+    """A row-banded conv's kernel output (C, N/b, P/bo, rows, bands, b, bo) as (N, C, H, W)
+    `out_shape`, or with `block`, as the layout's (1, N/b, C/block, H, W, b, block) blocks."""
+    n, channels, out_h, out_w = out_shape
+    pixels, lanes, batch = core.out_channels, hw.block_out, hw.batch
+
+    def at(ch, row, yy, xx):
+        pixel = xx % pixels
+        return y[ch, row // batch, pixel // lanes, yy, xx // pixels, row % batch, pixel % lanes]
+
+    if block is None:
+        return te.compute(out_shape, lambda row, ch, yy, xx: at(ch, row, yy, xx), name="row_band_output")
+
+    def blocked(_, row_block, channel_block, yy, xx, b, lane):
+        ch, row = channel_block * block + lane, row_block * batch + b
+        inside = tirx.all(ch < channels, row < n)
+        return tirx.if_then_else(inside, at(ch, row, yy, xx), tirx.const(0, "int8"))
+
+    shape = (1, math.ceil(n / batch), math.ceil(channels / block), out_h, out_w, batch, block)
+    return te.compute(shape, blocked, name="row_band_output")
 
 
 def _padded_te(x: te.Tensor, pad: te.Tensor, padding) -> te.Tensor:

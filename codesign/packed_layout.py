@@ -64,8 +64,8 @@ def chains_kernel(node, qgraph, hw) -> bool:
     precision-scalable core reads those too, two per element: `input_gather`), with one group
     or groups that fall on whole blocks (`groups_fill_blocks`). (An input padded with its zero
     point is padded by a host pass first, on the blocks: `quantize.prepadded`.)"""
-    if node.op != "conv2d" or node.placement != "accel":
-        return False
+    if node.op != "conv2d" or node.placement != "accel" or node.params.get("row_bands"):
+        return False  # row bands read and write their own layout (schedules.row_bands)
     layer_core = hw.for_layer_weights(qgraph.config.bits_for(node.name))
     if not layer_core.input_block == layer_core.block_out == hw.block_out:
         return False
@@ -110,6 +110,12 @@ def runs_on_blocks(node, qgraph, block: int) -> bool:
     if node.op == "mean":
         return node.params["keepdims"] and tuple(node.params["axes"]) == (2, 3)
     return node.op == "conv2d" and node.placement == "host" and is_depthwise(node, shapes[0])
+
+
+def reads_blocks_itself(node) -> bool:
+    """An accelerated layer whose own host passes read its input and write its output in either
+    layout: a depthwise conv on row bands (schedules.row_bands), which relays rows out anyway."""
+    return node.op == "conv2d" and node.placement == "accel" and bool(node.params.get("row_bands"))
 
 
 def writes_blocks(node) -> bool:
@@ -161,6 +167,8 @@ def can_be_blocked(node, qgraph, hw, blocked_before: set[str]) -> bool:
     an op that writes blocks from NCHW (`writes_blocks`) reads no value that could be blocked."""
     if chains_kernel(node, qgraph, hw):
         return True
+    if reads_blocks_itself(node):
+        return node.inputs[0] in blocked_before
     if runs_on_blocks(node, qgraph, hw.block_in) and all(i in blocked_before for i in node.inputs):
         return True
     return writes_blocks(node) and not any(i in blocked_before for i in node.inputs)

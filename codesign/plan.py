@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from codesign.schedules.layer import ConvShape
+from codesign.schedules.row_bands import is_row_banded
 from codesign.schedules.tiling import Tiling
 
 if TYPE_CHECKING:  # TVM is imported by what schedules kernels, not by what reads plans
@@ -127,7 +128,10 @@ class LayerPlan:
         return shape.macs if shape else 0
 
     def describe(self) -> str:
-        """The layer's geometry as the model writes it (and a super-grouped conv's on the core)."""
+        """The layer's geometry as the model writes it (and a depthwise or narrow-group conv's
+        on the core)."""
+        if self.layer_shape is not None and is_row_banded(self.layer_shape, self.shape):
+            return f"{self.layer_shape.describe()} (core: {self.shape.in_channels}-pixel row bands)"
         if self.layer_shape is not None:
             return f"{self.layer_shape.describe()} (core: {self.shape.groups} block-diagonal groups)"
         return self.shape.describe() if self.shape else ""

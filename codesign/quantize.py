@@ -48,11 +48,12 @@ from codesign.float_numpy import is_static_slice, supports_node, window_counts
 from codesign.graph import FLOAT_MAX, FLOAT_MIN, Graph, Node, channel_shaped, remove_dead
 from codesign.host_work import host_seconds, node_work
 from codesign.lookup_tables import ELEMENTWISE_OPS, channel_constant_count, tabulate, tabulated_values
-from codesign.packed_layout import Layouts, can_be_blocked, chains_kernel
+from codesign.packed_layout import Layouts, can_be_blocked, chains_kernel, reads_blocks_itself
 from codesign.plan import ACTIVATION_FRACTION_BITS, AluActivation, layer_alu_ops
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.narrow_groups import accelerator_seconds, is_narrow, super_grouped
 from codesign.schedules.narrow_inputs import unfolded_weight, unfolding_pays
+from codesign.schedules.row_bands import banded, is_depthwise
 from codesign.schedules.tiling import TilingError
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -103,6 +104,7 @@ class QuantConfig:
     # Pinned placements (codesign.compression): None where the cost model decides
     unfold: tuple[str, ...] | None = None  # narrow-input convs to unfold
     host_convs: tuple[str, ...] | None = None  # grouped convs on the host
+    row_bands: tuple[str, ...] | None = None  # depthwise convs on the core as row bands
     alu_activations: tuple[str, ...] | None = None  # GEMMs computing their activation in the ALU
     zero_point_pads: tuple[str, ...] | None = None  # padded grouped convs reading a zero point
     offset_tables: bool = True  # one-sided tables read by unpadded GEMMs (or zero_point_pads) get a zero point
@@ -120,7 +122,8 @@ class QuantConfig:
         bias_correction: bool = True,
     ) -> QuantConfig:
         """Quantization the core can execute; weights may be narrower than its weight width.
-        `placements`: {"unfold" | "host_convs" | "alu_activations" | "zero_point_pads": layer names or None}."""
+        `placements`: {"unfold" | "host_convs" | "row_bands" | "alu_activations" | "zero_point_pads": layer
+        names or None}."""
         for name, bits in {"all layers": weight_bits, **(layer_weight_bits or {})}.items():
             if bits is not None and bits > hw.weight_bits:
                 raise HardwareError(
@@ -236,11 +239,14 @@ def gemm_shape(node: QNode, qgraph: QuantizedGraph) -> ConvShape:
 
 
 def kernel_shape(node: QNode, qgraph: QuantizedGraph, hw) -> ConvShape:
-    """The geometry the core runs for an offloaded layer: a narrow-group conv's super-groups,
-    on an input the host padded with its zero point where it has one (`prepadded`)."""
+    """The geometry the core runs for an offloaded layer: a depthwise conv's row bands
+    (schedules.row_bands, on rows the host pads), a narrow-group conv's super-groups, on an
+    input the host padded with its zero point where it has one (`prepadded`)."""
     shape = gemm_shape(node, qgraph)
     if node.op != "conv2d":
         return shape
+    if node.params.get("row_bands"):
+        return banded(shape, hw.block_in)
     return super_grouped(prepadded(shape) if "pad_value" in node.params else shape, hw.block_in)
 
 
@@ -396,6 +402,7 @@ class _Quantizer:
         outputs = self.drop_fused_names(outputs)
         qgraph = QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config, self.acc_scales)
         remove_dead(qgraph)  # e.g. the intermediate steps of a tabulated chain
+        self.weigh_merged_tables(qgraph)
         merge_tables_into_host_convs(qgraph)
         qgraph.placements = chosen_placements(qgraph)
         return qgraph
@@ -504,7 +511,7 @@ class _Quantizer:
 
     def alu_is_faster(self, gemm: QNode, fused_params: dict, table: QNode) -> bool:
         """Does the activation cost the core less time than the host's table would? Both priced
-        by the description, as narrow-group convs are placed (`conv_on_accel`): the analytic cost
+        by the description, as narrow-group convs are placed (`conv_mapping`): the analytic cost
         model's time with and without the activation's ALU ops, against the table's host time.
         On vta_default (one accumulator vector per ALU cycle at 100 MHz against a 650 MHz host)
         a table is faster than HardSwish's 7 ALU ops; a core retiring 4 vectors per cycle is not."""
@@ -843,7 +850,10 @@ class _Quantizer:
             if any(int(p) for p in layer.padding) and np.any(self.nodes[inputs[0]].zero_point):
                 params["pad_value"] = self.nodes[inputs[0]].zero_point
         qnode = QNode(node.name, layer.kind, inputs, node.shape, "int8", out_scale, "accel", params, node)
-        if layer.kind == "conv2d" and not self.conv_on_accel(qnode):
+        mapping = self.conv_mapping(qnode) if layer.kind == "conv2d" else "core"
+        if mapping == "row_bands":
+            params["row_bands"] = True
+        if mapping == "host":
             qnode.placement = "host"
             params["multiplier"], params["shift"] = fixed_point(
                 acc_scale / out_scale, HOST_MULTIPLIER_BITS, config.shift_only
@@ -883,47 +893,97 @@ class _Quantizer:
         qnode.inputs = [name, *qnode.inputs[1:]]
         p.update(weight=unfolded_weight(p["weight"]), strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1))
 
-    def conv_on_accel(self, qnode: QNode) -> bool:
-        """Does a conv run on the core? Dense convs and groups of at least block_in channels do.
-        Narrower groups (depthwise) run as block-diagonal super-groups (schedules.narrow_groups)
-        where that is modelled faster than the host conv: the core's time (analytic cost model,
-        under the tile rule's tiling) plus the host's packing unless the conv would chain
-        (`chained_layouts`), against the host conv's time, both priced by the description.
-        Only channels_per_group x block_out of a super-group's block_in x block_out lanes are
-        useful (a depthwise conv's: 1/block_in), and its weights are block_in /
-        channels_per_group times the layer's; the host does 2 ops per real MAC.
-        So depthwise convs stay on vta_default's host (100 MHz core; ppocr_cls's 200-channel 5x5
-        one: 0.83 ms on the core against 0.74 ms) and go to faster or wider cores (wide_1x32x32:
-        0.14 ms); groups of 4 channels go to vta_default's core.
+    def conv_mapping(self, qnode: QNode) -> str:
+        """Where and how a conv runs: "core" (dense convs and groups of at least block_in
+        channels always), else the fastest of the host conv ("host") and the core's mappings
+        that fit (`core_mappings`), each priced by the description: the core's time (analytic
+        cost model, under the tile rule's tiling) plus the host's packing or relayout, against
+        the host conv's time (2 ops per real MAC).
+        Block-diagonal super-groups (schedules.narrow_groups) use channels_per_group of a
+        block's block_in lanes (a depthwise conv's: 1), row bands (schedules.row_bands) up to
+        K of them for a K-wide kernel, at ceil((15 s + K) / 16) weight tiles per kernel row.
+        So on vta_default (100 MHz core) the text recognisers' 5x5 depthwise convs over
+        80-column maps run as row bands (PP-OCRv4 rec's 240-channel ones: 2.57 ms on the core,
+        0.82 ms of relayout and 0.36 ms for the HardSwish table after it, against 4.44 ms on the
+        host, table included: `weigh_merged_tables`), the other depthwise convs on the host
+        (PP-OCR cls's 200-channel 5x5 one: 0.83 ms on the core as super-groups against 0.74
+        ms); groups of 4 channels go to vta_default's core, and on faster or wider cores
+        (wide_1x32x32) depthwise convs do too, as super-groups.
         If the compression lists host convs (a tuned design's, as its profile was), those and
-        no others run on the host."""
-        if self.config.host_convs is not None:
-            return qnode.name not in self.config.host_convs
-        p = qnode.params
-        in_shape = self.nodes[qnode.inputs[0]].shape
-        shape = ConvShape.conv2d(in_shape, p["weight"].shape, p["groups"], p["strides"], p["padding"], p["dilation"])
+        no others run on the host; if it lists row bands, those and no other depthwise convs on
+        the core run so."""
+        shape = gemm_shape(qnode, self)
         hw = self.config.hardware
         if not is_narrow(shape, self.config.block_in):
-            return True
-        if hw is None:
-            return False
-        alu_ops = layer_alu_ops(p)
-        if self.config.zero_point_pads is None:  # priced as it runs without one (quantize_graph)
-            qnode = dataclasses.replace(qnode, params={k: v for k, v in p.items() if k != "pad_value"})
-        try:
-            core = accelerator_seconds(kernel_shape(qnode, self, hw), hw, alu_ops, self.config.bits_for(qnode.name))
-        except TilingError:
-            return False
-        packing = host_seconds(*node_work(qnode, self, self.chained_layouts(qnode, hw)), hw)
+            return "core"
+        pinned = self.config.host_convs
+        if pinned is not None and qnode.name in pinned:
+            return "host"
+        seconds = self.core_mappings(qnode, shape, hw) if hw is not None else {}
+        if pinned is not None:
+            return min(seconds, key=seconds.get) if seconds else "core"  # lowering moves what does not fit
+        if not seconds:
+            return "host"
+        fastest = min(seconds, key=seconds.get)
         on_host = host_seconds(*node_work(dataclasses.replace(qnode, placement="host"), self), hw)
-        return core + packing < on_host
+        return fastest if seconds[fastest] < on_host else "host"
+
+    def core_mappings(self, qnode: QNode, shape: ConvShape, hw) -> dict[str, float]:
+        """Modelled seconds of each way the core can run a narrow-group conv, of those that fit
+        the scratchpads: "core" (super-groups) and, for a depthwise conv, "row_bands"; each with
+        its host packing (none where it chains: `chained_layouts`) or relayout."""
+        alu_ops = layer_alu_ops(qnode.params)
+        if self.config.zero_point_pads is None:  # priced as it runs without one (quantize_graph)
+            qnode = dataclasses.replace(qnode, params={k: v for k, v in qnode.params.items() if k != "pad_value"})
+        candidates = {"core": qnode}
+        if is_depthwise(shape):
+            candidates["row_bands"] = dataclasses.replace(qnode, params={**qnode.params, "row_bands": True})
+        if self.config.row_bands is not None:  # pinned: one way
+            candidates.pop("core" if qnode.name in self.config.row_bands else "row_bands", None)
+        seconds = {}
+        for mapping, candidate in candidates.items():
+            try:
+                core = accelerator_seconds(
+                    kernel_shape(candidate, self, hw), hw, alu_ops, self.config.bits_for(qnode.name)
+                )
+            except TilingError:
+                continue
+            seconds[mapping] = core + host_seconds(*node_work(candidate, self, self.chained_layouts(candidate, hw)), hw)
+        return seconds
+
+    def weigh_merged_tables(self, qgraph: QuantizedGraph) -> None:
+        """Row bands placed by cost against a host conv that would pay a table's pass itself:
+        where only a lookup table reads the conv's result, a host conv looks it up as it writes
+        (merge_tables_into_host_convs). With the tables known, each such conv (placed by cost)
+        goes back to the host where that is then faster (PP-OCRv4 rec's 480-channel 5x5 conv,
+        read by its HardSwish on vta_default)."""
+        hw = self.config.hardware
+        if hw is None or self.config.host_convs is not None or self.config.row_bands is not None:
+            return
+        readers = qgraph.consumers()
+        for qnode in qgraph.gemm_nodes():
+            tables = [qgraph.nodes[name] for name in readers[qnode.name]]
+            if not qnode.params.get("row_bands") or [t.op for t in tables] != ["lut"] or qnode.name in qgraph.outputs:
+                continue
+            on_core = self.core_mappings(qnode, gemm_shape(qnode, self), hw)["row_bands"]
+            on_core += host_seconds(*node_work(tables[0], qgraph), hw)
+            merged = {**qnode.params, "table": tables[0].params["table"]}
+            on_host = host_seconds(*node_work(dataclasses.replace(qnode, placement="host", params=merged), qgraph), hw)
+            if on_host <= on_core:
+                del qnode.params["row_bands"]
+                qnode.placement = "host"
+                acc_scale = self.acc_scales[qnode.name]
+                multiplier, shift = fixed_point(acc_scale / qnode.scale, HOST_MULTIPLIER_BITS, self.config.shift_only)
+                qnode.params["multiplier"], qnode.params["shift"] = multiplier, shift
 
     def chained_layouts(self, qnode: QNode, hw) -> Layouts:
         """The layouts a conv on the core would read and write: its blocked input as it is, if
-        that can be blocked and the conv chains (its output then stays blocked for its readers, as
-        a host conv's on blocked values would), else NCHW, packed and unpacked."""
-        if not chains_kernel(qnode, self, hw) or qnode.inputs[0] not in self.blocked_values(hw):
-            return Layouts()
+        that can be blocked and the conv chains or reads the blocks itself (row bands; its output
+        then stays blocked for its readers, as a host conv's on blocked values would), else NCHW,
+        packed and unpacked."""
+        reads_blocks = chains_kernel(qnode, self, hw) or reads_blocks_itself(qnode)
+        if not reads_blocks or qnode.inputs[0] not in self.blocked_values(hw):
+            return Layouts(batch=hw.batch, block=hw.block_in)
         producer = self.nodes[qnode.inputs[0]].name  # an activation fused into a GEMM is that GEMM
         return Layouts(frozenset({qnode.name, producer}), frozenset(), hw.batch, hw.block_in)
 
@@ -1129,17 +1189,18 @@ def layers_before_logarithm(graph: Graph) -> list[str]:
 
 def quantize_graph(graph: Graph, ranges: TensorRanges, config: QuantConfig) -> QuantizedGraph:
     """The integer program. Unless pinned, the padded grouped convs that pad with a zero point
-    are those on the host: for the core, the pad costs a host pass (`prepadded`). So the first
-    pass places them as they run without one, and where any landed on the core, the graph is
-    quantized again with the host's pinned."""
+    are those on the host and the core's row bands (whose rows the host pads anyway): for
+    super-groups, the pad costs a host pass (`prepadded`). So the first pass places them as they
+    run without one, and where any landed on the core as super-groups, the graph is quantized
+    again with the others pinned."""
     qgraph = _Quantizer(graph, ranges, config).run()
     if config.zero_point_pads is not None:
         return qgraph
     padding = [n for n in qgraph.gemm_nodes() if "pad_value" in n.params]
-    on_host = tuple(sorted(n.name for n in padding if n.placement == "host"))
-    if len(on_host) == len(padding):
+    free = tuple(sorted(n.name for n in padding if n.placement == "host" or n.params.get("row_bands")))
+    if len(free) == len(padding):
         return qgraph
-    return _Quantizer(graph, ranges, dataclasses.replace(config, zero_point_pads=on_host)).run()
+    return _Quantizer(graph, ranges, dataclasses.replace(config, zero_point_pads=free)).run()
 
 
 def chosen_placements(qgraph: QuantizedGraph) -> dict[str, tuple[str, ...]]:
@@ -1148,6 +1209,7 @@ def chosen_placements(qgraph: QuantizedGraph) -> dict[str, tuple[str, ...]]:
     return {
         "unfold": tuple(sorted(n.name for n in gemms if qgraph.nodes[n.inputs[0]].op == "im2col")),
         "host_convs": tuple(sorted(n.name for n in gemms if n.op == "conv2d" and n.placement == "host")),
+        "row_bands": tuple(sorted(n.name for n in gemms if n.params.get("row_bands"))),
         "alu_activations": tuple(sorted(n.name for n in gemms if "activation" in n.params)),
         "zero_point_pads": tuple(sorted(n.name for n in gemms if "pad_value" in n.params)),
     }

@@ -55,18 +55,18 @@ def test_real_model_compiles_and_matches_onnxruntime(model):
 
 
 def test_ppocr_cls_pinned_on_the_core_keeps_its_zero_points(tmp_path):
-    """PP-OCR cls's grouped convs pinned on vta_default's core with the zero points they pad with
-    on the host (a host pass pads their blocked inputs; the convs stay chained): every MAC on
-    the accelerator, the module equal to its integer program (up to the float softmax's
-    rounding), onnxruntime's float
-    output within the target, and less of the modelled latency on the host than by default."""
+    """PP-OCR cls's grouped convs pinned on vta_default's core as super-groups, with the zero
+    points they pad with on the host (a host pass pads their blocked inputs; the convs stay
+    chained): every MAC on the accelerator, the module equal to its integer program (up to the
+    float softmax's rounding), onnxruntime's float output within the target, and less of the
+    modelled latency on the host than by default."""
     model = next(m for m in CORPUS if m.name == "ppocr_cls")
     hw = load_hardware("vta_default")
     calibration = tmp_path / "calibration.npz"
     np.savez(calibration, **model.samples(16, first_seed=0))
     graph = extract_graph(import_model(model.path, model.input_shapes))
     grouped = tuple(n.name for n in graph.gemm_nodes() if n.layer.kind == "conv2d" and n.layer.groups > 1)
-    pinned = CompressionConfig(host_convs=(), zero_point_pads=grouped)
+    pinned = CompressionConfig(host_convs=(), row_bands=(), zero_point_pads=grouped)  # as super-groups
     result = compile_model(model.path, hw, model.input_shapes, calibration, 16, warn=lambda _: None, compression=pinned)
     padding = [n for n in result.qgraph.gemm_nodes() if "pad_value" in n.params]
     assert padding and all(n.placement == "accel" for n in padding)
@@ -88,6 +88,32 @@ def test_ppocr_cls_pinned_on_the_core_keeps_its_zero_points(tmp_path):
     assert min(on_core.int8_cosine) >= INT8_COSINE and on_core.top1_agreement == 1.0
     assert on_core.accel_mac_share == 1.0 > default.accel_mac_share
     assert on_core.host_latency_share < default.host_latency_share
+
+
+def test_ppocr_cls_depthwise_convs_as_row_bands_equal_the_integer_program(tmp_path):
+    """PP-OCR cls with every depthwise conv pinned on vta_default's core as row bands (3x3 and
+    5x5, strides 1 and 2x1, inputs with zero points): the module equals its integer program
+    (up to the float softmax's rounding)."""
+    model = next(m for m in CORPUS if m.name == "ppocr_cls")
+    hw = load_hardware("vta_default")
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, **model.samples(16, first_seed=0))
+    graph = extract_graph(import_model(model.path, model.input_shapes))
+    depthwise = tuple(
+        n.name for n in graph.gemm_nodes() if n.layer.kind == "conv2d" and n.layer.groups == n.layer.weight.shape[0] > 1
+    )
+    strides = {tuple(graph.nodes[name].layer.strides) for name in depthwise}
+    assert {(1, 1), (2, 1)} <= strides
+    banded = CompressionConfig(host_convs=(), row_bands=depthwise)
+    result = compile_model(model.path, hw, model.input_shapes, calibration, 16, warn=lambda _: None, compression=banded)
+    plans = {plan.name: plan for plan in result.lowered.plans}
+    assert all(plans[name].placement == "accel" and "row bands" in plans[name].describe() for name in depthwise)
+    assert any("pad_value" in result.qgraph.nodes[name].params for name in depthwise)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    for seed in (EVAL_FIRST_SEED, EVAL_FIRST_SEED + 1):
+        x = model.sample(seed)["x"]
+        ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+        np.testing.assert_allclose(ours, reference_output(result.qgraph, x), rtol=1e-5, atol=1e-7)
 
 
 def reference_output(qgraph, x: np.ndarray) -> np.ndarray:

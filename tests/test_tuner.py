@@ -38,7 +38,14 @@ def with_unfolding(compression: dict) -> dict:
     """A compression as a record of this space holds it: its placements pinned, mnist-8's first
     conv unfolded, as every profile on the space's vta_default unfolds it
     (schedules.narrow_inputs), and no grouped conv or ALU activation."""
-    return {**compression, "unfold": ["conv2d_0"], "host_convs": [], "alu_activations": [], "zero_point_pads": []}
+    return {
+        **compression,
+        "unfold": ["conv2d_0"],
+        "host_convs": [],
+        "row_bands": [],
+        "alu_activations": [],
+        "zero_point_pads": [],
+    }
 
 
 @pytest.fixture(scope="module")

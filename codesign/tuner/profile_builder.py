@@ -135,7 +135,7 @@ class ProfileBuilder:
         """A built profile's variant with every grouped conv on the core, its other placements
         pinned as built: (quantized graph, plans on the built hardware). Quantized and planned
         only; its integers are the built ones (see the module's docstring)."""
-        pinned = {**result.qgraph.placements, "host_convs": ()}
+        pinned = {**result.qgraph.placements, "host_convs": (), "row_bands": None}  # the fastest core mapping
         compression = result.compression.with_placements(pinned)
         graph, qgraph, _ = quantize_model(
             self.imported, result.hw, self.calibration, warn=lambda m: None, compression=compression
