@@ -37,7 +37,9 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
     inputs = [qgraph.nodes[i] for i in node.inputs]
     out = _elements(node.shape)
     if node.op in ("conv2d", "matmul") and node.placement == "accel":
-        return 0.0, _conversion_bytes(node, inputs, layouts)
+        lookups = out if "table" in node.params else 0  # a row-banded conv's merged tables
+        lookups += _elements(inputs[0].shape) if "input_table" in node.params else 0
+        return float(lookups), _conversion_bytes(node, inputs, layouts)
     if node.name in layouts.packed:
         return _blocked_host_work(node, inputs, layouts)
     moved = sum(_elements(i.shape) * _itemsize(i.dtype) for i in inputs) + out * _itemsize(node.dtype)

@@ -340,12 +340,14 @@ class _Lowerer:
         read = functools.partial(
             _row_band_input_te, in_shape=in_shape, padding=p["padding"], core=shape, hw=hw, block=block
         )
-        packed_data = bb.emit_te(read, data, self.pad_value_const(node), primfunc_name_hint="row_bands")
+        tables = [relax.const(p[key]) for key in ("input_table",) if key in p]
+        packed_data = bb.emit_te(read, data, self.pad_value_const(node), *tables, primfunc_name_hint="row_bands")
         packed_out = self.emit_kernel(node, packed_data, [])
         write = functools.partial(
             _row_band_output_te, out_shape=tuple(node.shape), core=shape, hw=hw, block=block if blocked_output else None
         )
-        return bb.emit_te(write, packed_out, primfunc_name_hint="row_band_output")
+        table = [relax.const(p["table"])] if "table" in p else []
+        return bb.emit_te(write, packed_out, *table, primfunc_name_hint="row_band_output")
 
     def emit_kernel(self, node: QNode, packed_data: relax.Expr, args: list[relax.Expr]) -> relax.Expr:
         """The accelerated layer on blocked data (blocked for the core as the layer uses it); its
@@ -695,10 +697,13 @@ def _blocked_depthwise_conv2d_te(
     return te.compute(out_shape, requantized, name="host_conv2d")
 
 
-def _row_band_input_te(x: te.Tensor, pad: te.Tensor, in_shape, padding, core: ConvShape, hw, block: int) -> te.Tensor:
+def _row_band_input_te(
+    x: te.Tensor, pad: te.Tensor, *table: te.Tensor, in_shape, padding, core: ConvShape, hw, block: int
+) -> te.Tensor:
     """A row-banded conv's packed kernel input (C, N/b, P/ib, padded rows, bands, b, ib): pixel
     i of band wb of padded row y of channel c, from `x`: (N, C, H, W), or the layout's
-    (1, N/b, C/block, H, W, b, block) blocks. The padding and widening hold pad[c]."""
+    (1, N/b, C/block, H, W, b, block) blocks, through its merged input table if it has one. The
+    padding and widening hold pad[c]."""
     n, _, h, w = in_shape
     top, left = int(padding[0]), int(padding[1])
     pixels, lanes, batch = core.in_channels, hw.input_block, hw.batch
@@ -713,20 +718,24 @@ def _row_band_input_te(x: te.Tensor, pad: te.Tensor, in_shape, padding, core: Co
             inner = x[row, ch, y - top, col]
         inside = tirx.all(row < n, pixel < pixels, y >= top, y < h + top, col >= 0, col < w)
         padded = tirx.if_then_else(tirx.all(row < n, pixel < pixels), pad[ch], tirx.const(0, "int8"))
-        return tirx.if_then_else(inside, inner, padded)
+        return tirx.if_then_else(inside, _looked_up(inner, table, ch), padded)
 
     return te.compute(kernel_buffer_shapes(core, hw)["data"], value, name="row_bands")
 
 
-def _row_band_output_te(y: te.Tensor, out_shape, core: ConvShape, hw, block: int | None) -> te.Tensor:
+def _row_band_output_te(
+    y: te.Tensor, *table: te.Tensor, out_shape, core: ConvShape, hw, block: int | None
+) -> te.Tensor:
     """A row-banded conv's kernel output (C, N/b, P/bo, rows, bands, b, bo) as (N, C, H, W)
-    `out_shape`, or with `block`, as the layout's (1, N/b, C/block, H, W, b, block) blocks."""
+    `out_shape`, or with `block`, as the layout's (1, N/b, C/block, H, W, b, block) blocks;
+    through its merged table, if it has one."""
     n, channels, out_h, out_w = out_shape
     pixels, lanes, batch = core.out_channels, hw.block_out, hw.batch
 
     def at(ch, row, yy, xx):
         pixel = xx % pixels
-        return y[ch, row // batch, pixel // lanes, yy, xx // pixels, row % batch, pixel % lanes]
+        value = y[ch, row // batch, pixel // lanes, yy, xx // pixels, row % batch, pixel % lanes]
+        return _looked_up(value, table, ch)
 
     if block is None:
         return te.compute(out_shape, lambda row, ch, yy, xx: at(ch, row, yy, xx), name="row_band_output")

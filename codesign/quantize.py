@@ -402,8 +402,8 @@ class _Quantizer:
         outputs = self.drop_fused_names(outputs)
         qgraph = QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config, self.acc_scales)
         remove_dead(qgraph)  # e.g. the intermediate steps of a tabulated chain
-        self.weigh_merged_tables(qgraph)
         merge_tables_into_host_convs(qgraph)
+        merge_tables_into_row_band_inputs(qgraph)
         qgraph.placements = chosen_placements(qgraph)
         return qgraph
 
@@ -903,9 +903,9 @@ class _Quantizer:
         block's block_in lanes (a depthwise conv's: 1), row bands (schedules.row_bands) up to
         K of them for a K-wide kernel, at ceil((15 s + K) / 16) weight tiles per kernel row.
         So on vta_default (100 MHz core) the text recognisers' 5x5 depthwise convs over
-        80-column maps run as row bands (PP-OCRv4 rec's 240-channel ones: 2.57 ms on the core,
-        0.82 ms of relayout and 0.36 ms for the HardSwish table after it, against 4.44 ms on the
-        host, table included: `weigh_merged_tables`), the other depthwise convs on the host
+        80-column maps run as row bands (PP-OCRv4 rec's 240-channel ones: 2.57 ms on the core
+        and 0.82 ms of relayout against 4.44 ms on the host; either looks up the HardSwish table
+        after it as it writes: `merge_tables_into_host_convs`), the other depthwise convs on the host
         (PP-OCR cls's 200-channel 5x5 one: 0.83 ms on the core as super-groups against 0.74
         ms); groups of 4 channels go to vta_default's core, and on faster or wider cores
         (wide_1x32x32) depthwise convs do too, as super-groups.
@@ -949,32 +949,17 @@ class _Quantizer:
             except TilingError:
                 continue
             seconds[mapping] = core + host_seconds(*node_work(candidate, self, self.chained_layouts(candidate, hw)), hw)
+        if "row_bands" in seconds:
+            seconds["row_bands"] -= self.merged_input_table_seconds(qnode, hw)
         return seconds
 
-    def weigh_merged_tables(self, qgraph: QuantizedGraph) -> None:
-        """Row bands placed by cost against a host conv that would pay a table's pass itself:
-        where only a lookup table reads the conv's result, a host conv looks it up as it writes
-        (merge_tables_into_host_convs). With the tables known, each such conv (placed by cost)
-        goes back to the host where that is then faster (PP-OCRv4 rec's 480-channel 5x5 conv,
-        read by its HardSwish on vta_default)."""
-        hw = self.config.hardware
-        if hw is None or self.config.host_convs is not None or self.config.row_bands is not None:
-            return
-        readers = qgraph.consumers()
-        for qnode in qgraph.gemm_nodes():
-            tables = [qgraph.nodes[name] for name in readers[qnode.name]]
-            if not qnode.params.get("row_bands") or [t.op for t in tables] != ["lut"] or qnode.name in qgraph.outputs:
-                continue
-            on_core = self.core_mappings(qnode, gemm_shape(qnode, self), hw)["row_bands"]
-            on_core += host_seconds(*node_work(tables[0], qgraph), hw)
-            merged = {**qnode.params, "table": tables[0].params["table"]}
-            on_host = host_seconds(*node_work(dataclasses.replace(qnode, placement="host", params=merged), qgraph), hw)
-            if on_host <= on_core:
-                del qnode.params["row_bands"]
-                qnode.placement = "host"
-                acc_scale = self.acc_scales[qnode.name]
-                multiplier, shift = fixed_point(acc_scale / qnode.scale, HOST_MULTIPLIER_BITS, self.config.shift_only)
-                qnode.params["multiplier"], qnode.params["shift"] = multiplier, shift
+    def merged_input_table_seconds(self, qnode: QNode, hw) -> float:
+        """The host time of the table pass a row-banded conv's input pass would take over
+        (`merge_tables_into_row_band_inputs`): a table that only this conv reads."""
+        source = self.nodes[qnode.inputs[0]]
+        if source.op != "lut" or self.users.get(source.name) != [qnode.name]:
+            return 0.0
+        return host_seconds(*node_work(source, self), hw)
 
     def chained_layouts(self, qnode: QNode, hw) -> Layouts:
         """The layouts a conv on the core would read and write: its blocked input as it is, if
@@ -1084,16 +1069,38 @@ class _Quantizer:
         return QNode(node.name, "avg_pool2d", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
 
 
+def merge_tables_into_row_band_inputs(qgraph: QuantizedGraph) -> None:
+    """A lookup table whose one reader is a conv on the core's row bands becomes part of that
+    conv: the host pass that relays its input out (schedules.row_bands) looks each value up as
+    it reads it, and the table's pass over memory is gone (the values are the same; the padding
+    holds the table's zero point, as before). PP-OCR's and PicoDet's HardSwish before each
+    depthwise conv."""
+    readers = qgraph.consumers()
+    merged: set[str] = set()
+    for table in [node for node in qgraph.nodes.values() if node.op == "lut"]:
+        if len(readers[table.name]) != 1 or table.name in qgraph.outputs:
+            continue
+        conv = qgraph.nodes[readers[table.name][0]]
+        if not conv.params.get("row_bands") or conv.inputs[0] != table.name:
+            continue
+        conv.params["input_table"] = table.params["table"]
+        conv.inputs = [table.inputs[0], *conv.inputs[1:]]
+        merged.add(table.name)
+    qgraph.nodes = {name: node for name, node in qgraph.nodes.items() if name not in merged}
+
+
 def merge_tables_into_host_convs(qgraph: QuantizedGraph) -> None:
     """A lookup table that alone reads a host conv's result becomes part of that conv: the conv
     looks each int8 result up as it writes it, and the table's pass over memory is gone (the
     values are the same). PP-OCR's and PicoDet's depthwise convs, each followed by its
-    HardSwish, are the host's largest work on vta_default."""
+    HardSwish, are the host's largest work on vta_default. A conv on the core's row bands
+    does it in the host pass that writes its output (schedules.row_bands)."""
     readers = qgraph.consumers()
     merged: dict[str, str] = {}
     for table in [node for node in qgraph.nodes.values() if node.op == "lut"]:
         conv = qgraph.nodes[table.inputs[0]]
-        if conv.op != "conv2d" or conv.placement != "host" or "table" in conv.params:
+        host_pass = conv.placement == "host" or conv.params.get("row_bands")
+        if conv.op != "conv2d" or not host_pass or "table" in conv.params:
             continue
         if readers[conv.name] != [table.name] or conv.name in qgraph.outputs:
             continue

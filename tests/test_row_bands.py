@@ -6,7 +6,6 @@ counted here."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -127,12 +126,13 @@ def depthwise_model(
     return str(path)
 
 
+# layer, what precedes the depthwise conv, what follows it (HardSwish: a table it merges)
 MODULES = {
-    "5x5_zero_point": (24, (5, 5), (1, 1), (2, 2, 2, 2), (12, 40), "HardSwish"),
-    "5x5_nchw": (20, (5, 5), (1, 1), (2, 2, 2, 2), (7, 35), "input"),
-    "3x3_s2x1": (20, (3, 3), (2, 1), (1, 1, 1, 1), (9, 37), None),
-    "5x5_s2_zero_point": (18, (5, 5), (2, 2), (2, 2, 2, 2), (10, 45), "HardSwish"),
-    "3x3_s1x2": (16, (3, 3), (1, 2), (1, 1, 1, 1), (6, 50), "Relu"),
+    "5x5_zero_point": (24, (5, 5), (1, 1), (2, 2, 2, 2), (12, 40), "HardSwish", "Relu"),
+    "5x5_nchw": (20, (5, 5), (1, 1), (2, 2, 2, 2), (7, 35), "input", "Relu"),
+    "3x3_s2x1_table": (20, (3, 3), (2, 1), (1, 1, 1, 1), (9, 37), None, "HardSwish"),
+    "5x5_s2_zero_point": (18, (5, 5), (2, 2), (2, 2, 2, 2), (10, 45), "HardSwish", "Relu"),
+    "3x3_s1x2": (16, (3, 3), (1, 2), (1, 1, 1, 1), (6, 50), "Relu", "Relu"),
 }
 
 
@@ -142,11 +142,12 @@ def test_row_band_module_equals_the_reference_and_onnxruntime(case, tmp_path):
     the module's output equals the integer reference, and onnxruntime's float output up to
     quantization. After HardSwish the depthwise conv's input has a zero point, which the host's
     padding holds. Between dense convs it reads and writes their blocks; on the model's input
-    and output, NCHW."""
-    *layer, before = case
+    and output, NCHW. HardSwish tables before and after it are looked up in the passes that
+    read its input and write its output."""
+    *layer, before, after = case
     channels, size = layer[0], layer[4]
     shape = (1, channels, *size)
-    path = depthwise_model(tmp_path / "dw.onnx", *layer, before=before)
+    path = depthwise_model(tmp_path / "dw.onnx", *layer, before=before, after=after)
     name = "conv2d_0" if before == "input" else "conv2d_1"
     compression = CompressionConfig(host_convs=(), row_bands=(name,))
     result = compile_model(path, VTA, {"x": shape}, calibration_file(tmp_path, shape), compression=compression)
@@ -157,6 +158,10 @@ def test_row_band_module_equals_the_reference_and_onnxruntime(case, tmp_path):
     assert ("pad_value" in qnode.params) == (before == "HardSwish")
     assert result.qgraph.placements["row_bands"] == (name,)
     assert (name in plan_layouts(result.qgraph, VTA).packed) == (before != "input")
+    assert ("table" in qnode.params) == (after == "HardSwish")
+    assert ("input_table" in qnode.params) == (before == "HardSwish")
+    lookups = math.prod(qnode.shape) * (after == "HardSwish") + math.prod(shape) * (before == "HardSwish")
+    assert plan.host_ops == lookups
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
     rng = np.random.default_rng(3)
     for _ in range(2):
@@ -181,14 +186,14 @@ def relayout_elements(layer: ConvShape, pixels: int) -> int:
     return channels * layer.in_h * layer.in_w + written + channels * layer.out_h * (out_blocks * pixels + layer.out_w)
 
 
-def row_band_seconds(qnode, layer: ConvShape, hw) -> float:
+def row_band_seconds(qnode, layer: ConvShape, hw, lookups: int = 0) -> float:
     """The core's time for the banded conv (analytic model, the tile rule's tiling) plus the
-    host's relayout, counted here."""
+    host's relayout, counted here, with `lookups` of a merged table in its output pass."""
     core = banded(layer, hw.block_in)
     p = qnode.params
     alu_ops = requant_alu_ops(p["bias"], p["multiplier"], p["shift"])
     plan = LayerPlan("bands", "conv2d", "accel", core, select_tiling(core, hw, alu_ops), alu_ops=alu_ops)
-    plan.host_bytes = relayout_elements(layer, hw.block_in)
+    plan.host_ops, plan.host_bytes = lookups, relayout_elements(layer, hw.block_in)
     (simulated,) = simulate_plans([plan], hw, "analytic").layers
     return simulated.accel_seconds + simulated.host_seconds
 
@@ -235,33 +240,38 @@ def fastest_mapping_checked(hw, path, channels, kernel, stride, size) -> str:
     return mapping
 
 
-@pytest.mark.parametrize("channels, size", [(240, (12, 80)), (480, (6, 80))], ids=["stays", "returns"])
-def test_row_bands_weigh_the_table_a_host_conv_would_merge(channels, size, tmp_path):
-    """PP-OCRv4 rec's 5x5 depthwise convs, each read by a HardSwish table: on vta_default's host
-    the conv looks the table up as it writes, on the core the table is a pass of its own. Both
-    shapes are faster as row bands than on the host without the table; with it counted, the
-    240-channel one stays on the core and the 480-channel one returns to the host, its table
-    merged."""
-    shape = (1, channels, *size)
-    path = depthwise_model(tmp_path / "dw.onnx", channels, (5, 5), (1, 1), (2,) * 4, size, after="HardSwish")
-    imported = import_model(path, {"x": shape})
-    _, qgraph, _ = quantize_model(imported, VTA, calibration_file(tmp_path, shape), warn=lambda _: None)
-    qnode = qgraph.nodes["conv2d_1"]
-    conv = ConvShape.conv2d(shape, (channels, 1, 5, 5), channels, (1, 1), (2,) * 4, (1, 1))
-    elements = math.prod(shape)
-    bands = row_band_seconds(qnode, conv, VTA)
-    table = LayerPlan("table", "lut", "host", host_ops=elements, host_bytes=2 * elements)
-    host = LayerPlan("host", "conv2d", "host", conv, host_ops=2 * conv.macs, host_bytes=2 * elements)
-    merged = dataclasses.replace(host, host_ops=2 * conv.macs + elements)
-    seconds = [layer.host_seconds for layer in simulate_plans([table, host, merged], VTA, "analytic").layers]
-    table_pass, unmerged, on_host = seconds
-    assert bands < unmerged
-    readers = [n for n in qgraph.nodes.values() if "conv2d_1" in n.inputs]
-    if bands + table_pass < on_host:
-        assert qnode.params.get("row_bands") and [n.op for n in readers] == ["lut"], (bands, table_pass, on_host)
-    else:
-        assert qnode.placement == "host" and "table" in qnode.params and readers[0].op == "conv2d"
-    assert (channels == 480) == (qnode.placement == "host")
+def test_tables_around_the_depthwise_conv_merge_wherever_it_runs(tmp_path):
+    """PP-OCRv4 rec's 5x5 depthwise convs between two HardSwish tables: on vta_default's host
+    the conv looks the table after it up as it writes, and row bands look up both, the one before
+    in the pass that reads their input. No table pass is left beside row bands, and the
+    placement compares the two with the lookups counted (one op per element) and the table pass
+    row bands spare. The strided conv goes to the core only for that spared pass."""
+    decided_by_the_table = []
+    for channels, size, stride in [(240, (12, 80), (1, 1)), (480, (6, 80), (1, 1)), (240, (12, 80), (2, 1))]:
+        shape = (1, channels, *size)
+        path = depthwise_model(tmp_path / "dw.onnx", channels, (5, 5), stride, (2,) * 4, size, "HardSwish", "HardSwish")
+        imported = import_model(path, {"x": shape})
+        _, qgraph, _ = quantize_model(imported, VTA, calibration_file(tmp_path, shape), warn=lambda _: None)
+        qnode = qgraph.nodes["conv2d_1"]
+        conv = ConvShape.conv2d(shape, (channels, 1, 5, 5), channels, stride, (2,) * 4, (1, 1))
+        ins, outs = math.prod(shape), math.prod(qnode.shape)
+        bands = row_band_seconds(qnode, conv, VTA, lookups=ins + outs)
+        plans = [
+            LayerPlan("host", "conv2d", "host", conv, host_ops=2 * conv.macs + outs, host_bytes=ins + outs),
+            LayerPlan("table before", "lut", "host", host_ops=ins, host_bytes=2 * ins),
+        ]
+        on_host, table_pass = (layer.host_seconds for layer in simulate_plans(plans, VTA, "analytic").layers)
+        mapping = "row_bands" if qnode.params.get("row_bands") else qnode.placement
+        assert mapping == ("row_bands" if bands - table_pass < on_host else "host"), (bands, table_pass, on_host)
+        assert "table" in qnode.params
+        tables = [n for n in qgraph.nodes.values() if n.op == "lut"]
+        assert ("input_table" in qnode.params) == (mapping == "row_bands") == (not tables)
+        if mapping == "row_bands":
+            plan = next(p for p in plan_layers(qgraph, imported, VTA) if p.name == "conv2d_1")
+            assert plan.host_ops == ins + outs
+        if bands - table_pass < on_host < bands:
+            decided_by_the_table.append(stride)
+    assert decided_by_the_table == [(2, 1)]
 
 
 def test_row_bands_must_name_depthwise_convs(tmp_path):
