@@ -36,6 +36,8 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
     (quantization placing a layer, before layouts are planned), every layer converts."""
     inputs = [qgraph.nodes[i] for i in node.inputs]
     out = _elements(node.shape)
+    if node.op == "lut" and node.params.get("fused_into"):  # looked up in its reader's pass
+        return 0.0, 0.0
     if node.op in ("conv2d", "matmul") and node.placement == "accel":
         lookups = out if "table" in node.params else 0  # a row-banded conv's merged tables
         lookups += _elements(inputs[0].shape) if "input_table" in node.params else 0
@@ -49,7 +51,7 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
         else node.op
     )
     if node.op == "conv2d":
-        return _host_conv_ops(node, out), moved
+        return _host_conv_ops(node, out, _elements(inputs[0].shape)), moved
     if node.op == "float" and node.source.op == "gemm":  # a layer kept in float (--float-layers)
         weight = node.source.layer.weight
         reduction = weight[0].size if node.source.layer.kind == "conv2d" else inputs[0].shape[-1]
@@ -61,9 +63,11 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
     return float(max(out, sum(_elements(i.shape) for i in inputs)) * _ops_per_element(node, op)), moved
 
 
-def _host_conv_ops(node, out: int) -> float:
-    """Two per MAC, and one per output for a merged table's lookup."""
-    return 2.0 * out * node.params["weight"][0].size + (out if "table" in node.params else 0)
+def _host_conv_ops(node, out: int, read: int) -> float:
+    """Two per MAC, one per output for a merged table's lookup, and one per input element
+    read for a merged input table's (looked up as the conv pads its input)."""
+    lookups = (out if "table" in node.params else 0) + (read if "input_table" in node.params else 0)
+    return 2.0 * out * node.params["weight"][0].size + lookups
 
 
 def _pool_window(node) -> int:
@@ -132,7 +136,7 @@ def _blocked_host_work(node, inputs, layouts: Layouts) -> tuple[float, float]:
     read = sum(_elements(layouts.packed_shape(i.shape)) for i in inputs)
     unpacked = 2.0 * _elements(node.shape) if layouts.writes_nchw(node) else 0.0
     if node.op == "conv2d":
-        ops = _host_conv_ops(node, out)
+        ops = _host_conv_ops(node, out, read)
     elif node.op == "avg_pool2d" or (node.op == "passthrough" and node.source.op == "relax.nn.max_pool2d"):
         ops = float(out * _pool_window(node))
     else:

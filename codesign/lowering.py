@@ -190,10 +190,13 @@ class _Lowerer:
                 for node in self.qgraph.nodes.values():
                     if node.op == "input":
                         continue
+                    if node.params.get("fused_into") and node.name not in taps:  # looked up by its reader
+                        self.plans.append(self.plan_for(node))
+                        continue
                     if node.name in self.layouts.packed:
                         blocked[node.name] = self.emit_blocked(node, values, blocked)
                     else:
-                        values[node.name] = self.emit(node, [values[i] for i in node.inputs])
+                        values[node.name] = self.emit(node, [values[i] for i in self.read_names(node)])
                     if node.name in self.layouts.unpacked:
                         values[node.name] = self.emit_unpack(blocked[node.name], node.shape)
                     self.plans.append(self.plan_for(node))
@@ -201,6 +204,17 @@ class _Lowerer:
                 result = bb.emit_output(outputs[0] if len(outputs) == 1 else relax.Tuple(outputs))
             bb.emit_func_output(result)
         return LoweredModel(bb.get(), self.plans)
+
+    def read_names(self, node: QNode) -> list[str]:
+        """The values a node's TE reads: a conv's input before the table it looks up as it pads
+        it (`quantize.fuse_tables_into_conv_inputs`), its inputs otherwise."""
+        if "input_table" not in node.params:
+            return node.inputs
+        return [self.qgraph.nodes[node.inputs[0]].inputs[0], *node.inputs[1:]]
+
+    def input_table(self, node: QNode) -> np.ndarray:
+        """The table a conv looks its input up in as it pads it."""
+        return self.qgraph.nodes[node.params["input_table"]].params["table"]
 
     def real_valued(self, values: dict, name: str) -> relax.Expr:
         """A node's value in real units (int8 dequantized by its scale), for comparison with float."""
@@ -270,12 +284,16 @@ class _Lowerer:
             weight = self.host_weight(node)
             consts = [relax.const(p[key]) for key in channel_param_names(p.get("activation"))]
             consts += [relax.const(p["table"])] if "table" in p else []
-            pad = self.pad_value_const(node)
+            input_table = [relax.const(self.input_table(node))] if "input_table" in p else []
+            skip = len(input_table)
             return self.bb.emit_te(
-                lambda x, w, z, *c: _host_conv2d_te(x, _unpacked_te(w, weight.shape), *c, node=node, pad=z),
+                lambda x, w, z, *c: _host_conv2d_te(
+                    x, _unpacked_te(w, weight.shape), *c[skip:], node=node, pad=z, input_table=c[:skip]
+                ),
                 args[0],
                 self.host_weight_const(weight, node),
-                pad,
+                self.pad_value_const(node),
+                *input_table,
                 *consts,
                 primfunc_name_hint="host_conv2d",
             )
@@ -340,7 +358,7 @@ class _Lowerer:
         read = functools.partial(
             _row_band_input_te, in_shape=in_shape, padding=p["padding"], core=shape, hw=hw, block=block
         )
-        tables = [relax.const(p[key]) for key in ("input_table",) if key in p]
+        tables = [relax.const(self.input_table(node))] if "input_table" in p else []
         packed_data = bb.emit_te(read, data, self.pad_value_const(node), *tables, primfunc_name_hint="row_bands")
         packed_out = self.emit_kernel(node, packed_data, [])
         write = functools.partial(
@@ -371,7 +389,7 @@ class _Lowerer:
         chained layer packs an NCHW input itself)."""
         p, block = node.params, self.layouts.block
         if p.get("row_bands"):  # its own passes read and write the blocks (packed_layout.can_be_blocked)
-            source = node.inputs[0]
+            source = self.read_names(node)[0]
             return self.emit_row_bands(node, blocked.get(source, values.get(source)), blocked_output=True)
         if node.name in self.kernels:
             source = node.inputs[0]
@@ -385,7 +403,7 @@ class _Lowerer:
         if node.op == "im2col":  # reads NCHW, writes the blocks (packed_layout.writes_blocks)
             unfold = functools.partial(_blocked_im2col_te, p=p, out_shape=tuple(node.shape), hw=self.hw)
             return self.bb.emit_te(unfold, values[node.inputs[0]], primfunc_name_hint="im2col")
-        args = [blocked[i] for i in node.inputs]
+        args = [blocked[i] for i in self.read_names(node)]
         if node.op == "lut" and p["table"].ndim == 2:
             table = relax.const(_blocked_rows(p["table"], block))
             return self.bb.emit_te(_blocked_channel_lut_te, args[0], table, primfunc_name_hint="lookup_table")
@@ -405,14 +423,20 @@ class _Lowerer:
             if "table" in p:
                 table = p["table"] if p["table"].ndim == 1 else _blocked_rows(p["table"], block)
                 consts.append(relax.const(table))
-            pad = self.pad_value_const(node, block)
+            input_table = []
+            if "input_table" in p:
+                table = self.input_table(node)
+                rows = table if table.ndim == 1 else _blocked_rows(table, block)
+                input_table.append(relax.const(rows))
+            skip = len(input_table)
             return self.bb.emit_te(
                 lambda x, w, z, *c: _blocked_depthwise_conv2d_te(
-                    x, _unpacked_te(w, weight.shape), *c, node=node, pad=z
+                    x, _unpacked_te(w, weight.shape), *c[skip:], node=node, pad=z, input_table=c[:skip]
                 ),
                 args[0],
                 self.host_weight_const(weight, node),
-                pad,
+                self.pad_value_const(node, block),
+                *input_table,
                 *consts,
                 primfunc_name_hint="host_conv2d",
             )
@@ -651,21 +675,22 @@ def _blocked_rows(values: np.ndarray, block: int) -> np.ndarray:
     return np.concatenate([values, np.zeros((rows - values.shape[0], *values.shape[1:]), values.dtype)])
 
 
-def _blocked_padded_te(x: te.Tensor, pad: te.Tensor, padding) -> te.Tensor:
+def _blocked_padded_te(x: te.Tensor, pad: te.Tensor, padding, *table: te.Tensor) -> te.Tensor:
     """Blocked (1, N/b, C/bi, H, W, b, bi) int8 padded by (top, left, bottom, right) with
-    `pad[c * bi + i]` in channel c * bi + i."""
+    `pad[c * bi + i]` in channel c * bi + i; its values through a merged table, if given."""
     _, nb, cb, h, wd, b, bi = (int(d) for d in x.shape)
     top, left, bottom, right = (int(v) for v in padding)
 
     def value(g, n, c, y, xx, r, i):
         inside = tirx.all(y >= top, y < h + top, xx >= left, xx < wd + left)
-        return tirx.if_then_else(inside, x[g, n, c, y - top, xx - left, r, i], pad[c * bi + i])
+        looked_up = _looked_up(x[g, n, c, y - top, xx - left, r, i], table, c * bi + i)
+        return tirx.if_then_else(inside, looked_up, pad[c * bi + i])
 
     return te.compute((1, nb, cb, h + top + bottom, wd + left + right, b, bi), value, name="pad")
 
 
 def _blocked_depthwise_conv2d_te(
-    x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode, pad: te.Tensor
+    x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode, pad: te.Tensor, input_table=()
 ) -> te.Tensor:
     """A depthwise conv on blocked (1, N/b, C/bi, H, W, b, bi) int8 data, weights (C, KH, KW):
     `_host_conv2d_te` with channel c * bi + i reading its own input channel."""
@@ -675,7 +700,7 @@ def _blocked_depthwise_conv2d_te(
     (sh, sw), (dh, dw) = p["strides"], p["dilation"]
     out_shape = (1, nb, cb, node.shape[2], node.shape[3], b, bi)
 
-    xpad = _blocked_padded_te(x, pad, p["padding"])
+    xpad = _blocked_padded_te(x, pad, p["padding"], *input_table)
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     acc = te.compute(
         out_shape,
@@ -749,14 +774,15 @@ def _row_band_output_te(
     return te.compute(shape, blocked, name="row_band_output")
 
 
-def _padded_te(x: te.Tensor, pad: te.Tensor, padding) -> te.Tensor:
-    """(N, C, H, W) int8 padded by (top, left, bottom, right) with `pad[c]` in channel c."""
+def _padded_te(x: te.Tensor, pad: te.Tensor, padding, *table: te.Tensor) -> te.Tensor:
+    """(N, C, H, W) int8 padded by (top, left, bottom, right) with `pad[c]` in channel c; its
+    values through a merged table, if given."""
     n, c, h, w = (int(d) for d in x.shape)
     top, left, bottom, right = (int(v) for v in padding)
 
     def value(b, ch, y, xx):
         inside = tirx.all(y >= top, y < h + top, xx >= left, xx < w + left)
-        return tirx.if_then_else(inside, x[b, ch, y - top, xx - left], pad[ch])
+        return tirx.if_then_else(inside, _looked_up(x[b, ch, y - top, xx - left], table, ch), pad[ch])
 
     return te.compute((n, c, h + top + bottom, w + left + right), value, name="pad")
 
@@ -934,13 +960,14 @@ def _im2col_tap(x: te.Tensor, p: dict):
     return tap
 
 
-def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode, pad: te.Tensor):
-    """Grouped / depthwise / dilated conv in integers on the host."""
+def _host_conv2d_te(x: te.Tensor, weight: te.Tensor, *channel: te.Tensor, node: QNode, pad: te.Tensor, input_table=()):
+    """Grouped / depthwise / dilated conv in integers on the host; its input through a merged
+    table (`input_table`: none or one) as it pads it."""
     p = node.params
     o, cg, kh, kw = (int(d) for d in weight.shape)
     (sh, sw), (dh, dw) = p["strides"], p["dilation"]
     og = o // p["groups"]
-    xpad = _padded_te(x, pad, p["padding"])
+    xpad = _padded_te(x, pad, p["padding"], *input_table)
     rc, ry, rx = te.reduce_axis((0, cg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     acc = te.compute(
         node.shape,

@@ -403,7 +403,7 @@ class _Quantizer:
         qgraph = QuantizedGraph(self.nodes, list(self.graph.inputs), outputs, self.config, self.acc_scales)
         remove_dead(qgraph)  # e.g. the intermediate steps of a tabulated chain
         merge_tables_into_host_convs(qgraph)
-        merge_tables_into_row_band_inputs(qgraph)
+        fuse_tables_into_conv_inputs(qgraph)
         qgraph.placements = chosen_placements(qgraph)
         return qgraph
 
@@ -926,7 +926,8 @@ class _Quantizer:
         if not seconds:
             return "host"
         fastest = min(seconds, key=seconds.get)
-        on_host = host_seconds(*node_work(dataclasses.replace(qnode, placement="host"), self), hw)
+        on_host = host_seconds(*node_work(self.merging_input_table(qnode, "host"), self), hw)
+        on_host -= self.merged_input_table_seconds(qnode, hw)
         return fastest if seconds[fastest] < on_host else "host"
 
     def core_mappings(self, qnode: QNode, shape: ConvShape, hw) -> dict[str, float]:
@@ -938,7 +939,8 @@ class _Quantizer:
             qnode = dataclasses.replace(qnode, params={k: v for k, v in qnode.params.items() if k != "pad_value"})
         candidates = {"core": qnode}
         if is_depthwise(shape):
-            candidates["row_bands"] = dataclasses.replace(qnode, params={**qnode.params, "row_bands": True})
+            banded_conv = dataclasses.replace(qnode, params={**qnode.params, "row_bands": True})
+            candidates["row_bands"] = self.merging_input_table(banded_conv, "accel")
         if self.config.row_bands is not None:  # pinned: one way
             candidates.pop("core" if qnode.name in self.config.row_bands else "row_bands", None)
         seconds = {}
@@ -955,12 +957,20 @@ class _Quantizer:
         return seconds
 
     def merged_input_table_seconds(self, qnode: QNode, hw) -> float:
-        """The host time of the table pass a row-banded conv's input pass would take over
-        (`merge_tables_into_row_band_inputs`): a table that only this conv reads."""
+        """The host time of the table pass a conv's input pass on the host would take over
+        (`fuse_tables_into_conv_inputs`): a table that only this conv reads."""
         source = self.nodes[qnode.inputs[0]]
         if source.op != "lut" or self.users.get(source.name) != [qnode.name]:
             return 0.0
         return host_seconds(*node_work(source, self), hw)
+
+    def merging_input_table(self, qnode: QNode, placement: str) -> QNode:
+        """The conv as it would run with `placement`, with the table before it merged into its
+        input pass where one would be (priced: its lookups)."""
+        params = dict(qnode.params)
+        if self.nodes[qnode.inputs[0]].op == "lut" and self.users.get(qnode.inputs[0]) == [qnode.name]:
+            params["input_table"] = qnode.inputs[0]
+        return dataclasses.replace(qnode, placement=placement, params=params)
 
     def chained_layouts(self, qnode: QNode, hw) -> Layouts:
         """The layouts a conv on the core would read and write: its blocked input as it is, if
@@ -1070,24 +1080,26 @@ class _Quantizer:
         return QNode(node.name, "avg_pool2d", node.inputs, node.shape, "int8", out_scale, params=params, source=node)
 
 
-def merge_tables_into_row_band_inputs(qgraph: QuantizedGraph) -> None:
-    """A lookup table whose one reader is a conv on the core's row bands becomes part of that
-    conv: the host pass that relays its input out (schedules.row_bands) looks each value up as
-    it reads it, and the table's pass over memory is gone (the values are the same; the padding
-    holds the table's zero point, as before). PP-OCR's and PicoDet's HardSwish before each
-    depthwise conv."""
+def fuse_tables_into_conv_inputs(qgraph: QuantizedGraph) -> None:
+    """A lookup table whose one reader is a conv that pads its input on the host (a host conv,
+    or one on the core's row bands, whose host pass relays its input out: schedules.row_bands)
+    is looked up in that pass, as it reads each value: lowering emits no pass of its own for it
+    (unless its value is tapped), and the host's work counts the lookups in the conv. The
+    program keeps the table as a node, so its integers and tensors are as before. PP-OCR's and
+    PicoDet's HardSwish before each depthwise conv."""
     readers = qgraph.consumers()
-    merged: set[str] = set()
     for table in [node for node in qgraph.nodes.values() if node.op == "lut"]:
         if len(readers[table.name]) != 1 or table.name in qgraph.outputs:
             continue
         conv = qgraph.nodes[readers[table.name][0]]
-        if not conv.params.get("row_bands") or conv.inputs[0] != table.name:
-            continue
-        conv.params["input_table"] = table.params["table"]
-        conv.inputs = [table.inputs[0], *conv.inputs[1:]]
-        merged.add(table.name)
-    qgraph.nodes = {name: node for name, node in qgraph.nodes.items() if name not in merged}
+        if pads_on_the_host(conv) and conv.inputs[0] == table.name:
+            conv.params["input_table"] = table.name
+            table.params["fused_into"] = conv.name
+
+
+def pads_on_the_host(node: QNode) -> bool:
+    """A conv whose input a host pass pads: on the host, or on the core's row bands."""
+    return node.op == "conv2d" and (node.placement == "host" or bool(node.params.get("row_bands")))
 
 
 def merge_tables_into_host_convs(qgraph: QuantizedGraph) -> None:
@@ -1100,8 +1112,7 @@ def merge_tables_into_host_convs(qgraph: QuantizedGraph) -> None:
     merged: dict[str, str] = {}
     for table in [node for node in qgraph.nodes.values() if node.op == "lut"]:
         conv = qgraph.nodes[table.inputs[0]]
-        host_pass = conv.placement == "host" or conv.params.get("row_bands")
-        if conv.op != "conv2d" or not host_pass or "table" in conv.params:
+        if not pads_on_the_host(conv) or "table" in conv.params:
             continue
         if readers[conv.name] != [table.name] or conv.name in qgraph.outputs:
             continue

@@ -197,9 +197,8 @@ def accumulate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     """A GEMM layer's int64 accumulators, before its bias."""
     p = node.params
     if node.op == "conv2d":
-        data = lookup(p["input_table"], args[0]) if "input_table" in p else args[0]  # merged into a row-band input
         return conv2d_accumulate(
-            data, p["weight"], p["strides"], p["padding"], p["groups"], p["dilation"], p.get("pad_value", 0)
+            args[0], p["weight"], p["strides"], p["padding"], p["groups"], p["dilation"], p.get("pad_value", 0)
         )
     b = p["weight"] if p["weight"] is not None else args[1]
     return np.matmul(args[0].astype(np.float64), b.astype(np.float64)).astype(np.int64)  # exact: see conv2d_accumulate

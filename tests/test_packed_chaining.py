@@ -386,13 +386,17 @@ def test_cores_with_other_output_blocks_convert_every_layer(tmp_path):
 def test_tables_after_host_depthwise_convs_merge_into_them(tmp_path):
     """mobilenet_block on vta_default: the depthwise conv runs on the host, and the HardSwish
     table that alone reads it becomes part of it (one lookup per output, no pass of its own);
-    the table after the core's conv stays a table. The module equals the integer program (above)."""
+    the table between the core's conv and it stays a node of the program, looked up as the
+    depthwise conv pads its input (one lookup per input, no pass of its own either). The module
+    equals the integer program (above)."""
     result = compile_chain(tmp_path, mobilenet_block(1), HARDWARE["vta_default"]())
     nodes = result.qgraph.nodes
     (depthwise,) = [n for n in nodes.values() if n.op == "conv2d" and n.placement == "host"]
     assert depthwise.params["table"].shape == (24, 256)  # per channel: the channels span decades
     assert depthwise.float_name == "multiply_3"  # the float graph's HardSwish output
-    assert [nodes[n.inputs[0]].placement for n in nodes.values() if n.op == "lut"] == ["accel"]
-    (plan,) = [p for p in result.lowered.plans if p.name == depthwise.name]
+    (table,) = [n for n in nodes.values() if n.op == "lut"]
+    assert nodes[table.inputs[0]].placement == "accel" and table.params["fused_into"] == depthwise.name
+    plans = {p.name: p for p in result.lowered.plans}
     outputs = math.ceil(24 / 16) * 16 * SIZE * SIZE  # blocked: 24 channels in two blocks of 16
-    assert plan.host_ops == 2 * outputs * 9 + outputs
+    assert plans[depthwise.name].host_ops == 2 * outputs * 9 + outputs + outputs  # stride 1: inputs = outputs
+    assert (plans[table.name].host_ops, plans[table.name].host_bytes) == (0, 0)

@@ -241,12 +241,10 @@ def fastest_mapping_checked(hw, path, channels, kernel, stride, size) -> str:
 
 
 def test_tables_around_the_depthwise_conv_merge_wherever_it_runs(tmp_path):
-    """PP-OCRv4 rec's 5x5 depthwise convs between two HardSwish tables: on vta_default's host
-    the conv looks the table after it up as it writes, and row bands look up both, the one before
-    in the pass that reads their input. No table pass is left beside row bands, and the
-    placement compares the two with the lookups counted (one op per element) and the table pass
-    row bands spare. The strided conv goes to the core only for that spared pass."""
-    decided_by_the_table = []
+    """PP-OCRv4 rec's 5x5 depthwise convs between two HardSwish tables: the conv looks the table
+    after it up as it writes and the one before as it reads (pads) its input, on vta_default's
+    host or as row bands. No table pass is left, and the placement compares the two with the
+    lookups counted (one op per element)."""
     for channels, size, stride in [(240, (12, 80), (1, 1)), (480, (6, 80), (1, 1)), (240, (12, 80), (2, 1))]:
         shape = (1, channels, *size)
         path = depthwise_model(tmp_path / "dw.onnx", channels, (5, 5), stride, (2,) * 4, size, "HardSwish", "HardSwish")
@@ -256,22 +254,20 @@ def test_tables_around_the_depthwise_conv_merge_wherever_it_runs(tmp_path):
         conv = ConvShape.conv2d(shape, (channels, 1, 5, 5), channels, stride, (2,) * 4, (1, 1))
         ins, outs = math.prod(shape), math.prod(qnode.shape)
         bands = row_band_seconds(qnode, conv, VTA, lookups=ins + outs)
-        plans = [
-            LayerPlan("host", "conv2d", "host", conv, host_ops=2 * conv.macs + outs, host_bytes=ins + outs),
-            LayerPlan("table before", "lut", "host", host_ops=ins, host_bytes=2 * ins),
-        ]
-        on_host, table_pass = (layer.host_seconds for layer in simulate_plans(plans, VTA, "analytic").layers)
+        host = LayerPlan("host", "conv2d", "host", conv, host_ops=2 * conv.macs + ins + outs, host_bytes=ins + outs)
+        (on_host,) = (layer.host_seconds for layer in simulate_plans([host], VTA, "analytic").layers)
         mapping = "row_bands" if qnode.params.get("row_bands") else qnode.placement
-        assert mapping == ("row_bands" if bands - table_pass < on_host else "host"), (bands, table_pass, on_host)
+        assert mapping == ("row_bands" if bands < on_host else "host"), (stride, bands, on_host)
         assert "table" in qnode.params
-        tables = [n for n in qgraph.nodes.values() if n.op == "lut"]
-        assert ("input_table" in qnode.params) == (mapping == "row_bands") == (not tables)
-        if mapping == "row_bands":
-            plan = next(p for p in plan_layers(qgraph, imported, VTA) if p.name == "conv2d_1")
-            assert plan.host_ops == ins + outs
-        if bands - table_pass < on_host < bands:
-            decided_by_the_table.append(stride)
-    assert decided_by_the_table == [(2, 1)]
+        (table,) = [n for n in qgraph.nodes.values() if n.op == "lut"]  # the one before: the one after merged
+        assert qnode.params["input_table"] == table.name and table.params["fused_into"] == "conv2d_1"
+        assert plan_of(table.name, qgraph, imported).host_bytes == 0
+        plan = plan_of("conv2d_1", qgraph, imported)
+        assert plan.host_ops == ins + outs + (2 * conv.macs if mapping == "host" else 0)
+
+
+def plan_of(name: str, qgraph, imported):
+    return next(p for p in plan_layers(qgraph, imported, VTA) if p.name == name)
 
 
 def test_row_bands_must_name_depthwise_convs(tmp_path):
