@@ -904,8 +904,8 @@ class _Quantizer:
         K of them for a K-wide kernel, at ceil((15 s + K) / 16) weight tiles per kernel row.
         So on vta_default (100 MHz core) the text recognisers' 5x5 depthwise convs over
         80-column maps run as row bands (PP-OCRv4 rec's 240-channel ones: 2.57 ms on the core
-        and 0.82 ms of relayout, which spares the 0.36 ms pass of the HardSwish table before
-        it, against 4.44 ms on the host; either looks up the table after it as it writes:
+        and 0.82 ms of relayout against 4.6 ms on the host; either looks up the HardSwish tables
+        before and after it in its own passes: `fuse_tables_into_conv_inputs`,
         `merge_tables_into_host_convs`), the other depthwise convs on the host
         (PP-OCR cls's 200-channel 5x5 one: 0.83 ms on the core as super-groups against 0.74
         ms); groups of 4 channels go to vta_default's core, and on faster or wider cores
