@@ -53,7 +53,7 @@ from codesign.plan import ACTIVATION_FRACTION_BITS, AluActivation, layer_alu_ops
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.narrow_groups import accelerator_seconds, is_narrow, super_grouped
 from codesign.schedules.narrow_inputs import unfolded_weight, unfolding_pays
-from codesign.schedules.row_bands import banded, is_depthwise
+from codesign.schedules.row_bands import banded, fits_bands
 from codesign.schedules.tiling import TilingError
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -938,7 +938,7 @@ class _Quantizer:
         if self.config.zero_point_pads is None:  # priced as it runs without one (quantize_graph)
             qnode = dataclasses.replace(qnode, params={k: v for k, v in qnode.params.items() if k != "pad_value"})
         candidates = {"core": qnode}
-        if is_depthwise(shape):
+        if fits_bands(shape):
             banded_conv = dataclasses.replace(qnode, params={**qnode.params, "row_bands": True})
             candidates["row_bands"] = self.merging_input_table(banded_conv, "accel")
         if self.config.row_bands is not None:  # pinned: one way

@@ -32,8 +32,9 @@ import numpy as np
 from codesign.schedules.layer import ConvShape
 
 
-def is_depthwise(shape: ConvShape) -> bool:
-    """One input and one output channel per group, no dilation: what the bands compute."""
+def fits_bands(shape: ConvShape) -> bool:
+    """A depthwise conv (one input and one output channel per group) without dilation: what
+    row bands compute."""
     return (
         shape.groups > 1 and shape.in_channels == shape.out_channels == 1 and shape.dilation_h == shape.dilation_w == 1
     )
@@ -84,4 +85,4 @@ def banded_weight(weight: np.ndarray, core: ConvShape) -> np.ndarray:
 def is_row_banded(layer: ConvShape, core: ConvShape) -> bool:
     """Does the core run the conv `layer` as row bands `core`? (Super-groups join groups; row
     bands keep one per channel.)"""
-    return is_depthwise(layer) and core.groups == layer.groups
+    return fits_bands(layer) and core.groups == layer.groups

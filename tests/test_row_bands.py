@@ -11,10 +11,8 @@ import math
 import numpy as np
 import onnx
 import pytest
-import tvm
 from onnx import TensorProto, helper, numpy_helper
-from test_narrow_groups import SLOW_HOST, VTA, calibration_file, modelled_seconds, onnxruntime_output
-from tvm import relax
+from test_narrow_groups import SLOW_HOST, VTA, assert_module_matches, calibration_file, modelled_seconds
 
 from codesign.compression import CompressionConfig, validate_compression
 from codesign.errors import UsageError
@@ -23,7 +21,6 @@ from codesign.lowering import plan_layers
 from codesign.packed_layout import plan_layouts
 from codesign.pipeline import compile_model, import_model, quantize_model
 from codesign.plan import LayerPlan, requant_alu_ops
-from codesign.reference import run_reference
 from codesign.schedules.layer import ConvShape
 from codesign.schedules.mapper import select_tiling
 from codesign.schedules.row_bands import banded, banded_weight
@@ -162,15 +159,7 @@ def test_row_band_module_equals_the_reference_and_onnxruntime(case, tmp_path):
     assert ("input_table" in qnode.params) == (before == "HardSwish")
     lookups = math.prod(qnode.shape) * (after == "HardSwish") + math.prod(shape) * (before == "HardSwish")
     assert plan.host_ops == lookups
-    vm = relax.VirtualMachine(result.executable, tvm.cpu())
-    rng = np.random.default_rng(3)
-    for _ in range(2):
-        x = rng.standard_normal(shape).astype(np.float32)
-        got = vm["main"](tvm.runtime.tensor(x)).numpy()
-        assert np.array_equal(got, run_reference(result.qgraph, {"x": x})[0])
-        expected = onnxruntime_output(path, x)
-        cosine = np.dot(got.ravel(), expected.ravel()) / (np.linalg.norm(got) * np.linalg.norm(expected))
-        assert cosine > 0.99
+    assert_module_matches(result, path, shape, seed=3, least_cosine=0.99)
 
 
 def relayout_elements(layer: ConvShape, pixels: int) -> int:
