@@ -7,6 +7,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import zipfile
@@ -34,6 +35,14 @@ NoCacheOption = Annotated[
 
 
 QuietOption = Annotated[bool, typer.Option("--quiet", help="No live progress display (stage, layer i of N).")]
+PlacementOption = Annotated[
+    str | None,
+    typer.Option(
+        "--placement",
+        help="Where grouped convs narrower than the core's lanes run: accelerator (the default: every conv the "
+        "description holds runs on the core) or fastest (on the host where the modelled host conv is faster).",
+    ),
+]
 
 
 class _LiveProgress:
@@ -135,6 +144,7 @@ def compile_command(
             "--float-layers", help="Keep these layers in float on the host (glob over layer names; repeatable)."
         ),
     ] = None,
+    placement: PlacementOption = None,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
 ):
@@ -148,7 +158,7 @@ def compile_command(
 
     if weight_bits not in (None, 4, 8):
         raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
-    spec, compression_choices = _design_choices(hw, design, compression, float_layers)
+    spec, compression_choices = _design_choices(hw, design, compression, float_layers, placement)
     check_output(out)  # before the compile: refuses what write_module would, without writing anything
     with cleanup_on_signals(f"compiling {out}/"), _live_progress(quiet):  # SIGTERM removes the staging directory
         result = compile_model(
@@ -179,22 +189,29 @@ def compile_command(
         _write_design_report(report, model, spec, simulation, f"the compiled module {out}/")
 
 
-def _compression(path: Path | None, float_layers: list[str] | None):
-    """The --compression file's choices, with --float-layers added."""
-    from codesign.compression import CompressionConfig, load_compression
+def _compression(path: Path | None, float_layers: list[str] | None, placement: str | None = None):
+    """The --compression file's choices, with --float-layers added and --placement set."""
+    from codesign.compression import PLACEMENT_POLICIES, CompressionConfig, load_compression
 
-    return (load_compression(path) if path else CompressionConfig()).with_float_layers(float_layers)
+    config = (load_compression(path) if path else CompressionConfig()).with_float_layers(float_layers)
+    if placement is None:
+        return config
+    if placement not in PLACEMENT_POLICIES:
+        raise UsageError(f"--placement {placement}: expected one of {', '.join(PLACEMENT_POLICIES)}")
+    return dataclasses.replace(config, placement=placement)
 
 
-def _design_choices(hw: str | None, design: Path | None, compression: Path | None, float_layers):
-    """(hardware, compression choices) of --design FILE, or of --hw and --compression; --float-layers adds to either."""
+def _design_choices(hw: str | None, design: Path | None, compression: Path | None, float_layers, placement=None):
+    """(hardware, compression choices) of --design FILE, or of --hw, --compression and
+    --placement; --float-layers adds to either."""
     from codesign.hardware import load_hardware
 
     if design is None:
         if hw is None:
             raise UsageError("--hw is required (a hardware description or preset), or --design FILE")
-        return load_hardware(hw), _compression(compression, float_layers)
-    given = [option for option, value in (("--hw", hw), ("--compression", compression)) if value is not None]
+        return load_hardware(hw), _compression(compression, float_layers, placement)
+    options = (("--hw", hw), ("--compression", compression), ("--placement", placement))
+    given = [option for option, value in options if value is not None]
     if given:
         raise UsageError(
             f"--design and {' and '.join(given)} cannot be used together: the design file holds the hardware, "
@@ -382,6 +399,7 @@ def simulate_command(
         list[str] | None,
         typer.Option("--float-layers", help="Keep these layers in float on the host (glob over names; repeatable)."),
     ] = None,
+    placement: PlacementOption = None,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
 ):
@@ -392,7 +410,7 @@ def simulate_command(
     if model not in MODELS:
         raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
     with _live_progress(quiet):
-        spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers, design)
+        spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers, design, placement)
     simulation = simulate_plans(plans, spec, model)
     from codesign.console_tables import print_simulation
 
@@ -424,9 +442,13 @@ def _write_design_report(out_dir: Path, model: Path, spec, simulation, source: s
     console.print(f"Wrote {escape(str(page))} (+ report.md, layers.csv)")
 
 
-def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibration, float_layers=None, design=None):
+def _plans_for(
+    target: Path, hw: str | None, input_shape, input_value, calibration, float_layers=None, design=None, placement=None
+):
     """(hardware, layer plans) of a compiled module directory or of an ONNX model to lower."""
     if target.is_dir():
+        if placement is not None:
+            raise UsageError(f"--placement: {target} is a compiled module, placed when it was compiled")
         from codesign.deploy import module_hardware, read_manifest
         from codesign.plan import LayerPlan
 
@@ -448,7 +470,7 @@ def _plans_for(target: Path, hw: str | None, input_shape, input_value, calibrati
     from codesign.onnx_file import parse_input_shapes, parse_input_values
     from codesign.plan_cache import plan_model
 
-    spec, compression = _design_choices(hw, design, None, float_layers)
+    spec, compression = _design_choices(hw, design, None, float_layers, placement)
     shapes, values = parse_input_shapes(input_shape), parse_input_values(input_value)
     return spec, plan_model(target, spec, shapes, calibration, compression=compression, input_values=values)
 

@@ -4,12 +4,19 @@ A CompressionConfig names layers (graph names: conv2d_0, matmul_3, ...) with the
 bits (8 or 4) and the fraction of output channels to prune. It is a small JSON file:
 
     {"weight_bits": {"conv2d_1": 4}, "prune": {"conv2d_*": 0.25, "conv2d_0": 0}, "schedule": "auto",
-     "float_layers": ["conv2d_3"], "prune_method": "magnitude"}
+     "float_layers": ["conv2d_3"], "prune_method": "magnitude", "placement": "fastest"}
 
 The keys of weight_bits and prune are layer names or glob patterns over them: a layer takes the
 value of the last key that matches it (resolve_compression, once the model's layers are known).
 
 `float_layers` keeps the matching layers (glob patterns over layer names) in float on the host.
+
+`placement` says where a grouped conv narrower than the core's block_in lanes runs unless
+`host_convs` pins it: "accelerator" (the default) on the core, as every other conv, dense and
+matmul the description can hold, each on its fastest core mapping (super-groups or row bands),
+so the accelerator's cost of every layer is what the simulator reports; "fastest" on the host
+where the modelled host conv is faster than every core mapping (on vta_default, PP-OCR-style
+3x3 and short-row depthwise convs: `quantize.conv_mapping`).
 
 Five lists pin placements that are otherwise decided by modelled cost on the hardware compiled
 for (each None: decided so):
@@ -49,6 +56,10 @@ if TYPE_CHECKING:
     from codesign.graph import Graph
 
 
+# Where unpinned narrow-group convs run (the module's docstring); the first is the default.
+PLACEMENT_POLICIES = ("accelerator", "fastest")
+
+
 @dataclasses.dataclass(frozen=True)
 class CompressionConfig:
     weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -66,6 +77,7 @@ class CompressionConfig:
     row_bands: tuple[str, ...] | None = None
     alu_activations: tuple[str, ...] | None = None
     zero_point_pads: tuple[str, ...] | None = None
+    placement: str = PLACEMENT_POLICIES[0]  # where unpinned narrow-group convs run (module docstring)
     # How activation ranges are calibrated (codesign.calibration.CALIBRATION_CHOICES); None: the
     # default. Kept here so a tuned design compiles with the method it was evaluated with.
     calibration_method: str | None = None
@@ -75,6 +87,7 @@ class CompressionConfig:
             "weight_bits": dict(sorted(self.weight_bits.items())),
             "prune": dict(sorted(self.prune.items())),
             "schedule": self.schedule,
+            "placement": self.placement,
         }
         if self.float_layers:
             doc["float_layers"] = list(self.float_layers)
@@ -95,8 +108,12 @@ class CompressionConfig:
         return dataclasses.replace(self, float_layers=(*self.float_layers, *(patterns or ())))
 
     def placements(self) -> dict[str, tuple[str, ...] | None]:
-        """The pinned placements, by field."""
-        return {field: getattr(self, field) for field in PLACEMENT_FIELDS}
+        """The pinned placements, by field; under the "accelerator" policy no grouped conv is
+        left to run on the host unless `host_convs` names it."""
+        pinned = {field: getattr(self, field) for field in PLACEMENT_FIELDS}
+        if self.placement == "accelerator" and pinned["host_convs"] is None:
+            pinned["host_convs"] = ()
+        return pinned
 
     def with_placements(self, placements: dict) -> CompressionConfig:
         """These choices with placements pinned ({field: layer names}, as `placements` gives)."""
@@ -198,11 +215,27 @@ PLACEMENT_CHECKS = {
     "alu_activations": (_weighted_gemm, "a conv or dense layer with weights"),
     "zero_point_pads": (_grouped_conv, "a grouped conv"),
 }
-FIELDS = ("weight_bits", "prune", "schedule", "float_layers", "prune_method", *PLACEMENT_FIELDS, "calibration_method")
+FIELDS = (
+    "weight_bits",
+    "prune",
+    "schedule",
+    "float_layers",
+    "prune_method",
+    *PLACEMENT_FIELDS,
+    "placement",
+    "calibration_method",
+)
 
 
 def compression_problems(
-    weight_bits, prune, schedule, float_layers, prune_method="reconstruct", placements=None, calibration_method=None
+    weight_bits,
+    prune,
+    schedule,
+    float_layers,
+    prune_method="reconstruct",
+    placements=None,
+    calibration_method=None,
+    placement=PLACEMENT_POLICIES[0],
 ) -> list[str]:
     """What is wrong with these choices, each naming its field and value ([] if nothing)."""
     from codesign.calibration import CALIBRATION_CHOICES
@@ -222,6 +255,8 @@ def compression_problems(
         problems.append(f"float_layers = {_shown(float_layers)} (expected a list of layer name patterns)")
     if prune_method not in PRUNE_METHODS:
         problems.append(f'prune_method = {_shown(prune_method)} (expected "reconstruct" or "magnitude")')
+    if placement not in PLACEMENT_POLICIES:
+        problems.append(f'placement = {_shown(placement)} (expected "accelerator" or "fastest")')
     for field, names in (placements or {}).items():
         if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
             problems.append(f"{field} = {_shown(names)} (expected a list of layer names)")
@@ -237,6 +272,7 @@ def check_compression(config: CompressionConfig, source: str = "compression") ->
         list(config.float_layers),
         config.prune_method,
         config.placements(),
+        placement=config.placement,
     )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
@@ -254,14 +290,21 @@ def compression_from_dict(doc, source: str = "compression") -> CompressionConfig
     prune_method = doc.get("prune_method", PRUNE_METHODS[0])
     placements = {field: doc.get(field) for field in PLACEMENT_FIELDS}
     calibration_method = doc.get("calibration_method")
+    placement = doc.get("placement", PLACEMENT_POLICIES[0])
     problems = compression_problems(
-        weight_bits, prune, schedule, float_layers, prune_method, placements, calibration_method
+        weight_bits, prune, schedule, float_layers, prune_method, placements, calibration_method, placement
     )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
     prune = {k: float(v) for k, v in prune.items()}
     config = CompressionConfig(
-        dict(weight_bits), prune, schedule, tuple(float_layers), prune_method, calibration_method=calibration_method
+        dict(weight_bits),
+        prune,
+        schedule,
+        tuple(float_layers),
+        prune_method,
+        placement=placement,
+        calibration_method=calibration_method,
     )
     return config.with_placements(placements)
 

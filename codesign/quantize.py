@@ -910,9 +910,10 @@ class _Quantizer:
         (PP-OCR cls's 200-channel 5x5 one: 0.83 ms on the core as super-groups against 0.74
         ms); groups of 4 channels go to vta_default's core, and on faster or wider cores
         (wide_1x32x32) depthwise convs do too, as super-groups.
-        If the compression lists host convs (a tuned design's, as its profile was), those and
-        no others run on the host; if it lists row bands, those and no other depthwise convs on
-        the core run so."""
+        That is the "fastest" placement policy; the default, "accelerator", lists no host convs
+        (CompressionConfig.placements). If the compression lists host convs (a tuned design's, as
+        its profile was), those and no others run on the host; if it lists row bands, those and
+        no other depthwise convs on the core run so."""
         shape = gemm_shape(qnode, self)
         hw = self.config.hardware
         if not is_narrow(shape, self.config.block_in):

@@ -12,6 +12,7 @@ accelerator, the host's share of modelled latency, the modelled latency, compile
                                                          # and the model zoo graphs onnx ships (ZOO)
     python scripts/bench_models.py FOLDER --hw edge_1x8x8 --json out.json
     python scripts/bench_models.py --fetch --only silero_vad_lstm --calibration-sets 5
+    python scripts/bench_models.py --fetch --placement fastest   # narrow convs on the host where faster
 
 `--calibration-sets K` compiles each model K times, on K disjoint calibration sets (seeds 0,
 1000, ...; the evaluation inputs stay the same), and adds the spread of its least int8 cosine:
@@ -39,7 +40,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from codesign.compression import load_compression  # noqa: E402
+from codesign.compression import PLACEMENT_POLICIES, CompressionConfig, load_compression  # noqa: E402
 from codesign.corpus import check_model, load_corpus  # noqa: E402
 from codesign.files import write_bytes_atomic  # noqa: E402
 from codesign.hardware import load_hardware  # noqa: E402
@@ -286,12 +287,17 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated model names (default: every model)")
     parser.add_argument("--calibration-sets", type=int, default=1, help="disjoint calibration sets per model")
     parser.add_argument("--compression", type=Path, help="choices as `codesign compile --compression` reads them")
+    parser.add_argument(
+        "--placement", choices=PLACEMENT_POLICIES, help="as `codesign compile --placement` (default: accelerator)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     folders = list(args.folders) + ([fetch_larger_models(CACHE)] if args.fetch else [])
     hw = load_hardware(args.hw)
-    compression = load_compression(args.compression) if args.compression else None
+    compression = load_compression(args.compression) if args.compression else CompressionConfig()
+    if args.placement:
+        compression = dataclasses.replace(compression, placement=args.placement)
     rows, spreads, documents = [], {}, []
     console = Console(width=220)
     for folder in folders:

@@ -19,6 +19,7 @@ from tvm import relax
 
 from codesign.calibration import float_outputs
 from codesign.cli import main
+from codesign.compression import CompressionConfig
 from codesign.console_tables import placement_summary
 from codesign.graph import extract_graph
 from codesign.hardware import load_hardware
@@ -292,15 +293,19 @@ def test_macs_counted_per_op(tmp_path):
     }
     hw = load_hardware("vta_default")
     imported = import_onnx(path)
-    _, qgraph, _ = quantize_model(imported, hw, warn=lambda m: None)
-    plans = lower_to_relax(qgraph, imported, hw).plans
-    summary = placement_summary(plans)
-    assert summary["macs"] == sum(expected.values())
-    host = [p.shape.groups for p in plans if p.shape is not None and p.placement == "host"]
-    # The depthwise conv (1 channel per group) stays on the host; the grouped conv (16 channels
-    # per group, block_in 16) and the dilated one run on the accelerator.
-    assert host == [32]
-    assert summary["accel_macs"] == sum(expected.values()) - expected["depthwise"]
+    for placement, host_convs in [("accelerator", []), ("fastest", [32])]:
+        compression = CompressionConfig(placement=placement)
+        _, qgraph, _ = quantize_model(imported, hw, warn=lambda m: None, compression=compression)
+        plans = lower_to_relax(qgraph, imported, hw).plans
+        summary = placement_summary(plans)
+        assert summary["macs"] == sum(expected.values())
+        host = [p.shape.groups for p in plans if p.shape is not None and p.placement == "host"]
+        # By default every conv runs on the accelerator. Placed by modelled cost, the depthwise
+        # conv (1 channel per group) runs on vta_default's host; the grouped conv (16 channels
+        # per group, block_in 16) and the dilated one stay on the accelerator.
+        assert host == host_convs, placement
+        host_macs = expected["depthwise"] if host_convs else 0
+        assert summary["accel_macs"] == sum(expected.values()) - host_macs
 
 
 def test_rewritten_and_grouped_convs_equal_the_integer_reference(tmp_path):

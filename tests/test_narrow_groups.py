@@ -33,6 +33,9 @@ VTA = load_hardware("vta_default")
 # vta_default's core with a host that does a sixteenth of the arithmetic per cycle: the core wins
 # every narrow-group conv below, so each one is compiled onto it.
 SLOW_HOST = VTA.with_changes(name="vta_slow_host", host_ops_per_cycle=VTA.host_ops_per_cycle / 16)
+# Each narrow-group conv on the host or the core, whichever is modelled faster (the default
+# runs every one on the core).
+FASTEST = CompressionConfig(placement="fastest")
 
 # (channels, groups, out channels, kernel, stride, (height, width)): depthwise 3x3 and 5x5 at
 # stride 1 and 2, 2 and 4 channels per group, a channel multiplier; no channel count a multiple of 16.
@@ -189,7 +192,8 @@ def test_placement_follows_the_modelled_costs(hw, tmp_path):
         channels, groups, out_channels, kernel, stride, (height, width) = layer
         shape = (1, channels, height, width)
         imported = import_model(conv_layer_model(tmp_path / f"{name}.onnx", *layer), {"x": shape})
-        _, qgraph, _ = quantize_model(imported, hw, calibration_file(tmp_path, shape), warn=lambda _: None)
+        calibration = calibration_file(tmp_path, shape)
+        _, qgraph, _ = quantize_model(imported, hw, calibration, warn=lambda _: None, compression=FASTEST)
         (qnode,) = [n for n in qgraph.nodes.values() if n.op == "conv2d"]
         pad = kernel // 2
         conv = ConvShape(
@@ -201,6 +205,20 @@ def test_placement_follows_the_modelled_costs(hw, tmp_path):
         placements.add(qnode.placement)
     if hw is VTA:
         assert placements == {"accel", "host"}  # both outcomes are exercised on one description
+
+
+def test_by_default_every_narrow_conv_runs_on_the_core(tmp_path):
+    """The default placement ("accelerator") runs every narrow-group conv on the core, those
+    the host would run faster on vta_default too (above), so all their MACs are the core's."""
+    for name, layer in PLACED.items():
+        channels, *_, (height, width) = layer
+        shape = (1, channels, height, width)
+        imported = import_model(conv_layer_model(tmp_path / f"{name}.onnx", *layer), {"x": shape})
+        _, qgraph, _ = quantize_model(imported, VTA, calibration_file(tmp_path, shape), warn=lambda _: None)
+        plans = plan_layers(qgraph, imported, VTA)
+        assert [p.placement for p in plans if p.op == "conv2d"] == ["accel"], name
+        assert qgraph.placements["host_convs"] == ()
+        assert placement_summary(plans)["accel_mac_share"] == 1.0
 
 
 def between_dense_convs_model(path, channels, groups, out_channels, kernel, stride, size, seed=0) -> str:
@@ -245,7 +263,7 @@ def test_a_grouped_conv_between_core_convs_is_priced_chained(hw, tmp_path):
         path = between_dense_convs_model(tmp_path / f"{name}.onnx", *layer)
         imported = import_model(path, {"x": shape})
         calibration = calibration_file(tmp_path, shape)
-        _, qgraph, _ = quantize_model(imported, hw, calibration, warn=lambda _: None)
+        _, qgraph, _ = quantize_model(imported, hw, calibration, warn=lambda _: None, compression=FASTEST)
         grouped = next(n for n in qgraph.nodes.values() if n.op == "conv2d" and n.params["groups"] > 1)
         pad = kernel // 2
         conv = ConvShape(
@@ -311,7 +329,7 @@ def test_mac_share_counts_real_macs(tmp_path):
 def test_listed_host_convs_override_the_cost_model(tmp_path):
     """A tuned design lists the grouped convs its profile put on the host: PP-OCR's 5x5
     depthwise conv goes to the host on vta_default and to the core on wide_1x32x32 by modelled
-    cost (test_placement_follows_the_modelled_costs); listed, it stays on the host of either, and
+    cost (placement "fastest": test_placement_follows_the_modelled_costs); listed, it stays on the host of either, and
     an empty list puts it on the core of either. Quantization reports what it placed."""
     layer = PLACED["ppocr_depthwise5x5"]
     shape = (1, layer[0], *layer[5])
@@ -320,7 +338,7 @@ def test_listed_host_convs_override_the_cost_model(tmp_path):
     wide = load_hardware("wide_1x32x32")
     cases = [(VTA, None, "host"), (wide, None, "accel"), (wide, ("conv2d_0",), "host"), (VTA, (), "accel")]
     for hw, listed, placement in cases:
-        compression = CompressionConfig(host_convs=listed)
+        compression = CompressionConfig(host_convs=listed, placement="fastest")
         _, qgraph, _ = quantize_model(imported, hw, calibration, warn=lambda _: None, compression=compression)
         assert qgraph.nodes["conv2d_0"].placement == placement, (hw.name, listed)
         assert qgraph.placements["host_convs"] == (("conv2d_0",) if placement == "host" else ())

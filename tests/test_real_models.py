@@ -37,8 +37,11 @@ AUTO_INT8_COSINE = {"silero_vad_lstm": 0.95}
 # and the share of its upright lines it reads as onnxruntime's float model does (greedy CTC).
 SEQUENCE_TOP1 = 0.9
 SEQUENCE_SAME_TEXT = 0.9
-# Depthwise convs run on the host (faster there in the model than at 1/block_in of the core's lanes).
-ACCEL_MAC_SHARE = {"ppocr_cls": 0.65}
+ACCEL_MAC_SHARE = 0.9
+# PP-OCR-style models (issue 9): the host's share of the modelled latency at most a third of the
+# 72-88 % it was when their activations ran in float on the host.
+HOST_SHARE_MODELS = {"ppocr_cls", "ppocrv4_det", "ppocrv6_tiny_det", "ppocrv6_tiny_rec"}
+HOST_SHARE = 0.88 / 3
 
 
 @pytest.mark.parametrize("model", CORPUS, ids=[m.name for m in CORPUS])
@@ -51,7 +54,9 @@ def test_real_model_compiles_and_matches_onnxruntime(model):
         assert check.top1_agreement >= (SEQUENCE_TOP1 if model.sequence else 1.0)
     if model.sequence:
         assert check.same_text >= SEQUENCE_SAME_TEXT, check.same_text
-    assert check.accel_mac_share >= ACCEL_MAC_SHARE.get(model.name, 0.9)
+    assert check.accel_mac_share >= ACCEL_MAC_SHARE
+    if model.name in HOST_SHARE_MODELS:
+        assert check.host_latency_share <= HOST_SHARE, check.host_latency_share
 
 
 def test_ppocr_cls_pinned_on_the_core_keeps_its_zero_points(tmp_path):
@@ -59,7 +64,8 @@ def test_ppocr_cls_pinned_on_the_core_keeps_its_zero_points(tmp_path):
     points they pad with on the host (a host pass pads their blocked inputs; the convs stay
     chained): every MAC on the accelerator, the module equal to its integer program (up to the
     float softmax's rounding), onnxruntime's float output within the target, and less of the
-    modelled latency on the host than by default."""
+    modelled latency on the host than with each conv where it is modelled fastest (the host,
+    for its 3x3 and short-row depthwise convs)."""
     model = next(m for m in CORPUS if m.name == "ppocr_cls")
     hw = load_hardware("vta_default")
     calibration = tmp_path / "calibration.npz"
@@ -84,10 +90,10 @@ def test_ppocr_cls_pinned_on_the_core_keeps_its_zero_points(tmp_path):
         ours = vm["main"](tvm.runtime.tensor(x)).numpy()
         np.testing.assert_allclose(ours, reference_output(result.qgraph, x), rtol=1e-5, atol=1e-7)
     on_core = check_model(model, hw, 16, 16, compression=pinned)
-    default = check_model(model, hw, 16, 16)
+    fastest = check_model(model, hw, 16, 16, compression=CompressionConfig(placement="fastest"))
     assert min(on_core.int8_cosine) >= INT8_COSINE and on_core.top1_agreement == 1.0
-    assert on_core.accel_mac_share == 1.0 > default.accel_mac_share
-    assert on_core.host_latency_share < default.host_latency_share
+    assert on_core.accel_mac_share == 1.0 > fastest.accel_mac_share
+    assert on_core.host_latency_share < fastest.host_latency_share
 
 
 def test_ppocr_cls_depthwise_convs_as_row_bands_equal_the_integer_program(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_narrow_groups import SLOW_HOST, VTA, assert_module_matches, calibration_file, modelled_seconds
+from test_narrow_groups import FASTEST, SLOW_HOST, VTA, assert_module_matches, calibration_file, modelled_seconds
 
 from codesign.compression import CompressionConfig, validate_compression
 from codesign.errors import UsageError
@@ -216,7 +216,8 @@ def fastest_mapping_checked(hw, path, channels, kernel, stride, size) -> str:
     shape = (1, channels, *size)
     model = depthwise_model(path, channels, (kernel,) * 2, (stride,) * 2, (pad,) * 4, size)
     imported = import_model(model, {"x": shape})
-    _, qgraph, _ = quantize_model(imported, hw, calibration_file(path.parent, shape), warn=lambda _: None)
+    calibration = calibration_file(path.parent, shape)
+    _, qgraph, _ = quantize_model(imported, hw, calibration, warn=lambda _: None, compression=FASTEST)
     qnode = qgraph.nodes["conv2d_1"]
     conv = ConvShape.conv2d(shape, (channels, 1, kernel, kernel), channels, (stride,) * 2, (pad,) * 4, (1, 1))
     super_groups, host = modelled_seconds(qnode, conv, hw, chained=True)  # between blocked values
@@ -238,7 +239,8 @@ def test_tables_around_the_depthwise_conv_merge_wherever_it_runs(tmp_path):
         shape = (1, channels, *size)
         path = depthwise_model(tmp_path / "dw.onnx", channels, (5, 5), stride, (2,) * 4, size, "HardSwish", "HardSwish")
         imported = import_model(path, {"x": shape})
-        _, qgraph, _ = quantize_model(imported, VTA, calibration_file(tmp_path, shape), warn=lambda _: None)
+        calibration = calibration_file(tmp_path, shape)
+        _, qgraph, _ = quantize_model(imported, VTA, calibration, warn=lambda _: None, compression=FASTEST)
         qnode = qgraph.nodes["conv2d_1"]
         conv = ConvShape.conv2d(shape, (channels, 1, 5, 5), channels, stride, (2,) * 4, (1, 1))
         ins, outs = math.prod(shape), math.prod(qnode.shape)

@@ -203,7 +203,11 @@ class SearchSpace:
                 weight_bits[layer] = bits
             if ratio and (self.prunable is None or layer in self.prunable):
                 prune[layer] = ratio
-        return CompressionConfig(weight_bits, prune, self.schedule_mode, calibration_method=self.calibration_method)
+        # "cost" profiles place each grouped conv by modelled cost; "core" ones pin every one there
+        # (ProfileBuilder.plan_all_on_core).
+        return CompressionConfig(
+            weight_bits, prune, self.schedule_mode, placement="fastest", calibration_method=self.calibration_method
+        )
 
     def grouped_conv_choices(self) -> list[str]:
         """The grouped-conv placements the space's designs take ("cost" alone without the knob)."""
