@@ -50,6 +50,22 @@ LAYERS = {
 }
 
 
+def saved_model(path, nodes, name: str, x_shape, weights: dict) -> str:
+    """A graph of `nodes` from float input x (`x_shape`) to y, with `weights` as initializers,
+    checked and saved at `path` (opset 17)."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
+        [numpy_helper.from_array(np.asarray(w, dtype=np.float32), key) for key, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return str(path)
+
+
 def conv_layer_model(path, channels, groups, out_channels, kernel, stride, size, seed=0) -> str:
     """x -> grouped Conv (padding kernel // 2 each side) -> Relu -> y."""
     rng = np.random.default_rng(seed)
@@ -60,17 +76,7 @@ def conv_layer_model(path, channels, groups, out_channels, kernel, stride, size,
         helper.make_node("Conv", ["x", "w", "b"], ["conv"], strides=[stride] * 2, pads=[pad] * 4, group=groups),
         helper.make_node("Relu", ["conv"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "grouped_conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, *size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return str(path)
+    return saved_model(path, nodes, "grouped_conv", (1, channels, *size), {"w": weight, "b": bias})
 
 
 def calibration_file(tmp_path, shape, seed=1) -> str:
@@ -239,15 +245,7 @@ def between_dense_convs_model(path, channels, groups, out_channels, kernel, stri
         helper.make_node("Relu", ["g"], ["s"]),
         helper.make_node("Conv", ["s", "w_out"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "between_dense_convs",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, *size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
-        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return str(path)
+    return saved_model(path, nodes, "between_dense_convs", (1, channels, *size), weights)
 
 
 @pytest.mark.parametrize("hw", [VTA, load_hardware("wide_1x32x32")], ids=lambda hw: hw.name)
@@ -297,16 +295,9 @@ def test_mac_share_counts_real_macs(tmp_path):
         helper.make_node("Relu", ["a"], ["r"]),
         helper.make_node("Conv", ["r", "wdw"], ["y"], pads=[2] * 4, group=c),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "dense_then_depthwise",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
-        [numpy_helper.from_array(dense_w, "wd"), numpy_helper.from_array(depthwise_w, "wdw")],
-    )
-    path = tmp_path / "model.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    imported = import_model(str(path), {"x": (1, 3, size, size)})
+    weights = {"wd": dense_w, "wdw": depthwise_w}
+    path = saved_model(tmp_path / "model.onnx", nodes, "dense_then_depthwise", (1, 3, size, size), weights)
+    imported = import_model(path, {"x": (1, 3, size, size)})
     _, qgraph, _ = quantize_model(imported, SLOW_HOST, calibration_file(tmp_path, (1, 3, size, size)))
     plans = plan_layers(qgraph, imported, SLOW_HOST)
     gemms = [p for p in plans if p.op == "conv2d"]

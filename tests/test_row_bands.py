@@ -9,10 +9,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from test_narrow_groups import FASTEST, SLOW_HOST, VTA, assert_module_matches, calibration_file, modelled_seconds
+from onnx import helper
+from test_narrow_groups import (
+    FASTEST,
+    SLOW_HOST,
+    VTA,
+    assert_module_matches,
+    calibration_file,
+    modelled_seconds,
+    saved_model,
+)
 
 from codesign.compression import CompressionConfig, validate_compression
 from codesign.errors import UsageError
@@ -112,15 +119,7 @@ def depthwise_model(
         nodes.append(helper.make_node("Conv", ["r", "w_out"], ["y"]))
     else:
         weights = {key: weights[key] for key in ("w", "b")}
-    graph = helper.make_graph(
-        nodes,
-        "depthwise",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, *size])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * 4)],
-        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return str(path)
+    return saved_model(path, nodes, "depthwise", (1, channels, *size), weights)
 
 
 # layer, what precedes the depthwise conv, what follows it (HardSwish: a table it merges)
