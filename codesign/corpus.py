@@ -21,6 +21,7 @@ Each model entry says where the file came from and how to feed it:
     frames = "mel"               # "frames" inputs: consecutive rows of this array of `data`
     stream = { state = "stateN" }  # state inputs fed from these outputs of earlier calls, as a
     stream_calls = 8             #   streaming user does: the calls before the sample, on its audio
+    decision_threshold = 0.5     # a streamed detector's first output: a decision is output > this
 
 Inputs for calibration and evaluation come from disjoint seeds.
 """
@@ -65,6 +66,7 @@ class CorpusModel:
     frames: str = ""  # the array of `data` "frames" inputs take consecutive rows of
     stream: dict[str, str] = dataclasses.field(default_factory=dict)  # state input -> output feeding it
     stream_calls: int = 0
+    decision_threshold: float | None = None  # a streamed detector's first output is a decision above it
     constant_weights: bool = False  # test data whose weights are constants: its int8 cosine means nothing
 
     def sample(self, seed: int) -> dict[str, np.ndarray]:
@@ -154,6 +156,7 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
                 frames=str(entry.get("frames", "")),
                 stream=dict(entry.get("stream", {})),
                 stream_calls=int(entry.get("stream_calls", 0)),
+                decision_threshold=float(entry["decision_threshold"]) if "decision_threshold" in entry else None,
                 constant_weights=bool(entry.get("constant_weights", False)),
             )
         )
@@ -298,10 +301,18 @@ def speech_calls(shape, rng, recordings: Path, context: int, calls: int, scale: 
     width - context new samples after the last `context` samples of the row before (how silero's
     wrapper frames audio)."""
     audio = np.load(recordings)["audio"]
+    hop = shape[-1] - context
+    rows = int(np.prod(shape[:-1]))
+    first = int(rng.integers(context, audio.size - hop * rows * calls - shape[-1]))
+    return framed_calls(audio, first, shape, context, calls, scale)
+
+
+def framed_calls(audio: np.ndarray, first: int, shape, context: int, calls: int, scale: float) -> list[np.ndarray]:
+    """`calls` consecutive inputs of `shape` whose new samples start at `first`, each row
+    repeating the last `context` samples of the row before."""
     width = shape[-1]
     hop = width - context
     rows = int(np.prod(shape[:-1]))
-    first = int(rng.integers(context, audio.size - hop * rows * calls - width))
     starts = first - context + hop * np.arange(rows * calls)
     frames = np.stack([audio[start : start + width] for start in starts]) * scale
     return [chunk.reshape(shape).astype(np.float32) for chunk in np.split(frames, calls)]
@@ -373,6 +384,18 @@ class ModelCheck:
     compile_seconds: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
     constant_weights: bool = False
+    stream: StreamCheck | None = None
+
+
+@dataclasses.dataclass
+class StreamCheck:
+    """A stateful model fed its whole recording call after call, the module on its own states
+    and onnxruntime on its own, as a streaming user runs them."""
+
+    calls: int
+    cosine: float  # of the first output over every call
+    decisions_agree: float | None = None  # share of first-output values on the same side of the threshold
+    final_state_cosine: list[float] = dataclasses.field(default_factory=list)  # each state after the last call
 
 
 EVAL_FIRST_SEED = 10_000  # evaluation inputs' seeds; calibration's stay below
@@ -433,8 +456,7 @@ def check_model(
     ours, floats, theirs = [], [], []
     for sample, float_run in zip(samples, float_runs):
         theirs.append(session.run(None, model.onnx_feed(sample, session.get_inputs())))
-        outputs = vm["main"](*[tvm.runtime.tensor(sample[n]) for n in names])
-        ours.append([o.numpy() for o in (outputs if isinstance(outputs, (tvm.ir.Array, list, tuple)) else [outputs])])
+        ours.append(_run_module(vm, names, sample))
         floats.append(float_run)
     # Cosine per output over all evaluation samples together (a scalar output gets a vector).
     int8_cos = [cosine(_stacked(ours, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
@@ -443,6 +465,7 @@ def check_model(
     agree = np.concatenate([top1(mine[0]) == top1(reference[0]) for mine, reference in zip(ours, theirs)])
     simulation = simulate_plans(result.lowered.plans, hw, "analytic")
     summary = placement_summary(result.lowered.plans, simulation)
+    stream = check_stream(model, lambda feed: _run_module(vm, names, feed), session) if model.stream else None
     return ModelCheck(
         model.name,
         True,
@@ -456,7 +479,46 @@ def check_model(
         compile_seconds=seconds,
         notes=notes,
         constant_weights=model.constant_weights,
+        stream=stream,
     )
+
+
+def _run_module(vm, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import tvm
+
+    outputs = vm["main"](*[tvm.runtime.tensor(feed[n]) for n in names])
+    return [o.numpy() for o in (outputs if isinstance(outputs, (tvm.ir.Array, list, tuple)) else [outputs])]
+
+
+def check_stream(model: CorpusModel, run_module, session) -> StreamCheck:
+    """Feed the model's whole recording from its start, call after call, to the module
+    (`run_module(feed) -> outputs`) and to onnxruntime, each carrying its own states from zeros.
+    The sample's evaluation takes each call's states from onnxruntime; here the module's own
+    errors accumulate, as in deployment."""
+    (audio_input,) = [name for name, kind in model.inputs.items() if kind == "speech"]
+    if set(model.inputs) != {audio_input, *model.stream}:
+        raise ValueError(f"{model.name}: a streamed model takes one speech input and its states")
+    shape = model.input_shapes[audio_input]
+    audio = np.load(model.data)["audio"]
+    hop = shape[-1] - model.frame_context
+    calls = (audio.size - shape[-1]) // (hop * int(np.prod(shape[:-1])))
+    chunks = framed_calls(audio, model.frame_context, shape, model.frame_context, calls, model.audio_scale)
+    output_names = [o.name for o in session.get_outputs()]
+    zeros = {name: np.zeros(model.input_shapes[name], np.float32) for name in model.stream}
+    ours_state, theirs_state, ours, theirs = dict(zeros), dict(zeros), [], []
+    for chunk in chunks:
+        mine = dict(zip(output_names, run_module({audio_input: chunk, **ours_state})))
+        feed = model.onnx_feed({audio_input: chunk, **theirs_state}, session.get_inputs())
+        reference = dict(zip(output_names, session.run(None, feed)))
+        ours_state = {name: mine[output].astype(np.float32) for name, output in model.stream.items()}
+        theirs_state = {name: reference[output].astype(np.float32) for name, output in model.stream.items()}
+        ours.append(mine[output_names[0]].ravel())
+        theirs.append(reference[output_names[0]].ravel())
+    ours, theirs = np.concatenate(ours), np.concatenate(theirs)
+    threshold = model.decision_threshold
+    agree = None if threshold is None else float(np.mean((ours > threshold) == (theirs > threshold)))
+    finals = [cosine(ours_state[name], theirs_state[name]) for name in model.stream]
+    return StreamCheck(calls, cosine(ours, theirs), agree, finals)
 
 
 def _with_dynamic_rounding(model: CorpusModel, samples, float_runs, notes: list[str]) -> list:

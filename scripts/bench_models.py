@@ -5,7 +5,9 @@ with calibration on realistic inputs, run other realistic inputs, compare with o
 float run (cosine of each output; top-1 agreement for classifiers, per step for recognisers, and
 for recognisers the share of inputs whose decoded text equals onnxruntime's),
 simulate (analytic model), and print one table: compiled or the blocking error, % of MACs on the
-accelerator, the host's share of modelled latency, the modelled latency, compile time.
+accelerator, the host's share of modelled latency, the modelled latency, compile time. A stateful
+model (a VAD) is also fed its whole recording call after call, the module on its own states and
+onnxruntime on its own: the cosine of its first output and the share of decisions that agree.
 
     python scripts/bench_models.py                       # tests/models/real
     python scripts/bench_models.py --fetch               # also the larger models, downloaded once,
@@ -233,11 +235,12 @@ def table(rows, hw_name: str, spreads: dict[str, list[float]]) -> Table:
     out = Table(title=f"Real models on {hw_name}", title_justify="left")
     columns = ("model", "compiled", "float cos", "int8 cos", "top-1", "MACs on accel", "host share", "latency ms")
     spread_column = ["least int8 cos over calibration sets: median (min-max) (sets)"] if spreads else []
-    for column in (*columns, "compile s", *spread_column):
+    stream_column = ["streamed on own states: first output cos, decisions"] if any(r.stream for r in rows) else []
+    for column in (*columns, "compile s", *stream_column, *spread_column):
         out.add_column(column)
     for row in rows:
         if not row.compiled:
-            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * (7 + len(spread_column)))
+            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * (7 + len(stream_column) + len(spread_column)))
             continue
         if row.constant_weights:
             out.add_row(row.name, "yes", "(constant weights)", "", "", *_placement(row))
@@ -251,9 +254,18 @@ def table(rows, hw_name: str, spreads: dict[str, list[float]]) -> Table:
             " / ".join(f"{c:.4f}" for c in row.int8_cosine),
             _agreement(row),
             *_placement(row),
+            *([_streamed(row)] if stream_column else []),
             *(shown or [""] * len(spread_column)),
         )
     return out
+
+
+def _streamed(row) -> str:
+    """The whole recording fed call after call, the module and onnxruntime each on its own states."""
+    if row.stream is None:
+        return ""
+    decisions = f", {100 * row.stream.decisions_agree:.1f} %" if row.stream.decisions_agree is not None else ""
+    return f"{row.stream.cosine:.4f}{decisions} ({row.stream.calls} calls)"
 
 
 def _placement(row) -> tuple[str, ...]:
