@@ -28,6 +28,7 @@ Inputs for calibration and evaluation come from disjoint seeds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sysconfig
 from pathlib import Path
@@ -459,10 +460,8 @@ def check_model(
         ours.append(_run_module(vm, names, sample))
         floats.append(float_run)
     # Cosine per output over all evaluation samples together (a scalar output gets a vector).
-    int8_cos = [cosine(_stacked(ours, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
+    int8_cos, top1_agreement, same_text = _agreement(model, ours, theirs)
     float_cos = [cosine(_stacked(floats, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
-    top1 = _top1_per_step if model.sequence else _top1
-    agree = np.concatenate([top1(mine[0]) == top1(reference[0]) for mine, reference in zip(ours, theirs)])
     simulation = simulate_plans(result.lowered.plans, hw, "analytic")
     summary = placement_summary(result.lowered.plans, simulation)
     stream = check_stream(model, lambda feed: _run_module(vm, names, feed), session) if model.stream else None
@@ -471,8 +470,8 @@ def check_model(
         True,
         float_cosine=float_cos,
         int8_cosine=int8_cos,
-        top1_agreement=float(np.mean(agree)) if model.classifier else None,
-        same_text=_same_text(ours, theirs) if model.sequence else None,
+        top1_agreement=top1_agreement,
+        same_text=same_text,
         accel_mac_share=summary["accel_mac_share"],
         host_latency_share=summary["host_latency_share"],
         latency_ms=1e3 * summary["latency_seconds"],
@@ -481,6 +480,105 @@ def check_model(
         constant_weights=model.constant_weights,
         stream=stream,
     )
+
+
+def _agreement(model: CorpusModel, ours: list, theirs: list) -> tuple[list[float], float | None, float | None]:
+    """Runs against onnxruntime's float runs: the cosine of each output over every run (a scalar
+    output gets a vector), and for a classifier its top-1 agreement (per step for a recogniser,
+    with the share of runs whose text reads the same)."""
+    cosines = [cosine(_stacked(ours, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
+    if not model.classifier:
+        return cosines, None, None
+    top1 = _top1_per_step if model.sequence else _top1
+    agree = np.concatenate([top1(mine[0]) == top1(reference[0]) for mine, reference in zip(ours, theirs)])
+    return cosines, float(np.mean(agree)), _same_text(ours, theirs) if model.sequence else None
+
+
+@dataclasses.dataclass
+class BaselineCheck:
+    """onnxruntime's own static int8 quantization of a corpus model (QDQ, int8 weights per
+    channel and activations per tensor, min-max ranges, the calibration inputs codesign had),
+    run on the same evaluation inputs: what int8 costs the model elsewhere."""
+
+    name: str
+    quantized: bool
+    blocker: str = ""
+    int8_cosine: list[float] = dataclasses.field(default_factory=list)
+    top1_agreement: float | None = None
+    same_text: float | None = None
+
+
+def check_onnxruntime_int8(
+    model: CorpusModel, calibration_samples: int = 16, eval_samples: int = 4, calibration_seed: int = 0
+) -> BaselineCheck:
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from codesign.onnx_passes.quantized import is_quantized
+
+    original = onnx.load(str(model.path))
+    if is_quantized(original):
+        return BaselineCheck(model.name, False, "already quantized")
+    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    seeds = range(calibration_seed, calibration_seed + calibration_samples)
+    feeds = [model.onnx_feed(model.sample(seed), session.get_inputs()) for seed in seeds]
+    with tempfile.TemporaryDirectory() as tmp, _quiet_onnxruntime():
+        upgraded, prepared, quantized = (Path(tmp) / f"{step}.onnx" for step in ("opset13", "prepared", "int8"))
+        try:
+            # Per-channel DequantizeLinear needs opset 13; its pre-pass folds batch norms into convs.
+            onnx.save(_at_least_opset(original, 13), str(upgraded))
+            quant_pre_process(str(upgraded), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared), str(quantized), _FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            )  # fmt: skip
+            int8 = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 (onnxruntime's quantizer raises anything; the bench reports it)
+            return BaselineCheck(model.name, False, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
+        ours, theirs = [], []
+        for seed in range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + eval_samples):
+            sample = model.sample(seed)
+            theirs.append(session.run(None, model.onnx_feed(sample, session.get_inputs())))
+            ours.append(int8.run(None, model.onnx_feed(sample, int8.get_inputs())))
+    cosines, top1_agreement, same_text = _agreement(model, ours, theirs)
+    return BaselineCheck(model.name, True, int8_cosine=cosines, top1_agreement=top1_agreement, same_text=same_text)
+
+
+def _at_least_opset(model, version: int):
+    import onnx
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
+    return onnx.version_converter.convert_version(model, version) if opset < version else model
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():
+    """onnxruntime's quantizer logs a line per tensor it skips (Python logging and its own logger)."""
+    import logging
+
+    import onnxruntime as ort
+
+    logging.disable(logging.WARNING)
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        ort.set_default_logger_severity(2)
+
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
 
 
 def _run_module(vm, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:

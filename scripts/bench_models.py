@@ -15,6 +15,7 @@ onnxruntime on its own: the cosine of its first output and the share of decision
     python scripts/bench_models.py FOLDER --hw edge_1x8x8 --json out.json
     python scripts/bench_models.py --fetch --only silero_vad_lstm --calibration-sets 5
     python scripts/bench_models.py --fetch --placement fastest   # narrow convs on the host where faster
+    python scripts/bench_models.py --fetch --onnxruntime-int8    # and onnxruntime's own int8, as a baseline
 
 `--calibration-sets K` compiles each model K times, on K disjoint calibration sets (seeds 0,
 1000, ...; the evaluation inputs stay the same), and adds the spread of its least int8 cosine:
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from codesign.compression import PLACEMENT_POLICIES, CompressionConfig, load_compression  # noqa: E402
-from codesign.corpus import check_model, load_corpus  # noqa: E402
+from codesign.corpus import check_model, check_onnxruntime_int8, load_corpus  # noqa: E402
 from codesign.files import write_bytes_atomic  # noqa: E402
 from codesign.hardware import load_hardware  # noqa: E402
 
@@ -231,16 +232,18 @@ def _wheel(package: str, downloads: Path) -> Path:
 CALIBRATION_SEED_STEP = 1000  # calibration sets: seeds 0.., 1000.., ... (more apart for larger sets)
 
 
-def table(rows, hw_name: str, spreads: dict[str, list[float]]) -> Table:
+def table(rows, hw_name: str, spreads: dict[str, list[float]], baselines: dict) -> Table:
     out = Table(title=f"Real models on {hw_name}", title_justify="left")
     columns = ("model", "compiled", "float cos", "int8 cos", "top-1", "MACs on accel", "host share", "latency ms")
     spread_column = ["least int8 cos over calibration sets: median (min-max) (sets)"] if spreads else []
     stream_column = ["streamed on own states: first output cos, decisions"] if any(r.stream for r in rows) else []
-    for column in (*columns, "compile s", *stream_column, *spread_column):
+    baseline_column = ["onnxruntime int8: cos, top-1"] if baselines else []
+    for column in (*columns, "compile s", *stream_column, *baseline_column, *spread_column):
         out.add_column(column)
     for row in rows:
         if not row.compiled:
-            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * (7 + len(stream_column) + len(spread_column)))
+            extra = len(stream_column) + len(baseline_column) + len(spread_column)
+            out.add_row(row.name, f"no: {row.blocker[:90]}", *[""] * (7 + extra))
             continue
         if row.constant_weights:
             out.add_row(row.name, "yes", "(constant weights)", "", "", *_placement(row))
@@ -255,6 +258,7 @@ def table(rows, hw_name: str, spreads: dict[str, list[float]]) -> Table:
             _agreement(row),
             *_placement(row),
             *([_streamed(row)] if stream_column else []),
+            *([_baseline(baselines.get(row.name))] if baseline_column else []),
             *(shown or [""] * len(spread_column)),
         )
     return out
@@ -266,6 +270,15 @@ def _streamed(row) -> str:
         return ""
     decisions = f", {100 * row.stream.decisions_agree:.1f} %" if row.stream.decisions_agree is not None else ""
     return f"{row.stream.cosine:.4f}{decisions} ({row.stream.calls} calls)"
+
+
+def _baseline(check) -> str:
+    """onnxruntime's static int8 quantization of the model, on the same calibration and evaluation inputs."""
+    if check is None:
+        return ""
+    if not check.quantized:
+        return f"no: {check.blocker[:60]}"
+    return " / ".join(f"{c:.4f}" for c in check.int8_cosine) + (f", {_agreement(check)}" if _agreement(check) else "")
 
 
 def _placement(row) -> tuple[str, ...]:
@@ -302,6 +315,12 @@ def main() -> None:
     parser.add_argument(
         "--placement", choices=PLACEMENT_POLICIES, help="as `codesign compile --placement` (default: accelerator)"
     )
+    parser.add_argument(
+        "--onnxruntime-int8",
+        action="store_true",
+        help="also quantize each model with onnxruntime's own static int8 (QDQ, per channel, min-max) on the "
+        "same calibration inputs, as a baseline on the same evaluation inputs",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
@@ -310,7 +329,7 @@ def main() -> None:
     compression = load_compression(args.compression) if args.compression else CompressionConfig()
     if args.placement:
         compression = dataclasses.replace(compression, placement=args.placement)
-    rows, spreads, documents = [], {}, []
+    rows, spreads, baselines, documents = [], {}, {}, []
     console = Console(width=220)
     for folder in folders:
         for model in load_corpus(folder):
@@ -326,7 +345,10 @@ def main() -> None:
                 spreads[model.name] = [min(check.int8_cosine) for check in checks]
             sets = [dataclasses.asdict(check) for check in checks]
             documents.append({**sets[0], "calibration_sets": sets})
-    console.print(table(rows, hw.name, spreads))
+            if args.onnxruntime_int8 and not model.constant_weights:
+                baselines[model.name] = check_onnxruntime_int8(model, args.calibration_samples, args.eval_samples)
+                documents[-1]["onnxruntime_int8"] = dataclasses.asdict(baselines[model.name])
+    console.print(table(rows, hw.name, spreads, baselines))
     if args.json:
         args.json.write_text(json.dumps(documents, indent=2))
 

@@ -230,3 +230,17 @@ def test_calibration_seeds_stay_apart_from_the_evaluation_inputs():
     with pytest.raises(ValueError, match="below the evaluation"):
         hw = load_hardware("vta_default")
         check_model(CORPUS[0], hw, calibration_samples=16, calibration_seed=EVAL_FIRST_SEED - 8)
+
+
+def test_onnxruntime_int8_baseline_runs_on_the_same_inputs():
+    """bench_models.py --onnxruntime-int8: onnxruntime's own static int8 of a model (here the
+    LSTM VAD, opset 16, and PP-OCR cls, opset 10, upgraded for per-channel scales) is built from
+    the calibration inputs and compared on the evaluation inputs: it tracks the float model
+    without equalling it."""
+    from codesign.corpus import check_onnxruntime_int8
+
+    for name in ("silero_vad_lstm", "ppocr_cls"):
+        baseline = check_onnxruntime_int8(next(m for m in CORPUS if m.name == name), 8, 4)
+        assert baseline.quantized, baseline.blocker
+        assert 0.5 < baseline.int8_cosine[0] < 0.9999999, baseline.int8_cosine
+        assert baseline.top1_agreement == (1.0 if name == "ppocr_cls" else None)

@@ -105,10 +105,15 @@ def dequantize_model(model: onnx.ModelProto, emulate_dynamic: bool = False) -> l
     kind of rewrite done (e.g. 'dequantized 21 ConvInteger, 1 MatMulInteger and 22 DynamicQuantizeLinear
     nodes (onnxruntime dynamic quantization): codesign re-quantizes the float model'), empty if nothing
     was quantized."""
-    if not any(_is_quantized(node) for node in _all_nodes(model.graph)):
+    if not is_quantized(model):
         return []
     counts = _Rewriter(model, emulate_dynamic).run()
     return _notes(counts)
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Does the model hold quantized ops (QDQ pairs, QLinear*, *Integer, dynamic quantization)?"""
+    return any(_is_quantized(node) for node in _all_nodes(model.graph))
 
 
 def is_dynamically_quantized(model: onnx.ModelProto) -> bool:
