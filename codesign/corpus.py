@@ -102,9 +102,7 @@ class CorpusModel:
 
     def _session(self):
         if getattr(self, "_ort_session", None) is None:
-            import onnxruntime as ort
-
-            self._ort_session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self._ort_session = onnxruntime_session(self.path)
         return self._ort_session
 
     def samples(self, count: int, first_seed: int) -> dict[str, np.ndarray]:
@@ -419,7 +417,6 @@ def check_model(
     import time
 
     import onnx
-    import onnxruntime as ort
     import tvm
     from tvm import relax
 
@@ -447,7 +444,7 @@ def check_model(
         except CodesignError as err:
             return ModelCheck(model.name, False, str(err).splitlines()[0], notes=notes)
     seconds = time.perf_counter() - start
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(model.path)
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
     samples = [model.sample(EVAL_FIRST_SEED + i) for i in range(eval_samples)]
     names = [spec.name for spec in result.imported.inputs]
@@ -482,6 +479,17 @@ def check_model(
     )
 
 
+def onnxruntime_session(path: Path):
+    """An onnxruntime CPU session whose threads sleep between runs. By default they spin for a
+    while after each run, and on a small machine they then starve TVM's thread pool when the
+    two alternate: silero-vad's module took 27 ms a call instead of 0.2 between onnxruntime runs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def _agreement(model: CorpusModel, ours: list, theirs: list) -> tuple[list[float], float | None, float | None]:
     """Runs against onnxruntime's float runs: the cosine of each output over every run (a scalar
     output gets a vector), and for a classifier its top-1 agreement (per step for a recogniser,
@@ -514,7 +522,6 @@ def check_onnxruntime_int8(
     import tempfile
 
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -523,7 +530,7 @@ def check_onnxruntime_int8(
     original = onnx.load(str(model.path))
     if is_quantized(original):
         return BaselineCheck(model.name, False, "already quantized")
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(model.path)
     seeds = range(calibration_seed, calibration_seed + calibration_samples)
     feeds = [model.onnx_feed(model.sample(seed), session.get_inputs()) for seed in seeds]
     with tempfile.TemporaryDirectory() as tmp, _quiet_onnxruntime():
@@ -536,7 +543,7 @@ def check_onnxruntime_int8(
                 str(prepared), str(quantized), _FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
             )  # fmt: skip
-            int8 = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+            int8 = onnxruntime_session(quantized)
         except Exception as err:  # noqa: BLE001 (onnxruntime's quantizer raises anything; the bench reports it)
             return BaselineCheck(model.name, False, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
         ours, theirs = [], []
