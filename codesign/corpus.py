@@ -519,6 +519,8 @@ class BaselineCheck:
 def check_onnxruntime_int8(
     model: CorpusModel, calibration_samples: int = 16, eval_samples: int = 4, calibration_seed: int = 0
 ) -> BaselineCheck:
+    """The BaselineCheck of a model: quantized from the inputs check_model calibrates on (same
+    seeds), compared on the ones it evaluates on."""
     import tempfile
 
     import onnx
@@ -534,24 +536,24 @@ def check_onnxruntime_int8(
     seeds = range(calibration_seed, calibration_seed + calibration_samples)
     feeds = [model.onnx_feed(model.sample(seed), session.get_inputs()) for seed in seeds]
     with tempfile.TemporaryDirectory() as tmp, _quiet_onnxruntime():
-        upgraded, prepared, quantized = (Path(tmp) / f"{step}.onnx" for step in ("opset13", "prepared", "int8"))
+        upgraded, prepared, int8_path = (Path(tmp) / f"{step}.onnx" for step in ("opset13", "prepared", "int8"))
         try:
             # Per-channel DequantizeLinear needs opset 13; its pre-pass folds batch norms into convs.
             onnx.save(_at_least_opset(original, 13), str(upgraded))
             quant_pre_process(str(upgraded), str(prepared), skip_symbolic_shape=True)
             quantize_static(
-                str(prepared), str(quantized), _FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                str(prepared), str(int8_path), _FeedReader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
             )  # fmt: skip
-            int8 = onnxruntime_session(quantized)
+            int8_session = onnxruntime_session(int8_path)
         except Exception as err:  # noqa: BLE001 (onnxruntime's quantizer raises anything; the bench reports it)
             return BaselineCheck(model.name, False, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
-        ours, theirs = [], []
+        int8_outputs, float_outputs = [], []
         for seed in range(EVAL_FIRST_SEED, EVAL_FIRST_SEED + eval_samples):
             sample = model.sample(seed)
-            theirs.append(session.run(None, model.onnx_feed(sample, session.get_inputs())))
-            ours.append(int8.run(None, model.onnx_feed(sample, int8.get_inputs())))
-    cosines, top1_agreement, same_text = _agreement(model, ours, theirs)
+            float_outputs.append(session.run(None, model.onnx_feed(sample, session.get_inputs())))
+            int8_outputs.append(int8_session.run(None, model.onnx_feed(sample, int8_session.get_inputs())))
+    cosines, top1_agreement, same_text = _agreement(model, int8_outputs, float_outputs)
     return BaselineCheck(model.name, True, int8_cosine=cosines, top1_agreement=top1_agreement, same_text=same_text)
 
 
