@@ -88,8 +88,13 @@ def run_float(mod: tvm.IRModule, samples: list[dict[str, np.ndarray]], input_nam
         executable = build_executable(schedule_float_module(mod), target())
     vm = relax.VirtualMachine(executable, tvm.cpu())
     for sample in samples:
-        outputs = vm["main"](*[tvm.runtime.tensor(sample[name]) for name in input_names])
-        yield [o.numpy() for o in outputs]
+        yield module_outputs(vm, input_names, sample)
+
+
+def module_outputs(vm: relax.VirtualMachine, input_names: list[str], sample: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """A built module's outputs on one sample, as numpy arrays (one output or a tuple)."""
+    outputs = vm["main"](*[tvm.runtime.tensor(sample[name]) for name in input_names])
+    return [o.numpy() for o in (outputs if isinstance(outputs, (tvm.ir.Array, list, tuple)) else [outputs])]
 
 
 @dataclasses.dataclass

@@ -30,12 +30,13 @@ from codesign.calibration import (
     DEFAULT_CALIBRATION_METHOD,
     cached_ranges_by_method,
     float_outputs,
+    module_outputs,
 )
 from codesign.compression import CompressionConfig
 from codesign.graph import Graph
 from codesign.importer import ImportedModel
 from codesign.lowering import lower_to_relax
-from codesign.metrics import cosine
+from codesign.metrics import output_cosines
 from codesign.quantize import QuantConfig, quantize_graph
 from codesign.target import target
 from codesign.tvm_build import build_executable
@@ -101,16 +102,9 @@ def _least_output_cosine(qgraph, imported, hw, compression, samples, reference) 
     with quiet_tvm():
         vm = relax.VirtualMachine(build_executable(lowered.mod, target()), tvm.cpu())
     names = [spec.name for spec in imported.inputs]
-    ours = []
-    for sample in samples:
-        outputs = vm["main"](*[tvm.runtime.tensor(sample[name]) for name in names])
-        ours.append([o.numpy() for o in (outputs if isinstance(outputs, (tvm.ir.Array, list, tuple)) else [outputs])])
-    least = min(cosine(_stacked(ours, index), _stacked(reference, index)) for index in range(len(reference[0])))
+    ours = [module_outputs(vm, names, sample) for sample in samples]
+    least = min(output_cosines(ours, reference))
     return least if np.isfinite(least) else -1.0  # an output that overflowed ranks last
-
-
-def _stacked(runs: list[list[np.ndarray]], index: int) -> np.ndarray:
-    return np.concatenate([run[index].ravel() for run in runs])
 
 
 assert AUTO_CANDIDATES[0] == DEFAULT_CALIBRATION_METHOD and set(AUTO_CANDIDATES) <= set(CALIBRATION_METHODS)

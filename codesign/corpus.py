@@ -37,7 +37,7 @@ import numpy as np
 
 from codesign import toml as tomllib
 from codesign.errors import UsageError
-from codesign.metrics import cosine
+from codesign.metrics import cosine, output_cosines
 
 WORDS = (
     "invoice total amount date customer order number street city station report energy tensor "
@@ -420,7 +420,7 @@ def check_model(
     import tvm
     from tvm import relax
 
-    from codesign.calibration import float_outputs
+    from codesign.calibration import float_outputs, module_outputs
     from codesign.console_tables import placement_summary
     from codesign.errors import CodesignError
     from codesign.onnx_passes.quantized import is_dynamically_quantized
@@ -454,14 +454,14 @@ def check_model(
     ours, floats, theirs = [], [], []
     for sample, float_run in zip(samples, float_runs):
         theirs.append(session.run(None, model.onnx_feed(sample, session.get_inputs())))
-        ours.append(_run_module(vm, names, sample))
+        ours.append(module_outputs(vm, names, sample))
         floats.append(float_run)
     # Cosine per output over all evaluation samples together (a scalar output gets a vector).
     int8_cos, top1_agreement, same_text = _agreement(model, ours, theirs)
-    float_cos = [cosine(_stacked(floats, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
+    float_cos = output_cosines(floats, theirs)
     simulation = simulate_plans(result.lowered.plans, hw, "analytic")
     summary = placement_summary(result.lowered.plans, simulation)
-    stream = check_stream(model, lambda feed: _run_module(vm, names, feed), session) if model.stream else None
+    stream = check_stream(model, lambda feed: module_outputs(vm, names, feed), session) if model.stream else None
     return ModelCheck(
         model.name,
         True,
@@ -494,7 +494,7 @@ def _agreement(model: CorpusModel, ours: list, theirs: list) -> tuple[list[float
     """Runs against onnxruntime's float runs: the cosine of each output over every run (a scalar
     output gets a vector), and for a classifier its top-1 agreement (per step for a recogniser,
     with the share of runs whose text reads the same)."""
-    cosines = [cosine(_stacked(ours, i), _stacked(theirs, i)) for i in range(len(theirs[0]))]
+    cosines = output_cosines(ours, theirs)
     if not model.classifier:
         return cosines, None, None
     top1 = _top1_per_step if model.sequence else _top1
@@ -590,13 +590,6 @@ class _FeedReader:
         return next(self._feeds, None)
 
 
-def _run_module(vm, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import tvm
-
-    outputs = vm["main"](*[tvm.runtime.tensor(feed[n]) for n in names])
-    return [o.numpy() for o in (outputs if isinstance(outputs, (tvm.ir.Array, list, tuple)) else [outputs])]
-
-
 def check_stream(model: CorpusModel, run_module, session) -> StreamCheck:
     """Feed the model's whole recording from its start, call after call, to the module
     (`run_module(feed) -> outputs`) and to onnxruntime, each carrying its own states from zeros.
@@ -638,16 +631,12 @@ def _with_dynamic_rounding(model: CorpusModel, samples, float_runs, notes: list[
 
     emulated = import_onnx(model.path, model.input_shapes, model.input_values, emulate_dynamic_quantization=True)
     rounded_runs = list(float_outputs(extract_graph(emulated), emulated, samples))
-    unrounded = min(cosine(_stacked(float_runs, i), _stacked(rounded_runs, i)) for i in range(len(float_runs[0])))
+    unrounded = min(output_cosines(float_runs, rounded_runs))
     notes.append(
         f"float reference: onnxruntime's dynamic uint8 rounding emulated; the float model compiled "
         f"(rounding dropped; its least matching output) has cosine {unrounded:.6f} against it"
     )
     return rounded_runs
-
-
-def _stacked(runs: list[list[np.ndarray]], index: int) -> np.ndarray:
-    return np.concatenate([run[index].ravel() for run in runs])
 
 
 def _same_text(ours: list, theirs: list) -> float:
