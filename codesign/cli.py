@@ -144,6 +144,13 @@ def compile_command(
             "--float-layers", help="Keep these layers in float on the host (glob over layer names; repeatable)."
         ),
     ] = None,
+    wide_layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--wide-layers",
+            help="Give these GEMM layers int16 activations, in two passes of the core (glob over names; repeatable).",
+        ),
+    ] = None,
     placement: PlacementOption = None,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
@@ -158,7 +165,7 @@ def compile_command(
 
     if weight_bits not in (None, 4, 8):
         raise UsageError(f"--weight-bits {weight_bits}: expected 4 or 8")
-    spec, compression_choices = _design_choices(hw, design, compression, float_layers, placement)
+    spec, compression_choices = _design_choices(hw, design, compression, (float_layers, wide_layers), placement)
     check_output(out)  # before the compile: refuses what write_module would, without writing anything
     with cleanup_on_signals(f"compiling {out}/"), _live_progress(quiet):  # SIGTERM removes the staging directory
         result = compile_model(
@@ -189,11 +196,17 @@ def compile_command(
         _write_design_report(report, model, spec, simulation, f"the compiled module {out}/")
 
 
-def _compression(path: Path | None, float_layers: list[str] | None, placement: str | None = None):
-    """The --compression file's choices, with --float-layers added and --placement set."""
+def _with_layer_patterns(config, layer_patterns):
+    """`config` with --float-layers and --wide-layers (a pair of pattern lists, each None if not given) added."""
+    float_layers, wide_layers = layer_patterns or (None, None)
+    return config.with_float_layers(float_layers).with_wide_layers(wide_layers)
+
+
+def _compression(path: Path | None, layer_patterns, placement: str | None = None):
+    """The --compression file's choices, with --float-layers and --wide-layers added and --placement set."""
     from codesign.compression import PLACEMENT_POLICIES, CompressionConfig, load_compression
 
-    config = (load_compression(path) if path else CompressionConfig()).with_float_layers(float_layers)
+    config = _with_layer_patterns(load_compression(path) if path else CompressionConfig(), layer_patterns)
     if placement is None:
         return config
     if placement not in PLACEMENT_POLICIES:
@@ -201,15 +214,15 @@ def _compression(path: Path | None, float_layers: list[str] | None, placement: s
     return dataclasses.replace(config, placement=placement)
 
 
-def _design_choices(hw: str | None, design: Path | None, compression: Path | None, float_layers, placement=None):
+def _design_choices(hw: str | None, design: Path | None, compression: Path | None, layer_patterns, placement=None):
     """(hardware, compression choices) of --design FILE, or of --hw, --compression and
-    --placement; --float-layers adds to either."""
+    --placement; --float-layers and --wide-layers (`layer_patterns`) add to either."""
     from codesign.hardware import load_hardware
 
     if design is None:
         if hw is None:
             raise UsageError("--hw is required (a hardware description or preset), or --design FILE")
-        return load_hardware(hw), _compression(compression, float_layers, placement)
+        return load_hardware(hw), _compression(compression, layer_patterns, placement)
     options = (("--hw", hw), ("--compression", compression), ("--placement", placement))
     given = [option for option, value in options if value is not None]
     if given:
@@ -220,7 +233,7 @@ def _design_choices(hw: str | None, design: Path | None, compression: Path | Non
     from codesign.design import Design
 
     chosen = Design.load(design)
-    return chosen.hardware, chosen.compression.with_float_layers(float_layers)
+    return chosen.hardware, _with_layer_patterns(chosen.compression, layer_patterns)
 
 
 def _print_explanation(result, calibration: Path | None, calibration_samples: int, worst: int = 20) -> None:
@@ -399,6 +412,10 @@ def simulate_command(
         list[str] | None,
         typer.Option("--float-layers", help="Keep these layers in float on the host (glob over names; repeatable)."),
     ] = None,
+    wide_layers: Annotated[
+        list[str] | None,
+        typer.Option("--wide-layers", help="Give these GEMM layers int16 activations (glob over names; repeatable)."),
+    ] = None,
     placement: PlacementOption = None,
     no_cache: NoCacheOption = False,
     quiet: QuietOption = False,
@@ -410,7 +427,9 @@ def simulate_command(
     if model not in MODELS:
         raise UsageError(f"--model {model}: expected one of {', '.join(MODELS)}")
     with _live_progress(quiet):
-        spec, plans = _plans_for(target, hw, input_shape, input_value, calibration, float_layers, design, placement)
+        spec, plans = _plans_for(
+            target, hw, input_shape, input_value, calibration, (float_layers, wide_layers), design, placement
+        )
     simulation = simulate_plans(plans, spec, model)
     from codesign.console_tables import print_simulation
 
@@ -443,7 +462,14 @@ def _write_design_report(out_dir: Path, model: Path, spec, simulation, source: s
 
 
 def _plans_for(
-    target: Path, hw: str | None, input_shape, input_value, calibration, float_layers=None, design=None, placement=None
+    target: Path,
+    hw: str | None,
+    input_shape,
+    input_value,
+    calibration,
+    layer_patterns=None,
+    design=None,
+    placement=None,
 ):
     """(hardware, layer plans) of a compiled module directory or of an ONNX model to lower."""
     if target.is_dir():
@@ -470,7 +496,7 @@ def _plans_for(
     from codesign.onnx_file import parse_input_shapes, parse_input_values
     from codesign.plan_cache import plan_model
 
-    spec, compression = _design_choices(hw, design, None, float_layers, placement)
+    spec, compression = _design_choices(hw, design, None, layer_patterns, placement)
     shapes, values = parse_input_shapes(input_shape), parse_input_values(input_value)
     return spec, plan_model(target, spec, shapes, calibration, compression=compression, input_values=values)
 

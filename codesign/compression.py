@@ -10,6 +10,8 @@ The keys of weight_bits and prune are layer names or glob patterns over them: a 
 value of the last key that matches it (resolve_compression, once the model's layers are known).
 
 `float_layers` keeps the matching layers (glob patterns over layer names) in float on the host.
+`wide_layers` gives the matching GEMM layers int16 activations, in and out, on the core's int8
+weights (`quantize.lower_wide_gemm`: two passes of the core over the input's bytes).
 
 `placement` says where a grouped conv narrower than the core's block_in lanes runs unless
 `host_convs` pins it: "accelerator" (the default) on the core, as every other conv, dense and
@@ -81,6 +83,8 @@ class CompressionConfig:
     # How activation ranges are calibrated (codesign.calibration.CALIBRATION_CHOICES); None: the
     # default. Kept here so a tuned design compiles with the method it was evaluated with.
     calibration_method: str | None = None
+    # GEMM layers with int16 activations (glob patterns over layer names: quantize.lower_wide_gemm)
+    wide_layers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         doc = {
@@ -91,6 +95,8 @@ class CompressionConfig:
         }
         if self.float_layers:
             doc["float_layers"] = list(self.float_layers)
+        if self.wide_layers:
+            doc["wide_layers"] = list(self.wide_layers)
         if self.prune_method != PRUNE_METHODS[0]:
             doc["prune_method"] = self.prune_method
         for field in PLACEMENT_FIELDS:
@@ -106,6 +112,10 @@ class CompressionConfig:
     def with_float_layers(self, patterns) -> CompressionConfig:
         """These choices with more layer patterns kept in float."""
         return dataclasses.replace(self, float_layers=(*self.float_layers, *(patterns or ())))
+
+    def with_wide_layers(self, patterns) -> CompressionConfig:
+        """These choices with more layer patterns given int16 activations."""
+        return dataclasses.replace(self, wide_layers=(*self.wide_layers, *(patterns or ())))
 
     def placements(self) -> dict[str, tuple[str, ...] | None]:
         """The pinned placements, by field; under the "accelerator" policy no grouped conv is
@@ -178,6 +188,9 @@ def validate_compression(config: CompressionConfig, graph: Graph, source: str = 
         for p in config.float_layers
         if not any(fnmatch.fnmatchcase(name, p) for name in names)
     ]
+    problems += [
+        f"wide layer pattern '{p}' matches no layer" for p in config.wide_layers if not fnmatch.filter(layers, p)
+    ]
     if problems:
         known = ", ".join(sorted(layers))
         raise UsageError(f"{source}: " + "; ".join(problems) + f" (layers: {known})")
@@ -224,6 +237,7 @@ FIELDS = (
     *PLACEMENT_FIELDS,
     "placement",
     "calibration_method",
+    "wide_layers",
 )
 
 
@@ -236,6 +250,7 @@ def compression_problems(
     placements=None,
     calibration_method=None,
     placement=PLACEMENT_POLICIES[0],
+    wide_layers=(),
 ) -> list[str]:
     """What is wrong with these choices, each naming its field and value ([] if nothing)."""
     from codesign.calibration import CALIBRATION_CHOICES
@@ -251,8 +266,9 @@ def compression_problems(
             problems += [p for layer, value in table.items() if (p := check(layer, value))]
     if schedule not in SCHEDULES:
         problems.append(f'schedule = {_shown(schedule)} (expected "rule" or "auto")')
-    if not isinstance(float_layers, (list, tuple)) or not all(isinstance(p, str) for p in float_layers):
-        problems.append(f"float_layers = {_shown(float_layers)} (expected a list of layer name patterns)")
+    for field, patterns in (("float_layers", float_layers), ("wide_layers", wide_layers)):
+        if not isinstance(patterns, (list, tuple)) or not all(isinstance(p, str) for p in patterns):
+            problems.append(f"{field} = {_shown(patterns)} (expected a list of layer name patterns)")
     if prune_method not in PRUNE_METHODS:
         problems.append(f'prune_method = {_shown(prune_method)} (expected "reconstruct" or "magnitude")')
     if placement not in PLACEMENT_POLICIES:
@@ -273,6 +289,7 @@ def check_compression(config: CompressionConfig, source: str = "compression") ->
         config.prune_method,
         config.placements(),
         placement=config.placement,
+        wide_layers=list(config.wide_layers),
     )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
@@ -291,8 +308,9 @@ def compression_from_dict(doc, source: str = "compression") -> CompressionConfig
     placements = {field: doc.get(field) for field in PLACEMENT_FIELDS}
     calibration_method = doc.get("calibration_method")
     placement = doc.get("placement", PLACEMENT_POLICIES[0])
+    wide_layers = doc.get("wide_layers", [])
     problems = compression_problems(
-        weight_bits, prune, schedule, float_layers, prune_method, placements, calibration_method, placement
+        weight_bits, prune, schedule, float_layers, prune_method, placements, calibration_method, placement, wide_layers
     )
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
@@ -305,6 +323,7 @@ def compression_from_dict(doc, source: str = "compression") -> CompressionConfig
         prune_method,
         placement=placement,
         calibration_method=calibration_method,
+        wide_layers=tuple(wide_layers),
     )
     return config.with_placements(placements)
 

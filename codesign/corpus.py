@@ -69,6 +69,14 @@ class CorpusModel:
     stream_calls: int = 0
     decision_threshold: float | None = None  # a streamed detector's first output is a decision above it
     constant_weights: bool = False  # test data whose weights are constants: its int8 cosine means nothing
+    # The model's compression choices (a --compression document): what a user compiles it with
+    compression: dict = dataclasses.field(default_factory=dict)
+
+    def compression_config(self):
+        """The entry's compression choices (corpus.toml's `compression`, a --compression document)."""
+        from codesign.compression import compression_from_dict
+
+        return compression_from_dict(self.compression, f"corpus model '{self.name}': compression")
 
     def sample(self, seed: int) -> dict[str, np.ndarray]:
         """One realistic input per model input (frozen inputs excluded). With `stream`, the
@@ -157,6 +165,7 @@ def load_corpus(folder: str | Path) -> list[CorpusModel]:
                 stream_calls=int(entry.get("stream_calls", 0)),
                 decision_threshold=float(entry["decision_threshold"]) if "decision_threshold" in entry else None,
                 constant_weights=bool(entry.get("constant_weights", False)),
+                compression=dict(entry.get("compression", {})),
             )
         )
     return models
@@ -408,7 +417,7 @@ def check_model(
     calibration_method: str | None = None,  # None: the default (codesign.pipeline.quantize_model)
     bias_correction: bool = True,
     calibration_seed: int = 0,
-    compression=None,  # CompressionConfig (a --compression file's choices); None: the defaults
+    compression=None,  # CompressionConfig (a --compression file's choices); None: the entry's
 ) -> ModelCheck:
     """Compile with calibration on realistic inputs (seeds from `calibration_seed` on), run
     `eval_samples` other ones (seeds from EVAL_FIRST_SEED on), compare with onnxruntime (float)
@@ -427,6 +436,8 @@ def check_model(
     from codesign.pipeline import compile_model
     from codesign.simulator.simulate import simulate_plans
 
+    if compression is None:
+        compression = model.compression_config()
     notes: list[str] = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,9 @@ from codesign.schedules.tiling import UOP_BYTES
 PRESET_PACKAGE = "codesign.hw_targets"
 
 MAX_SCRATCHPAD_BYTES = 1 << 28
+# The multipliers' input width: descriptions have 8-bit inputs (bits.input); wider activations
+# take several passes (`CoreGeometry.for_layer`).
+MULTIPLIER_INPUT_BITS = 8
 MAX_BLOCK = 256  # the widest GEMM core dimension a description may have
 
 
@@ -50,6 +53,26 @@ class CoreGeometry:
             view = self._with_weight_bits(weight_bits, block_in=fused_lanes, precision_scalable=False)
             return dataclasses.replace(view, precision_scalable=True)  # the fused mode: `input_gather`
         return self._with_weight_bits(weight_bits)
+
+    def for_layer(self, weight_bits: int | None, input_bits: int | None = None):
+        """The core as a layer uses it: its weights (`for_layer_weights`) and, for a layer whose
+        activations are wider than the core's inputs (a --wide-layers layer), its activations:
+        each micro-op then runs as `gemm_passes` passes over the input's bytes on the same
+        multipliers, shifting the accumulator between them (bit-serial over bytes, as Stripes
+        and Bit Fusion compose wide operands), so GEMM time and MAC energy scale by the passes,
+        and the input and output buffers and transfers hold the wide elements."""
+        if not input_bits or input_bits <= self.input_bits:
+            return self.for_layer_weights(weight_bits)
+        if weight_bits is not None and weight_bits != self.weight_bits:
+            raise ValueError(
+                f"a layer with {input_bits}-bit activations keeps the core's {self.weight_bits}-bit weights"
+            )
+        return dataclasses.replace(self, input_bits=input_bits, output_bits=input_bits, precision_scalable=False)
+
+    @property
+    def gemm_passes(self) -> int:
+        """Passes of the multipliers per GEMM micro-op: 2 for a wide layer's 16-bit activations."""
+        return self.input_bits // MULTIPLIER_INPUT_BITS
 
     @property
     def input_gather(self):

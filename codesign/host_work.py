@@ -41,7 +41,8 @@ def node_work(node, qgraph, layouts: Layouts = Layouts()) -> tuple[float, float]
     if node.op in ("conv2d", "matmul") and node.placement == "accel":
         lookups = out if "table" in node.params else 0  # a row-banded conv's merged tables
         lookups += _elements(inputs[0].shape) if "input_table" in node.params else 0
-        return float(lookups), _conversion_bytes(node, inputs, layouts)
+        element_bytes = node.params.get("input_bits", 8) // 8  # a wide layer converts int16 values
+        return float(lookups), _conversion_bytes(node, inputs, layouts) * element_bytes
     if node.name in layouts.packed:
         return _blocked_host_work(node, inputs, layouts)
     moved = sum(_elements(i.shape) * _itemsize(i.dtype) for i in inputs) + out * _itemsize(node.dtype)
@@ -166,4 +167,4 @@ def host_seconds(ops: float, nbytes: float, hw) -> float:
 
 
 def _itemsize(dtype: str) -> int:
-    return 1 if dtype == "int8" else 4
+    return {"int8": 1, "int16": 2}.get(dtype, 4)

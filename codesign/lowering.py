@@ -87,6 +87,7 @@ def plan_accelerated_layer(
     schedule="rule",
     activation=None,
     kernel=True,
+    input_bits=None,
 ):
     """Tile (the tile rule, or the fastest modelled tiling with schedule="auto"), schedule and
     check one layer; returns (scheduled PrimFunc, LayerPlan). Narrow weights pack in the buffer;
@@ -94,7 +95,7 @@ def plan_accelerated_layer(
     Without `kernel` (a plan for the simulator alone) nothing is scheduled: the plan's
     scratchpad bytes are the tile rule's, which the scheduled TIR's equal (tests/test_schedules.py),
     and the kernel is None."""
-    hw = hw.for_layer_weights(weight_bits)
+    hw = hw.for_layer(weight_bits, input_bits)
     try:
         tiling = select_tiling(shape, hw, alu_ops, weight_bits, schedule)
     except TilingError as err:
@@ -110,7 +111,8 @@ def plan_accelerated_layer(
         raise HardwareError(f"layer '{name}': scratchpad too small: " + "; ".join(problems))
     if kernel:
         _check_kernel_tiles(name, walked, tile_geometry(shape, tiling, hw))
-    return scheduled, LayerPlan(name, op, "accel", shape, tiling, dict(used), scheduled, schedule=schedule)
+    plan = LayerPlan(name, op, "accel", shape, tiling, dict(used), scheduled, schedule=schedule, input_bits=input_bits)
+    return scheduled, plan
 
 
 @functools.lru_cache(maxsize=1024)
@@ -167,6 +169,7 @@ class _Lowerer:
                 self.compression.schedule,
                 p.get("activation"),
                 self.schedules_kernels,
+                p.get("input_bits"),
             )
         except HardwareError:
             narrow_groups = node.op == "conv2d" and shape != gemm_shape(node, self.qgraph)  # super-groups, row bands
@@ -174,6 +177,10 @@ class _Lowerer:
                 raise
             node.placement = "host"
             p.pop("row_bands", None)
+
+    def layer_core(self, node: QNode):
+        """The core as an accelerated layer uses it (`CoreGeometry.for_layer`)."""
+        return self.hw.for_layer(self.weight_bits(node), node.params.get("input_bits"))
 
     def weight_bits(self, node: QNode) -> int | None:
         """A GEMM layer's weight width; None for a matmul of two activations."""
@@ -219,7 +226,7 @@ class _Lowerer:
     def real_valued(self, values: dict, name: str) -> relax.Expr:
         """A node's value in real units (int8 dequantized by its scale), for comparison with float."""
         node = self.qgraph.nodes[name]
-        if node.dtype != "int8":
+        if node.dtype not in ("int8", "int16"):
             return values[name]
         return self.emit_dequantize(values[name], np.asarray(node.scale, dtype=np.float32), "tap", node.zero_point)
 
@@ -271,8 +278,11 @@ class _Lowerer:
     def emit(self, node: QNode, args: list[relax.Expr]) -> relax.Expr:
         p = node.params
         if node.op == "quantize":
+            bounds = (p.get("lo", INT8_MIN), p.get("hi", INT8_MAX))
             return self.bb.emit_te(
-                lambda x: _quantize_te(x, float(p["inv_scale"])), args[0], primfunc_name_hint="quantize"
+                lambda x: _quantize_te(x, float(p["inv_scale"]), *bounds, node.dtype),
+                args[0],
+                primfunc_name_hint="quantize",
             )
         if node.op == "dequantize":
             return self.emit_dequantize(
@@ -323,7 +333,7 @@ class _Lowerer:
         """The layer's operands packed for the core as it uses it (`for_layer_weights`: an int4
         layer on a precision-scalable core packs twice the input channels per block), its kernel
         called, the output unpacked."""
-        bb, hw, p = self.bb, self.hw.for_layer_weights(self.weight_bits(node)), node.params
+        bb, hw, p = self.bb, self.layer_core(node), node.params
         shape = self.kernels[node.name][1].shape
         if p.get("row_bands"):
             return self.emit_row_bands(node, args[0])
@@ -370,7 +380,7 @@ class _Lowerer:
     def emit_kernel(self, node: QNode, packed_data: relax.Expr, args: list[relax.Expr]) -> relax.Expr:
         """The accelerated layer on blocked data (blocked for the core as the layer uses it); its
         output blocked."""
-        bb, hw, p = self.bb, self.hw.for_layer_weights(self.weight_bits(node)), node.params
+        bb, hw, p = self.bb, self.layer_core(node), node.params
         scheduled, plan = self.kernels[node.name]
         shape = plan.shape
         kernel = bb.add_func(scheduled.without_attr("global_symbol"), f"{ACCELERATED_PREFIX}{node.name}")
@@ -381,7 +391,9 @@ class _Lowerer:
         ]
         out_shape = kernel_buffer_shapes(shape, hw)["out"]
         return bb.emit(
-            relax.call_tir(kernel, [packed_data, packed_weight, *channel], relax.TensorType(out_shape, "int8"))
+            relax.call_tir(
+                kernel, [packed_data, packed_weight, *channel], relax.TensorType(out_shape, f"int{hw.output_bits}")
+            )
         )
 
     def emit_blocked(self, node: QNode, values: dict, blocked: dict) -> relax.Expr:
@@ -583,12 +595,12 @@ def plan_layers(
 # ---- host integer ops: the formulas of codesign.reference, as TE -----------------------------
 
 
-def _quantize_te(x: te.Tensor, inv_scale: float) -> te.Tensor:
+def _quantize_te(x: te.Tensor, inv_scale: float, lo: int = INT8_MIN, hi: int = INT8_MAX, dtype="int8") -> te.Tensor:
+    """floor(x * inv_scale + 0.5) clamped to [lo, hi] (a wide layer's input: int16)."""
+
     def q(*i):
         scaled = tirx.floor(x(*i) * tirx.const(inv_scale, "float32") + tirx.const(0.5, "float32"))
-        return tirx.max(tirx.min(scaled, tirx.const(INT8_MAX, "float32")), tirx.const(INT8_MIN, "float32")).astype(
-            "int8"
-        )
+        return tirx.max(tirx.min(scaled, tirx.const(hi, "float32")), tirx.const(lo, "float32")).astype(dtype)
 
     return te.compute(x.shape, q, name="quantize")
 
@@ -945,7 +957,7 @@ def _blocked_im2col_te(x: te.Tensor, p: dict, out_shape: tuple[int, ...], hw) ->
 
 
 def _im2col_tap(x: te.Tensor, p: dict):
-    """(row, unfolded channel, y, x) -> the int8 value im2col puts there."""
+    """(row, unfolded channel, y, x) -> the int8 (a wide layer's int16) value im2col puts there."""
     (kh, kw), (sh, sw), (dh, dw) = p["kernel"], p["strides"], p["dilation"]
     top, left = p["padding"][:2]
     h, w = (int(d) for d in x.shape[2:])
@@ -955,7 +967,7 @@ def _im2col_tap(x: te.Tensor, p: dict):
         row, col = y * sh + i * dh - top, xx * sw + j * dw - left
         inside = tirx.all(row >= 0, row < h, col >= 0, col < w)
         safe_row, safe_col = tirx.max(tirx.min(row, h - 1), 0), tirx.max(tirx.min(col, w - 1), 0)
-        return tirx.if_then_else(inside, x[b, c, safe_row, safe_col], tirx.const(0, "int8"))
+        return tirx.if_then_else(inside, x[b, c, safe_row, safe_col], tirx.const(0, x.dtype))
 
     return tap
 

@@ -132,6 +132,7 @@ def schema() -> dict:
         },
         "host_work": _exactly({"ops": _NUMBER, "bytes": _NUMBER}),
         "weight_bits": {"enum": [4, 8, None]},  # the widths lowering writes
+        "input_bits": {"enum": [16, None]},  # a wide layer's activations
         "weight_bytes": {"type": ["integer", "null"], "minimum": 0},
         "schedule": _STRING,
         "layer_shape": _nullable(conv_shape),
@@ -242,7 +243,7 @@ def _check_layer(layer: dict, hw: HardwareSpec, field: str) -> None:
 def _check_tiling(layer: dict, hw: HardwareSpec, field: str) -> None:
     """An accelerated layer's tiling must divide its extents and fit the scratchpads."""
     shape = ConvShape(**layer["shape"])
-    layer_hw = hw.for_layer_weights(layer["weight_bits"])
+    layer_hw = hw.for_layer(layer["weight_bits"], layer.get("input_bits"))
     tiling = Tiling(**layer["tiling"])
     packed = shape.blocks(layer_hw)
     for key, extent, what in (

@@ -66,6 +66,8 @@ def chains_kernel(node, qgraph, hw) -> bool:
     point is padded by a host pass first, on the blocks: `quantize.prepadded`.)"""
     if node.op != "conv2d" or node.placement != "accel" or node.params.get("row_bands"):
         return False  # row bands read and write their own layout (schedules.row_bands)
+    if node.params.get("input_bits"):
+        return False  # a wide layer's int16 values are read dequantized, not as the int8 blocks
     layer_core = hw.for_layer_weights(qgraph.config.bits_for(node.name))
     if not layer_core.input_block == layer_core.block_out == hw.block_out:
         return False

@@ -115,7 +115,13 @@ def quantize_model(
     bias_correction = bias_correction and calibration is not None
     float_layers = (*compression.float_layers, *_kept_float_before_logarithm(graph, compression, warn))
     config = QuantConfig.for_hardware(
-        hw, weight_bits, compression.weight_bits, float_layers, compression.placements(), bias_correction
+        hw,
+        weight_bits,
+        compression.weight_bits,
+        float_layers,
+        compression.placements(),
+        bias_correction,
+        compression.wide_layers,
     )
     if calibration_method == AUTO_METHOD and not measure_biases:
         calibration_method = DEFAULT_CALIBRATION_METHOD  # plans only: auto is measured when a module is built

@@ -85,6 +85,8 @@ def layer_alu_ops(params: dict) -> list[AluOp]:
     # correction is measured (a plan without a module skips the measurement).
     adds_bias = params.get("bias_corrected", False)
     ops = requant_alu_ops(params["bias"], params["multiplier"], params["shift"], adds_bias)
+    if params.get("input_bits"):  # a wide layer: the accumulator shifts left a byte between its passes
+        ops = [AluOp("SHR"), *ops]
     activation = params.get("activation")
     if activation is None:
         return ops
@@ -115,6 +117,7 @@ class LayerPlan:
     host_bytes: float = 0.0
     weight_bits: int | None = None  # the layer's weight width (int4 layers move half the bytes)
     weight_bytes: int | None = None  # its weight constant in the module (int4 two per byte)
+    input_bits: int | None = None  # a wide layer's activations (16), else the core's (`CoreGeometry.for_layer`)
     schedule: str = "rule"  # how the tiling was chosen: the tile rule, or "auto" (schedules.mapper)
     # The conv as the model writes it, where the core runs another shape (`shape`): narrow groups
     # as block-diagonal super-groups (schedules.narrow_groups).
@@ -149,6 +152,7 @@ class LayerPlan:
             "host_work": {"ops": self.host_ops, "bytes": self.host_bytes},
             "weight_bits": self.weight_bits,
             "weight_bytes": self.weight_bytes,
+            "input_bits": self.input_bits,
             "schedule": self.schedule,
             "layer_shape": dataclasses.asdict(self.layer_shape) if self.layer_shape else None,
         }
@@ -168,6 +172,7 @@ class LayerPlan:
             host_bytes=doc["host_work"]["bytes"],
             weight_bits=doc["weight_bits"],
             weight_bytes=doc["weight_bytes"],
+            input_bits=doc.get("input_bits"),
             schedule=doc["schedule"],
             layer_shape=ConvShape(**doc["layer_shape"]) if doc["layer_shape"] else None,
         )

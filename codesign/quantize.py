@@ -26,6 +26,11 @@ Post-training static quantization, symmetric (no zero points, as VTA's int8 data
 - a conv with fewer input channels than the core's block_in (a first layer on an image) becomes
   im2col on the host + a 1x1 conv where the cost model prices that faster
   (schedules.narrow_inputs): the same integers, with the core's input lanes filled;
+- a --wide-layers GEMM (lower_wide_gemm) has int16 activations, in and out, on int8 weights:
+  its input is quantized to int16 on the host (within a range that keeps its accumulator in
+  int32), the core runs it in two passes over the input's bytes (`CoreGeometry.for_layer`),
+  requantizes it to int16, and its readers take it dequantized; for a model whose int8
+  activations lose too much (silero-vad's LSTM variant: its states on quiet audio);
 - max-pool, reshape and transpose run on int8 directly; residual adds, squeeze-and-excitation
   gates and means are integer ops with their own requantization, per channel where an input or
   the output has channel scales (PP-OCRv4's recogniser: int8 cosine 0.976 -> 0.981 over 16
@@ -57,6 +62,9 @@ from codesign.schedules.row_bands import banded, fits_bands
 from codesign.schedules.tiling import TilingError
 
 INT8_MIN, INT8_MAX = -128, 127
+# A wide layer's (--wide-layers) activations: int16, symmetric.
+WIDE_BITS = 16
+WIDE_MAX = 2 ** (WIDE_BITS - 1) - 1
 # The largest bias (in accumulator units) a layer may hold: int32 with room for its products.
 BIAS_LIMIT = 2.0**30
 # Host-side integer ops (residual add, mean, host convs) use this multiplier width.
@@ -98,6 +106,7 @@ class QuantConfig:
     layer_weight_bits: dict[str, int] = dataclasses.field(default_factory=dict)  # per-layer overrides
     block_in: int = 16  # the core's input lanes: fewer channels per group make a narrow-group conv
     float_layers: tuple[str, ...] = ()  # glob patterns of layers kept in float on the host
+    wide_layers: tuple[str, ...] = ()  # glob patterns of GEMM layers with int16 activations (lower_wide_gemm)
     # Weighted GEMM layers get their biases corrected on the calibration data (codesign.bias_correction),
     # so each adds a bias in its ALU program: params["bias_corrected"], set before any pricing.
     bias_correction: bool = True
@@ -120,6 +129,7 @@ class QuantConfig:
         float_layers=(),
         placements=None,
         bias_correction: bool = True,
+        wide_layers=(),
     ) -> QuantConfig:
         """Quantization the core can execute; weights may be narrower than its weight width.
         `placements`: {"unfold" | "host_convs" | "row_bands" | "alu_activations" | "zero_point_pads": layer
@@ -136,6 +146,7 @@ class QuantConfig:
             layer_weight_bits=dict(layer_weight_bits or {}),
             block_in=hw.block_in,
             float_layers=tuple(float_layers),
+            wide_layers=tuple(wide_layers),
             **{field: None if names is None else tuple(names) for field, names in (placements or {}).items()},
             bias_correction=bias_correction,
             hardware=hw,
@@ -143,6 +154,9 @@ class QuantConfig:
 
     def keeps_float(self, layer: str) -> bool:
         return any(fnmatch.fnmatchcase(layer, pattern) for pattern in self.float_layers)
+
+    def is_wide(self, layer: str) -> bool:
+        return any(fnmatch.fnmatchcase(layer, pattern) for pattern in self.wide_layers)
 
     def bits_for(self, layer: str) -> int:
         return self.layer_weight_bits.get(layer, self.weight_bits)
@@ -264,9 +278,10 @@ def prepadded(shape: ConvShape) -> ConvShape:
     )
 
 
-def activation_scale(absmax: float | np.ndarray, config: QuantConfig) -> float | np.ndarray:
-    """The int8 scale of a range (or of each channel's range, given an array)."""
-    scale = np.maximum(absmax, 1e-8) / INT8_MAX
+def activation_scale(absmax: float | np.ndarray, config: QuantConfig, qmax: int = INT8_MAX) -> float | np.ndarray:
+    """The int8 scale of a range (or of each channel's range, given an array); with `qmax`, the
+    scale of a symmetric range of that many steps each side (a wide layer's int16)."""
+    scale = np.maximum(absmax, 1e-8) / qmax
     if config.shift_only:
         scale = 2.0 ** np.ceil(np.log2(scale))
     return float(scale) if np.ndim(scale) == 0 else np.asarray(scale, dtype=np.float64)
@@ -371,9 +386,11 @@ def fixed_point(real: np.ndarray, bits: int, shift_only: bool) -> tuple[np.ndarr
     return multiplier.astype(np.int32), shift.astype(np.int32)
 
 
-def clamp_range(bounds: tuple[float, float], scale: float) -> tuple[int, int]:
-    low = INT8_MIN if not np.isfinite(bounds[0]) else int(np.clip(np.round(bounds[0] / scale), INT8_MIN, INT8_MAX))
-    high = INT8_MAX if not np.isfinite(bounds[1]) else int(np.clip(np.round(bounds[1] / scale), INT8_MIN, INT8_MAX))
+def clamp_range(bounds: tuple[float, float], scale: float, qmax: int = INT8_MAX) -> tuple[int, int]:
+    """A float clamp's bounds in steps of `scale`, within [-qmax - 1, qmax] (int8 by default)."""
+    qmin = -qmax - 1
+    low = qmin if not np.isfinite(bounds[0]) else int(np.clip(np.round(bounds[0] / scale), qmin, qmax))
+    high = qmax if not np.isfinite(bounds[1]) else int(np.clip(np.round(bounds[1] / scale), qmin, qmax))
     return low, high
 
 
@@ -447,7 +464,9 @@ class _Quantizer:
         if user == "<output>":
             return False
         op = self.graph.nodes[user].op
-        if op == "gemm" or self.max_reduces(user):
+        if op == "gemm":
+            return not self.config.is_wide(user)
+        if self.max_reduces(user):
             return True
         transparent = op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat", "relax.nn.avg_pool2d")
         transparent = transparent or moves_int8(self.graph.nodes[user], self.graph)
@@ -725,15 +744,31 @@ class _Quantizer:
         if key not in self.converted:
             scale = self.scale_for(name)
             qname = f"{name}.quantize"
+            source = self.as_float(name)  # a wide layer's int16 result is dequantized first
             self.nodes[qname] = QNode(
-                qname, "quantize", [name], node.shape, "int8", scale, params={"inv_scale": np.float32(1.0 / scale)}
+                qname, "quantize", [source], node.shape, "int8", scale, params={"inv_scale": np.float32(1.0 / scale)}
+            )
+            self.converted[key] = qname
+        return self.converted[key]
+
+    def as_int16(self, name: str, qmax: int) -> str:
+        """A tensor quantized to int16 within [-qmax, qmax] for a wide layer (from float: an int8
+        or int16 one is dequantized first)."""
+        key = (name, f"int16/{qmax}")
+        if key not in self.converted:
+            scale = activation_scale(self.absmax[name], self.config, qmax)
+            qname = f"{name}.quantize_wide" if qmax == WIDE_MAX else f"{name}.quantize_wide{qmax}"
+            params = {"inv_scale": np.float32(1.0 / scale), "lo": -qmax, "hi": qmax}
+            source = self.as_float(name)
+            self.nodes[qname] = QNode(
+                qname, "quantize", [source], self.nodes[name].shape, "int16", scale, params=params
             )
             self.converted[key] = qname
         return self.converted[key]
 
     def as_float(self, name: str) -> str:
         node = self.nodes[name]
-        if node.dtype != "int8":
+        if node.dtype not in ("int8", "int16"):
             return name
         key = (name, "float32")
         if key not in self.converted:
@@ -753,6 +788,8 @@ class _Quantizer:
             return QNode(node.name, "input", [], node.shape, node.dtype)
         if self.config.keeps_float(node.name):
             return self.lower_float(node)
+        if node.op == "gemm" and self.config.is_wide(node.name):
+            return self.lower_wide_gemm(node)
         if node.op == "gemm":
             return self.lower_gemm(node)
         root = self.lut_root(node)
@@ -811,11 +848,13 @@ class _Quantizer:
         inputs = [self.as_float(i) for i in node.inputs]
         return QNode(node.name, "float", inputs, node.shape, node.dtype, source=node)
 
-    def lower_gemm(self, node: Node) -> QNode:
+    def gemm_integers(self, node: Node, inputs: list[str], out_scale, qmax: int = INT8_MAX) -> dict:
+        """A GEMM layer's integer parameters for its quantized `inputs` and output scale: weights
+        per output channel (their input's channel scales folded in), the bias in int32 at the
+        accumulator's scale (less its input's zero point's sums), the requantization's multiplier
+        and shift, its clamp (within [-qmax - 1, qmax]); records the accumulator's scale."""
         layer, config = node.layer, self.config
-        inputs = [self.as_int8(i) for i in node.inputs]
         in_scales = [self.nodes[i].scale for i in inputs]
-        out_scale = self.output_scale(node.name)
         input_factor, real_weight = in_scales[0], layer.weight
         if np.ndim(input_factor):  # channel scales fold into the weights before they are quantized
             real_weight = layer.weight * input_channel_scales(input_factor, layer.weight, layer.groups)
@@ -841,14 +880,57 @@ class _Quantizer:
         bias_q = np.clip(bias_q, -(2**31), 2**31 - 1).astype(np.int32)
         self.acc_scales[node.name] = np.broadcast_to(acc_scale, bias_q.shape)
         multiplier, shift = fixed_point(acc_scale / out_scale, config.multiplier_bits, config.shift_only)
-        lo, hi = clamp_range(layer.clamp, float(np.max(out_scale)))  # channel-independent when scales vary
+        lo, hi = clamp_range(layer.clamp, float(np.max(out_scale)), qmax)  # channel-independent when scales vary
         params = {"weight": weight, "bias": bias_q, "multiplier": multiplier, "shift": shift, "lo": lo, "hi": hi}
         if weight is not None and config.bias_correction:
             params["bias_corrected"] = True
         if layer.kind == "conv2d":
             params.update(strides=layer.strides, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
-            if any(int(p) for p in layer.padding) and np.any(self.nodes[inputs[0]].zero_point):
-                params["pad_value"] = self.nodes[inputs[0]].zero_point
+        return params
+
+    def lower_wide_gemm(self, node: Node) -> QNode:
+        """A --wide-layers GEMM: int8 weights on int16 activations, in and out, for a model whose
+        int8 activations lose too much (silero-vad's LSTM variant: its states on quiet audio).
+        Its float input is quantized to int16 on the host, in a range that keeps its reduction
+        within the int32 accumulator; the core runs it in two passes over the input's bytes
+        (`CoreGeometry.for_layer`), requantizes to int16, and its readers take it dequantized."""
+        layer = node.layer
+        conv = layer.kind == "conv2d"
+        if layer.weight is None or (conv and layer.groups > 1) or self.config.bits_for(node.name) != 8:
+            raise ModelError(
+                f"layer '{node.name}': --wide-layers takes convs of one group and matmuls by a constant "
+                "weight, with 8-bit weights"
+            )
+        inputs = [self.as_int16(node.inputs[0], self.wide_input_qmax(layer))]
+        out_scale = activation_scale(self.absmax[node.name], self.config, WIDE_MAX)
+        params = self.gemm_integers(node, inputs, out_scale, WIDE_MAX)
+        params["input_bits"] = WIDE_BITS
+        qnode = QNode(node.name, layer.kind, inputs, node.shape, "int16", out_scale, "accel", params, node)
+        if conv and self.unfolds(qnode):
+            self.unfold(qnode)
+        return qnode
+
+    def wide_input_qmax(self, layer) -> int:
+        """A wide layer's input range [-qmax, qmax]: its largest sum of int8 weight magnitudes times
+        qmax, beside a bias of up to BIAS_LIMIT, stays within the int32 accumulator (per output
+        channel weights are quantized to full range, so the sums are known before the input's
+        scale; the scale adjustments after only shrink them)."""
+        channel_axis = 0 if layer.kind == "conv2d" else 1
+        scales = weight_scales(layer.weight, channel_axis, self.config)
+        weight = np.abs(quantize_weight(layer.weight, scales, channel_axis, 8).astype(np.int64))
+        largest_sum = int(
+            np.moveaxis(weight, channel_axis, 0).reshape(weight.shape[channel_axis], -1).sum(axis=1).max()
+        )
+        return min(WIDE_MAX, (2**31 - 1 - int(BIAS_LIMIT)) // max(largest_sum, 1))
+
+    def lower_gemm(self, node: Node) -> QNode:
+        layer = node.layer
+        inputs = [self.as_int8(i) for i in node.inputs]
+        out_scale = self.output_scale(node.name)
+        params = self.gemm_integers(node, inputs, out_scale)
+        acc_scale = self.acc_scales[node.name]
+        if layer.kind == "conv2d" and any(int(p) for p in layer.padding) and np.any(self.nodes[inputs[0]].zero_point):
+            params["pad_value"] = self.nodes[inputs[0]].zero_point
         qnode = QNode(node.name, layer.kind, inputs, node.shape, "int8", out_scale, "accel", params, node)
         mapping = self.conv_mapping(qnode) if layer.kind == "conv2d" else "core"
         if mapping == "row_bands":
@@ -856,7 +938,7 @@ class _Quantizer:
         if mapping == "host":
             qnode.placement = "host"
             params["multiplier"], params["shift"] = fixed_point(
-                acc_scale / out_scale, HOST_MULTIPLIER_BITS, config.shift_only
+                acc_scale / out_scale, HOST_MULTIPLIER_BITS, self.config.shift_only
             )
         elif layer.kind == "conv2d" and self.unfolds(qnode):
             self.unfold(qnode)
@@ -884,7 +966,7 @@ class _Quantizer:
         name = f"{qnode.name}.im2col"
         im2col = {"kernel": kernel, "strides": p["strides"], "padding": p["padding"], "dilation": p["dilation"]}
         shape = (source.shape[0], channels, *qnode.shape[2:])
-        self.nodes[name] = QNode(name, "im2col", [source.name], shape, "int8", scale, params=im2col)
+        self.nodes[name] = QNode(name, "im2col", [source.name], shape, source.dtype, scale, params=im2col)
         if np.any(source.zero_point):  # an unpadded unfolding moves values only
             zero_point = source.zero_point
             self.nodes[name].zero_point = (

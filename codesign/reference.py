@@ -19,9 +19,11 @@ INT8_MIN, INT8_MAX = -128, 127
 DATA_MOVEMENT_OPS = ("relax.reshape", "relax.flatten", "relax.squeeze", "relax.expand_dims", "relax.permute_dims")
 
 
-def requantize(acc: np.ndarray, bias, multiplier, shift, lo: int, hi: int, channel_axis: int) -> np.ndarray:
+def requantize(
+    acc: np.ndarray, bias, multiplier, shift, lo: int, hi: int, channel_axis: int, dtype: str = "int8"
+) -> np.ndarray:
     value = acc.astype(np.int64) + _per_channel(bias, acc.ndim, channel_axis)
-    return rescale(value, multiplier, shift, lo, hi, channel_axis).astype(np.int8)
+    return rescale(value, multiplier, shift, lo, hi, channel_axis).astype(dtype)
 
 
 def rescale(value: np.ndarray, multiplier, shift, lo: int, hi: int, channel_axis: int) -> np.ndarray:
@@ -39,12 +41,12 @@ def _per_channel(values, ndim: int, channel_axis: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int64).reshape(shape)
 
 
-def gemm_output(acc: np.ndarray, p: dict, channel_axis: int) -> np.ndarray:
-    """An accelerated layer's int8 output: its fused activation (codesign.plan.AluActivation) on
-    acc + bias, then the requantization."""
+def gemm_output(acc: np.ndarray, p: dict, channel_axis: int, dtype: str = "int8") -> np.ndarray:
+    """An accelerated layer's int8 output (a wide layer's int16: `dtype`): its fused activation
+    (codesign.plan.AluActivation) on acc + bias, then the requantization."""
     activation = p.get("activation")
     if activation is None:
-        return requantize(acc, p["bias"], p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis)
+        return requantize(acc, p["bias"], p["multiplier"], p["shift"], p["lo"], p["hi"], channel_axis, dtype)
     value = acc.astype(np.int64) + _per_channel(p["bias"], acc.ndim, channel_axis)
     if activation.kind == "hardswish":
         gate_input = value + _per_channel(p["gate_bias"], acc.ndim, channel_axis)
@@ -132,7 +134,7 @@ def max_pool2d(x: np.ndarray, attrs, out_shape) -> np.ndarray:
 
 def layer_output(node: QNode, acc: np.ndarray) -> np.ndarray:
     """A GEMM layer's int8 result from its accumulators, through its merged table if it has one."""
-    output = gemm_output(acc, node.params, gemm_channel_axis(node))
+    output = gemm_output(acc, node.params, gemm_channel_axis(node), node.dtype)
     return lookup(node.params["table"], output) if "table" in node.params else output
 
 
@@ -208,7 +210,7 @@ def evaluate(node: QNode, args: list[np.ndarray]) -> np.ndarray:
     p = node.params
     if node.op == "quantize":
         scaled = args[0].astype(np.float32) * p["inv_scale"] + np.float32(0.5)
-        return np.clip(np.floor(scaled), INT8_MIN, INT8_MAX).astype(np.int8)
+        return np.clip(np.floor(scaled), p.get("lo", INT8_MIN), p.get("hi", INT8_MAX)).astype(node.dtype)
     if node.op == "dequantize":
         return (args[0].astype(np.int32) - p.get("zero_point", 0)).astype(np.float32) * p["scale"]
     if node.op in ("conv2d", "matmul"):

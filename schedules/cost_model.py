@@ -78,7 +78,7 @@ def tiling_features(shape: ConvShape, hw, tilings: dict[str, np.ndarray], alu_op
         "inp_bytes": inp_bytes,
         "inp_transfers": n * ci * hw.input_gather,
         "wgt_bytes_per_step": co * ci * kernel * hw.wgt_elem_bytes,
-        "gemm_per_step": gemm_loops.prod(axis=-1),
+        "gemm_per_step": gemm_loops.prod(axis=-1) * hw.gemm_passes,  # a wide layer's micro-ops run per input byte
         "acc_elements": acc_elements,
         "alu_ops": np.full_like(n, len(alu_ops)),
         "acc_bytes_per_tile": vector_operands * co * hw.acc_elem_bytes,

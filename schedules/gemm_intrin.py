@@ -21,21 +21,27 @@ ACC_SCOPE = "local.acc_buffer"
 GEMM_MARKER = "codesign_gemm_uop"
 
 
-def gemm_intrin_name(batch: int, block_in: int, block_out: int) -> str:
-    return f"codesign_gemm_{batch}x{block_in}x{block_out}"
+def gemm_intrin_name(batch: int, block_in: int, block_out: int, input_dtype: str = "int8") -> str:
+    wide = "" if input_dtype == "int8" else f"_{input_dtype}"
+    return f"codesign_gemm_{batch}x{block_in}x{block_out}{wide}"
 
 
-def register_gemm_intrin(batch: int, block_in: int, block_out: int) -> str:
+def register_gemm_intrin(batch: int, block_in: int, block_out: int, input_dtype: str = "int8") -> str:
     """Register (once) and return the intrinsic's name.
 
     With batch 1 the description has no batch loop (a unit loop does not tensorize), so the
-    schedule tensorizes at the block_out loop; otherwise at the batch loop.
+    schedule tensorizes at the block_out loop; otherwise at the batch loop. A wide layer's
+    micro-op reads int16 inputs (`CoreGeometry.for_layer`: the core takes them in two passes
+    over their bytes; the sum is the same integers).
     """
-    name = gemm_intrin_name(batch, block_in, block_out)
+    name = gemm_intrin_name(batch, block_in, block_out, input_dtype)
     if s_tir.TensorIntrin.get(name, allow_missing=True) is not None:  # a miss raising costs 0.35 s (tvm_import)
         return name
     with _stack_without_source():
-        desc, impl = _unbatched(block_in, block_out) if batch == 1 else _batched(batch, block_in, block_out)
+        if batch == 1:
+            desc, impl = _unbatched(block_in, block_out, input_dtype)
+        else:
+            desc, impl = _batched(batch, block_in, block_out, input_dtype)
     s_tir.TensorIntrin.register(name, desc, impl)
     return name
 
@@ -62,10 +68,10 @@ def _stack_without_source():
         inspect.stack = original
 
 
-def _unbatched(bi: int, bo: int):
+def _unbatched(bi: int, bo: int, input_dtype: str = "int8"):
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, w: T.handle, c: T.handle):
-        A = T.match_buffer(a, (bi,), "int8", offset_factor=1, scope=INP_SCOPE)
+        A = T.match_buffer(a, (bi,), input_dtype, offset_factor=1, scope=INP_SCOPE)
         W = T.match_buffer(w, (bo, bi), "int8", offset_factor=1, scope=WGT_SCOPE)
         C = T.match_buffer(c, (bo,), "int32", offset_factor=1, scope=ACC_SCOPE)
         with T.sblock("root"):
@@ -78,7 +84,7 @@ def _unbatched(bi: int, bo: int):
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, w: T.handle, c: T.handle):
-        A = T.match_buffer(a, (bi,), "int8", offset_factor=1, scope=INP_SCOPE)
+        A = T.match_buffer(a, (bi,), input_dtype, offset_factor=1, scope=INP_SCOPE)
         W = T.match_buffer(w, (bo, bi), "int8", offset_factor=1, scope=WGT_SCOPE)
         C = T.match_buffer(c, (bo,), "int32", offset_factor=1, scope=ACC_SCOPE)
         with T.sblock("root"):
@@ -93,10 +99,10 @@ def _unbatched(bi: int, bo: int):
     return desc, impl
 
 
-def _batched(bb: int, bi: int, bo: int):
+def _batched(bb: int, bi: int, bo: int, input_dtype: str = "int8"):
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, w: T.handle, c: T.handle):
-        A = T.match_buffer(a, (bb, bi), "int8", offset_factor=1, scope=INP_SCOPE)
+        A = T.match_buffer(a, (bb, bi), input_dtype, offset_factor=1, scope=INP_SCOPE)
         W = T.match_buffer(w, (bo, bi), "int8", offset_factor=1, scope=WGT_SCOPE)
         C = T.match_buffer(c, (bb, bo), "int32", offset_factor=1, scope=ACC_SCOPE)
         with T.sblock("root"):
@@ -109,7 +115,7 @@ def _batched(bb: int, bi: int, bo: int):
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, w: T.handle, c: T.handle):
-        A = T.match_buffer(a, (bb, bi), "int8", offset_factor=1, scope=INP_SCOPE)
+        A = T.match_buffer(a, (bb, bi), input_dtype, offset_factor=1, scope=INP_SCOPE)
         W = T.match_buffer(w, (bo, bi), "int8", offset_factor=1, scope=WGT_SCOPE)
         C = T.match_buffer(c, (bb, bo), "int32", offset_factor=1, scope=ACC_SCOPE)
         with T.sblock("root"):

@@ -63,6 +63,7 @@ class Layer:
     shape: ConvShape
     alu_ops: tuple  # AluOps of the requantization (they cost cycles)
     weight_bits: int | None = None  # narrower than the core's: packed, fewer bytes
+    input_bits: int | None = None  # wider than the core's: a wide layer (`CoreGeometry.for_layer`)
 
 
 # Those fields of a description alone, hashable: the candidates are cached by them.
@@ -74,8 +75,8 @@ def core_key(design) -> tuple:
     return tuple(getattr(design, f) for f in CORE_FIELDS)
 
 
-def core_of(design, weight_bits: int | None = None):
-    return _Core(*(getattr(design, f) for f in CORE_FIELDS)).for_layer_weights(weight_bits)
+def core_of(design, weight_bits: int | None = None, input_bits: int | None = None):
+    return _Core(*(getattr(design, f) for f in CORE_FIELDS)).for_layer(weight_bits, input_bits)
 
 
 def divisors(n: int) -> list[int]:
@@ -192,7 +193,7 @@ class Mapping:
 def map_layers(layers: list[Layer], core, designs, mode: str = "rule") -> list[Mapping]:
     """Vectorised front-end: each layer on each design of `designs` (columns from
     `design_arrays`), all of the core shape of the description `core`."""
-    candidates = [_candidates(layer, core_of(core, layer.weight_bits)) for layer in layers]
+    candidates = [_candidates(layer, core_of(core, layer.weight_bits, layer.input_bits)) for layer in layers]
     mappings = []
     for layer, layer_candidates, keys in zip(layers, candidates, _ranking_keys(candidates, designs, mode)):
         if mode == "auto":
@@ -224,7 +225,7 @@ def _select_timed(layer: Layer, core, candidates: _Candidates, designs, keys: di
     problems, problem_of = np.unique(
         np.concatenate([np.where(timed, shortlist, -1), timing_fields], axis=1), axis=0, return_inverse=True
     )
-    layer_core = core_of(core, layer.weight_bits)
+    layer_core = core_of(core, layer.weight_bits, layer.input_bits)
     choices = [_fastest(layer, layer_core, candidates.tilings, problem, shortlist.shape[1]) for problem in problems]
     chosen, threads, cycles = (np.array(values)[problem_of.ravel()] for values in zip(*choices))
     return chosen, threads, np.isfinite(cycles), cycles
@@ -249,12 +250,14 @@ def map_layer(layer: Layer, core, designs, mode: str = "rule") -> Mapping:
     return map_layers([layer], core, designs, mode)[0]
 
 
-def select_tiling(shape: ConvShape, hw, alu_ops=(), weight_bits: int | None = None, mode: str = "rule") -> Tiling:
+def select_tiling(
+    shape: ConvShape, hw, alu_ops=(), weight_bits: int | None = None, mode: str = "rule", input_bits: int | None = None
+) -> Tiling:
     """Scalar front-end: the tiling of one layer on one description. Raises TilingError naming
     the scratchpads that are too small when no tiling fits."""
-    mapping = map_layer(Layer(shape, tuple(alu_ops), weight_bits), hw, design_arrays([hw]), mode)
+    mapping = map_layer(Layer(shape, tuple(alu_ops), weight_bits, input_bits), hw, design_arrays([hw]), mode)
     if not mapping.fits[0]:
-        layer_hw = hw.for_layer_weights(weight_bits)
+        layer_hw = hw.for_layer(weight_bits, input_bits)
         lacking = overflows(tile_footprint(shape, Tiling(1, 1, 1, 1, 1), layer_hw), layer_hw)
         raise TilingError(f"scratchpad too small for one tile of {shape.describe()}: " + "; ".join(lacking))
     return mapping.tiling(0)

@@ -59,14 +59,15 @@ def kernel_buffer_shapes(shape: ConvShape, hw) -> dict[str, tuple]:
     }
 
 
-def requantize_expr(acc, channel: dict, clamp_lo: int, clamp_hi: int, activation=None):
-    """One accumulator requantized to int8 (the formula above) with its output channel's
-    parameters (`channel`: bias, multiplier, shift and the activation's), after the activation
-    the ALU computes on acc + bias, if any (codesign.plan.AluActivation)."""
+def requantize_expr(acc, channel: dict, clamp_lo: int, clamp_hi: int, activation=None, dtype: str = "int8"):
+    """One accumulator requantized to int8 (a wide layer's int16: `dtype`) by the formula above
+    with its output channel's parameters (`channel`: bias, multiplier, shift and the
+    activation's), after the activation the ALU computes on acc + bias, if any
+    (codesign.plan.AluActivation)."""
     value = acc.astype("int64") + channel["bias"].astype("int64")
     if activation is not None:
         value = activation_expr(value, channel, activation)
-    return rescale_expr(value, channel["multiplier"], channel["shift"], clamp_lo, clamp_hi)
+    return rescale_expr(value, channel["multiplier"], channel["shift"], clamp_lo, clamp_hi, dtype)
 
 
 def activation_expr(value, channel: dict, activation):
@@ -107,9 +108,11 @@ def packed_conv2d_func(
 ) -> tirx.PrimFunc:
     """The unscheduled kernel: (data, weight, bias, multiplier, shift, activation's per-channel
     parameters) -> int8 output; with `weight_bits` = 4 the weight argument is the packed int4
-    image (see the module docstring)."""
+    image (see the module docstring). A wide layer's core (`CoreGeometry.for_layer`) reads and
+    writes int16 activations."""
     shapes = kernel_buffer_shapes(shape, hw)
-    data = te.placeholder(shapes["data"], "int8", name="data")
+    input_dtype, output_dtype = f"int{hw.input_bits}", f"int{hw.output_bits}"
+    data = te.placeholder(shapes["data"], input_dtype, name="data")
     if weight_bits == INT4_BITS:
         image_bytes = hw.weight_bytes(math.prod(shapes["weight"]))  # the size the module's constant must have
         weight_arg = te.placeholder((image_bytes,), "uint8", name="weight_int4")
@@ -133,10 +136,10 @@ def packed_conv2d_func(
     def padded(g, n, c, y, x, b, i):
         inside = tirx.all(y >= pt, y < shape.in_h + pt, x >= pl, x < shape.in_w + pl)
         if gather == 1:
-            return tirx.if_then_else(inside, data[g, n, c, y - pt, x - pl, b, i], tirx.const(0, "int8"))
+            return tirx.if_then_else(inside, data[g, n, c, y - pt, x - pl, b, i], tirx.const(0, input_dtype))
         source = c * gather + i // block  # the layout's block holding lane i (past the last: zeros)
         inside = tirx.all(inside, source < data_blocks)
-        return tirx.if_then_else(inside, data[g, n, source, y - pt, x - pl, b, i % block], tirx.const(0, "int8"))
+        return tirx.if_then_else(inside, data[g, n, source, y - pt, x - pl, b, i % block], tirx.const(0, input_dtype))
 
     data_pad = te.compute(padded_shape, padded, name="data_pad")
     rc = te.reduce_axis((0, ci_blocks), name="ci_o")
@@ -156,7 +159,7 @@ def packed_conv2d_func(
 
     def requantized(g, n, co, y, x, b, o):
         values = {name: param[g, co, o] for name, param in channel.items()}
-        return requantize_expr(conv[g, n, co, y, x, b, o], values, clamp_lo, clamp_hi, activation)
+        return requantize_expr(conv[g, n, co, y, x, b, o], values, clamp_lo, clamp_hi, activation, output_dtype)
 
     out = te.compute(shapes["out"], requantized, name="requant")
     return te.create_prim_func([data, weight_arg, *channel.values(), out])
@@ -170,7 +173,7 @@ def schedule_packed_conv2d(func: tirx.PrimFunc, tiling: Tiling, hw, host_threads
     window and columns, each step one GEMM micro-op. On the host, output tiles are independent and so are
     the output-channel blocks inside a tile: whichever gives every thread work runs in parallel.
     """
-    intrin = register_gemm_intrin(hw.batch, hw.block_in, hw.block_out)
+    intrin = register_gemm_intrin(hw.batch, hw.block_in, hw.block_out, f"int{hw.input_bits}")
     sch = s_tir.Schedule(func)
     conv = sch.get_sblock("conv")
     g, n, co, y, x, b, o, rc, kh, kw, ri = sch.get_loops(conv)
@@ -242,15 +245,15 @@ def check_footprint(used: dict[str, int], footprint: TileFootprint, hw, virtual_
 
 
 def pack_activation_te(x: te.Tensor, hw) -> te.Tensor:
-    """(G, N, C, H, W) int8 -> (G, N/b, C/bi, H, W, b, bi), bi = hw.input_block, zero-filling N
-    and C up to blocks."""
+    """(G, N, C, H, W) int8 (a wide layer's int16) -> (G, N/b, C/bi, H, W, b, bi),
+    bi = hw.input_block, zero-filling N and C up to blocks."""
     g, n, c, h, w = (int(d) for d in x.shape)
     block = hw.input_block
     nb, cb = -(-n // hw.batch), -(-c // block)
 
     def packed(gi, no, co, y, xx, b, i):
         row, chan = no * hw.batch + b, co * block + i
-        return tirx.if_then_else(tirx.all(row < n, chan < c), x[gi, row, chan, y, xx], tirx.const(0, "int8"))
+        return tirx.if_then_else(tirx.all(row < n, chan < c), x[gi, row, chan, y, xx], tirx.const(0, x.dtype))
 
     return te.compute((g, nb, cb, h, w, hw.batch, block), packed, name="pack_activation")
 

@@ -95,7 +95,7 @@ class _ProgramWriter:
         self.tiling = geometry.tiling(virtual_threads)
         n_tile, co_tile, h_tile, w_tile = geometry.out_window
         self.acc_elements = n_tile * co_tile * h_tile * w_tile
-        self.gemm_per_step = math.prod(geometry.gemm_loops)
+        self.gemm_per_step = math.prod(geometry.gemm_loops) * hw.gemm_passes
         self.kernel_sizes = {
             "reset": kernel_uops(geometry.reset_loops),
             "gemm": kernel_uops(geometry.gemm_loops),

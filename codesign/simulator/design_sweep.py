@@ -70,8 +70,8 @@ def _layer_costs(layers: list[Layer], core, group, schedule: str) -> tuple[np.nd
 
 
 def _layer_cores(layers: list[Layer], core) -> types.SimpleNamespace:
-    """The element sizes of the core as each layer uses it (`for_layer_weights`), one row per layer."""
-    views = [core_of(core, layer.weight_bits) for layer in layers]
+    """The element sizes of the core as each layer uses it (`for_layer`), one row per layer."""
+    views = [core_of(core, layer.weight_bits, layer.input_bits) for layer in layers]
     return types.SimpleNamespace(
         **{size: np.array([[getattr(view, size)] for view in views]) for size in ("inp_elem_bytes", "wgt_elem_bytes")}
     )

@@ -94,7 +94,7 @@ class SimulationReport:
 def _accelerated(plan: LayerPlan, hw, model: str) -> tuple[LayerTiming, dict[str, int], int]:
     """(timing, counters, accumulator resets) of an offloaded layer on the core as it uses it."""
     # Narrow weights packed; lowering checked the kernel against its tiling (schedules.schedule_walk).
-    shape, tiling, hw = plan.shape, plan.tiling, hw.for_layer_weights(plan.weight_bits)
+    shape, tiling, hw = plan.shape, plan.tiling, hw.for_layer(plan.weight_bits, plan.input_bits)
     geometry = tile_geometry(shape, tiling, hw)
     program = build_program(shape, geometry, hw, plan.alu_ops, tiling.virtual_threads)
     counters = program.counters()
@@ -140,7 +140,7 @@ def _simulate_accelerated(result: LayerResult, plan: LayerPlan, hw, model: str) 
     """An offloaded layer's cycles, counters and energy into its result. Energy is priced by the
     core's multipliers and SRAMs, on the elements of the core as the layer uses it."""
     timing, counters, reset_elements = _accelerated(plan, hw, model)
-    layer_core = hw.for_layer_weights(plan.weight_bits)
+    layer_core = hw.for_layer(plan.weight_bits, plan.input_bits)
     result.cycles = timing.cycles
     # Cycles and counters are the executed (super-grouped, zero-padded) work's; utilization counts
     # the layer's useful MACs, of the MACs per cycle the core can do for it.

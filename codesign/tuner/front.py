@@ -252,8 +252,7 @@ def plans_for_design(plans: list[LayerPlan], hw: HardwareSpec) -> list[LayerPlan
 def _tiling_for(plan: LayerPlan, hw: HardwareSpec):
     if plan.placement != "accel":
         return plan.tiling
-    layer_hw = hw.for_layer_weights(plan.weight_bits)
-    return select_tiling(plan.shape, layer_hw, plan.alu_ops, plan.weight_bits, plan.schedule)
+    return select_tiling(plan.shape, hw, plan.alu_ops, plan.weight_bits, plan.schedule, plan.input_bits)
 
 
 def _front_folder(run_dir: str | Path) -> Path:

@@ -83,7 +83,7 @@ class CompressionProfile:
     def layers(self, hw, grouped_convs: str = "cost") -> list[Layer]:
         """The offloaded layers, as the cost model prices them on `hw`."""
         plans = self.plans(hw, grouped_convs)
-        return [Layer(p.shape, tuple(p.alu_ops), p.weight_bits) for p in plans if p.placement == "accel"]
+        return [Layer(p.shape, tuple(p.alu_ops), p.weight_bits, p.input_bits) for p in plans if p.placement == "accel"]
 
     def host_work(self, hw, grouped_convs: str = "cost") -> list[tuple[float, float]]:
         """(ops, bytes) of every node on `hw`'s host."""
