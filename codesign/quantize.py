@@ -465,7 +465,7 @@ class _Quantizer:
             return False
         op = self.graph.nodes[user].op
         if op == "gemm":
-            return not self.config.is_wide(user)
+            return not self.is_wide(self.graph.nodes[user])
         if self.max_reduces(user):
             return True
         transparent = op in ELEMENTWISE_OPS or op in ("relax.mean", "relax.concat", "relax.nn.avg_pool2d")
@@ -788,7 +788,7 @@ class _Quantizer:
             return QNode(node.name, "input", [], node.shape, node.dtype)
         if self.config.keeps_float(node.name):
             return self.lower_float(node)
-        if node.op == "gemm" and self.config.is_wide(node.name):
+        if node.op == "gemm" and self.is_wide(node):
             return self.lower_wide_gemm(node)
         if node.op == "gemm":
             return self.lower_gemm(node)
@@ -888,6 +888,23 @@ class _Quantizer:
             params.update(strides=layer.strides, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
         return params
 
+    def is_wide(self, node: Node) -> bool:
+        """Is this GEMM a wide layer? One a --wide-layers pattern matches, if it can be: a conv of
+        one group or a matmul by a constant weight, with 8-bit weights. A glob skips the layers
+        that cannot; a layer named exactly must be able to."""
+        if not self.config.is_wide(node.name):
+            return False
+        layer = node.layer
+        grouped = layer.kind == "conv2d" and layer.groups > 1
+        if layer.weight is not None and not grouped and self.config.bits_for(node.name) == 8:
+            return True
+        if node.name in self.config.wide_layers:
+            raise ModelError(
+                f"layer '{node.name}': --wide-layers takes convs of one group and matmuls by a constant "
+                "weight, with 8-bit weights"
+            )
+        return False
+
     def lower_wide_gemm(self, node: Node) -> QNode:
         """A --wide-layers GEMM: int8 weights on int16 activations, in and out, for a model whose
         int8 activations lose too much (silero-vad's LSTM variant: its states on quiet audio).
@@ -896,11 +913,6 @@ class _Quantizer:
         (`CoreGeometry.for_layer`), requantizes to int16, and its readers take it dequantized."""
         layer = node.layer
         conv = layer.kind == "conv2d"
-        if layer.weight is None or (conv and layer.groups > 1) or self.config.bits_for(node.name) != 8:
-            raise ModelError(
-                f"layer '{node.name}': --wide-layers takes convs of one group and matmuls by a constant "
-                "weight, with 8-bit weights"
-            )
         inputs = [self.as_int16(node.inputs[0], self.wide_input_qmax(layer))]
         out_scale = activation_scale(self.absmax[node.name], self.config, WIDE_MAX)
         params = self.gemm_integers(node, inputs, out_scale, WIDE_MAX)

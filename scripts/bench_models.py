@@ -20,6 +20,9 @@ onnxruntime on its own: the cosine of its first output and the share of decision
 `--calibration-sets K` compiles each model K times, on K disjoint calibration sets (seeds 0,
 1000, ...; the evaluation inputs stay the same), and adds the spread of its least int8 cosine:
 one calibration set can move a sensitive model by several points.
+
+Each model compiles with its corpus entry's compression (silero-vad's LSTM variant: wide layers
+and auto calibration), or with `--compression FILE`'s for every model (`{}`: the defaults).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from codesign.compression import PLACEMENT_POLICIES, CompressionConfig, load_compression  # noqa: E402
+from codesign.compression import PLACEMENT_POLICIES, load_compression  # noqa: E402
 from codesign.corpus import check_model, check_onnxruntime_int8, load_corpus  # noqa: E402
 from codesign.files import write_bytes_atomic  # noqa: E402
 from codesign.hardware import load_hardware  # noqa: E402
@@ -326,9 +329,7 @@ def main() -> None:
     only = set(args.only.split(",")) if args.only else None
     folders = list(args.folders) + ([fetch_larger_models(CACHE)] if args.fetch else [])
     hw = load_hardware(args.hw)
-    compression = load_compression(args.compression) if args.compression else CompressionConfig()
-    if args.placement:
-        compression = dataclasses.replace(compression, placement=args.placement)
+    compression = load_compression(args.compression) if args.compression else None
     rows, spreads, baselines, documents = [], {}, {}, []
     console = Console(width=220)
     for folder in folders:
@@ -339,7 +340,10 @@ def main() -> None:
             settings = (hw, args.calibration_samples, args.eval_samples, args.calibration_method, args.bias_correction)
             step = max(CALIBRATION_SEED_STEP, args.calibration_samples)
             seeds = [index * step for index in range(args.calibration_sets)]
-            checks = [check_model(model, *settings, calibration_seed=seed, compression=compression) for seed in seeds]
+            choices = compression or model.compression_config()
+            if args.placement:
+                choices = dataclasses.replace(choices, placement=args.placement)
+            checks = [check_model(model, *settings, calibration_seed=seed, compression=choices) for seed in seeds]
             rows.append(checks[0])
             if args.calibration_sets > 1 and all(check.compiled for check in checks):
                 spreads[model.name] = [min(check.int8_cosine) for check in checks]

@@ -207,9 +207,16 @@ def test_wide_layers_from_the_command_line(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
-def test_a_grouped_conv_cannot_be_wide(tmp_path):
+def test_a_grouped_conv_named_cannot_be_wide_and_a_glob_passes_it_by(tmp_path):
     with pytest.raises(ModelError, match="layer 'conv2d_1': --wide-layers takes convs of one group"):
-        _compiled(tmp_path, CompressionConfig(wide_layers=("conv2d_1",)), depthwise=True)
+        _compiled(tmp_path / "named", CompressionConfig(wide_layers=("conv2d_1",)), depthwise=True)
+    _, result = _compiled(tmp_path / "glob", depthwise=True)
+    dtypes = {node.name: node.dtype for node in result.qgraph.gemm_nodes()}
+    assert dtypes == {"conv2d_0": "int16", "conv2d_1": "int8", "conv2d_2": "int16", "matmul_0": "int16"}
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    x = _samples(1, first_seed=100)[0]
+    (reference,) = run_reference(result.qgraph, {"x": x})
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(), reference)
 
 
 def test_wide_layers_in_a_compression_document():
