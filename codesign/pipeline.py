@@ -138,13 +138,15 @@ def quantize_model(
 
 
 def _kept_float_before_logarithm(graph: Graph, compression: CompressionConfig, warn) -> list[str]:
-    """The layers quantize.layers_before_logarithm keeps in float, with a note naming them."""
-    named = compression.float_layers
+    """The layers quantize.layers_before_logarithm keeps in float, with a note naming them (not
+    those --float-layers or --wide-layers name: a wide layer carries the range in int16)."""
+    named = (*compression.float_layers, *compression.wide_layers)
     layers = [name for name in layers_before_logarithm(graph) if not any(fnmatchcase(name, p) for p in named)]
     if layers:
         warn(
             f"note: {', '.join(layers)} stay in float on the host: a logarithm reads their output, and int8 "
-            "cannot carry the range it expands (list them in --float-layers to silence this note)"
+            "cannot carry the range it expands (list them in --wide-layers to run them on the accelerator "
+            "with int16 activations, or in --float-layers to silence this note)"
         )
     return layers
 

@@ -118,6 +118,17 @@ def test_a_magnitude_summed_over_real_and_imaginary_parts_still_reaches_the_log(
     imaginary parts -> sqrt -> log. The sum carries the spectrum's range to the log as an add
     would, so the conv stays in float (in int8 basic-pitch's note posteriors fell to 0.931)."""
     rng = np.random.default_rng(2)
+    path = _constant_q(tmp_path / "cqt.onnx", rng)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, audio=np.stack([_speech_like(rng) for _ in range(8)]))
+    result = compile_model(path, load_hardware("vta_default"), calibration=calibration)
+    kept = sorted(n.name for n in result.qgraph.nodes.values() if n.op == "float" and n.source.op == "gemm")
+    assert kept == ["conv2d_0"]
+    assert [n.placement for n in result.qgraph.gemm_nodes()] == ["accel"]  # the head after the log
+
+
+def _constant_q(path, rng):
+    """conv -> square -> ReduceSum over the real and imaginary parts -> sqrt -> clip -> log -> conv."""
     nodes = [
         helper.make_node("Conv", ["audio", "basis"], ["parts"], strides=[1, 16]),
         helper.make_node("Mul", ["parts", "parts"], ["squares"]),
@@ -135,10 +146,4 @@ def test_a_magnitude_summed_over_real_and_imaginary_parts_still_reaches_the_log(
         numpy_helper.from_array(np.array(1e-6, np.float32), "floor"),
         numpy_helper.from_array(rng.standard_normal((4, 8, 1, 3)).astype(np.float32), "head"),
     ]
-    path = _save_audio_model(tmp_path / "cqt.onnx", nodes, inits, ("y", [1, 4, 1, 29]))
-    calibration = tmp_path / "calibration.npz"
-    np.savez(calibration, audio=np.stack([_speech_like(rng) for _ in range(8)]))
-    result = compile_model(path, load_hardware("vta_default"), calibration=calibration)
-    kept = sorted(n.name for n in result.qgraph.nodes.values() if n.op == "float" and n.source.op == "gemm")
-    assert kept == ["conv2d_0"]
-    assert [n.placement for n in result.qgraph.gemm_nodes()] == ["accel"]  # the head after the log
+    return _save_audio_model(path, nodes, inits, ("y", [1, 4, 1, 29]))

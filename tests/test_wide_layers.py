@@ -225,3 +225,29 @@ def test_wide_layers_in_a_compression_document():
     assert compression_from_dict(config.to_dict()) == config
     with pytest.raises(UsageError, match="wide_layers = "):
         compression_from_dict({"wide_layers": "conv2d_0"})
+
+
+def test_layers_a_logarithm_reads_run_wide_on_the_accelerator_when_named(tmp_path):
+    """basic-pitch's constant-Q front end: its conv, which a logarithm reads, stays in float by
+    default; named as a wide layer it runs on the accelerator in int16, with no note, and the
+    model still tracks onnxruntime. (A log-mel front end, whose log reads the filterbank's
+    power directly, loses its quiet bins even in int16: openWakeWord's 0.82.)"""
+    from test_float_layers import _constant_q, _speech_like
+
+    rng = np.random.default_rng(2)
+    path = _constant_q(tmp_path / "cqt.onnx", rng)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, audio=np.stack([_speech_like(rng) for _ in range(8)]))
+    notes = []
+    wide = CompressionConfig(wide_layers=("conv2d_0",))
+    result = compile_model(path, VTA, calibration=calibration, warn=notes.append, compression=wide)
+    assert {n.name: (n.dtype, n.placement) for n in result.qgraph.gemm_nodes()} == {
+        "conv2d_0": ("int16", "accel"),
+        "conv2d_1": ("int8", "accel"),
+    }
+    assert not any("stay in float" in note for note in notes)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    session = ort.InferenceSession(str(path))
+    for _ in range(4):
+        x = _speech_like(rng)
+        assert cosine(vm["main"](tvm.runtime.tensor(x)).numpy(), session.run(None, {"audio": x})[0]) > 0.99
