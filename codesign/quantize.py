@@ -159,7 +159,8 @@ class QuantConfig:
     def keeps_float(self, layer: str) -> bool:
         return any(fnmatch.fnmatchcase(layer, pattern) for pattern in self.float_layers)
 
-    def is_wide(self, layer: str) -> bool:
+    def names_wide(self, layer: str) -> bool:
+        """Does a --wide-layers pattern match this layer (`_Quantizer.is_wide` says if it can be)?"""
         return any(fnmatch.fnmatchcase(layer, pattern) for pattern in self.wide_layers)
 
     def bits_for(self, layer: str) -> int:
@@ -904,7 +905,7 @@ class _Quantizer:
         """Is this GEMM a wide layer? One a --wide-layers pattern matches, if it can be: a conv of
         one group or a matmul by a constant weight, with 8-bit weights. A glob skips the layers
         that cannot; a layer named exactly must be able to."""
-        if not self.config.is_wide(node.name):
+        if not self.config.names_wide(node.name):
             return False
         layer = node.layer
         grouped = layer.kind == "conv2d" and layer.groups > 1
