@@ -132,11 +132,13 @@ class LayerPlan:
 
     def describe(self) -> str:
         """The layer's geometry as the model writes it (and a depthwise or narrow-group conv's
-        on the core)."""
+        on the core, a wide layer's activations)."""
         if self.layer_shape is not None and is_row_banded(self.layer_shape, self.shape):
             return f"{self.layer_shape.describe()} (core: {self.shape.in_channels}-pixel row bands)"
         if self.layer_shape is not None:
             return f"{self.layer_shape.describe()} (core: {self.shape.groups} block-diagonal groups)"
+        if self.input_bits:
+            return f"{self.shape.describe()} (int{self.input_bits} activations)"
         return self.shape.describe() if self.shape else ""
 
     def to_dict(self) -> dict:

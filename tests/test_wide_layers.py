@@ -190,7 +190,9 @@ def test_wide_layers_are_recorded_and_simulated_from_the_module(tmp_path, capsys
     (ours,) = load(out).run(x)
     (reference,) = run_reference(result.qgraph, {"x": x})
     np.testing.assert_array_equal(ours, reference)
+    capsys.readouterr()
     assert main(["simulate", str(out), "--model", "analytic", "--quiet"]) == 0
+    assert "(int16 activations)" in capsys.readouterr().out
 
 
 def test_wide_layers_from_the_command_line(tmp_path, capsys):
